@@ -1,0 +1,363 @@
+"""SmolLM2 (Llama architecture), written by hand from the public config.json.
+
+Notable features:
+- RMSNorm computed in float32 and cast back (as Llama does), no biases anywhere.
+- Rotary position embeddings in the rotate-half layout (the Hugging Face layout), so released
+  weights load without permuting q_proj/k_proj rows. cos/sin are cached once in float32.
+- Grouped-query attention: 9 query heads share 3 key/value heads. Two interchangeable paths:
+  "sdpa" (F.scaled_dot_product_attention with is_causal and native GQA, no K/V copies) and
+  "manual" (explicit float32 softmax over repeated K/V), which must agree.
+- SwiGLU MLP: down(silu(gate(x)) * up(x)).
+- Embedding tied to the output head (the same Parameter object, made once in __init__).
+- Parameter names are exactly transformers' LlamaForCausalLM names, so state dicts move both ways
+  with strict=True.
+- A fused linear + cross-entropy (chunked over tokens) for training, so the [tokens x 49152]
+  float32 logits never exist; the plain path computes the same loss and gradients.
+- Incremental decoding with a preallocated KV cache.
+
+The model does no I/O and knows no optimizer; training code talks to it through forward().
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from smollm2_config import SmolLM2Config
+
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------- math
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # x: (..., C). Variance in float32 whatever the input dtype: bf16 squares lose too many bits.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rope_cache(head_dim: int, max_positions: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # inv_freq: (hd/2,); angles: (T, hd/2); returned cos/sin: (T, hd) with the halves duplicated,
+    # which is what the rotate-half layout expects.
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, nh, T, hd); cos/sin: (T, hd), broadcast over batch and heads.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    # (B, n_kv, T, hd) -> (B, n_kv * n_rep, T, hd): each K/V head serves n_rep consecutive query heads.
+    if n_rep == 1:
+        return x
+    B, n_kv, T, hd = x.shape
+    return x[:, :, None].expand(B, n_kv, n_rep, T, hd).reshape(B, n_kv * n_rep, T, hd)
+
+
+def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+    # (q_len, kv_len) bool, True = may attend. Query i sits at absolute position kv_len - q_len + i.
+    offset = kv_len - q_len
+    return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+def sdpa_attention(q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
+    # q: (B, nh, Tq, hd); k, v: (B, n_kv, Tk, hd) -> (B, nh, Tq, hd)
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    n_rep = q.shape[1] // k.shape[1]
+    if Tq == Tk:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
+                                              enable_gqa=n_rep > 1)
+    # Decoding against a cache: is_causal would align the mask top-left, so pass it explicitly.
+    mask = None if Tq == 1 else causal_mask(Tq, Tk, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          enable_gqa=n_rep > 1)
+
+
+def manual_attention(q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
+    # The textbook path: repeat K/V per query head, scores in float32, masked softmax.
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, Tq, Tk)
+    mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = F.softmax(scores.float(), dim=-1).to(q.dtype)
+    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
+    return probs @ v
+
+
+ATTENTION = {"sdpa": sdpa_attention, "manual": manual_attention}
+
+
+# ----------------------------------------------------------------------------- loss
+class _LinearCrossEntropy(torch.autograd.Function):
+    """loss = mean CE(h @ w.T, targets), computed chunk by chunk over tokens.
+
+    Each chunk's logits live only inside the loop; the gradients for h and w are formed there too
+    (softmax - onehot is known in the forward), so backward only scales them. Peak extra memory is
+    one chunk of logits plus a float32 grad for w, instead of all [N, V] logits in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, targets, chunk_size: int):
+        # h: (N, C) compute dtype; w: (V, C) master dtype; targets: (N,) int64
+        compute_dtype = h.dtype
+        wc = w.to(compute_dtype)
+        valid = targets != IGNORE_INDEX
+        safe_t = targets.clamp(min=0)
+        n_valid = valid.sum().clamp(min=1).float()
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, h.shape[0], chunk_size):
+            hs, ts, ms = h[s:s + chunk_size], safe_t[s:s + chunk_size], valid[s:s + chunk_size]
+            logits = (hs @ wc.t()).float()  # (c, V)
+            lse = torch.logsumexp(logits, dim=-1)
+            target_logit = logits.gather(1, ts[:, None]).squeeze(1)
+            loss_sum = loss_sum + ((lse - target_logit) * ms).sum()
+            g = (logits - lse[:, None]).exp_()  # softmax, reusing no memory that autograd needs
+            g.scatter_add_(1, ts[:, None], -torch.ones_like(g[:, :1]))
+            g = (g * ms[:, None]).to(compute_dtype)
+            grad_h[s:s + chunk_size] = g @ wc
+            grad_w.add_(g.t() @ hs)  # a bf16 product accumulated in float32, as autocast's backward does
+        inv_n = 1.0 / n_valid
+        ctx.save_for_backward(grad_h, grad_w, inv_n)
+        ctx.w_dtype = w.dtype
+        return loss_sum * inv_n
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, inv_n = ctx.saved_tensors
+        scale = grad_out * inv_n
+        return (grad_h * scale.to(grad_h.dtype)), (grad_w * scale).to(ctx.w_dtype), None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor,
+                         chunk_size: int = 8192) -> torch.Tensor:
+    # h: (N, C), w: (V, C), targets: (N,) -> scalar float32 mean loss over targets != -100
+    if torch.is_autocast_enabled(h.device.type):
+        h = h.to(torch.get_autocast_dtype(h.device.type))
+    if not (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)):
+        with torch.no_grad():
+            losses = [F.cross_entropy((h[s:s + chunk_size] @ w.to(h.dtype).t()).float(),
+                                      targets[s:s + chunk_size], ignore_index=IGNORE_INDEX,
+                                      reduction="sum") for s in range(0, h.shape[0], chunk_size)]
+            return torch.stack(losses).sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
+    with torch.autocast(h.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(h, w, targets, chunk_size)
+
+
+# ----------------------------------------------------------------------------- modules
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (B, n_kv, max_len, hd) each."""
+
+    def __init__(self, config: SmolLM2Config, batch_size: int, max_len: int, device, dtype):
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.max_len = max_len
+
+    def update(self, layer: int, k_new, v_new, start_pos: int):
+        end = start_pos + k_new.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
+        self.k[layer][:, :, start_pos:end] = k_new
+        self.v[layer][:, :, start_pos:end] = v_new
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: SmolLM2Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv, self.hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.dropout = config.attention_dropout
+        self.attend = ATTENTION[config.attn_impl]
+        C = config.hidden_size
+        self.q_proj = nn.Linear(C, self.n_head * self.hd, bias=False)
+        self.k_proj = nn.Linear(C, self.n_kv * self.hd, bias=False)
+        self.v_proj = nn.Linear(C, self.n_kv * self.hd, bias=False)
+        self.o_proj = nn.Linear(self.n_head * self.hd, C, bias=False)
+
+    def forward(self, x, cos, sin, kv_cache: Optional[KVCache] = None, start_pos: int = 0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, n_kv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, n_kv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v, start_pos)
+        y = self.attend(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: SmolLM2Config):
+        super().__init__()
+        C, H = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(C, H, bias=False)
+        self.up_proj = nn.Linear(C, H, bias=False)
+        self.down_proj = nn.Linear(H, C, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: SmolLM2Config, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, x, cos, sin, kv_cache=None, start_pos: int = 0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, start_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: SmolLM2Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        cos, sin = rope_cache(config.head_dim, config.max_position_embeddings, config.rope_theta)
+        # Not in the state dict (transformers keeps none either): derived from the config.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, input_ids, kv_cache=None, start_pos: int = 0):
+        T = input_ids.shape[1]
+        cos = self.rope_cos[start_pos:start_pos + T]
+        sin = self.rope_sin[start_pos:start_pos + T]
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, cos, sin, kv_cache, start_pos)
+        return self.norm(x)
+
+
+class SmolLM2ForCausalLM(nn.Module):
+    def __init__(self, config: SmolLM2Config):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight  # one Parameter, two names
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """As transformers' LlamaPreTrainedModel does it: every Linear and the Embedding get
+        N(0, initializer_range); RMSNorm weights start at 1 (identity scale). With tying, the shared
+        matrix is drawn once (as the embedding)."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(mean=0.0, std=std)
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+        if self.config.tie_word_embeddings:
+            assert self.lm_head.weight is self.model.embed_tokens.weight
+
+    def tie_holds(self) -> bool:
+        return self.lm_head.weight is self.model.embed_tokens.weight
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() counts a tied matrix once
+
+    def forward(self, input_ids: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
+                return_logits: bool = True, kv_cache: Optional[KVCache] = None, start_pos: int = 0):
+        """input_ids: (B, T) int64. Returns (logits (B, T, V) or None, loss float32 scalar or None).
+
+        With targets and return_logits=False the loss goes through the fused chunked
+        linear + cross-entropy and no logits are formed (the training fast path).
+        """
+        h = self.model(input_ids, kv_cache, start_pos)  # (B, T, C)
+        if targets is not None and not return_logits:
+            return None, linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        logits = self.lm_head(h)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    # ------------------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                        top_k: Optional[int] = None, top_p: Optional[float] = None,
+                        eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                        use_cache: bool = True) -> Iterator[torch.Tensor]:
+        """Yields the next token (B,) at each step. temperature 0 means greedy. Stops early when
+        every row has produced eos_token_id. With use_cache=False it recomputes the whole sequence
+        each step (the reference the cache is tested against)."""
+        B, T0 = input_ids.shape
+        total = T0 + max_new_tokens
+        if total > self.config.max_position_embeddings:
+            raise ValueError(f"prompt + new tokens = {total} exceeds max_position_embeddings "
+                             f"({self.config.max_position_embeddings})")
+        dtype = next(self.parameters()).dtype
+        cache = KVCache(self.config, B, total, input_ids.device, dtype) if use_cache else None
+        seq, pos = input_ids, 0
+        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            step_in = seq[:, pos:] if use_cache else seq
+            logits, _ = self(step_in, kv_cache=cache, start_pos=pos if use_cache else 0)
+            if use_cache:
+                pos = seq.shape[1]
+            nxt = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
+                finished |= nxt == eos_token_id
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            yield nxt
+            if eos_token_id is not None and bool(finished.all()):
+                break
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """Returns (B, T0 + n_generated): the prompt followed by the new tokens."""
+        new = list(self.generate_stream(input_ids, max_new_tokens, **kwargs))
+        return torch.cat([input_ids] + [t[:, None] for t in new], dim=1)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    # logits: (B, V) float32 -> (B,) int64
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
