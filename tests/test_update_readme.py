@@ -1,0 +1,292 @@
+"""update_readme.py on synthetic READMEs, logs and CSVs in tmp_path (CPU, a few seconds)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "update_readme.py")
+sys.path.insert(0, ROOT)
+
+import update_readme as ur  # noqa: E402
+
+README = """# Title
+
+Intro text that must survive.
+
+<!-- TRAIN_LOG_BEGIN -->
+old log placeholder
+<!-- TRAIN_LOG_END -->
+
+## Ablation
+
+<!-- ABLATION_TABLE_BEGIN -->
+_Run `python update_readme.py` to auto-insert ablation_results.csv here._
+<!-- ABLATION_TABLE_END -->
+
+Trailing text.
+"""
+
+OPTIONAL_BLOCKS = """
+<!-- THROUGHPUT_TABLE_BEGIN -->
+<!-- THROUGHPUT_TABLE_END -->
+
+<!-- BENCH_TABLE_BEGIN -->
+<!-- BENCH_TABLE_END -->
+
+<!-- MULTIGPU_TABLE_BEGIN -->
+<!-- MULTIGPU_TABLE_END -->
+"""
+
+
+def step_line(step, total, loss):
+    return (f"step {step:5d}/{total} | lr 3.000e-03 | loss {loss:.4f} | grad_norm 1.000 | "
+            f"ms/step 45.21 | tok/s 3585.9 | mfu 1.23%")
+
+
+def make_log(resume=True):
+    lines = ["Device: cpu", 'Args: {"max_steps": 300, "resume": 0}', "Model params: 134,515,008",
+             "Starting from scratch (random init)."]
+    for st in range(50, 301, 50):
+        lines.append(step_line(st, 300, 10.0 - st / 100))
+        if st % 100 == 0:
+            lines.append(f"step {st:5d}/300 | val loss {9.5 - st / 100:.4f} | val ppl 123.45")
+            lines.append(f"CHECKPOINT: saved checkpoint_step_{st}.pt and checkpoint_latest.pt")
+        if st == 200:
+            lines += ["[sample @ step 200] once upon a time", "the text goes on | over lines"]
+    if resume:
+        lines += ["Device: cpu", 'Args: {"max_steps": 350, "resume": 1}',
+                  "RESUME: starting from global_step=300"]
+        lines.append(step_line(350, 350, 6.9))
+        lines.append("CHECKPOINT: saved checkpoint_step_350.pt and checkpoint_latest.pt")
+    return "\n".join(lines) + "\n"
+
+
+ABLATION_CSV = (
+    "timestamp,variant,steps,seq_len,batch_size,grad_accum,seed,device,autocast,amp_dtype,compile,"
+    "attention_impl,tie_word_embeddings,params,warmup_ignored_steps,avg_tok_s_steady,peak_mem_bytes,"
+    "device_name,mfu,ms_per_step,final_loss,status,error\n"
+    "2024-01-01T00:00:00,baseline,500,256,1,4,1337,cuda,0,,0,manual,1,134515008,50,12345.6,"
+    "2345678901,NVIDIA H100,0.1234,83.2,5.4321,ok,\n"
+    "2024-01-01T00:10:00,autocast_comp,500,256,1,4,1337,cuda,1,bfloat16,1,sdpa,1,134515008,50,,,"
+    "NVIDIA H100,,,,failed,\"RuntimeError: Triton not found | a very long explanation that goes on and on "
+    "and on until it must be shortened\"\n"
+)
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(str(path)) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def run(cwd, *args):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def populate(tmp_path, readme=README):
+    write(tmp_path / "README.md", readme)
+    write(tmp_path / "out_smollm2_scratch" / "train.log", make_log())
+    d = tmp_path / "ablation_results_500steps_profiles"
+    write(d / "ablation_results.csv", ABLATION_CSV)
+    (d / "tokens_per_s.png").write_bytes(b"png")
+    (d / "peak_mem.png").write_bytes(b"png")
+
+
+def test_cli_fills_log_and_ablation(tmp_path):
+    populate(tmp_path)
+    r = run(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 1 and "TRAIN_LOG" in r.stdout and "ABLATION_TABLE" in r.stdout
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert out.startswith("# Title\n\nIntro text that must survive.\n") and out.endswith("Trailing text.\n")
+    for m in ("TRAIN_LOG_BEGIN", "TRAIN_LOG_END", "ABLATION_TABLE_BEGIN", "ABLATION_TABLE_END"):
+        assert out.count(f"<!-- {m} -->") == 1
+    assert "old log placeholder" not in out and "auto-insert" not in out
+    # log block
+    assert "<summary><b>Click to expand: out_smollm2_scratch/train.log</b></summary>" in out
+    assert "```text\nDevice: cpu\n" in out and "[sample @ step 200] once upon a time" in out
+    assert "![Loss curve: train and val loss against step](out_smollm2_scratch/loss_curve.png)" in out
+    assert (tmp_path / "out_smollm2_scratch" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # ablation table: units, ON/OFF, links to the PNGs beside the CSV
+    assert "| variant | status | autocast | compile | attention | tie | params (M) | tokens/s |" in out
+    assert "| `baseline` | ok | OFF | OFF | manual | ON | 134.5 | 12,346 | 83.2 | 12.34 | 2.35 | 5.432 |" in out
+    assert "ON (bf16)" in out
+    assert "![peak_mem](ablation_results_500steps_profiles/peak_mem.png)" in out
+    assert "![tokens_per_s](ablation_results_500steps_profiles/tokens_per_s.png)" in out
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_idempotent(tmp_path):
+    populate(tmp_path, README + OPTIONAL_BLOCKS)
+    write(tmp_path / "benchmarks" / "bench_seq.csv", "seq_len,tok_s\n256,1000\n")
+    assert run(tmp_path).returncode == 0
+    png = tmp_path / "out_smollm2_scratch" / "loss_curve.png"
+    first, png_bytes, png_mtime = (tmp_path / "README.md").read_bytes(), png.read_bytes(), png.stat().st_mtime_ns
+    readme_mtime = (tmp_path / "README.md").stat().st_mtime_ns
+    r = run(tmp_path)
+    assert r.returncode == 0 and "unchanged" in r.stdout
+    assert (tmp_path / "README.md").read_bytes() == first
+    assert png.read_bytes() == png_bytes
+    assert png.stat().st_mtime_ns == png_mtime and (tmp_path / "README.md").stat().st_mtime_ns == readme_mtime
+
+
+def test_missing_inputs_give_placeholders(tmp_path):
+    write(tmp_path / "README.md", README + OPTIONAL_BLOCKS)
+    r = run(tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "_No training log yet: `out_smollm2_scratch/train.log` not found." in out
+    assert "_No ablation results yet: `ablation_results_500steps_profiles/ablation_results.csv` not found._" in out
+    assert "_No throughput results yet:" in out
+    assert "_No benchmark results yet:" in out and "_No multi-GPU results yet:" in out
+    assert not (tmp_path / "out_smollm2_scratch").exists()
+    assert run(tmp_path).returncode == 0
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == out
+
+
+def test_missing_markers_exit_2(tmp_path):
+    write(tmp_path / "README.md", "# Title\n\n<!-- TRAIN_LOG_BEGIN -->\n<!-- TRAIN_LOG_END -->\n")
+    before = (tmp_path / "README.md").read_bytes()
+    r = run(tmp_path)
+    assert r.returncode == 2
+    assert "ABLATION_TABLE_BEGIN" in r.stderr and "TRAIN_LOG" not in r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert (tmp_path / "README.md").read_bytes() == before
+
+
+def test_unpaired_optional_marker_exit_2(tmp_path):
+    write(tmp_path / "README.md", README + "<!-- BENCH_TABLE_BEGIN -->\n")
+    r = run(tmp_path)
+    assert r.returncode == 2 and "BENCH_TABLE_END" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_absent_optional_markers_are_not_added(tmp_path):
+    populate(tmp_path)
+    write(tmp_path / "benchmarks" / "bench_seq.csv", "seq_len,tok_s\n256,1000\n")
+    assert run(tmp_path).returncode == 0
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "BENCH_TABLE" not in out and "bench_seq" not in out
+
+
+def test_marker_mentioned_inline_is_not_a_marker():
+    text = README.replace("Intro text", "Intro mentions `<!-- TRAIN_LOG_BEGIN -->` inline;")
+    out = ur.fill(text, {"TRAIN_LOG": "NEW", "ABLATION_TABLE": "TABLE"})
+    assert "<!-- TRAIN_LOG_BEGIN -->\nNEW\n<!-- TRAIN_LOG_END -->" in out
+    assert "`<!-- TRAIN_LOG_BEGIN -->` inline" in out
+
+
+def test_resume_summary_and_plot(tmp_path):
+    s = ur.parse_log(make_log())
+    assert s.resumes == [300] and s.checkpoints == 4
+    assert s.train[0] == (50, 9.5) and s.train[-1] == (350, 6.9) and s.val[-1] == (300, 6.5)
+    line = ur.summary_line(s, "out_smollm2_scratch/train.log")
+    assert "steps 50 → 350" in line and "train loss 9.5000 → 6.9000" in line
+    assert "last val loss 6.5000 (step 300)" in line and "4 checkpoint saves" in line
+    assert "resumed at step 300" in line
+    populate(tmp_path)
+    assert run(tmp_path).returncode == 0
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "resumed at step 300" in out
+    png = (tmp_path / "out_smollm2_scratch" / "loss_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"matplotlib" not in png
+
+
+def test_no_resume_summary():
+    line = ur.summary_line(ur.parse_log(make_log(resume=False)), "x.log")
+    assert "no resume" in line and "steps 50 → 300" in line
+
+
+def test_lineage_drops_superseded_steps():
+    # The first run reached 300, crashed; the resume restarts from the checkpoint at 200.
+    log = "\n".join([step_line(100, 300, 9.0), step_line(200, 300, 8.0), step_line(300, 300, 7.0),
+                     "RESUME: starting from global_step=200", step_line(250, 300, 7.5),
+                     step_line(300, 300, 7.2)])
+    s = ur.parse_log(log)
+    assert s.train == [(100, 9.0), (200, 8.0), (250, 7.5), (300, 7.2)] and s.resumes == [200]
+    # A second "Starting from scratch" starts a new lineage; an extra field is tolerated.
+    log2 = log + "\nStarting from scratch (random init).\n" + step_line(50, 100, 10.5) + " | new_field 3"
+    s2 = ur.parse_log(log2)
+    assert s2.train == [(50, 10.5)] and s2.resumes == []
+    assert "earlier runs" in ur.summary_line(s2, "x.log")
+
+
+def test_log_without_step_lines_skips_plot(tmp_path):
+    populate(tmp_path)
+    write(tmp_path / "out_smollm2_scratch" / "train.log", "Device: cpu\nStarting from scratch (random init).\n")
+    r = run(tmp_path)
+    assert r.returncode == 0 and "plot skipped" in r.stdout
+    assert not (tmp_path / "out_smollm2_scratch" / "loss_curve.png").exists()
+    assert "loss_curve.png" not in (tmp_path / "README.md").read_text(encoding="utf-8")
+
+
+def test_backticks_in_log_get_a_longer_fence(tmp_path):
+    populate(tmp_path)
+    write(tmp_path / "out_smollm2_scratch" / "train.log", make_log() + "[sample @ step 300] ```code```\n")
+    assert run(tmp_path).returncode == 0
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "````text\n" in out and "\n````\n" in out
+
+
+def test_failed_variant_row_renders():
+    import csv
+    import io
+    reader = csv.DictReader(io.StringIO(ABLATION_CSV))
+    rows = list(reader)
+    table = ur.render_ablation(list(reader.fieldnames), rows)
+    failed = [ln for ln in table.splitlines() if "autocast_comp" in ln][0]
+    cells = [c.strip() for c in failed.strip("|").split(" | ")]
+    assert cells[1].startswith("failed: RuntimeError: Triton not found \\| a very long") and cells[1].endswith("…")
+    assert len(cells[1]) < 80
+    assert cells[2] == "ON (bf16)" and cells[7:12] == ["—"] * 5 and cells[12] == "NVIDIA H100"
+    # the pipe in the error is escaped, so the row still has one cell per header column
+    assert len(cells) == len(table.splitlines()[0].strip("|").split(" | ")) == 13
+
+
+def test_missing_columns_tolerated():
+    table = ur.render_ablation(["variant", "avg_tok_s_steady"], [{"variant": "a", "avg_tok_s_steady": "1234567.8"}])
+    assert table.splitlines()[0] == "| variant | tokens/s |"
+    assert table.splitlines()[2] == "| `a` | 1,234,568 |"
+
+
+def test_bench_and_multigpu_tables(tmp_path):
+    populate(tmp_path, README + OPTIONAL_BLOCKS)
+    b = tmp_path / "benchmarks"
+    write(b / "bench_seq_len.csv", "seq_len,tokens_per_s,peak_mem_gb,mfu,ms_per_step,note\n"
+                                   "256,98765.4,3.14159,0.4567,12.34,fast\n1024,,,,,oom\n")
+    write(b / "bench_attention.csv", "impl,tok_s,peak_mem_bytes\nsdpa,5000,1500000000\n")
+    write(b / "multigpu_ddp.csv", "gpus,tokens_per_s,mfu\n1,100000,0.4\n2,195000,0.39\n")
+    (b / "scaling.png").write_bytes(b"png")
+    assert run(tmp_path).returncode == 0
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    bench = out.split("<!-- BENCH_TABLE_BEGIN -->")[1].split("<!-- BENCH_TABLE_END -->")[0]
+    assert bench.index("#### bench_attention") < bench.index("#### bench_seq_len")
+    assert "| seq_len | tokens/s | peak mem (GB) | MFU (%) | ms/step | note |" in bench
+    assert "| 256 | 98,765 | 3.14 | 45.67 | 12.3 | fast |" in bench
+    assert "| 1024 | — | — | — | — | oom |" in bench
+    assert "| sdpa | 5,000 | 1.50 |" in bench
+    assert "![scaling](benchmarks/scaling.png)" in bench
+    multi = out.split("<!-- MULTIGPU_TABLE_BEGIN -->")[1].split("<!-- MULTIGPU_TABLE_END -->")[0]
+    assert "| gpus | tokens/s | MFU (%) |" in multi and "| 2 | 195,000 | 39.00 |" in multi
+    assert "####" not in multi
+
+
+def test_custom_paths(tmp_path):
+    write(tmp_path / "docs" / "R.md", README)
+    write(tmp_path / "logs" / "run.log", make_log())
+    write(tmp_path / "abl" / "a.csv", ABLATION_CSV)
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "loss_curves.png").write_bytes(b"png")
+    r = run(tmp_path, "--readme", "docs/R.md", "--train_log", "logs/run.log", "--ablation_csv", "abl/a.csv",
+            "--ablation_dir", "plots", "--loss_plot", "figs/loss.png")
+    assert r.returncode == 0, r.stderr
+    out = (tmp_path / "docs" / "R.md").read_text(encoding="utf-8")
+    assert "(../figs/loss.png)" in out and "(../plots/loss_curves.png)" in out
+    assert "Click to expand: ../logs/run.log" in out and (tmp_path / "figs" / "loss.png").exists()
+
+
+@pytest.mark.parametrize("value,expected", [("0.1234", "12.34"), ("", "—"), ("nan", "—"), ("x", "—")])
+def test_mfu_format(value, expected):
+    assert ur.KNOWN["mfu"][1](value) == expected

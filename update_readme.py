@@ -1,0 +1,519 @@
+"""Fill the README's marker blocks from files the scripts wrote (never typed by hand).
+
+Blocks (each marker alone on its line; the text between a BEGIN/END pair is replaced in full):
+  TRAIN_LOG        (required) run summary, loss-curve image, collapsible out_smollm2_scratch/train.log
+  ABLATION_TABLE   (required) ablation CSV as a Markdown table, plus the *.png beside it
+  THROUGHPUT_TABLE (optional) a second ablation CSV, same renderer
+  BENCH_TABLE      (optional) one table per benchmarks/bench_*.csv, plus benchmarks/*.png
+  MULTIGPU_TABLE   (optional) benchmarks/multigpu*.csv
+It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the log.
+
+Idempotent: the README and the PNG are rewritten only when their bytes would change, and then
+atomically (temporary file + os.replace). Missing inputs leave a placeholder and exit 0; a README
+lacking a required marker, or holding a marker twice or unpaired, exits 2 naming the markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
+OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE")
+MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
+
+
+class MarkerError(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# train.log parsing
+
+# "step    50/5000 | lr 7.463e-05 | loss 9.8108 | ..." and "step   250/5000 | val loss 5.1234 | ...".
+# Fields are "key value" pairs split on "|", so fields added to train.py later are simply carried.
+STEP_RE = re.compile(r"^\s*step\s+(\d+)(?:\s*/\s*(\d+))?\s*\|(.*)$")
+FIELD_RE = re.compile(r"^(.*?)\s+(\S+)$")
+RESUME_RE = re.compile(r"^\s*RESUME\b.*?(?:global_step|step)\s*[=:]?\s*(\d+)", re.IGNORECASE)
+SCRATCH_RE = re.compile(r"^\s*Starting from scratch", re.IGNORECASE)
+CHECKPOINT_RE = re.compile(r"^\s*CHECKPOINT\b", re.IGNORECASE)
+
+
+def _num(s) -> Optional[float]:
+    """Float from a log field or CSV cell ('1.23%', '12,345', ' 3.2 '); None if empty or not finite."""
+    if s is None:
+        return None
+    s = str(s).strip().rstrip("%").replace(",", "").replace("_", "")
+    if not s:
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def parse_fields(rest: str) -> dict[str, str]:
+    out = {}
+    for part in rest.split("|"):
+        m = FIELD_RE.match(part.strip())
+        if m:
+            out[" ".join(m.group(1).lower().split())] = m.group(2)
+    return out
+
+
+@dataclass
+class LogSummary:
+    train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of the current lineage
+    val: list[tuple[int, float]] = field(default_factory=list)
+    resumes: list[int] = field(default_factory=list)  # global_step each resume started from
+    checkpoints: int = 0  # checkpoint lines since the lineage began
+    runs: int = 0  # scratch starts + resumes seen in the whole file
+    step_lines: int = 0  # step lines in the whole file
+
+
+def parse_log(text: str) -> LogSummary:
+    """Follow the lineage that ends at the last line of the log.
+
+    Several runs may be appended to one file. A "Starting from scratch" line begins a new lineage;
+    "RESUME ... global_step=N" drops points after N (that work was superseded by the checkpoint at
+    N); a step lower than one already seen, without either marker, is an unannounced restart and
+    drops the points from that step on. What is left is the loss history of the final model.
+    """
+    s = LogSummary()
+
+    def cut(limit: int, inclusive: bool) -> None:
+        keep = (lambda st: st < limit) if inclusive else (lambda st: st <= limit)
+        s.train[:] = [p for p in s.train if keep(p[0])]
+        s.val[:] = [p for p in s.val if keep(p[0])]
+        s.resumes[:] = [r for r in s.resumes if keep(r)]
+
+    for line in text.splitlines():
+        if SCRATCH_RE.match(line):
+            s.runs += 1
+            s.train, s.val, s.resumes, s.checkpoints = [], [], [], 0
+            continue
+        m = RESUME_RE.match(line)
+        if m:
+            s.runs += 1
+            step = int(m.group(1))
+            cut(step, inclusive=False)
+            s.resumes.append(step)
+            continue
+        if CHECKPOINT_RE.match(line):
+            s.checkpoints += 1
+            continue
+        m = STEP_RE.match(line)
+        if not m:
+            continue  # header, sample text, free text
+        step, fields = int(m.group(1)), parse_fields(m.group(3))
+        s.step_lines += 1
+        if "val loss" in fields:
+            v, series = _num(fields["val loss"]), s.val
+        elif "loss" in fields:
+            v, series = _num(fields["loss"]), s.train
+        else:
+            continue
+        if v is None:
+            continue
+        if series and step <= series[-1][0]:
+            cut(step, inclusive=True)
+        series.append((step, v))
+    return s
+
+
+def summary_line(s: LogSummary, log_rel: str) -> str:
+    parts = []
+    if s.train:
+        parts.append(f"steps {s.train[0][0]} → {s.train[-1][0]}")
+        parts.append(f"train loss {s.train[0][1]:.4f} → {s.train[-1][1]:.4f}")
+    if s.val:
+        parts.append(f"last val loss {s.val[-1][1]:.4f} (step {s.val[-1][0]})")
+    parts.append(f"{s.checkpoints} checkpoint save{'s' if s.checkpoints != 1 else ''} logged")
+    if s.resumes:
+        parts.append("resumed at step " + ", ".join(str(r) for r in s.resumes))
+    else:
+        parts.append("no resume")
+    line = f"**Run summary** (parsed from `{log_rel}`): " + " · ".join(parts) + "."
+    if s.runs > 1 + len(s.resumes):
+        line += " The log holds earlier runs too; the summary follows the last run started from scratch."
+    return line
+
+
+# ----------------------------------------------------------------------------------------------
+# loss curve
+
+
+def render_loss_plot(s: LogSummary) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)  # 900x500 px
+    if s.train:
+        ax.plot(*zip(*s.train), lw=1.2, color="tab:blue", label="train loss")
+    if s.val:
+        ax.plot(*zip(*s.val), "o-", ms=3, lw=1.2, color="tab:orange", label="val loss")
+    for r in s.resumes:
+        ax.axvline(r, ls="--", lw=1, color="gray")
+        ax.text(r, 0.98, f" resume @ {r}", transform=ax.get_xaxis_transform(),
+                rotation=90, va="top", ha="right", fontsize=8, color="gray")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("SmolLM2-135M from scratch: loss vs step")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center")  # loss falls from the upper left; the resume label sits upper right
+    fig.tight_layout()
+    buf = io.BytesIO()
+    # No 'Software' chunk (it carries the matplotlib version) and no dates: same data, same bytes.
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# CSV tables
+
+
+def _cell(text) -> str:
+    text = " ".join(str(text if text is not None else "").split())
+    return text.replace("|", "\\|")
+
+
+def _shorten(text: str, n: int = 60) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+def _fmt(scale: float, digits: int, thousands: bool = False, suffix: str = "") -> Callable[[str], str]:
+    def f(s: str) -> str:
+        v = _num(s)
+        if v is None:
+            return MISSING
+        v *= scale
+        return (f"{v:,.{digits}f}" if thousands else f"{v:.{digits}f}") + suffix
+    return f
+
+
+# Known column names -> (header, formatter); everything else is shown as written.
+# MFU is a fraction 0..1 in the CSVs; peak memory is shown in GB = 1e9 bytes.
+KNOWN: dict[str, tuple[str, Callable[[str], str]]] = {
+    "tokens_per_s": ("tokens/s", _fmt(1, 0, thousands=True)),
+    "tok_s": ("tokens/s", _fmt(1, 0, thousands=True)),
+    "avg_tok_s_steady": ("tokens/s", _fmt(1, 0, thousands=True)),
+    "peak_mem_bytes": ("peak mem (GB)", _fmt(1e-9, 2)),
+    "peak_mem_gb": ("peak mem (GB)", _fmt(1, 2)),
+    "mfu": ("MFU (%)", _fmt(100, 2)),
+    "ms_per_step": ("ms/step", _fmt(1, 1)),
+    "params": ("params (M)", _fmt(1e-6, 1)),
+    "final_loss": ("final loss", _fmt(1, 3)),
+}
+
+
+def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
+        return list(reader.fieldnames or []), rows
+
+
+def _numeric(column: list[str]) -> bool:
+    vals = [c for c in column if c not in ("", MISSING)]
+    return bool(vals) and all(_num(c) is not None for c in vals)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    # Numbers are right-aligned so that digits line up when rendered.
+    align = ["---:" if _numeric([r[i] for r in rows]) else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_generic(cols: list[str], rows: list[dict[str, str]]) -> str:
+    header = [KNOWN[c][0] if c in KNOWN else c for c in cols]
+    body = [[KNOWN[c][1](r.get(c, "")) if c in KNOWN else r.get(c, "") for c in cols] for r in rows]
+    return markdown_table(header, body)
+
+
+def _on_off(s: str) -> str:
+    t = (s or "").strip().lower()
+    if t in ("1", "true", "yes", "on", "y"):
+        return "ON"
+    if t in ("0", "false", "no", "off", "n"):
+        return "OFF"
+    return s or MISSING
+
+
+def _autocast(r: dict[str, str]) -> str:
+    on = _on_off(r.get("autocast", ""))
+    dt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(r.get("amp_dtype", ""), r.get("amp_dtype", ""))
+    return f"ON ({dt})" if on == "ON" and dt else on
+
+
+def _status(r: dict[str, str]) -> str:
+    st, err = r.get("status", "").strip(), r.get("error", "").strip()
+    if err and st.lower() != "ok":
+        return f"{st or 'failed'}: {_shorten(err)}"
+    return st or MISSING
+
+
+# (header, source columns that must exist for the column to be shown, cell function)
+ABLATION_COLS: list[tuple[str, tuple[str, ...], Callable[[dict[str, str]], str]]] = [
+    ("variant", ("variant",), lambda r: f"`{r['variant']}`" if r.get("variant") else MISSING),
+    ("status", ("status", "error"), _status),
+    ("autocast", ("autocast",), _autocast),
+    ("compile", ("compile",), lambda r: _on_off(r.get("compile", ""))),
+    ("attention", ("attention_impl",), lambda r: r.get("attention_impl") or MISSING),
+    ("tie", ("tie_word_embeddings",), lambda r: _on_off(r.get("tie_word_embeddings", ""))),
+    ("params (M)", ("params",), lambda r: KNOWN["params"][1](r.get("params", ""))),
+    ("tokens/s", ("avg_tok_s_steady",), lambda r: KNOWN["avg_tok_s_steady"][1](r.get("avg_tok_s_steady", ""))),
+    ("ms/step", ("ms_per_step",), lambda r: KNOWN["ms_per_step"][1](r.get("ms_per_step", ""))),
+    ("MFU (%)", ("mfu",), lambda r: KNOWN["mfu"][1](r.get("mfu", ""))),
+    ("peak mem (GB)", ("peak_mem_bytes",), lambda r: KNOWN["peak_mem_bytes"][1](r.get("peak_mem_bytes", ""))),
+    ("final loss", ("final_loss",), lambda r: KNOWN["final_loss"][1](r.get("final_loss", ""))),
+    ("device", ("device_name",), lambda r: r.get("device_name") or MISSING),
+]
+
+
+def render_ablation(cols: list[str], rows: list[dict[str, str]]) -> str:
+    chosen = [(h, f) for h, need, f in ABLATION_COLS if any(c in cols for c in need)]
+    if not chosen:  # not the ablation schema at all: show it as it is
+        return render_generic(cols, rows)
+    return markdown_table([h for h, _ in chosen], [[f(r) for _, f in chosen] for r in rows])
+
+
+# ----------------------------------------------------------------------------------------------
+# blocks
+
+
+def rel(path: str, readme_dir: str) -> str:
+    return os.path.relpath(os.path.abspath(path), readme_dir).replace(os.sep, "/")
+
+
+def link(path: str, readme_dir: str) -> str:
+    return rel(path, readme_dir).replace(" ", "%20")
+
+
+def images(pngs: list[str], readme_dir: str) -> str:
+    return "\n\n".join(f"![{os.path.splitext(os.path.basename(p))[0]}]({link(p, readme_dir)})" for p in pngs)
+
+
+def fence_for(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
+    return "`" * max(3, longest + 1)
+
+
+def train_log_block(log_path: str, plot_path: Optional[str], readme_dir: str) -> tuple[str, str]:
+    log_rel = rel(log_path, readme_dir)
+    if not os.path.isfile(log_path):
+        return (f"_No training log yet: `{log_rel}` not found. Run the training commands above, then "
+                f"`python update_readme.py`._"), "log missing"
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        text = f.read().rstrip("\n")
+    s = parse_log(text)
+    out = [summary_line(s, log_rel)]
+    if plot_path:
+        out.append(f"![Loss curve: train and val loss against step]({link(plot_path, readme_dir)})")
+    fence = fence_for(text)
+    out.append("<details>\n"
+               f"<summary><b>Click to expand: {log_rel}</b></summary>\n\n"
+               f"{fence}text\n{text}\n{fence}\n\n"
+               "</details>")
+    last = s.train[-1][0] if s.train else "no steps"
+    return "\n\n".join(out), f"log to step {last}" + (", resumed at " + "/".join(map(str, s.resumes)) if s.resumes else "")
+
+
+def csv_block(csv_path: str, png_dir: Optional[str], readme_dir: str, what: str) -> tuple[str, str]:
+    csv_rel = rel(csv_path, readme_dir)
+    if not os.path.isfile(csv_path):
+        return f"_No {what} results yet: `{csv_rel}` not found._", "csv missing"
+    cols, rows = read_csv(csv_path)
+    if not rows:
+        body, note = f"_`{csv_rel}` has no rows yet._", "csv empty"
+    else:
+        body, note = f"Rendered from `{csv_rel}`.\n\n" + render_ablation(cols, rows), f"{len(rows)} rows"
+    pngs = sorted(glob.glob(os.path.join(png_dir, "*.png"))) if png_dir and os.path.isdir(png_dir) else []
+    if pngs:
+        body += "\n\n" + images(pngs, readme_dir)
+    return body, note
+
+
+def generic_tables(paths: list[str], readme_dir: str, headings: bool) -> list[str]:
+    out = []
+    for p in paths:
+        cols, rows = read_csv(p)
+        parts = [f"#### {os.path.splitext(os.path.basename(p))[0]}"] if headings else []
+        parts.append(f"Rendered from `{rel(p, readme_dir)}`.")
+        parts.append(render_generic(cols, rows) if rows else "_No rows yet._")
+        out.append("\n\n".join(parts))
+    return out
+
+
+def bench_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    csvs = sorted(glob.glob(os.path.join(bench_dir, "bench_*.csv")))
+    pngs = sorted(glob.glob(os.path.join(bench_dir, "*.png")))
+    if not csvs and not pngs:
+        return f"_No benchmark results yet: no `bench_*.csv` in `{rel(bench_dir, readme_dir)}/`._", "no bench csv"
+    parts = generic_tables(csvs, readme_dir, headings=True)
+    if pngs:
+        parts.append(images(pngs, readme_dir))
+    return "\n\n".join(parts), f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}"
+
+
+def multigpu_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    csvs = sorted(glob.glob(os.path.join(bench_dir, "multigpu*.csv")))
+    if not csvs:
+        return (f"_No multi-GPU results yet: no `multigpu*.csv` in `{rel(bench_dir, readme_dir)}/`._",
+                "no multigpu csv")
+    return (("\n\n".join(generic_tables(csvs, readme_dir, headings=len(csvs) > 1))),
+            f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}")
+
+
+# ----------------------------------------------------------------------------------------------
+# markers and writing
+
+
+def marker_span(text: str, name: str) -> Optional[tuple[int, int]]:
+    """(end of the BEGIN line, start of the END line), None if the pair is absent.
+
+    Raises MarkerError when only one half is there, either appears twice, or END comes first.
+    """
+    found = []
+    for half in ("BEGIN", "END"):
+        ms = list(re.finditer(rf"^[ \t]*<!-- {name}_{half} -->[ \t]*$", text, re.MULTILINE))
+        if len(ms) > 1:
+            raise MarkerError(f"<!-- {name}_{half} --> appears {len(ms)} times")
+        found.append(ms[0] if ms else None)
+    b, e = found
+    if b is None and e is None:
+        return None
+    if b is None or e is None:
+        raise MarkerError(f"<!-- {name}_{'BEGIN' if b is None else 'END'} --> is missing")
+    if e.start() < b.end():
+        raise MarkerError(f"<!-- {name}_END --> comes before <!-- {name}_BEGIN -->")
+    return b.end(), e.start()
+
+
+def check_markers(text: str) -> dict[str, Optional[tuple[int, int]]]:
+    spans, problems = {}, []
+    for name in REQUIRED + OPTIONAL:
+        try:
+            spans[name] = marker_span(text, name)
+        except MarkerError as err:
+            problems.append(str(err))
+            continue
+        if spans[name] is None and name in REQUIRED:
+            problems.append(f"<!-- {name}_BEGIN --> / <!-- {name}_END --> missing")
+    if problems:
+        raise MarkerError("; ".join(problems))
+    return spans
+
+
+def fill(text: str, blocks: dict[str, str]) -> str:
+    spans = check_markers(text)
+    # Replace from the back so earlier offsets stay valid.
+    for name, span in sorted(((n, sp) for n, sp in spans.items() if sp and n in blocks),
+                             key=lambda kv: kv[1][0], reverse=True):
+        a, b = span
+        text = text[:a] + "\n" + blocks[name].strip("\n") + "\n" + text[b:]
+    return text
+
+
+def write_if_changed(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return False
+    except FileNotFoundError:
+        pass
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return True
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--readme", default="README.md", help="README to fill in place")
+    p.add_argument("--train_log", default="out_smollm2_scratch/train.log", help="log written by train.py")
+    p.add_argument("--ablation_csv", default="ablation_results_500steps_profiles/ablation_results.csv",
+                   help="ablation table written by train_ablation.py")
+    p.add_argument("--ablation_dir", default=None,
+                   help="folder whose *.png are linked beside the ablation table (default: the CSV's folder)")
+    p.add_argument("--throughput_csv", default="ablation_results_throughput/ablation_results.csv",
+                   help="second ablation table for THROUGHPUT_TABLE; its folder's *.png are linked")
+    p.add_argument("--bench_dir", default="benchmarks",
+                   help="folder with bench_*.csv, multigpu*.csv and *.png")
+    p.add_argument("--loss_plot", default="out_smollm2_scratch/loss_curve.png",
+                   help="loss-curve PNG drawn from --train_log")
+    a = p.parse_args(argv)
+
+    try:
+        with open(a.readme, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        print(f"update_readme: error: cannot read {a.readme}: {err.strerror}", file=sys.stderr)
+        return 2
+    try:
+        spans = check_markers(text)
+    except MarkerError as err:
+        print(f"update_readme: error: {a.readme}: {err}", file=sys.stderr)
+        return 2
+
+    readme_dir = os.path.dirname(os.path.abspath(a.readme))
+    notes = []
+
+    # The plot comes first so that the README links it only when it is current.
+    plot = None
+    if os.path.isfile(a.train_log):
+        with open(a.train_log, encoding="utf-8", errors="replace") as f:
+            s = parse_log(f.read())
+        if not (s.train or s.val):
+            notes.append("plot skipped (no step lines in log)")
+        else:
+            try:
+                changed = write_if_changed(a.loss_plot, render_loss_plot(s))
+                plot = a.loss_plot
+                notes.append(f"plot {'written' if changed else 'unchanged'}")
+            except ImportError:
+                notes.append("plot skipped (matplotlib missing)")
+
+    blocks, filled = {}, []
+    makers = {
+        "TRAIN_LOG": lambda: train_log_block(a.train_log, plot, readme_dir),
+        "ABLATION_TABLE": lambda: csv_block(a.ablation_csv, a.ablation_dir or os.path.dirname(a.ablation_csv) or ".",
+                                            readme_dir, "ablation"),
+        "THROUGHPUT_TABLE": lambda: csv_block(a.throughput_csv, os.path.dirname(a.throughput_csv) or ".",
+                                              readme_dir, "throughput"),
+        "BENCH_TABLE": lambda: bench_block(a.bench_dir, readme_dir),
+        "MULTIGPU_TABLE": lambda: multigpu_block(a.bench_dir, readme_dir),
+    }
+    for name, make in makers.items():
+        if spans.get(name):
+            blocks[name], note = make()
+            filled.append(f"{name} ({note})")
+
+    new = fill(text, blocks)
+    changed = write_if_changed(a.readme, new.encode("utf-8")) if new != text else False
+    print(f"update_readme: {a.readme} {'updated' if changed else 'unchanged'}; filled "
+          + ", ".join(filled) + ("; " + "; ".join(notes) if notes else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
