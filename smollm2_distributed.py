@@ -1,0 +1,109 @@
+"""Data parallelism through PyTorch's own stack, applied from outside the model (as torchtitan does).
+
+Under `torchrun --nproc_per_node=N` every process trains on its own share of each step's micro-batches;
+DDP averages gradients once per optimizer step (no_sync during accumulation). FSDP2 (`fully_shard`)
+shards parameters, gradients and optimizer state per decoder layer for models that outgrow one card;
+its checkpoints are gathered into full, unsharded tensors so they load in a single process.
+Without torchrun every function here is a no-op and the code runs as one process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistEnv:
+    world_size: int
+    rank: int
+    local_rank: int
+    device: torch.device
+
+
+def setup(device_arg: str) -> DistEnv:
+    from smollm2_training import UsageError, resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        device = resolve_device(device_arg)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        # A rank that dies makes the collectives of the others fail after this timeout instead of hanging;
+        # torchrun also tears the whole group down when one worker exits non-zero.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=int(os.environ.get("SMOLLM2_DIST_TIMEOUT_MIN", "10"))))
+    return DistEnv(world, rank, local_rank, device)
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def teardown() -> None:
+    if active():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def apply_fsdp(model: torch.nn.Module) -> None:
+    from torch.distributed.fsdp import fully_shard
+    if not active():
+        raise RuntimeError("--fsdp 1 needs torchrun (several processes)")
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)  # the root owns the embedding, final norm and (tied) lm_head
+
+
+def _is_fsdp(model: torch.nn.Module) -> bool:
+    return any(type(m).__name__.startswith("FSDP") for m in model.modules())
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def full_optimizer_state(model, optimizer, portable) -> dict:
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return portable(optimizer)
+
+
+def mean_across_ranks(value: torch.Tensor) -> float:
+    if active():
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return float(value)
+
+
+def any_rank(flag: bool) -> bool:
+    if not active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0],
+                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

@@ -1,0 +1,243 @@
+"""The pieces train.py, train_ablation.py and bench.py share: device and dtype policy, optimizer,
+lr schedule, MFU, evaluation, and the one training step (eager, compiled, or replayed as a CUDA graph).
+
+Dtype policy (the only place it is decided): parameters, gradients and optimizer state are float32;
+on CUDA the forward/backward run under bf16 autocast; RMSNorm statistics, softmax and the loss are
+computed in float32 inside the model. On CPU everything is float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Dense bf16 peak per card (datasheet, without sparsity), used for MFU. H100 SXM and H200: 989.4 TFLOP/s.
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100": 312e12, "L4": 121e12,
+                   "4090": 165.2e12, "4060 Ti": 44.1e12}
+
+
+class UsageError(Exception):
+    """Bad flags or inputs: the scripts report it as one line and exit with status 2."""
+
+
+# ----------------------------------------------------------------------------- device and dtype
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu or auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown --device {name!r}; use auto, cuda or cpu")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def amp_context(device: torch.device, amp_dtype: Optional[torch.dtype], cache_enabled: bool = True):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    # cache_enabled=False is required while capturing CUDA graphs (the cast cache would be captured stale).
+    return torch.autocast(device.type, dtype=amp_dtype, cache_enabled=cache_enabled)
+
+
+def peak_flops(name: str) -> Optional[float]:
+    for key, flops in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return flops
+    return None
+
+
+def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
+    # 6N for the matmuls forward+backward (the tied matrix counted once, as the lm_head matmul) plus the
+    # attention score/value matmuls, 12 * L * C * T (PaLM appendix B; REFERENCE.md).
+    return 6 * n_params + 12 * n_layers * hidden * seq_len
+
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on every matrix (attention and MLP projections, the embedding / tied lm_head);
+    none on the 1-D RMSNorm gains, whose scale decay would only fight the normalisation."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # named_parameters() yields a tied matrix once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device,
+                    capturable: bool = False, betas=(0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
+    fused = device.type == "cuda"
+    lr_value = torch.tensor(lr, device=device) if capturable else lr  # a tensor lr can change under a CUDA graph
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr_value, betas=betas, eps=eps,
+                             fused=fused, capturable=capturable)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        if torch.is_tensor(g["lr"]):
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr
+
+
+def optimizer_state_for_checkpoint(optimizer: torch.optim.Optimizer) -> dict:
+    sd = optimizer.state_dict()
+    for g in sd["param_groups"]:
+        g["lr"] = float(g["lr"])  # portable between eager (float lr) and graph (tensor lr) runs
+    return sd
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved state into an optimizer built for this run, keeping this run's fused/capturable
+    settings and lr type, so checkpoints move between eager, graph, CPU and CUDA runs."""
+    keep = [{k: g[k] for k in ("lr", "fused", "capturable", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for g, kept in zip(optimizer.param_groups, keep):
+        g.update(kept)
+        on_device = bool(g.get("fused") or g.get("capturable"))
+        for p in g["params"]:
+            st = optimizer.state.get(p, {})
+            if "step" in st:
+                st["step"] = st["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
+
+
+def lr_at(step: int, warmup_steps: int, max_steps: int, max_lr: float, min_lr: float) -> float:
+    """Linear warmup to max_lr over warmup_steps, then cosine decay to min_lr at max_steps; min_lr after.
+    step is 1-based (the step about to run). The schedule is a function of (step, max_steps): raising
+    --max_steps on resume re-stretches the cosine over the new horizon from the current step on."""
+    if warmup_steps > 0 and step <= warmup_steps:
+        return max_lr * step / warmup_steps
+    if step >= max_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- the training step
+@dataclass
+class StepConfig:
+    grad_accum: int
+    grad_clip: float
+    amp_dtype: Optional[torch.dtype]  # None = float32
+    fused_loss: bool  # chunked linear + cross-entropy, no [tokens x vocab] logits
+    cuda_graph: bool  # capture the whole step once, replay it afterwards
+
+
+class TrainStep:
+    """One optimizer step: grad_accum x (forward + backward), gradient clipping, AdamW.
+
+    `forward_model` is what runs the forward (the model itself, torch.compile of it, or a DDP wrapper);
+    `model` is the plain module whose parameters the optimizer owns. The same _body runs eagerly or is
+    captured into a CUDA graph: for small steps (the seed's seq 256 x batch 1) launch overhead, not
+    arithmetic, dominates, and one graph replay removes thousands of kernel launches per step.
+    Returns device tensors (mean loss, grad norm) without synchronising the host.
+    """
+
+    def __init__(self, model: nn.Module, forward_model: nn.Module, optimizer: torch.optim.Optimizer,
+                 cfg: StepConfig, device: torch.device):
+        self.model, self.forward_model, self.optimizer, self.cfg, self.device = model, forward_model, optimizer, cfg, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.is_ddp = hasattr(forward_model, "no_sync")
+
+    def _body(self, xs: torch.Tensor, ys: torch.Tensor, cache_enabled: bool = True):
+        # xs, ys: (grad_accum, B, T) on device
+        A = self.cfg.grad_accum
+        total = torch.zeros((), device=self.device, dtype=torch.float32)
+        for m in range(A):
+            sync = self.forward_model.no_sync() if (self.is_ddp and m < A - 1) else contextlib.nullcontext()
+            with sync:
+                with amp_context(self.device, self.cfg.amp_dtype, cache_enabled):
+                    _, loss = self.forward_model(xs[m], ys[m], return_logits=not self.cfg.fused_loss)
+                (loss / A).backward()
+            total = total + loss.detach()
+        if self.cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=self.device.type == "cuda")
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params]))
+        self.optimizer.step()
+        return total / A, norm
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor):
+        if not self.cfg.cuda_graph:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._body(xs, ys)
+        if self.graph is None:
+            self._capture(xs, ys)
+        self.static_x.copy_(xs, non_blocking=True)
+        self.static_y.copy_(ys, non_blocking=True)
+        self.graph.replay()
+        return self.static_loss, self.static_norm
+
+    def _capture(self, xs: torch.Tensor, ys: torch.Tensor, warmup: int = 3) -> None:
+        """Warm up (compiles, allocates optimizer state and the cuBLAS workspace) on a side stream,
+        put parameters and optimizer state back exactly as they were, then capture one whole step.
+        Parameters, grads and optimizer state keep their addresses from here on: never replace them
+        (load checkpoints before the first step)."""
+        self.static_x, self.static_y = xs.clone(), ys.clone()
+        saved_params = [p.detach().clone() for p in self.params]
+        had_state = {id(p) for p in self.params if self.optimizer.state.get(p)}
+        saved_state = {id(p): {k: v.clone() for k, v in self.optimizer.state[p].items()}
+                       for p in self.params if id(p) in had_state}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._body(self.static_x, self.static_y, cache_enabled=False)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for p, s in zip(self.params, saved_params):
+                p.copy_(s)
+            for p in self.params:
+                for k, v in self.optimizer.state[p].items():
+                    if id(p) in had_state:
+                        v.copy_(saved_state[id(p)][k])
+                    else:
+                        v.zero_()
+        del saved_params, saved_state
+        self.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_loss, self.static_norm = self._body(self.static_x, self.static_y, cache_enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp_dtype) -> Optional[float]:
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), device=device), 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with amp_context(device, amp_dtype):
+            _, loss = model(x, y, return_logits=False)
+        total += loss * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    return None if count == 0 else (total / count).item()
+
+
+# ----------------------------------------------------------------------------- yardstick
+class HFReference(nn.Module):
+    """transformers' LlamaForCausalLM behind our forward(input_ids, targets) contract, so the same
+    training step, data and optimizer drive it (the yardstick in bench.py and the ablation sweep).
+    Its loss is the plain float32 cross-entropy over full logits, as transformers computes it."""
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, input_ids, targets=None, return_logits: bool = True):
+        logits = self.hf(input_ids=input_ids).logits
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss

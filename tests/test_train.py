@@ -1,0 +1,191 @@
+"""train.py end to end on CPU with the tiny preset: exact resume, crash safety, signals, bad input, the
+seed's two commands. Every comparison is against an uninterrupted reference run."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "data" / "input.txt"
+TOKENIZER = SHARED / "tokenizer" / "tokenizer.json"
+BASE = ["--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--grad_accum", "2", "--warmup_steps", "5", "--lr_decay_steps", "40",
+        "--tokenizer_id", str(TOKENIZER), "--input_file", str(CORPUS), "--sample_every", "0", "--val_every", "0"]
+
+
+def run_train(out_dir, *extra, check=True, env=None):
+    cmd = [sys.executable, str(REPO / "train.py"), *BASE, "--out_dir", str(out_dir), *map(str, extra)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"train.py failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def step_losses(log_text):
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+)", log_text, re.M)}
+
+
+def final_weights(out_dir, step):
+    ckpt = torch.load(Path(out_dir) / "checkpoints" / f"checkpoint_step_{step}.pt", weights_only=True)
+    return ckpt["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    run_train(out, "--max_steps", 40, "--log_every", 1, "--save_every", 10, "--keep_checkpoints", 0)
+    return out, step_losses((out / "train.log").read_text())
+
+
+def test_resume_is_bit_exact(reference, tmp_path):
+    ref_dir, ref_losses = reference
+    run_train(tmp_path, "--max_steps", 20, "--log_every", 1, "--save_every", 10)
+    r = run_train(tmp_path, "--max_steps", 40, "--log_every", 1, "--save_every", 10, "--resume", 1)
+    assert "RESUME: starting from global_step=20" in r.stdout
+    losses = step_losses((tmp_path / "train.log").read_text())
+    assert min(s for s in losses if s > 20) == 21
+    for s in range(21, 41):
+        assert losses[s] == ref_losses[s], s
+    assert_same_weights(final_weights(tmp_path, 40), final_weights(ref_dir, 40))
+
+
+KILL_IN_SAVE = r"""
+import os, signal, sys, torch
+sys.path.insert(0, {repo!r})
+import smollm2_checkpoint, train
+calls = []
+real_save = torch.save
+def dying_save(obj, f, *a, **k):
+    calls.append(1)
+    if len(calls) == 2:          # the second checkpoint: write half a file, then die mid-save
+        f.write(b"partial checkpoint bytes")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *a, **k)
+smollm2_checkpoint.torch.save = dying_save
+sys.argv = ["train.py"] + {args!r}
+train.cli()
+"""
+
+
+def test_sigkill_during_save_resumes_from_last_complete_checkpoint(reference, tmp_path):
+    ref_dir, ref_losses = reference
+    args = [*BASE, "--out_dir", str(tmp_path), "--max_steps", "40", "--log_every", "1", "--save_every", "10"]
+    r = subprocess.run([sys.executable, "-c", KILL_IN_SAVE.format(repo=str(REPO), args=args)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == -signal.SIGKILL
+    ckpts = tmp_path / "checkpoints"
+    latest = torch.load(ckpts / "checkpoint_latest.pt", weights_only=True)
+    assert latest["global_step"] == 10
+    assert not (ckpts / "checkpoint_step_20.pt").exists()
+    r = run_train(tmp_path, "--max_steps", 40, "--log_every", 1, "--save_every", 10, "--resume", 1)
+    assert "RESUME: starting from global_step=10" in r.stdout
+    assert_same_weights(final_weights(tmp_path, 40), final_weights(ref_dir, 40))
+
+
+def test_corrupt_latest_falls_back_to_newest_valid_step(reference, tmp_path):
+    ref_dir, _ = reference
+    run_train(tmp_path, "--max_steps", 20, "--log_every", 5, "--save_every", 10)
+    latest = tmp_path / "checkpoints" / "checkpoint_latest.pt"
+    latest.unlink()
+    latest.write_bytes(b"not a checkpoint")
+    (tmp_path / "checkpoints" / "checkpoint_step_20.pt").unlink()  # newest left: step 10
+    r = run_train(tmp_path, "--max_steps", 40, "--log_every", 5, "--save_every", 10, "--resume", 1)
+    assert "WARNING" in r.stderr and "checkpoint_step_10.pt" in r.stderr
+    assert "RESUME: starting from global_step=10" in r.stdout
+    assert_same_weights(final_weights(tmp_path, 40), final_weights(ref_dir, 40))
+
+
+def test_sigterm_saves_exits_zero_and_resume_matches(reference, tmp_path):
+    ref_dir, _ = reference
+    cmd = [sys.executable, str(REPO / "train.py"), *BASE, "--out_dir", str(tmp_path), "--max_steps", "40",
+           "--log_every", "1", "--save_every", "100"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "train.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and re.search(r"^step\s+3/", log.read_text(), re.M)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "STOP: SIGTERM received" in out
+    saved = torch.load(tmp_path / "checkpoints" / "checkpoint_latest.pt", weights_only=True)["global_step"]
+    assert 3 <= saved < 40
+    run_train(tmp_path, "--max_steps", 40, "--log_every", 1, "--save_every", 100, "--resume", 1)
+    assert_same_weights(final_weights(tmp_path, 40), final_weights(ref_dir, 40))
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    run_train(tmp_path, "--max_steps", 2, "--log_every", 1, "--save_every", 2)
+    log_before = (tmp_path / "train.log").read_text()
+    r = run_train(tmp_path, "--max_steps", 4, "--resume", 1, "--tie_word_embeddings", 0, check=False)
+    assert r.returncode == 2 and "different model" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "train.log").read_text() == log_before
+
+
+def _bad(tmp_path, name, content):
+    p = tmp_path / name
+    p.write_bytes(content)
+    return str(p)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "binary", "short", "seq_len", "batch", "accum", "model",
+                                  "device", "resume_nothing", "lr"])
+def test_bad_input_exits_2_with_one_line(tmp_path, case):
+    extra = {
+        "missing": ["--input_file", str(tmp_path / "nope.txt")],
+        "empty": ["--input_file", _bad(tmp_path, "empty.txt", b"")],
+        "binary": ["--input_file", _bad(tmp_path, "bin.txt", bytes(range(256)) * 10)],
+        "short": ["--input_file", _bad(tmp_path, "short.txt", b"To be or not to be.")],
+        "seq_len": ["--seq_len", "4096"],
+        "batch": ["--batch_size", "0"],
+        "accum": ["--grad_accum", "0"],
+        "model": ["--model", "gpt5"],
+        "device": ["--device", "tpu"],
+        "resume_nothing": ["--resume", "1"],
+        "lr": ["--max_lr", "-1"],
+    }[case]
+    r = run_train(tmp_path / "out", "--max_steps", 2, *extra, check=False)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_seed_commands_scaled_down(tmp_path):
+    """The seed's pair (--max_steps N --resume 0, then N+k --resume 1) with the seed's flags, scaled down."""
+    seed = ["--log_every", 5, "--save_every", 10, "--sample_every", 10]
+    run_train(tmp_path, "--max_steps", 20, "--resume", 0, *seed)
+    run_train(tmp_path, "--max_steps", 25, "--resume", 1, *seed)
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert sum(l.startswith("Device: ") for l in lines) == 2
+    assert sum(l.startswith("Args: {") for l in lines) == 2
+    assert any(l.startswith("Model params: 3,219,776") for l in lines)
+    assert lines.count("Starting from scratch (random init).") == 1
+    i_resume = next(i for i, l in enumerate(lines) if l.startswith("RESUME: starting from global_step=20"))
+    steps = [int(m.group(1)) for l in lines if (m := re.match(r"step\s+(\d+)/(\d+) \| lr", l))]
+    assert steps == [5, 10, 15, 20, 25]
+    after = [int(m.group(1)) for l in lines[i_resume:] if (m := re.match(r"step\s+(\d+)/\d+ \| lr", l))]
+    assert after == [25]
+    assert [l for l in lines if l.startswith("CHECKPOINT:")] == [
+        "CHECKPOINT: saved checkpoint_step_10.pt and checkpoint_latest.pt",
+        "CHECKPOINT: saved checkpoint_step_20.pt and checkpoint_latest.pt",
+        "CHECKPOINT: saved checkpoint_step_25.pt and checkpoint_latest.pt"]
+    assert [int(m.group(1)) for l in lines if (m := re.match(r"\[sample @ step (\d+)\]", l))] == [1, 10, 20]
+    for l in lines:
+        if l.startswith("step") and "| lr" in l:
+            assert re.match(r"step\s+\d+/\d+ \| lr \d\.\d{3}e-\d\d \| loss \d+\.\d{4} \| grad_norm \S+ \| "
+                            r"ms/step \S+ \| tok/s \S+ \| mfu \S+$", l), l
