@@ -1,0 +1,167 @@
+"""Export a training checkpoint as a Hugging Face model folder.
+
+    python export_hf.py --checkpoint out_smollm2_scratch/checkpoints/checkpoint_latest.pt --out_dir smollm2-shakespeare
+
+writes config.json, model.safetensors, generation_config.json and the tokenizer files, so that
+`AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it with no
+network. The weights go through transformers' own save_pretrained (on the LlamaForCausalLM that
+smollm2_hf.to_hf_model builds), so a tied embedding is stored once, as the released SmolLM2 stores it,
+and an untied lm_head is stored as its own tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from smollm2_checkpoint import CheckpointError, load_checkpoint
+from smollm2_config import SmolLM2Config
+from smollm2_model import SmolLM2ForCausalLM
+from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SPECIAL_TOKEN = "<|endoftext|>"  # id 0: bos, eos and unk of the base SmolLM2 tokenizer
+# Sampling defaults written into generation_config.json; the same as generate.py's.
+GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.8, top_k=50, max_new_tokens=200)
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line (and exit status 2), not usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def model_from_checkpoint(path: str, map_location="cpu") -> tuple[SmolLM2ForCausalLM, dict]:
+    """Rebuild the model a checkpoint was trained with. Returns (model in eval mode, checkpoint)."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if not isinstance(ckpt.get("model_config"), dict):
+        raise CheckpointError(f"{path} carries no model_config; cannot tell which architecture it holds")
+    try:
+        config = SmolLM2Config.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has an invalid model_config ({e})") from e
+    sd = dict(ckpt["model"])
+    embed, head = sd.get("model.embed_tokens.weight"), sd.get("lm_head.weight")
+    if config.tie_word_embeddings and embed is not None:
+        # A tied model's state dict names the shared matrix twice; a file that stored it once is fine too,
+        # but two different matrices under a tied config would silently lose one of them.
+        if head is None:
+            sd["lm_head.weight"] = embed
+        elif head.shape != embed.shape or not torch.equal(head, embed):
+            raise CheckpointError(f"{path}: config says tie_word_embeddings but lm_head differs from embed_tokens")
+    model = SmolLM2ForCausalLM(config)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its model_config ({str(e).splitlines()[0]})") from e
+    if config.tie_word_embeddings and not model.tie_holds():
+        raise CheckpointError(f"{path}: the embedding/lm_head tie broke while loading")
+    return model.eval(), ckpt
+
+
+def checkpoint_tokenizer_id(ckpt: dict) -> str:
+    """The tokenizer the run trained with (train.py stores its args), if it still resolves here."""
+    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    tok_id = args.get("tokenizer_id")
+    if not isinstance(tok_id, str) or not tok_id:
+        return DEFAULT_TOKENIZER_ID
+    looks_like_path = tok_id.endswith((".json", ".gguf")) or tok_id.startswith((".", "/", "~"))
+    # A path from another machine is not an error: every SmolLM2 tokenizer source gives the same ids.
+    return tok_id if os.path.exists(tok_id) or not looks_like_path else DEFAULT_TOKENIZER_ID
+
+
+def hf_tokenizer(tokenizer):
+    """Wrap a tokenizers.Tokenizer as a transformers fast tokenizer that save_pretrained can write."""
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=SPECIAL_TOKEN,
+                                   eos_token=SPECIAL_TOKEN, unk_token=SPECIAL_TOKEN)
+
+
+def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
+           dtype: str = "float32", log=print) -> list[str]:
+    """Write the Hugging Face folder; returns the paths written."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"--out_dir {out_dir} exists and is not a directory")
+    model, ckpt = model_from_checkpoint(checkpoint)
+    config = model.config
+    # Load the tokenizer before writing anything, so a missing one leaves no half-written folder.
+    tok = load_tokenizer(tokenizer_id or checkpoint_tokenizer_id(ckpt), log=log)
+    if tok.vocab_size > config.vocab_size:
+        raise ExportError(f"tokenizer {tok.source} has {tok.vocab_size} ids but the model only "
+                          f"{config.vocab_size}")
+    if tok.tokenizer.token_to_id(SPECIAL_TOKEN) != config.eos_token_id:
+        raise ExportError(f"tokenizer {tok.source} maps {SPECIAL_TOKEN} to "
+                          f"{tok.tokenizer.token_to_id(SPECIAL_TOKEN)}, the model's eos is {config.eos_token_id}")
+
+    from transformers import GenerationConfig  # imported late: bad paths fail before this costs seconds
+    from transformers.utils import logging as hf_logging
+    from smollm2_hf import to_hf_model
+
+    hf_logging.disable_progress_bar()  # a bar for writing one small shard is noise in the listing below
+
+    os.makedirs(out_dir, exist_ok=True)
+    started = time.time()
+    hf_model = to_hf_model(model).to(DTYPES[dtype])
+    hf_model.save_pretrained(out_dir)
+    # config.json from our own to_hf(), over whatever save_pretrained wrote, so the file is the
+    # documented one. transformers 5 reads "dtype", older versions "torch_dtype": write both.
+    hf_cfg = {**config.to_hf(), "torch_dtype": dtype, "dtype": dtype}
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf_cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                     pad_token_id=config.eos_token_id, **GENERATION_DEFAULTS).save_pretrained(out_dir)
+    wrapped = hf_tokenizer(tok.tokenizer)
+    wrapped.model_max_length = config.max_position_embeddings
+    wrapped.save_pretrained(out_dir)
+    # transformers 5 names the class TokenizersBackend, which 4.x lacks; the old name loads in both.
+    tok_cfg_path = os.path.join(out_dir, "tokenizer_config.json")
+    with open(tok_cfg_path, encoding="utf-8") as f:
+        tok_cfg = json.load(f)
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    with open(tok_cfg_path, "w", encoding="utf-8") as f:
+        json.dump(tok_cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+    # Only what this export wrote: a reused folder may hold other files too.
+    written = sorted(p for p in (os.path.join(out_dir, f) for f in os.listdir(out_dir))
+                     if os.path.isfile(p) and os.path.getmtime(p) >= started - 1)
+    log(f"exported {checkpoint} (global_step={ckpt.get('global_step')}, "
+        f"{model.num_params():,} parameters, tie_word_embeddings={config.tie_word_embeddings}, {dtype}) "
+        f"with tokenizer {tok.source}")
+    for p in written:
+        log(f"  wrote {p} ({os.path.getsize(p):,} bytes)")
+    return written
+
+
+def main(argv=None) -> int:
+    parser = OneLineParser(description="Export a SmolLM2 training checkpoint as a Hugging Face model folder.")
+    parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint written by training")
+    parser.add_argument("--out_dir", required=True, help="folder to write (created if missing; files overwritten)")
+    parser.add_argument("--tokenizer_id", default=None,
+                        help="tokenizer to ship with the model (hub id, tokenizer.json, folder or .gguf); default: "
+                             f"the one the checkpoint's run used if it resolves here, else {DEFAULT_TOKENIZER_ID}")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="dtype of the stored weights (training keeps float32 masters)")
+    args = parser.parse_args(argv)
+    try:
+        export(args.checkpoint, args.out_dir, args.tokenizer_id, args.dtype)
+    except (CheckpointError, TokenizerNotFound, ExportError, OSError) as e:
+        print(f"export_hf.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
