@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from smollm2_checkpoint import clean_state_dict
 from smollm2_config import SmolLM2Config
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, _hub_reachable, packaged_gguf
@@ -47,7 +48,7 @@ def to_hf_model(model: SmolLM2ForCausalLM, attn_implementation: str = "sdpa"):
     from transformers import LlamaForCausalLM
 
     hf = LlamaForCausalLM(hf_config(model.config, attn_implementation)).float()
-    hf.load_state_dict(model.state_dict(), strict=True)
+    hf.load_state_dict(clean_state_dict(model.state_dict()), strict=True)  # a compiled model's prefixes go
     if model.config.tie_word_embeddings and hf.lm_head.weight is not hf.model.embed_tokens.weight:
         raise RuntimeError("transformers did not tie lm_head to embed_tokens")
     return hf.eval()
