@@ -26,7 +26,7 @@ from smollm2_config import PRESETS, get_config
 from smollm2_data import DataError, TokenBatches, load_token_ids
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
-from smollm2_training import (StepConfig, UsageError, TrainStep, build_optimizer, device_name, evaluate, flops_per_token,
+from smollm2_training import (HFReference, StepConfig, UsageError, TrainStep, build_optimizer, device_name, evaluate, flops_per_token,
                               load_optimizer_state, lr_at, optimizer_state_for_checkpoint, peak_flops,
                               resolve_device, set_lr)
 import smollm2_distributed as dist_utils
@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sample_every", type=int, default=500, help="steps between text samples (also at step 1; 0 = never)")
     g.add_argument("--sample_prompt", default="ROMEO:", help="prompt of the text samples")
     g.add_argument("--sample_tokens", type=int, default=48, help="tokens per text sample")
-    g.add_argument("--save_every", type=int, default=250, help="steps between checkpoints (also at the last step)")
+    g.add_argument("--save_every", type=int, default=250,
+                   help="steps between checkpoints (also at the last step); 0 = never save (benchmark runs)")
     g.add_argument("--keep_checkpoints", type=int, default=3, help="newest step checkpoints kept (0 = all)")
     g.add_argument("--resume", type=int, default=0, choices=[0, 1], help="1: continue from checkpoints/checkpoint_latest.pt")
     g = p.add_argument_group("model and speed")
@@ -80,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--fused_loss", type=int, default=-1, choices=[-1, 0, 1],
                    help="chunked linear+cross-entropy without full logits (-1: follows --fast)")
     g.add_argument("--fsdp", type=int, default=0, choices=[0, 1], help="under torchrun: FSDP2 instead of DDP")
+    g.add_argument("--model_impl", default="ours", choices=["ours", "hf"],
+                   help="hf: transformers' LlamaForCausalLM with the same init, through the same step (a yardstick)")
     return p.parse_args(argv)
 
 
@@ -99,11 +102,11 @@ def resolve_switches(args, device: torch.device, world: int) -> None:
 
 
 def validate(args) -> None:
-    positive = ["seq_len", "batch_size", "grad_accum", "max_steps", "log_every", "save_every"]
+    positive = ["seq_len", "batch_size", "grad_accum", "max_steps", "log_every"]
     for name in positive:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for name in ["warmup_steps", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints"]:
+    for name in ["save_every", "warmup_steps", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints"]:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
@@ -209,9 +212,12 @@ def main(argv=None) -> int:
 
         torch.manual_seed(args.seed)
         model = SmolLM2ForCausalLM(config)
+        if args.model_impl == "hf":
+            from smollm2_hf import to_hf_model
+            model = HFReference(to_hf_model(model).train())
+            args.sample_every = 0  # transformers' generate has another API; samples are ours only
         if ckpt is not None:
             model.load_state_dict(ckpt["model"], strict=True)
-            assert model.tie_holds() == config.tie_word_embeddings
         model.to(device)
         if args.fsdp:
             dist_utils.apply_fsdp(model)
@@ -228,7 +234,7 @@ def main(argv=None) -> int:
                             device)
         amp_ctx = lambda: torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast(device.type, enabled=False)  # noqa: E731
 
-        n_params = model.num_params()
+        n_params = sum(p.numel() for p in model.parameters())  # a tied matrix counts once
         tokens_per_step = args.batch_size * args.grad_accum * args.seq_len * world
         fpt = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, args.seq_len)
         peak = peak_flops(device_name(device))
@@ -318,7 +324,7 @@ def main(argv=None) -> int:
                 if vl is not None:
                     log(f"step {step:5d}/{args.max_steps} | val loss {vl:.4f} | val ppl {math.exp(min(vl, 50)):.2f}")
             stopping = dist_utils.any_rank(stop.requested is not None)
-            if step % args.save_every == 0 or step == args.max_steps or stopping:
+            if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
                 if not math.isfinite(float(last_loss)):
                     log(f"ERROR: non-finite loss at step {step}; not saving. The last good checkpoint stays in {ckpt_dir}.")
                     return 1
@@ -328,8 +334,10 @@ def main(argv=None) -> int:
                     f"Continue with the same command and --resume 1.")
                 return 0
         total = time.perf_counter() - t_start
+        peak_mem = f" | peak mem {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB" if device.type == "cuda" else ""
         log(f"DONE: steps {start_step + 1}..{args.max_steps} in {total:.1f}s "
-            f"({tokens_per_step * (args.max_steps - start_step) / total:.1f} tok/s overall, compile/capture included)")
+            f"({tokens_per_step * (args.max_steps - start_step) / total:.1f} tok/s overall, compile/capture included)"
+            f"{peak_mem}")
         return 0
     finally:
         log.close()

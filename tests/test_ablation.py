@@ -1,0 +1,61 @@
+"""train_ablation.py on CPU: a two-variant sweep through train.py, its CSV, skip-on-rerun, --force, the
+error row of a variant that cannot run (bf16 autocast needs CUDA) and the plots."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SEED_COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
+                "amp_dtype", "compile", "attention_impl", "tie_word_embeddings", "params", "warmup_ignored_steps",
+                "avg_tok_s_steady", "peak_mem_bytes"]
+
+
+def sweep(out_dir, *extra):
+    cmd = [sys.executable, str(REPO / "train_ablation.py"), "--input_file", str(SHARED / "data" / "input.txt"),
+           "--tokenizer_id", str(SHARED / "tokenizer" / "tokenizer.json"), "--model", "tiny", "--seq_len", "32",
+           "--batch_size", "1", "--grad_accum", "2", "--steps", "4", "--ignore_first_steps", "2", "--log_every", "2",
+           "--out_dir", str(out_dir), "--variant", "baseline", "--variant", "sdpa_on", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def rows(out_dir):
+    with open(out_dir / "ablation_results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_variant_sweep_csv_rerun_force_and_plots(tmp_path):
+    out = tmp_path / "abl"
+    sweep(out)
+    got = rows(out)
+    header = open(out / "ablation_results.csv").readline().strip().split(",")
+    assert header[:len(SEED_COLUMNS)] == SEED_COLUMNS
+    for col in ("device_name", "mfu", "ms_per_step", "final_loss", "status"):
+        assert col in header
+    assert [r["variant"] for r in got] == ["baseline", "sdpa_on"]
+    ok, failed = got
+    assert ok["status"] == "ok" and float(ok["avg_tok_s_steady"]) > 0 and float(ok["final_loss"]) > 0
+    assert ok["params"] == "3219776" and ok["attention_impl"] == "manual" and ok["amp_dtype"] == "fp32"
+    assert failed["status"] == "error" and "CUDA" in failed["error"]
+    assert (out / "logs" / "baseline.log").read_text().count("step ") >= 2
+    for png in ("tokens_per_s.png", "peak_mem.png", "loss_curves.png"):
+        assert (out / png).stat().st_size > 1000
+    assert len((out / "ablation_results.jsonl").read_text().splitlines()) == 2
+
+    again = sweep(out)
+    assert "skip baseline" in again and "skip sdpa_on" in again
+    assert len(rows(out)) == 2
+
+    forced = sweep(out, "--force")
+    assert "run  baseline" in forced
+    assert [r["variant"] for r in rows(out)] == ["baseline", "sdpa_on"]
+
+
+def test_bad_flags_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "train_ablation.py"), "--variant", "nope", "--out_dir", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -1,0 +1,262 @@
+"""Ablation sweep: the same short training run under different speed switches, one row per variant.
+
+Each variant is one entry of VARIANTS (a set of train.py flags) and runs as its own train.py process
+(clean GPU memory and compile caches, and exactly train.py's training step). Steady tokens/s is read
+from train.py's interval lines after --ignore_first_steps (each line's timing ends on a host-device
+synchronisation), peak memory from its DONE line.
+
+    python train_ablation.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --steps 500 \
+        --ignore_first_steps 50 --log_every 50 --run_all --out_dir ablation_results_500steps_profiles
+    python train_ablation.py ... --variant sdpa_on ...
+    python train_ablation.py --profile throughput --run_all ...   # seq 2048 x micro-batch 16, no accumulation
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+# name: train.py flags. The seed's seven first, with the seed's meaning; then what the speed work added.
+VARIANTS: dict[str, dict[str, object]] = {
+    "baseline":          dict(autocast=0, compile=0, attn="manual", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
+    "autocast":          dict(autocast=1, compile=0, attn="manual", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
+    "autocast_comp":     dict(autocast=1, compile=1, attn="manual", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
+    "sdpa_on":           dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
+    "sdpa_off":          dict(autocast=1, compile=0, attn="manual", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
+    "sdpa_with_tie_on":  dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
+    "sdpa_with_tie_off": dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=0, cuda_graph=0, fused_loss=0),
+    "fused_loss":        dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=1),
+    "compile_sdpa":      dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
+    "compile_fused":     dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=1),
+    "cuda_graph":        dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1),
+    "fast":              dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1),
+    "hf_reference":      dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0,
+                              model_impl="hf"),
+}
+PROFILES = {"seed": None, "throughput": dict(seq_len=2048, batch_size=16, grad_accum=1)}
+COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
+           "amp_dtype", "compile", "attention_impl", "tie_word_embeddings", "params", "warmup_ignored_steps",
+           "avg_tok_s_steady", "peak_mem_bytes", "device_name", "mfu", "ms_per_step", "final_loss", "status",
+           "cuda_graph", "fused_loss", "model_impl", "error"]
+STEP_RE = re.compile(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+) \|.*ms/step (\S+) \| tok/s (\S+) \| mfu (\S+)")
+PLOTS = ("tokens_per_s.png", "peak_mem.png", "loss_curves.png")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input_file", default="input.txt")
+    p.add_argument("--tokenizer_id", default=None, help="passed to train.py (default: train.py's)")
+    p.add_argument("--model", default="smollm2-135m", help="preset (tiny for CPU tests)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--profile", default="seed", choices=list(PROFILES),
+                   help="seed: the flags given here; throughput: seq 2048 x micro-batch 16 x accum 1")
+    p.add_argument("--seq_len", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--grad_accum", type=int, default=4)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--ignore_first_steps", type=int, default=50, help="steps left out of the steady tokens/s")
+    p.add_argument("--log_every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=1337)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run_all", action="store_true", help="every variant in VARIANTS")
+    g.add_argument("--variant", action="append", choices=list(VARIANTS), help="one variant (repeatable)")
+    p.add_argument("--out_dir", default="ablation_results_500steps_profiles")
+    p.add_argument("--force", action="store_true", help="rerun variants already in the CSV")
+    args = p.parse_args(argv)
+    if PROFILES[args.profile]:
+        for k, v in PROFILES[args.profile].items():
+            setattr(args, k, v)
+    for name in ("steps", "log_every", "seq_len", "batch_size", "grad_accum"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if not 0 <= args.ignore_first_steps < args.steps:
+        p.error("--ignore_first_steps must be in [0, --steps)")
+    return args
+
+
+def train_command(args, name: str) -> list[str]:
+    flags = dict(input_file=args.input_file, model=args.model, device=args.device, seq_len=args.seq_len,
+                 batch_size=args.batch_size, grad_accum=args.grad_accum, max_steps=args.steps,
+                 log_every=args.log_every, seed=args.seed, save_every=0, sample_every=0, val_every=0,
+                 warmup_steps=min(200, args.steps // 5), out_dir=os.path.join(args.out_dir, "runs", name),
+                 **VARIANTS[name])
+    if args.tokenizer_id:
+        flags["tokenizer_id"] = args.tokenizer_id
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")]
+    for k, v in flags.items():
+        cmd += [f"--{k}", str(v)]
+    return cmd
+
+
+def parse_log(text: str, ignore_first: int) -> dict:
+    rows = [(int(m[1]), float(m[2]), float(m[3]), float(m[4]), m[5]) for m in map(STEP_RE.match, text.splitlines()) if m]
+    steady = [r for r in rows if r[0] > ignore_first] or rows[-1:]
+    out = dict(losses=[(r[0], r[1]) for r in rows])
+    if steady:
+        # intervals are equally long except possibly the last: weight by steps covered
+        out["avg_tok_s_steady"] = sum(r[3] for r in steady) / len(steady)
+        out["ms_per_step"] = sum(r[2] for r in steady) / len(steady)
+        out["final_loss"] = rows[-1][1]
+        mfu = [float(r[4].rstrip("%")) / 100 for r in steady if r[4] != "n/a"]
+        out["mfu"] = sum(mfu) / len(mfu) if mfu else ""
+    if m := re.search(r"peak mem (\S+) GB", text):
+        out["peak_mem_bytes"] = int(float(m[1]) * 1e9)
+    if m := re.search(r"Model params: ([\d,]+)", text):
+        out["params"] = int(m[1].replace(",", ""))
+    if m := re.search(r"^Device: (\S+) \((.*?)\)", text, re.M):
+        out["device"], out["device_name"] = m[1], m[2]
+    return out
+
+
+def done_variants(csv_path: str) -> set[str]:
+    if not os.path.exists(csv_path):
+        return set()
+    with open(csv_path, newline="") as f:
+        return {r["variant"] for r in csv.DictReader(f)}
+
+
+def append_row(csv_path: str, row: dict) -> None:
+    new = not os.path.exists(csv_path)
+    with open(csv_path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def drop_rows(csv_path: str, names: set[str]) -> None:
+    """--force: remove the variants about to rerun, so the CSV keeps one row per variant."""
+    if not os.path.exists(csv_path):
+        return
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["variant"] not in names]
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run_variant(args, name: str) -> dict:
+    os.makedirs(os.path.join(args.out_dir, "logs"), exist_ok=True)
+    log_path = os.path.join(args.out_dir, "logs", f"{name}.log")
+    run_dir = os.path.join(args.out_dir, "runs", name)
+    if os.path.exists(os.path.join(run_dir, "train.log")):
+        os.remove(os.path.join(run_dir, "train.log"))
+    cmd = train_command(args, name)
+    # own process group: a Ctrl-C to the sweep is handled here, not delivered mid-step to the child
+    proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
+    with open(log_path, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+    v = VARIANTS[name]
+    row = dict(timestamp=datetime.datetime.now().isoformat(timespec="seconds"), variant=name, steps=args.steps,
+               seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
+               autocast=v["autocast"], amp_dtype="bf16" if v["autocast"] else "fp32", compile=v["compile"],
+               attention_impl=v["attn"], tie_word_embeddings=v["tie_word_embeddings"],
+               warmup_ignored_steps=args.ignore_first_steps, cuda_graph=v["cuda_graph"], fused_loss=v["fused_loss"],
+               model_impl=v.get("model_impl", "ours"))
+    parsed = parse_log(proc.stdout, args.ignore_first_steps)
+    row.update({k: v for k, v in parsed.items() if k in COLUMNS})
+    if proc.returncode == 0 and "avg_tok_s_steady" in parsed:
+        row["status"] = "ok"
+    else:
+        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        row["status"] = "oom" if "out of memory" in proc.stderr.lower() else "error"
+        row["error"] = err[:300]
+    row["_losses"] = parsed["losses"]
+    return row
+
+
+def plot(csv_path: str, out_dir: str, curves: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    if not rows:
+        return
+    names = [r["variant"] for r in rows]
+    card = rows[0].get("device_name", "")
+    for fname, key, scale, label in (("tokens_per_s.png", "avg_tok_s_steady", 1.0, "tokens/s (steady)"),
+                                     ("peak_mem.png", "peak_mem_bytes", 1e-9, "peak memory (GB)")):
+        vals = [float(r[key]) * scale if r.get(key) else 0.0 for r in rows]
+        fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+        ax.bar(names, vals, color="#4c72b0")
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:,.0f}" if scale == 1.0 else f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per variant, seq {rows[0]['seq_len']} x batch {rows[0]['batch_size']} x accum "
+                     f"{rows[0]['grad_accum']} ({card})")
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, fname), metadata={"Software": None})
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    for name in names:
+        pts = curves.get(name)
+        if pts:
+            ax.plot([s for s, _ in pts], [l for _, l in pts], label=name, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss (interval mean)")
+    ax.set_title("Loss curves per variant")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "loss_curves.png"), metadata={"Software": None})
+    plt.close(fig)
+
+
+def load_curves(out_dir: str, ignore_first: int) -> dict:
+    curves = {}
+    for name in VARIANTS:
+        path = os.path.join(out_dir, "logs", f"{name}.log")
+        if os.path.exists(path):
+            with open(path) as f:
+                curves[name] = parse_log(f.read(), ignore_first)["losses"]
+    return curves
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    csv_path = os.path.join(args.out_dir, "ablation_results.csv")
+    names = list(VARIANTS) if args.run_all else list(dict.fromkeys(args.variant))
+    if args.force:
+        drop_rows(csv_path, set(names))
+    done = done_variants(csv_path)
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):
+        stop["flag"] = True
+        print("\nCtrl-C: stopping after the current variant (the CSV keeps what finished).", flush=True)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    for name in names:
+        if stop["flag"]:
+            break
+        if name in done:
+            print(f"skip {name}: already in {csv_path} (use --force to rerun)")
+            continue
+        print(f"run  {name} ...", flush=True)
+        row = run_variant(args, name)
+        row.pop("_losses")
+        append_row(csv_path, row)
+        with open(os.path.join(args.out_dir, "ablation_results.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+        tok = row.get("avg_tok_s_steady")
+        print(f"     {name}: {row['status']}" + (f" | {tok:,.0f} tok/s" if tok else "") +
+              (f" | {row['error']}" if row.get("error") else ""), flush=True)
+    plot(csv_path, args.out_dir, load_curves(args.out_dir, args.ignore_first_steps))
+    print(f"results: {csv_path}")
+    return 130 if stop["flag"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
