@@ -67,8 +67,9 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 def apply_fsdp(model: torch.nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
+    from smollm2_training import UsageError
     if not active():
-        raise RuntimeError("--fsdp 1 needs torchrun (several processes)")
+        raise UsageError("--fsdp 1 shards over several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)  # the root owns the embedding, final norm and (tied) lm_head
@@ -90,6 +91,25 @@ def full_optimizer_state(model, optimizer, portable) -> dict:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
         return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return portable(optimizer)
+
+
+def load_full_optimizer_state(model, optimizer, state: dict, plain_load) -> None:
+    """The counterpart of full_optimizer_state: under FSDP2 each rank takes its shard of the full state
+    (optimizer.load_state_dict would put full tensors beside DTensor parameters and fail at step())."""
+    if not _is_fsdp(model):
+        plain_load(optimizer, state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    # Single-process and DDP checkpoints key the state by position, FSDP2 ones by parameter name.
+    names = {id(p): n for n, p in model.named_parameters()}  # a tied matrix once, under its first name
+    rename = dict(zip([k for g in state["param_groups"] for k in g["params"]],
+                      [names[id(p)] for g in optimizer.param_groups for p in g["params"]]))
+    state = {"state": {rename[k]: v for k, v in state["state"].items()},
+             "param_groups": [{**g, "params": [rename[k] for k in g["params"]]} for g in state["param_groups"]]}
+    keep = [{k: g[k] for k in ("lr", "fused", "capturable", "foreach") if k in g} for g in optimizer.param_groups]
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    for g, kept in zip(optimizer.param_groups, keep):  # this run's kernels and lr type, as plain_load keeps them
+        g.update(kept)
 
 
 def mean_across_ranks(value: torch.Tensor) -> float:

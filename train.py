@@ -99,6 +99,8 @@ def resolve_switches(args, device: torch.device, world: int) -> None:
         raise UsageError("--cuda_graph 1 needs CUDA; use --cuda_graph 0 on CPU")
     if args.cuda_graph and (world > 1 or args.fsdp):
         raise UsageError("--cuda_graph 1 is single-process only; use --cuda_graph 0 under torchrun")
+    if args.fsdp and world == 1:
+        raise UsageError("--fsdp 1 shards over several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
 
 
 def validate(args) -> None:
@@ -206,8 +208,12 @@ def main(argv=None) -> int:
     log = Logger(os.path.join(args.out_dir, "train.log"), rank == 0, args.max_steps, start_step)
     try:
         tokenizer = load_tokenizer(args.tokenizer_id, log=log)
+        if rank != 0:
+            dist_utils.barrier()  # rank 0 downloads the default corpus and tokenizes it once; the rest read its cache
         ids = load_token_ids(args.input_file, tokenizer, os.path.join(args.out_dir, "cache"), log=log,
                              allow_download=rank == 0)
+        if rank == 0:
+            dist_utils.barrier()
         data = TokenBatches(ids, args.seq_len, args.val_fraction, args.seed)
 
         torch.manual_seed(args.seed)
@@ -223,7 +229,7 @@ def main(argv=None) -> int:
             dist_utils.apply_fsdp(model)
         optimizer = build_optimizer(model, args.max_lr, args.weight_decay, device, capturable=args.cuda_graph)
         if ckpt is not None:
-            load_optimizer_state(optimizer, ckpt["optimizer"])
+            dist_utils.load_full_optimizer_state(model, optimizer, ckpt["optimizer"], load_optimizer_state)
             set_rng_state(ckpt["rng"])
         forward_model = torch.compile(model) if args.compile else model
         if world > 1 and not args.fsdp:
@@ -317,7 +323,8 @@ def main(argv=None) -> int:
                     return 1
                 interval_loss.zero_()
                 interval_steps, t_last = 0, time.perf_counter()
-            if args.sample_every and rank == 0 and (step == 1 or step % args.sample_every == 0):
+            # Under FSDP2 every rank must run the forward (each holds a shard); the others' text is discarded.
+            if args.sample_every and (rank == 0 or args.fsdp) and (step == 1 or step % args.sample_every == 0):
                 log(f"[sample @ step {step}] {sample_text(model, tokenizer, args, device, amp_ctx, step)}")
             if args.val_every and step % args.val_every == 0:
                 vl = evaluate(model, data.val_batches(args.val_batches, args.batch_size * args.grad_accum), device, amp_dtype)

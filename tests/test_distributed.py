@@ -1,0 +1,205 @@
+"""train.py under torchrun on CPU (gloo), tiny preset: 2 processes x grad_accum 2 against the reference of
+1 process x grad_accum 4 (same seed, same global batch of 4 micro-batches), resumes across world sizes,
+FSDP2 checkpoints that load in one process, and a rank that dies.
+
+Tolerances: the two orders of summing four micro-batch gradients, ((g1+g2)+g3)+g4 and (g1+g2)+(g3+g4),
+differ by an ulp, and Adam turns that into weight differences of a few 1e-7 after 10 steps (measured
+5.6e-7 at seed 1337, in 4 elements of the tied embedding; 1.3e-7 to 2.5e-7 at seeds 1-6), so weights
+are held to 1e-6, not to bit equality. That bound only means something with the same kernels on both
+sides: the single-process run with 2 threads instead of 1 differs from itself by 3.9e-6, so every run
+here gets OMP_NUM_THREADS=1. The log prints losses to 4 decimals, which cannot show a 1e-5 relative
+difference, so the equivalence test also records the logged all-ranks mean at full precision
+(HOOKED_TRAIN; measured 8.9e-8 relative).
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "data" / "input.txt"
+TOKENIZER = SHARED / "tokenizer" / "tokenizer.json"
+BASE = ["--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--warmup_steps", "5", "--lr_decay_steps", "10",
+        "--tokenizer_id", str(TOKENIZER), "--input_file", str(CORPUS), "--sample_every", "0", "--val_every", "0",
+        "--log_every", "1", "--save_every", "10"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1")  # 2 ranks on 2 cores; the same thread count in every run
+LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-6
+
+pytestmark = pytest.mark.skipif(not (CORPUS.exists() and TOKENIZER.exists()), reason=f"needs {CORPUS} and {TOKENIZER}")
+
+# train.py itself, with the logged all-ranks mean loss also appended at full precision to $LOSS_FILE
+# (rank 0), and with rank $DIE_RANK SIGKILLing itself at step $DIE_AT_STEP (as the OOM killer would).
+HOOKED_TRAIN = r"""
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+import smollm2_distributed, train
+rank = int(os.environ.get("RANK", "0"))
+real_mean, real_any = smollm2_distributed.mean_across_ranks, smollm2_distributed.any_rank
+def mean_across_ranks(value):
+    v = real_mean(value)
+    if rank == 0 and "LOSS_FILE" in os.environ:
+        with open(os.environ["LOSS_FILE"], "a") as f:
+            f.write(repr(v) + "\n")
+    return v
+steps = []
+def any_rank(flag):  # called once per step, after the optimizer step
+    steps.append(1)
+    if str(rank) == os.environ.get("DIE_RANK") and len(steps) == int(os.environ["DIE_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_any(flag)
+smollm2_distributed.mean_across_ranks, smollm2_distributed.any_rank = mean_across_ranks, any_rank
+sys.argv = ["train.py"] + sys.argv[1:]
+train.cli()
+"""
+
+
+def launch(out_dir, *extra, nproc=1, hooked=False, env=None):
+    """nproc 1: plain `python train.py`; more: `python -m torch.distributed.run --standalone` (a free port)."""
+    script = REPO / "train.py"
+    if hooked:
+        script = Path(out_dir).parent / f"{Path(out_dir).name}_hooked_train.py"
+        script.write_text(HOOKED_TRAIN.format(repo=str(REPO)))
+    runner = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [sys.executable, *runner, str(script), *BASE, "--out_dir", str(out_dir), *map(str, extra)], {**ENV, **(env or {})}
+
+
+def run_train(out_dir, *extra, nproc=1, hooked=False, env=None, check=True):
+    cmd, env = launch(out_dir, *extra, nproc=nproc, hooked=hooked, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if check and r.returncode != 0:
+        raise AssertionError(f"train failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def step_losses(log_text):
+    return {int(m.group(1)): float(m.group(2))
+            for m in re.finditer(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+)", log_text, re.M)}
+
+
+def weights(out_dir, step):
+    return torch.load(Path(out_dir) / "checkpoints" / f"checkpoint_step_{step}.pt", weights_only=True)["model"]
+
+
+def max_weight_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def assert_logged_losses_match(losses, ref_losses, steps):
+    # Printed to 4 decimals: two values 1e-7 apart may print one unit apart.
+    for s in steps:
+        assert abs(losses[s] - ref_losses[s]) <= 1e-4 + 1e-9, (s, losses[s], ref_losses[s])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """1 process x grad_accum 4, 10 steps: the run every multi-process run is compared with."""
+    out = tmp_path_factory.mktemp("ref")
+    run_train(out, "--grad_accum", 4, "--max_steps", 10, hooked=True, env={"LOSS_FILE": str(out / "losses.txt")})
+    precise = [float(v) for v in (out / "losses.txt").read_text().split()]
+    return out, step_losses((out / "train.log").read_text()), precise
+
+
+def test_two_ranks_match_one_process(reference, tmp_path):
+    ref_dir, ref_losses, ref_precise = reference
+    out = tmp_path / "ddp"
+    r = run_train(out, "--grad_accum", 2, "--max_steps", 10, nproc=2, hooked=True,
+                  env={"LOSS_FILE": str(tmp_path / "losses.txt")})
+    precise = [float(v) for v in (tmp_path / "losses.txt").read_text().split()]
+    assert len(precise) == len(ref_precise) == 10
+    rel = max(abs(a - b) / abs(b) for a, b in zip(precise, ref_precise))
+    assert rel <= LOSS_RTOL, rel
+    log = (out / "train.log").read_text()
+    assert_logged_losses_match(step_losses(log), ref_losses, range(1, 11))
+    assert max_weight_diff(weights(out, 10), weights(ref_dir, 10)) <= WEIGHT_ATOL
+    # One header, written by rank 0 alone, with the global batch of all ranks.
+    for text in (log, r.stdout):
+        assert text.count("Global batch: 2 x grad_accum 2 x world 2 x seq 32 = 256 tokens/step") == 1
+        assert len(re.findall(r"^Args: \{", text, re.M)) == 1
+        assert len(re.findall(r"^step\s+10/10 \|", text, re.M)) == 1
+    assert "world size 2" in log and "| DDP" in log
+
+
+def test_two_rank_checkpoint_resumes_on_one_process(reference, tmp_path):
+    ref_dir, ref_losses, _ = reference
+    run_train(tmp_path, "--grad_accum", 2, "--max_steps", 5, nproc=2)
+    r = run_train(tmp_path, "--grad_accum", 4, "--max_steps", 10, "--resume", 1)
+    assert "RESUME: starting from global_step=5" in r.stdout
+    log = (tmp_path / "train.log").read_text()
+    after = log[log.index("RESUME: starting from global_step=5"):]
+    assert min(step_losses(after)) == 6
+    assert_logged_losses_match(step_losses(log), ref_losses, range(1, 11))
+    assert max_weight_diff(weights(tmp_path, 10), weights(ref_dir, 10)) <= WEIGHT_ATOL
+    headers = re.findall(r"^Global batch: (.*)$", log, re.M)  # one per run, none from rank 1
+    assert headers == ["2 x grad_accum 2 x world 2 x seq 32 = 256 tokens/step",
+                       "2 x grad_accum 4 x world 1 x seq 32 = 256 tokens/step"]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """FSDP2 (fully_shard per decoder layer and at the root) on 2 CPU processes over gloo, 4 steps."""
+    out = tmp_path_factory.mktemp("fsdp")
+    r = run_train(out, "--grad_accum", 2, "--max_steps", 4, "--fsdp", 1, nproc=2)
+    return out, r
+
+
+def test_fsdp_trains_like_one_process(reference, fsdp_run):
+    _, ref_losses, _ = reference
+    out, r = fsdp_run
+    log = (out / "train.log").read_text()
+    assert "| FSDP2" in log and log.count("Global batch: 2 x grad_accum 2 x world 2") == 1
+    assert_logged_losses_match(step_losses(log), ref_losses, range(1, 5))
+    saved = weights(out, 4)  # gathered into full, plain tensors
+    assert all(type(v) is torch.Tensor for v in saved.values())
+    assert saved["model.embed_tokens.weight"].shape == (49152, 64)
+
+
+@pytest.mark.parametrize("nproc", [1, 2], ids=["on_one_process", "on_fsdp"])
+def test_fsdp_checkpoint_resumes(reference, fsdp_run, tmp_path, nproc):
+    ref_dir, ref_losses, _ = reference
+    shutil.copytree(fsdp_run[0] / "checkpoints", tmp_path / "checkpoints")
+    extra = ["--grad_accum", 4] if nproc == 1 else ["--grad_accum", 2, "--fsdp", 1]
+    r = run_train(tmp_path, *extra, "--max_steps", 10, "--resume", 1, nproc=nproc)
+    assert "RESUME: starting from global_step=4" in r.stdout
+    losses = step_losses((tmp_path / "train.log").read_text())
+    assert min(losses) == 5
+    assert_logged_losses_match(losses, ref_losses, range(5, 11))
+    assert max_weight_diff(weights(tmp_path, 10), weights(ref_dir, 10)) <= WEIGHT_ATOL
+
+
+def test_fsdp_without_torchrun_is_a_usage_error(tmp_path):
+    r = run_train(tmp_path / "out", "--grad_accum", 2, "--max_steps", 2, "--fsdp", 1, check=False)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --fsdp 1"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_dead_rank_ends_the_run(tmp_path):
+    """Rank 1 is SIGKILLed after step 3 of 500: rank 0's next collective fails (gloo: connection reset),
+    torchrun tears the group down and names the dead rank as the root cause, within seconds."""
+    cmd, env = launch(tmp_path / "out", "--grad_accum", 2, "--max_steps", 500, nproc=2, hooked=True,
+                      env={"DIE_RANK": "1", "DIE_AT_STEP": "3"})
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # a hang: take the launcher and its workers down
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    elapsed = time.monotonic() - t0
+    assert proc.returncode not in (0, None), (out[-2000:], err[-2000:])
+    assert "Root Cause" in err and re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s*\n\s*exitcode\s*:\s*-9", err), err[-3000:]
+    steps = sorted(step_losses((tmp_path / "out" / "train.log").read_text()))
+    assert steps[:3] == [1, 2, 3] and steps[-1] < 10 and "DONE:" not in out
+    assert elapsed < 90, elapsed
