@@ -185,10 +185,12 @@ def check_pretrained(table: Table, args) -> None:
         return f"{source}: {len(our_keys)} keys, strict match, {ours.num_params():,} params"
 
     def loss() -> str:
-        if not os.path.isfile(args.input_file):
-            raise AssertionError(f"corpus {args.input_file} not found; pass --input_file")
-        with open(args.input_file, encoding="utf-8") as f:
-            ids = state["tok"].encode(f.read())
+        from smollm2_data import DataError, read_corpus
+        try:  # the same corpus checks as train.py; the default input.txt is downloaded when missing
+            text = read_corpus(args.input_file).decode("utf-8")
+        except DataError as e:
+            raise AssertionError(str(e)) from e
+        ids = state["tok"].encode(text)
         assert len(ids) >= LOSS_TOKENS, f"{args.input_file} has only {len(ids)} tokens, need {LOSS_TOKENS}"
         x = torch.tensor([ids[:LOSS_TOKENS]], device=args.hf_device)
         with torch.no_grad():
