@@ -149,12 +149,15 @@ class TrainStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.is_ddp = hasattr(forward_model, "no_sync")
+        self.is_fsdp = hasattr(model, "set_requires_gradient_sync")  # FSDP2's counterpart of no_sync
 
     def _body(self, xs: torch.Tensor, ys: torch.Tensor, cache_enabled: bool = True):
         # xs, ys: (grad_accum, B, T) on device
         A = self.cfg.grad_accum
         total = torch.zeros((), device=self.device, dtype=torch.float32)
         for m in range(A):
+            if self.is_fsdp:  # reduce-scatter gradients once, on the last micro-step
+                self.model.set_requires_gradient_sync(m == A - 1)
             sync = self.forward_model.no_sync() if (self.is_ddp and m < A - 1) else contextlib.nullcontext()
             with sync:
                 with amp_context(self.device, self.cfg.amp_dtype, cache_enabled):

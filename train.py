@@ -26,7 +26,7 @@ from smollm2_config import PRESETS, get_config
 from smollm2_data import DataError, TokenBatches, load_token_ids
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
-from smollm2_training import (HFReference, StepConfig, UsageError, TrainStep, build_optimizer, device_name, evaluate, flops_per_token,
+from smollm2_training import (HFReference, StepConfig, UsageError, TrainStep, amp_context, build_optimizer, device_name, evaluate, flops_per_token,
                               load_optimizer_state, lr_at, optimizer_state_for_checkpoint, peak_flops,
                               resolve_device, set_lr)
 import smollm2_distributed as dist_utils
@@ -165,12 +165,12 @@ class StopFlag:
         self.requested = signal.Signals(signum).name
 
 
-def sample_text(model, tokenizer, args, device, amp_ctx, step: int) -> str:
+def sample_text(model, tokenizer, args, device, amp_dtype, step: int) -> str:
     ids = torch.tensor([tokenizer.encode(args.sample_prompt) or [model.config.bos_token_id]], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed + step)  # own generator: training RNG untouched
     was_training = model.training
     model.eval()
-    with amp_ctx():
+    with amp_context(device, amp_dtype):
         out = model.generate(ids, args.sample_tokens, temperature=0.8, top_k=50, generator=gen)
     model.train(was_training)
     return tokenizer.decode(out[0].tolist())
@@ -238,7 +238,6 @@ def main(argv=None) -> int:
         step_fn = TrainStep(model, forward_model, optimizer,
                             StepConfig(args.grad_accum, args.grad_clip, amp_dtype, args.fused_loss, args.cuda_graph),
                             device)
-        amp_ctx = lambda: torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast(device.type, enabled=False)  # noqa: E731
 
         n_params = sum(p.numel() for p in model.parameters())  # a tied matrix counts once
         tokens_per_step = args.batch_size * args.grad_accum * args.seq_len * world
@@ -325,7 +324,7 @@ def main(argv=None) -> int:
                 interval_steps, t_last = 0, time.perf_counter()
             # Under FSDP2 every rank must run the forward (each holds a shard); the others' text is discarded.
             if args.sample_every and (rank == 0 or args.fsdp) and (step == 1 or step % args.sample_every == 0):
-                log(f"[sample @ step {step}] {sample_text(model, tokenizer, args, device, amp_ctx, step)}")
+                log(f"[sample @ step {step}] {sample_text(model, tokenizer, args, device, amp_dtype, step)}")
             if args.val_every and step % args.val_every == 0:
                 vl = evaluate(model, data.val_batches(args.val_batches, args.batch_size * args.grad_accum), device, amp_dtype)
                 if vl is not None:
