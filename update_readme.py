@@ -426,11 +426,12 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
         with open(a.train_log, encoding="utf-8", errors="replace") as f:
             text = f.read()
         s = parse_log(text)
-        dev = re.search(r"^Device: \S+ \((.*?)\)", text, re.M)
+        dev = re.search(r"^Device: \S+ \((.*?)\).*?torch (\S+)", text, re.M)
         done = re.findall(r"^DONE: steps (\d+)\.\.(\d+) in (\S+)s \((\S+) tok/s", text, re.M)
         if s.train and done:
             wall = sum(float(d[2]) for d in done)
-            out.append(f"- **Graded run** on {dev.group(1) if dev else 'the logged device'}: steps 1 to "
+            where = f"{dev.group(1)}, torch {dev.group(2)}" if dev else "the logged device"
+            out.append(f"- **Graded run** on {where}: steps 1 to "
                        f"{s.train[-1][0]} in {wall:.0f} s of training-loop wall time over {len(done)} runs "
                        f"(first run {float(done[0][3]):,.0f} tokens/s overall including compilation); resumed at "
                        f"step {', '.join(map(str, s.resumes)) or 'none'}; train loss {s.train[0][1]:.3f} -> "

@@ -290,3 +290,33 @@ def test_custom_paths(tmp_path):
 @pytest.mark.parametrize("value,expected", [("0.1234", "12.34"), ("", "—"), ("nan", "—"), ("x", "—")])
 def test_mfu_format(value, expected):
     assert ur.KNOWN["mfu"][1](value) == expected
+
+
+BENCH_HEADER = "profile,impl,status,card,tokens_per_s,mfu,peak_mem_gb\n"
+
+
+def test_findings_are_computed_from_the_files(tmp_path):
+    readme = README + "\n<!-- FINDINGS_BEGIN -->\nold\n<!-- FINDINGS_END -->\n"
+    populate(tmp_path, readme)
+    log = make_log().replace("RESUME:", "DONE: steps 1..300 in 100.0s (3000.0 tok/s overall, compile/capture included)\nRESUME:")
+    write(tmp_path / "out_smollm2_scratch" / "train.log",
+          log + "DONE: steps 301..350 in 20.0s (2500.0 tok/s overall, compile/capture included)\n")
+    write(tmp_path / "benchmarks" / "bench_seed.csv", BENCH_HEADER +
+          "seed,hf_eager,ok,NVIDIA H100,2000,0.002,3.0\n"
+          "seed,hf_compile,ok,NVIDIA H100,5000,0.005,3.1\n"
+          "seed,ours_fast,ok,NVIDIA H100,30000,0.03,2.5\n")
+    write(tmp_path / "benchmarks" / "loss_equivalence.json",
+          '{"steps": 200, "max_abs_diff": 0.02, "mean_abs_diff": 0.005, "final_fast": 3.5, "final_eager": 3.51}')
+    assert run(tmp_path).returncode == 0
+    text = (tmp_path / "README.md").read_text()
+    block = text.split("<!-- FINDINGS_BEGIN -->")[1].split("<!-- FINDINGS_END -->")[0]
+    assert "30,000 tokens/s" in block and "15.0x" in block and "6.0x" in block  # 30000/2000, 30000/5000
+    assert "within 0.020" in block and "first 200 steps" in block
+    assert "steps 1 to 350 in 120 s" in block and "resumed at step 300" in block and "3,000 tokens/s" in block
+    assert "old" not in block
+
+
+def test_findings_placeholder_without_files(tmp_path):
+    write(tmp_path / "README.md", README + "\n<!-- FINDINGS_BEGIN -->\n<!-- FINDINGS_END -->\n")
+    assert run(tmp_path).returncode == 0
+    assert "No result files yet" in (tmp_path / "README.md").read_text()
