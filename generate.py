@@ -14,7 +14,6 @@ device and prompt give the same text.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time

@@ -26,9 +26,9 @@ from smollm2_config import PRESETS, get_config
 from smollm2_data import DataError, TokenBatches, load_token_ids
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
-from smollm2_training import (HFReference, StepConfig, UsageError, TrainStep, amp_context, build_optimizer, device_name, evaluate, flops_per_token,
-                              load_optimizer_state, lr_at, optimizer_state_for_checkpoint, peak_flops,
-                              resolve_device, set_lr)
+from smollm2_training import (HFReference, StepConfig, TrainStep, UsageError, amp_context, build_optimizer,
+                              device_name, evaluate, flops_per_token, load_optimizer_state, lr_at,
+                              optimizer_state_for_checkpoint, peak_flops, set_lr)
 import smollm2_distributed as dist_utils
 
 

@@ -1,7 +1,6 @@
 """train.py end to end on CPU with the tiny preset: exact resume, crash safety, signals, bad input, the
 seed's two commands. Every comparison is against an uninterrupted reference run."""
 
-import os
 import re
 import signal
 import subprocess
