@@ -60,13 +60,6 @@ def make_step(impl: str, model, device, grad_accum: int, lr: float = 3e-4):
     return TrainStep(model, fwd, opt, StepConfig(grad_accum, 1.0, torch.bfloat16, fused, graph), device), opt
 
 
-def batches(data: TokenBatches, step: int, A: int, B: int, device):
-    micro = [data.train_batch(step, m, B) for m in range(A)]
-    xs = torch.stack([x for x, _ in micro]).pin_memory().to(device, non_blocking=True)
-    ys = torch.stack([y for _, y in micro]).pin_memory().to(device, non_blocking=True)
-    return xs, ys
-
-
 def free():
     gc.collect()
     torch.cuda.empty_cache()
@@ -79,10 +72,10 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed):
     step_fn, opt = make_step(impl, model, device, A)
     t0 = time.perf_counter()
     for s in range(1, warmup + 1):
-        step_fn(*batches(data, s, A, B, device))
+        step_fn(*data.step_batch(s, A, B, device))
     torch.cuda.synchronize()
     warm_s = time.perf_counter() - t0
-    inputs = [batches(data, warmup + s, A, B, device) for s in range(1, steps + 1)]
+    inputs = [data.step_batch(warmup + s, A, B, device) for s in range(1, steps + 1)]
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -108,7 +101,7 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
         losses = []
         for s in range(1, steps + 1):
             set_lr(opt, lr_at(s, 20, steps, 3e-4, 3e-5))
-            loss, _ = step_fn(*batches(data, s, 1, B, device))
+            loss, _ = step_fn(*data.step_batch(s, 1, B, device))
             losses.append(loss.detach().clone())
         curves[impl] = torch.stack(losses).float().cpu().tolist()
         del model, step_fn, opt

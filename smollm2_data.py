@@ -115,6 +115,16 @@ class TokenBatches:
         offsets = rng.integers(0, len(self.train) - self.seq_len, size=batch_size)
         return self._windows(self.train, offsets)
 
+    def step_batch(self, step: int, grad_accum: int, batch_size: int, device, rank: int = 0):
+        """All micro-batches of one optimizer step for one rank: (grad_accum, B, T) inputs and targets on
+        device. Rank r takes micro-batch indices r * grad_accum + m, disjoint from every other rank's."""
+        micro = [self.train_batch(step, rank * grad_accum + m, batch_size) for m in range(grad_accum)]
+        xs = torch.stack([x for x, _ in micro])
+        ys = torch.stack([y for _, y in micro])
+        if torch.device(device).type == "cuda":  # pinned host memory lets the copy overlap the running step
+            return xs.pin_memory().to(device, non_blocking=True), ys.pin_memory().to(device, non_blocking=True)
+        return xs, ys
+
     def val_batches(self, n_batches: int, batch_size: int):
         # Consecutive non-overlapping windows from the start of the val split: the same set every time.
         n_windows = (len(self.val) - 1) // self.seq_len

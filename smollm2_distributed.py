@@ -106,10 +106,8 @@ def load_full_optimizer_state(model, optimizer, state: dict, plain_load) -> None
                       [names[id(p)] for g in optimizer.param_groups for p in g["params"]]))
     state = {"state": {rename[k]: v for k, v in state["state"].items()},
              "param_groups": [{**g, "params": [rename[k] for k in g["params"]]} for g in state["param_groups"]]}
-    keep = [{k: g[k] for k in ("lr", "fused", "capturable", "foreach") if k in g} for g in optimizer.param_groups]
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-    for g, kept in zip(optimizer.param_groups, keep):  # this run's kernels and lr type, as plain_load keeps them
-        g.update(kept)
+    plain_load(optimizer, state, load=lambda s: set_optimizer_state_dict(
+        model, optimizer, s, options=StateDictOptions(full_state_dict=True)))
 
 
 def mean_across_ranks(value: torch.Tensor) -> float:

@@ -97,11 +97,12 @@ def optimizer_state_for_checkpoint(optimizer: torch.optim.Optimizer) -> dict:
     return sd
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, load=None) -> None:
     """Load a saved state into an optimizer built for this run, keeping this run's fused/capturable
-    settings and lr type, so checkpoints move between eager, graph, CPU and CUDA runs."""
+    settings and lr type, so checkpoints move between eager, graph, CPU and CUDA runs. `load` replaces
+    optimizer.load_state_dict where the state must be scattered (FSDP2 shards)."""
     keep = [{k: g[k] for k in ("lr", "fused", "capturable", "foreach") if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
+    (load or optimizer.load_state_dict)(state)
     for g, kept in zip(optimizer.param_groups, keep):
         g.update(kept)
         on_device = bool(g.get("fused") or g.get("capturable"))

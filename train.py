@@ -297,12 +297,7 @@ def main(argv=None) -> int:
         for step in range(start_step + 1, args.max_steps + 1):
             lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr)
             set_lr(optimizer, lr)
-            micro = [data.train_batch(step, rank * args.grad_accum + m, args.batch_size) for m in range(args.grad_accum)]
-            xs = torch.stack([x for x, _ in micro])  # (A, B, T)
-            ys = torch.stack([y for _, y in micro])
-            if device.type == "cuda":
-                xs, ys = xs.pin_memory().to(device, non_blocking=True), ys.pin_memory().to(device, non_blocking=True)
-            loss, norm = step_fn(xs, ys)
+            loss, norm = step_fn(*data.step_batch(step, args.grad_accum, args.batch_size, device, rank))
             interval_loss += loss
             interval_steps += 1
             log.advance()

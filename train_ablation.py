@@ -100,9 +100,13 @@ def parse_log(text: str, ignore_first: int) -> dict:
     steady = [r for r in rows if r[0] > ignore_first] or rows[-1:]
     out = dict(losses=[(r[0], r[1]) for r in rows])
     if steady:
-        # intervals are equally long except possibly the last: weight by steps covered
-        out["avg_tok_s_steady"] = sum(r[3] for r in steady) / len(steady)
-        out["ms_per_step"] = sum(r[2] for r in steady) / len(steady)
+        # Each interval line covers the steps since the previous one; the last may be shorter. Total
+        # steps over total time, so a short interval weighs what it lasted.
+        prev = {r[0]: p[0] for p, r in zip(rows, rows[1:])}
+        n = [r[0] - prev.get(r[0], 0) for r in steady]
+        total_ms = sum(k * r[2] for k, r in zip(n, steady))
+        out["ms_per_step"] = total_ms / sum(n)
+        out["avg_tok_s_steady"] = sum(k * r[3] * r[2] for k, r in zip(n, steady)) / total_ms
         out["final_loss"] = rows[-1][1]
         mfu = [float(r[4].rstrip("%")) / 100 for r in steady if r[4] != "n/a"]
         out["mfu"] = sum(mfu) / len(mfu) if mfu else ""
