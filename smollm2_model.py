@@ -152,7 +152,8 @@ def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor
         h = h.to(torch.get_autocast_dtype(h.device.type))
     if not (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)):
         with torch.no_grad():
-            losses = [F.cross_entropy((h[s:s + chunk_size] @ w.to(h.dtype).t()).float(),
+            wt = w.to(h.dtype).t()  # cast once, not per chunk
+            losses = [F.cross_entropy((h[s:s + chunk_size] @ wt).float(),
                                       targets[s:s + chunk_size], ignore_index=IGNORE_INDEX,
                                       reduction="sum") for s in range(0, h.shape[0], chunk_size)]
             return torch.stack(losses).sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
