@@ -92,3 +92,16 @@ def test_optimizer_state_moves_between_float_and_tensor_lr():
     assert math.isclose(float(fresh.param_groups[0]["lr"]), 2e-4, rel_tol=1e-6)
     for p in model.parameters():
         assert torch.equal(fresh.state[p]["exp_avg"], opt.state[p]["exp_avg"])
+
+
+def test_evaluation_loss_path_equals_plain_loss():
+    """Validation runs under no_grad through the chunked loss (no gradients formed): same value as the
+    plain full-logits loss, ignore_index included."""
+    torch.manual_seed(0)
+    model = SmolLM2ForCausalLM(get_config("tiny"))
+    x, y = torch.randint(0, 49152, (2, 40)), torch.randint(0, 49152, (2, 40))
+    y[0, :5] = -100
+    with torch.no_grad():
+        plain = model(x, y)[1]
+        chunked = model(x, y, return_logits=False)[1]
+    assert abs(plain.item() - chunked.item()) < 1e-5
