@@ -4,23 +4,33 @@ with the same initial weights, data, batch, optimizer and training step (smollm2
     python bench.py --profile seed         # seq 256 x micro-batch 1 x accum 4 (the seed's run)
     python bench.py --profile throughput   # seq 2048 x micro-batch 16, no accumulation
     python bench.py --profile all --max_batch_probe 1 --loss_steps 200
+    python bench.py --profile attention    # SDPA kernels alone: flash vs cuDNN vs efficient, GQA native vs copied
+    python bench.py --profile throughput --impls ours_compile --kernel_table 1   # where the time goes
+    python bench.py --world_sizes 1,2,4 --impls ours_compile   # data-parallel scaling through torchrun + DDP
 
 Writes benchmarks/bench_<profile>.csv and .json (tokens/s, ms/step, MFU against the card's dense bf16
-peak, peak memory, card, versions), benchmarks/bench_max_batch.csv and the loss-equivalence plot.
+peak, peak memory, card, versions), bench_max_batch.csv, bench_attention.csv, time_breakdown_<profile>.csv
+(+ kernels_<profile>_<impl>.txt), multigpu_<profile>.csv and the loss-equivalence plot.
+Under torchrun (WORLD_SIZE > 1) every rank trains its share through DDP and rank 0 writes total and
+per-GPU figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import gc
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 
 import torch
 
+import smollm2_distributed as dist_utils
 from smollm2_config import get_config
 from smollm2_data import TokenBatches, load_token_ids
 from smollm2_model import SmolLM2ForCausalLM
@@ -32,20 +42,25 @@ PROFILES = {  # name: (seq_len, micro_batch, grad_accum)
     "seed": (256, 1, 4),
     "throughput": (2048, 16, 1),
 }
-# impl: (model kind, compile, cuda graph, fused loss). Autocast bf16 for all: the dtype policy is shared.
+# Autocast bf16 for all: the dtype policy is shared. ours_fast is train.py's default CUDA path.
 IMPLS = {
-    "hf_eager": ("hf", False, False, False),
-    "hf_compile": ("hf", True, False, False),
-    "ours_eager": ("ours", False, False, False),
-    "ours_compile": ("ours", True, False, True),
-    "ours_fast": ("ours", True, True, True),
+    "hf_eager": dict(kind="hf"),
+    "hf_compile": dict(kind="hf", compile=True),
+    "ours_eager": dict(),
+    "ours_compile": dict(compile=True, fused=True),
+    "ours_fast": dict(compile=True, graph=True, fused=True),
 }
+DEFAULT_IMPLS = "hf_eager,hf_compile,ours_eager,ours_compile,ours_fast"
 
 
-def build(kind: str, seed: int, device, attn: str = "sdpa"):
+def impl_spec(name: str) -> dict:
+    return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa"), **IMPLS[name])
+
+
+def build(spec: dict, seed: int, device):
     torch.manual_seed(seed)
-    ours = SmolLM2ForCausalLM(get_config("smollm2-135m", attn_impl=attn))
-    if kind == "ours":
+    ours = SmolLM2ForCausalLM(get_config("smollm2-135m", attn_impl=spec["attn"]))
+    if spec["kind"] == "ours":
         return ours.to(device)
     from smollm2_hf import to_hf_model  # same initial weights as ours
     hf = to_hf_model(ours)
@@ -53,29 +68,44 @@ def build(kind: str, seed: int, device, attn: str = "sdpa"):
     return HFReference(hf.to(device).train())
 
 
-def make_step(impl: str, model, device, grad_accum: int, lr: float = 3e-4):
-    kind, compile_, graph, fused = IMPLS[impl]
-    opt = build_optimizer(model, lr, 0.1, device, capturable=graph)
-    fwd = torch.compile(model) if compile_ else model
-    return TrainStep(model, fwd, opt, StepConfig(grad_accum, 1.0, torch.bfloat16, fused, graph), device), opt
+def make_step(spec: dict, model, device, grad_accum: int, lr: float = 3e-4):
+    opt = build_optimizer(model, lr, 0.1, device, capturable=spec["graph"])
+    fwd = torch.compile(model) if spec["compile"] else model
+    if dist_utils.active():
+        fwd = dist_utils.wrap_ddp(fwd, device)
+    return TrainStep(model, fwd, opt, StepConfig(grad_accum, 1.0, torch.bfloat16, spec["fused"], spec["graph"]),
+                     device), opt
 
 
 def free():
     gc.collect()
+    torch._dynamo.reset()  # each impl compiles afresh (and never hits the recompile limit)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
 
 
-def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed):
+def _max_across_ranks(value: float) -> float:
+    if not dist_utils.active():
+        return value
+    t = torch.tensor([value], device="cuda", dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t)
+
+
+def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table: str = ""):
+    """Warm up (compile, capture), then time `steps` steps between two CUDA events. Under DDP each rank
+    takes its share of every step's micro-batches; the slowest rank's time counts."""
     free()
-    model = build(IMPLS[impl][0], seed, device)
-    step_fn, opt = make_step(impl, model, device, A)
+    rank = int(os.environ.get("RANK", "0"))
+    spec = impl_spec(impl)
+    model = build(spec, seed, device)
+    step_fn, opt = make_step(spec, model, device, A)
     t0 = time.perf_counter()
     for s in range(1, warmup + 1):
-        step_fn(*data.step_batch(s, A, B, device))
+        step_fn(*data.step_batch(s, A, B, device, rank))
     torch.cuda.synchronize()
     warm_s = time.perf_counter() - t0
-    inputs = [data.step_batch(warmup + s, A, B, device) for s in range(1, steps + 1)]
+    inputs = [data.step_batch(warmup + s, A, B, device, rank) for s in range(1, steps + 1)]
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -83,12 +113,46 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed):
         loss, _ = step_fn(xs, ys)
     end.record()
     torch.cuda.synchronize()
-    ms = start.elapsed_time(end) / steps
-    peak = torch.cuda.max_memory_allocated(device)
+    ms = _max_across_ranks(start.elapsed_time(end) / steps)
+    peak = _max_across_ranks(torch.cuda.max_memory_allocated(device))
     final_loss = float(loss)
+    breakdown = kernel_breakdown(step_fn, inputs[:3], kernel_table) if kernel_table else None
     del model, step_fn, opt, inputs
     free()
-    return dict(ms_per_step=ms, warmup_s=warm_s, peak_mem_bytes=peak, final_loss=final_loss)
+    return dict(ms_per_step=ms, warmup_s=warm_s, peak_mem_bytes=peak, final_loss=final_loss, breakdown=breakdown)
+
+
+# Kernel name -> where the time goes. Order matters: the first pattern that matches wins.
+KERNEL_GROUPS = [
+    ("attention", r"flash|fmha|cudnn|attention|sdpa"),
+    ("optimizer", r"adam|multi_tensor|foreach|norm_kernel|clip"),
+    ("matmul", r"gemm|cutlass|xmma|nvjet|matmul|sm90_|wgmma"),
+    ("loss", r"logsumexp|log_softmax|cross_entropy|nll"),  # before embedding: the loss kernel does a scatter_add
+    ("embedding", r"embedding|index|scatter|gather|sort|radix"),
+    ("fused elementwise (triton)", r"^triton|triton_"),
+    ("elementwise (eager)", r"elementwise|vectorized|reduce|copy|fill|cat"),
+]
+
+
+def kernel_breakdown(step_fn, inputs, table_path: str) -> dict:
+    """Profile a few steps; write the top kernels as a table and return device ms per step per group."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for xs, ys in inputs:
+            step_fn(xs, ys)
+        torch.cuda.synchronize()
+    averages = prof.key_averages()
+    kernels = ([e for e in averages if e.device_type == torch.autograd.DeviceType.CUDA]
+               or [e for e in averages if e.self_device_time_total > 0])
+    groups = {name: 0.0 for name, _ in KERNEL_GROUPS}
+    groups["other"] = 0.0
+    for e in kernels:
+        name = next((g for g, pat in KERNEL_GROUPS if re.search(pat, e.key, re.I)), "other")
+        groups[name] += e.self_device_time_total / 1000.0 / len(inputs)  # us -> ms per step
+    with open(table_path, "w") as f:
+        f.write(averages.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=90))
+    return groups
 
 
 def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
@@ -96,8 +160,8 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
     curves = {}
     for impl in ("ours_eager", "ours_fast"):
         free()
-        model = build("ours", seed, device)
-        step_fn, opt = make_step(impl, model, device, 1)
+        model = build(impl_spec(impl), seed, device)
+        step_fn, opt = make_step(impl_spec(impl), model, device, 1)
         losses = []
         for s in range(1, steps + 1):
             set_lr(opt, lr_at(s, 20, steps, 3e-4, 3e-5))
@@ -132,101 +196,256 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
             "final_eager": curves["ours_eager"][-1], "final_fast": curves["ours_fast"][-1]}
 
 
-def probe_max_batch(impl, data, seq_len, device, seed, candidates):
-    best = 0
-    for B in candidates:
+def probe_max_batch(impl, data, seq_len, device, seed) -> dict:
+    """Largest micro-batch at seq_len whose training step fits: peak memory is close to linear in the
+    micro-batch, so two small runs predict the limit and a few runs around the prediction confirm it
+    (a run that fits and the next size that does not)."""
+    def fits(B):
         try:
-            time_impl(impl, data, seq_len, B, 1, 2, 1, device, seed)
-            best = B
+            return time_impl(impl, data, seq_len, B, 1, 2, 1, device, seed)["peak_mem_bytes"]
         except torch.OutOfMemoryError:
             free()
+            return None
+
+    p4, p8 = fits(4), fits(8)
+    if p4 is None or p8 is None:
+        return dict(max_micro_batch=0 if p4 is None else 4, predicted=0, trials=2)
+    total = torch.cuda.get_device_properties(device).total_memory
+    per_seq = (p8 - p4) / 4
+    guess = max(8, int((total - p4) / per_seq) + 4)
+    trials, ok, bad, B, stride = 2, 8, None, guess, 1
+    while trials < 12:
+        trials += 1
+        if fits(B) is not None:
+            ok = B
+        else:
+            bad = B
+        if bad is not None and bad - ok <= 1:
             break
-    return best
+        if bad is None:  # still fits: walk up, doubling the stride
+            B, stride = ok + stride, stride * 2
+        else:
+            B = (ok + bad) // 2
+    return dict(max_micro_batch=ok, first_oom=bad or "", predicted=guess, trials=trials,
+                peak_gb_at_4=round(p4 / 1e9, 2), peak_gb_at_8=round(p8 / 1e9, 2),
+                card_memory_gb=round(total / 1e9, 1))
+
+
+def attention_bench(device, B=16, H=9, KV=3, T=2048, D=64, reps=20) -> list[dict]:
+    """fwd+bwd of causal attention at the model's shape, per SDPA backend, with native GQA (3 K/V heads
+    serve 9 query heads) or K/V copied to 9 heads first. Error against float32 math on the same inputs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(B, H, T, D, device=device, generator=g)
+    k = torch.randn(B, KV, T, D, device=device, generator=g)
+    v = torch.randn(B, KV, T, D, device=device, generator=g)
+    dout = torch.randn(B, H, T, D, device=device, generator=g)
+
+    def run(qq, kk, vv, gqa):
+        return F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=gqa)
+
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = run(qr[:2], kr[:2], vr[:2], True)
+    ref.backward(dout[:2])
+    flops = 4 * B * H * T * T * D / 2 * 3.5  # causal: half the scores; backward ~2.5x the forward
+    rows = []
+    for backend in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        for gqa in ("native", "copied_kv"):
+            qb = q.bfloat16().requires_grad_()
+            kb, vb = k.bfloat16(), v.bfloat16()
+            if gqa == "copied_kv":
+                kb, vb = kb.repeat_interleave(H // KV, 1), vb.repeat_interleave(H // KV, 1)
+            kb, vb = kb.requires_grad_(), vb.requires_grad_()
+            row = dict(backend=backend.replace("_ATTENTION", "").lower(), gqa=gqa, shape=f"{B}x{H}/{KV}x{T}x{D}",
+                       card=device_name(device), torch=torch.__version__)
+            try:
+                with sdpa_kernel(getattr(SDPBackend, backend)):
+                    def step():
+                        out = run(qb, kb, vb, gqa == "native")
+                        out.backward(dout.bfloat16())
+                        return out
+                    out = step()
+                    err = ((out[:2].float() - ref).norm() / ref.norm()).item()
+                    gerr = ((qb.grad[:2].float() - qr.grad[:2]).norm() / qr.grad[:2].norm()).item()
+                    for _ in range(3):
+                        step()
+                    times = []
+                    for _ in range(reps):
+                        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        a.record()
+                        step()
+                        b.record()
+                        torch.cuda.synchronize()
+                        times.append(a.elapsed_time(b))
+                ms = sorted(times)[len(times) // 2]
+                row.update(status="ok", ms_fwd_bwd=round(ms, 3), tflops=round(flops / ms / 1e9, 1),
+                           rel_err_out=f"{err:.2e}", rel_err_dq=f"{gerr:.2e}")
+            except Exception as e:  # a backend that refuses this shape says so in the row
+                row.update(status="unsupported", error=str(e).splitlines()[0][:160])
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def merge_rows(path_stem, rows, key="impl"):
+    """Write rows into <stem>.csv/.json, replacing earlier rows with the same key (parallel runs share it)."""
+    fd = os.open(os.path.dirname(os.path.abspath(path_stem)), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        old = []
+        if os.path.exists(path_stem + ".json"):
+            with open(path_stem + ".json") as f:
+                old = json.load(f)
+        keys = {r[key] for r in rows}
+        write_rows(path_stem, [r for r in old if r.get(key) not in keys] + rows)
+    finally:
+        os.close(fd)
 
 
 def write_rows(path_stem, rows):
     with open(path_stem + ".json", "w") as f:
         json.dump(rows, f, indent=2)
     with open(path_stem + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
 
 
+def multigpu(args, ids_ready_dir: str) -> None:
+    """Run this script under torchrun at each world size and collect total and per-GPU figures."""
+    rows = []
+    for n in [int(w) for w in args.world_sizes.split(",")]:
+        out = os.path.join(args.out_dir, ".multigpu", f"w{n}")
+        os.makedirs(out, exist_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               os.path.abspath(__file__), "--profile", args.profile, "--impls", args.impls, "--out_dir", out,
+               "--cache_dir", ids_ready_dir, "--input_file", args.input_file, "--tokenizer_id", args.tokenizer_id,
+               "--warmup", str(args.warmup), "--steps", str(args.steps), "--seed", str(args.seed)]
+        if args.micro_batch:
+            cmd += ["--micro_batch", str(args.micro_batch)]
+        print("$ " + " ".join(cmd), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise UsageError(f"the {n}-process run failed (its output is above)")
+        with open(os.path.join(out, f"bench_{args.profile}.json")) as f:
+            rows += json.load(f)
+    one = {r["impl"]: r["tokens_per_s_per_gpu"] for r in rows if r["world_size"] == 1}
+    for r in rows:
+        r["scaling_efficiency"] = round(r["tokens_per_s_per_gpu"] / one[r["impl"]], 3) if r["impl"] in one else ""
+    write_rows(os.path.join(args.out_dir, f"multigpu_{args.profile}"), rows)
+    for r in rows:
+        print(f"{r['impl']:>14} x{r['world_size']}: {r['tokens_per_s']:>10,.0f} tok/s total | "
+              f"{r['tokens_per_s_per_gpu']:>9,.0f} per GPU | efficiency {r['scaling_efficiency']}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="all", choices=["seed", "throughput", "all"])
-    p.add_argument("--impls", default=",".join(IMPLS), help="comma list of " + ", ".join(IMPLS))
+    p.add_argument("--profile", default="all", choices=["seed", "throughput", "all", "attention", "none"],
+                   help="none: only --max_batch_probe / --loss_steps")
+    p.add_argument("--impls", default=DEFAULT_IMPLS, help="comma list of " + ", ".join(IMPLS))
     p.add_argument("--input_file", default="input.txt")
     p.add_argument("--tokenizer_id", default=DEFAULT_TOKENIZER_ID)
     p.add_argument("--micro_batch", type=int, default=0, help="override the profile's micro-batch")
     p.add_argument("--warmup", type=int, default=15, help="untimed steps (compile, graph capture)")
     p.add_argument("--steps", type=int, default=30, help="timed steps")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--kernel_table", type=int, default=0, choices=[0, 1],
+                   help="profile 3 steps per impl: kernels_<profile>_<impl>.txt and time_breakdown_<profile>.csv")
     p.add_argument("--max_batch_probe", type=int, default=0, choices=[0, 1], help="largest micro-batch at seq 2048")
+    p.add_argument("--probe_impls", default="hf_eager,hf_compile,ours_compile")
     p.add_argument("--loss_steps", type=int, default=0, help="steps of the fast-vs-eager loss comparison (0 = skip)")
     p.add_argument("--loss_batch", type=int, default=16, help="micro-batch of the loss comparison (seq 2048)")
+    p.add_argument("--world_sizes", default="", help="e.g. 1,2,4: run --profile under torchrun at each size")
     p.add_argument("--out_dir", default="benchmarks")
+    p.add_argument("--cache_dir", default="", help="token cache (default <out_dir>/.cache)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise UsageError("bench.py measures GPU training speed and needs CUDA")
     impls = args.impls.split(",")
-    if unknown := [i for i in impls if i not in IMPLS]:
-        raise UsageError(f"unknown --impls {unknown}; choose from {', '.join(IMPLS)}")
-    device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True  # only what stays in float32 (the optimizer's grad norm etc.)
+    probe_impls = args.probe_impls.split(",")
+    if unknown := [i for i in impls + probe_impls if i not in IMPLS]:
+        raise UsageError(f"unknown impl {unknown}; choose from {', '.join(IMPLS)}")
+    if args.world_sizes and args.profile not in PROFILES:
+        raise UsageError("--world_sizes needs --profile seed or throughput")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.kernel_table or args.max_batch_probe or args.loss_steps
+                                                      or any(IMPLS[i].get("graph") for i in impls)):
+        raise UsageError("under torchrun bench.py times plain DDP steps only: no --kernel_table, "
+                         "--max_batch_probe, --loss_steps or CUDA-graph impls")
     os.makedirs(args.out_dir, exist_ok=True)
+    cache_dir = args.cache_dir or os.path.join(args.out_dir, ".cache")
+    env = dist_utils.setup("cuda")
+    device, world = env.device, env.world_size
+    torch.backends.cuda.matmul.allow_tf32 = True  # only what stays in float32 (the optimizer's grad norm etc.)
     card = device_name(device)
     peak = peak_flops(card)
     import transformers
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if args.profile == "attention":
+        write_rows(os.path.join(args.out_dir, "bench_attention"), attention_bench(device))
+        return
     tokenizer = load_tokenizer(args.tokenizer_id)
-    ids = load_token_ids(args.input_file, tokenizer, os.path.join(args.out_dir, ".cache"))
+    ids = load_token_ids(args.input_file, tokenizer, cache_dir)
+    if args.world_sizes:
+        return multigpu(args, cache_dir)
     n_params = SmolLM2ForCausalLM(get_config("smollm2-135m")).num_params()
+    write = env.rank == 0
 
-    profiles = list(PROFILES) if args.profile == "all" else [args.profile]
+    profiles = list(PROFILES) if args.profile == "all" else [args.profile] if args.profile in PROFILES else []
     for prof in profiles:
         seq_len, B, A = PROFILES[prof]
         B = args.micro_batch or B
         data = TokenBatches(ids, seq_len, 0.0, args.seed)
         fpt = flops_per_token(n_params, 30, 576, seq_len)
-        rows = []
+        rows, breakdown = [], []
         for impl in impls:
+            table = os.path.join(args.out_dir, f"kernels_{prof}_{impl}.txt") if args.kernel_table and write else ""
             try:
-                r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, device, args.seed)
+                r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, device, args.seed, table)
                 status = "ok"
             except torch.OutOfMemoryError:
                 free()
                 r, status = dict(ms_per_step=float("nan"), warmup_s=float("nan"), peak_mem_bytes=0,
-                                 final_loss=float("nan")), "oom"
-            tok_s = B * A * seq_len * 1000.0 / r["ms_per_step"]
-            rows.append(dict(profile=prof, impl=impl, status=status, card=card, seq_len=seq_len, micro_batch=B,
-                             grad_accum=A, tokens_per_step=B * A * seq_len, ms_per_step=round(r["ms_per_step"], 3),
-                             tokens_per_s=round(tok_s, 1), mfu=round(tok_s * fpt / peak, 4) if peak else "",
+                                 final_loss=float("nan"), breakdown=None), "oom"
+            tok_s = B * A * seq_len * world * 1000.0 / r["ms_per_step"]
+            rows.append(dict(profile=prof, impl=impl, status=status, card=card, world_size=world, seq_len=seq_len,
+                             micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * world,
+                             ms_per_step=round(r["ms_per_step"], 3), tokens_per_s=round(tok_s, 1),
+                             tokens_per_s_per_gpu=round(tok_s / world, 1),
+                             mfu=round(tok_s * fpt / (peak * world), 4) if peak else "",
                              peak_mem_gb=round(r["peak_mem_bytes"] / 1e9, 2), warmup_s=round(r["warmup_s"], 1),
                              final_loss=round(r["final_loss"], 4), peak_flops=peak or "", **versions))
-            print(json.dumps(rows[-1]), flush=True)
+            if r["breakdown"]:
+                breakdown.append(dict(impl=impl, card=card, ms_per_step=round(r["ms_per_step"], 2),
+                                      **{f"{k} ms": round(v, 2) for k, v in r["breakdown"].items()}))
+            if write:
+                print(json.dumps(rows[-1]), flush=True)
         base = {r["impl"]: r["tokens_per_s"] for r in rows}
         for r in rows:
             r["x_hf_eager"] = round(r["tokens_per_s"] / base["hf_eager"], 2) if "hf_eager" in base else ""
             r["x_hf_compile"] = round(r["tokens_per_s"] / base["hf_compile"], 2) if "hf_compile" in base else ""
-        write_rows(os.path.join(args.out_dir, f"bench_{prof}"), rows)
+        if write:
+            write_rows(os.path.join(args.out_dir, f"bench_{prof}"), rows)
+            if breakdown:
+                write_rows(os.path.join(args.out_dir, f"time_breakdown_{prof}"), breakdown)
 
-    if args.max_batch_probe:
+    if args.max_batch_probe and write:
         data = TokenBatches(ids, 2048, 0.0, args.seed)
-        cands = [8, 16, 24, 32, 48, 64, 96, 128]
-        rows = [dict(impl=i, card=card, seq_len=2048, max_micro_batch=probe_max_batch(i, data, 2048, device, args.seed, cands),
-                     candidates=" ".join(map(str, cands)), **versions) for i in ("hf_eager", "ours_eager", "ours_compile")]
-        print(rows)
-        write_rows(os.path.join(args.out_dir, "bench_max_batch"), rows)
+        rows = []
+        for impl in probe_impls:
+            rows.append(dict(impl=impl, card=card, seq_len=2048, **probe_max_batch(impl, data, 2048, device, args.seed),
+                             **versions))
+            print(json.dumps(rows[-1]), flush=True)
+        merge_rows(os.path.join(args.out_dir, "bench_max_batch"), rows)
 
-    if args.loss_steps:
+    if args.loss_steps and write:
         data = TokenBatches(ids, 2048, 0.0, args.seed)
         summary = loss_curves(data, 2048, args.loss_batch, args.loss_steps, device, args.seed, args.out_dir)
         summary.update(card=card, **versions)
         with open(os.path.join(args.out_dir, "loss_equivalence.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(summary)
+    dist_utils.teardown()
 
 
 if __name__ == "__main__":

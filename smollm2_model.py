@@ -140,9 +140,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        # Scaled in place: a second float32 [V, C] buffer would raise the step's peak memory. So the
+        # saved gradients serve one backward only (no retain_graph double backward).
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError("linear_cross_entropy supports one backward per forward")
+        ctx.consumed = True
         grad_h, grad_w, inv_n = ctx.saved_tensors
         scale = grad_out * inv_n
-        return (grad_h * scale.to(grad_h.dtype)), (grad_w * scale).to(ctx.w_dtype), None, None
+        return grad_h.mul_(scale.to(grad_h.dtype)), grad_w.mul_(scale).to(ctx.w_dtype), None, None
 
 
 def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor,

@@ -189,9 +189,11 @@ class TrainStep:
         Parameters, grads and optimizer state keep their addresses from here on: never replace them
         (load checkpoints before the first step)."""
         self.static_x, self.static_y = xs.clone(), ys.clone()
-        saved_params = [p.detach().clone() for p in self.params]
+        # The snapshot waits in host memory: a device copy would add a whole model (and, on resume, the
+        # optimizer state) to the run's peak GPU memory for the sake of one restore.
+        saved_params = [p.detach().to("cpu") for p in self.params]
         had_state = {id(p) for p in self.params if self.optimizer.state.get(p)}
-        saved_state = {id(p): {k: v.clone() for k, v in self.optimizer.state[p].items()}
+        saved_state = {id(p): {k: v.to("cpu") for k, v in self.optimizer.state[p].items()}
                        for p in self.params if id(p) in had_state}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -268,6 +268,16 @@ def test_fused_loss_equals_plain_loss_and_grads():
         assert _maxdiff(a.grad, b.grad) <= 1e-6 * max(1.0, a.grad.abs().max().item()), name
 
 
+def test_linear_cross_entropy_backward_once():
+    # Its gradients are scaled in place (one float32 [V, C] buffer, not two): a second backward is refused.
+    h = torch.randn(6, 8, requires_grad=True)
+    w = torch.randn(11, 8, requires_grad=True)
+    loss = linear_cross_entropy(h, w, torch.randint(0, 11, (6,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        loss.backward()
+
+
 @pytest.mark.parametrize("chunk_size", [7, 16, 1000])
 def test_linear_cross_entropy_chunks_and_ignore_index(chunk_size):
     # Float32 inputs (the fused path accumulates in float32); the reference is float64 autograd.
