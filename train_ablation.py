@@ -9,6 +9,13 @@ synchronisation), peak memory from its DONE line.
         --ignore_first_steps 50 --log_every 50 --run_all --out_dir ablation_results_500steps_profiles
     python train_ablation.py ... --variant sdpa_on ...
     python train_ablation.py --profile throughput --run_all ...   # seq 2048 x micro-batch 16, no accumulation
+    python train_ablation.py --run_all --gpus 0,1,2,3 ...          # four variants at a time, one GPU each
+    python train_ablation.py --variant fast --nproc_per_node 2 ... # each variant under torchrun (DDP)
+
+With --gpus, variants run side by side, each alone on its own card (CUDA_VISIBLE_DEVICES); the timings
+are per card, so compare rows from cards of one kind. Under --nproc_per_node N a variant's tokens/s is the
+total over its N processes and tok_s_per_gpu divides it; CUDA graphs are single-process, so they are off
+there (the row says cuda_graph 0).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 # name: train.py flags. The seed's seven first, with the seed's meaning; then what the speed work added.
 VARIANTS: dict[str, dict[str, object]] = {
@@ -44,7 +52,7 @@ PROFILES = {"seed": None, "throughput": dict(seq_len=2048, batch_size=16, grad_a
 COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
            "amp_dtype", "compile", "attention_impl", "tie_word_embeddings", "params", "warmup_ignored_steps",
            "avg_tok_s_steady", "peak_mem_bytes", "device_name", "mfu", "ms_per_step", "final_loss", "status",
-           "cuda_graph", "fused_loss", "model_impl", "error"]
+           "cuda_graph", "fused_loss", "model_impl", "error", "world_size", "tok_s_per_gpu", "gpus"]
 STEP_RE = re.compile(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+) \|.*ms/step (\S+) \| tok/s (\S+) \| mfu (\S+)")
 PLOTS = ("tokens_per_s.png", "peak_mem.png", "loss_curves.png")
 
@@ -69,7 +77,19 @@ def parse_args(argv=None):
     g.add_argument("--variant", action="append", choices=list(VARIANTS), help="one variant (repeatable)")
     p.add_argument("--out_dir", default="ablation_results_500steps_profiles")
     p.add_argument("--force", action="store_true", help="rerun variants already in the CSV")
+    p.add_argument("--gpus", default="", help="comma list of CUDA device ids: run variants side by side, one per "
+                   "card (or per --nproc_per_node cards)")
+    p.add_argument("--nproc_per_node", type=int, default=1, help="run each variant under torchrun with N processes")
     args = p.parse_args(argv)
+    if args.nproc_per_node < 1:
+        p.error("--nproc_per_node must be at least 1")
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    if any(not g.isdigit() for g in gpus):
+        p.error(f"--gpus takes device ids such as 0,1,2,3, got {args.gpus!r}")
+    if gpus and len(gpus) % args.nproc_per_node:
+        p.error(f"--gpus lists {len(gpus)} devices, not a multiple of --nproc_per_node {args.nproc_per_node}")
+    n = args.nproc_per_node
+    args.slots = [",".join(gpus[i:i + n]) for i in range(0, len(gpus), n)] or [None]
     if PROFILES[args.profile]:
         for k, v in PROFILES[args.profile].items():
             setattr(args, k, v)
@@ -81,15 +101,26 @@ def parse_args(argv=None):
     return args
 
 
+def variant_flags(args, name: str) -> dict:
+    flags = dict(VARIANTS[name])
+    if args.nproc_per_node > 1:
+        flags["cuda_graph"] = 0  # single-process only (train.py refuses it under torchrun)
+    return flags
+
+
 def train_command(args, name: str) -> list[str]:
     flags = dict(input_file=args.input_file, model=args.model, device=args.device, seq_len=args.seq_len,
                  batch_size=args.batch_size, grad_accum=args.grad_accum, max_steps=args.steps,
                  log_every=args.log_every, seed=args.seed, save_every=0, sample_every=0, val_every=0,
                  warmup_steps=min(200, args.steps // 5), out_dir=os.path.join(args.out_dir, "runs", name),
-                 **VARIANTS[name])
+                 **variant_flags(args, name))
     if args.tokenizer_id:
         flags["tokenizer_id"] = args.tokenizer_id
-    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")]
+    train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+    cmd = [sys.executable, train_py]
+    if args.nproc_per_node > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.nproc_per_node}", train_py]
     for k, v in flags.items():
         cmd += [f"--{k}", str(v)]
     return cmd
@@ -128,6 +159,10 @@ def done_variants(csv_path: str) -> set[str]:
 
 def append_row(csv_path: str, row: dict) -> None:
     new = not os.path.exists(csv_path)
+    if not new:
+        with open(csv_path, newline="") as f:
+            if next(csv.reader(f), []) != COLUMNS:  # a CSV from before a column was added: rewrite its header
+                drop_rows(csv_path, set())
     with open(csv_path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
@@ -147,34 +182,92 @@ def drop_rows(csv_path: str, names: set[str]) -> None:
         w.writerows(rows)
 
 
-def run_variant(args, name: str) -> dict:
-    os.makedirs(os.path.join(args.out_dir, "logs"), exist_ok=True)
-    log_path = os.path.join(args.out_dir, "logs", f"{name}.log")
-    run_dir = os.path.join(args.out_dir, "runs", name)
-    if os.path.exists(os.path.join(run_dir, "train.log")):
-        os.remove(os.path.join(run_dir, "train.log"))
-    cmd = train_command(args, name)
-    # own process group: a Ctrl-C to the sweep is handled here, not delivered mid-step to the child
-    proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
-    with open(log_path, "w") as f:
-        f.write("$ " + " ".join(cmd) + "\n" + proc.stdout + proc.stderr)
-    v = VARIANTS[name]
-    row = dict(timestamp=datetime.datetime.now().isoformat(timespec="seconds"), variant=name, steps=args.steps,
-               seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
-               autocast=v["autocast"], amp_dtype="bf16" if v["autocast"] else "fp32", compile=v["compile"],
-               attention_impl=v["attn"], tie_word_embeddings=v["tie_word_embeddings"],
-               warmup_ignored_steps=args.ignore_first_steps, cuda_graph=v["cuda_graph"], fused_loss=v["fused_loss"],
-               model_impl=v.get("model_impl", "ours"))
-    parsed = parse_log(proc.stdout, args.ignore_first_steps)
-    row.update({k: v for k, v in parsed.items() if k in COLUMNS})
-    if proc.returncode == 0 and "avg_tok_s_steady" in parsed:
-        row["status"] = "ok"
-    else:
-        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        row["status"] = "oom" if "out of memory" in proc.stderr.lower() else "error"
-        row["error"] = err[:300]
-    row["_losses"] = parsed["losses"]
-    return row
+def sort_rows(csv_path: str) -> None:
+    """Rows in VARIANTS order, however the variants finished (side by side they finish out of order)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    rows.sort(key=lambda r: order.get(r["variant"], len(order)))
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+class Run:
+    """One variant's train.py process (or torchrun group), its output going to files, not pipes, so
+    several can run at once."""
+
+    def __init__(self, args, name: str, gpus):
+        os.makedirs(os.path.join(args.out_dir, "logs"), exist_ok=True)
+        self.args, self.name, self.gpus = args, name, gpus
+        self.log_path = os.path.join(args.out_dir, "logs", f"{name}.log")
+        run_dir = os.path.join(args.out_dir, "runs", name)
+        if os.path.exists(os.path.join(run_dir, "train.log")):
+            os.remove(os.path.join(run_dir, "train.log"))
+        self.cmd = train_command(args, name)
+        env = dict(os.environ)
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpus
+        self.out = open(self.log_path + ".stdout", "w")
+        self.err = open(self.log_path + ".stderr", "w")
+        # own process group: a Ctrl-C to the sweep is handled here, not delivered mid-step to the child
+        self.proc = subprocess.Popen(self.cmd, stdout=self.out, stderr=self.err, text=True, env=env,
+                                     start_new_session=True)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.close()
+
+    def close(self) -> None:
+        self.out.close()
+        self.err.close()
+        for suffix in (".stdout", ".stderr"):
+            if os.path.exists(self.log_path + suffix):
+                os.remove(self.log_path + suffix)
+
+    def row(self) -> dict:
+        args, name = self.args, self.name
+        self.out.close()
+        self.err.close()
+        with open(self.log_path + ".stdout") as f:
+            stdout = f.read()
+        with open(self.log_path + ".stderr") as f:
+            stderr = f.read()
+        self.close()
+        with open(self.log_path, "w") as f:
+            f.write("$ " + " ".join(self.cmd) + "\n" + stdout + stderr)
+        v = variant_flags(args, name)
+        world = args.nproc_per_node
+        row = dict(timestamp=datetime.datetime.now().isoformat(timespec="seconds"), variant=name, steps=args.steps,
+                   seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
+                   autocast=v["autocast"], amp_dtype="bf16" if v["autocast"] else "fp32", compile=v["compile"],
+                   attention_impl=v["attn"], tie_word_embeddings=v["tie_word_embeddings"],
+                   warmup_ignored_steps=args.ignore_first_steps, cuda_graph=v["cuda_graph"],
+                   fused_loss=v["fused_loss"], model_impl=v.get("model_impl", "ours"), world_size=world,
+                   gpus=self.gpus or "")
+        parsed = parse_log(stdout, args.ignore_first_steps)
+        row.update({k: val for k, val in parsed.items() if k in COLUMNS})
+        if "avg_tok_s_steady" in parsed:
+            row["tok_s_per_gpu"] = parsed["avg_tok_s_steady"] / world
+        if self.proc.returncode == 0 and "avg_tok_s_steady" in parsed:
+            row["status"] = "ok"
+        else:
+            err = (stderr.strip().splitlines() or ["no output"])[-1]
+            row["status"] = "oom" if "out of memory" in stderr.lower() else "error"
+            row["error"] = err[:300]
+        row["_losses"] = parsed["losses"]
+        return row
+
+
+def run_variant(args, name: str, gpus=None) -> dict:
+    run = Run(args, name, gpus)
+    run.proc.wait()
+    return run.row()
 
 
 def plot(csv_path: str, out_dir: str, curves: dict) -> None:
@@ -242,21 +335,47 @@ def main(argv=None) -> int:
         print("\nCtrl-C: stopping after the current variant (the CSV keeps what finished).", flush=True)
 
     signal.signal(signal.SIGINT, on_sigint)
+    running: dict[object, Run] = {}
+
+    def on_sigterm(signum, frame):  # e.g. a job limit: the unfinished variants are lost, not left running
+        for run in running.values():
+            run.kill()
+        print(f"SIGTERM: killed {', '.join(r.name for r in running.values()) or 'nothing'}; "
+              f"the CSV keeps what finished.", flush=True)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    todo = []
     for name in names:
-        if stop["flag"]:
-            break
         if name in done:
             print(f"skip {name}: already in {csv_path} (use --force to rerun)")
-            continue
-        print(f"run  {name} ...", flush=True)
-        row = run_variant(args, name)
-        row.pop("_losses")
-        append_row(csv_path, row)
-        with open(os.path.join(args.out_dir, "ablation_results.jsonl"), "a") as f:
-            f.write(json.dumps(row) + "\n")
-        tok = row.get("avg_tok_s_steady")
-        print(f"     {name}: {row['status']}" + (f" | {tok:,.0f} tok/s" if tok else "") +
-              (f" | {row['error']}" if row.get("error") else ""), flush=True)
+        else:
+            todo.append(name)
+    if len(args.slots) > 1:  # side by side: the long eager variants first, so no card idles at the end
+        todo.sort(key=lambda n: bool(VARIANTS[n]["compile"] or VARIANTS[n]["cuda_graph"]))
+    free = list(args.slots)
+    while todo or running:
+        while todo and free and not stop["flag"]:
+            slot, name = free.pop(0), todo.pop(0)
+            print(f"run  {name}" + (f" on GPU {slot}" if slot is not None else "") + " ...", flush=True)
+            running[slot] = Run(args, name, slot)
+        if stop["flag"]:
+            todo.clear()
+        finished = [slot for slot, run in running.items() if run.proc.poll() is not None]
+        for slot in finished:
+            row = running.pop(slot).row()
+            free.append(slot)
+            row.pop("_losses")
+            append_row(csv_path, row)
+            with open(os.path.join(args.out_dir, "ablation_results.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+            tok = row.get("avg_tok_s_steady")
+            print(f"     {row['variant']}: {row['status']}" + (f" | {tok:,.0f} tok/s" if tok else "") +
+                  (f" | {row['error']}" if row.get("error") else ""), flush=True)
+        if running and not finished:
+            time.sleep(0.2)
+    if os.path.exists(csv_path):
+        sort_rows(csv_path)
     plot(csv_path, args.out_dir, load_curves(args.out_dir, args.ignore_first_steps))
     print(f"results: {csv_path}")
     return 130 if stop["flag"] else 0

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SEED_COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
@@ -13,11 +15,11 @@ SEED_COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_
                 "avg_tok_s_steady", "peak_mem_bytes"]
 
 
-def sweep(out_dir, *extra):
+def sweep(out_dir, *extra, variants=("baseline", "sdpa_on")):
     cmd = [sys.executable, str(REPO / "train_ablation.py"), "--input_file", str(SHARED / "data" / "input.txt"),
            "--tokenizer_id", str(SHARED / "tokenizer" / "tokenizer.json"), "--model", "tiny", "--seq_len", "32",
            "--batch_size", "1", "--grad_accum", "2", "--steps", "4", "--ignore_first_steps", "2", "--log_every", "2",
-           "--out_dir", str(out_dir), "--variant", "baseline", "--variant", "sdpa_on", *extra]
+           "--out_dir", str(out_dir), *[a for v in variants for a in ("--variant", v)], *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
@@ -55,7 +57,31 @@ def test_two_variant_sweep_csv_rerun_force_and_plots(tmp_path):
     assert [r["variant"] for r in rows(out)] == ["baseline", "sdpa_on"]
 
 
-def test_bad_flags_exit_2(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "train_ablation.py"), "--variant", "nope", "--out_dir", str(tmp_path)],
+def test_side_by_side_slots_keep_variant_order(tmp_path):
+    # --gpus 0,1: two variants at once (on CPU the ids only name the slots); rows come back in VARIANTS order
+    out = tmp_path / "abl"
+    log = sweep(out, "--device", "cpu", "--gpus", "0,1", variants=("sdpa_with_tie_off", "baseline"))
+    assert "on GPU 0" in log and "on GPU 1" in log
+    got = rows(out)
+    assert [r["variant"] for r in got] == ["baseline", "sdpa_with_tie_off"]
+    assert all(r["gpus"] in ("0", "1") and r["world_size"] == "1" for r in got)
+    assert got[0]["status"] == "ok" and got[1]["status"] == "error"  # bf16 autocast needs CUDA
+    assert not list((out / "logs").glob("*.std*"))  # the per-process capture files are folded into the logs
+
+
+def test_torchrun_variant_reports_total_and_per_gpu(tmp_path):
+    out = tmp_path / "abl"
+    sweep(out, "--nproc_per_node", "2", variants=("baseline",))
+    (row,) = rows(out)
+    assert row["status"] == "ok" and row["world_size"] == "2"
+    assert abs(float(row["tok_s_per_gpu"]) * 2 - float(row["avg_tok_s_steady"])) < 1e-6 * float(row["avg_tok_s_steady"])
+    assert "world size 2" in (out / "logs" / "baseline.log").read_text()
+
+
+@pytest.mark.parametrize("flags", [["--variant", "nope"], ["--variant", "fast", "--gpus", "0,x"],
+                                   ["--variant", "fast", "--gpus", "0,1,2", "--nproc_per_node", "2"],
+                                   ["--variant", "fast", "--nproc_per_node", "0"]])
+def test_bad_flags_exit_2(tmp_path, flags):
+    r = subprocess.run([sys.executable, str(REPO / "train_ablation.py"), *flags, "--out_dir", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The GPU runs behind the committed sweep and multi-GPU results, in the order they ran on one
+# 4 x H100 host (device kind nvidia-h100-x4). Results go to .runs/ (not committed); the chosen files
+# are then copied into ablation_results_500steps_profiles/, ablation_results_throughput/ and benchmarks/.
+# Re-running it resumes: train_ablation.py skips variants already in a CSV.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+GPUS=${GPUS:-0,1,2,3}
+mkdir -p .runs
+[ -f input.txt ] || cp .assets/input.txt input.txt   # the device machine has no internet
+
+# 1. data parallel scaling: our compiled step under torchrun + DDP at 1, 2 and 4 GPUs (seq 2048 x 16 per GPU)
+[ -f .runs/bench/multigpu_throughput.csv ] || \
+  python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile --warmup 8 --steps 15 \
+    --input_file input.txt --out_dir .runs/bench
+# 2. the seed's sweep: 13 variants x 500 steps at seq 256 x batch 1 x accum 4, four variants at a time
+python train_ablation.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --steps 500 \
+  --ignore_first_steps 50 --log_every 50 --run_all --gpus "$GPUS" --out_dir .runs/seed
+# 3. the throughput profile: seq 2048 x micro-batch 16, no accumulation
+python train_ablation.py --profile throughput --input_file input.txt --steps 20 --ignore_first_steps 10 \
+  --log_every 5 --run_all --gpus "$GPUS" --out_dir .runs/throughput
+touch .runs/ALL_DONE
