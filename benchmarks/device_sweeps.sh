@@ -14,10 +14,10 @@ mkdir -p .runs
 [ -f .runs/bench/multigpu_throughput.csv ] || \
   python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile --warmup 8 --steps 15 \
     --input_file input.txt --out_dir .runs/bench
-# 2. the seed's sweep: 13 variants x 500 steps at seq 256 x batch 1 x accum 4, four variants at a time
-python train_ablation.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --steps 500 \
-  --ignore_first_steps 50 --log_every 50 --run_all --gpus "$GPUS" --out_dir .runs/seed
-# 3. the throughput profile: seq 2048 x micro-batch 16, no accumulation
+# 2. the throughput profile: seq 2048 x micro-batch 16, no accumulation
 python train_ablation.py --profile throughput --input_file input.txt --steps 20 --ignore_first_steps 10 \
   --log_every 5 --run_all --gpus "$GPUS" --out_dir .runs/throughput
+# 3. the seed's sweep: 13 variants x 500 steps at seq 256 x batch 1 x accum 4, four variants at a time
+python train_ablation.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --steps 500 \
+  --ignore_first_steps 50 --log_every 50 --run_all --gpus "$GPUS" --out_dir .runs/seed
 touch .runs/ALL_DONE
