@@ -414,6 +414,37 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
                    f"loss stays within {e['max_abs_diff']:.3f} (mean {e['mean_abs_diff']:.4f}) of the plain eager "
                    f"path from the same seed; final {e['final_fast']:.4f} vs {e['final_eager']:.4f} "
                    f"([plot]({rel(os.path.join(a.bench_dir, 'loss_equivalence.png'), readme_dir)})).")
+    tb_path = os.path.join(a.bench_dir, "time_breakdown_throughput.csv")
+    for r in read_csv(tb_path)[1] if os.path.isfile(tb_path) else []:
+        groups = sorted(((k[:-3], _num(v)) for k, v in r.items() if k.endswith(" ms") and _num(v)),
+                        key=lambda kv: -kv[1])
+        if groups and r.get("impl") == "ours_compile":
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in groups[:4])
+            out.append(f"- **Where the time goes** (seq 2048 x 16, compiled, {r.get('card', '')}): "
+                       f"{_num(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
+                       f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(a.bench_dir, 'NOTES.md'), readme_dir)}`).")
+    mg_path = os.path.join(a.bench_dir, "multigpu_throughput.csv")
+    mg = [r for r in read_csv(mg_path)[1] if r.get("status") == "ok"] if os.path.isfile(mg_path) else []
+    if mg:
+        mg.sort(key=lambda r: int(r["world_size"]))
+        parts = "; ".join(f"{r['world_size']} GPU{'s' if r['world_size'] != '1' else ''}: "
+                          f"{_num(r['tokens_per_s']):,.0f} tokens/s ({_num(r['tokens_per_s_per_gpu']):,.0f} per GPU"
+                          + (f", {100 * _num(r['scaling_efficiency']):.0f}% of one GPU" if r["world_size"] != "1"
+                             and _num(r.get("scaling_efficiency")) else "") + ")" for r in mg)
+        out.append(f"- **Several GPUs** (torchrun + DDP, `{mg[0]['impl']}`, seq {mg[0]['seq_len']} x micro-batch "
+                   f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts} (`{rel(mg_path, readme_dir)}`).")
+    thr_abl = _rows_by(a.throughput_csv, "variant")
+    ok = {k: r for k, r in thr_abl.items() if r.get("status") == "ok" and _num(r.get("avg_tok_s_steady"))}
+    if ok:
+        best = max(ok.values(), key=lambda r: _num(r["avg_tok_s_steady"]))
+        failed = sorted(k for k, r in thr_abl.items() if r.get("status") in ("oom", "error"))
+        ref = ok.get("hf_reference")
+        out.append(f"- **Ablation at seq 2048 x micro-batch {best['batch_size']}** ({best.get('device_name', '')}): "
+                   f"fastest variant `{best['variant']}` at {_num(best['avg_tok_s_steady']):,.0f} tokens/s"
+                   + (f", {_num(best['avg_tok_s_steady']) / _num(ref['avg_tok_s_steady']):.1f}x `hf_reference` "
+                      f"({_num(ref['avg_tok_s_steady']):,.0f})" if ref else "")
+                   + (f"; did not run (out of memory or error): {', '.join(f'`{k}`' for k in failed)}" if failed else "")
+                   + f" (`{rel(a.throughput_csv, readme_dir)}`).")
     abl = _rows_by(a.ablation_csv, "variant")
     base, fast = abl.get("baseline"), abl.get("fast")
     if base and fast and base.get("avg_tok_s_steady") and fast.get("avg_tok_s_steady"):

@@ -307,10 +307,22 @@ def test_findings_are_computed_from_the_files(tmp_path):
           "seed,ours_fast,ok,NVIDIA H100,30000,0.03,2.5\n")
     write(tmp_path / "benchmarks" / "loss_equivalence.json",
           '{"steps": 200, "max_abs_diff": 0.02, "mean_abs_diff": 0.005, "final_fast": 3.5, "final_eager": 3.51}')
+    write(tmp_path / "benchmarks" / "multigpu_throughput.csv",
+          "profile,impl,status,card,world_size,seq_len,micro_batch,tokens_per_s,tokens_per_s_per_gpu,scaling_efficiency\n"
+          "throughput,ours_compile,ok,NVIDIA H100,2,2048,16,580000,290000,0.97\n"
+          "throughput,ours_compile,ok,NVIDIA H100,1,2048,16,300000,300000,1.0\n")
+    write(tmp_path / "benchmarks" / "time_breakdown_throughput.csv",
+          "impl,card,ms_per_step,attention ms,matmul ms,other ms\nours_compile,NVIDIA H100,111.3,27.1,42.5,0.5\n")
+    write(tmp_path / "ablation_results_throughput" / "ablation_results.csv",
+          "variant,status,batch_size,device_name,avg_tok_s_steady\nbaseline,oom,16,NVIDIA H100,\n"
+          "fast,ok,16,NVIDIA H100,290000\nhf_reference,ok,16,NVIDIA H100,100000\n")
     assert run(tmp_path).returncode == 0
     text = (tmp_path / "README.md").read_text()
     block = text.split("<!-- FINDINGS_BEGIN -->")[1].split("<!-- FINDINGS_END -->")[0]
     assert "30,000 tokens/s" in block and "15.0x" in block and "6.0x" in block  # 30000/2000, 30000/5000
+    assert "1 GPU: 300,000 tokens/s" in block and "2 GPUs: 580,000 tokens/s (290,000 per GPU, 97% of one GPU)" in block
+    assert "111.3 ms per step" in block and "matmul 42.5, attention 27.1" in block
+    assert "`fast` at 290,000 tokens/s, 2.9x `hf_reference`" in block and "`baseline`" in block
     assert "within 0.020" in block and "first 200 steps" in block
     assert "steps 1 to 350 in 120 s" in block and "resumed at step 300" in block and "3,000 tokens/s" in block
     assert "old" not in block
