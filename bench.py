@@ -196,39 +196,45 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
             "final_eager": curves["ours_eager"][-1], "final_fast": curves["ours_fast"][-1]}
 
 
+def largest_fitting(fits, guess: int, known_ok: int, limit: int = 12) -> tuple[int, object, int]:
+    """Largest B with fits(B) true, starting from a prediction: walk up from `guess` with a doubling stride
+    while runs fit, then bisect between the last fit and the first failure. Returns (largest fit, first
+    size that failed or None, trials)."""
+    ok, bad, B, stride, trials = known_ok, None, guess, 1, 0
+    while trials < limit:
+        trials += 1
+        if fits(B):
+            ok = max(ok, B)
+        else:
+            bad = B if bad is None else min(bad, B)
+        if bad is not None and bad - ok <= 1:
+            break
+        if bad is None:
+            B, stride = ok + stride, stride * 2
+        else:
+            B = (ok + bad) // 2
+    return ok, bad, trials
+
+
 def probe_max_batch(impl, data, seq_len, device, seed) -> dict:
     """Largest micro-batch at seq_len whose training step fits: peak memory is close to linear in the
     micro-batch, so two small runs predict the limit and a few runs around the prediction confirm it
-    (a run that fits and the next size that does not)."""
-    def fits(B):
+    (a size that fits and the next one that does not)."""
+    def peak(B):
         try:
             return time_impl(impl, data, seq_len, B, 1, 2, 1, device, seed)["peak_mem_bytes"]
         except torch.OutOfMemoryError:
             free()
             return None
 
-    p4, p8 = fits(4), fits(8)
+    p4, p8 = peak(4), peak(8)
     if p4 is None or p8 is None:
-        return dict(max_micro_batch=0 if p4 is None else 4, predicted=0, trials=2)
+        return dict(max_micro_batch=0 if p4 is None else 4, first_oom=4 if p4 is None else 8, predicted="", trials=2)
     total = torch.cuda.get_device_properties(device).total_memory
-    per_seq = (p8 - p4) / 4
-    guess = max(8, int((total - p4) / per_seq) + 4)
-    trials, ok, bad, B, stride = 2, 8, None, guess, 1
-    while trials < 12:
-        trials += 1
-        if fits(B) is not None:
-            ok = B
-        else:
-            bad = B
-        if bad is not None and bad - ok <= 1:
-            break
-        if bad is None:  # still fits: walk up, doubling the stride
-            B, stride = ok + stride, stride * 2
-        else:
-            B = (ok + bad) // 2
-    return dict(max_micro_batch=ok, first_oom=bad or "", predicted=guess, trials=trials,
-                peak_gb_at_4=round(p4 / 1e9, 2), peak_gb_at_8=round(p8 / 1e9, 2),
-                card_memory_gb=round(total / 1e9, 1))
+    guess = max(8, int((total - p4) / ((p8 - p4) / 4)) + 4)
+    ok, bad, trials = largest_fitting(lambda B: peak(B) is not None, guess, 8)
+    return dict(max_micro_batch=ok, first_oom=bad or "", predicted=guess, trials=trials + 2,
+                peak_gb_at_4=round(p4 / 1e9, 2), peak_gb_at_8=round(p8 / 1e9, 2), card_memory_gb=round(total / 1e9, 1))
 
 
 def attention_bench(device, B=16, H=9, KV=3, T=2048, D=64, reps=20) -> list[dict]:

@@ -1,0 +1,37 @@
+"""bench.py's pieces that run without a GPU: the max-batch search and the kernel grouping."""
+
+import pytest
+
+import bench
+
+
+@pytest.mark.parametrize("limit,guess", [(37, 30), (37, 37), (37, 38), (37, 60), (9, 8), (100, 12)])
+def test_largest_fitting_finds_the_limit(limit, guess):
+    tried = []
+
+    def fits(B):
+        tried.append(B)
+        return B <= limit
+
+    ok, bad, trials = bench.largest_fitting(fits, guess, known_ok=8, limit=20)
+    assert ok == limit and bad == limit + 1 and trials == len(tried)
+    if abs(guess - limit) <= 8:
+        assert len(tried) <= 6  # a good prediction costs a few runs, not a scan
+
+
+def test_largest_fitting_gives_up_after_the_limit():
+    ok, bad, trials = bench.largest_fitting(lambda B: True, 8, known_ok=8, limit=5)
+    assert trials == 5 and bad is None and ok > 8
+
+
+@pytest.mark.parametrize("name,group", [
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16", "attention"),
+    ("nvjet_sm90_tst_192x192_64x3_1x2_h_bz_coopB_NNN", "matmul"),
+    ("triton_red_fused__to_copy_clamp_exp_logsumexp_neg_scatter_add_slice", "loss"),
+    ("triton_poi_fused__unsafe_view_mul_silu_silu_backward_view_4", "fused elementwise (triton)"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("void at::native::embedding_backward_feature_kernel", "embedding"),
+])
+def test_kernel_groups(name, group):
+    import re
+    assert next(g for g, pat in bench.KERNEL_GROUPS if re.search(pat, name, re.I)) == group
