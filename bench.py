@@ -197,8 +197,8 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
 
 
 def largest_fitting(fits, guess: int, known_ok: int, limit: int = 12) -> tuple[int, object, int]:
-    """Largest B with fits(B) true, starting from a prediction: walk up from `guess` with a doubling stride
-    while runs fit, then bisect between the last fit and the first failure. Returns (largest fit, first
+    """Largest B with fits(B) true, starting from a prediction: walk away from `guess` with a doubling stride
+    (up while runs fit, down while they fail), then bisect between the last fit and the first failure. Returns (largest fit, first
     size that failed or None, trials)."""
     ok, bad, B, stride, trials = known_ok, None, guess, 1, 0
     while trials < limit:
@@ -209,8 +209,10 @@ def largest_fitting(fits, guess: int, known_ok: int, limit: int = 12) -> tuple[i
             bad = B if bad is None else min(bad, B)
         if bad is not None and bad - ok <= 1:
             break
-        if bad is None:
+        if bad is None:  # everything so far fits: walk up
             B, stride = ok + stride, stride * 2
+        elif ok == known_ok and bad - stride > known_ok:  # the prediction was too high: walk down
+            B, stride = bad - stride, stride * 2
         else:
             B = (ok + bad) // 2
     return ok, bad, trials
