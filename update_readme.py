@@ -419,7 +419,7 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
         groups = sorted(((k[:-3], _num(v)) for k, v in r.items() if k.endswith(" ms") and _num(v)),
                         key=lambda kv: -kv[1])
         if groups and r.get("impl") == "ours_compile":
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in groups[:4])
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in groups[:3])
             out.append(f"- **Where the time goes** (seq 2048 x 16, compiled, {r.get('card', '')}): "
                        f"{_num(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
                        f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(a.bench_dir, 'NOTES.md'), readme_dir)}`).")
