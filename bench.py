@@ -49,12 +49,15 @@ IMPLS = {
     "ours_eager": dict(),
     "ours_compile": dict(compile=True, fused=True),
     "ours_fast": dict(compile=True, graph=True, fused=True),
+    # compile scopes for data parallelism (see smollm2_distributed.build_forward); same math as ours_compile
+    "ours_compile_blocks": dict(compile=True, fused=True, scope="blocks"),
+    "ours_compile_ddp": dict(compile=True, fused=True, scope="ddp"),
 }
 DEFAULT_IMPLS = "hf_eager,hf_compile,ours_eager,ours_compile,ours_fast"
 
 
 def impl_spec(name: str) -> dict:
-    return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa"), **IMPLS[name])
+    return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa", scope="model"), **IMPLS[name])
 
 
 def build(spec: dict, seed: int, device):
@@ -70,9 +73,7 @@ def build(spec: dict, seed: int, device):
 
 def make_step(spec: dict, model, device, grad_accum: int, lr: float = 3e-4):
     opt = build_optimizer(model, lr, 0.1, device, capturable=spec["graph"])
-    fwd = torch.compile(model) if spec["compile"] else model
-    if dist_utils.active():
-        fwd = dist_utils.wrap_ddp(fwd, device)
+    fwd = dist_utils.build_forward(model, spec["compile"], spec["scope"], device)
     return TrainStep(model, fwd, opt, StepConfig(grad_accum, 1.0, torch.bfloat16, spec["fused"], spec["graph"]),
                      device), opt
 

@@ -65,6 +65,42 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+COMPILE_SCOPES = ("model", "blocks", "ddp")
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The repeated blocks: ours at model.model.layers, transformers' behind HFReference at hf.model.layers."""
+    for name, module in model.named_modules():
+        if name.endswith("model.layers") and isinstance(module, torch.nn.ModuleList):
+            return module
+    raise ValueError("no decoder layers found (expected a ModuleList named model.layers)")
+
+
+def build_forward(model: torch.nn.Module, compile_: bool, scope: str, device: torch.device) -> torch.nn.Module:
+    """The module the training step calls, from the plain `model` the optimizer owns.
+
+    scope (only with compile_):
+      model   torch.compile of the whole model, DDP around it: one graph, the most fusion on one GPU; but
+              under DDP the compiled backward returns every gradient at its end, so no all-reduce overlaps it.
+      blocks  each decoder layer compiled on its own (one graph reused by all layers), DDP around the model:
+              gradients arrive layer by layer and DDP reduces its buckets while the backward goes on.
+      ddp     torch.compile of the DDP module: dynamo splits the graph at DDP's bucket boundaries
+              (DDPOptimizer) for the same overlap.
+    Without torchrun, DDP is left out and `ddp` is the same as `model`."""
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile scope must be one of {', '.join(COMPILE_SCOPES)}, got {scope!r}")
+    ddp = active() and not _is_fsdp(model)
+    if not compile_:
+        return wrap_ddp(model, device) if ddp else model
+    if scope == "blocks":
+        for layer in decoder_layers(model):
+            layer.compile()
+        return wrap_ddp(model, device) if ddp else model
+    if scope == "ddp" and ddp:
+        return torch.compile(wrap_ddp(model, device))
+    return wrap_ddp(torch.compile(model), device) if ddp else torch.compile(model)
+
+
 def apply_fsdp(model: torch.nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
     from smollm2_training import UsageError

@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="1: on CUDA default to compile + CUDA graph + fused loss; 0: plain eager PyTorch")
     g.add_argument("--autocast", type=int, default=-1, choices=[-1, 0, 1], help="bf16 autocast (-1: on with CUDA)")
     g.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="torch.compile the model (-1: --fast on CUDA)")
+    g.add_argument("--compile_scope", default="model", choices=list(dist_utils.COMPILE_SCOPES),
+                   help="model: one graph; blocks: each decoder layer alone (lets DDP overlap its all-reduce); "
+                        "ddp: compile the DDP module (DDPOptimizer)")
     g.add_argument("--cuda_graph", type=int, default=-1, choices=[-1, 0, 1],
                    help="capture the whole step as one CUDA graph (-1: --fast on CUDA, single process)")
     g.add_argument("--fused_loss", type=int, default=-1, choices=[-1, 0, 1],
@@ -231,9 +234,7 @@ def main(argv=None) -> int:
         if ckpt is not None:
             dist_utils.load_full_optimizer_state(model, optimizer, ckpt["optimizer"], load_optimizer_state)
             set_rng_state(ckpt["rng"])
-        forward_model = torch.compile(model) if args.compile else model
-        if world > 1 and not args.fsdp:
-            forward_model = dist_utils.wrap_ddp(forward_model, device)
+        forward_model = dist_utils.build_forward(model, args.compile, args.compile_scope, device)
         amp_dtype = torch.bfloat16 if args.autocast else None
         step_fn = TrainStep(model, forward_model, optimizer,
                             StepConfig(args.grad_accum, args.grad_clip, amp_dtype, args.fused_loss, args.cuda_graph),
@@ -260,6 +261,7 @@ def main(argv=None) -> int:
             f"= {tokens_per_step:,} tokens/step")
         log(f"Speed path: autocast {'bf16' if args.autocast else 'off (fp32)'} | compile {args.compile} | "
             f"cuda_graph {args.cuda_graph} | fused_loss {args.fused_loss} | "
+            f"{'compile scope ' + args.compile_scope + ' | ' if args.compile else ''}"
             f"{'FSDP2' if args.fsdp else 'DDP' if world > 1 else 'single process'}")
         if ckpt is None:
             log("Starting from scratch (random init).")

@@ -6,14 +6,17 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
+export SMOLLM2_TOKENIZER=${SMOLLM2_TOKENIZER:-$PWD/.assets/tokenizer.json}  # no hub there: the carried file
 GPUS=${GPUS:-0,1,2,3}
 mkdir -p .runs
 [ -f input.txt ] || cp .assets/input.txt input.txt   # the device machine has no internet
 
-# 1. data parallel scaling: our compiled step under torchrun + DDP at 1, 2 and 4 GPUs (seq 2048 x 16 per GPU)
+# 1. data parallel scaling: our compiled step under torchrun + DDP at 1, 2 and 4 GPUs (seq 2048 x 16 per GPU),
+#    for each compile scope (smollm2_distributed.build_forward); the GPU links first
+nvidia-smi topo -m > .runs/topology.txt 2>&1
 [ -f .runs/bench/multigpu_throughput.csv ] || \
-  python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile --warmup 8 --steps 15 \
-    --input_file input.txt --out_dir .runs/bench
+  python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile,ours_compile_blocks,ours_compile_ddp \
+    --warmup 8 --steps 15 --input_file input.txt --out_dir .runs/bench
 # 2. the throughput profile: seq 2048 x micro-batch 16, no accumulation
 python train_ablation.py --profile throughput --input_file input.txt --steps 20 --ignore_first_steps 10 \
   --log_every 5 --run_all --gpus "$GPUS" --out_dir .runs/throughput
