@@ -93,10 +93,48 @@ def _max_across_ranks(value: float) -> float:
     return float(t)
 
 
-def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table: str = ""):
+def peak_report(snapshot: dict, device_index: int, top: int = 25) -> str:
+    """The allocations alive at the moment of peak allocated memory, grouped by the Python line that made
+    them (from torch.cuda.memory._snapshot() with history recorded since before the model was built)."""
+    trace = snapshot["device_traces"][device_index]
+
+    def replay(stop=None):
+        live, total, best, best_i = {}, 0, -1, -1
+        for i, e in enumerate(trace[:stop]):
+            if e["action"] == "alloc":
+                live[e["addr"]] = e
+                total += e["size"]
+            elif e["action"] == "free_requested" and e["addr"] in live:
+                total -= live.pop(e["addr"])["size"]
+            if total > best:
+                best, best_i = total, i
+        return live, best, best_i
+
+    _, best, best_i = replay()
+    live, _, _ = replay(best_i + 1)
+    sites: dict[str, list] = {}
+    for e in live.values():
+        frames = [f for f in e.get("frames", []) if f.get("filename", "").endswith(".py")]
+        ours = [f for f in frames if os.path.dirname(os.path.abspath(f["filename"])) == os.path.dirname(__file__)]
+        f = (ours or frames or [{"filename": "?", "line": 0, "name": "?"}])[0]
+        key = f"{os.path.basename(f['filename'])}:{f['line']} {f['name']}"
+        sites.setdefault(key, [0, 0])
+        sites[key][0] += e["size"]
+        sites[key][1] += 1
+    lines = [f"peak allocated during recording: {best / 1e9:.3f} GB (event {best_i} of {len(trace)}); "
+             f"live blocks by allocating line (the innermost frame in this repo):"]
+    for key, (size, n) in sorted(sites.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"{size / 1e6:10.1f} MB  {n:6d} blocks  {key}")
+    return "\n".join(lines) + "\n"
+
+
+def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table: str = "",
+              memory_report: str = ""):
     """Warm up (compile, capture), then time `steps` steps between two CUDA events. Under DDP each rank
     takes its share of every step's micro-batches; the slowest rank's time counts."""
     free()
+    if memory_report:
+        torch.cuda.memory._record_memory_history(max_entries=2_000_000, context="alloc", stacks="python")
     rank = int(os.environ.get("RANK", "0"))
     spec = impl_spec(impl)
     model = build(spec, seed, device)
@@ -118,6 +156,11 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_tab
     peak = _max_across_ranks(torch.cuda.max_memory_allocated(device))
     final_loss = float(loss)
     breakdown = kernel_breakdown(step_fn, inputs[:3], kernel_table) if kernel_table else None
+    if memory_report:
+        with open(memory_report, "w") as f:
+            f.write(f"{impl}: max_memory_allocated {peak / 1e9:.3f} GB\n")
+            f.write(peak_report(torch.cuda.memory._snapshot(), device.index or 0))
+        torch.cuda.memory._record_memory_history(enabled=None)
     del model, step_fn, opt, inputs
     free()
     return dict(ms_per_step=ms, warmup_s=warm_s, peak_mem_bytes=peak, final_loss=final_loss, breakdown=breakdown)
@@ -361,6 +404,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--kernel_table", type=int, default=0, choices=[0, 1],
                    help="profile 3 steps per impl: kernels_<profile>_<impl>.txt and time_breakdown_<profile>.csv")
+    p.add_argument("--memory_peak", type=int, default=0, choices=[0, 1],
+                   help="record allocations per impl: memory_peak_<profile>_<impl>.txt lists what is alive at the peak")
     p.add_argument("--max_batch_probe", type=int, default=0, choices=[0, 1], help="largest micro-batch at seq 2048")
     p.add_argument("--probe_impls", default="hf_eager,hf_compile,ours_compile")
     p.add_argument("--loss_steps", type=int, default=0, help="steps of the fast-vs-eager loss comparison (0 = skip)")
@@ -377,7 +422,8 @@ def main(argv=None):
         raise UsageError(f"unknown impl {unknown}; choose from {', '.join(IMPLS)}")
     if args.world_sizes and args.profile not in PROFILES:
         raise UsageError("--world_sizes needs --profile seed or throughput")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.kernel_table or args.max_batch_probe or args.loss_steps
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.kernel_table or args.memory_peak or args.max_batch_probe
+                                                      or args.loss_steps
                                                       or any(IMPLS[i].get("graph") for i in impls)):
         raise UsageError("under torchrun bench.py times plain DDP steps only: no --kernel_table, "
                          "--max_batch_probe, --loss_steps or CUDA-graph impls")
@@ -409,8 +455,9 @@ def main(argv=None):
         rows, breakdown = [], []
         for impl in impls:
             table = os.path.join(args.out_dir, f"kernels_{prof}_{impl}.txt") if args.kernel_table and write else ""
+            mem = os.path.join(args.out_dir, f"memory_peak_{prof}_{impl}.txt") if args.memory_peak and write else ""
             try:
-                r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, device, args.seed, table)
+                r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, device, args.seed, table, mem)
                 status = "ok"
             except torch.OutOfMemoryError:
                 free()

@@ -36,3 +36,21 @@ def test_largest_fitting_gives_up_after_the_limit():
 def test_kernel_groups(name, group):
     import re
     assert next(g for g, pat in bench.KERNEL_GROUPS if re.search(pat, name, re.I)) == group
+
+
+def test_peak_report_replays_the_trace_to_the_peak():
+    here = bench.__file__
+
+    def ev(action, addr, size, line):
+        return {"action": action, "addr": addr, "size": size,
+                "frames": [{"filename": here, "line": line, "name": "f"},
+                           {"filename": "/usr/lib/torch/x.py", "line": 1, "name": "g"}]}
+
+    trace = [ev("alloc", 1, 100, 10), ev("alloc", 2, 300, 20), ev("alloc", 3, 50, 10),  # peak: 450 here
+             ev("free_requested", 2, 300, 20), ev("alloc", 4, 200, 30)]                 # 350 after
+    text = bench.peak_report({"device_traces": [trace]}, 0)
+    lines = text.splitlines()
+    assert "peak allocated during recording: 0.000 GB (event 2 of 5)" in lines[0]
+    assert lines[1].split()[:4] == ["0.0", "MB", "1", "blocks"] and "bench.py:20" in lines[1]  # the 300-byte block
+    assert "bench.py:10" in lines[2] and " 2 blocks" in lines[2]
+    assert "bench.py:30" not in text  # allocated after the peak
