@@ -217,6 +217,9 @@ KNOWN: dict[str, tuple[str, Callable[[str], str]]] = {
     "ms_per_step": ("ms/step", _fmt(1, 1)),
     "params": ("params (M)", _fmt(1e-6, 1)),
     "final_loss": ("final loss", _fmt(1, 3)),
+    "tokens_per_s_per_gpu": ("tokens/s per GPU", _fmt(1, 0, thousands=True)),
+    "tok_s_per_gpu": ("tokens/s per GPU", _fmt(1, 0, thousands=True)),
+    "scaling_efficiency": ("per-GPU efficiency (%)", _fmt(100, 1)),
 }
 
 
@@ -241,6 +244,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render_generic(cols: list[str], rows: list[dict[str, str]]) -> str:
+    cols = [c for c in cols if any(r.get(c, "").strip() for r in rows)]  # a column empty in every row says nothing
     header = [KNOWN[c][0] if c in KNOWN else c for c in cols]
     body = [[KNOWN[c][1](r.get(c, "")) if c in KNOWN else r.get(c, "") for c in cols] for r in rows]
     return markdown_table(header, body)

@@ -257,7 +257,8 @@ def test_bench_and_multigpu_tables(tmp_path):
     write(b / "bench_seq_len.csv", "seq_len,tokens_per_s,peak_mem_gb,mfu,ms_per_step,note\n"
                                    "256,98765.4,3.14159,0.4567,12.34,fast\n1024,,,,,oom\n")
     write(b / "bench_attention.csv", "impl,tok_s,peak_mem_bytes\nsdpa,5000,1500000000\n")
-    write(b / "multigpu_ddp.csv", "gpus,tokens_per_s,mfu\n1,100000,0.4\n2,195000,0.39\n")
+    write(b / "multigpu_ddp.csv", "gpus,tokens_per_s,x_hf_eager,mfu,scaling_efficiency\n1,100000,,0.4,1.0\n"
+                                  "2,195000,,0.39,0.975\n")
     (b / "scaling.png").write_bytes(b"png")
     assert run(tmp_path).returncode == 0
     out = (tmp_path / "README.md").read_text(encoding="utf-8")
@@ -269,7 +270,8 @@ def test_bench_and_multigpu_tables(tmp_path):
     assert "| sdpa | 5,000 | 1.50 |" in bench
     assert "![scaling](benchmarks/scaling.png)" in bench
     multi = out.split("<!-- MULTIGPU_TABLE_BEGIN -->")[1].split("<!-- MULTIGPU_TABLE_END -->")[0]
-    assert "| gpus | tokens/s | MFU (%) |" in multi and "| 2 | 195,000 | 39.00 |" in multi
+    # a column empty in every row (x_hf_eager) is left out
+    assert "| gpus | tokens/s | MFU (%) | per-GPU efficiency (%) |" in multi and "| 2 | 195,000 | 39.00 | 97.5 |" in multi
     assert "####" not in multi
 
 
