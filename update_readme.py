@@ -409,6 +409,14 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
                    f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfe['peak_mem_gb']):.2f} GB (eager) and "
                    f"{float(hfc['peak_mem_gb']):.2f} GB (compiled) for transformers "
                    f"(`{rel(os.path.join(a.bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
+    mem_path = os.path.join(a.bench_dir, "experiments_seed_memory.csv")
+    mem = _rows_by(mem_path, "impl")
+    if mem.get("ours_fast") and mem.get("hf_eager"):
+        o, h = mem["ours_fast"], mem["hf_eager"]
+        out.append(f"- **Seed-profile memory after the capture snapshot moved to host memory** ({o['card']}, one run): our default path peaks at "
+                   f"{float(o['peak_mem_gb']):.2f} GB against {float(h['peak_mem_gb']):.2f} GB for transformers eager, "
+                   f"at {float(o['tokens_per_s']):,.0f} vs {float(h['tokens_per_s']):,.0f} tokens/s "
+                   f"(`{rel(mem_path, readme_dir)}`; what changed: `{rel(os.path.join(a.bench_dir, 'NOTES.md'), readme_dir)}`).")
     eq = os.path.join(a.bench_dir, "loss_equivalence.json")
     if os.path.isfile(eq):
         import json

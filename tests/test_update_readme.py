@@ -307,6 +307,8 @@ def test_findings_are_computed_from_the_files(tmp_path):
           "seed,hf_eager,ok,NVIDIA H100,2000,0.002,3.0\n"
           "seed,hf_compile,ok,NVIDIA H100,5000,0.005,3.1\n"
           "seed,ours_fast,ok,NVIDIA H100,30000,0.03,2.5\n")
+    write(tmp_path / "benchmarks" / "experiments_seed_memory.csv", BENCH_HEADER +
+          "seed,hf_eager,ok,NVIDIA H100,2000,0.002,2.95\nseed,ours_fast,ok,NVIDIA H100,35000,0.03,3.13\n")
     write(tmp_path / "benchmarks" / "loss_equivalence.json",
           '{"steps": 200, "max_abs_diff": 0.02, "mean_abs_diff": 0.005, "final_fast": 3.5, "final_eager": 3.51}')
     write(tmp_path / "benchmarks" / "multigpu_throughput.csv",
@@ -326,6 +328,7 @@ def test_findings_are_computed_from_the_files(tmp_path):
     assert "111.3 ms per step" in block and "matmul 42.5, attention 27.1" in block
     assert "`fast` at 290,000 tokens/s, 2.9x `hf_reference`" in block and "`baseline`" in block
     assert "within 0.020" in block and "first 200 steps" in block
+    assert "peaks at 3.13 GB against 2.95 GB for transformers eager, at 35,000 vs 2,000 tokens/s" in block
     assert "steps 1 to 350 in 120 s" in block and "resumed at step 300" in block and "3,000 tokens/s" in block
     assert "old" not in block
 
