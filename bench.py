@@ -414,19 +414,21 @@ def main(argv=None):
     p.add_argument("--out_dir", default="benchmarks")
     p.add_argument("--cache_dir", default="", help="token cache (default <out_dir>/.cache)")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise UsageError("bench.py measures GPU training speed and needs CUDA")
     impls = args.impls.split(",")
     probe_impls = args.probe_impls.split(",")
     if unknown := [i for i in impls + probe_impls if i not in IMPLS]:
         raise UsageError(f"unknown impl {unknown}; choose from {', '.join(IMPLS)}")
     if args.world_sizes and args.profile not in PROFILES:
         raise UsageError("--world_sizes needs --profile seed or throughput")
+    if args.world_sizes and not all(w.strip().isdigit() and int(w) >= 1 for w in args.world_sizes.split(",")):
+        raise UsageError(f"--world_sizes takes process counts such as 1,2,4, got {args.world_sizes!r}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.kernel_table or args.memory_peak or args.max_batch_probe
                                                       or args.loss_steps
                                                       or any(IMPLS[i].get("graph") for i in impls)):
         raise UsageError("under torchrun bench.py times plain DDP steps only: no --kernel_table, "
                          "--max_batch_probe, --loss_steps or CUDA-graph impls")
+    if not torch.cuda.is_available():
+        raise UsageError("bench.py measures GPU training speed and needs CUDA")
     os.makedirs(args.out_dir, exist_ok=True)
     cache_dir = args.cache_dir or os.path.join(args.out_dir, ".cache")
     env = dist_utils.setup("cuda")

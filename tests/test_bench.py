@@ -54,3 +54,17 @@ def test_peak_report_replays_the_trace_to_the_peak():
     assert lines[1].split()[:4] == ["0.0", "MB", "1", "blocks"] and "bench.py:20" in lines[1]  # the 300-byte block
     assert "bench.py:10" in lines[2] and " 2 blocks" in lines[2]
     assert "bench.py:30" not in text  # allocated after the peak
+
+
+@pytest.mark.parametrize("flags,msg", [(["--impls", "nope"], "unknown impl"),
+                                       (["--world_sizes", "1,x", "--profile", "throughput"], "--world_sizes takes"),
+                                       (["--world_sizes", "1,2", "--profile", "attention"], "--world_sizes needs"),
+                                       ([], "needs CUDA")])
+def test_bad_flags_and_no_gpu_exit_2(tmp_path, flags, msg):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, bench.__file__, *flags, "--out_dir", str(tmp_path / "b")],
+                       capture_output=True, text=True, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], r.stderr
+    assert not (tmp_path / "b").exists()
