@@ -52,12 +52,14 @@ IMPLS = {
     # compile scopes for data parallelism (see smollm2_distributed.build_forward); same math as ours_compile
     "ours_compile_blocks": dict(compile=True, fused=True, scope="blocks"),
     "ours_compile_ddp": dict(compile=True, fused=True, scope="ddp"),
+    "ours_compile_blocks_bf16grads": dict(compile=True, fused=True, scope="blocks", reduce_bf16=True),
 }
 DEFAULT_IMPLS = "hf_eager,hf_compile,ours_eager,ours_compile,ours_fast"
 
 
 def impl_spec(name: str) -> dict:
-    return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa", scope="model"), **IMPLS[name])
+    return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa", scope="model",
+                     reduce_bf16=False), **IMPLS[name])
 
 
 def build(spec: dict, seed: int, device):
@@ -73,7 +75,7 @@ def build(spec: dict, seed: int, device):
 
 def make_step(spec: dict, model, device, grad_accum: int, lr: float = 3e-4):
     opt = build_optimizer(model, lr, 0.1, device, capturable=spec["graph"])
-    fwd = dist_utils.build_forward(model, spec["compile"], spec["scope"], device)
+    fwd = dist_utils.build_forward(model, spec["compile"], spec["scope"], device, spec["reduce_bf16"])
     return TrainStep(model, fwd, opt, StepConfig(grad_accum, 1.0, torch.bfloat16, spec["fused"], spec["graph"]),
                      device), opt
 

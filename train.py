@@ -84,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--fused_loss", type=int, default=-1, choices=[-1, 0, 1],
                    help="chunked linear+cross-entropy without full logits (-1: follows --fast)")
     g.add_argument("--fsdp", type=int, default=0, choices=[0, 1], help="under torchrun: FSDP2 instead of DDP")
+    g.add_argument("--grad_reduce_dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="under DDP: all-reduce gradients in bf16 (half the bytes; rounds the averaged gradient)")
     g.add_argument("--model_impl", default="ours", choices=["ours", "hf"],
                    help="hf: transformers' LlamaForCausalLM with the same init, through the same step (a yardstick)")
     return p.parse_args(argv)
@@ -102,6 +104,9 @@ def resolve_switches(args, device: torch.device, world: int) -> None:
         raise UsageError("--cuda_graph 1 needs CUDA; use --cuda_graph 0 on CPU")
     if args.cuda_graph and (world > 1 or args.fsdp):
         raise UsageError("--cuda_graph 1 is single-process only; use --cuda_graph 0 under torchrun")
+    if args.grad_reduce_dtype == "bf16" and not (cuda and world > 1 and not args.fsdp):
+        raise UsageError("--grad_reduce_dtype bf16 is a DDP option on CUDA (NCCL): launch with torchrun on GPUs, "
+                         "or leave it at fp32")
     if args.fsdp and world == 1:
         raise UsageError("--fsdp 1 shards over several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
 
@@ -234,7 +239,8 @@ def main(argv=None) -> int:
         if ckpt is not None:
             dist_utils.load_full_optimizer_state(model, optimizer, ckpt["optimizer"], load_optimizer_state)
             set_rng_state(ckpt["rng"])
-        forward_model = dist_utils.build_forward(model, args.compile, args.compile_scope, device)
+        forward_model = dist_utils.build_forward(model, args.compile, args.compile_scope, device,
+                                                 reduce_bf16=args.grad_reduce_dtype == "bf16")
         amp_dtype = torch.bfloat16 if args.autocast else None
         step_fn = TrainStep(model, forward_model, optimizer,
                             StepConfig(args.grad_accum, args.grad_clip, amp_dtype, args.fused_loss, args.cuda_graph),
@@ -262,6 +268,7 @@ def main(argv=None) -> int:
         log(f"Speed path: autocast {'bf16' if args.autocast else 'off (fp32)'} | compile {args.compile} | "
             f"cuda_graph {args.cuda_graph} | fused_loss {args.fused_loss} | "
             f"{'compile scope ' + args.compile_scope + ' | ' if args.compile else ''}"
+            f"{'gradients all-reduced in bf16 | ' if args.grad_reduce_dtype == 'bf16' and world > 1 else ''}"
             f"{'FSDP2' if args.fsdp else 'DDP' if world > 1 else 'single process'}")
         if ckpt is None:
             log("Starting from scratch (random init).")

@@ -147,6 +147,15 @@ def test_compiled_scopes_under_ddp_match_one_process(reference, tmp_path, scope)
     assert f"compile scope {scope}" in r.stdout and "| DDP" in r.stdout
 
 
+def test_bf16_gradient_all_reduce_is_a_gpu_option(tmp_path):
+    # DDP's bf16 compression hook needs NCCL: on CPU (gloo) every rank refuses it, in one line, before
+    # anything is written (the launcher's own report of the failed workers follows).
+    r = run_train(tmp_path / "out", "--grad_accum", 2, "--max_steps", 2, "--grad_reduce_dtype", "bf16", nproc=2,
+                  check=False)
+    assert r.returncode != 0 and "--grad_reduce_dtype bf16 is a DDP option on CUDA" in r.stderr
+    assert not (tmp_path / "out" / "train.log").exists()
+
+
 def test_two_rank_checkpoint_resumes_on_one_process(reference, tmp_path):
     ref_dir, ref_losses, _ = reference
     run_train(tmp_path, "--grad_accum", 2, "--max_steps", 5, nproc=2)
