@@ -15,7 +15,7 @@ mkdir -p .runs
 #    for each compile scope (smollm2_distributed.build_forward); the GPU links first
 nvidia-smi topo -m > .runs/topology.txt 2>&1
 [ -f .runs/bench/multigpu_throughput.csv ] || \
-  python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile,ours_compile_blocks,ours_compile_ddp \
+  python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile,ours_compile_blocks,ours_compile_ddp,ours_compile_blocks_bf16grads \
     --warmup 8 --steps 15 --input_file input.txt --out_dir .runs/bench
 # 2. the throughput profile: seq 2048 x micro-batch 16, no accumulation
 python train_ablation.py --profile throughput --input_file input.txt --steps 20 --ignore_first_steps 10 \
