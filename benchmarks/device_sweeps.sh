@@ -3,6 +3,14 @@
 # 4 x H100 host (device kind nvidia-h100-x4). Results go to .runs/ (not committed); the chosen files
 # are then copied into ablation_results_500steps_profiles/, ablation_results_throughput/ and benchmarks/.
 # Re-running it resumes: train_ablation.py skips variants already in a CSV.
+#
+# It takes longer than one 10-minute device call. Start it in the background and have each call wait on
+# it (calls must follow each other within the machine's idle window; a pid file, because `pgrep -f` would
+# also match the calling shell, whose command line names this script):
+#   mkdir -p .runs; if [ -f .runs/driver.pid ] && kill -0 "$(cat .runs/driver.pid)" 2>/dev/null; then echo running;
+#   else setsid nohup bash benchmarks/device_sweeps.sh >> .runs/driver.log 2>&1 < /dev/null & echo $! > .runs/driver.pid; fi
+#   for i in $(seq 540); do [ -f .runs/ALL_DONE ] && break; sleep 1; done; tar czf $OUT/snap.tgz --exclude=runs .runs
+# (Whether a background job outlives its call was not yet seen; if not, rerun it each call: it resumes.)
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -15,8 +23,12 @@ mkdir -p .runs
 #    for each compile scope (smollm2_distributed.build_forward); the GPU links first
 nvidia-smi topo -m > .runs/topology.txt 2>&1
 [ -f .runs/bench/multigpu_throughput.csv ] || \
-  python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile,ours_compile_blocks,ours_compile_ddp,ours_compile_blocks_bf16grads \
+  python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile,ours_compile_blocks,ours_compile_ddp \
     --warmup 8 --steps 15 --input_file input.txt --out_dir .runs/bench
+# 1b. only if 4 GPUs still fall short: the same with gradients all-reduced in bf16
+[ -n "${BF16_GRADS:-}" ] && [ ! -f .runs/bench_bf16/multigpu_throughput.csv ] && \
+  python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile_blocks_bf16grads \
+    --warmup 8 --steps 15 --input_file input.txt --out_dir .runs/bench_bf16
 # 2. the throughput profile: seq 2048 x micro-batch 16, no accumulation
 python train_ablation.py --profile throughput --input_file input.txt --steps 20 --ignore_first_steps 10 \
   --log_every 5 --run_all --gpus "$GPUS" --out_dir .runs/throughput
