@@ -16,23 +16,25 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 export SMOLLM2_TOKENIZER=${SMOLLM2_TOKENIZER:-$PWD/.assets/tokenizer.json}  # no hub there: the carried file
 GPUS=${GPUS:-0,1,2,3}
+STEPS=${STEPS:-"1 2 3"}   # e.g. STEPS="1 3" when the seq-2048 sweep is already committed
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p .runs
 [ -f input.txt ] || cp .assets/input.txt input.txt   # the device machine has no internet
 
 # 1. data parallel scaling: our compiled step under torchrun + DDP at 1, 2 and 4 GPUs (seq 2048 x 16 per GPU),
 #    for each compile scope (smollm2_distributed.build_forward); the GPU links first
 nvidia-smi topo -m > .runs/topology.txt 2>&1
-[ -f .runs/bench/multigpu_throughput.csv ] || \
+want 1 && [ ! -f .runs/bench/multigpu_throughput.csv ] && \
   python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile,ours_compile_blocks,ours_compile_ddp \
     --warmup 8 --steps 15 --input_file input.txt --out_dir .runs/bench
 # 1b. only if 4 GPUs still fall short: the same with gradients all-reduced in bf16
-[ -n "${BF16_GRADS:-}" ] && [ ! -f .runs/bench_bf16/multigpu_throughput.csv ] && \
+want 1 && [ -n "${BF16_GRADS:-}" ] && [ ! -f .runs/bench_bf16/multigpu_throughput.csv ] && \
   python bench.py --profile throughput --world_sizes 1,2,4 --impls ours_compile_blocks_bf16grads \
     --warmup 8 --steps 15 --input_file input.txt --out_dir .runs/bench_bf16
 # 2. the throughput profile: seq 2048 x micro-batch 16, no accumulation
-python train_ablation.py --profile throughput --input_file input.txt --steps 20 --ignore_first_steps 10 \
+want 2 && python train_ablation.py --profile throughput --input_file input.txt --steps 20 --ignore_first_steps 10 \
   --log_every 5 --run_all --gpus "$GPUS" --out_dir .runs/throughput
 # 3. the seed's sweep: 13 variants x 500 steps at seq 256 x batch 1 x accum 4, four variants at a time
-python train_ablation.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --steps 500 \
+want 3 && python train_ablation.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --steps 500 \
   --ignore_first_steps 50 --log_every 50 --run_all --gpus "$GPUS" --out_dir .runs/seed
 touch .runs/ALL_DONE
