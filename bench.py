@@ -21,6 +21,7 @@ import argparse
 import csv
 import fcntl
 import gc
+import glob
 import json
 import os
 import re
@@ -49,17 +50,17 @@ IMPLS = {
     "ours_eager": dict(),
     "ours_compile": dict(compile=True, fused=True),
     "ours_fast": dict(compile=True, graph=True, fused=True),
-    # compile scopes for data parallelism (see smollm2_distributed.build_forward); same math as ours_compile
+    # data-parallel variants of ours_compile (smollm2_distributed.build_forward); same math, except bf16grads
+    "ours_compile_no_overlap": dict(compile=True, fused=True, ddp_overlap=False, base="ours_compile"),
     "ours_compile_blocks": dict(compile=True, fused=True, scope="blocks"),
-    "ours_compile_ddp": dict(compile=True, fused=True, scope="ddp"),
-    "ours_compile_blocks_bf16grads": dict(compile=True, fused=True, scope="blocks", reduce_bf16=True),
+    "ours_compile_bf16grads": dict(compile=True, fused=True, reduce_bf16=True, base="ours_compile"),
 }
 DEFAULT_IMPLS = "hf_eager,hf_compile,ours_eager,ours_compile,ours_fast"
 
 
 def impl_spec(name: str) -> dict:
     return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa", scope="model",
-                     reduce_bf16=False), **IMPLS[name])
+                     reduce_bf16=False, ddp_overlap=True, base=None), **IMPLS[name])
 
 
 def build(spec: dict, seed: int, device):
@@ -75,7 +76,8 @@ def build(spec: dict, seed: int, device):
 
 def make_step(spec: dict, model, device, grad_accum: int, lr: float = 3e-4):
     opt = build_optimizer(model, lr, 0.1, device, capturable=spec["graph"])
-    fwd = dist_utils.build_forward(model, spec["compile"], spec["scope"], device, spec["reduce_bf16"])
+    fwd = dist_utils.build_forward(model, spec["compile"], spec["scope"], device, spec["reduce_bf16"],
+                                   spec["ddp_overlap"])
     return TrainStep(model, fwd, opt, StepConfig(grad_accum, 1.0, torch.bfloat16, spec["fused"], spec["graph"]),
                      device), opt
 
@@ -118,7 +120,8 @@ def peak_report(snapshot: dict, device_index: int, top: int = 25) -> str:
     for e in live.values():
         frames = [f for f in e.get("frames", []) if f.get("filename", "").endswith(".py")]
         ours = [f for f in frames if os.path.dirname(os.path.abspath(f["filename"])) == os.path.dirname(__file__)]
-        f = (ours or frames or [{"filename": "?", "line": 0, "name": "?"}])[0]
+        f = (ours or frames or [{"filename": "(no Python frame: autograd's backward thread or C++)", "line": 0,
+                                 "name": ""}])[0]
         key = f"{os.path.basename(f['filename'])}:{f['line']} {f['name']}"
         sites.setdefault(key, [0, 0])
         sites[key][0] += e["size"]
@@ -135,8 +138,16 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_tab
     """Warm up (compile, capture), then time `steps` steps between two CUDA events. Under DDP each rank
     takes its share of every step's micro-batches; the slowest rank's time counts."""
     free()
-    if memory_report:
-        torch.cuda.memory._record_memory_history(max_entries=2_000_000, context="alloc", stacks="python")
+    if not memory_report:
+        return _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, "")
+    torch.cuda.memory._record_memory_history(max_entries=2_000_000, context="alloc", stacks="python")
+    try:
+        return _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report)
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+
+
+def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report):
     rank = int(os.environ.get("RANK", "0"))
     spec = impl_spec(impl)
     model = build(spec, seed, device)
@@ -148,6 +159,7 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_tab
     warm_s = time.perf_counter() - t0
     inputs = [data.step_batch(warmup + s, A, B, device, rank) for s in range(1, steps + 1)]
     torch.cuda.synchronize()
+    dist_utils.barrier()  # all ranks start the timed steps together
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for xs, ys in inputs:
@@ -162,7 +174,6 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_tab
         with open(memory_report, "w") as f:
             f.write(f"{impl}: max_memory_allocated {peak / 1e9:.3f} GB\n")
             f.write(peak_report(torch.cuda.memory._snapshot(), device.index or 0))
-        torch.cuda.memory._record_memory_history(enabled=None)
     del model, step_fn, opt, inputs
     free()
     return dict(ms_per_step=ms, warmup_s=warm_s, peak_mem_bytes=peak, final_loss=final_loss, breakdown=breakdown)
@@ -368,29 +379,57 @@ def write_rows(path_stem, rows):
 
 
 def multigpu(args, ids_ready_dir: str) -> None:
-    """Run this script under torchrun at each world size and collect total and per-GPU figures."""
-    rows = []
-    for n in [int(w) for w in args.world_sizes.split(",")]:
-        out = os.path.join(args.out_dir, ".multigpu", f"w{n}")
-        os.makedirs(out, exist_ok=True)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               os.path.abspath(__file__), "--profile", args.profile, "--impls", args.impls, "--out_dir", out,
-               "--cache_dir", ids_ready_dir, "--input_file", args.input_file, "--tokenizer_id", args.tokenizer_id,
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--seed", str(args.seed)]
-        if args.micro_batch:
-            cmd += ["--micro_batch", str(args.micro_batch)]
-        print("$ " + " ".join(cmd), flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            raise UsageError(f"the {n}-process run failed (its output is above)")
-        with open(os.path.join(out, f"bench_{args.profile}.json")) as f:
-            rows += json.load(f)
-    one = {r["impl"]: r["tokens_per_s_per_gpu"] for r in rows if r["world_size"] == 1}
-    for r in rows:
-        r["scaling_efficiency"] = round(r["tokens_per_s_per_gpu"] / one[r["impl"]], 3) if r["impl"] in one else ""
-    write_rows(os.path.join(args.out_dir, f"multigpu_{args.profile}"), rows)
-    for r in rows:
-        print(f"{r['impl']:>14} x{r['world_size']}: {r['tokens_per_s']:>10,.0f} tok/s total | "
+    """Run this script under torchrun for each (world size, impl) and collect total and per-GPU figures.
+    Each pair is its own run, kept in <out_dir>/.multigpu/w<N>/<impl>/: a rerun skips pairs already measured,
+    a failed pair is reported and the rest go on, and the table is rewritten after every pair."""
+    sizes = [int(w) for w in args.world_sizes.split(",")]
+    impls = args.impls.split(",")
+    if max(sizes) > torch.cuda.device_count():
+        raise UsageError(f"--world_sizes asks for {max(sizes)} GPUs, this machine has {torch.cuda.device_count()}")
+    if graphs := [i for i in impls if impl_spec(i)["graph"]]:
+        raise UsageError(f"CUDA-graph impls are single-process only: drop {', '.join(graphs)} from --impls")
+    failed = []
+    for n in sizes:
+        for impl in impls:
+            if n == 1 and impl_spec(impl)["base"]:
+                continue  # differs from its base only under DDP: the base's one-GPU row serves
+            out = os.path.join(args.out_dir, ".multigpu", f"w{n}", impl)
+            if os.path.exists(os.path.join(out, f"bench_{args.profile}.json")):
+                print(f"skip {impl} x{n}: measured in {out}", flush=True)
+                continue
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                   os.path.abspath(__file__), "--profile", args.profile, "--impls", impl, "--out_dir", out,
+                   "--cache_dir", ids_ready_dir, "--input_file", args.input_file, "--tokenizer_id", args.tokenizer_id,
+                   "--warmup", str(args.warmup), "--steps", str(args.steps), "--seed", str(args.seed)]
+            if args.micro_batch:
+                cmd += ["--micro_batch", str(args.micro_batch)]
+            print("$ " + " ".join(cmd), flush=True)
+            if subprocess.run(cmd).returncode != 0:
+                failed.append(f"{impl} x{n}")
+                print(f"FAILED: {impl} on {n} processes (its output is above); going on", flush=True)
+            rows = collect_multigpu(args.out_dir, args.profile)
+            if rows:
+                write_rows(os.path.join(args.out_dir, f"multigpu_{args.profile}"), rows)
+    for r in collect_multigpu(args.out_dir, args.profile):
+        print(f"{r['impl']:>24} x{r['world_size']}: {r['tokens_per_s']:>10,.0f} tok/s total | "
               f"{r['tokens_per_s_per_gpu']:>9,.0f} per GPU | efficiency {r['scaling_efficiency']}")
+    if failed:
+        raise UsageError(f"failed: {', '.join(failed)}")
+
+
+def collect_multigpu(out_dir: str, profile: str) -> list[dict]:
+    rows = []
+    for path in sorted(glob.glob(os.path.join(out_dir, ".multigpu", "w*", "*", f"bench_{profile}.json"))):
+        with open(path) as f:
+            rows += json.load(f)
+    rows.sort(key=lambda r: (list(IMPLS).index(r["impl"]) if r["impl"] in IMPLS else 99, r["world_size"]))
+    one = {r["impl"]: r["tokens_per_s_per_gpu"] for r in rows if r["world_size"] == 1 and r["status"] == "ok"}
+    for r in rows:
+        base = one.get(r["impl"]) or one.get(impl_spec(r["impl"])["base"] or "")
+        r["scaling_efficiency"] = round(r["tokens_per_s_per_gpu"] / base, 3) if base and r["status"] == "ok" else ""
+        for k in ("x_hf_eager", "x_hf_compile"):
+            r.pop(k, None)
+    return rows
 
 
 def main(argv=None):
@@ -491,12 +530,11 @@ def main(argv=None):
 
     if args.max_batch_probe and write:
         data = TokenBatches(ids, 2048, 0.0, args.seed)
-        rows = []
-        for impl in probe_impls:
-            rows.append(dict(impl=impl, card=card, seq_len=2048, **probe_max_batch(impl, data, 2048, device, args.seed),
-                             **versions))
-            print(json.dumps(rows[-1]), flush=True)
-        merge_rows(os.path.join(args.out_dir, "bench_max_batch"), rows)
+        for impl in probe_impls:  # each impl's row is saved as soon as it is known
+            row = dict(impl=impl, card=card, seq_len=2048, **probe_max_batch(impl, data, 2048, device, args.seed),
+                       **versions)
+            print(json.dumps(row), flush=True)
+            merge_rows(os.path.join(args.out_dir, "bench_max_batch"), [row])
 
     if args.loss_steps and write:
         data = TokenBatches(ids, 2048, 0.0, args.seed)

@@ -65,7 +65,7 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-COMPILE_SCOPES = ("model", "blocks", "ddp")
+COMPILE_SCOPES = ("model", "blocks")
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -77,19 +77,18 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def build_forward(model: torch.nn.Module, compile_: bool, scope: str, device: torch.device,
-                  reduce_bf16: bool = False) -> torch.nn.Module:
+                  reduce_bf16: bool = False, ddp_overlap: bool = True) -> torch.nn.Module:
     """The module the training step calls, from the plain `model` the optimizer owns.
 
     scope (only with compile_):
-      model   torch.compile of the whole model, DDP around it: one graph, the most fusion on one GPU; but
-              under DDP the compiled backward returns every gradient at its end, so no all-reduce overlaps it.
-      blocks  each decoder layer compiled on its own (one graph reused by all layers), DDP around the model:
-              gradients arrive layer by layer and DDP reduces its buckets while the backward goes on.
-      ddp     torch.compile of the DDP module: dynamo splits the graph at DDP's bucket boundaries
-              (DDPOptimizer) for the same overlap.
-    Without torchrun, DDP is left out and `ddp` is the same as `model`.
+      model   torch.compile of the whole model, DDP around it: one graph, the most fusion on one GPU. Under
+              DDP, dynamo's DDPOptimizer splits the graph at DDP's bucket boundaries so that each bucket's
+              all-reduce overlaps the rest of the backward (ddp_overlap=False turns that off: one graph whose
+              backward hands every gradient over at its end; a control for measuring what overlap buys).
+      blocks  each decoder layer compiled on its own (one graph reused by all layers, as torchtitan does),
+              DDP around the model: gradients arrive layer by layer without splitting any graph.
     reduce_bf16: DDP all-reduces gradients in bf16 (half the bytes on slow links; the averaged gradient
-    is rounded to bf16 before the float32 optimizer sees it)."""
+    is rounded to bf16 before the float32 optimizer sees it). NCCL only."""
     if scope not in COMPILE_SCOPES:
         raise ValueError(f"compile scope must be one of {', '.join(COMPILE_SCOPES)}, got {scope!r}")
     ddp = active() and not _is_fsdp(model)
@@ -103,12 +102,12 @@ def build_forward(model: torch.nn.Module, compile_: bool, scope: str, device: to
 
     if not compile_:
         return wrap(model) if ddp else model
+    # Read by dynamo when it compiles inside DDP's forward; set every time, so one process can build both kinds.
+    torch._dynamo.config.optimize_ddp = ddp_overlap and scope == "model"
     if scope == "blocks":
         for layer in decoder_layers(model):
             layer.compile()
         return wrap(model) if ddp else model
-    if scope == "ddp" and ddp:
-        return torch.compile(wrap(model))
     return wrap(torch.compile(model)) if ddp else torch.compile(model)
 
 

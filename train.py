@@ -77,8 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--autocast", type=int, default=-1, choices=[-1, 0, 1], help="bf16 autocast (-1: on with CUDA)")
     g.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="torch.compile the model (-1: --fast on CUDA)")
     g.add_argument("--compile_scope", default="model", choices=list(dist_utils.COMPILE_SCOPES),
-                   help="model: one graph; blocks: each decoder layer alone (lets DDP overlap its all-reduce); "
-                        "ddp: compile the DDP module (DDPOptimizer)")
+                   help="model: one graph (under DDP split at bucket boundaries so the all-reduce overlaps the "
+                        "backward); blocks: each decoder layer compiled alone")
     g.add_argument("--cuda_graph", type=int, default=-1, choices=[-1, 0, 1],
                    help="capture the whole step as one CUDA graph (-1: --fast on CUDA, single process)")
     g.add_argument("--fused_loss", type=int, default=-1, choices=[-1, 0, 1],

@@ -90,6 +90,8 @@ def parse_args(argv=None):
         p.error(f"--gpus lists {len(gpus)} devices, not a multiple of --nproc_per_node {args.nproc_per_node}")
     n = args.nproc_per_node
     args.slots = [",".join(gpus[i:i + n]) for i in range(0, len(gpus), n)] or [None]
+    if gpus and args.device == "auto":
+        args.device = "cuda"  # a slot naming a card that is not there must fail, not fall back to the CPU
     if PROFILES[args.profile]:
         for k, v in PROFILES[args.profile].items():
             setattr(args, k, v)
@@ -198,7 +200,7 @@ class Run:
     """One variant's train.py process (or torchrun group), its output going to files, not pipes, so
     several can run at once."""
 
-    def __init__(self, args, name: str, gpus):
+    def __init__(self, args, name: str, gpus, cpus=None):
         os.makedirs(os.path.join(args.out_dir, "logs"), exist_ok=True)
         self.args, self.name, self.gpus = args, name, gpus
         self.log_path = os.path.join(args.out_dir, "logs", f"{name}.log")
@@ -209,17 +211,28 @@ class Run:
         env = dict(os.environ)
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus
+        if cpus:  # side by side: each variant on its own host cores, so one's compile workers don't slow another
+            env["TORCHINDUCTOR_COMPILE_THREADS"] = str(len(cpus))
         self.out = open(self.log_path + ".stdout", "w")
         self.err = open(self.log_path + ".stderr", "w")
         # own process group: a Ctrl-C to the sweep is handled here, not delivered mid-step to the child
         self.proc = subprocess.Popen(self.cmd, stdout=self.out, stderr=self.err, text=True, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # SIGTERM first: torchrun forwards it to its workers (which run in sessions of their own, out of
+        # reach of a signal to this group); SIGKILL whatever is left.
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         self.proc.wait()
         self.close()
 
@@ -354,11 +367,16 @@ def main(argv=None) -> int:
     if len(args.slots) > 1:  # side by side: the long eager variants first, so no card idles at the end
         todo.sort(key=lambda n: bool(VARIANTS[n]["compile"] or VARIANTS[n]["cuda_graph"]))
     free = list(args.slots)
+    cpus = {slot: None for slot in free}
+    if len(free) > 1 and hasattr(os, "sched_getaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        per = max(1, len(cores) // len(free))
+        cpus = {slot: set(cores[i * per:(i + 1) * per]) or set(cores) for i, slot in enumerate(free)}
     while todo or running:
         while todo and free and not stop["flag"]:
             slot, name = free.pop(0), todo.pop(0)
             print(f"run  {name}" + (f" on GPU {slot}" if slot is not None else "") + " ...", flush=True)
-            running[slot] = Run(args, name, slot)
+            running[slot] = Run(args, name, slot, cpus[slot])
         if stop["flag"]:
             todo.clear()
         finished = [slot for slot, run in running.items() if run.proc.poll() is not None]

@@ -85,3 +85,45 @@ def test_bad_flags_exit_2(tmp_path, flags):
     r = subprocess.run([sys.executable, str(REPO / "train_ablation.py"), *flags, "--out_dir", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_sigterm_takes_torchrun_workers_down(tmp_path):
+    # A job limit's SIGTERM to the sweep must not leave a torchrun variant's workers running (they run in
+    # sessions of their own, out of reach of a signal to the launcher's group).
+    import os
+    import signal
+    import time
+    out = tmp_path / "abl"
+    cmd = [sys.executable, str(REPO / "train_ablation.py"), "--input_file", str(SHARED / "data" / "input.txt"),
+           "--tokenizer_id", str(SHARED / "tokenizer" / "tokenizer.json"), "--model", "tiny", "--seq_len", "32",
+           "--batch_size", "1", "--grad_accum", "1", "--steps", "100000", "--ignore_first_steps", "2",
+           "--log_every", "50", "--out_dir", str(out), "--variant", "baseline", "--nproc_per_node", "2"]
+    sweep = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def workers():
+        found = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"train.py") for a in args) and str(out).encode() in b" ".join(args):
+                found.append(int(pid))
+        return found
+
+    deadline = time.monotonic() + 120
+    while len(workers()) < 2 and time.monotonic() < deadline:  # the launcher, then its two workers
+        time.sleep(0.5)
+    time.sleep(3)
+    assert workers(), "the variant never started"
+    sweep.send_signal(signal.SIGTERM)
+    sweep.communicate(timeout=60)
+    assert sweep.returncode == 143
+    deadline = time.monotonic() + 30
+    while workers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = workers()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"left running: {left}"

@@ -68,3 +68,26 @@ def test_bad_flags_and_no_gpu_exit_2(tmp_path, flags, msg):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], r.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_collect_multigpu_efficiency_against_the_right_one_gpu_row(tmp_path):
+    import json
+
+    def put(n, impl, tok, status="ok"):
+        d = tmp_path / ".multigpu" / f"w{n}" / impl
+        d.mkdir(parents=True)
+        (d / "bench_throughput.json").write_text(json.dumps([dict(
+            impl=impl, world_size=n, status=status, tokens_per_s=tok * n, tokens_per_s_per_gpu=tok,
+            x_hf_eager="", x_hf_compile="")]))
+
+    put(1, "ours_compile", 300.0)
+    put(2, "ours_compile", 285.0)
+    put(4, "ours_compile_no_overlap", 150.0)  # DDP-only variant: measured against ours_compile's one-GPU row
+    put(1, "ours_compile_blocks", 280.0)
+    put(4, "ours_compile_blocks", 266.0)
+    put(2, "ours_compile_blocks", 0.0, status="oom")
+    rows = bench.collect_multigpu(str(tmp_path), "throughput")
+    got = {(r["impl"], r["world_size"]): r["scaling_efficiency"] for r in rows}
+    assert got == {("ours_compile", 1): 1.0, ("ours_compile", 2): 0.95, ("ours_compile_no_overlap", 4): 0.5,
+                   ("ours_compile_blocks", 1): 1.0, ("ours_compile_blocks", 2): "", ("ours_compile_blocks", 4): 0.95}
+    assert [r["impl"] for r in rows][:2] == ["ours_compile", "ours_compile"] and "x_hf_eager" not in rows[0]
