@@ -178,7 +178,9 @@ def sample_text(model, tokenizer, args, device, amp_dtype, step: int) -> str:
     gen = torch.Generator(device=device).manual_seed(args.seed + step)  # own generator: training RNG untouched
     was_training = model.training
     model.eval()
-    with amp_context(device, amp_dtype):
+    # Eager even where layers were compiled in place (--compile_scope blocks): decoding one token at a time
+    # against a growing cache would recompile per position.
+    with amp_context(device, amp_dtype), torch.compiler.set_stance("force_eager"):
         out = model.generate(ids, args.sample_tokens, temperature=0.8, top_k=50, generator=gen)
     model.train(was_training)
     return tokenizer.decode(out[0].tolist())
