@@ -18,6 +18,7 @@ per-GPU figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import fcntl
 import gc
@@ -89,14 +90,6 @@ def free():
     torch.cuda.reset_peak_memory_stats()
 
 
-def _max_across_ranks(value: float) -> float:
-    if not dist_utils.active():
-        return value
-    t = torch.tensor([value], device="cuda", dtype=torch.float64)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t)
-
-
 def peak_report(snapshot: dict, device_index: int, top: int = 25) -> str:
     """The allocations alive at the moment of peak allocated memory, grouped by the Python line that made
     them (from torch.cuda.memory._snapshot() with history recorded since before the model was built)."""
@@ -133,18 +126,26 @@ def peak_report(snapshot: dict, device_index: int, top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def memory_history(enabled: bool):
+    """Record every CUDA allocation with its Python stack while enabled (for peak_report); always switched off."""
+    if not enabled:
+        yield
+        return
+    torch.cuda.memory._record_memory_history(max_entries=2_000_000, context="alloc", stacks="python")
+    try:
+        yield
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+
+
 def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table: str = "",
               memory_report: str = ""):
     """Warm up (compile, capture), then time `steps` steps between two CUDA events. Under DDP each rank
     takes its share of every step's micro-batches; the slowest rank's time counts."""
     free()
-    if not memory_report:
-        return _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, "")
-    torch.cuda.memory._record_memory_history(max_entries=2_000_000, context="alloc", stacks="python")
-    try:
+    with memory_history(bool(memory_report)):
         return _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report)
-    finally:
-        torch.cuda.memory._record_memory_history(enabled=None)
 
 
 def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report):
@@ -166,8 +167,8 @@ def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_ta
         loss, _ = step_fn(xs, ys)
     end.record()
     torch.cuda.synchronize()
-    ms = _max_across_ranks(start.elapsed_time(end) / steps)
-    peak = _max_across_ranks(torch.cuda.max_memory_allocated(device))
+    ms = dist_utils.max_across_ranks(start.elapsed_time(end) / steps)
+    peak = dist_utils.max_across_ranks(torch.cuda.max_memory_allocated(device))
     final_loss = float(loss)
     breakdown = kernel_breakdown(step_fn, inputs[:3], kernel_table) if kernel_table else None
     if memory_report:
@@ -255,8 +256,8 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
 
 def largest_fitting(fits, guess: int, known_ok: int, limit: int = 12) -> tuple[int, object, int]:
     """Largest B with fits(B) true, starting from a prediction: walk away from `guess` with a doubling stride
-    (up while runs fit, down while they fail), then bisect between the last fit and the first failure. Returns (largest fit, first
-    size that failed or None, trials)."""
+    (up while runs fit, down while they fail), then bisect between the last fit and the first failure.
+    Returns (largest fit, first size that failed or None, trials)."""
     ok, bad, B, stride, trials = known_ok, None, guess, 1, 0
     while trials < limit:
         trials += 1
@@ -310,6 +311,7 @@ def attention_bench(device, B=16, H=9, KV=3, T=2048, D=64, reps=20) -> list[dict
     def run(qq, kk, vv, gqa):
         return F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=gqa)
 
+    dout_b = dout.bfloat16()
     qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
     with sdpa_kernel(SDPBackend.MATH):
         ref = run(qr[:2], kr[:2], vr[:2], True)
@@ -329,7 +331,7 @@ def attention_bench(device, B=16, H=9, KV=3, T=2048, D=64, reps=20) -> list[dict
                 with sdpa_kernel(getattr(SDPBackend, backend)):
                     def step():
                         out = run(qb, kb, vb, gqa == "native")
-                        out.backward(dout.bfloat16())
+                        out.backward(dout_b)
                         return out
                     out = step()
                     err = ((out[:2].float() - ref).norm() / ref.norm()).item()
@@ -465,8 +467,8 @@ def main(argv=None):
         raise UsageError(f"--world_sizes takes process counts such as 1,2,4, got {args.world_sizes!r}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.kernel_table or args.memory_peak or args.max_batch_probe
                                                       or args.loss_steps
-                                                      or any(IMPLS[i].get("graph") for i in impls)):
-        raise UsageError("under torchrun bench.py times plain DDP steps only: no --kernel_table, "
+                                                      or any(impl_spec(i)["graph"] for i in impls)):
+        raise UsageError("under torchrun bench.py times plain DDP steps only: no --kernel_table, --memory_peak, "
                          "--max_batch_probe, --loss_steps or CUDA-graph impls")
     if not torch.cuda.is_available():
         raise UsageError("bench.py measures GPU training speed and needs CUDA")
@@ -486,7 +488,8 @@ def main(argv=None):
     ids = load_token_ids(args.input_file, tokenizer, cache_dir)
     if args.world_sizes:
         return multigpu(args, cache_dir)
-    n_params = SmolLM2ForCausalLM(get_config("smollm2-135m")).num_params()
+    config = get_config("smollm2-135m")
+    n_params = SmolLM2ForCausalLM(config).num_params()
     write = env.rank == 0
 
     profiles = list(PROFILES) if args.profile == "all" else [args.profile] if args.profile in PROFILES else []
@@ -494,7 +497,7 @@ def main(argv=None):
         seq_len, B, A = PROFILES[prof]
         B = args.micro_batch or B
         data = TokenBatches(ids, seq_len, 0.0, args.seed)
-        fpt = flops_per_token(n_params, 30, 576, seq_len)
+        fpt = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
         rows, breakdown = [], []
         for impl in impls:
             table = os.path.join(args.out_dir, f"kernels_{prof}_{impl}.txt") if args.kernel_table and write else ""

@@ -23,6 +23,7 @@ import torch
 from export_hf import OneLineParser, checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
+from smollm2_training import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,14 +58,6 @@ class TextStream:
 
     def finish(self) -> None:
         self._emit(self.tokenizer.decode(self.ids))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -163,7 +156,7 @@ def main(argv=None) -> int:
         parser.error(f"--checkpoint {args.checkpoint} does not exist")
 
     try:
-        device = pick_device(args.device)
+        device = resolve_device(args.device)
         dtype = pick_dtype(args.dtype, device)
         model, desc, tok_id = load_model(args)
         tok = load_tokenizer(args.tokenizer_id or tok_id, log=log)

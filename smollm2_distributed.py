@@ -164,10 +164,13 @@ def mean_across_ranks(value: torch.Tensor) -> float:
     return float(value)
 
 
-def any_rank(flag: bool) -> bool:
+def max_across_ranks(value: float) -> float:
     if not active():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0],
-                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return float(t)
+
+
+def any_rank(flag: bool) -> bool:
+    return max_across_ranks(1.0 if flag else 0.0) > 0

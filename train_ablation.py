@@ -164,7 +164,7 @@ def append_row(csv_path: str, row: dict) -> None:
     if not new:
         with open(csv_path, newline="") as f:
             if next(csv.reader(f), []) != COLUMNS:  # a CSV from before a column was added: rewrite its header
-                drop_rows(csv_path, set())
+                rewrite_rows(csv_path)
     with open(csv_path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
@@ -172,22 +172,13 @@ def append_row(csv_path: str, row: dict) -> None:
         w.writerow(row)
 
 
-def drop_rows(csv_path: str, names: set[str]) -> None:
-    """--force: remove the variants about to rerun, so the CSV keeps one row per variant."""
+def rewrite_rows(csv_path: str, drop: frozenset = frozenset()) -> None:
+    """Rewrite the CSV with today's COLUMNS, rows in VARIANTS order (side by side, variants finish out of
+    order), without the variants in `drop` (--force: those about to rerun, so one row per variant)."""
     if not os.path.exists(csv_path):
         return
     with open(csv_path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["variant"] not in names]
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
-def sort_rows(csv_path: str) -> None:
-    """Rows in VARIANTS order, however the variants finished (side by side they finish out of order)."""
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r["variant"] not in drop]
     order = {name: i for i, name in enumerate(VARIANTS)}
     rows.sort(key=lambda r: order.get(r["variant"], len(order)))
     with open(csv_path, "w", newline="") as f:
@@ -236,22 +227,19 @@ class Run:
         self.proc.wait()
         self.close()
 
-    def close(self) -> None:
-        self.out.close()
-        self.err.close()
-        for suffix in (".stdout", ".stderr"):
-            if os.path.exists(self.log_path + suffix):
-                os.remove(self.log_path + suffix)
+    def close(self) -> tuple[str, str]:
+        """Close the capture files and remove them; returns what the process wrote (stdout, stderr)."""
+        texts = []
+        for f in (self.out, self.err):
+            f.close()
+            with open(f.name) as g:
+                texts.append(g.read())
+            os.remove(f.name)
+        return texts[0], texts[1]
 
     def row(self) -> dict:
         args, name = self.args, self.name
-        self.out.close()
-        self.err.close()
-        with open(self.log_path + ".stdout") as f:
-            stdout = f.read()
-        with open(self.log_path + ".stderr") as f:
-            stderr = f.read()
-        self.close()
+        stdout, stderr = self.close()
         with open(self.log_path, "w") as f:
             f.write("$ " + " ".join(self.cmd) + "\n" + stdout + stderr)
         v = variant_flags(args, name)
@@ -273,14 +261,7 @@ class Run:
             err = (stderr.strip().splitlines() or ["no output"])[-1]
             row["status"] = "oom" if "out of memory" in stderr.lower() else "error"
             row["error"] = err[:300]
-        row["_losses"] = parsed["losses"]
         return row
-
-
-def run_variant(args, name: str, gpus=None) -> dict:
-    run = Run(args, name, gpus)
-    run.proc.wait()
-    return run.row()
 
 
 def plot(csv_path: str, out_dir: str, curves: dict) -> None:
@@ -339,7 +320,7 @@ def main(argv=None) -> int:
     csv_path = os.path.join(args.out_dir, "ablation_results.csv")
     names = list(VARIANTS) if args.run_all else list(dict.fromkeys(args.variant))
     if args.force:
-        drop_rows(csv_path, set(names))
+        rewrite_rows(csv_path, drop=frozenset(names))
     done = done_variants(csv_path)
     stop = {"flag": False}
 
@@ -383,7 +364,6 @@ def main(argv=None) -> int:
         for slot in finished:
             row = running.pop(slot).row()
             free.append(slot)
-            row.pop("_losses")
             append_row(csv_path, row)
             with open(os.path.join(args.out_dir, "ablation_results.jsonl"), "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -392,8 +372,7 @@ def main(argv=None) -> int:
                   (f" | {row['error']}" if row.get("error") else ""), flush=True)
         if running and not finished:
             time.sleep(0.2)
-    if os.path.exists(csv_path):
-        sort_rows(csv_path)
+    rewrite_rows(csv_path)
     plot(csv_path, args.out_dir, load_curves(args.out_dir, args.ignore_first_steps))
     print(f"results: {csv_path}")
     return 130 if stop["flag"] else 0

@@ -427,14 +427,14 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
                    f"path from the same seed; final {e['final_fast']:.4f} vs {e['final_eager']:.4f} "
                    f"([plot]({rel(os.path.join(a.bench_dir, 'loss_equivalence.png'), readme_dir)})).")
     tb_path = os.path.join(a.bench_dir, "time_breakdown_throughput.csv")
-    for r in read_csv(tb_path)[1] if os.path.isfile(tb_path) else []:
-        groups = sorted(((k[:-3], _num(v)) for k, v in r.items() if k.endswith(" ms") and _num(v)),
-                        key=lambda kv: -kv[1])
-        if groups and r.get("impl") == "ours_compile":
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in groups[:3])
-            out.append(f"- **Where the time goes** (seq 2048 x 16, compiled, {r.get('card', '')}): "
-                       f"{_num(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
-                       f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(a.bench_dir, 'NOTES.md'), readme_dir)}`).")
+    r = _rows_by(tb_path, "impl").get("ours_compile")
+    groups = sorted(((k[:-3], _num(v)) for k, v in r.items() if k.endswith(" ms") and _num(v)),
+                    key=lambda kv: -kv[1]) if r else []
+    if groups:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in groups[:3])
+        out.append(f"- **Where the time goes** (seq 2048 x 16, compiled, {r.get('card', '')}): "
+                   f"{_num(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
+                   f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(a.bench_dir, 'NOTES.md'), readme_dir)}`).")
     mg_path = os.path.join(a.bench_dir, "multigpu_throughput.csv")
     mg = [r for r in read_csv(mg_path)[1] if r.get("status") == "ok"] if os.path.isfile(mg_path) else []
     if mg:
