@@ -282,10 +282,12 @@ def probe_max_batch(impl, data, seq_len, device, seed) -> dict:
     (a size that fits and the next one that does not)."""
     def peak(B):
         try:
-            return time_impl(impl, data, seq_len, B, 1, 2, 1, device, seed)["peak_mem_bytes"]
+            got = time_impl(impl, data, seq_len, B, 1, 2, 1, device, seed)["peak_mem_bytes"]
         except torch.OutOfMemoryError:
             free()
-            return None
+            got = None
+        print(f"probe {impl} B={B}: " + (f"fits, peak {got / 1e9:.2f} GB" if got else "out of memory"), flush=True)
+        return got
 
     p4, p8 = peak(4), peak(8)
     if p4 is None or p8 is None:

@@ -392,6 +392,30 @@ def _rows_by(path: str, key: str) -> dict[str, dict[str, str]]:
     return {r[key]: r for r in read_csv(path)[1]} if os.path.isfile(path) else {}
 
 
+def multigpu_finding(path: str, readme_dir: str) -> str:
+    """One sentence per multi-GPU table: the first impl at every size, the others at their sizes by efficiency."""
+    mg = [r for r in read_csv(path)[1] if r.get("status") == "ok"]
+    if not mg:
+        return ""
+    mg.sort(key=lambda r: int(r["world_size"]))
+    main_impl = mg[0]["impl"]
+
+    def eff(r):
+        return f"{100 * _num(r['scaling_efficiency']):.0f}% of one GPU" if _num(r.get("scaling_efficiency")) else ""
+
+    parts = "; ".join(f"{r['world_size']} GPU{'s' if r['world_size'] != '1' else ''}: "
+                      f"{_num(r['tokens_per_s']):,.0f} tokens/s ({_num(r['tokens_per_s_per_gpu']):,.0f} per GPU"
+                      + (f", {eff(r)}" if r["world_size"] != "1" and eff(r) else "") + ")"
+                      for r in mg if r["impl"] == main_impl)
+    others = {}
+    for r in mg:
+        if r["impl"] != main_impl and eff(r):
+            others.setdefault(r["impl"], []).append(f"{r['world_size']} GPUs {eff(r)}")
+    extra = "".join(f"; `{k}`: {', '.join(v)}" for k, v in others.items())
+    return (f"- **Several GPUs** (torchrun + DDP, `{main_impl}`, seq {mg[0]['seq_len']} x micro-batch "
+            f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts}{extra} (`{rel(path, readme_dir)}`).")
+
+
 def findings_block(a, readme_dir: str) -> tuple[str, str]:
     """Headline findings as sentences whose every number is read from a result file."""
     out = []
@@ -409,14 +433,12 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
                    f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfe['peak_mem_gb']):.2f} GB (eager) and "
                    f"{float(hfc['peak_mem_gb']):.2f} GB (compiled) for transformers "
                    f"(`{rel(os.path.join(a.bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
-    mem_path = os.path.join(a.bench_dir, "experiments_seed_memory.csv")
-    mem = _rows_by(mem_path, "impl")
-    if mem.get("ours_fast") and mem.get("hf_eager"):
-        o, h = mem["ours_fast"], mem["hf_eager"]
-        out.append(f"- **Seed-profile memory after the capture snapshot moved to host memory** ({o['card']}, one run): our default path peaks at "
-                   f"{float(o['peak_mem_gb']):.2f} GB against {float(h['peak_mem_gb']):.2f} GB for transformers eager, "
-                   f"at {float(o['tokens_per_s']):,.0f} vs {float(h['tokens_per_s']):,.0f} tokens/s "
-                   f"(`{rel(mem_path, readme_dir)}`; what changed: `{rel(os.path.join(a.bench_dir, 'NOTES.md'), readme_dir)}`).")
+    mb_path = os.path.join(a.bench_dir, "bench_max_batch.csv")
+    mb = [r for r in read_csv(mb_path)[1] if _num(r.get("max_micro_batch"))] if os.path.isfile(mb_path) else []
+    if mb:
+        parts = ", ".join(f"`{r['impl']}` {r['max_micro_batch']}" for r in mb)
+        out.append(f"- **Largest micro-batch at seq 2048** that trains on one {mb[0]['card']} "
+                   f"({mb[0]['card_memory_gb']} GB): {parts} (`{rel(mb_path, readme_dir)}`).")
     eq = os.path.join(a.bench_dir, "loss_equivalence.json")
     if os.path.isfile(eq):
         import json
@@ -435,16 +457,9 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
         out.append(f"- **Where the time goes** (seq 2048 x 16, compiled, {r.get('card', '')}): "
                    f"{_num(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
                    f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(a.bench_dir, 'NOTES.md'), readme_dir)}`).")
-    mg_path = os.path.join(a.bench_dir, "multigpu_throughput.csv")
-    mg = [r for r in read_csv(mg_path)[1] if r.get("status") == "ok"] if os.path.isfile(mg_path) else []
-    if mg:
-        mg.sort(key=lambda r: int(r["world_size"]))
-        parts = "; ".join(f"{r['world_size']} GPU{'s' if r['world_size'] != '1' else ''}: "
-                          f"{_num(r['tokens_per_s']):,.0f} tokens/s ({_num(r['tokens_per_s_per_gpu']):,.0f} per GPU"
-                          + (f", {100 * _num(r['scaling_efficiency']):.0f}% of one GPU" if r["world_size"] != "1"
-                             and _num(r.get("scaling_efficiency")) else "") + ")" for r in mg)
-        out.append(f"- **Several GPUs** (torchrun + DDP, `{mg[0]['impl']}`, seq {mg[0]['seq_len']} x micro-batch "
-                   f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts} (`{rel(mg_path, readme_dir)}`).")
+    for mg_path in sorted(glob.glob(os.path.join(a.bench_dir, "multigpu_*.csv"))):
+        if line := multigpu_finding(mg_path, readme_dir):
+            out.append(line)
     thr_abl = _rows_by(a.throughput_csv, "variant")
     ok = {k: r for k, r in thr_abl.items() if r.get("status") == "ok" and _num(r.get("avg_tok_s_steady"))}
     if ok:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The single-GPU runs behind benchmarks/bench_*.csv, the loss-equivalence plot, the kernel table and the
 # memory and max-batch probes (issue #4). Each step fits one 10-minute device call; pass the step (1, 2, 3,
-# 4a, 4b, 4c; default: all). Diagnostics go to .runs/diag (not committed); the tables go to benchmarks/.
+# 4a, 4b, 4c; default: all). Diagnostics go to $RUNS/diag (default /tmp/smollm2_runs, not committed); the
+# tables go to benchmarks/.
 # First, on torch 2.11 there: python -m pytest -q tests/test_model.py -k "compiled_equals_eager or fused"
 set -u
 cd "$(dirname "$0")/.."
@@ -10,23 +11,28 @@ export SMOLLM2_TOKENIZER=${SMOLLM2_TOKENIZER:-$PWD/.assets/tokenizer.json}  # no
 [ -f input.txt ] || cp .assets/input.txt input.txt
 step=${1:-all}
 run() { [ "$step" = all ] || [ "$step" = "$1" ]; }
-mkdir -p .runs/diag
+RUNS=${RUNS:-/tmp/smollm2_runs}
+mkdir -p "$RUNS"/diag
+# the tables' folder: benchmarks/ by default. A run driven in the background across device calls sets
+# BENCH_OUT to a folder outside the checkout: each call re-copies the working tree over benchmarks/ and
+# deletes the folders that .git/info/exclude ignores.
+B=${BENCH_OUT:-benchmarks}
 # 1-2. ours vs transformers, both profiles, one process each (every row of a table from one run, one card)
-run 1 && python bench.py --profile seed --input_file input.txt
-run 2 && python bench.py --profile throughput --input_file input.txt --loss_steps 200
+run 1 && python bench.py --profile seed --input_file input.txt --out_dir "$B"
+run 2 && python bench.py --profile throughput --input_file input.txt --loss_steps 200 --out_dir "$B"
 # 3. where the time goes (kernel groups + top kernels), then what is alive at the seed profile's memory peak
 #    (ours_eager attributes allocations line by line; compiled ones collapse into the step; recording slows
-#    the steps, so take no timings from .runs/diag/bench_seed.csv)
+#    the steps, so take no timings from $RUNS/diag/bench_seed.csv)
 run 3 && python bench.py --profile throughput --impls ours_compile --kernel_table 1 --warmup 10 --steps 20 \
-  --input_file input.txt --out_dir .runs/diag
+  --input_file input.txt --out_dir "$RUNS"/diag
 run 3 && python bench.py --profile seed --impls hf_eager,ours_eager,ours_compile,ours_fast --memory_peak 1 \
-  --warmup 5 --steps 5 --input_file input.txt --out_dir .runs/diag
+  --warmup 5 --steps 5 --input_file input.txt --out_dir "$RUNS"/diag
 # 4a-4c. the largest micro-batch at seq 2048, one impl per call (compiled ones recompile at every size)
-run 4a && python bench.py --profile none --max_batch_probe 1 --probe_impls hf_eager --input_file input.txt
-run 4b && python bench.py --profile none --max_batch_probe 1 --probe_impls hf_compile --input_file input.txt
-run 4c && python bench.py --profile none --max_batch_probe 1 --probe_impls ours_compile --input_file input.txt
+run 4a && python bench.py --profile none --max_batch_probe 1 --probe_impls hf_eager --input_file input.txt --out_dir "$B"
+run 4b && python bench.py --profile none --max_batch_probe 1 --probe_impls hf_compile --input_file input.txt --out_dir "$B"
+run 4c && python bench.py --profile none --max_batch_probe 1 --probe_impls ours_compile --input_file input.txt --out_dir "$B"
 # what comes back from the device (at most 8 files a call): one archive
 if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/bench_step_$step.tgz" --exclude=.cache benchmarks/*.csv benchmarks/*.json benchmarks/*.png \
-    .runs/diag 2>/dev/null
+  tar czf "$OUT/bench_step_$step.tgz" --exclude=.cache "$B"/*.csv "$B"/*.json "$B"/*.png \
+    "$RUNS"/diag 2>/dev/null
 fi
