@@ -195,6 +195,8 @@ class TrainStep:
         had_state = {id(p) for p in self.params if self.optimizer.state.get(p)}
         saved_state = {id(p): {k: v.to("cpu") for k, v in self.optimizer.state[p].items()}
                        for p in self.params if id(p) in had_state}
+        # Warm-up and capture share one side stream: cuBLAS keeps a workspace per stream (2 x 32 MiB on
+        # Hopper), so a second stream for the capture would hold another pair for the rest of the run.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -214,7 +216,7 @@ class TrainStep:
         del saved_params, saved_state
         self.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=side):
             self.static_loss, self.static_norm = self._body(self.static_x, self.static_y, cache_enabled=False)
 
 
