@@ -44,7 +44,8 @@ PROFILES = {  # name: (seq_len, micro_batch, grad_accum)
     "seed": (256, 1, 4),
     "throughput": (2048, 16, 1),
 }
-# Autocast bf16 for all: the dtype policy is shared. ours_fast is train.py's default CUDA path.
+# Autocast bf16 for all but the float32 reference: the dtype policy is shared. ours_fast is train.py's
+# default CUDA path.
 IMPLS = {
     "hf_eager": dict(kind="hf"),
     "hf_compile": dict(kind="hf", compile=True),
@@ -55,13 +56,15 @@ IMPLS = {
     "ours_compile_no_overlap": dict(compile=True, fused=True, ddp_overlap=False, base="ours_compile"),
     "ours_compile_blocks": dict(compile=True, fused=True, scope="blocks"),
     "ours_compile_bf16grads": dict(compile=True, fused=True, reduce_bf16=True, base="ours_compile"),
+    # no autocast (matmuls in TF32): the yardstick for how far bf16 rounding alone moves a loss curve
+    "ours_eager_fp32": dict(amp=None, fused=True),
 }
 DEFAULT_IMPLS = "hf_eager,hf_compile,ours_eager,ours_compile,ours_fast"
 
 
 def impl_spec(name: str) -> dict:
     return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa", scope="model",
-                     reduce_bf16=False, ddp_overlap=True, base=None), **IMPLS[name])
+                     reduce_bf16=False, ddp_overlap=True, base=None, amp=torch.bfloat16), **IMPLS[name])
 
 
 def build(spec: dict, seed: int, device):
@@ -79,7 +82,7 @@ def make_step(spec: dict, model, device, grad_accum: int, lr: float = 3e-4):
     opt = build_optimizer(model, lr, 0.1, device, capturable=spec["graph"])
     fwd = dist_utils.build_forward(model, spec["compile"], spec["scope"], device, spec["reduce_bf16"],
                                    spec["ddp_overlap"])
-    return TrainStep(model, fwd, opt, StepConfig(grad_accum, 1.0, torch.bfloat16, spec["fused"], spec["graph"]),
+    return TrainStep(model, fwd, opt, StepConfig(grad_accum, 1.0, spec["amp"], spec["fused"], spec["graph"]),
                      device), opt
 
 
@@ -214,33 +217,42 @@ def kernel_breakdown(step_fn, inputs, table_path: str) -> dict:
 
 
 def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
-    """Per-step losses of the plain eager path and the fast path from the same seed and batches."""
+    """Per-step losses of the plain eager path and the fast path from the same seed and batches, plus the
+    plain path in float32 as the yardstick: |bf16 eager - float32| is how far bf16 rounding alone moves
+    the curve, the noise that |fast - bf16 eager| is read against. The float32 run takes each batch as
+    two micro-batches of B/2 rows (the same mean loss and gradient) so that it fits where bf16 does."""
+    runs = (("ours_eager_fp32", 2 if B % 2 == 0 else 1), ("ours_eager", 1), ("ours_fast", 1))
     curves = {}
-    for impl in ("ours_eager", "ours_fast"):
+    for impl, split in runs:
         free()
         model = build(impl_spec(impl), seed, device)
-        step_fn, opt = make_step(impl_spec(impl), model, device, 1)
+        step_fn, opt = make_step(impl_spec(impl), model, device, split)
         losses = []
         for s in range(1, steps + 1):
             set_lr(opt, lr_at(s, 20, steps, 3e-4, 3e-5))
-            loss, _ = step_fn(*data.step_batch(s, 1, B, device))
+            xs, ys = data.step_batch(s, 1, B, device)  # (1, B, T)
+            loss, _ = step_fn(xs.view(split, B // split, -1), ys.view(split, B // split, -1))
             losses.append(loss.detach().clone())
         curves[impl] = torch.stack(losses).float().cpu().tolist()
         del model, step_fn, opt
     free()
+    ref, eager, fast = curves["ours_eager_fp32"], curves["ours_eager"], curves["ours_fast"]
+    diffs = [abs(a - b) for a, b in zip(eager, fast)]
+    noise = [abs(a - b) for a, b in zip(eager, ref)]
     path = os.path.join(out_dir, "loss_equivalence.csv")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "ours_eager", "ours_fast", "abs_diff"])
-        for i, (a, b) in enumerate(zip(curves["ours_eager"], curves["ours_fast"]), 1):
-            w.writerow([i, f"{a:.5f}", f"{b:.5f}", f"{abs(a - b):.5f}"])
+        w.writerow(["step", "ours_eager", "ours_fast", "abs_diff", "ours_eager_fp32", "bf16_noise"])
+        for i, row in enumerate(zip(eager, fast, diffs, ref, noise), 1):
+            w.writerow([i] + [f"{v:.5f}" for v in row])
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
     xs = range(1, steps + 1)
-    ax.plot(xs, curves["ours_eager"], label="plain eager (bf16 autocast)", lw=1.5)
-    ax.plot(xs, curves["ours_fast"], label="fast path (compile + CUDA graph + fused loss)", lw=1.0, ls="--")
+    ax.plot(xs, ref, label="plain eager, float32 (TF32 matmuls)", lw=2.5, alpha=0.4, color="gray")
+    ax.plot(xs, eager, label="plain eager (bf16 autocast)", lw=1.5)
+    ax.plot(xs, fast, label="fast path (compile + CUDA graph + fused loss)", lw=1.0, ls="--")
     ax.set_xlabel("step")
     ax.set_ylabel("train loss")
     ax.set_title(f"Loss equivalence, seq {seq_len} x micro-batch {B}, {device_name(device)}")
@@ -249,9 +261,9 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "loss_equivalence.png"), metadata={"Software": None})
     plt.close(fig)
-    diffs = [abs(a - b) for a, b in zip(curves["ours_eager"], curves["ours_fast"])]
     return {"steps": steps, "max_abs_diff": max(diffs), "mean_abs_diff": sum(diffs) / len(diffs),
-            "final_eager": curves["ours_eager"][-1], "final_fast": curves["ours_fast"][-1]}
+            "final_eager": eager[-1], "final_fast": fast[-1], "final_fp32": ref[-1],
+            "max_bf16_noise": max(noise), "mean_bf16_noise": sum(noise) / len(noise)}
 
 
 def largest_fitting(fits, guess: int, known_ok: int, limit: int = 12) -> tuple[int, object, int]:

@@ -19,6 +19,7 @@ mkdir -p "$RUNS"/diag
 B=${BENCH_OUT:-benchmarks}
 # 1-2. ours vs transformers, both profiles, one process each (every row of a table from one run, one card)
 run 1 && python bench.py --profile seed --input_file input.txt --out_dir "$B"
+# 2. (~9 min: five impls, then the loss comparison: float32 reference, bf16 eager, fast path, 200 steps each)
 run 2 && python bench.py --profile throughput --input_file input.txt --loss_steps 200 --out_dir "$B"
 # 3. where the time goes (kernel groups + top kernels), then what is alive at the seed profile's memory peak
 #    (ours_eager attributes allocations line by line; compiled ones collapse into the step; recording slows

@@ -331,7 +331,13 @@ def test_findings_are_computed_from_the_files(tmp_path):
     assert "1 GPU: 300,000 tokens/s" in block and "2 GPUs: 580,000 tokens/s (290,000 per GPU, 97% of one GPU)" in block
     assert "111.3 ms per step" in block and "matmul 42.5, attention 27.1" in block
     assert "`fast` at 290,000 tokens/s, 2.9x `hf_reference`" in block and "`baseline`" in block
-    assert "within 0.020" in block and "first 200 steps" in block
+    assert "within 0.020" in block and "first 200 steps" in block and "bf16 rounding alone" not in block
+    write(tmp_path / "benchmarks" / "loss_equivalence.json",
+          '{"steps": 200, "max_abs_diff": 0.02, "mean_abs_diff": 0.005, "final_fast": 3.5, "final_eager": 3.51, '
+          '"final_fp32": 3.52, "max_bf16_noise": 0.04, "mean_bf16_noise": 0.01}')
+    assert run(tmp_path).returncode == 0
+    block = (tmp_path / "README.md").read_text().split("<!-- FINDINGS_BEGIN -->")[1].split("<!-- FINDINGS_END -->")[0]
+    assert "same seed (bf16 rounding alone, the plain path in bf16 against float32: up to 0.040, mean 0.0100)" in block
     assert "`ours_compile_bf16grads`: 2 GPUs 95% of one GPU" in block and "1 GPU: 285,000" not in block
     assert "NVIDIA H200): 4 GPUs: 900,000 tokens/s (225,000 per GPU, 69% of one GPU)" in block
     assert "Largest micro-batch at seq 2048** that trains on one NVIDIA H100 (85.0 GB): `hf_eager` 21, " \
