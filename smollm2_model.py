@@ -78,6 +78,11 @@ def sdpa_attention(q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
     # q: (B, nh, Tq, hd); k, v: (B, n_kv, Tk, hd) -> (B, nh, Tq, hd)
     Tq, Tk = q.shape[-2], k.shape[-2]
     n_rep = q.shape[1] // k.shape[1]
+    if q.is_cuda and q.dtype == torch.float32 and n_rep > 1:
+        # Native GQA runs on CUDA's flash and cuDNN kernels, which take bf16/fp16 only; in float32 it
+        # would fall back to the math kernel and hold every layer's (B, nh, T, T) scores. Copied K/V let
+        # the memory-efficient kernel run instead (the same result: repeat_kv is exact).
+        k, v, n_rep = repeat_kv(k, n_rep), repeat_kv(v, n_rep), 1
     if Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
                                               enable_gqa=n_rep > 1)
