@@ -89,8 +89,9 @@ def make_step(spec: dict, model, device, grad_accum: int, lr: float = 3e-4):
 def free():
     gc.collect()
     torch._dynamo.reset()  # each impl compiles afresh (and never hits the recompile limit)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def peak_report(snapshot: dict, device_index: int, top: int = 25) -> str:
@@ -216,12 +217,12 @@ def kernel_breakdown(step_fn, inputs, table_path: str) -> dict:
     return groups
 
 
-def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
+def loss_curves(data, seq_len, B, steps, device, seed, out_dir, fast_impl: str = "ours_fast"):
     """Per-step losses of the plain eager path and the fast path from the same seed and batches, plus the
     plain path in float32 as the yardstick: |bf16 eager - float32| is how far bf16 rounding alone moves
     the curve, the noise that |fast - bf16 eager| is read against. The float32 run takes each batch as
     two micro-batches of B/2 rows (the same mean loss and gradient) so that it fits where bf16 does."""
-    runs = (("ours_eager_fp32", 2 if B % 2 == 0 else 1), ("ours_eager", 1), ("ours_fast", 1))
+    runs = (("ours_eager_fp32", 2 if B % 2 == 0 else 1), ("ours_eager", 1), (fast_impl, 1))
     curves = {}
     for impl, split in runs:
         free()
@@ -236,7 +237,7 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir):
         curves[impl] = torch.stack(losses).float().cpu().tolist()
         del model, step_fn, opt
     free()
-    ref, eager, fast = curves["ours_eager_fp32"], curves["ours_eager"], curves["ours_fast"]
+    ref, eager, fast = curves["ours_eager_fp32"], curves["ours_eager"], curves[fast_impl]
     diffs = [abs(a - b) for a, b in zip(eager, fast)]
     noise = [abs(a - b) for a, b in zip(eager, ref)]
     path = os.path.join(out_dir, "loss_equivalence.csv")

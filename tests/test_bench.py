@@ -1,6 +1,7 @@
 """bench.py's pieces that run without a GPU: the max-batch search and the kernel grouping."""
 
 import pytest
+import torch
 
 import bench
 
@@ -91,3 +92,20 @@ def test_collect_multigpu_efficiency_against_the_right_one_gpu_row(tmp_path):
     assert got == {("ours_compile", 1): 1.0, ("ours_compile", 2): 0.95, ("ours_compile_no_overlap", 4): 0.5,
                    ("ours_compile_blocks", 1): 1.0, ("ours_compile_blocks", 2): "", ("ours_compile_blocks", 4): 0.95}
     assert [r["impl"] for r in rows][:2] == ["ours_compile", "ours_compile"] and "x_hf_eager" not in rows[0]
+
+
+def test_loss_curves_writes_the_comparison_and_the_float32_yardstick(tmp_path):
+    # On CPU with a stand-in for the fast path (ours_fast needs a GPU): the same plain path twice must give
+    # the same curve, and the float32 run (two micro-batches of half the rows) must differ from bf16 but
+    # only by rounding.
+    import json
+    import numpy as np
+    from smollm2_data import TokenBatches
+    data = TokenBatches(np.random.default_rng(0).integers(0, 49152, 5000).astype(np.int64), 16, 0.0, 7)
+    summary = bench.loss_curves(data, 16, 2, 3, torch.device("cpu"), 1337, str(tmp_path), fast_impl="ours_eager")
+    assert summary["max_abs_diff"] == 0.0 and summary["final_fast"] == summary["final_eager"]
+    assert 0.0 < summary["max_bf16_noise"] < 0.1 and abs(summary["final_fp32"] - summary["final_eager"]) < 0.1
+    json.dumps(summary)
+    lines = (tmp_path / "loss_equivalence.csv").read_text().splitlines()
+    assert lines[0] == "step,ours_eager,ours_fast,abs_diff,ours_eager_fp32,bf16_noise" and len(lines) == 4
+    assert (tmp_path / "loss_equivalence.png").stat().st_size > 1000
