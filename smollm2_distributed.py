@@ -112,10 +112,8 @@ def build_forward(model: torch.nn.Module, compile_: bool, scope: str, device: to
 
 
 def apply_fsdp(model: torch.nn.Module) -> None:
+    # Called after train.resolve_switches, which refuses --fsdp 1 without torchrun.
     from torch.distributed.fsdp import fully_shard
-    from smollm2_training import UsageError
-    if not active():
-        raise UsageError("--fsdp 1 shards over several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)  # the root owns the embedding, final norm and (tied) lm_head

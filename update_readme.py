@@ -20,6 +20,7 @@ import argparse
 import csv
 import glob
 import io
+import json
 import math
 import os
 import re
@@ -441,7 +442,6 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
                    f"({mb[0]['card_memory_gb']} GB): {parts} (`{rel(mb_path, readme_dir)}`).")
     eq = os.path.join(a.bench_dir, "loss_equivalence.json")
     if os.path.isfile(eq):
-        import json
         with open(eq) as f:
             e = json.load(f)
         noise = (f" (bf16 rounding alone, the plain path in bf16 against float32: up to {e['max_bf16_noise']:.3f}, "
