@@ -48,6 +48,20 @@ VARIANTS: dict[str, dict[str, object]] = {
     "hf_reference":      dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0,
                               model_impl="hf"),
 }
+# What each switch buys alone: (switch, the variant with it, the variant without it), one flag apart
+# (tests/test_ablation.py checks that). update_readme.py writes one line per pair under each table.
+SWITCHES: tuple[tuple[str, str, str], ...] = (
+    ("bf16 autocast (eager, manual attention)", "autocast", "baseline"),
+    ("SDPA instead of manual attention (eager)", "sdpa_on", "sdpa_off"),
+    ("torch.compile (manual attention)", "autocast_comp", "autocast"),
+    ("torch.compile (SDPA)", "compile_sdpa", "sdpa_on"),
+    ("fused linear + cross-entropy (eager)", "fused_loss", "sdpa_on"),
+    ("fused linear + cross-entropy (compiled)", "compile_fused", "compile_sdpa"),
+    ("CUDA graph over the step (eager)", "cuda_graph", "fused_loss"),
+    ("CUDA graph over the step (compiled)", "fast", "compile_fused"),
+    ("untied output head", "sdpa_with_tie_off", "sdpa_with_tie_on"),
+    ("transformers' LlamaForCausalLM in our step", "hf_reference", "sdpa_on"),
+)
 PROFILES = {"seed": None, "throughput": dict(seq_len=2048, batch_size=16, grad_accum=1)}
 COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
            "amp_dtype", "compile", "attention_impl", "tie_word_embeddings", "params", "warmup_ignored_steps",

@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from train_ablation import SWITCHES
+
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "FINDINGS")
 MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
@@ -298,6 +300,37 @@ def render_ablation(cols: list[str], rows: list[dict[str, str]]) -> str:
     return markdown_table([h for h, _ in chosen], [[f(r) for _, f in chosen] for r in rows])
 
 
+def _measured(r: dict[str, str]) -> str:
+    t, m = _num(r.get("avg_tok_s_steady")), _num(r.get("peak_mem_bytes"))
+    if not t:
+        return f"`{r.get('variant')}` {r.get('status') or 'no result'}"
+    return f"`{r.get('variant')}` {t:,.0f} tokens/s" + (f" at {m / 1e9:.2f} GB" if m else "")
+
+
+def switch_effects(rows: list[dict[str, str]]) -> str:
+    """One line per train_ablation.SWITCHES pair in the table: tokens/s ratio, peak memory and final loss."""
+    by = {r.get("variant"): r for r in rows}
+    lines = []
+    for name, on, off in SWITCHES:
+        a, b = by.get(on), by.get(off)
+        if not (a and b):
+            continue
+        ta, tb = _num(a.get("avg_tok_s_steady")), _num(b.get("avg_tok_s_steady"))
+        if not (ta and tb):  # one side failed (out of memory, say): what each side did
+            lines.append(f"- {name}: not compared; {_measured(a)}, {_measured(b)}.")
+            continue
+        ma, mb = _num(a.get("peak_mem_bytes")), _num(b.get("peak_mem_bytes"))
+        la, lb = _num(a.get("final_loss")), _num(b.get("final_loss"))
+        lines.append(f"- {name} (`{on}` vs `{off}`): **{ta / tb:.2f}x** tokens/s ({ta:,.0f} vs {tb:,.0f})"
+                     + (f"; peak memory {ma / 1e9:.2f} vs {mb / 1e9:.2f} GB ({(ma - mb) / 1e9:+.2f})" if ma and mb else "")
+                     + (f"; final loss {la:.3f} vs {lb:.3f}" if la is not None and lb is not None else "") + ".")
+    if not lines:
+        return ""
+    cards = sorted({r["device_name"] for r in rows if r.get("device_name")})
+    return (f"What each switch buys alone{' on ' + ', '.join(cards) if cards else ''} (two rows of this table "
+            f"one flag apart, as `SWITCHES` in `train_ablation.py` pairs them):\n\n" + "\n".join(lines))
+
+
 # ----------------------------------------------------------------------------------------------
 # blocks
 
@@ -348,6 +381,8 @@ def csv_block(csv_path: str, png_dir: Optional[str], readme_dir: str, what: str)
         body, note = f"_`{csv_rel}` has no rows yet._", "csv empty"
     else:
         body, note = f"Rendered from `{csv_rel}`.\n\n" + render_ablation(cols, rows), f"{len(rows)} rows"
+        if effects := switch_effects(rows):
+            body += "\n\n" + effects
     pngs = sorted(glob.glob(os.path.join(png_dir, "*.png"))) if png_dir and os.path.isdir(png_dir) else []
     if pngs:
         body += "\n\n" + images(pngs, readme_dir)
