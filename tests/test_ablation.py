@@ -127,3 +127,15 @@ def test_sigterm_takes_torchrun_workers_down(tmp_path):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"left running: {left}"
+
+
+def test_switch_pairs_are_one_flag_apart():
+    """Each SWITCHES pair names two variants of VARIANTS that differ in exactly one train.py flag, so the
+    README line written from the pair measures that switch alone."""
+    sys.path.insert(0, str(REPO))
+    from train_ablation import SWITCHES, VARIANTS
+    assert len({name for name, _, _ in SWITCHES}) == len(SWITCHES)
+    for name, on, off in SWITCHES:
+        a, b = VARIANTS[on], VARIANTS[off]
+        differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+        assert len(differ) == 1, (name, differ)

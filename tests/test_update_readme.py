@@ -350,3 +350,24 @@ def test_findings_placeholder_without_files(tmp_path):
     write(tmp_path / "README.md", README + "\n<!-- FINDINGS_BEGIN -->\n<!-- FINDINGS_END -->\n")
     assert run(tmp_path).returncode == 0
     assert "No result files yet" in (tmp_path / "README.md").read_text()
+
+
+def test_switch_effects_from_pairs():
+    """Each SWITCHES pair in the table becomes one line: tokens/s ratio, memory, loss; a failed side is named."""
+    rows = [
+        {"variant": "sdpa_on", "avg_tok_s_steady": "2000", "peak_mem_bytes": "3000000000", "final_loss": "4.5",
+         "status": "ok", "device_name": "NVIDIA H100"},
+        {"variant": "compile_sdpa", "avg_tok_s_steady": "5000", "peak_mem_bytes": "2500000000", "final_loss": "4.25",
+         "status": "ok", "device_name": "NVIDIA H100"},
+        {"variant": "sdpa_off", "avg_tok_s_steady": "", "peak_mem_bytes": "", "final_loss": "", "status": "oom",
+         "device_name": "NVIDIA H100"},
+    ]
+    text = ur.switch_effects(rows)
+    assert text.startswith("What each switch buys alone on NVIDIA H100 ")
+    compiled = [ln for ln in text.splitlines() if "`compile_sdpa` vs `sdpa_on`" in ln]
+    assert compiled == ["- torch.compile (SDPA) (`compile_sdpa` vs `sdpa_on`): **2.50x** tokens/s (5,000 vs 2,000); "
+                        "peak memory 2.50 vs 3.00 GB (-0.50); final loss 4.250 vs 4.500."]
+    assert "- SDPA instead of manual attention (eager): not compared; `sdpa_on` 2,000 tokens/s at 3.00 GB, " \
+           "`sdpa_off` oom." in text
+    assert len(text.splitlines()) == 2 + 2  # heading, blank, the two pairs whose both variants are present
+    assert ur.switch_effects([rows[0]]) == ""  # no pair present: nothing written
