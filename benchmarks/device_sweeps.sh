@@ -21,7 +21,7 @@ export PYTHONUNBUFFERED=1
 export SMOLLM2_TOKENIZER=${SMOLLM2_TOKENIZER:-$PWD/.assets/tokenizer.json}  # no hub there: the carried file
 GPUS=${GPUS:-0,1,2,3}
 RUNS=${RUNS:-/tmp/smollm2_runs}
-STEPS=${STEPS:-"3"}   # steps 1 (4 x H100, session 3) and 2 (4 x H200, session 2) ran and are committed
+STEPS=${STEPS:-"1 2 3"}   # all three ran on one 4 x H100 host and are committed: 1 in session 3, 2 and 3 in session 4
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$RUNS"
 rm -f "$RUNS"/ALL_DONE
@@ -38,7 +38,8 @@ want 1 && python bench.py --profile throughput --world_sizes 1,4,2 \
 # 2. the throughput profile: seq 2048 x micro-batch 16, no accumulation
 want 2 && python train_ablation.py --profile throughput --input_file input.txt --steps 20 --ignore_first_steps 10 \
   --log_every 5 --run_all --gpus "$GPUS" --out_dir "$RUNS"/throughput
-# 3. the seed's sweep: 13 variants x 500 steps at seq 256 x batch 1 x accum 4, four variants at a time
+# 3. the seed's sweep: 13 variants x 500 steps at seq 256 x batch 1 x accum 4, one variant per card of $GPUS
+#    (committed: GPUS=0,1,2 while device_bench.sh 1 and 2 ran on card 3 with CUDA_VISIBLE_DEVICES=3; ~16 min)
 want 3 && python train_ablation.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --steps 500 \
   --ignore_first_steps 50 --log_every 50 --run_all --gpus "$GPUS" --out_dir "$RUNS"/seed
 touch "$RUNS"/ALL_DONE
