@@ -35,7 +35,7 @@ import torch
 import smollm2_distributed as dist_utils
 from smollm2_config import get_config
 from smollm2_data import TokenBatches, load_token_ids
-from smollm2_model import SmolLM2ForCausalLM
+from smollm2_model import SmolLM2ForCausalLM, repeat_kv
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
 from smollm2_training import (HFReference, StepConfig, TrainStep, UsageError, build_optimizer, device_name,
                               flops_per_token, lr_at, peak_flops, set_lr)
@@ -153,7 +153,7 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_tab
 
 
 def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report):
-    rank = int(os.environ.get("RANK", "0"))
+    rank = dist_utils.rank()
     spec = impl_spec(impl)
     model = build(spec, seed, device)
     step_fn, opt = make_step(spec, model, device, A)
@@ -338,7 +338,7 @@ def attention_bench(device, B=16, H=9, KV=3, T=2048, D=64, reps=20) -> list[dict
             qb = q.bfloat16().requires_grad_()
             kb, vb = k.bfloat16(), v.bfloat16()
             if gqa == "copied_kv":
-                kb, vb = kb.repeat_interleave(H // KV, 1), vb.repeat_interleave(H // KV, 1)
+                kb, vb = repeat_kv(kb, H // KV), repeat_kv(vb, H // KV)
             kb, vb = kb.requires_grad_(), vb.requires_grad_()
             row = dict(backend=backend.replace("_ATTENTION", "").lower(), gqa=gqa, shape=f"{B}x{H}/{KV}x{T}x{D}",
                        card=device_name(device), torch=torch.__version__)

@@ -50,6 +50,10 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
 def teardown() -> None:
     if active():
         dist.destroy_process_group()
