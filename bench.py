@@ -34,7 +34,7 @@ import torch
 
 import smollm2_distributed as dist_utils
 from smollm2_config import get_config
-from smollm2_data import TokenBatches, load_token_ids
+from smollm2_data import TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM, repeat_kv
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
 from smollm2_training import (HFReference, StepConfig, TrainStep, UsageError, build_optimizer, device_name,
@@ -500,7 +500,7 @@ def main(argv=None):
         write_rows(os.path.join(args.out_dir, "bench_attention"), attention_bench(device))
         return
     tokenizer = load_tokenizer(args.tokenizer_id)
-    ids = load_token_ids(args.input_file, tokenizer, cache_dir)
+    dataset = load_training_data(args.input_file, tokenizer, cache_dir, val_fraction=0.0)
     if args.world_sizes:
         return multigpu(args, cache_dir)
     config = get_config("smollm2-135m")
@@ -511,7 +511,7 @@ def main(argv=None):
     for prof in profiles:
         seq_len, B, A = PROFILES[prof]
         B = args.micro_batch or B
-        data = TokenBatches(ids, seq_len, 0.0, args.seed)
+        data = TokenBatches(dataset, seq_len, args.seed, "random")
         fpt = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
         rows, breakdown = [], []
         for impl in impls:
@@ -547,7 +547,7 @@ def main(argv=None):
                 write_rows(os.path.join(args.out_dir, f"time_breakdown_{prof}"), breakdown)
 
     if args.max_batch_probe and write:
-        data = TokenBatches(ids, 2048, 0.0, args.seed)
+        data = TokenBatches(dataset, 2048, args.seed, "random")
         for impl in probe_impls:  # each impl's row is saved as soon as it is known
             row = dict(impl=impl, card=card, seq_len=2048, **probe_max_batch(impl, data, 2048, device, args.seed),
                        **versions)
@@ -555,7 +555,7 @@ def main(argv=None):
             merge_rows(os.path.join(args.out_dir, "bench_max_batch"), [row])
 
     if args.loss_steps and write:
-        data = TokenBatches(ids, 2048, 0.0, args.seed)
+        data = TokenBatches(dataset, 2048, args.seed, "random")
         summary = loss_curves(data, 2048, args.loss_batch, args.loss_steps, device, args.seed, args.out_dir)
         summary.update(card=card, **versions)
         with open(os.path.join(args.out_dir, "loss_equivalence.json"), "w") as f:

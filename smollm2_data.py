@@ -1,30 +1,41 @@
-"""Corpus -> token ids -> batches.
+"""Token shards -> training and validation batches.
 
-The corpus is tokenized once and cached as a flat uint16 file under the run's own folder, named by
-the corpus' sha256 and the tokenizer's fingerprint (an edited corpus or another tokenizer gets a new
-cache; nothing is ever written beside the corpus). The tail `val_fraction` of the ids is held out.
+`--input_file` is either a folder prepared by prepare_data.py (or its manifest.json), or raw text:
+a file, a directory or a glob of .txt / .jsonl(.gz/.zst) / .parquet files. Raw input is prepared into
+the run's own cache (`<out_dir>/cache/data-<key>/`, the key a hash of the inputs' content, the
+tokenizer and the split settings) by the same streaming code, never beside the corpus.
 
-Batches are a pure function of (seed, step, micro-batch index): window offsets come from a NumPy
-generator seeded with exactly those numbers. A resumed run therefore sees the batches the
-uninterrupted run would have seen, with no loader position to save, and data-parallel ranks take
+Batches are a pure function of (seed, step, micro-batch index, rank): a resumed run sees the batches
+the uninterrupted run would have seen with no loader position to save, and data-parallel ranks take
 disjoint micro-batch indices of the same step (rank r, micro-step m -> index r * grad_accum + m).
+Two samplers:
+  epoch  (default) every window of seq_len + 1 ids at offsets 0, T, 2T, ... is visited once per epoch,
+         in an order that is a keyed permutation of (seed, epoch), computed per index: no memory per window.
+  random windows at uniformly random offsets, drawn from a generator seeded with (seed, step, micro):
+         windows overlap and repeat (nanoGPT's sampler; the sampler of the runs committed before the epoch mode).
+Windows are read with pread from the shards (nothing stays mapped), so memory stays flat however long
+the run and however large the corpus.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import urllib.request
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 import torch
 
+from smollm2_shards import (DataError, ShardInfo, file_sha256, is_prepared, load_manifest, read_header, read_ids)
+
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DEFAULT_INPUT = "input.txt"
+SAMPLERS = ("epoch", "random")
 
-
-class DataError(ValueError):
-    """Bad corpus or data settings; the message is one line that says what to do."""
+__all__ = ["DataError", "TokenDataset", "TokenBatches", "load_training_data", "read_corpus", "SAMPLERS"]
 
 
 def download_tiny_shakespeare(path: str) -> None:
@@ -47,6 +58,7 @@ def download_tiny_shakespeare(path: str) -> None:
 
 
 def read_corpus(path: str, allow_download: bool = True) -> bytes:
+    """A small text file whole (sanity checks); training streams instead (load_training_data)."""
     if not os.path.exists(path):
         if allow_download and os.path.basename(path) == DEFAULT_INPUT:
             download_tiny_shakespeare(path)
@@ -67,58 +79,238 @@ def read_corpus(path: str, allow_download: bool = True) -> bytes:
     return raw
 
 
-def load_token_ids(path: str, tokenizer, cache_dir: str, log=print, allow_download: bool = True) -> np.ndarray:
-    """All ids of the corpus as a read-only uint16 memmap, tokenized at most once per (corpus, tokenizer)."""
-    raw = read_corpus(path, allow_download)
-    key = hashlib.sha256(raw).hexdigest()[:16] + "-" + tokenizer.fingerprint()
-    cache = os.path.join(cache_dir, f"tokens-{key}.u16")
-    if not os.path.exists(cache):
-        if tokenizer.vocab_size > 65536:
-            raise DataError(f"vocabulary of {tokenizer.vocab_size} ids does not fit uint16")
-        ids = np.asarray(tokenizer.encode(raw.decode("utf-8")), dtype=np.uint16)
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{cache}.tmp.{os.getpid()}"
-        ids.tofile(tmp)
-        os.replace(tmp, cache)
-        log(f"Tokenized {path}: {len(ids):,} ids -> {cache}")
-    ids = np.memmap(cache, dtype=np.uint16, mode="r")
-    if len(ids) == 0:
-        raise DataError(f"input file {path} produced no tokens; pass a text corpus with --input_file")
-    return ids
+# ----------------------------------------------------------------------------- token streams
+class Segment(Protocol):
+    n_tokens: int
+
+    def read(self, start: int, count: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ShardSegment:
+    info: ShardInfo
+
+    @property
+    def n_tokens(self) -> int:
+        return self.info.n_tokens
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        return read_ids(self.info, start, count)
+
+
+@dataclass(frozen=True)
+class ArraySegment:
+    ids: np.ndarray
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        return self.ids[start:start + count]
+
+
+class TokenStream:
+    """Ids [lo, hi) of the concatenation of segments (shards), read on demand."""
+
+    def __init__(self, segments: list, lo: int = 0, hi: Optional[int] = None):
+        self.segments = segments
+        self.starts = np.cumsum([0] + [s.n_tokens for s in segments])  # (S+1,) global offset of each segment
+        self.lo, self.hi = lo, int(self.starts[-1]) if hi is None else hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """(count,) int64: ids [start, start + count) of this stream."""
+        pos, end = self.lo + start, self.lo + start + count
+        if start < 0 or end > self.hi:
+            raise IndexError(f"window [{start}, {start + count}) outside a stream of {len(self)} ids")
+        parts = []
+        k = int(np.searchsorted(self.starts, pos, side="right")) - 1
+        while pos < end:
+            seg_lo = int(self.starts[k])
+            n = min(end, int(self.starts[k + 1])) - pos
+            parts.append(self.segments[k].read(pos - seg_lo, n))
+            pos += n
+            k += 1
+        return np.concatenate(parts).astype(np.int64) if len(parts) > 1 else parts[0].astype(np.int64)
+
+
+@dataclass
+class TokenDataset:
+    train: TokenStream
+    val: TokenStream
+    fingerprint: str  # what a checkpoint records: the same fingerprint means the same ids
+    description: str  # one line for the log
+
+    @classmethod
+    def from_array(cls, ids: np.ndarray, val_fraction: float = 0.0) -> "TokenDataset":
+        """An in-memory dataset (tests, benchmarks): the tail val_fraction of `ids` held out."""
+        ids = np.asarray(ids)
+        n_val = int(len(ids) * val_fraction)
+        seg = [ArraySegment(ids)]
+        fp = hashlib.sha256(np.ascontiguousarray(ids).tobytes()).hexdigest()[:16]
+        return cls(TokenStream(seg, 0, len(ids) - n_val), TokenStream(seg, len(ids) - n_val, len(ids)), fp,
+                   f"{len(ids):,} ids in memory")
+
+
+def open_prepared(path: str, tokenizer=None, verified_file: Optional[str] = None) -> TokenDataset:
+    """A folder written by prepare_data.py, checked: manifest checksum, tokenizer, every shard's header
+    and size, and each shard's sha256 (skipped for shards recorded in `verified_file` with the same
+    size and mtime, so a restart does not rehash a large corpus)."""
+    manifest = load_manifest(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if tokenizer is not None and tokenizer.fingerprint() != manifest["tokenizer"]["fingerprint"]:
+        raise DataError(f"{folder} was prepared with tokenizer {manifest['tokenizer']['source']} "
+                        f"(fingerprint {manifest['tokenizer']['fingerprint']}), but --tokenizer_id gives "
+                        f"{tokenizer.source} ({tokenizer.fingerprint()}); pass the same tokenizer or prepare again")
+    verified = _read_json(verified_file) if verified_file else {}
+    streams = {}
+    for split in ("train", "val"):
+        segments = []
+        for entry in manifest["shards"][split]:
+            shard = os.path.join(folder, entry["file"])
+            info = read_header(shard)
+            if info.n_tokens != entry["tokens"] or info.n_docs != entry["documents"]:
+                raise DataError(f"shard {shard} does not match the manifest; prepare the dataset again")
+            st = os.stat(shard)
+            stamp = [entry["sha256"], st.st_size, st.st_mtime_ns]
+            if verified.get(shard) != stamp:
+                if file_sha256(shard) != entry["sha256"]:
+                    raise DataError(f"shard {shard} does not match its sha256 in the manifest (changed or damaged); "
+                                    f"prepare the dataset again")
+                verified[shard] = stamp
+            segments.append(ShardSegment(info))
+        streams[split] = TokenStream(segments)
+    if verified_file:
+        _write_json(verified_file, verified)
+    train, val = streams["train"], streams["val"]
+    if manifest["val"]["mode"] == "tail":  # held out from the end of the train stream
+        n = manifest["val"]["tokens"]
+        train, val = TokenStream(train.segments, 0, len(train) - n), TokenStream(train.segments, len(train) - n)
+    t = manifest["totals"]
+    desc = (f"{folder}: {t['tokens']:,} tokens, {t['documents']:,} documents, {len(manifest['shards']['train'])} "
+            f"train shards ({manifest['dtype']}) | val: {manifest['val']['mode']} ({len(val):,} tokens)")
+    return TokenDataset(train, val, manifest["job_key"], desc)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: str, obj: dict) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only costs a rehash next time
+
+
+def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction: float = 0.1,
+                       log: Callable[[str], None] = print, allow_download: bool = True,
+                       workers: Optional[int] = None) -> TokenDataset:
+    """The dataset behind --input_file: a prepared folder as it is, raw files prepared into cache_dir."""
+    from smollm2_prepare import PrepareSettings, describe_sources, job_key, prepare
+    from smollm2_sources import expand_inputs
+
+    verified = os.path.join(cache_dir, "verified_shards.json")
+    if is_prepared(input_file):
+        return open_prepared(input_file, tokenizer, verified)
+    if not os.path.exists(input_file) and allow_download and os.path.basename(input_file) == DEFAULT_INPUT:
+        download_tiny_shakespeare(input_file)
+    sources = describe_sources(expand_inputs([input_file]), log)
+    # Raw input keeps train.py's meaning of --val_fraction: that fraction of the tokens, no cap.
+    settings = PrepareSettings(val_fraction=val_fraction, val_tokens=1 << 62)
+    folder = os.path.join(cache_dir, f"data-{job_key(sources, tokenizer.fingerprint(), settings)}")
+    if not is_prepared(folder):
+        small = sum(s["bytes"] for s in sources) < 8 << 20  # a pool costs more than it saves on a small corpus
+        prepare([input_file], folder, tokenizer, settings, workers=0 if small else workers, log=log,
+                progress_bar=not small, sources=sources)
+    return open_prepared(folder, tokenizer, verified)
+
+
+# ----------------------------------------------------------------------------- samplers
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def permute(positions: np.ndarray, n: int, key: int, rounds: int = 6) -> np.ndarray:
+    """A bijection of [0, n) keyed by `key`, applied elementwise: a balanced Feistel network over the
+    smallest even number of bits covering n, cycle-walked back into range (Black & Rogaway 2002).
+    O(1) memory however large n is; each epoch's order is a pure function of (key, position)."""
+    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    keys = _splitmix64(np.arange(rounds, dtype=np.uint64) + np.uint64(key & 0xFFFFFFFFFFFFFFFF))
+    x = np.asarray(positions, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        todo = np.ones(len(x), dtype=bool)
+        while todo.any():
+            left, right = x[todo] >> np.uint64(half), x[todo] & mask
+            for k in keys:
+                left, right = right, left ^ (_splitmix64(right ^ k) & mask)
+            x[todo] = (left << np.uint64(half)) | right
+            todo = x >= np.uint64(n)
+    return x.astype(np.int64)
+
+
+def _key(*parts: int) -> int:
+    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
 
 
 class TokenBatches:
-    """Random windows of seq_len + 1 ids from the train or val split."""
+    """Windows of seq_len + 1 ids from a TokenDataset's train and val streams."""
 
-    def __init__(self, ids: np.ndarray, seq_len: int, val_fraction: float, seed: int):
-        if not 0.0 <= val_fraction < 1.0:
-            raise DataError(f"--val_fraction must be in [0, 1), got {val_fraction}")
-        n_val = int(len(ids) * val_fraction)
-        self.train = ids[: len(ids) - n_val]
-        self.val = ids[len(ids) - n_val:]
-        self.seq_len, self.seed = seq_len, seed
+    def __init__(self, data: TokenDataset, seq_len: int, seed: int, sampler: str = "epoch"):
+        if sampler not in SAMPLERS:
+            raise DataError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        self.data, self.seq_len, self.seed, self.sampler = data, seq_len, seed, sampler
+        self.train, self.val = data.train, data.val
         if len(self.train) < seq_len + 1:
             raise DataError(f"the corpus' train split has {len(self.train):,} tokens, fewer than one window of "
                             f"seq_len + 1 = {seq_len + 1}; use a longer corpus or a smaller --seq_len")
         if 0 < len(self.val) < seq_len + 1:
-            self.val = self.val[:0]  # too short to evaluate on: report no val loss rather than a wrong one
+            self.val = TokenStream([], 0, 0)  # too short to evaluate on: report no val loss rather than a wrong one
+        self.windows_per_epoch = (len(self.train) - 1) // seq_len
 
-    def _windows(self, split: np.ndarray, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _windows(self, stream: TokenStream, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.seq_len
-        rows = np.stack([np.asarray(split[o:o + T + 1], dtype=np.int64) for o in offsets])  # (B, T+1)
+        rows = np.stack([stream.read(int(o), T + 1) for o in offsets])  # (B, T+1)
         t = torch.from_numpy(rows)
         return t[:, :-1], t[:, 1:]
 
-    def train_batch(self, step: int, micro_index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # (B, T) inputs and (B, T) next-token targets for optimizer step `step` (1-based).
-        rng = np.random.default_rng([self.seed, step, micro_index])
-        offsets = rng.integers(0, len(self.train) - self.seq_len, size=batch_size)
-        return self._windows(self.train, offsets)
+    def train_offsets(self, step: int, micro_index: int, batch_size: int, micro_per_step: int) -> np.ndarray:
+        """(B,) start offsets of micro-batch `micro_index` (of micro_per_step) of optimizer step `step` (1-based)."""
+        if self.sampler == "random":
+            rng = np.random.default_rng([self.seed, step, micro_index])
+            return rng.integers(0, len(self.train) - self.seq_len, size=batch_size)
+        k = ((step - 1) * micro_per_step + micro_index) * batch_size + np.arange(batch_size)  # global window count
+        epochs, positions = k // self.windows_per_epoch, k % self.windows_per_epoch
+        out = np.empty(batch_size, dtype=np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = permute(positions[sel], self.windows_per_epoch, _key(self.seed, int(e))) * self.seq_len
+        return out
 
-    def step_batch(self, step: int, grad_accum: int, batch_size: int, device, rank: int = 0):
+    def train_batch(self, step: int, micro_index: int, batch_size: int, micro_per_step: int = 1):
+        # (B, T) inputs and (B, T) next-token targets.
+        return self._windows(self.train, self.train_offsets(step, micro_index, batch_size, micro_per_step))
+
+    def step_batch(self, step: int, grad_accum: int, batch_size: int, device, rank: int = 0, world: int = 1):
         """All micro-batches of one optimizer step for one rank: (grad_accum, B, T) inputs and targets on
         device. Rank r takes micro-batch indices r * grad_accum + m, disjoint from every other rank's."""
-        micro = [self.train_batch(step, rank * grad_accum + m, batch_size) for m in range(grad_accum)]
+        micro = [self.train_batch(step, rank * grad_accum + m, batch_size, world * grad_accum)
+                 for m in range(grad_accum)]
         xs = torch.stack([x for x, _ in micro])
         ys = torch.stack([y for _, y in micro])
         if torch.device(device).type == "cuda":  # pinned host memory lets the copy overlap the running step
@@ -128,7 +320,7 @@ class TokenBatches:
     def val_batches(self, n_batches: int, batch_size: int):
         # Consecutive non-overlapping windows from the start of the val split: the same set every time.
         n_windows = (len(self.val) - 1) // self.seq_len
-        if n_windows == 0:
+        if n_windows <= 0:
             return
         starts = np.arange(min(n_windows, n_batches * batch_size)) * self.seq_len
         for i in range(0, len(starts), batch_size):

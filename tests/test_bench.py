@@ -100,8 +100,9 @@ def test_loss_curves_writes_the_comparison_and_the_float32_yardstick(tmp_path):
     # only by rounding.
     import json
     import numpy as np
-    from smollm2_data import TokenBatches
-    data = TokenBatches(np.random.default_rng(0).integers(0, 49152, 5000).astype(np.int64), 16, 0.0, 7)
+    from smollm2_data import TokenBatches, TokenDataset
+    ids = np.random.default_rng(0).integers(0, 49152, 5000).astype(np.int64)
+    data = TokenBatches(TokenDataset.from_array(ids), 16, 7, "random")
     summary = bench.loss_curves(data, 16, 2, 3, torch.device("cpu"), 1337, str(tmp_path), fast_impl="ours_eager")
     assert summary["max_abs_diff"] == 0.0 and summary["final_fast"] == summary["final_eager"]
     assert 0.0 < summary["max_bf16_noise"] < 0.1 and abs(summary["final_fp32"] - summary["final_eager"]) < 0.1

@@ -1,0 +1,364 @@
+"""Raw documents -> a folder of token shards (the format is in smollm2_shards.py).
+
+The pipeline: the main process reads documents in pieces (smollm2_sources), batches them, and hands
+the batches to a pool of worker processes, each with its own tokenizer calling `encode_batch`
+(one tokenizer per process scales where one shared tokenizer's threads do not: tokenizers #1900).
+At most 2 x workers batches are in flight and results are taken in submission order, so memory is
+bounded and the output is the same whatever the timing. Each document is followed by the end-of-text
+id. Documents go to the validation split whole, each with probability `val_fraction` (a keyed hash of
+the seed and the document's index; never the first document) until `val_tokens` are held out. A
+corpus where that picks nothing (one document, like Tiny Shakespeare) holds out the tail of its
+stream instead: the last val_fraction of its text tokens and the end-of-text id after them.
+
+Interruptible: a train shard is closed at the first piece boundary past `shard_tokens`; then the val
+ids gathered so far are closed into their own shard and `progress.json` records where reading stands.
+A rerun after Ctrl-C or SIGKILL deletes the unfinished `*.tmp` files, skips the pieces already
+written (reading, not tokenizing, them) and ends byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from smollm2_shards import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, DataError, ShardWriter, atomic_write_text,
+                            file_sha256, load_manifest, read_header, token_bytes_for, write_manifest)
+from smollm2_sources import MAX_PIECE_CHARS, Piece, expand_inputs, read_pieces
+
+EOS_TOKEN = "<|endoftext|>"
+PROGRESS = "progress.json"
+BATCH_CHARS = 1 << 20  # text per worker task: large enough to amortise the pickling, small enough to balance
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    text_field: str = "text"
+    val_fraction: float = 0.1
+    val_tokens: int = 10_000_000  # at most this many ids held out (whole documents, or the tail)
+    seed: int = 1337  # picks the held-out documents
+    shard_tokens: int = 100_000_000
+    max_piece_chars: int = MAX_PIECE_CHARS
+
+    def check(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DataError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_tokens < 0 or self.shard_tokens < 1 or self.max_piece_chars < 1:
+            raise DataError("--val_tokens must be >= 0 and --shard_tokens >= 1")
+
+
+# ----------------------------------------------------------------------------- worker side
+_worker_tok = None
+
+
+def _init_worker(tokenizer_json: str, in_pool: bool = True) -> None:
+    global _worker_tok
+    if in_pool:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
+    from tokenizers import Tokenizer
+    _worker_tok = Tokenizer.from_str(tokenizer_json)
+
+
+def _encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All ids of a batch concatenated (uint32) and each text's id count."""
+    encs = _worker_tok.encode_batch(texts, add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    ids = np.fromiter((i for e in encs for i in e.ids), dtype=np.uint32, count=int(lengths.sum()))
+    return ids, lengths
+
+
+class _InProcess:
+    """The pool's interface without processes (workers=0: tests, and a check that the pool is exact)."""
+
+    def __init__(self, tokenizer_json: str):
+        _init_worker(tokenizer_json, in_pool=False)
+
+    def submit(self, fn, *args):
+        class Done:
+            def __init__(self, value):
+                self.value = value
+
+            def result(self):
+                return self.value
+        return Done(fn(*args))
+
+    def shutdown(self, cancel_futures: bool = False):
+        pass
+
+
+def _pool(workers: int, tokenizer_json: str):
+    if workers == 0:
+        return _InProcess(tokenizer_json)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer_json,))
+
+
+# ----------------------------------------------------------------------------- main side
+def eos_id_of(tokenizer) -> int:
+    eos = tokenizer.tokenizer.token_to_id(EOS_TOKEN)
+    if eos is None:
+        raise DataError(f"tokenizer {tokenizer.source} has no {EOS_TOKEN} token to end documents with")
+    assert tokenizer.tokenizer.id_to_token(eos) == EOS_TOKEN
+    return eos
+
+
+def held_out(seed: int, doc_index: int, fraction: float) -> bool:
+    """Whether document `doc_index` goes to validation: a keyed hash, the same on every machine."""
+    if doc_index == 0 or fraction <= 0:
+        return False
+    h = hashlib.blake2b(f"{seed}:{doc_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") < fraction * 2.0 ** 64
+
+
+def describe_sources(paths: list[str], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    total = sum(os.path.getsize(p) for p in paths)
+    if total > 1 << 30:
+        log(f"hashing {len(paths)} input files ({total / 1e9:.1f} GB) ...")
+    return [{"path": p, "bytes": os.path.getsize(p), "sha256": file_sha256(p)} for p in paths]
+
+
+def job_key(sources: list[dict], tokenizer_fp: str, settings: PrepareSettings) -> str:
+    """What the output is a function of: inputs' content, tokenizer and settings (not paths or workers)."""
+    key = {"sources": [s["sha256"] for s in sources], "tokenizer": tokenizer_fp, "settings": asdict(settings),
+           "format_version": MANIFEST_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Splits:
+    """The train and val shard writers and the state that progress.json records between shards."""
+
+    def __init__(self, out_dir: str, token_bytes: int, eos: int, settings: PrepareSettings, state: dict[str, Any]):
+        self.out_dir, self.token_bytes, self.eos, self.settings = out_dir, token_bytes, eos, settings
+        self.state = state
+        self.writers: dict[str, Optional[ShardWriter]] = {"train": None, "val": None}
+
+    def _writer(self, split: str) -> ShardWriter:
+        if self.writers[split] is None:
+            n = len(self.state["shards"][split])
+            self.writers[split] = ShardWriter(os.path.join(self.out_dir, f"{split}_{n:05d}.bin"), self.token_bytes)
+        return self.writers[split]
+
+    def add(self, piece: Piece, ids: np.ndarray) -> None:
+        st = self.state
+        if st["in_doc"] is None:  # the first piece of a document decides where all of it goes
+            val = st["val_tokens"] < self.settings.val_tokens and held_out(self.settings.seed, st["documents"],
+                                                                           self.settings.val_fraction)
+            st["in_doc"] = "val" if val else "train"
+        split = st["in_doc"]
+        if self.token_bytes == 2 and len(ids) and int(ids.max()) > 0xFFFF:
+            raise DataError(f"id {int(ids.max())} does not fit the uint16 shards; this tokenizer needs uint32")
+        w = self._writer(split)
+        w.write(ids)
+        st["tokens"][split] += len(ids)
+        if piece.last:
+            w.write(np.array([self.eos]))
+            w.end_document()
+            st["tokens"][split] += 1
+            st["docs"][split] += 1
+            st["documents"] += 1
+            st["in_doc"] = None
+        if split == "val":
+            st["val_tokens"] += len(ids) + piece.last
+        st["pieces"] += 1
+
+    def train_shard_full(self) -> bool:
+        w = self.writers["train"]
+        return w is not None and w.n_tokens >= self.settings.shard_tokens
+
+    def commit(self) -> None:
+        """Close the open shards and record the reading position: what a rerun starts from."""
+        for split, w in self.writers.items():
+            if w is not None and w.n_tokens:
+                self.state["shards"][split].append(w.close())
+            elif w is not None:
+                w.abandon()
+            self.writers[split] = None
+        atomic_write_text(os.path.join(self.out_dir, PROGRESS), json.dumps(self.state, sort_keys=True))
+
+    def abandon(self) -> None:
+        for w in self.writers.values():
+            if w is not None:
+                w.abandon()
+
+
+def _batches(pieces: Iterator[Piece], batch_chars: int) -> Iterator[list[Piece]]:
+    batch, size = [], 0
+    for p in pieces:
+        batch.append(p)
+        size += len(p.text)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _all_pieces(sources: list[dict], settings: PrepareSettings, skip: int, on_bytes: Callable[[int], None]):
+    """Every piece of every source after the first `skip`. on_bytes(n) reports reading progress: the
+    characters read (about the bytes of plain text), settled to each file's size when it ends."""
+    seen = 0
+    for src in sources:
+        counted = 0
+        for piece in read_pieces(src["path"], settings.text_field, settings.max_piece_chars):
+            step = min(len(piece.text), src["bytes"] - counted)
+            counted += step
+            on_bytes(step)
+            if seen >= skip:
+                yield piece
+            seen += 1
+        on_bytes(src["bytes"] - counted)
+
+
+def _tail_split(state: dict[str, Any], settings: PrepareSettings) -> dict[str, Any]:
+    text_tokens = state["tokens"]["train"] - state["docs"]["train"]
+    n = min(int(text_tokens * settings.val_fraction), settings.val_tokens)
+    if n == 0:
+        return {"mode": "none", "tokens": 0}
+    return {"mode": "tail", "tokens": n + 1}  # the last n text ids and the end-of-text id closing them
+
+
+def _check_existing(out_dir: str, key: str, overwrite: bool, log) -> Optional[dict[str, Any]]:
+    """The finished manifest when `out_dir` already holds this exact job; refuses another job's folder."""
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    progress_path = os.path.join(out_dir, PROGRESS)
+    found = None
+    if os.path.exists(manifest_path):
+        try:
+            found = load_manifest(manifest_path)["job_key"]
+            if found == key:
+                return load_manifest(manifest_path)
+        except (DataError, KeyError):
+            found = "unreadable"
+    elif os.path.exists(progress_path):
+        try:
+            with open(progress_path) as f:
+                found = json.load(f)["job_key"]
+        except (OSError, ValueError, KeyError):
+            found = "unreadable"
+    if found not in (None, key):
+        if not overwrite:
+            raise DataError(f"{out_dir} holds a dataset prepared from other inputs, tokenizer or settings; "
+                            f"pass --overwrite 1 to rebuild it, or another --out_dir")
+        log(f"overwriting {out_dir}: its inputs, tokenizer or settings changed")
+        for p in glob.glob(os.path.join(out_dir, "*_[0-9][0-9][0-9][0-9][0-9].bin")) + [manifest_path, progress_path]:
+            if os.path.exists(p):
+                os.remove(p)
+    return None
+
+
+def _load_progress(out_dir: str, key: str) -> Optional[dict[str, Any]]:
+    path = os.path.join(out_dir, PROGRESS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        state = json.load(f)
+    if state.get("job_key") != key:
+        return None
+    for split in ("train", "val"):  # trust only shards that are whole
+        for entry in state["shards"][split]:
+            read_header(os.path.join(out_dir, entry["file"]))
+    return state
+
+
+def prepare(inputs: list[str], out_dir: str, tokenizer, settings: PrepareSettings = PrepareSettings(),
+            workers: Optional[int] = None, overwrite: bool = False, log: Callable[[str], None] = print,
+            progress_bar: bool = True, sources: Optional[list[dict]] = None) -> dict[str, Any]:
+    """Tokenize `inputs` into shards under `out_dir`; returns the manifest. Resumes an interrupted run
+    of the same job; returns at once when the job is already done. `sources`: describe_sources() of the
+    inputs when the caller has it already (hashing a large corpus twice costs seconds)."""
+    settings.check()
+    sources = sources or describe_sources(expand_inputs(inputs), log)
+    tok_fp = tokenizer.fingerprint()
+    key = job_key(sources, tok_fp, settings)
+    os.makedirs(out_dir, exist_ok=True)
+    done = _check_existing(out_dir, key, overwrite, log)
+    if done is not None:
+        log(f"{out_dir} is up to date ({done['totals']['tokens']:,} tokens from {len(sources)} files); nothing to do")
+        return done
+    for tmp in glob.glob(os.path.join(out_dir, "*.tmp")):  # an interrupted run's unfinished files
+        os.remove(tmp)
+
+    eos = eos_id_of(tokenizer)
+    token_bytes = token_bytes_for(tokenizer.vocab_size)
+    state = _load_progress(out_dir, key)
+    if state is not None:
+        log(f"resuming: {len(state['shards']['train'])} train shards already written, "
+            f"skipping {state['pieces']:,} pieces")
+    else:
+        state = {"job_key": key, "pieces": 0, "documents": 0, "in_doc": None, "val_tokens": 0,
+                 "tokens": {"train": 0, "val": 0}, "docs": {"train": 0, "val": 0}, "shards": {"train": [], "val": []}}
+    workers = os.cpu_count() if workers is None else workers
+    splits = _Splits(out_dir, token_bytes, eos, settings, state)
+    bar = _progress(sum(s["bytes"] for s in sources), progress_bar)
+    t0, start_tokens = time.perf_counter(), state["tokens"]["train"] + state["tokens"]["val"]
+    pool = _pool(workers, tokenizer.tokenizer.to_str())
+    inflight: collections.deque = collections.deque()
+    try:
+        def drain_one() -> None:
+            batch, fut = inflight.popleft()
+            ids, lengths = fut.result()
+            ends = np.cumsum(lengths)
+            for piece, end, n in zip(batch, ends, lengths):
+                splits.add(piece, ids[end - n:end])
+                if splits.train_shard_full():
+                    splits.commit()
+            if bar is not None:
+                done_tokens = state["tokens"]["train"] + state["tokens"]["val"]
+                bar.set_postfix_str(f"docs {state['documents']:,} | tokens {done_tokens:,} | "
+                                    f"{(done_tokens - start_tokens) / (time.perf_counter() - t0) / 1e6:.2f}M tok/s",
+                                    refresh=False)
+
+        pieces = _all_pieces(sources, settings, state["pieces"], lambda n: bar.update(n) if bar else None)
+        for batch in _batches(pieces, BATCH_CHARS):
+            inflight.append((batch, pool.submit(_encode, [p.text for p in batch])))
+            while len(inflight) > 2 * max(workers, 1):
+                drain_one()
+        while inflight:
+            drain_one()
+        splits.commit()
+    except BaseException:
+        splits.abandon()
+        pool.shutdown(cancel_futures=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    pool.shutdown()
+
+    if state["tokens"]["train"] == 0:
+        raise DataError(f"{' '.join(inputs)} produced no training tokens; pass a larger corpus or lower --val_fraction")
+    val = ({"mode": "documents", "tokens": state["tokens"]["val"]} if state["shards"]["val"]
+           else _tail_split(state, settings))
+    manifest = {
+        "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "job_key": key,
+        "tokenizer": {"source": tokenizer.source, "fingerprint": tok_fp, "vocab_size": tokenizer.vocab_size},
+        "eos_id": eos, "dtype": "uint16" if token_bytes == 2 else "uint32", "settings": asdict(settings),
+        "sources": sources, "shards": state["shards"], "val": val,
+        "totals": {"tokens": state["tokens"]["train"] + state["tokens"]["val"], "documents": state["documents"],
+                   "train_tokens": state["tokens"]["train"] - val["tokens"] * (val["mode"] == "tail"),
+                   "val_tokens": val["tokens"], "train_documents": state["docs"]["train"],
+                   "val_documents": state["docs"]["val"]},
+    }
+    manifest = write_manifest(out_dir, manifest)
+    os.remove(os.path.join(out_dir, PROGRESS))
+    dt = time.perf_counter() - t0
+    log(f"prepared {manifest['totals']['tokens']:,} tokens from {state['documents']:,} documents in {dt:.1f}s "
+        f"({(manifest['totals']['tokens'] - start_tokens) / max(dt, 1e-9) / 1e6:.2f}M tokens/s, {workers} workers) "
+        f"-> {out_dir}")
+    return manifest
+
+
+def _progress(total_bytes: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preparing", dynamic_ncols=True, mininterval=1.0)

@@ -1,0 +1,220 @@
+"""The on-disk format of a prepared dataset: token shards and the manifest that lists them.
+
+A dataset folder holds
+  train_00000.bin, train_00001.bin, ...   token shards of the training split
+  val_00000.bin, ...                      shards of the held-out documents (none in "tail" mode)
+  manifest.json                           what the folder was made from and how, with a checksum
+
+A shard is one file: a 64-byte header, the ids, then the document-ends index.
+  header: magic b"SMOLTOKS", format version (u32), bytes per id (u32: 2 = uint16, 4 = uint32),
+          number of ids (u64), number of document ends (u64), zero padding; all little-endian
+  ids:    n_tokens x uint16/uint32; every document is followed by the tokenizer's end-of-text id
+  index:  n_docs x uint64, the offset one past each document's end-of-text id within this shard
+          (a document may begin in an earlier shard; one that continues into the next has no end here)
+The size of a shard is therefore fixed by its header, so a truncated file is caught without hashing.
+
+The manifest's `checksum` is the sha256 of its own canonical JSON without that field: a hand edit is
+caught at load time. The dataset's fingerprint (what a checkpoint records) is that checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"SMOLTOKS"
+SHARD_VERSION = 1
+MANIFEST_FORMAT = "smollm2-token-shards"
+MANIFEST_VERSION = 1
+MANIFEST = "manifest.json"
+HEADER = struct.Struct("<8sIIQQ")  # magic, version, bytes per id, n_tokens, n_docs
+HEADER_BYTES = 64
+DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+
+
+class DataError(ValueError):
+    """Bad corpus, shards or data settings; the message is one line that says what to do."""
+
+
+def token_bytes_for(vocab_size: int) -> int:
+    """2 (uint16) when every id fits, else 4 (uint32): never a silent overflow."""
+    return 2 if vocab_size <= 1 << 16 else 4
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str
+    token_bytes: int
+    n_tokens: int
+    n_docs: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return DTYPES[self.token_bytes]
+
+    @property
+    def ids_offset(self) -> int:
+        return HEADER_BYTES
+
+    @property
+    def size(self) -> int:
+        return HEADER_BYTES + self.n_tokens * self.token_bytes + 8 * self.n_docs
+
+
+def pack_header(token_bytes: int, n_tokens: int, n_docs: int) -> bytes:
+    return HEADER.pack(MAGIC, SHARD_VERSION, token_bytes, n_tokens, n_docs).ljust(HEADER_BYTES, b"\0")
+
+
+def read_header(path: str) -> ShardInfo:
+    """The header of a shard, checked against the file's size (a truncated or padded shard fails)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise DataError(f"shard {path} cannot be read ({e.strerror}); prepare the dataset again") from e
+    if len(raw) < HEADER_BYTES or raw[:8] != MAGIC:
+        raise DataError(f"{path} is not a token shard (bad header); prepare the dataset again")
+    _, version, token_bytes, n_tokens, n_docs = HEADER.unpack(raw[:HEADER.size])
+    if version != SHARD_VERSION or token_bytes not in DTYPES:
+        raise DataError(f"{path} has shard version {version} / {token_bytes}-byte ids that this code does not read; "
+                        f"prepare the dataset again with this repo")
+    info = ShardInfo(path, token_bytes, n_tokens, n_docs)
+    if size != info.size:
+        raise DataError(f"shard {path} is {size:,} bytes, its header says {info.size:,} (truncated or damaged); "
+                        f"prepare the dataset again")
+    return info
+
+
+def read_doc_ends(info: ShardInfo) -> np.ndarray:
+    """(n_docs,) uint64: offsets one past each document's end-of-text id, within the shard."""
+    with open(info.path, "rb") as f:
+        f.seek(HEADER_BYTES + info.n_tokens * info.token_bytes)
+        return np.frombuffer(f.read(8 * info.n_docs), dtype="<u8")
+
+
+def read_ids(info: ShardInfo, start: int = 0, count: int | None = None) -> np.ndarray:
+    """ids[start:start+count] of one shard, read with pread (nothing stays mapped, so RSS stays flat)."""
+    count = info.n_tokens - start if count is None else count
+    fd = os.open(info.path, os.O_RDONLY)
+    try:
+        buf = os.pread(fd, count * info.token_bytes, HEADER_BYTES + start * info.token_bytes)
+    finally:
+        os.close(fd)
+    return np.frombuffer(buf, dtype=info.dtype)
+
+
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(folder: str) -> None:
+    try:  # make a rename durable
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+class ShardWriter:
+    """Appends ids to `<path>.tmp`; close() writes the index and header, fsyncs and renames into place.
+    Memory stays bounded: ids go to disk as they come, only the document ends are kept (8 bytes each)."""
+
+    def __init__(self, path: str, token_bytes: int):
+        self.path, self.token_bytes = path, token_bytes
+        self.tmp = f"{path}.tmp"
+        self.f = open(self.tmp, "wb")
+        self.f.write(b"\0" * HEADER_BYTES)
+        self.n_tokens = 0
+        self.doc_ends: list[int] = []
+
+    def write(self, ids: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(ids, dtype=DTYPES[self.token_bytes]).tobytes())
+        self.n_tokens += len(ids)
+
+    def end_document(self) -> None:
+        self.doc_ends.append(self.n_tokens)
+
+    def close(self) -> dict[str, Any]:
+        """Finish the shard; returns its manifest entry (file, tokens, documents, sha256)."""
+        self.f.write(np.asarray(self.doc_ends, dtype="<u8").tobytes())
+        self.f.seek(0)
+        self.f.write(pack_header(self.token_bytes, self.n_tokens, len(self.doc_ends)))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        return {"file": os.path.basename(self.path), "tokens": self.n_tokens, "documents": len(self.doc_ends),
+                "sha256": file_sha256(self.path)}
+
+    def abandon(self) -> None:
+        self.f.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+# ----------------------------------------------------------------------------- manifest
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False)
+
+
+def with_checksum(manifest: dict[str, Any]) -> dict[str, Any]:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return {**body, "checksum": hashlib.sha256(canonical_json(body).encode()).hexdigest()}
+
+
+def write_manifest(folder: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    manifest = with_checksum(manifest)
+    atomic_write_text(os.path.join(folder, MANIFEST), canonical_json(manifest) + "\n")
+    return manifest
+
+
+def load_manifest(path: str) -> dict[str, Any]:
+    """manifest.json of a prepared folder (the folder or the file itself), its checksum verified."""
+    path = os.path.join(path, MANIFEST) if os.path.isdir(path) else path
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError as e:
+        raise DataError(f"{path} does not exist; run prepare_data.py first") from e
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not a readable manifest ({str(e).splitlines()[0][:120]}); "
+                        f"prepare the dataset again") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{path} is not a manifest written by prepare_data.py")
+    if manifest.get("format_version", 0) > MANIFEST_VERSION:
+        raise DataError(f"{path} has format_version {manifest['format_version']}, newer than this code; update the repo")
+    if with_checksum(manifest)["checksum"] != manifest.get("checksum"):
+        raise DataError(f"{path} does not match its checksum (edited by hand?); prepare the dataset again")
+    return manifest
+
+
+def is_prepared(path: str) -> bool:
+    """Whether `path` is a prepared dataset folder or its manifest.json."""
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, MANIFEST))
+    return os.path.basename(path) == MANIFEST
