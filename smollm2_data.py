@@ -223,6 +223,8 @@ def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction:
 
     verified = os.path.join(cache_dir, "verified_shards.json")
     if is_prepared(input_file):
+        if val_fraction != 0.1:
+            log(f"NOTE: --val_fraction {val_fraction} is not used: {input_file} keeps the split prepare_data.py made")
         return open_prepared(input_file, tokenizer, verified)
     if not os.path.exists(input_file) and allow_download and os.path.basename(input_file) == DEFAULT_INPUT:
         download_tiny_shakespeare(input_file)

@@ -1,0 +1,406 @@
+"""Data preparation and loading (#14), against references: the shards hold exactly each document's own
+tokenization plus one end-of-text id, in every input format; a killed preparation resumed is byte-identical
+to an uninterrupted one; the samplers' windows are disjoint across ranks and cover each window once per
+epoch; every bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smollm2_data import TokenBatches, TokenDataset, load_training_data, open_prepared, permute
+from smollm2_prepare import PrepareSettings, prepare
+from smollm2_shards import MANIFEST, DataError, load_manifest, read_doc_ends, read_header, read_ids
+from smollm2_sources import expand_inputs, split_text
+from smollm2_tokenizer import SmolTokenizer, load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REALDOCS = SHARED / "data" / "realdocs"
+TOKENIZER = SHARED / "tokenizer" / "tokenizer.json"
+UINT16_SHA256 = "1895d231cbeb99f9f1323205e5a2da9471553a0960d16d5a3a685d9dac4e4729"  # REFERENCE.md: input.txt
+EOS = 0
+DOCS = ["First document.\nIt has two lines, 12 digits 345678901234 and café.",
+        "Second: naïve 日本語 text with emoji 😀 and  double  spaces.\n\n\nThird paragraph.",
+        "x",
+        "<|endoftext|> in the text is text, not the special token.",
+        "Last one " * 50]
+
+pytestmark = pytest.mark.skipif(not TOKENIZER.exists(), reason=f"needs {TOKENIZER}")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(str(TOKENIZER))
+
+
+def all_ids(folder, split="train") -> np.ndarray:
+    m = load_manifest(str(folder))
+    parts = [read_ids(read_header(os.path.join(folder, e["file"]))) for e in m["shards"][split]]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def expected(tok, docs) -> np.ndarray:
+    return np.asarray([i for d in docs for i in tok.encode(d) + [EOS]], dtype=np.int64)
+
+
+def write_formats(root: Path, docs) -> dict[str, list[str]]:
+    """The same documents as a folder of .txt, a .jsonl, a .jsonl.gz, a .jsonl.zst and a .parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    (root / "txt").mkdir()
+    for i, d in enumerate(docs):
+        (root / "txt" / f"doc{i:02d}.txt").write_text(d, encoding="utf-8")
+    lines = "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)).encode()
+    (root / "d.jsonl").write_bytes(lines)
+    (root / "d.jsonl.gz").write_bytes(gzip.compress(lines))
+    (root / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    pq.write_table(pa.table({"text": docs, "id": list(range(len(docs)))}), root / "d.parquet", row_group_size=2)
+    return {"txt": [str(root / "txt")], "jsonl": [str(root / "d.jsonl")], "jsonl.gz": [str(root / "d.jsonl.gz")],
+            "jsonl.zst": [str(root / "d.jsonl.zst")], "parquet": [str(root / "d.parquet")]}
+
+
+NO_VAL = PrepareSettings(val_fraction=0.0)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "jsonl.gz", "jsonl.zst", "parquet"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shards_hold_each_documents_ids_and_one_eos(tmp_path, tok, fmt, workers):
+    inputs = write_formats(tmp_path, DOCS)[fmt]
+    m = prepare(inputs, str(tmp_path / "out"), tok, PrepareSettings(val_fraction=0.0, max_piece_chars=16),
+                workers=workers, progress_bar=False)
+    assert np.array_equal(all_ids(tmp_path / "out"), expected(tok, DOCS))
+    info = read_header(str(tmp_path / "out" / "train_00000.bin"))
+    assert info.token_bytes == 2 and m["dtype"] == "uint16" and m["eos_id"] == EOS
+    ends = read_doc_ends(info)
+    assert ends.tolist() == np.cumsum([len(tok.encode(d)) + 1 for d in DOCS]).tolist()
+    assert m["totals"]["documents"] == len(DOCS) and m["val"]["mode"] == "none"
+
+
+def test_realdocs_in_three_formats(tmp_path, tok):
+    # A slice of each real file group: per-document tokenization + EOS, in input order.
+    import pyarrow.parquet as pq
+
+    txts = sorted((REALDOCS / "python-docs").glob("c*.txt"))[:20]
+    jl = tmp_path / "a.jsonl.gz"
+    with gzip.open(REALDOCS / "linux-docs-a.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for _, line in zip(range(40), f)]
+    jl.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    table = pq.read_table(REALDOCS / "linux-docs-b.parquet").slice(0, 40)
+    pq.write_table(table, tmp_path / "b.parquet")
+    docs = [p.read_text(encoding="utf-8") for p in txts] + [r["text"] for r in rows] + table.column("text").to_pylist()
+    prepare([str(p) for p in txts] + [str(jl), str(tmp_path / "b.parquet")], str(tmp_path / "out"), tok,
+            PrepareSettings(val_fraction=0.0, shard_tokens=20_000, max_piece_chars=3000), workers=2, progress_bar=False)
+    assert np.array_equal(all_ids(tmp_path / "out"), expected(tok, docs))
+
+
+def test_pieces_cut_only_at_pretoken_boundaries(corpus_path, tok):
+    text = corpus_path.read_text(encoding="utf-8")
+    pieces = split_text(text, 700)
+    assert len(pieces) > 1000 and "".join(pieces) == text and max(map(len, pieces)) <= 700
+    ids = [i for enc in tok.tokenizer.encode_batch(pieces, add_special_tokens=False) for i in enc.ids]
+    assert ids == tok.encode(text)
+
+
+def test_input_txt_prepares_to_the_reference_ids_and_keeps_the_seed_split(tmp_path, corpus_path, tok):
+    import hashlib
+    data = load_training_data(str(corpus_path), tok, str(tmp_path / "cache"), val_fraction=0.1, log=lambda m: None)
+    train, val = data.train.read(0, len(data.train)), data.val.read(0, len(data.val))
+    ids = np.concatenate([train, val])
+    assert hashlib.sha256(ids[:-1].astype(np.uint16).tobytes()).hexdigest() == UINT16_SHA256 and ids[-1] == EOS
+    # One document: the tail 10% of its 341,094 ids (and the EOS) held out, as the seed's runs did.
+    assert len(train) == 341_094 - 34_109 and len(val) == 34_110
+    # The random sampler reproduces the batches of runs made before the shards (offsets from (seed, step, micro)).
+    b = TokenBatches(data, 256, 1337, "random")
+    x, y = b.train_batch(7, 3, 2)
+    o = np.random.default_rng([1337, 7, 3]).integers(0, len(train) - 256, size=2)
+    assert np.array_equal(x.numpy(), np.stack([train[i:i + 256] for i in o]))
+    assert np.array_equal(y.numpy(), np.stack([train[i + 1:i + 257] for i in o]))
+
+
+def test_validation_holds_out_whole_documents_by_seed(tmp_path, tok):
+    docs = [f"Document number {i}. " + "word " * (i % 13 + 3) for i in range(200)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    runs = {}
+    for seed in (1, 2):
+        out = tmp_path / f"out{seed}"
+        prepare([str(tmp_path / "d.jsonl")], str(out), tok, PrepareSettings(val_fraction=0.2, seed=seed),
+                workers=0, progress_bar=False)
+        runs[seed] = load_manifest(str(out))
+        train, val = all_ids(out, "train"), all_ids(out, "val")
+        decode = lambda ids: [tok.decode(d) for d in np.split(ids, np.where(ids == EOS)[0] + 1)[:-1]]  # noqa: E731
+        train_docs, val_docs = [d[:-len("<|endoftext|>")] for d in decode(train)], [d[:-13] for d in decode(val)]
+        assert sorted(train_docs + val_docs) == sorted(docs) and docs[0] in train_docs
+        assert 20 <= len(val_docs) <= 60 and runs[seed]["val"]["mode"] == "documents"
+    again = tmp_path / "again"
+    prepare([str(tmp_path / "d.jsonl")], str(again), tok, PrepareSettings(val_fraction=0.2, seed=1), workers=2,
+            progress_bar=False)
+    assert (again / "val_00000.bin").read_bytes() == (tmp_path / "out1" / "val_00000.bin").read_bytes()
+    assert runs[1]["totals"]["val_documents"] != runs[2]["totals"]["val_documents"] or \
+        runs[1]["shards"]["val"][0]["sha256"] != runs[2]["shards"]["val"][0]["sha256"]
+
+
+def test_val_tokens_caps_the_held_out_documents(tmp_path, tok):
+    docs = [f"doc {i} " + "text " * 40 for i in range(100)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    m = prepare([str(tmp_path / "d.jsonl")], str(tmp_path / "o"), tok, PrepareSettings(val_fraction=0.5, val_tokens=200),
+                workers=0, progress_bar=False)
+    assert 200 <= m["totals"]["val_tokens"] < 200 + 60
+
+
+def test_uint32_shards_for_a_vocabulary_over_65535(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(70_000)}}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    big = SmolTokenizer(t, "wordlevel-70k")
+    docs = ["w69990 w5 w69999", "w65534 w65535 w65536"]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    m = prepare([str(tmp_path / "d.jsonl")], str(tmp_path / "o"), big, NO_VAL, workers=0, progress_bar=False)
+    assert m["dtype"] == "uint32" and read_header(str(tmp_path / "o" / "train_00000.bin")).token_bytes == 4
+    assert all_ids(tmp_path / "o").tolist() == [69992, 7, 70001, 0, 65536, 65537, 65538, 0]
+
+
+def run_prepare(*args, check=False):
+    r = subprocess.run([sys.executable, str(REPO / "prepare_data.py"), *map(str, args), "--tokenizer_id", str(TOKENIZER),
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    if check and r.returncode != 0:
+        raise AssertionError(r.stderr)
+    return r
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_killed_preparation_resumes_byte_identical(tmp_path):
+    src = [str(REALDOCS / "linux-docs-a.jsonl.gz")]
+    flags = ["--shard_tokens", 150_000, "--workers", 2]
+    run_prepare(*src, "--out_dir", tmp_path / "ref", *flags, check=True)
+    ref = tree_bytes(tmp_path / "ref")
+    assert len([n for n in ref if n.startswith("train_")]) > 10
+
+    out = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, str(REPO / "prepare_data.py"), *src, "--out_dir", str(out),
+                          *map(str, flags), "--tokenizer_id", str(TOKENIZER), "--quiet"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "progress.json").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (out / MANIFEST).exists(), "the run finished before it could be killed"
+    (out / "train_00099.bin.tmp").write_bytes(b"half a shard")  # what a kill mid-write leaves
+    r = run_prepare(*src, "--out_dir", out, *flags, check=True)
+    assert tree_bytes(out) == ref
+    r = run_prepare(*src, "--out_dir", out, *flags, check=True)
+    assert "nothing to do" in r.stdout + r.stderr
+
+
+def test_changed_input_or_tokenizer_is_refused_then_rebuilt(tmp_path, tok):
+    (tmp_path / "a.txt").write_text("one document about cats " * 20)
+    out = str(tmp_path / "o")
+    run_prepare(tmp_path / "a.txt", "--out_dir", out, check=True)
+    (tmp_path / "a.txt").write_text("one document about dogs " * 20)
+    r = run_prepare(tmp_path / "a.txt", "--out_dir", out)
+    assert r.returncode == 2 and "--overwrite 1" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    run_prepare(tmp_path / "a.txt", "--out_dir", out, "--overwrite", 1, check=True)
+    assert "dogs" in tok.decode(all_ids(out).tolist())
+    # Training with another tokenizer than the shards': refused.
+    from tokenizers import Tokenizer, models
+    other = SmolTokenizer(Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1}, unk_token="[UNK]")), "other")
+    with pytest.raises(DataError, match="prepared with tokenizer"):
+        open_prepared(out, other)
+
+
+def bad_input_cases(root: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (root / "empty.txt").write_text("")
+    (root / "binary.txt").write_bytes(b"abc\x00\x01\x02" * 100)
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (root / "notjson.jsonl").write_text('{"text": "fine"}\n{not json\n')
+    (root / "nofield.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    pq.write_table(pa.table({"body": ["x"]}), root / "nocol.parquet")
+    pq.write_table(pa.table({"text": ["some text"] * 1000}), root / "full.parquet")
+    (root / "cut.parquet").write_bytes((root / "full.parquet").read_bytes()[:300])
+    (root / "notgzip.jsonl.gz").write_text('{"text": "not compressed"}\n')
+    os.mkfifo(root / "fifo.txt")
+    return {"no files match": [str(root / "nothing*.txt")], "missing": [str(root / "missing.txt")],
+            "empty": [str(root / "empty.txt")], "binary": [str(root / "binary.txt")],
+            "not utf-8": [str(root / "latin1.txt")], "jsonl not json": [str(root / "notjson.jsonl")],
+            "jsonl lacks the field": [str(root / "nofield.jsonl")], "parquet lacks the column": [str(root / "nocol.parquet")],
+            "parquet truncated": [str(root / "cut.parquet")], "gzip that is not": [str(root / "notgzip.jsonl.gz")],
+            "a fifo": [str(root / "fifo.txt")]}
+
+
+def test_bad_inputs_exit_2_in_one_line(tmp_path):
+    cases = bad_input_cases(tmp_path)
+    for name, inputs in cases.items():
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        r = run_prepare(*inputs, "--out_dir", out)
+        assert r.returncode == 2, (name, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, (name, r.stderr)
+        assert not (out / MANIFEST).exists(), name
+
+
+def test_damaged_dataset_is_refused(tmp_path, tok):
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"doc {i} " * 30}) + "\n" for i in range(50)))
+    out = tmp_path / "o"
+    prepare([str(tmp_path / "d.jsonl")], str(out), tok, PrepareSettings(val_fraction=0.1, shard_tokens=500),
+            workers=0, progress_bar=False)
+    open_prepared(str(out), tok)
+    manifest = (out / MANIFEST).read_text()
+    (out / MANIFEST).write_text(manifest.replace('"documents": 50', '"documents": 51'))
+    with pytest.raises(DataError, match="checksum"):
+        open_prepared(str(out), tok)
+    (out / MANIFEST).write_text(manifest)
+    shard = out / "train_00001.bin"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        open_prepared(str(out), tok)
+    flipped = bytearray(data)
+    flipped[100] ^= 1
+    shard.write_bytes(bytes(flipped))
+    with pytest.raises(DataError, match="sha256"):
+        open_prepared(str(out), tok)
+
+
+def test_feistel_permutation_is_a_bijection():
+    for n in (1, 2, 3, 5, 64, 1000, 4097, 65_537):
+        p = permute(np.arange(n), n, key=12345)
+        assert np.array_equal(np.sort(p), np.arange(n)), n
+    a, b = permute(np.arange(1000), 1000, 1), permute(np.arange(1000), 1000, 2)
+    assert not np.array_equal(a, b) and not np.array_equal(a, np.arange(1000))
+
+
+@pytest.mark.parametrize("batch,accum,world", [(1, 4, 1), (3, 2, 2), (2, 1, 4)])
+def test_epoch_sampler_visits_each_window_once_per_epoch(batch, accum, world):
+    T, n = 8, 8 * 101 + 1  # 101 windows
+    data = TokenBatches(TokenDataset.from_array(np.arange(n)), T, seed=5, sampler="epoch")
+    W = data.windows_per_epoch
+    assert W == 101
+    per_step = batch * accum * world
+    offsets = [data.train_offsets(s, r * accum + m, batch, world * accum)
+               for s in range(1, 3 * W // per_step + 2) for r in range(world) for m in range(accum)]
+    flat = np.concatenate(offsets)
+    for e in range(3):
+        epoch = flat[e * W:(e + 1) * W]
+        assert np.array_equal(np.sort(epoch), np.arange(W) * T), e
+    assert not np.array_equal(flat[:W], flat[W:2 * W])  # a new order each epoch
+    x, y = data.train_batch(1, 0, batch, world * accum)
+    assert np.array_equal(y[:, :-1].numpy(), x[:, 1:].numpy()) and np.all(np.diff(x.numpy(), axis=1) == 1)
+
+
+@pytest.mark.parametrize("sampler", ["epoch", "random"])
+def test_ranks_take_disjoint_windows_whose_union_is_one_process(sampler):
+    # In-process check of the indexing; test_two_gloo_ranks_see_disjoint_windows runs it under torchrun.
+    data = TokenBatches(TokenDataset.from_array(np.arange(4001)), 16, seed=3, sampler=sampler)
+    for step in (1, 2, 77):
+        one = data.step_batch(step, 4, 2, "cpu", rank=0, world=1)[0]
+        r0 = data.step_batch(step, 2, 2, "cpu", rank=0, world=2)[0]
+        r1 = data.step_batch(step, 2, 2, "cpu", rank=1, world=2)[0]
+        assert np.array_equal(np.concatenate([r0, r1]), one.numpy())
+
+
+GLOO_SCRIPT = r"""
+import os, sys
+sys.path.insert(0, {repo!r})
+import numpy as np, torch, torch.distributed as dist
+from smollm2_data import TokenBatches, TokenDataset, load_training_data
+from smollm2_tokenizer import load_tokenizer
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+data = load_training_data({folder!r}, load_tokenizer({tok!r}), {cache!r})
+b = TokenBatches(data, 32, 11, "epoch")
+mine = torch.cat([b.step_batch(s, 2, 2, "cpu", rank, world)[0].flatten(0, 1)[:, 0] for s in range(1, 40)])
+got = [torch.zeros_like(mine) for _ in range(world)]
+dist.all_gather(got, mine)
+if rank == 0:
+    torch.save(torch.stack(got), {out!r})
+dist.destroy_process_group()
+"""
+
+
+def test_two_gloo_ranks_see_disjoint_windows(tmp_path, tok):
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"doc {i} " * 60}) + "\n" for i in range(80)))
+    folder = tmp_path / "ds"
+    prepare([str(tmp_path / "d.jsonl")], str(folder), tok, PrepareSettings(val_fraction=0.0, shard_tokens=3000),
+            workers=0, progress_bar=False)
+    script = tmp_path / "ranks.py"
+    script.write_text(GLOO_SCRIPT.format(repo=str(REPO), folder=str(folder), tok=str(TOKENIZER),
+                                         cache=str(tmp_path / "cache"), out=str(tmp_path / "got.pt")))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29613",
+                        str(script)], capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    import torch
+    got = torch.load(tmp_path / "got.pt")  # (2 ranks, steps * 2 micro * 2 rows) first ids of each window
+    b = TokenBatches(load_training_data(str(folder), tok, str(tmp_path / "cache")), 32, 11, "epoch")
+    one = torch.cat([b.step_batch(s, 4, 2, "cpu")[0] for s in range(1, 40)])  # (steps*4, 2, T): one process
+    per_step = one.view(39, 4, 2, 32)[:, :, :, 0]
+    assert torch.equal(got[0].view(39, 2, 2), per_step[:, :2]) and torch.equal(got[1].view(39, 2, 2), per_step[:, 2:])
+    windows = b.windows_per_epoch
+    firsts = [b.train_offsets(s, j, 2, 4) for s in range(1, 40) for j in range(4)]
+    assert len(set(np.concatenate(firsts)[:windows].tolist())) == min(windows, 39 * 8)
+
+
+TRAIN = ["--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--grad_accum", "2", "--warmup_steps", "2",
+         "--lr_decay_steps", "12", "--tokenizer_id", str(TOKENIZER), "--sample_every", "0", "--val_every", "4",
+         "--val_batches", "2", "--log_every", "1", "--save_every", "6", "--keep_checkpoints", "0"]
+
+
+def run_train(out_dir, data, *extra):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *TRAIN, "--input_file", str(data),
+                           "--out_dir", str(out_dir), *map(str, extra)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tok):
+    root = tmp_path_factory.mktemp("prepared")
+    docs = [f"Document {i}: " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(40 + i % 50)) for i in range(300)]
+    (root / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prepare([str(root / "d.jsonl")], str(root / "ds"), tok, PrepareSettings(val_fraction=0.1, shard_tokens=4000),
+            workers=0, progress_bar=False)
+    return root / "ds"
+
+
+def test_training_from_shards_resumes_bit_exact(tmp_path, prepared):
+    import torch
+    r = run_train(tmp_path / "ref", prepared, "--max_steps", 12)
+    assert r.returncode == 0, r.stderr
+    assert "val loss" in r.stdout and "sampler epoch" in r.stdout
+    r = run_train(tmp_path / "res", prepared, "--max_steps", 6)
+    assert r.returncode == 0, r.stderr
+    r = run_train(tmp_path / "res", prepared, "--max_steps", 12, "--resume", 1)
+    assert r.returncode == 0 and "RESUME: starting from global_step=6" in r.stdout, r.stderr
+    a = torch.load(tmp_path / "ref" / "checkpoints" / "checkpoint_step_12.pt", weights_only=True)
+    b = torch.load(tmp_path / "res" / "checkpoints" / "checkpoint_step_12.pt", weights_only=True)
+    assert a["data"]["fingerprint"] == load_manifest(str(prepared))["job_key"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_train_refuses_a_damaged_dataset_in_one_line(tmp_path, prepared):
+    import shutil
+    ds = tmp_path / "ds"
+    shutil.copytree(prepared, ds)
+    shard = ds / "train_00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-4])
+    r = run_train(tmp_path / "o", ds, "--max_steps", 2)
+    assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
