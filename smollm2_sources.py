@@ -86,15 +86,17 @@ def split_text(text: str, max_chars: int = MAX_PIECE_CHARS) -> list[str]:
 
 
 def _find_cut(text: str, start: int, max_chars: int) -> int:
-    end = start + max_chars
-    lo = start + max_chars // 2
-    last = None
-    for m in _SAFE_CUT.finditer(text, lo, end):
-        last = m.start()
-    if last is not None:
-        return last
-    m = _SAFE_CUT.search(text, end, start + 8 * max_chars)  # a longer piece rather than a wrong cut
-    return m.start() if m else end
+    """The last safe cut in text[start + max_chars // 2 : start + max_chars], else the first one after."""
+    end, lo = start + max_chars, start + max_chars // 2
+    while end > lo:  # scan back from the end: a few rfind calls, not a regex over the whole window
+        i = max(text.rfind(" ", lo, end), text.rfind("\n", lo, end))
+        if i < 0:
+            break
+        if i > 0 and not text[i - 1].isspace():
+            return i
+        end = i
+    m = _SAFE_CUT.search(text, start + max_chars, start + 8 * max_chars)  # a longer piece rather than a wrong cut
+    return m.start() if m else start + max_chars
 
 
 def _check_text(text: str, where: str) -> None:
