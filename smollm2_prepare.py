@@ -33,7 +33,7 @@ import numpy as np
 
 from smollm2_shards import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, DataError, ShardWriter, atomic_write_text,
                             file_sha256, load_manifest, read_header, token_bytes_for, write_manifest)
-from smollm2_sources import MAX_PIECE_CHARS, Piece, expand_inputs, read_pieces
+from smollm2_sources import HF_PREFIX, MAX_PIECE_CHARS, Piece, expand_inputs, load_hf_dataset, read_pieces
 
 EOS_TOKEN = "<|endoftext|>"
 PROGRESS = "progress.json"
@@ -120,10 +120,19 @@ def held_out(seed: int, doc_index: int, fraction: float) -> bool:
 
 
 def describe_sources(paths: list[str], log: Callable[[str], None]) -> list[dict[str, Any]]:
-    total = sum(os.path.getsize(p) for p in paths)
+    """Path, size and content hash of every input (an `hf:` dataset: its Arrow size and fingerprint)."""
+    files = [p for p in paths if not p.startswith(HF_PREFIX)]
+    total = sum(os.path.getsize(p) for p in files)
     if total > 1 << 30:
-        log(f"hashing {len(paths)} input files ({total / 1e9:.1f} GB) ...")
-    return [{"path": p, "bytes": os.path.getsize(p), "sha256": file_sha256(p)} for p in paths]
+        log(f"hashing {len(files)} input files ({total / 1e9:.1f} GB) ...")
+    out = []
+    for p in paths:
+        if p.startswith(HF_PREFIX):
+            ds = load_hf_dataset(p)
+            out.append({"path": p, "bytes": int(ds.data.nbytes), "sha256": ds._fingerprint})
+        else:
+            out.append({"path": p, "bytes": os.path.getsize(p), "sha256": file_sha256(p)})
+    return out
 
 
 def job_key(sources: list[dict], tokenizer_fp: str, settings: PrepareSettings) -> str:

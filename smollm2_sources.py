@@ -31,6 +31,7 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 PARQUET_SUFFIXES = (".parquet",)
 KNOWN_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 MAX_PIECE_CHARS = 1 << 20
+HF_PREFIX = "hf:"
 # Where a run of spaces or newlines starts after a non-space: no pre-token of the byte-level regex spans
 # that point (only its whitespace alternatives match whitespace, and they cannot start on a non-space),
 # and what is matched from there on depends only on the text after it.
@@ -46,9 +47,13 @@ class Piece:
 
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Files named by paths, directories and globs; sorted, duplicates removed. Refuses what is not a
-    regular file (a FIFO or a device would hang or never end)."""
+    regular file (a FIFO or a device would hang or never end). `hf:NAME[:SPLIT]` names a Hugging Face
+    dataset (a `save_to_disk` folder, or a hub dataset already in the local cache or reachable)."""
     found: list[str] = []
+    hf = [spec for spec in inputs if spec.startswith(HF_PREFIX)]
     for spec in inputs:
+        if spec.startswith(HF_PREFIX):
+            continue
         if any(ch in spec for ch in "*?["):
             matches = sorted(glob.glob(spec, recursive=True))
             found += [m for m in matches if not os.path.isdir(m)]
@@ -69,9 +74,9 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     for path in unique:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise DataError(f"input {path} is not a regular file (a FIFO, socket or device); pass a file")
-    if not unique:
+    if not unique and not hf:
         raise DataError(f"no input files found in {' '.join(inputs)}")
-    return unique
+    return unique + hf
 
 
 def split_text(text: str, max_chars: int = MAX_PIECE_CHARS) -> list[str]:
@@ -203,8 +208,47 @@ def _pieces(text: str, max_chars: int) -> Iterator[Piece]:
         yield Piece(part, i == len(parts) - 1)
 
 
+def load_hf_dataset(spec: str):
+    """`hf:NAME[:SPLIT]` -> a datasets.Dataset: a folder written by save_to_disk, or load_dataset(NAME)
+    (its local cache first; the hub only where it is reachable)."""
+    name, _, split = spec[len(HF_PREFIX):].partition(":")
+    if not os.path.isdir(name):
+        from smollm2_tokenizer import _hub_reachable
+        if not _hub_reachable():  # the local cache only: no retries against a network that is not there
+            os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(f"{spec} needs `pip install datasets`") from e
+    try:
+        if os.path.isdir(name):
+            ds = datasets.load_from_disk(name)
+        else:
+            ds = datasets.load_dataset(name, split=split or "train")
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split or "train"]
+    except Exception as e:  # offline and not cached, unknown name or split
+        raise DataError(f"cannot load {spec} ({str(e).splitlines()[0][:120]}); pass local files, or a dataset "
+                        f"that is cached or reachable") from e
+    return ds
+
+
+def read_hf(spec: str, text_field: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[Piece]:
+    ds = load_hf_dataset(spec)
+    if text_field not in ds.column_names:
+        raise DataError(f"{spec} has no column {text_field!r} (columns: {', '.join(ds.column_names)}); "
+                        f"pass --text_field NAME")
+    for batch in ds.select_columns([text_field]).iter(batch_size=1024):
+        for text in batch[text_field]:
+            if text:
+                _check_text(text, spec)
+                yield from _pieces(text, max_chars)
+
+
 def read_pieces(path: str, text_field: str = "text", max_chars: int = MAX_PIECE_CHARS) -> Iterator[Piece]:
-    """Every document of one file, as pieces."""
+    """Every document of one file (or `hf:` dataset), as pieces."""
+    if path.startswith(HF_PREFIX):
+        return read_hf(path, text_field, max_chars)
     if path.endswith(JSONL_SUFFIXES):
         return read_jsonl(path, text_field, max_chars)
     if path.endswith(PARQUET_SUFFIXES):

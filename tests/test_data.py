@@ -404,3 +404,12 @@ def test_train_refuses_a_damaged_dataset_in_one_line(tmp_path, prepared):
     r = run_train(tmp_path / "o", ds, "--max_steps", 2)
     assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_hugging_face_dataset_on_disk(tmp_path, tok):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": DOCS, "id": list(range(len(DOCS)))}).save_to_disk(str(tmp_path / "hfds"))
+    m = prepare([f"hf:{tmp_path / 'hfds'}"], str(tmp_path / "o"), tok, NO_VAL, workers=0, progress_bar=False)
+    assert np.array_equal(all_ids(tmp_path / "o"), expected(tok, DOCS)) and m["sources"][0]["sha256"]
+    r = run_prepare("hf:no-such-owner/no-such-dataset", "--out_dir", tmp_path / "o2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
