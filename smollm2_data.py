@@ -277,7 +277,7 @@ class TokenBatches:
         if sampler not in SAMPLERS:
             raise DataError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         self.data, self.seq_len, self.seed, self.sampler = data, seq_len, seed, sampler
-        self.train, self.val = data.train, data.val
+        self.train, self.val, self.fingerprint = data.train, data.val, data.fingerprint
         if len(self.train) < seq_len + 1:
             raise DataError(f"the corpus' train split has {len(self.train):,} tokens, fewer than one window of "
                             f"seq_len + 1 = {seq_len + 1}; use a longer corpus or a smaller --seq_len")
