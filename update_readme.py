@@ -7,6 +7,7 @@ Blocks (each marker alone on its line; the text between a BEGIN/END pair is repl
   BENCH_TABLE      (optional) one table per benchmarks/bench_*.csv, plus benchmarks/*.png
   MULTIGPU_TABLE   (optional) benchmarks/multigpu*.csv
   FINDINGS         (optional) the headline sentences, computed from the same files
+  DATA_RESULTS     (optional) the real-corpus run (results/realdocs/) and benchmarks/data_prep.csv
 It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the log.
 
 Idempotent: the README and the PNG are rewritten only when their bytes would change, and then
@@ -31,7 +32,7 @@ from typing import Callable, Optional
 from train_ablation import SWITCHES
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
-OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "FINDINGS")
+OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "FINDINGS", "DATA_RESULTS")
 MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
 
 
@@ -420,6 +421,59 @@ def multigpu_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
             f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}")
 
 
+def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    """The real-corpus run (manifest summary, preparation line, training summary, loss curve, log) and the
+    data-pipeline benchmark table."""
+    parts, note = [], []
+    summary_path = os.path.join(results_dir, "manifest_summary.json")
+    log_path = os.path.join(results_dir, "train.log")
+    if os.path.isfile(summary_path) and os.path.isfile(log_path):
+        with open(summary_path, encoding="utf-8") as f:
+            m = json.load(f)
+        t = m["totals"]
+        groups = ", ".join(f"{k} ({v['files']} file{'s' if v['files'] != 1 else ''}, {v['bytes'] / 1e6:.1f} MB)"
+                           for k, v in m["sources"].items())
+        parts.append(f"**Real corpus** (`{rel(summary_path, readme_dir)}`): {groups} -> {t['tokens']:,} tokens in "
+                     f"{t['documents']:,} documents ({m['dtype']}, end-of-text id {m['eos_id']}); validation "
+                     f"{t['val_documents']:,} whole documents, {t['val_tokens']:,} tokens.")
+        prep_log = os.path.join(results_dir, "prepare.log")
+        if os.path.isfile(prep_log):
+            with open(prep_log, encoding="utf-8", errors="replace") as f:
+                lines = [ln.strip() for ln in f if ln.startswith("prepared ")]
+            if lines:
+                parts.append(f"Preparation: `{lines[-1]}`.")
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            text = f.read().rstrip("\n")
+        s = parse_log(text)
+        device = re.search(r"^Device: \S+ \((.+?)\)", text, re.M)
+        speeds = [_num(parse_fields(m_.group(3)).get("tok/s", "")) for m_ in
+                  (STEP_RE.match(ln) for ln in text.splitlines()) if m_]
+        speeds = sorted(v for v in speeds if v)
+        if speeds:
+            parts.append(f"Training on {device.group(1) if device else 'an unnamed device'}: median "
+                         f"{speeds[len(speeds) // 2]:,.0f} tokens/s over the logged intervals.")
+        parts.append(summary_line(s, rel(log_path, readme_dir)))
+        if s.train or s.val:
+            plot = os.path.join(results_dir, "loss_curve.png")
+            try:
+                write_if_changed(plot, render_loss_plot(s))
+                parts.append(f"![Real corpus: train and val loss against step]({link(plot, readme_dir)})")
+            except ImportError:
+                pass
+        fence = fence_for(text)
+        parts.append(f"<details>\n<summary><b>Click to expand: {rel(log_path, readme_dir)}</b></summary>\n\n"
+                     f"{fence}text\n{text}\n{fence}\n\n</details>")
+        note.append("real-corpus run")
+    csv_path = os.path.join(bench_dir, "data_prep.csv")
+    if os.path.isfile(csv_path):
+        parts += generic_tables([csv_path], readme_dir, headings=False)
+        note.append("data_prep table")
+    if not parts:
+        return (f"_No data results yet: run `bash benchmarks/device_data.sh` and `python bench_data.py`, then "
+                f"`python update_readme.py`._"), "no data results"
+    return "\n\n".join(parts), ", ".join(note)
+
+
 # ----------------------------------------------------------------------------------------------
 # markers and writing
 
@@ -614,6 +668,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="folder with bench_*.csv, multigpu*.csv and *.png")
     p.add_argument("--loss_plot", default="out_smollm2_scratch/loss_curve.png",
                    help="loss-curve PNG drawn from --train_log")
+    p.add_argument("--data_results", default="results/realdocs",
+                   help="folder of the real-corpus run: manifest_summary.json, prepare.log, train.log")
     a = p.parse_args(argv)
 
     try:
@@ -656,6 +712,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "BENCH_TABLE": lambda: bench_block(a.bench_dir, readme_dir),
         "MULTIGPU_TABLE": lambda: multigpu_block(a.bench_dir, readme_dir),
         "FINDINGS": lambda: findings_block(a, readme_dir),
+        "DATA_RESULTS": lambda: data_results_block(a.data_results, a.bench_dir, readme_dir),
     }
     for name, make in makers.items():
         if spans.get(name):

@@ -371,3 +371,25 @@ def test_switch_effects_from_pairs():
            "`sdpa_off` oom." in text
     assert len(text.splitlines()) == 2 + 2  # heading, blank, the two pairs whose both variants are present
     assert ur.switch_effects([rows[0]]) == ""  # no pair present: nothing written
+
+
+def test_data_results_block_from_the_run_files(tmp_path):
+    import json
+    import update_readme
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "manifest_summary.json").write_text(json.dumps({
+        "dtype": "uint16", "eos_id": 0, "sources": {"a.jsonl.gz": {"files": 1, "bytes": 2_000_000}},
+        "totals": {"tokens": 12345, "documents": 7, "val_documents": 2, "val_tokens": 345}}))
+    (res / "prepare.log").write_text("prepared 12,345 tokens from 7 documents in 0.1s (0.12M tokens/s, 2 workers) -> x\n")
+    (res / "train.log").write_text(
+        "Device: cuda (NVIDIA H100 80GB HBM3) | CUDA available: True\nStarting from scratch (random init).\n"
+        "step    10/20 | lr 1.0e-04 | loss 9.0000 | ms/step 10.0 | tok/s 1000.0\n"
+        "step    20/20 | lr 1.0e-04 | loss 8.0000 | ms/step 10.0 | tok/s 3000.0\n"
+        "step    20/20 | val loss 8.5000 | val ppl 4914.77\n")
+    block, note = update_readme.data_results_block(str(res), str(tmp_path / "none"), str(tmp_path))
+    assert "12,345 tokens in 7 documents" in block and "2 whole documents, 345 tokens" in block
+    assert "NVIDIA H100 80GB HBM3: median 3,000 tokens/s" in block and "last val loss 8.5000" in block
+    assert "prepared 12,345 tokens" in block and (res / "loss_curve.png").exists() and note == "real-corpus run"
+    empty, note = update_readme.data_results_block(str(tmp_path / "nothing"), str(tmp_path / "none"), str(tmp_path))
+    assert "No data results yet" in empty
