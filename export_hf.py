@@ -11,7 +11,6 @@ and an untied lm_head is stored as its own tensor.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ from smollm2_checkpoint import CheckpointError, load_checkpoint
 from smollm2_config import SmolLM2Config
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
+from smollm2_training import OneLineParser
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPECIAL_TOKEN = "<|endoftext|>"  # id 0: bos, eos and unk of the base SmolLM2 tokenizer
@@ -33,13 +33,6 @@ GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.8, top_k=50, max_new_to
 
 class ExportError(RuntimeError):
     pass
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one line (and exit status 2), not usage + error."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def model_from_checkpoint(path: str, map_location="cpu") -> tuple[SmolLM2ForCausalLM, dict]:
