@@ -44,7 +44,7 @@ import smollm2_distributed as dist_utils
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineParser(description="Train SmolLM2 from scratch with checkpoints and exact resume.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--input_file", default="input.txt",
                    help="UTF-8 text corpus; the default input.txt is downloaded (Tiny Shakespeare) when missing")
@@ -407,9 +407,9 @@ def main(argv=None) -> int:
         t_start = t_last
         kept = f"step {start_step}" if ckpt is not None else "none saved yet"  # what checkpoint_latest.pt holds
 
-        def stop_run(msg: str, code: int = 1):
+        def stop_run(msg: str):
             log(f"ERROR: {msg}")
-            raise RunStopped(msg, code)
+            raise RunStopped(msg, 1)
 
         def ensure_finite(step: int) -> None:
             # One host sync, at a log, sample, validation or save: the device flag covers every step so far.
