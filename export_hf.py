@@ -4,26 +4,27 @@
 
 writes config.json, model.safetensors, generation_config.json and the tokenizer files, so that
 `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it with no
-network. The weights go through transformers' own save_pretrained (on the LlamaForCausalLM that
+network. The folder is written beside DIR under a temporary name and swapped in only when complete, so an
+export that fails midway leaves an earlier export as it was. The weights go through transformers' own save_pretrained (on the LlamaForCausalLM that
 smollm2_hf.to_hf_model builds), so a tied embedding is stored once, as the released SmolLM2 stores it,
 and an untied lm_head is stored as its own tensor.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import shutil
 import sys
-import time
 from typing import Optional
 
 import torch
 
-from smollm2_checkpoint import CheckpointError, load_checkpoint
+from smollm2_checkpoint import CheckpointError, load_checkpoint, nonfinite_names, remove_stale_temporaries, tmp_name
 from smollm2_config import SmolLM2Config
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
+from smollm2_training import OneLineParser
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPECIAL_TOKEN = "<|endoftext|>"  # id 0: bos, eos and unk of the base SmolLM2 tokenizer
@@ -33,13 +34,6 @@ GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.8, top_k=50, max_new_to
 
 class ExportError(RuntimeError):
     pass
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one line (and exit status 2), not usage + error."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def model_from_checkpoint(path: str, map_location="cpu") -> tuple[SmolLM2ForCausalLM, dict]:
@@ -52,6 +46,11 @@ def model_from_checkpoint(path: str, map_location="cpu") -> tuple[SmolLM2ForCaus
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid model_config ({e})") from e
     sd = dict(ckpt["model"])
+    bad = nonfinite_names(sd)
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:3])}"
+                              f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}): the run diverged before "
+                              f"this save; use an earlier checkpoint")
     embed, head = sd.get("model.embed_tokens.weight"), sd.get("lm_head.weight")
     if config.tie_word_embeddings and embed is not None:
         # A tied model's state dict names the shared matrix twice; a file that stored it once is fine too,
@@ -93,6 +92,9 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
     """Write the Hugging Face folder; returns the paths written."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ExportError(f"--out_dir {out_dir} exists and is not a directory")
+    here = os.path.abspath(os.getcwd())
+    if os.path.commonpath([here, os.path.abspath(out_dir)]) == os.path.abspath(out_dir):
+        raise ExportError(f"--out_dir {out_dir} holds the current directory; export into a folder of its own")
     model, ckpt = model_from_checkpoint(checkpoint)
     config = model.config
     # Load the tokenizer before writing anything, so a missing one leaves no half-written folder.
@@ -104,29 +106,49 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
         raise ExportError(f"tokenizer {tok.source} maps {SPECIAL_TOKEN} to "
                           f"{tok.tokenizer.token_to_id(SPECIAL_TOKEN)}, the model's eos is {config.eos_token_id}")
 
+    # Temporary folders beside out_dir (same filesystem: renames are atomic), named for this process.
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(parent, prefix=f".{base}.")
+    staging, previous = (tmp_name(os.path.join(parent, f".{base}.{kind}")) for kind in ("new", "old"))
+    try:
+        write_folder(staging, model, tok, dtype)
+        written = sorted(os.listdir(staging))
+        swap_in(staging, out_dir, previous)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"exported {checkpoint} (global_step={ckpt.get('global_step')}, "
+        f"{model.num_params():,} parameters, tie_word_embeddings={config.tie_word_embeddings}, {dtype}) "
+        f"with tokenizer {tok.source}")
+    paths = [os.path.join(out_dir, f) for f in written]
+    for p in paths:
+        log(f"  wrote {p} ({os.path.getsize(p):,} bytes)")
+    return paths
+
+
+def write_folder(folder: str, model: SmolLM2ForCausalLM, tok, dtype: str) -> None:
     from transformers import GenerationConfig  # imported late: bad paths fail before this costs seconds
     from transformers.utils import logging as hf_logging
     from smollm2_hf import to_hf_model
 
     hf_logging.disable_progress_bar()  # a bar for writing one small shard is noise in the listing below
-
-    os.makedirs(out_dir, exist_ok=True)
-    started = time.time()
+    config = model.config
+    os.makedirs(folder)
     hf_model = to_hf_model(model).to(DTYPES[dtype])
-    hf_model.save_pretrained(out_dir)
+    hf_model.save_pretrained(folder)
     # config.json from our own to_hf(), over whatever save_pretrained wrote, so the file is the
     # documented one. transformers 5 reads "dtype", older versions "torch_dtype": write both.
     hf_cfg = {**config.to_hf(), "torch_dtype": dtype, "dtype": dtype}
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf_cfg, f, indent=2, sort_keys=True)
         f.write("\n")
     GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                     pad_token_id=config.eos_token_id, **GENERATION_DEFAULTS).save_pretrained(out_dir)
+                     pad_token_id=config.eos_token_id, **GENERATION_DEFAULTS).save_pretrained(folder)
     wrapped = hf_tokenizer(tok.tokenizer)
     wrapped.model_max_length = config.max_position_embeddings
-    wrapped.save_pretrained(out_dir)
+    wrapped.save_pretrained(folder)
     # transformers 5 names the class TokenizersBackend, which 4.x lacks; the old name loads in both.
-    tok_cfg_path = os.path.join(out_dir, "tokenizer_config.json")
+    tok_cfg_path = os.path.join(folder, "tokenizer_config.json")
     with open(tok_cfg_path, encoding="utf-8") as f:
         tok_cfg = json.load(f)
     tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -134,21 +156,27 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
         json.dump(tok_cfg, f, indent=2, sort_keys=True)
         f.write("\n")
 
-    # Only what this export wrote: a reused folder may hold other files too.
-    written = sorted(p for p in (os.path.join(out_dir, f) for f in os.listdir(out_dir))
-                     if os.path.isfile(p) and os.path.getmtime(p) >= started - 1)
-    log(f"exported {checkpoint} (global_step={ckpt.get('global_step')}, "
-        f"{model.num_params():,} parameters, tie_word_embeddings={config.tie_word_embeddings}, {dtype}) "
-        f"with tokenizer {tok.source}")
-    for p in written:
-        log(f"  wrote {p} ({os.path.getsize(p):,} bytes)")
-    return written
+
+def swap_in(staging: str, out_dir: str, previous: str) -> None:
+    """Replace out_dir by the complete staging folder with renames only. Files of an existing out_dir that
+    this export does not write (a README, a .git) move into the new folder; the old export files go."""
+    if not os.path.isdir(out_dir):
+        os.replace(staging, out_dir)
+        return
+    for name in os.listdir(out_dir):
+        if not os.path.exists(os.path.join(staging, name)):
+            os.replace(os.path.join(out_dir, name), os.path.join(staging, name))
+    os.replace(out_dir, previous)
+    os.replace(staging, out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def main(argv=None) -> int:
     parser = OneLineParser(description="Export a SmolLM2 training checkpoint as a Hugging Face model folder.")
     parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint written by training")
-    parser.add_argument("--out_dir", required=True, help="folder to write (created if missing; files overwritten)")
+    parser.add_argument("--out_dir", required=True,
+                        help="folder to write (created if missing; an existing export is replaced as a whole, "
+                             "other files in it are kept)")
     parser.add_argument("--tokenizer_id", default=None,
                         help="tokenizer to ship with the model (hub id, tokenizer.json, folder or .gguf); default: "
                              f"the one the checkpoint's run used if it resolves here, else {DEFAULT_TOKENIZER_ID}")

@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from export_hf import OneLineParser, checkpoint_tokenizer_id, model_from_checkpoint
+from export_hf import checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
-from smollm2_training import resolve_device
+from smollm2_training import OneLineParser, resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

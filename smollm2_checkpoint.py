@@ -4,8 +4,10 @@ A checkpoint is a dict saved with torch.save:
   format_version, global_step, model (state dict, no compile/DDP prefixes), optimizer,
   scheduler (the step the lr schedule is at), rng (python, numpy, torch, cuda), data (position),
   model_config (SmolLM2Config.to_dict()), args (the training options), plus free-form extras.
-It is written to a temporary name in the same folder, flushed, fsynced and renamed into place, so a
-crash mid-save leaves the previous file intact. Loading uses weights_only=True (no pickled code).
+  run_id (the run that wrote it: a resume never falls back to another run's file).
+It is written to a temporary name in the same folder (<name>.tmp.<pid>), flushed, fsynced and renamed
+into place, so a crash mid-save leaves the previous file intact; the temporary of a killed save is
+removed by remove_stale_temporaries at the next start. Loading uses weights_only=True (no pickled code).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import glob
 import os
 import random
 import re
+import shutil
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -22,6 +25,9 @@ import torch
 FORMAT_VERSION = 1
 LATEST = "checkpoint_latest.pt"
 STEP_RE = re.compile(r"checkpoint_step_(\d+)\.pt$")
+TMP_RE = re.compile(r"\.tmp\.(\d+)$")
+# What train.py needs from a checkpoint to resume; a file lacking any is passed over like a corrupt one.
+RESUME_KEYS = ("global_step", "model", "optimizer", "rng", "model_config", "args")
 _PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -48,14 +54,80 @@ def clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def tmp_name(path: str) -> str:
+    """The temporary a write of `path` goes through; the pid says whose it is (remove_stale_temporaries)."""
+    return f"{path}.tmp.{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str, prefix: str = "") -> list[str]:
+    """Delete <name>.tmp.<pid> files and folders in `folder` (not below) whose process is gone: what a
+    killed save, cache write or export left. Names without that suffix, and live writers', stay."""
+    removed = []
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    for name in names:
+        m = TMP_RE.search(name)
+        if not m or not name.startswith(prefix) or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+        removed.append(path)
+    return removed
+
+
+def nonfinite_names(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf (one host sync for all of them)."""
+    names = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not names:
+        return []
+    ok = torch.stack([torch.isfinite(tensors[k]).all().to("cpu") for k in names]).tolist()
+    return [k for k, good in zip(names, ok) if not good]
+
+
+class _WriteRecorder:
+    """A file wrapper that keeps the OSError of a failed write: torch.save turns it into an opaque
+    RuntimeError ("unexpected pos"), and the caller should hear "File too large" or "No space left"."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     state = {"format_version": FORMAT_VERSION, **state}
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = tmp_name(path)
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            writer = _WriteRecorder(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,6 +145,11 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
+    if os.path.isdir(path):
+        inside = os.path.join(path, "checkpoints", LATEST) if os.path.isdir(os.path.join(path, "checkpoints")) \
+            else os.path.join(path, LATEST)
+        hint = f"; did you mean {inside}?" if os.path.isfile(inside) else "; pass a .pt file written by training"
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file{hint}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -99,20 +176,48 @@ def step_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
-def load_latest(ckpt_dir: str, map_location: Any = "cpu",
-                warn: Callable[[str], None] = print) -> Optional[tuple[str, dict[str, Any]]]:
-    """checkpoint_latest.pt, or, if it is missing or corrupt, the newest readable step checkpoint."""
+def resume_problem(ckpt: dict[str, Any], required: tuple[str, ...], run_id: Optional[str]) -> Optional[str]:
+    """Why a readable checkpoint cannot be resumed from, or None. A file without a run id predates run
+    ids (legacy) and is accepted."""
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if run_id and ckpt.get("run_id") and ckpt["run_id"] != run_id:
+        return f"written by another run (run id {ckpt['run_id']}, this folder's run is {run_id})"
+    bad = nonfinite_names(ckpt["model"])
+    if bad:
+        return f"holds non-finite weights ({bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''})"
+    return None
+
+
+def load_latest(ckpt_dir: str, map_location: Any = "cpu", warn: Callable[[str], None] = print,
+                run_id: Optional[str] = None,
+                required: tuple[str, ...] = ()) -> Optional[tuple[str, dict[str, Any]]]:
+    """checkpoint_latest.pt, or, if it is missing, corrupt, incomplete (lacks a `required` key) or
+    non-finite, the newest step checkpoint that is none of these and belongs to the same run: `run_id`,
+    else the run id of the latest when that at least loads. None if the folder holds no checkpoint;
+    CheckpointError listing every file and why it was rejected if none is usable."""
     latest = os.path.join(ckpt_dir, LATEST)
     candidates = ([latest] if os.path.exists(latest) else []) + [p for _, p in step_checkpoints(ckpt_dir)]
+    rejected = []
     for path in candidates:
         try:
             ckpt = load_checkpoint(path, map_location)
         except CheckpointError as e:
-            warn(f"WARNING: {e}; trying an older checkpoint")
-            continue
-        if path != latest and os.path.exists(latest):
-            warn(f"WARNING: falling back to {os.path.basename(path)} (global_step={ckpt.get('global_step')})")
-        return path, ckpt
+            problem = str(e)
+        else:
+            if path == latest and run_id is None:
+                run_id = ckpt.get("run_id")
+            problem = resume_problem(ckpt, required, run_id)
+            if problem is None:
+                if rejected:
+                    warn(f"WARNING: falling back to {os.path.basename(path)} (global_step={ckpt.get('global_step')})")
+                return path, ckpt
+            problem = f"{path} {problem}"
+        warn(f"WARNING: {problem}; trying an older checkpoint")
+        rejected.append(problem)
+    if rejected:
+        raise CheckpointError(f"no usable checkpoint in {ckpt_dir}: {'; '.join(rejected)}")
     return None
 
 
@@ -155,12 +260,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def link_latest(src: str, latest: str) -> None:
     """Point checkpoint_latest.pt at src atomically: a hard link (no second 1.6 GB write for the 135M
     model with its optimizer), or a copy where the filesystem has no hard links."""
-    tmp = f"{latest}.tmp.{os.getpid()}"
+    tmp = tmp_name(latest)
     if os.path.exists(tmp):
         os.remove(tmp)
     try:
         os.link(src, tmp)
     except OSError:
-        import shutil
         shutil.copyfile(src, tmp)
     os.replace(tmp, latest)

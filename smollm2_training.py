@@ -8,6 +8,7 @@ computed in float32 inside the model. On CPU everything is float32.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100":
 
 class UsageError(Exception):
     """Bad flags or inputs: the scripts report it as one line and exit with status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line (and exit status 2), not usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 # ----------------------------------------------------------------------------- device and dtype
@@ -141,7 +149,10 @@ class TrainStep:
     `model` is the plain module whose parameters the optimizer owns. The same _body runs eagerly or is
     captured into a CUDA graph: for small steps (the seed's seq 256 x batch 1) launch overhead, not
     arithmetic, dominates, and one graph replay removes thousands of kernel launches per step.
-    Returns device tensors (mean loss, grad norm) without synchronising the host.
+    Returns device tensors (mean loss, grad norm) without synchronising the host; under a CUDA graph they
+    are static buffers that the next replay overwrites. Every step also folds "loss and grad norm are
+    finite" into a device flag (inside the graph), which all_finite() reads at log or save time: one host
+    sync there catches a bad update of any step since the start, before it can be saved.
     """
 
     def __init__(self, model: nn.Module, forward_model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -151,6 +162,11 @@ class TrainStep:
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.is_ddp = hasattr(forward_model, "no_sync")
         self.is_fsdp = hasattr(model, "set_requires_gradient_sync")  # FSDP2's counterpart of no_sync
+        self.finite = torch.ones((), dtype=torch.bool, device=device)
+
+    def all_finite(self) -> bool:
+        """Whether every step so far had a finite loss and gradient norm (synchronises the host)."""
+        return bool(self.finite)
 
     def _body(self, xs: torch.Tensor, ys: torch.Tensor, cache_enabled: bool = True):
         # xs, ys: (grad_accum, B, T) on device
@@ -170,7 +186,9 @@ class TrainStep:
         else:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params]))
         self.optimizer.step()
-        return total / A, norm
+        loss = total / A
+        self.finite.logical_and_(torch.isfinite(loss) & torch.isfinite(norm))
+        return loss, norm
 
     def __call__(self, xs: torch.Tensor, ys: torch.Tensor):
         if not self.cfg.cuda_graph:
@@ -214,6 +232,7 @@ class TrainStep:
                     else:
                         v.zero_()
         del saved_params, saved_state
+        self.finite.fill_(True)  # the warm-up's steps are undone, so is what they said about finiteness
         self.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, stream=side):

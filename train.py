@@ -4,6 +4,11 @@
         --max_steps 5000 --resume 0 --log_every 50 --save_every 250 --sample_every 500
     python train.py ... --max_steps 5050 --resume 1      # continues 5001 -> 5050
 
+One run per --out_dir (smollm2_rundir.py): a second run there exits 2, --resume 0 refuses a folder that
+holds a run (--overwrite 1 replaces it), a resume refuses settings that would break exact continuation
+(smollm2_resume.py), and nothing non-finite is ever saved. Bad flags or inputs: one line, exit 2; a
+non-finite loss or gradient, or a save that fails: exit 1, the latest checkpoint left as it was.
+
 Several GPUs: torchrun --nproc_per_node=N train.py ...  (DDP; rank 0 logs and saves).
 """
 
@@ -15,26 +20,31 @@ import json
 import math
 import os
 import signal
+import stat
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
-from smollm2_checkpoint import (LATEST, CheckpointError, link_latest, load_latest, prune_step_checkpoints, rng_state,
-                                save_checkpoint, set_rng_state, step_name)
+from smollm2_checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
+                                prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
 from smollm2_data import SAMPLERS, DataError, TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM
+from smollm2_resume import check_resume, settings
+from smollm2_rundir import RUN_FILE, RunFolder, new_run_id
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
-from smollm2_training import (HFReference, StepConfig, TrainStep, UsageError, amp_context, build_optimizer,
+from smollm2_training import (HFReference, OneLineParser, StepConfig, TrainStep, UsageError, amp_context, build_optimizer,
                               device_name, evaluate, flops_per_token, load_optimizer_state, lr_at,
                               optimizer_state_for_checkpoint, peak_flops, set_lr)
 import smollm2_distributed as dist_utils
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train SmolLM2 from scratch with checkpoints and exact resume.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description="Train SmolLM2 from scratch with checkpoints and exact resume.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--input_file", default="input.txt",
                    help="a folder made by prepare_data.py (or its manifest.json), or raw text: a file, directory or "
@@ -74,6 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="steps between checkpoints (also at the last step); 0 = never save (benchmark runs)")
     g.add_argument("--keep_checkpoints", type=int, default=3, help="newest step checkpoints kept (0 = all)")
     g.add_argument("--resume", type=int, default=0, choices=[0, 1], help="1: continue from checkpoints/checkpoint_latest.pt")
+    g.add_argument("--overwrite", type=int, default=0, choices=[0, 1],
+                   help="with --resume 0: delete the run already in --out_dir (its checkpoints, run.json and "
+                        "train.log) and start over; without it such a folder is refused")
+    g.add_argument("--allow_config_change", type=int, default=0, choices=[0, 1],
+                   help="with --resume 1: accept settings that break exact continuation (seed, batch, seq_len, "
+                        "lr, data...), logged as WARNING lines; see smollm2_resume.py")
     g = p.add_argument_group("model and speed")
     g.add_argument("--model", default="smollm2-135m", help=f"architecture preset: {', '.join(PRESETS)}")
     g.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
@@ -118,7 +134,14 @@ def resolve_switches(args, device: torch.device, world: int) -> None:
         raise UsageError("--fsdp 1 shards over several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
 
 
+SEED_MAX = 2**63 - 1  # numpy's SeedSequence wants >= 0; torch.manual_seed(seed + step) stays below 2**64
+
+
 def validate(args) -> None:
+    """Every numeric flag, before anything is read or written: finite and in range."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name} must be a finite number, got {value}")
     positive = ["seq_len", "batch_size", "grad_accum", "max_steps", "log_every"]
     for name in positive:
         if getattr(args, name) < 1:
@@ -130,15 +153,55 @@ def validate(args) -> None:
         raise UsageError(f"need 0 <= --min_lr <= --max_lr and --max_lr > 0 (got {args.min_lr}, {args.max_lr})")
     if args.weight_decay < 0 or args.grad_clip < 0:
         raise UsageError("--weight_decay and --grad_clip must be >= 0")
+    if not 0 <= args.val_fraction < 1:
+        raise UsageError(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UsageError(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
     if args.model not in PRESETS:
         raise UsageError(f"unknown --model {args.model!r}; choose one of: {', '.join(PRESETS)}")
+    if args.overwrite and args.resume:
+        raise UsageError("--overwrite 1 starts over and --resume 1 continues: pass one of them")
+    if args.allow_config_change and not args.resume:
+        raise UsageError("--allow_config_change 1 applies to --resume 1 only")
+    if os.path.exists(args.input_file) and not stat.S_ISREG(os.stat(args.input_file).st_mode) \
+            and not os.path.isdir(args.input_file):
+        raise UsageError(f"--input_file {args.input_file} is not a regular file (a FIFO, socket or device); "
+                         f"pass a text file")
+
+
+def check_fits(tokenizer, config, args) -> None:
+    """What would otherwise fail only at the first step or sample: the tokenizer's ids must index the
+    embedding, and prompt + sample must fit the model's positions."""
+    if tokenizer.vocab_size > config.vocab_size:
+        raise UsageError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size:,} ids but --model {args.model} "
+                         f"embeds {config.vocab_size:,}; use the SmolLM2 tokenizer")
+    if args.sample_every:
+        n = len(tokenizer.encode(args.sample_prompt) or [0]) + args.sample_tokens
+        if n > config.max_position_embeddings:
+            raise UsageError(f"--sample_prompt plus --sample_tokens is {n} tokens, more than the "
+                             f"{config.max_position_embeddings} positions of --model {args.model}; lower --sample_tokens")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; the CPU allocator a RuntimeError; NumPy a MemoryError.
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e) \
+        or "not enough memory" in str(e)
+
+
+class RunStopped(Exception):
+    """The run cannot go on (non-finite values, a failed save): logged, one line on stderr, exit `code`."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 class Logger:
-    """Lines to stdout and appended to train.log (rank 0 only). A tqdm bar only on a terminal."""
+    """Lines to stdout and appended to train.log (rank 0 only). A tqdm bar only on a terminal. A stdout
+    that closes (`train.py | head`) is dropped and training goes on, still writing train.log."""
 
     def __init__(self, path: str, enabled: bool, total: int, initial: int):
-        self.enabled = enabled
+        self.enabled, self.stdout_open = enabled, True
         self.file = open(path, "a", encoding="utf-8") if enabled else None
         self.bar = None
         if enabled and sys.stdout.isatty():
@@ -148,12 +211,19 @@ class Logger:
     def __call__(self, msg: str) -> None:
         if not self.enabled:
             return
-        if self.bar is not None:
-            self.bar.write(msg)
-        else:
-            print(msg, flush=True)
         self.file.write(msg + "\n")
         self.file.flush()
+        if not self.stdout_open:
+            return
+        try:
+            if self.bar is not None:
+                self.bar.write(msg)
+            else:
+                print(msg, flush=True)
+        except BrokenPipeError:
+            # Point fd 1 at /dev/null so that nothing, not even the flush at exit, writes to the closed pipe.
+            self.stdout_open = False
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     def advance(self) -> None:
         if self.bar is not None:
@@ -167,17 +237,62 @@ class Logger:
 
 
 class StopFlag:
-    """SIGINT/SIGTERM: finish the current step, save, exit 0. A second SIGINT aborts at once."""
+    """SIGINT/SIGTERM/SIGHUP (a dropped ssh session): finish the current step, save, exit 0. A second
+    SIGINT aborts at once."""
 
     def __init__(self):
         self.requested = None
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+
+
+@dataclass
+class Start:
+    folder: RunFolder
+    run_id: str
+    ckpt_path: Optional[str] = None
+    ckpt: Optional[dict] = None
+    notes: list[str] = field(default_factory=list)  # lines for train.log once it is open
+
+
+def prepare_run(args, rank: int, world: int, config) -> Start:
+    """Lock the folder and find where this run starts: a checkpoint of the same run whose settings allow an
+    exact continuation (--resume 1), or an empty folder (--resume 0; --overwrite 1 empties it first)."""
+    folder = RunFolder(args.out_dir)
+    try:
+        folder.open(primary=rank == 0)
+        if not args.resume:
+            removed = folder.clear() if args.overwrite and rank == 0 else []
+            if not args.overwrite:
+                folder.refuse_if_taken()
+            start = Start(folder, new_run_id())
+            if removed:
+                start.notes.append(f"OVERWRITE: deleted the earlier run: {', '.join(map(os.path.basename, removed))}")
+        else:
+            try:
+                found = load_latest(folder.ckpt_dir, map_location="cpu", warn=lambda m: print(m, file=sys.stderr),
+                                    run_id=folder.run_id(), required=RESUME_KEYS)
+            except CheckpointError as e:
+                raise UsageError(f"--resume 1: {e}. Restore a good checkpoint there, or start over with "
+                                 f"--overwrite 1 or another --out_dir") from e
+            if found is None:
+                raise UsageError(f"--resume 1 but no checkpoint in {folder.ckpt_dir}; train with --resume 0 first")
+            path, ckpt = found
+            saved = settings(ckpt["args"], (ckpt.get("data") or {}).get("world_size", 1), ckpt["model_config"])
+            given = settings(vars(args), world, config.architecture_dict())
+            notes = check_resume(saved, given, bool(args.allow_config_change), path)
+            start = Start(folder, ckpt.get("run_id") or folder.run_id() or new_run_id(), path, ckpt, notes)
+        if rank == 0 and folder.run_id() != start.run_id:
+            folder.write_run_id(start.run_id)
+        return start
+    except BaseException:
+        folder.close()
+        raise
 
 
 def sample_text(model, tokenizer, args, device, amp_dtype, step: int) -> str:
@@ -203,28 +318,15 @@ def main(argv=None) -> int:
     if args.seq_len > config.max_position_embeddings:
         raise UsageError(f"--seq_len {args.seq_len} exceeds max_position_embeddings "
                          f"({config.max_position_embeddings}) of --model {args.model}")
-    ckpt_dir = os.path.join(args.out_dir, "checkpoints")
-    os.makedirs(ckpt_dir, exist_ok=True)
+    # ---- the folder, its lock and the resume point, before the log opens: a refusal leaves train.log untouched
+    start = prepare_run(args, rank, world, config)
+    ckpt, ckpt_path, ckpt_dir = start.ckpt, start.ckpt_path, start.folder.ckpt_dir
+    start_step = int(ckpt["global_step"]) if ckpt is not None else 0
 
-    # ---- resume point (read before the log opens so a refusal leaves train.log untouched)
-    ckpt, ckpt_path, start_step = None, None, 0
-    if args.resume:
-        found = load_latest(ckpt_dir, map_location="cpu", warn=lambda m: print(m, file=sys.stderr))
-        if found is None:
-            raise UsageError(f"--resume 1 but no checkpoint in {ckpt_dir}; train with --resume 0 first")
-        ckpt_path, ckpt = found
-        saved = ckpt.get("model_config", {})
-        want = config.architecture_dict()
-        diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
-        if diff:
-            desc = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
-            raise UsageError(f"{ckpt_path} was trained with a different model ({desc}); "
-                             f"pass the matching --model/--tie_word_embeddings or a new --out_dir")
-        start_step = int(ckpt["global_step"])
-
-    log = Logger(os.path.join(args.out_dir, "train.log"), rank == 0, args.max_steps, start_step)
+    log = Logger(start.folder.log_path, rank == 0, args.max_steps, start_step)
     try:
         tokenizer = load_tokenizer(args.tokenizer_id, log=log)
+        check_fits(tokenizer, config, args)
         if rank != 0:
             dist_utils.barrier()  # rank 0 downloads the default corpus and tokenizes it once; the rest read its cache
         dataset = load_training_data(args.input_file, tokenizer, os.path.join(args.out_dir, "cache"),
@@ -240,6 +342,9 @@ def main(argv=None) -> int:
             model = HFReference(to_hf_model(model).train())
             args.sample_every = 0  # transformers' generate has another API; samples are ours only
         if ckpt is not None:
+            saved_data = {f"data.{k}": v for k, v in (ckpt.get("data") or {}).items() if k == "fingerprint"}
+            start.notes += check_resume(saved_data, {"data.fingerprint": data.fingerprint},
+                                        bool(args.allow_config_change), ckpt_path)
             model.load_state_dict(ckpt["model"], strict=True)
         model.to(device)
         if args.fsdp:
@@ -284,6 +389,9 @@ def main(argv=None) -> int:
             log("Starting from scratch (random init).")
         else:
             log(f"RESUME: starting from global_step={start_step} (loaded {os.path.basename(ckpt_path)})")
+        log(f"Run id: {start.run_id} (in {RUN_FILE} and every checkpoint; a resume only falls back to its own files)")
+        for note in start.notes:
+            log(note)
         if start_step >= args.max_steps:
             log(f"Nothing to do: checkpoint is at step {start_step} >= --max_steps {args.max_steps}.")
             return 0
@@ -293,10 +401,23 @@ def main(argv=None) -> int:
         model.train()
         interval_loss = torch.zeros((), device=device)
         interval_steps, t_last = 0, time.perf_counter()
-        t_start, last_loss = t_last, None
+        t_start = t_last
+        kept = f"step {start_step}" if ckpt is not None else "none saved yet"  # what checkpoint_latest.pt holds
+
+        def stop_run(msg: str):
+            log(f"ERROR: {msg}")
+            raise RunStopped(msg, 1)
+
+        def ensure_finite(step: int) -> None:
+            # One host sync, at a log, sample, validation or save: the device flag covers every step so far.
+            if dist_utils.any_rank(not step_fn.all_finite()):
+                stop_run(f"non-finite loss or gradient norm by step {step}; nothing after it is saved and "
+                         f"{LATEST} stays as it was ({kept}): lower --max_lr or check the data, then --resume 1")
 
         def save(step: int, reason: str = "") -> None:
-            state = dict(global_step=step, model=dist_utils.full_state_dict(model),
+            nonlocal kept
+            ensure_finite(step)
+            state = dict(global_step=step, run_id=start.run_id, model=dist_utils.full_state_dict(model),
                          optimizer=dist_utils.full_optimizer_state(model, optimizer, optimizer_state_for_checkpoint),
                          scheduler={"step": step, "warmup_steps": args.warmup_steps, "decay_steps": decay_steps,
                                     "max_lr": args.max_lr, "min_lr": args.min_lr},
@@ -304,14 +425,23 @@ def main(argv=None) -> int:
                          data={"next_step": step + 1, "seed": args.seed, "seq_len": args.seq_len,
                                "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": world,
                                "train_tokens": len(data.train), "sampler": args.sampler,
-                               "fingerprint": dataset.fingerprint},
+                               "fingerprint": data.fingerprint},
                          model_config=config.to_dict(), args=vars(args))
+            bad = nonfinite_names(state["model"]) if rank == 0 else []
+            if dist_utils.any_rank(bool(bad)):
+                stop_run(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved, {LATEST} stays "
+                         f"as it was ({kept}): lower --max_lr, then --resume 1")
             if rank == 0:
                 path = os.path.join(ckpt_dir, step_name(step))
-                save_checkpoint(path, state)
-                link_latest(path, os.path.join(ckpt_dir, LATEST))
+                try:
+                    save_checkpoint(path, state)
+                    link_latest(path, os.path.join(ckpt_dir, LATEST))
+                except OSError as e:  # disk full, a file-size limit
+                    stop_run(f"could not write {path} ({e.strerror or e}); {LATEST} stays as it was ({kept}): "
+                             f"free disk space or raise the file-size limit, then --resume 1")
                 prune_step_checkpoints(ckpt_dir, args.keep_checkpoints)
                 log(f"CHECKPOINT: saved {step_name(step)} and {LATEST}{reason}")
+            kept = f"step {step}"
             dist_utils.barrier()
 
         for step in range(start_step + 1, args.max_steps + 1):
@@ -321,7 +451,6 @@ def main(argv=None) -> int:
             interval_loss += loss
             interval_steps += 1
             log.advance()
-            last_loss = loss
 
             if step % args.log_every == 0 or step == args.max_steps:
                 mean_loss = dist_utils.mean_across_ranks(interval_loss / interval_steps)
@@ -331,24 +460,21 @@ def main(argv=None) -> int:
                 mfu = f"{100 * tok_s * fpt / (peak * world):.2f}%" if peak else "n/a"
                 log(f"step {step:5d}/{args.max_steps} | lr {lr:.3e} | loss {mean_loss:.4f} | grad_norm {norm_v:.3f} | "
                     f"ms/step {1000 * dt / interval_steps:.2f} | tok/s {tok_s:.1f} | mfu {mfu}")
-                if not math.isfinite(mean_loss):
-                    log(f"ERROR: non-finite loss at step {step}; stopping without saving. The last good checkpoint "
-                        f"stays in {ckpt_dir}: lower --max_lr or check the data, then --resume 1.")
-                    return 1
+                ensure_finite(step)
                 interval_loss.zero_()
                 interval_steps, t_last = 0, time.perf_counter()
-            # Under FSDP2 every rank must run the forward (each holds a shard); the others' text is discarded.
-            if args.sample_every and (rank == 0 or args.fsdp) and (step == 1 or step % args.sample_every == 0):
-                log(f"[sample @ step {step}] {sample_text(model, tokenizer, args, device, amp_dtype, step)}")
+            if args.sample_every and (step == 1 or step % args.sample_every == 0):
+                ensure_finite(step)  # non-finite logits would make sampling fail
+                # Under FSDP2 every rank must run the forward (each holds a shard); the others' text is discarded.
+                if rank == 0 or args.fsdp:
+                    log(f"[sample @ step {step}] {sample_text(model, tokenizer, args, device, amp_dtype, step)}")
             if args.val_every and step % args.val_every == 0:
+                ensure_finite(step)
                 vl = evaluate(model, data.val_batches(args.val_batches, args.batch_size * args.grad_accum), device, amp_dtype)
                 if vl is not None:
                     log(f"step {step:5d}/{args.max_steps} | val loss {vl:.4f} | val ppl {math.exp(min(vl, 50)):.2f}")
             stopping = dist_utils.any_rank(stop.requested is not None)
             if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
-                if not math.isfinite(float(last_loss)):
-                    log(f"ERROR: non-finite loss at step {step}; not saving. The last good checkpoint stays in {ckpt_dir}.")
-                    return 1
                 save(step, f" (stopping on {stop.requested})" if stopping and stop.requested else "")
             if stopping:
                 log(f"STOP: {stop.requested or 'signal on another rank'} received; saved step {step}. "
@@ -360,8 +486,17 @@ def main(argv=None) -> int:
             f"({tokens_per_step * (args.max_steps - start_step) / total:.1f} tok/s overall, compile/capture included)"
             f"{peak_mem}")
         return 0
+    except Exception as e:
+        if isinstance(e, RunStopped) or not is_out_of_memory(e):
+            raise
+        msg = (f"out of memory with --batch_size {args.batch_size} x --seq_len {args.seq_len} "
+               f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}); lower --batch_size (raise "
+               f"--grad_accum to keep the tokens per step) or --seq_len")
+        log(f"ERROR: {msg}")
+        raise RunStopped(msg, 2) from e
     finally:
         log.close()
+        start.folder.close()
         dist_utils.teardown()
 
 
@@ -371,6 +506,9 @@ def cli() -> None:
     except (UsageError, DataError, TokenizerNotFound, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
+    except RunStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = e.code
     sys.exit(code)
 
 

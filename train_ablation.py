@@ -129,7 +129,7 @@ def train_command(args, name: str) -> list[str]:
                  batch_size=args.batch_size, grad_accum=args.grad_accum, max_steps=args.steps,
                  log_every=args.log_every, seed=args.seed, save_every=0, sample_every=0, val_every=0,
                  warmup_steps=min(200, args.steps // 5), out_dir=os.path.join(args.out_dir, "runs", name),
-                 **variant_flags(args, name))
+                 overwrite=1, **variant_flags(args, name))  # a rerun replaces the variant's earlier run folder
     if args.tokenizer_id:
         flags["tokenizer_id"] = args.tokenizer_id
     train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -209,9 +209,6 @@ class Run:
         os.makedirs(os.path.join(args.out_dir, "logs"), exist_ok=True)
         self.args, self.name, self.gpus = args, name, gpus
         self.log_path = os.path.join(args.out_dir, "logs", f"{name}.log")
-        run_dir = os.path.join(args.out_dir, "runs", name)
-        if os.path.exists(os.path.join(run_dir, "train.log")):
-            os.remove(os.path.join(run_dir, "train.log"))
         self.cmd = train_command(args, name)
         env = dict(os.environ)
         if gpus is not None:

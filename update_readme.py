@@ -12,7 +12,9 @@ It also draws the loss curve (train and val loss against step, resume boundaries
 
 Idempotent: the README and the PNG are rewritten only when their bytes would change, and then
 atomically (temporary file + os.replace). Missing inputs leave a placeholder and exit 0; a README
-lacking a required marker, or holding a marker twice or unpaired, exits 2 naming the markers.
+lacking a required marker, or holding a marker twice or unpaired, exits 2 naming the markers; so does an
+input it cannot parse (a log or CSV that is not UTF-8 text, a log without any train.py line), with the
+README untouched.
 """
 
 from __future__ import annotations
@@ -40,6 +42,21 @@ class MarkerError(Exception):
     pass
 
 
+class InputError(Exception):
+    """An input that is not what it should be (binary, not UTF-8, not a train.py log)."""
+
+
+def read_text(path: str) -> str:
+    with open(path, "rb") as f:
+        raw = f.read()
+    if b"\x00" in raw:
+        raise InputError(f"{path} is binary (NUL bytes), not a text file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.start})") from e
+
+
 # ----------------------------------------------------------------------------------------------
 # train.log parsing
 
@@ -50,6 +67,17 @@ FIELD_RE = re.compile(r"^(.*?)\s+(\S+)$")
 RESUME_RE = re.compile(r"^\s*RESUME\b.*?(?:global_step|step)\s*[=:]?\s*(\d+)", re.IGNORECASE)
 SCRATCH_RE = re.compile(r"^\s*Starting from scratch", re.IGNORECASE)
 CHECKPOINT_RE = re.compile(r"^\s*CHECKPOINT\b", re.IGNORECASE)
+
+
+def read_train_log(path: str) -> Optional[str]:
+    """The log's text, None if there is none; InputError if the file is not a train.py log."""
+    if not os.path.isfile(path):
+        return None
+    text = read_text(path)
+    marks = (STEP_RE, RESUME_RE, SCRATCH_RE, CHECKPOINT_RE)
+    if text.strip() and not any(r.match(line) for line in text.splitlines() for r in marks):
+        raise InputError(f"{path} is not a train.py log (no step, RESUME, CHECKPOINT or 'Starting from scratch' line)")
+    return text
 
 
 def _num(s) -> Optional[float]:
@@ -228,10 +256,9 @@ KNOWN: dict[str, tuple[str, Callable[[str], str]]] = {
 
 
 def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
-        return list(reader.fieldnames or []), rows
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
+    return list(reader.fieldnames or []), rows
 
 
 def _numeric(column: list[str]) -> bool:
@@ -353,13 +380,12 @@ def fence_for(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
-def train_log_block(log_path: str, plot_path: Optional[str], readme_dir: str) -> tuple[str, str]:
+def train_log_block(log_path: str, text: Optional[str], plot_path: Optional[str], readme_dir: str) -> tuple[str, str]:
     log_rel = rel(log_path, readme_dir)
-    if not os.path.isfile(log_path):
+    if text is None:
         return (f"_No training log yet: `{log_rel}` not found. Run the training commands above, then "
                 f"`python update_readme.py`._"), "log missing"
-    with open(log_path, encoding="utf-8", errors="replace") as f:
-        text = f.read().rstrip("\n")
+    text = text.rstrip("\n")
     s = parse_log(text)
     out = [summary_line(s, log_rel)]
     if plot_path:
@@ -479,7 +505,7 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
 
 
 def _rows_by(path: str, key: str) -> dict[str, dict[str, str]]:
-    return {r[key]: r for r in read_csv(path)[1]} if os.path.isfile(path) else {}
+    return {r[key]: r for r in read_csv(path)[1] if r.get(key)} if os.path.isfile(path) else {}
 
 
 def multigpu_finding(path: str, readme_dir: str) -> str:
@@ -506,7 +532,7 @@ def multigpu_finding(path: str, readme_dir: str) -> str:
             f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts}{extra} (`{rel(path, readme_dir)}`).")
 
 
-def findings_block(a, readme_dir: str) -> tuple[str, str]:
+def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, str]:
     """Headline findings as sentences whose every number is read from a result file."""
     out = []
     seed = _rows_by(os.path.join(a.bench_dir, "bench_seed.csv"), "impl")
@@ -531,8 +557,10 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
                    f"({mb[0]['card_memory_gb']} GB): {parts} (`{rel(mb_path, readme_dir)}`).")
     eq = os.path.join(a.bench_dir, "loss_equivalence.json")
     if os.path.isfile(eq):
-        with open(eq) as f:
-            e = json.load(f)
+        try:
+            e = json.loads(read_text(eq))
+        except ValueError as err:
+            raise InputError(f"{eq} is not JSON ({err})") from err
         noise = (f" (bf16 rounding alone, the plain path in bf16 against float32: up to {e['max_bf16_noise']:.3f}, "
                  f"mean {e['mean_bf16_noise']:.4f})" if "max_bf16_noise" in e else "")
         out.append(f"- **Same numbers**: over the first {e['steps']} steps of the throughput profile the fast path's "
@@ -571,12 +599,10 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
                    f"the seed's `baseline` (fp32, eager, manual attention) runs at {tb:,.0f} tokens/s; `fast` "
                    f"(compile + CUDA graph + fused loss) at {tf:,.0f} tokens/s, {tf / tb:.1f}x. See the table below "
                    f"for what each switch buys alone.")
-    if os.path.isfile(a.train_log):
-        with open(a.train_log, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-        s = parse_log(text)
-        dev = re.search(r"^Device: \S+ \((.*?)\).*?torch (\S+)", text, re.M)
-        done = re.findall(r"^DONE: steps (\d+)\.\.(\d+) in (\S+)s \((\S+) tok/s", text, re.M)
+    if log_text is not None:
+        s = parse_log(log_text)
+        dev = re.search(r"^Device: \S+ \((.*?)\).*?torch (\S+)", log_text, re.M)
+        done = re.findall(r"^DONE: steps (\d+)\.\.(\d+) in (\S+)s \((\S+) tok/s", log_text, re.M)
         if s.train and done:
             wall = sum(float(d[2]) for d in done)
             where = f"{dev.group(1)}, torch {dev.group(2)}" if dev else "the logged device"
@@ -684,14 +710,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"update_readme: error: {a.readme}: {err}", file=sys.stderr)
         return 2
 
+    try:
+        return fill_readme(a, text, spans)
+    except InputError as err:
+        print(f"update_readme: error: {err}; {a.readme} left as it was", file=sys.stderr)
+        return 2
+
+
+def fill_readme(a, text: str, spans: dict) -> int:
     readme_dir = os.path.dirname(os.path.abspath(a.readme))
     notes = []
+    log_text = read_train_log(a.train_log)
 
     # The plot comes first so that the README links it only when it is current.
     plot = None
-    if os.path.isfile(a.train_log):
-        with open(a.train_log, encoding="utf-8", errors="replace") as f:
-            s = parse_log(f.read())
+    if log_text is not None:
+        s = parse_log(log_text)
         if not (s.train or s.val):
             notes.append("plot skipped (no step lines in log)")
         else:
@@ -704,14 +738,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     blocks, filled = {}, []
     makers = {
-        "TRAIN_LOG": lambda: train_log_block(a.train_log, plot, readme_dir),
+        "TRAIN_LOG": lambda: train_log_block(a.train_log, log_text, plot, readme_dir),
         "ABLATION_TABLE": lambda: csv_block(a.ablation_csv, a.ablation_dir or os.path.dirname(a.ablation_csv) or ".",
                                             readme_dir, "ablation"),
         "THROUGHPUT_TABLE": lambda: csv_block(a.throughput_csv, os.path.dirname(a.throughput_csv) or ".",
                                               readme_dir, "throughput"),
         "BENCH_TABLE": lambda: bench_block(a.bench_dir, readme_dir),
         "MULTIGPU_TABLE": lambda: multigpu_block(a.bench_dir, readme_dir),
-        "FINDINGS": lambda: findings_block(a, readme_dir),
+        "FINDINGS": lambda: findings_block(a, log_text, readme_dir),
         "DATA_RESULTS": lambda: data_results_block(a.data_results, a.bench_dir, readme_dir),
     }
     for name, make in makers.items():

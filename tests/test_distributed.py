@@ -52,9 +52,13 @@ def mean_across_ranks(value):
             f.write(repr(v) + "\n")
     return v
 steps = []
-def any_rank(flag):  # called once per step, after the optimizer step
+real_step = train.TrainStep.__call__
+def counted_step(self, *args):
     steps.append(1)
-    if str(rank) == os.environ.get("DIE_RANK") and len(steps) == int(os.environ["DIE_AT_STEP"]):
+    return real_step(self, *args)
+train.TrainStep.__call__ = counted_step
+def any_rank(flag):  # the first any_rank after the optimizer step of step $DIE_AT_STEP
+    if str(rank) == os.environ.get("DIE_RANK") and len(steps) == int(os.environ.get("DIE_AT_STEP", 0)):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_any(flag)
 smollm2_distributed.mean_across_ranks, smollm2_distributed.any_rank = mean_across_ranks, any_rank

@@ -19,9 +19,9 @@ BASE = ["--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--grad_accum
         "--tokenizer_id", str(TOKENIZER), "--input_file", str(CORPUS), "--sample_every", "0", "--val_every", "0"]
 
 
-def run_train(out_dir, *extra, check=True, env=None):
+def run_train(out_dir, *extra, check=True, env=None, timeout=600):
     cmd = [sys.executable, str(REPO / "train.py"), *BASE, "--out_dir", str(out_dir), *map(str, extra)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"train.py failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r

@@ -1,0 +1,143 @@
+"""A training run's folder (--out_dir): one run at a time, never replaced by accident, no stale leftovers.
+
+  train.lock  flock(LOCK_EX) held by the training process (rank 0) for its whole life. The kernel drops
+              the lock when the process dies, SIGKILL included, so a killed run never leaves the folder
+              locked; the file names its holder (pid, host, start) for the error a second run prints.
+  run.json    the run id, made when a run starts from scratch and kept across resumes. Every checkpoint
+              carries it, and a resume falls back only to step files of the same run.
+  checkpoints/ with a checkpoint in it is what "holds a run" means: --resume 0 refuses such a folder
+              unless --overwrite 1, which first deletes that run's checkpoints, run.json and train.log.
+              (A train.log alone holds no weights: a fresh clone's committed log is appended to.)
+Temporaries named <name>.tmp.<pid> whose process is gone (a killed save or cache write) are deleted when
+the next run takes the lock.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import glob
+import json
+import os
+import secrets
+import socket
+from typing import Optional
+
+from smollm2_checkpoint import remove_stale_temporaries, tmp_name
+from smollm2_training import UsageError
+
+LOCK_FILE = "train.lock"
+RUN_FILE = "run.json"
+LOG_FILE = "train.log"
+CKPT_DIR = "checkpoints"
+CACHE_DIR = "cache"
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _make_dir(path: str, what: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{what} {path} exists and is not a folder; pick another --out_dir")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {what} {path} ({e.strerror}); pick another --out_dir") from e
+
+
+def _probe_writable(folder: str) -> None:
+    probe = tmp_name(os.path.join(folder, ".write_probe"))
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write in {folder} ({e.strerror}); make it writable or pick another --out_dir") from e
+
+
+class RunFolder:
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.ckpt_dir = os.path.join(out_dir, CKPT_DIR)
+        self.log_path = os.path.join(out_dir, LOG_FILE)
+        self._lock_fd: Optional[int] = None
+
+    def open(self, primary: bool) -> None:
+        """Create the folders and, on the process that writes (rank 0), take the lock, delete stale
+        temporaries and check that checkpoints and the log can be written: all before any compute."""
+        _make_dir(self.out_dir, "--out_dir")
+        _make_dir(self.ckpt_dir, "checkpoint folder")
+        if not primary:
+            return
+        self._lock()
+        for folder in (self.out_dir, self.ckpt_dir, os.path.join(self.out_dir, CACHE_DIR)):
+            remove_stale_temporaries(folder)
+        for folder in (self.out_dir, self.ckpt_dir):
+            _probe_writable(folder)
+        if os.path.exists(self.log_path) and not os.access(self.log_path, os.W_OK):
+            raise UsageError(f"cannot append to {self.log_path}; make it writable or pick another --out_dir")
+
+    def _lock(self) -> None:
+        path = os.path.join(self.out_dir, LOCK_FILE)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UsageError(f"cannot create {path} ({e.strerror}); make --out_dir writable or pick another") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 512).decode("utf-8", "replace").strip() or "holder unknown"
+            os.close(fd)
+            raise UsageError(f"--out_dir {self.out_dir} is in use by another training run ({holder}); "
+                             f"wait for it or stop it, or pick another --out_dir") from None
+        os.ftruncate(fd, 0)
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock; the file stays (deleting it would race a new holder)
+            self._lock_fd = None
+
+    # ---- what the folder holds
+    def checkpoint_files(self) -> list[str]:
+        return sorted(os.path.basename(p) for p in glob.glob(os.path.join(self.ckpt_dir, "checkpoint_*.pt")))
+
+    def refuse_if_taken(self) -> None:
+        """--resume 0: a folder that holds a run is not silently replaced."""
+        files = self.checkpoint_files()
+        if files:
+            shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+            raise UsageError(f"--out_dir {self.out_dir} already holds a run ({shown} in {self.ckpt_dir}); "
+                             f"continue it with --resume 1, pick another --out_dir, or pass --overwrite 1 to "
+                             f"delete it and start over")
+
+    def clear(self) -> list[str]:
+        """--overwrite 1: delete the earlier run's checkpoints, run.json and train.log (the token cache
+        stays: it is keyed on content). Returns what was deleted."""
+        removed = [os.path.join(self.ckpt_dir, f) for f in self.checkpoint_files()]
+        removed += [p for p in (os.path.join(self.out_dir, RUN_FILE), self.log_path) if os.path.exists(p)]
+        for p in removed:
+            os.remove(p)
+        return removed
+
+    # ---- run id
+    def run_id(self) -> Optional[str]:
+        """The run id in run.json, or None (a folder from before run ids, or none yet)."""
+        try:
+            with open(os.path.join(self.out_dir, RUN_FILE), encoding="utf-8") as f:
+                rid = json.load(f).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return rid if isinstance(rid, str) and rid else None
+
+    def write_run_id(self, run_id: str) -> None:
+        path = os.path.join(self.out_dir, RUN_FILE)
+        tmp = tmp_name(path)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"run_id": run_id, "host": socket.gethostname(),
+                       "written": datetime.datetime.now().isoformat(timespec="seconds")}, f)
+            f.write("\n")
+        os.replace(tmp, path)
