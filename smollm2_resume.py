@@ -22,7 +22,7 @@ MICRO_BATCHES = "grad_accum x world_size"  # micro-batches per step: N processes
 RULES: dict[str, str] = {
     # the data order: which windows each step sees
     "seed": REFUSED, "seq_len": REFUSED, "batch_size": REFUSED, MICRO_BATCHES: REFUSED, "val_fraction": REFUSED,
-    "sampler": REFUSED, "data.": REFUSED,  # --sampler arrives with the data pipeline's epoch sampler
+    "data.": REFUSED,
     # what a step does
     "max_lr": REFUSED, "min_lr": REFUSED, "warmup_steps": REFUSED, "weight_decay": REFUSED, "grad_clip": REFUSED,
     # the model: its weights would not load

@@ -427,9 +427,9 @@ def main(argv=None) -> int:
                          rng=rng_state(),
                          data={"next_step": step + 1, "seed": args.seed, "seq_len": args.seq_len,
                                "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": world,
-                               "train_tokens": len(data.train), "sampler": "pure function of (seed, step, micro)"},
+                               "train_tokens": len(data.train), "sampler": "pure function of (seed, step, micro)",
+                               **data_identity(data)},
                          model_config=config.to_dict(), args=vars(args))
-            state["data"].update(data_identity(data))  # compared on resume
             bad = nonfinite_names(state["model"]) if rank == 0 else []
             if dist_utils.any_rank(bool(bad)):
                 stop_run(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved, {LATEST} stays "

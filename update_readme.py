@@ -478,7 +478,7 @@ def multigpu_finding(path: str, readme_dir: str) -> str:
             f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts}{extra} (`{rel(path, readme_dir)}`).")
 
 
-def findings_block(a, readme_dir: str) -> tuple[str, str]:
+def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, str]:
     """Headline findings as sentences whose every number is read from a result file."""
     out = []
     seed = _rows_by(os.path.join(a.bench_dir, "bench_seed.csv"), "impl")
@@ -545,7 +545,6 @@ def findings_block(a, readme_dir: str) -> tuple[str, str]:
                    f"the seed's `baseline` (fp32, eager, manual attention) runs at {tb:,.0f} tokens/s; `fast` "
                    f"(compile + CUDA graph + fused loss) at {tf:,.0f} tokens/s, {tf / tb:.1f}x. See the table below "
                    f"for what each switch buys alone.")
-    log_text = read_train_log(a.train_log)
     if log_text is not None:
         s = parse_log(log_text)
         dev = re.search(r"^Device: \S+ \((.*?)\).*?torch (\S+)", log_text, re.M)
@@ -669,7 +668,6 @@ def fill_readme(a, text: str, spans: dict) -> int:
 
     # The plot comes first so that the README links it only when it is current.
     plot = None
-    log_text = read_train_log(a.train_log)
     if log_text is not None:
         s = parse_log(log_text)
         if not (s.train or s.val):
@@ -691,7 +689,7 @@ def fill_readme(a, text: str, spans: dict) -> int:
                                               readme_dir, "throughput"),
         "BENCH_TABLE": lambda: bench_block(a.bench_dir, readme_dir),
         "MULTIGPU_TABLE": lambda: multigpu_block(a.bench_dir, readme_dir),
-        "FINDINGS": lambda: findings_block(a, readme_dir),
+        "FINDINGS": lambda: findings_block(a, log_text, readme_dir),
     }
     for name, make in makers.items():
         if spans.get(name):
