@@ -187,7 +187,8 @@ class TrainStep:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params]))
         self.optimizer.step()
         loss = total / A
-        self.finite.logical_and_(torch.isfinite(loss) & torch.isfinite(norm))
+        whole_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+        self.finite.logical_and_(torch.isfinite(loss) & torch.isfinite(whole_norm))
         return loss, norm
 
     def __call__(self, xs: torch.Tensor, ys: torch.Tensor):
