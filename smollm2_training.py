@@ -226,8 +226,8 @@ class TrainStep:
                    + 8 * sum(p.numel() for p in self.params if not self.optimizer.state.get(p))
                    + (compute_bytes * n if compute_bytes < 4 else 0))
         free = available_memory(self.device) - pending
-        fits = need <= STACK_HEADROOM * free
-        fits = not dist_utils.any_rank(not fits)  # every rank runs the same collectives (FSDP all-gathers per forward)
+        # The tightest rank decides for all: every rank must run the same collectives (FSDP all-gathers per forward).
+        fits = dist_utils.max_across_ranks(need / max(free, 1)) <= STACK_HEADROOM
         numbers = f"est. {need / 1e9:.2f} GB of {free / 1e9:.2f} GB free"
         self.log(f"micro-batches stacked: {A} x {B} -> {A * B} ({numbers})" if fits else
                  f"micro-batches accumulated: {A} x {B} (stacked {A * B}: {numbers})")
