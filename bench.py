@@ -6,6 +6,7 @@ with the same initial weights, data, batch, optimizer and training step (smollm2
     python bench.py --profile all --max_batch_probe 1 --loss_steps 200
     python bench.py --profile attention    # SDPA kernels alone: flash vs cuDNN vs efficient, GQA native vs copied
     python bench.py --profile throughput --impls ours_compile --kernel_table 1   # where the time goes
+    python bench.py --profile seed --impls ours_fast_accum,ours_fast --kernel_table 1   # micro-batches accumulated vs stacked
     python bench.py --world_sizes 1,2,4 --impls ours_compile   # data-parallel scaling through torchrun + DDP
 
 Writes benchmarks/bench_<profile>.csv and .json (tokens/s, ms/step, MFU against the card's dense bf16
@@ -45,13 +46,15 @@ PROFILES = {  # name: (seq_len, micro_batch, grad_accum)
     "throughput": (2048, 16, 1),
 }
 # Autocast bf16 for all but the float32 reference: the dtype policy is shared. ours_fast is train.py's
-# default CUDA path.
+# default CUDA path, micro-batches stacked when they fit (stack=-1); every other impl accumulates them, as
+# the committed tables did, and ours_fast_accum is ours_fast before stacking.
 IMPLS = {
     "hf_eager": dict(kind="hf"),
     "hf_compile": dict(kind="hf", compile=True),
     "ours_eager": dict(),
     "ours_compile": dict(compile=True, fused=True),
-    "ours_fast": dict(compile=True, graph=True, fused=True),
+    "ours_fast_accum": dict(compile=True, graph=True, fused=True),
+    "ours_fast": dict(compile=True, graph=True, fused=True, stack=-1),
     # data-parallel variants of ours_compile (smollm2_distributed.build_forward); same math, except bf16grads
     "ours_compile_no_overlap": dict(compile=True, fused=True, ddp_overlap=False, base="ours_compile"),
     "ours_compile_blocks": dict(compile=True, fused=True, scope="blocks"),
@@ -59,12 +62,12 @@ IMPLS = {
     # no autocast (matmuls in TF32): the yardstick for how far bf16 rounding alone moves a loss curve
     "ours_eager_fp32": dict(amp=None, fused=True),
 }
-DEFAULT_IMPLS = "hf_eager,hf_compile,ours_eager,ours_compile,ours_fast"
+DEFAULT_IMPLS = "hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast"
 
 
 def impl_spec(name: str) -> dict:
     return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa", scope="model",
-                     reduce_bf16=False, ddp_overlap=True, base=None, amp=torch.bfloat16), **IMPLS[name])
+                     reduce_bf16=False, ddp_overlap=True, base=None, amp=torch.bfloat16, stack=0), **IMPLS[name])
 
 
 def build(spec: dict, seed: int, device):
@@ -82,8 +85,8 @@ def make_step(spec: dict, model, device, grad_accum: int, lr: float = 3e-4):
     opt = build_optimizer(model, lr, 0.1, device, capturable=spec["graph"])
     fwd = dist_utils.build_forward(model, spec["compile"], spec["scope"], device, spec["reduce_bf16"],
                                    spec["ddp_overlap"])
-    return TrainStep(model, fwd, opt, StepConfig(grad_accum, 1.0, spec["amp"], spec["fused"], spec["graph"]),
-                     device), opt
+    cfg = StepConfig(grad_accum, 1.0, spec["amp"], spec["fused"], spec["graph"], spec["stack"])
+    return TrainStep(model, fwd, opt, cfg, device, log=print if dist_utils.rank() == 0 else None), opt
 
 
 def free():
@@ -197,7 +200,8 @@ KERNEL_GROUPS = [
 
 
 def kernel_breakdown(step_fn, inputs, table_path: str) -> dict:
-    """Profile a few steps; write the top kernels as a table and return device ms per step per group."""
+    """Profile a few steps; write the top kernels as a table and return kernels per step and device ms per
+    step per group (a CUDA graph's kernels are in the device trace like any others)."""
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -209,12 +213,13 @@ def kernel_breakdown(step_fn, inputs, table_path: str) -> dict:
                or [e for e in averages if e.self_device_time_total > 0])
     groups = {name: 0.0 for name, _ in KERNEL_GROUPS}
     groups["other"] = 0.0
+    per_step = sum(e.count for e in kernels) / len(inputs)
     for e in kernels:
         name = next((g for g, pat in KERNEL_GROUPS if re.search(pat, e.key, re.I)), "other")
         groups[name] += e.self_device_time_total / 1000.0 / len(inputs)  # us -> ms per step
     with open(table_path, "w") as f:
         f.write(averages.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=90))
-    return groups
+    return {"kernels_per_step": round(per_step), **{f"{k} ms": round(v, 2) for k, v in groups.items()}}
 
 
 def loss_curves(data, seq_len, B, steps, device, seed, out_dir, fast_impl: str = "ours_fast"):
@@ -515,6 +520,10 @@ def main(argv=None):
         fpt = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
         rows, breakdown = [], []
         for impl in impls:
+            stacked_twin = [o for o in impls if o != impl and impl_spec(o) == dict(impl_spec(impl), stack=-1)]
+            if A == 1 and stacked_twin:
+                print(f"skip {impl}: with one micro-batch per step it is the same step as {stacked_twin[0]}", flush=True)
+                continue
             table = os.path.join(args.out_dir, f"kernels_{prof}_{impl}.txt") if args.kernel_table and write else ""
             mem = os.path.join(args.out_dir, f"memory_peak_{prof}_{impl}.txt") if args.memory_peak and write else ""
             try:
@@ -533,8 +542,7 @@ def main(argv=None):
                              peak_mem_gb=round(r["peak_mem_bytes"] / 1e9, 2), warmup_s=round(r["warmup_s"], 1),
                              final_loss=round(r["final_loss"], 4), peak_flops=peak or "", **versions))
             if r["breakdown"]:
-                breakdown.append(dict(impl=impl, card=card, ms_per_step=round(r["ms_per_step"], 2),
-                                      **{f"{k} ms": round(v, 2) for k, v in r["breakdown"].items()}))
+                breakdown.append(dict(impl=impl, card=card, ms_per_step=round(r["ms_per_step"], 2), **r["breakdown"]))
             if write:
                 print(json.dumps(rows[-1]), flush=True)
         base = {r["impl"]: r["tokens_per_s"] for r in rows}

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from smollm2_config import SmolLM2Config
 
 IGNORE_INDEX = -100
+LOSS_CHUNK = 8192  # tokens per chunk of the fused loss: its float32 logits are (LOSS_CHUNK, vocab) at most
 
 
 # ----------------------------------------------------------------------------- math
@@ -166,7 +167,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor,
-                         chunk_size: int = 8192) -> torch.Tensor:
+                         chunk_size: int = LOSS_CHUNK) -> torch.Tensor:
     # h: (N, C), w: (V, C), targets: (N,) -> scalar float32 mean loss over targets != -100
     if torch.is_autocast_enabled(h.device.type):
         h = h.to(torch.get_autocast_dtype(h.device.type))

@@ -12,11 +12,15 @@ import argparse
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import smollm2_distributed as dist_utils
+from smollm2_config import SmolLM2Config
+from smollm2_model import LOSS_CHUNK
 
 # Dense bf16 peak per card (datasheet, without sparsity), used for MFU. H100 SXM and H200: 989.4 TFLOP/s.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100": 312e12, "L4": 121e12,
@@ -69,6 +73,42 @@ def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> 
     # 6N for the matmuls forward+backward (the tied matrix counted once, as the lm_head matmul) plus the
     # attention score/value matmuls, 12 * L * C * T (PaLM appendix B; REFERENCE.md).
     return 6 * n_params + 12 * n_layers * hidden * seq_len
+
+
+def activation_bytes(config: SmolLM2Config, n_tokens: int, seq_len: int, compute_bytes: int, fused_loss: bool,
+                     loss_chunk: int = LOSS_CHUNK) -> int:
+    """What one eager forward over n_tokens tokens (windows of seq_len) keeps for its backward, plus the
+    loss's transient logits: an upper estimate, used to decide whether micro-batches fit stacked.
+    torch.compile keeps less (it recomputes cheap elementwise results in the backward).
+
+    Per layer and token, from the tensors our layers save (tests/test_training.py holds the count to those
+    of a real forward on CPU): 8 vectors of width C (each RMSNorm's input, normalised output and projection
+    input; the query and the attention output), keys and values, one log-sum-exp per head and two RMSNorm
+    statistics, all counted at 4 bytes (under bf16 some are 2: the upper side); and gate, up, silu and
+    their product, 4 vectors of width H in the compute dtype. Manual attention adds the (heads x T)
+    probabilities in float32 and the compute dtype, and the K/V repeated to every query head.
+    """
+    C, H, nh, V = config.hidden_size, config.intermediate_size, config.num_attention_heads, config.vocab_size
+    kv = config.num_key_value_heads * config.head_dim
+    layer = 4 * (8 * C + 2 * kv + nh + 2) + compute_bytes * 4 * H
+    if config.attn_impl == "manual":
+        layer += nh * seq_len * (4 + compute_bytes) + compute_bytes * 2 * (C - kv)
+    head = 4 * (2 * C + 1) + compute_bytes * C + 8  # final RMSNorm; hidden states (or their grad); the ids
+    if fused_loss:  # one chunk's float32 logits, their exp, and the gradient in the compute dtype
+        loss = 10 * V * min(n_tokens, loss_chunk)
+    else:  # logits in the compute dtype and float32, the float32 log-softmax; in the backward two float32 grads
+        loss = 14 * V * n_tokens
+    return n_tokens * (config.num_hidden_layers * layer + head) + loss
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes this process can still allocate: on CUDA the card's free memory plus what PyTorch's caching
+    allocator holds unused, on CPU the host's available memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    import psutil
+    return psutil.virtual_memory().available
 
 
 # ----------------------------------------------------------------------------- optimizer and schedule
@@ -140,15 +180,27 @@ class StepConfig:
     amp_dtype: Optional[torch.dtype]  # None = float32
     fused_loss: bool  # chunked linear + cross-entropy, no [tokens x vocab] logits
     cuda_graph: bool  # capture the whole step once, replay it afterwards
+    stack_micro: int = -1  # micro-batches as one batch: -1 when it fits in memory, 0 never (accumulate), 1 always
+
+
+# Stack only if the estimate stays under this share of the memory free at the first step: the rest is
+# for the allocator's fragmentation, cuBLAS and compile workspaces, and the estimate's own error.
+STACK_HEADROOM = 0.8
 
 
 class TrainStep:
-    """One optimizer step: grad_accum x (forward + backward), gradient clipping, AdamW.
+    """One optimizer step over grad_accum micro-batches: forward + backward, gradient clipping, AdamW.
 
     `forward_model` is what runs the forward (the model itself, torch.compile of it, or a DDP wrapper);
     `model` is the plain module whose parameters the optimizer owns. The same _body runs eagerly or is
     captured into a CUDA graph: for small steps (the seed's seq 256 x batch 1) launch overhead, not
     arithmetic, dominates, and one graph replay removes thousands of kernel launches per step.
+
+    Micro-batches are stacked when they fit (StepConfig.stack_micro): the step's (A, B, T) windows run as
+    one forward/backward over (A * B, T) instead of A accumulated ones. Every window has T targets and
+    none is padding, so the mean over all A * B * T tokens is the mean of the A micro-batch means: the
+    same loss and gradient up to float summation order, from about 1/A of the kernels. Decided once, at
+    the first call (`micro_steps`: A or 1), and logged through `log`.
     Returns device tensors (mean loss, grad norm) without synchronising the host; under a CUDA graph they
     are static buffers that the next replay overwrites. Every step also folds "loss and grad norm are
     finite" into a device flag (inside the graph), which all_finite() reads at log or save time: one host
@@ -156,10 +208,12 @@ class TrainStep:
     """
 
     def __init__(self, model: nn.Module, forward_model: nn.Module, optimizer: torch.optim.Optimizer,
-                 cfg: StepConfig, device: torch.device):
+                 cfg: StepConfig, device: torch.device, log: Optional[Callable[[str], None]] = None):
         self.model, self.forward_model, self.optimizer, self.cfg, self.device = model, forward_model, optimizer, cfg, device
+        self.log = log or (lambda msg: None)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.micro_steps: Optional[int] = None
         self.is_ddp = hasattr(forward_model, "no_sync")
         self.is_fsdp = hasattr(model, "set_requires_gradient_sync")  # FSDP2's counterpart of no_sync
         self.finite = torch.ones((), dtype=torch.bool, device=device)
@@ -168,30 +222,61 @@ class TrainStep:
         """Whether every step so far had a finite loss and gradient norm (synchronises the host)."""
         return bool(self.finite)
 
+    def _plan(self, shape: torch.Size) -> int:
+        """Micro-steps per optimizer step: grad_accum (accumulate) or 1 (stack), from StepConfig.stack_micro;
+        -1 compares the stacked batch's activation estimate with the memory this process can still take."""
+        A, B, T = shape
+        mode = self.cfg.stack_micro
+        if A == 1:
+            return 1
+        if mode != -1:
+            self.log(f"micro-batches {'stacked' if mode else 'accumulated'}: {A} x {B}"
+                     f"{f' -> {A * B}' if mode else ''} (stack_micro {mode})")
+            return 1 if mode else A
+        compute_bytes = (self.cfg.amp_dtype or torch.float32).itemsize
+        fused = self.cfg.fused_loss and not isinstance(self.model, HFReference)  # transformers forms full logits
+        need = activation_bytes(self.model.config, A * B * T, T, compute_bytes, fused)
+        # Gradients and AdamW's two moments appear during the first step; autocast's weight copies too.
+        n = sum(p.numel() for p in self.params)
+        pending = (4 * sum(p.numel() for p in self.params if p.grad is None)
+                   + 8 * sum(p.numel() for p in self.params if not self.optimizer.state.get(p))
+                   + (compute_bytes * n if compute_bytes < 4 else 0))
+        free = available_memory(self.device) - pending
+        # The tightest rank decides for all: every rank must run the same collectives (FSDP all-gathers per forward).
+        fits = dist_utils.max_across_ranks(need / max(free, 1)) <= STACK_HEADROOM
+        numbers = f"est. {need / 1e9:.2f} GB of {free / 1e9:.2f} GB free"
+        self.log(f"micro-batches stacked: {A} x {B} -> {A * B} ({numbers})" if fits else
+                 f"micro-batches accumulated: {A} x {B} (stacked {A * B}: {numbers})")
+        return 1 if fits else A
+
     def _body(self, xs: torch.Tensor, ys: torch.Tensor, cache_enabled: bool = True):
-        # xs, ys: (grad_accum, B, T) on device
-        A = self.cfg.grad_accum
+        # xs, ys: (grad_accum, B, T) on device, run as n micro-steps of (grad_accum * B / n, T) rows: n =
+        # grad_accum accumulates, n = 1 stacks. A view of step_batch's contiguous tensors, not a copy.
+        n = self.micro_steps
+        xs, ys = xs.reshape(n, -1, xs.shape[-1]), ys.reshape(n, -1, ys.shape[-1])
         total = torch.zeros((), device=self.device, dtype=torch.float32)
-        for m in range(A):
+        for m in range(n):
             if self.is_fsdp:  # reduce-scatter gradients once, on the last micro-step
-                self.model.set_requires_gradient_sync(m == A - 1)
-            sync = self.forward_model.no_sync() if (self.is_ddp and m < A - 1) else contextlib.nullcontext()
+                self.model.set_requires_gradient_sync(m == n - 1)
+            sync = self.forward_model.no_sync() if (self.is_ddp and m < n - 1) else contextlib.nullcontext()
             with sync:
                 with amp_context(self.device, self.cfg.amp_dtype, cache_enabled):
                     _, loss = self.forward_model(xs[m], ys[m], return_logits=not self.cfg.fused_loss)
-                (loss / A).backward()
+                (loss / n).backward()
             total = total + loss.detach()
         if self.cfg.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=self.device.type == "cuda")
         else:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params]))
         self.optimizer.step()
-        loss = total / A
+        loss = total / n
         whole_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
         self.finite.logical_and_(torch.isfinite(loss) & torch.isfinite(whole_norm))
         return loss, norm
 
     def __call__(self, xs: torch.Tensor, ys: torch.Tensor):
+        if self.micro_steps is None:
+            self.micro_steps = self._plan(xs.shape)
         if not self.cfg.cuda_graph:
             self.optimizer.zero_grad(set_to_none=True)
             return self._body(xs, ys)
@@ -264,6 +349,7 @@ class HFReference(nn.Module):
     def __init__(self, hf_model: nn.Module):
         super().__init__()
         self.hf = hf_model
+        self.config = SmolLM2Config.from_hf(hf_model.config.to_dict())  # the shapes, for activation_bytes
 
     def forward(self, input_ids, targets=None, return_logits: bool = True):
         logits = self.hf(input_ids=input_ids).logits

@@ -106,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="capture the whole step as one CUDA graph (-1: --fast on CUDA, single process)")
     g.add_argument("--fused_loss", type=int, default=-1, choices=[-1, 0, 1],
                    help="chunked linear+cross-entropy without full logits (-1: follows --fast)")
+    g.add_argument("--stack_micro", type=int, default=-1, choices=[-1, 0, 1],
+                   help="run a step's grad_accum micro-batches as one batch (same loss and gradient, ~1/grad_accum "
+                        "of the kernels): -1 when it fits in memory, 0 accumulate, 1 always")
     g.add_argument("--fsdp", type=int, default=0, choices=[0, 1], help="under torchrun: FSDP2 instead of DDP")
     g.add_argument("--grad_reduce_dtype", default="fp32", choices=["fp32", "bf16"],
                    help="under DDP: all-reduce gradients in bf16 (half the bytes; rounds the averaged gradient)")
@@ -357,8 +360,8 @@ def main(argv=None) -> int:
                                                  reduce_bf16=args.grad_reduce_dtype == "bf16")
         amp_dtype = torch.bfloat16 if args.autocast else None
         step_fn = TrainStep(model, forward_model, optimizer,
-                            StepConfig(args.grad_accum, args.grad_clip, amp_dtype, args.fused_loss, args.cuda_graph),
-                            device)
+                            StepConfig(args.grad_accum, args.grad_clip, amp_dtype, args.fused_loss, args.cuda_graph,
+                                       args.stack_micro), device, log=log)
 
         n_params = sum(p.numel() for p in model.parameters())  # a tied matrix counts once
         tokens_per_step = args.batch_size * args.grad_accum * args.seq_len * world
@@ -382,6 +385,7 @@ def main(argv=None) -> int:
             f"= {tokens_per_step:,} tokens/step")
         log(f"Speed path: autocast {'bf16' if args.autocast else 'off (fp32)'} | compile {args.compile} | "
             f"cuda_graph {args.cuda_graph} | fused_loss {args.fused_loss} | "
+            f"stack_micro {'auto' if args.stack_micro == -1 else args.stack_micro} | "
             f"{'compile scope ' + args.compile_scope + ' | ' if args.compile else ''}"
             f"{'gradients all-reduced in bf16 | ' if args.grad_reduce_dtype == 'bf16' and world > 1 else ''}"
             f"{'FSDP2' if args.fsdp else 'DDP' if world > 1 else 'single process'}")

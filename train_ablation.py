@@ -45,6 +45,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "compile_fused":     dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=1),
     "cuda_graph":        dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1),
     "fast":              dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1),
+    "fast_accum":        dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1,
+                              stack_micro=0),
     "hf_reference":      dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0,
                               model_impl="hf"),
 }
@@ -59,6 +61,7 @@ SWITCHES: tuple[tuple[str, str, str], ...] = (
     ("fused linear + cross-entropy (compiled)", "compile_fused", "compile_sdpa"),
     ("CUDA graph over the step (eager)", "cuda_graph", "fused_loss"),
     ("CUDA graph over the step (compiled)", "fast", "compile_fused"),
+    ("micro-batches stacked into one forward/backward (fast path)", "fast", "fast_accum"),
     ("untied output head", "sdpa_with_tie_off", "sdpa_with_tie_on"),
     ("transformers' LlamaForCausalLM in our step", "hf_reference", "sdpa_on"),
 )
@@ -66,7 +69,7 @@ PROFILES = {"seed": None, "throughput": dict(seq_len=2048, batch_size=16, grad_a
 COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
            "amp_dtype", "compile", "attention_impl", "tie_word_embeddings", "params", "warmup_ignored_steps",
            "avg_tok_s_steady", "peak_mem_bytes", "device_name", "mfu", "ms_per_step", "final_loss", "status",
-           "cuda_graph", "fused_loss", "model_impl", "error", "world_size", "tok_s_per_gpu", "gpus"]
+           "cuda_graph", "fused_loss", "model_impl", "error", "world_size", "tok_s_per_gpu", "gpus", "stack_micro"]
 STEP_RE = re.compile(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+) \|.*ms/step (\S+) \| tok/s (\S+) \| mfu (\S+)")
 PLOTS = ("tokens_per_s.png", "peak_mem.png", "loss_curves.png")
 
@@ -261,6 +264,7 @@ class Run:
                    attention_impl=v["attn"], tie_word_embeddings=v["tie_word_embeddings"],
                    warmup_ignored_steps=args.ignore_first_steps, cuda_graph=v["cuda_graph"],
                    fused_loss=v["fused_loss"], model_impl=v.get("model_impl", "ours"), world_size=world,
+                   stack_micro=v.get("stack_micro", -1),
                    gpus=self.gpus or "")
         parsed = parse_log(stdout, args.ignore_first_steps)
         row.update({k: val for k, val in parsed.items() if k in COLUMNS})

@@ -132,6 +132,7 @@ def test_two_ranks_match_one_process(reference, tmp_path):
         assert len(re.findall(r"^Args: \{", text, re.M)) == 1
         assert len(re.findall(r"^step\s+10/10 \|", text, re.M)) == 1
     assert "world size 2" in log and "| DDP" in log
+    assert "micro-batches stacked: 2 x 2 -> 4 (est." in log  # each rank stacks its own; both agreed (auto)
 
 
 @pytest.mark.parametrize("scope", ["model", "blocks"])

@@ -40,20 +40,100 @@ def test_fused_loss_step_equals_plain_step(clip):
         assert (a.grad - b.grad).abs().max().item() <= 1e-5 * scale + 1e-9, k
 
 
-def test_accumulation_equals_one_big_batch():
-    """grad_accum A over micro-batches == one batch of all of them (equal-size micro-batches)."""
+def stacked_or_accumulated(B, A, fused, stack, lr=1e-3):
+    """One TrainStep from seed 0 on fixed (A, B, T) windows; returns the model (grads left on .grad), loss, norm."""
     torch.manual_seed(0)
-    a = SmolLM2ForCausalLM(get_config("tiny"))
-    b = SmolLM2ForCausalLM(get_config("tiny"))
-    b.load_state_dict(a.state_dict())
-    xs = torch.randint(0, 49152, (4, 1, 16))
-    ys = torch.randint(0, 49152, (4, 1, 16))
-    cfg = dict(grad_clip=0.0, amp_dtype=None, fused_loss=True, cuda_graph=False)
-    TrainStep(a, a, build_optimizer(a, 1e-3, 0.1, CPU), StepConfig(grad_accum=4, **cfg), CPU)(xs, ys)
-    TrainStep(b, b, build_optimizer(b, 1e-3, 0.1, CPU), StepConfig(grad_accum=1, **cfg), CPU)(
-        xs.reshape(1, 4, 16), ys.reshape(1, 4, 16))
-    for (k, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
-        assert (p.grad - q.grad).abs().max().item() <= 1e-5 * p.grad.abs().max().item() + 1e-9, k
+    model = SmolLM2ForCausalLM(get_config("tiny"))
+    step = TrainStep(model, model, build_optimizer(model, lr, 0.1, CPU),
+                     StepConfig(A, 1.0, None, fused, False, stack_micro=stack), CPU)
+    g = torch.Generator().manual_seed(1)
+    xs, ys = (torch.randint(0, 49152, (A, B, 24), generator=g) for _ in range(2))
+    loss, norm = step(xs, ys)
+    assert step.micro_steps == (1 if stack else A)
+    return model, loss, norm
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("B,A", [(1, 4), (2, 3), (3, 1)])
+def test_stacked_step_equals_accumulated(B, A, fused):
+    """The step's A micro-batches of B windows as one (A * B)-row batch: the same mean loss, the same
+    gradients and the same weights after AdamW as A accumulated passes, up to float32 summation order."""
+    acc, l_acc, n_acc = stacked_or_accumulated(B, A, fused, stack=0)
+    stk, l_stk, n_stk = stacked_or_accumulated(B, A, fused, stack=1)
+    assert l_stk.item() == pytest.approx(l_acc.item(), rel=1e-6)
+    assert n_stk.item() == pytest.approx(n_acc.item(), rel=1e-5)
+    for (k, a), (_, b) in zip(acc.named_parameters(), stk.named_parameters()):
+        scale = a.grad.abs().max().item()
+        assert (a.grad - b.grad).abs().max().item() <= 1e-6 * scale, k
+        # Adam's first update is lr * g / (|g| + eps), whose slope in g is at most 1/eps: entries whose gradient
+        # is near rounding level can move by up to lr * |dg| / eps (1e-6 here at most), the rest by rounding.
+        bound = 1e-3 * (a.grad - b.grad).abs() / 1e-8 + 1e-7
+        assert ((a - b).abs() <= bound).all(), k
+
+
+def test_stacking_decision_follows_the_memory_estimate(monkeypatch):
+    import smollm2_training
+    model = SmolLM2ForCausalLM(get_config("tiny"))
+    xs = torch.zeros(4, 2, 16, dtype=torch.long)
+    need = smollm2_training.activation_bytes(model.config, 4 * 2 * 16, 16, 4, True)
+    n = model.num_params()
+    pending = 12 * n  # grads and AdamW moments, not allocated before the first step
+
+    def plan(stack, free, A=4):
+        monkeypatch.setattr(smollm2_training, "available_memory", lambda device: free)
+        lines = []
+        step = TrainStep(model, model, build_optimizer(model, 1e-3, 0.1, CPU),
+                         StepConfig(A, 1.0, None, True, False, stack_micro=stack), CPU, log=lines.append)
+        return step._plan(xs[:A].shape), lines
+
+    roomy = pending + int(need / smollm2_training.STACK_HEADROOM) + 1
+    assert plan(-1, roomy) == (1, [f"micro-batches stacked: 4 x 2 -> 8 (est. {need / 1e9:.2f} GB of "
+                                   f"{(roomy - pending) / 1e9:.2f} GB free)"])
+    steps, lines = plan(-1, roomy - 2)
+    assert steps == 4 and lines[0].startswith("micro-batches accumulated: 4 x 2 (stacked 8: est.")
+    assert plan(1, 0) == (1, ["micro-batches stacked: 4 x 2 -> 8 (stack_micro 1)"])
+    assert plan(0, 10 ** 15) == (4, ["micro-batches accumulated: 4 x 2 (stack_micro 0)"])
+    assert plan(-1, 0, A=1) == (1, [])  # one micro-batch: nothing to decide, nothing logged
+
+
+def saved_bytes_per_token(config, amp: bool, T: int = 32) -> float:
+    """Bytes of the tensors a real forward saves for its backward (parameters left out), per token: the
+    difference between batches of 2 and 1 windows, so per-forward constants (weight casts, the loss's
+    weight gradient, the RoPE tables) cancel."""
+    torch.manual_seed(0)
+    model = SmolLM2ForCausalLM(config)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved(B):
+        storages = {}
+
+        def pack(t):
+            st = t.untyped_storage()
+            if st.data_ptr() not in params:
+                storages[st.data_ptr()] = st.nbytes()
+            return t
+
+        x = torch.randint(0, config.vocab_size, (B, T))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            model(x, x, return_logits=False)
+        return sum(storages.values())
+
+    return (saved(2) - saved(1)) / T
+
+
+@pytest.mark.parametrize("preset,attn", [("tiny", "sdpa"), ("tiny", "manual"), ("smollm2-135m", "sdpa")])
+@pytest.mark.parametrize("amp", [False, True])
+def test_activation_estimate_bounds_the_saved_tensors(preset, attn, amp):
+    """activation_bytes' per-token count against what autograd really keeps (CPU, bf16 autocast or
+    float32): never below it (an underestimate could stack a batch that does not fit), at most 20% above.
+    The 135M widths with 2 of its 30 layers and a small vocabulary: the count is per layer, and the loss's
+    transient logits (left out here, loss_chunk=0) are not saved tensors."""
+    from smollm2_training import activation_bytes
+    config = get_config(preset, attn_impl=attn, num_hidden_layers=2, vocab_size=1024)
+    got = saved_bytes_per_token(config, amp)
+    estimate = activation_bytes(config, 1, 32, 2 if amp else 4, fused_loss=True, loss_chunk=0)
+    assert got <= estimate <= 1.2 * got, (got, estimate)
 
 
 def test_lr_schedule_shape():
