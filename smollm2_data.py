@@ -9,8 +9,9 @@ Batches are a pure function of (seed, step, micro-batch index, rank): a resumed 
 the uninterrupted run would have seen with no loader position to save, and data-parallel ranks take
 disjoint micro-batch indices of the same step (rank r, micro-step m -> index r * grad_accum + m).
 Two samplers:
-  epoch  (default) every window of seq_len + 1 ids at offsets 0, T, 2T, ... is visited once per epoch,
-         in an order that is a keyed permutation of (seed, epoch), computed per index: no memory per window.
+  epoch  (default) every window of seq_len + 1 ids at offsets s, s + T, s + 2T, ... is visited once per
+         epoch, in an order that is a keyed permutation of (seed, epoch), computed per index: no memory per
+         window; the grid's start s in [0, T) is drawn per epoch too, so epochs cut the text differently.
   random windows at uniformly random offsets, drawn from a generator seeded with (seed, step, micro):
          windows overlap and repeat (nanoGPT's sampler; the sampler of the runs committed before the epoch mode).
 Windows are read with pread from the shards (nothing stays mapped), so memory stays flat however long
@@ -283,7 +284,11 @@ class TokenBatches:
                             f"seq_len + 1 = {seq_len + 1}; use a longer corpus or a smaller --seq_len")
         if 0 < len(self.val) < seq_len + 1:
             self.val = TokenStream([], 0, 0)  # too short to evaluate on: report no val loss rather than a wrong one
-        self.windows_per_epoch = (len(self.train) - 1) // seq_len
+        # Each epoch's grid of windows starts at its own shift in [0, T): every epoch still reads each id once,
+        # but not cut at the same places (a fixed grid let the model learn the windows themselves: on Tiny
+        # Shakespeare, 17 epochs of the seed's run, val loss 6.36 against 5.66 with random offsets).
+        self.shiftable = len(self.train) >= 2 * seq_len + 1
+        self.windows_per_epoch = ((len(self.train) - seq_len) if self.shiftable else (len(self.train) - 1)) // seq_len
 
     def _windows(self, stream: TokenStream, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.seq_len
@@ -301,8 +306,13 @@ class TokenBatches:
         out = np.empty(batch_size, dtype=np.int64)
         for e in np.unique(epochs):
             sel = epochs == e
-            out[sel] = permute(positions[sel], self.windows_per_epoch, _key(self.seed, int(e))) * self.seq_len
+            windows = permute(positions[sel], self.windows_per_epoch, _key(self.seed, int(e)))
+            out[sel] = self.epoch_shift(int(e)) + windows * self.seq_len
         return out
+
+    def epoch_shift(self, epoch: int) -> int:
+        """Where epoch `epoch`'s grid of windows starts: a pure function of (seed, epoch)."""
+        return _key(self.seed, epoch, "shift") % self.seq_len if self.shiftable else 0
 
     def train_batch(self, step: int, micro_index: int, batch_size: int, micro_per_step: int = 1):
         # (B, T) inputs and (B, T) next-token targets.

@@ -291,17 +291,18 @@ def test_feistel_permutation_is_a_bijection():
 
 @pytest.mark.parametrize("batch,accum,world", [(1, 4, 1), (3, 2, 2), (2, 1, 4)])
 def test_epoch_sampler_visits_each_window_once_per_epoch(batch, accum, world):
-    T, n = 8, 8 * 101 + 1  # 101 windows
+    T, n = 8, 8 * 102  # 101 windows of 9 ids at any shift of the grid in [0, 8)
     data = TokenBatches(TokenDataset.from_array(np.arange(n)), T, seed=5, sampler="epoch")
     W = data.windows_per_epoch
-    assert W == 101
+    assert W == 101 and len({data.epoch_shift(e) for e in range(20)}) > 1
     per_step = batch * accum * world
     offsets = [data.train_offsets(s, r * accum + m, batch, world * accum)
                for s in range(1, 3 * W // per_step + 2) for r in range(world) for m in range(accum)]
     flat = np.concatenate(offsets)
     for e in range(3):
         epoch = flat[e * W:(e + 1) * W]
-        assert np.array_equal(np.sort(epoch), np.arange(W) * T), e
+        assert np.array_equal(np.sort(epoch), data.epoch_shift(e) + np.arange(W) * T), e
+        assert data.epoch_shift(e) + (W - 1) * T + T + 1 <= n
     assert not np.array_equal(flat[:W], flat[W:2 * W])  # a new order each epoch
     x, y = data.train_batch(1, 0, batch, world * accum)
     assert np.array_equal(y[:, :-1].numpy(), x[:, 1:].numpy()) and np.all(np.diff(x.numpy(), axis=1) == 1)
