@@ -14,6 +14,7 @@ the guarantees are described in smollm2_shards.py and smollm2_prepare.py.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from smollm2_prepare import PrepareSettings, prepare
@@ -56,13 +57,14 @@ def main(argv=None) -> int:
 
 
 def cli() -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C: finished shards kept
     try:
         code = main()
     except (DataError, TokenizerNotFound) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
+        print("error: interrupted; the finished shards are kept: run the same command again to continue", file=sys.stderr)
         code = 130
     sys.exit(code)
 

@@ -35,7 +35,7 @@ if run 3; then
 fi
 if run 2; then
   cp .assets/input.txt input.txt
-  rm -rf out_smollm2_scratch/checkpoints out_smollm2_scratch/cache out_smollm2_scratch/train.log
+  rm -rf out_smollm2_scratch/checkpoints out_smollm2_scratch/cache out_smollm2_scratch/train.log out_smollm2_scratch/run.json
   python train.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --max_steps 5000 --resume 0 --log_every 50 --save_every 250 --sample_every 500
   python train.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --max_steps 5050 --resume 1 --log_every 50 --save_every 250 --sample_every 500
 fi

@@ -414,3 +414,20 @@ def test_a_hugging_face_dataset_on_disk(tmp_path, tok):
     assert np.array_equal(all_ids(tmp_path / "o"), expected(tok, DOCS)) and m["sources"][0]["sha256"]
     r = run_prepare("hf:no-such-owner/no-such-dataset", "--out_dir", tmp_path / "o2")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_killed_preparation_leaves_no_workers(tmp_path):
+    import psutil
+    p = subprocess.Popen([sys.executable, str(REPO / "prepare_data.py"), str(REALDOCS / "linux-docs-a.jsonl.gz"),
+                          "--out_dir", str(tmp_path / "o"), "--workers", "2", "--tokenizer_id", str(TOKENIZER), "--quiet"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    children = []
+    while len(children) < 2 and time.time() < deadline:
+        children = psutil.Process(p.pid).children()
+        time.sleep(0.05)
+    assert len(children) >= 2
+    p.kill()
+    p.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"orphaned workers: {[c.pid for c in alive]}"
