@@ -420,16 +420,21 @@ def test_failed_export_leaves_the_earlier_export_whole(tmp_path, tiny_checkpoint
     (out / "README.md").write_text("the user's own file")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def broken_tokenizer(_):  # fails after the weights are written: midway through the export
+    newer = load_checkpoint(str(tiny_checkpoint))
+    newer["model"] = {k: v * 0.5 for k, v in newer["model"].items()}
+    save_checkpoint(str(tmp_path / "newer.pt"), newer)
+
+    def broken_tokenizer(_):  # fails after the new weights are written: midway through the export
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(export_hf, "hf_tokenizer", broken_tokenizer)
-    code, err = export(tiny_checkpoint, out, capsys)
+    code, err = export(tmp_path / "newer.pt", out, capsys)
     assert code == 2 and "No space left" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(os.listdir(tmp_path)) == ["hf"]  # no temporary folder left beside it
+    assert sorted(os.listdir(tmp_path)) == ["hf", "newer.pt"]  # no temporary folder left beside it
 
     monkeypatch.undo()
-    assert export(tiny_checkpoint, out, capsys)[0] == 0
+    assert export(tmp_path / "newer.pt", out, capsys)[0] == 0
+    assert (out / "model.safetensors").read_bytes() != before["model.safetensors"]
     assert (out / "README.md").read_text() == "the user's own file"  # swapped in, the user's file carried over
 
 
