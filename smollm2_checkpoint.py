@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from smollm2_io import fsync_dir
+
 FORMAT_VERSION = 1
 LATEST = "checkpoint_latest.pt"
 STEP_RE = re.compile(r"checkpoint_step_(\d+)\.pt$")
@@ -134,14 +136,7 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    try:  # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    fsync_dir(folder)  # make the rename itself durable
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:

@@ -30,7 +30,8 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 import torch
 
-from smollm2_shards import (DataError, ShardInfo, file_sha256, is_prepared, load_manifest, read_header, read_ids)
+from smollm2_io import file_sha256
+from smollm2_shards import DataError, ShardInfo, is_prepared, load_manifest, read_header, read_ids
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DEFAULT_INPUT = "input.txt"

@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from smollm2_shards import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, DataError, ShardWriter, atomic_write_text,
-                            file_sha256, load_manifest, read_header, token_bytes_for, write_manifest)
+from smollm2_io import atomic_write_text, file_sha256
+from smollm2_shards import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, DataError, ShardWriter, load_manifest,
+                            read_header, token_bytes_for, write_manifest)
 from smollm2_sources import HF_PREFIX, MAX_PIECE_CHARS, Piece, expand_inputs, load_hf_dataset, read_pieces
 
 EOS_TOKEN = "<|endoftext|>"

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from smollm2_io import atomic_write_text, file_sha256, fsync_dir
+
 MAGIC = b"SMOLTOKS"
 SHARD_VERSION = 1
 MANIFEST_FORMAT = "smollm2-token-shards"
@@ -108,35 +110,6 @@ def read_ids(info: ShardInfo, start: int = 0, count: int | None = None) -> np.nd
     finally:
         os.close(fd)
     return np.frombuffer(buf, dtype=info.dtype)
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fsync_dir(folder: str) -> None:
-    try:  # make a rename durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 class ShardWriter:
