@@ -447,6 +447,10 @@ def multigpu_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
             f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}")
 
 
+DATA_PREP_COLUMNS = ["machine", "cpu_model", "measurement", "pipeline", "workers", "corpus_mb", "tokens", "wall_s",
+                     "tokens_per_s", "tokens_per_cpu_s", "peak_rss_tree_mb", "peak_pss_tree_mb"]
+
+
 def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tuple[str, str]:
     """The real-corpus run (manifest summary, preparation line, training summary, loss curve, log) and the
     data-pipeline benchmark table."""
@@ -492,7 +496,12 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
         note.append("real-corpus run")
     csv_path = os.path.join(bench_dir, "data_prep.csv")
     if os.path.isfile(csv_path):
-        parts += generic_tables([csv_path], readme_dir, headings=False)
+        _, rows = read_csv(csv_path)
+        parts.append(f"Data pipeline benchmarks (`python bench_data.py`; rendered from `{rel(csv_path, readme_dir)}`, "
+                     f"which also holds CPU time, high-water marks and versions; RSS and PSS are summed over the "
+                     f"process tree; `vm/16cpu` is the GPU machine's 16-core host, `vm/2cpu` the 2-core "
+                     f"development machine):")
+        parts.append(render_generic(DATA_PREP_COLUMNS, rows) if rows else "_No rows yet._")
         note.append("data_prep table")
     if not parts:
         return (f"_No data results yet: run `bash benchmarks/device_data.sh` and `python bench_data.py`, then "
