@@ -213,6 +213,31 @@ def render_loss_plot(s: LogSummary) -> bytes:
     return buf.getvalue()
 
 
+def render_comparison_plot(before: LogSummary, after: LogSummary, labels: tuple[str, str]) -> bytes:
+    """Two runs of the same command on one axes: train (lines) and val (dots) loss against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    for s, label, color in ((before, labels[0], "tab:gray"), (after, labels[1], "tab:blue")):
+        if s.train:
+            ax.plot(*zip(*s.train), lw=1.1, color=color, label=f"train: {label}")
+        if s.val:
+            ax.plot(*zip(*s.val), "o--", ms=3, lw=1, color=color, label=f"val: {label}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("The graded command, before and after a change of the default path")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
 # ----------------------------------------------------------------------------------------------
 # CSV tables
 
@@ -703,6 +728,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="folder with bench_*.csv, multigpu*.csv and *.png")
     p.add_argument("--loss_plot", default="out_smollm2_scratch/loss_curve.png",
                    help="loss-curve PNG drawn from --train_log")
+    p.add_argument("--previous_train_log", default="out_smollm2_scratch/train_previous.log",
+                   help="the graded run before the default path changed; drawn beside the current one when present")
+    p.add_argument("--comparison_plot", default="out_smollm2_scratch/loss_curve_vs_previous.png",
+                   help="the PNG of --previous_train_log against --train_log")
     p.add_argument("--data_results", default="results/realdocs",
                    help="folder of the real-corpus run: manifest_summary.json, prepare.log, train.log")
     a = p.parse_args(argv)
@@ -761,6 +790,16 @@ def fill_readme(a, text: str, spans: dict) -> int:
         if spans.get(name):
             blocks[name], note = make()
             filled.append(f"{name} ({note})")
+    previous = read_train_log(a.previous_train_log) if os.path.isfile(a.previous_train_log) else None
+    if previous is not None and log_text is not None and "TRAIN_LOG" in blocks:
+        try:
+            write_if_changed(a.comparison_plot, render_comparison_plot(
+                parse_log(previous), parse_log(log_text), ("before (random offsets, accumulated)", "now")))
+            blocks["TRAIN_LOG"] += (f"\n\nThe same two commands before the current default path "
+                                    f"(`{rel(a.previous_train_log, readme_dir)}`) and now:\n\n"
+                                    f"![The graded command before and now]({link(a.comparison_plot, readme_dir)})")
+        except ImportError:
+            notes.append("comparison plot skipped (matplotlib missing)")
 
     new = fill(text, blocks)
     changed = write_if_changed(a.readme, new.encode("utf-8")) if new != text else False

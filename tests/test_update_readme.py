@@ -393,3 +393,13 @@ def test_data_results_block_from_the_run_files(tmp_path):
     assert "prepared 12,345 tokens" in block and (res / "loss_curve.png").exists() and note == "real-corpus run"
     empty, note = update_readme.data_results_block(str(tmp_path / "nothing"), str(tmp_path / "none"), str(tmp_path))
     assert "No data results yet" in empty
+
+
+def test_previous_graded_log_is_drawn_beside_the_current_one(tmp_path):
+    populate(tmp_path)
+    write(tmp_path / "out_smollm2_scratch" / "train_previous.log", make_log())
+    r = run(tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "![The graded command before and now](out_smollm2_scratch/loss_curve_vs_previous.png)" in out
+    assert (tmp_path / "out_smollm2_scratch" / "loss_curve_vs_previous.png").read_bytes()[:4] == b"\x89PNG"
