@@ -198,7 +198,7 @@ def check_pretrained(table: Table, args) -> None:
     def loss() -> str:
         from smollm2_data import DataError, read_corpus
         try:  # the same corpus checks as train.py; the default input.txt is downloaded when missing
-            text = read_corpus(args.input_file).decode("utf-8")
+            text = read_corpus(args.input_file)
         except DataError as e:
             raise AssertionError(str(e)) from e
         ids = state["tok"].encode(text)

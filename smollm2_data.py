@@ -36,6 +36,7 @@ from smollm2_shards import DataError, ShardInfo, is_prepared, load_manifest, rea
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DEFAULT_INPUT = "input.txt"
 SAMPLERS = ("epoch", "random")
+DEFAULT_VAL_FRACTION = 0.1  # raw input: held out for validation
 
 __all__ = ["DataError", "TokenDataset", "TokenBatches", "load_training_data", "read_corpus", "SAMPLERS"]
 
@@ -59,26 +60,18 @@ def download_tiny_shakespeare(path: str) -> None:
                         f"pass --input_file PATH/TO/corpus.txt") from e
 
 
-def read_corpus(path: str, allow_download: bool = True) -> bytes:
-    """A small text file whole (sanity checks); training streams instead (load_training_data)."""
+def read_corpus(path: str, allow_download: bool = True) -> str:
+    """A small text file whole (sanity checks), with the checks every reader makes; training streams instead
+    (load_training_data)."""
+    from smollm2_sources import expand_inputs, read_text_file
+
     if not os.path.exists(path):
-        if allow_download and os.path.basename(path) == DEFAULT_INPUT:
-            download_tiny_shakespeare(path)
-        else:
+        if not (allow_download and os.path.basename(path) == DEFAULT_INPUT):
             raise DataError(f"input file {path} does not exist; pass --input_file PATH/TO/corpus.txt")
+        download_tiny_shakespeare(path)
     if os.path.isdir(path):
         raise DataError(f"input file {path} is a directory; pass a text file with --input_file")
-    with open(path, "rb") as f:
-        raw = f.read()
-    if not raw.strip():
-        raise DataError(f"input file {path} is empty; pass a text corpus with --input_file")
-    if b"\x00" in raw[:65536]:
-        raise DataError(f"input file {path} looks binary (NUL bytes); pass a UTF-8 text corpus")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"input file {path} is not valid UTF-8 text (byte {e.start}); pass a UTF-8 text corpus") from e
-    return raw
+    return "".join(piece.text for piece in read_text_file(expand_inputs([path])[0]))
 
 
 # ----------------------------------------------------------------------------- token streams
@@ -216,7 +209,7 @@ def _write_json(path: str, obj: dict) -> None:
         pass  # only costs a rehash next time
 
 
-def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction: float = 0.1,
+def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction: float = DEFAULT_VAL_FRACTION,
                        log: Callable[[str], None] = print, allow_download: bool = True,
                        workers: Optional[int] = None) -> TokenDataset:
     """The dataset behind --input_file: a prepared folder as it is, raw files prepared into cache_dir."""
@@ -225,7 +218,7 @@ def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction:
 
     verified = os.path.join(cache_dir, "verified_shards.json")
     if is_prepared(input_file):
-        if val_fraction != 0.1:
+        if val_fraction != DEFAULT_VAL_FRACTION:
             log(f"NOTE: --val_fraction {val_fraction} is not used: {input_file} keeps the split prepare_data.py made")
         return open_prepared(input_file, tokenizer, verified)
     if not os.path.exists(input_file) and allow_download and os.path.basename(input_file) == DEFAULT_INPUT:
@@ -278,7 +271,7 @@ class TokenBatches:
     def __init__(self, data: TokenDataset, seq_len: int, seed: int, sampler: str = "epoch"):
         if sampler not in SAMPLERS:
             raise DataError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        self.data, self.seq_len, self.seed, self.sampler = data, seq_len, seed, sampler
+        self.seq_len, self.seed, self.sampler = seq_len, seed, sampler
         self.train, self.val, self.fingerprint = data.train, data.val, data.fingerprint
         if len(self.train) < seq_len + 1:
             raise DataError(f"the corpus' train split has {len(self.train):,} tokens, fewer than one window of "

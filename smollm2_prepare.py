@@ -25,7 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -97,14 +97,10 @@ class _InProcess:
     def __init__(self, tokenizer_json: str):
         _init_worker(tokenizer_json, in_pool=False)
 
-    def submit(self, fn, *args):
-        class Done:
-            def __init__(self, value):
-                self.value = value
-
-            def result(self):
-                return self.value
-        return Done(fn(*args))
+    def submit(self, fn, *args) -> Future:
+        done = Future()
+        done.set_result(fn(*args))
+        return done
 
     def shutdown(self, cancel_futures: bool = False):
         pass
@@ -257,9 +253,10 @@ def _check_existing(out_dir: str, key: str, overwrite: bool, log) -> Optional[di
     found = None
     if os.path.exists(manifest_path):
         try:
-            found = load_manifest(manifest_path)["job_key"]
-            if found == key:
-                return load_manifest(manifest_path)
+            manifest = load_manifest(manifest_path)
+            if manifest["job_key"] == key:
+                return manifest
+            found = manifest["job_key"]
         except (DataError, KeyError):
             found = "unreadable"
     elif os.path.exists(progress_path):

@@ -122,7 +122,7 @@ def read_text_file(path: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[Piec
                 raise DataError(f"{path} is not valid UTF-8 (byte {offset + e.start:,}); pass UTF-8 text") from e
             offset += len(block)
             _check_text(buf, path)
-            any_text = any_text or bool(buf.strip())
+            any_text = any_text or not (buf.isspace() or buf == "")
             while len(buf) > 2 * max_chars or (not block and len(buf) > max_chars):
                 cut = _find_cut(buf, 0, max_chars)
                 yield Piece(buf[:cut], False)

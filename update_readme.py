@@ -205,6 +205,12 @@ def render_loss_plot(s: LogSummary) -> bytes:
     ax.set_title("SmolLM2-135M from scratch: loss vs step")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center")  # loss falls from the upper left; the resume label sits upper right
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     # No 'Software' chunk (it carries the matplotlib version) and no dates: same data, same bytes.
@@ -231,11 +237,7 @@ def render_comparison_plot(before: LogSummary, after: LogSummary, labels: tuple[
     ax.set_title("The graded command, before and after a change of the default path")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -497,27 +499,19 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
                 lines = [ln.strip() for ln in f if ln.startswith("prepared ")]
             if lines:
                 parts.append(f"Preparation: `{lines[-1]}`.")
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            text = f.read().rstrip("\n")
-        s = parse_log(text)
+        text = read_train_log(log_path)
         device = re.search(r"^Device: \S+ \((.+?)\)", text, re.M)
-        speeds = [_num(parse_fields(m_.group(3)).get("tok/s", "")) for m_ in
-                  (STEP_RE.match(ln) for ln in text.splitlines()) if m_]
-        speeds = sorted(v for v in speeds if v)
+        speeds = sorted(v for v in (_num(parse_fields(m_.group(3)).get("tok/s")) for m_ in
+                                    map(STEP_RE.match, text.splitlines()) if m_) if v)
         if speeds:
             parts.append(f"Training on {device.group(1) if device else 'an unnamed device'}: median "
                          f"{speeds[len(speeds) // 2]:,.0f} tokens/s over the logged intervals.")
-        parts.append(summary_line(s, rel(log_path, readme_dir)))
-        if s.train or s.val:
-            plot = os.path.join(results_dir, "loss_curve.png")
-            try:
-                write_if_changed(plot, render_loss_plot(s))
-                parts.append(f"![Real corpus: train and val loss against step]({link(plot, readme_dir)})")
-            except ImportError:
-                pass
-        fence = fence_for(text)
-        parts.append(f"<details>\n<summary><b>Click to expand: {rel(log_path, readme_dir)}</b></summary>\n\n"
-                     f"{fence}text\n{text}\n{fence}\n\n</details>")
+        s, plot = parse_log(text), os.path.join(results_dir, "loss_curve.png")
+        try:
+            write_if_changed(plot, render_loss_plot(s))
+        except ImportError:
+            plot = None
+        parts.append(train_log_block(log_path, text, plot if (s.train or s.val) else None, readme_dir)[0])
         note.append("real-corpus run")
     csv_path = os.path.join(bench_dir, "data_prep.csv")
     if os.path.isfile(csv_path):
