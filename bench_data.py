@@ -13,7 +13,7 @@ Measurements (--what):
               `train_test_split`, `.map(batched=True, num_proc=N)` appending the end-of-text id, one uint16
               np.memmap per split written in 1024 pieces. A private HF_DATASETS_CACHE, deleted after.
   rss         prepare_data.py on a corpus of at least --rss_corpus_mb (default 2 GB, all cores): peak memory
-  train_rss   train.py (tiny model, CPU) on a folder prepared with small shards: RSS at the first log step
+  train_rss   train.py (tiny model, --train_device) on a folder prepared with small shards: RSS at the first log step
               and at --max_steps, and their ratio
 
 Every prepare/yardstick/train run is a child process. Its memory is sampled every --interval s over the
@@ -512,8 +512,9 @@ _STEP = re.compile(r"^step\s+(\d+)/(\d+) \| lr")
 
 def measure_train_rss(inputs: list[str], tokenizer_json: str, work_dir: str, max_steps: int = 10_000,
                       log_every: int = 100, shard_tokens: int = 1_000_000, interval: float = 0.2,
-                      threads: int = 0, extra_args: tuple = (), corpus_mb: Optional[float] = None) -> dict:
-    """train.py (tiny model, CPU) on `inputs` prepared with shard_tokens ids per shard (or on `inputs`, one
+                      threads: int = 0, extra_args: tuple = (), corpus_mb: Optional[float] = None,
+                      device: str = "cpu") -> dict:
+    """train.py (tiny model, on `device`) on `inputs` prepared with shard_tokens ids per shard (or on `inputs`, one
     folder already prepared). The RSS of the training process is read when each step line appears; the row
     has it at the first logged step and at max_steps, their ratio, and the series. threads > 0 sets
     OMP_NUM_THREADS (on a shared machine one thread runs this tiny model about twice as fast as two)."""
@@ -533,7 +534,7 @@ def measure_train_rss(inputs: list[str], tokenizer_json: str, work_dir: str, max
     out = os.path.join(work_dir, "train-out")
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--input_file", data, "--out_dir", out,
-           "--tokenizer_id", tokenizer_json, "--model", "tiny", "--device", "cpu", "--seq_len", "64",
+           "--tokenizer_id", tokenizer_json, "--model", "tiny", "--device", device, "--seq_len", "64",
            "--batch_size", "4", "--grad_accum", "1", "--save_every", "0", "--sample_every", "0", "--val_every", "0",
            "--log_every", str(log_every), "--max_steps", str(max_steps), *extra_args]
     series: list[tuple[int, float, float]] = []  # (step, rss of train.py, rss of its tree) in MB
@@ -548,7 +549,7 @@ def measure_train_rss(inputs: list[str], tokenizer_json: str, work_dir: str, max
             tree = sampler.sample()["rss"]
             series.append((int(m.group(1)), round(own / MB, 1), round(tree / MB, 1)))
 
-    log(f"train_rss: train.py --model tiny --device cpu for {max_steps:,} steps on {len(manifest['shards']['train'])} "
+    log(f"train_rss: train.py --model tiny --device {device} for {max_steps:,} steps on {len(manifest['shards']['train'])} "
         f"shards of {manifest['settings']['shard_tokens']:,} ids")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
     res = run_measured(cmd, env=env, interval=interval, on_line=at_step)
@@ -564,6 +565,7 @@ def measure_train_rss(inputs: list[str], tokenizer_json: str, work_dir: str, max
             "corpus_documents": manifest["totals"]["documents"],
             "tokens": manifest["totals"]["train_tokens"], "train_shards": len(manifest["shards"]["train"]),
             "shard_tokens": manifest["settings"]["shard_tokens"], "torch_threads": threads or "default",
+            "train_device": device,
             "max_steps": max_steps, "steps_done": last[0],
             "first_step": first[0], "rss_first_mb": first[1], "rss_last_mb": last[1], "rss_ratio": round(ratio, 4),
             "rss_max_logged_mb": max(s[1] for s in series), "flat_tolerance": FLAT_TOLERANCE,
@@ -660,6 +662,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train_inputs", default=os.path.join(SHARED, "data", "realdocs"),
                    help="train_rss: corpus to prepare and train on (comma list of paths)")
     p.add_argument("--train_shard_tokens", type=int, default=1_000_000, help="train_rss: ids per shard (many shards)")
+    p.add_argument("--train_device", default="cpu", help="train_rss: --device of train.py (cpu, cuda)")
     p.add_argument("--train_threads", type=int, default=0,
                    help="train_rss: OMP_NUM_THREADS of train.py (0: torch's default)")
     p.add_argument("--tokenizer_id", default=default_tok if os.path.exists(default_tok) else "",
@@ -732,7 +735,7 @@ def main(argv=None) -> list[dict]:
     if "train_rss" in args.what:
         inputs = [s for s in args.train_inputs.split(",") if s]
         record(measure_train_rss(inputs, tok, args.work_dir, args.max_steps, args.log_every, args.train_shard_tokens,
-                                 args.interval, args.train_threads))
+                                 args.interval, args.train_threads, device=args.train_device))
     log(f"{len(rows)} rows merged into {stem}.csv and .json")
     return rows
 

@@ -478,6 +478,15 @@ DATA_PREP_COLUMNS = ["machine", "cpu_model", "measurement", "pipeline", "workers
                      "tokens_per_s", "tokens_per_cpu_s", "peak_rss_tree_mb", "peak_pss_tree_mb"]
 
 
+def train_rss_sentence(r: dict[str, str]) -> str:
+    """Whether training's memory stayed flat, from a bench_data.py train_rss row."""
+    flat = "flat" if r.get("flat") == "True" else "NOT flat"
+    return (f"Training memory on prepared shards ({r['machine']}, train.py on {r.get('train_device') or 'cpu'}, "
+            f"{int(r['train_shards'])} shards of {int(float(r['shard_tokens'])):,} ids): RSS {r['rss_first_mb']} MB at "
+            f"step {r['first_step']} and {r['rss_last_mb']} MB at step {r['steps_done']} (ratio {r['rss_ratio']}: "
+            f"{flat} within {float(r['flat_tolerance']):.0%}).")
+
+
 def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tuple[str, str]:
     """The real-corpus run (manifest summary, preparation line, training summary, loss curve, log) and the
     data-pipeline benchmark table."""
@@ -521,6 +530,7 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
                      f"process tree; `vm/16cpu` is the GPU machine's 16-core host, `vm/2cpu` the 2-core "
                      f"development machine):")
         parts.append(render_generic(DATA_PREP_COLUMNS, rows) if rows else "_No rows yet._")
+        parts += [train_rss_sentence(r) for r in rows if r.get("measurement") == "train_rss"]
         note.append("data_prep table")
     if not parts:
         return (f"_No data results yet: run `bash benchmarks/device_data.sh` and `python bench_data.py`, then "
