@@ -66,7 +66,8 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 MEASUREMENTS = ("throughput", "yardstick", "rss", "train_rss")
 FORMATS = ("jsonl.gz", "jsonl", "parquet")
-KEY = ("machine", "measurement", "workers", "corpus_mb")
+KEY = ("machine", "measurement", "pipeline", "workers", "corpus_mb")
+ENCODERS = ("tiktoken", "tokenizers")  # prepare_data.py --encoder, each measured
 CORPUS_VERSION = 1  # bump when the generator changes: the cached corpora are keyed on it
 RSS_TARGET_MB = 2000.0  # the whole process tree under 2 GB while preparing >= 2 GB
 FLAT_TOLERANCE = 0.05  # training RSS at the last step within 5% of the first
@@ -381,15 +382,15 @@ _PREPARED = re.compile(r"prepared ([\d,]+) tokens from ([\d,]+) documents in ([\
 
 def measure_prepare(corpus: dict, workers: Optional[int], tokenizer_json: str, work_dir: str,
                     measurement: str = "throughput", shard_tokens: int = 100_000_000, interval: float = 0.2,
-                    keep: bool = False) -> dict:
-    """prepare_data.py on the corpus into a fresh folder; workers None = its default (all cores)."""
+                    keep: bool = False, encoder: str = "tiktoken") -> dict:
+    """prepare_data.py --encoder `encoder` on the corpus into a fresh folder; workers None = its default (all cores)."""
     out = os.path.join(work_dir, f"prepared-{os.path.basename(corpus['folder'])}-w{workers}")
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, os.path.join(REPO, "prepare_data.py"), corpus["folder"], "--out_dir", out,
-           "--tokenizer_id", tokenizer_json, "--shard_tokens", str(shard_tokens), "--quiet"]
+           "--tokenizer_id", tokenizer_json, "--shard_tokens", str(shard_tokens), "--encoder", encoder, "--quiet"]
     if workers is not None:
         cmd += ["--workers", str(workers)]
-    log(f"{measurement}: prepare_data.py, workers {workers if workers is not None else 'default'}, "
+    log(f"{measurement}: prepare_data.py --encoder {encoder}, workers {workers if workers is not None else 'default'}, "
         f"{corpus['text_bytes'] / MB:,.1f} MB corpus")
     res = run_measured(cmd, interval=interval)
     if res["rc"] != 0:
@@ -398,7 +399,7 @@ def measure_prepare(corpus: dict, workers: Optional[int], tokenizer_json: str, w
         manifest = json.load(f)
     m = next((_PREPARED.search(line) for line in res["output"] if _PREPARED.search(line)), None)
     used_workers = workers if workers is not None else os.cpu_count()
-    row = {"measurement": measurement, "pipeline": "prepare_data.py", "workers": used_workers, **_corpus_fields(corpus),
+    row = {"measurement": measurement, "pipeline": f"prepare_data.py --encoder {encoder}", "workers": used_workers, **_corpus_fields(corpus),
            "documents": manifest["totals"]["documents"], **_rates(manifest["totals"]["tokens"], res), **_public(res),
            # prepare()'s own figure: tokenizing and writing only, after the inputs were hashed
            "reported_tokens_per_s": round(manifest["totals"]["tokens"] / max(float(m.group(3)), 0.05)) if m else None,
@@ -644,6 +645,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--what", default=",".join(MEASUREMENTS), help=f"comma list of {', '.join(MEASUREMENTS)}")
     p.add_argument("--workers", default=",".join(map(str, _int_list(f"1,2,{cores}"))),
                    help="tokenizer processes for throughput and yardstick (comma list; default 1, 2 and all cores)")
+    p.add_argument("--encoders", default=",".join(ENCODERS),
+                   help="throughput: prepare_data.py --encoder values to measure (rss: the first)")
     p.add_argument("--corpus_mb", type=float, default=200, help="text in the throughput/yardstick corpus (MB)")
     p.add_argument("--rss_corpus_mb", type=float, default=2000,
                    help="text in the rss corpus (MB; >= 2000 for the 2 GB target)")
@@ -685,6 +688,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--workers takes a comma list of integers, got {args.workers!r}")
     if not args.workers or min(args.workers) < 0:
         p.error("--workers needs integers >= 0")
+    args.encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    if not args.encoders or any(e not in ENCODERS for e in args.encoders):
+        p.error(f"--encoders takes a comma list of {', '.join(ENCODERS)}")
     if args.max_steps < args.log_every:
         p.error("--max_steps must be >= --log_every (the first step line is the baseline)")
     if args.work_dir and os.path.abspath(args.work_dir).startswith(REPO + os.sep):
@@ -711,9 +717,9 @@ def main(argv=None) -> list[dict]:
                                       args.shared_dir)
         ours_tokens = None
         for w in args.workers:  # ours and the yardstick back to back: the same background load for both
-            if "throughput" in args.what:
+            for encoder in args.encoders if "throughput" in args.what else ():
                 row = measure_prepare(corpus, w, tok, args.work_dir, "throughput", args.shard_tokens, args.interval,
-                                      bool(args.keep))
+                                      bool(args.keep), encoder)
                 ours_tokens = row["tokens"]
                 record(row)
             if "yardstick" in args.what:
@@ -725,7 +731,7 @@ def main(argv=None) -> list[dict]:
         corpus = make_corpus_in_child(args.work_dir, args.rss_corpus_mb, args.seed, args.corpus_format,
                                       args.file_mb, args.shared_dir)
         row = measure_prepare(corpus, args.rss_workers, tok, args.work_dir, "rss", args.shard_tokens, args.interval,
-                              bool(args.keep))
+                              bool(args.keep), args.encoders[0])
         record(row)
         if args.rss_yardstick:
             y = measure_yardstick(corpus, row["workers"], tok, args.work_dir, args.interval,

@@ -17,7 +17,7 @@ import argparse
 import signal
 import sys
 
-from smollm2_prepare import PrepareSettings, prepare
+from smollm2_prepare import ENCODERS, PrepareSettings, prepare
 from smollm2_shards import DataError
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 
@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="picks the held-out documents")
     p.add_argument("--shard_tokens", type=int, default=DEFAULTS.shard_tokens, help="ids per shard (about)")
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores; 0: in this process)")
+    p.add_argument("--encoder", default="auto", choices=ENCODERS,
+                   help="auto: tiktoken running the tokenizer's BPE when it is installed and proven to give the same "
+                        "ids (about 4x faster), else tokenizers")
     p.add_argument("--overwrite", type=int, default=0, choices=[0, 1],
                    help="1: rebuild an --out_dir that holds a dataset of other inputs or settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,7 +55,7 @@ def main(argv=None) -> int:
                                seed=args.seed, shard_tokens=args.shard_tokens)
     tokenizer = load_tokenizer(args.tokenizer_id)
     prepare(args.inputs, args.out_dir, tokenizer, settings, workers=args.workers, overwrite=bool(args.overwrite),
-            progress_bar=not args.quiet and sys.stderr.isatty())
+            progress_bar=not args.quiet and sys.stderr.isatty(), encoder=args.encoder)
     return 0
 
 

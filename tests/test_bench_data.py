@@ -38,6 +38,7 @@ def test_rows_for_every_measurement(setup, tmp_path):
     work, corpus, tok = setup
     ours = bench_data.measure_prepare(corpus, 1, tok, str(work), shard_tokens=20_000, keep=True)
     assert ours["measurement"] == "throughput" and ours["workers"] == 1 and ours["corpus_mb"] == 1.0
+    assert ours["pipeline"] == "prepare_data.py --encoder tiktoken"
     assert 2.0 < ours["bytes_per_token"] < 6.0 and ours["documents"] == corpus["documents"]
     assert ours["tokens_per_s"] > 0 and ours["shards"] > 5 and ours["max_processes"] == 2  # main + one worker
     _check_memory(ours)
@@ -91,6 +92,7 @@ def test_rows_for_every_measurement(setup, tmp_path):
 def test_arguments():
     args = bench_data.parse_args(["--what", "throughput,rss", "--workers", "2,1,2", "--work_dir", "/tmp/x"])
     assert args.what == ["throughput", "rss"] and args.workers == [1, 2]
-    for bad in (["--what", "nope"], ["--workers", "a"], ["--work_dir", bench_data.REPO + "/corpora"]):
+    assert args.encoders == ["tiktoken", "tokenizers"]
+    for bad in (["--what", "nope"], ["--workers", "a"], ["--encoders", "sentencepiece"], ["--work_dir", bench_data.REPO + "/corpora"]):
         with pytest.raises(SystemExit):
             bench_data.parse_args(bad)

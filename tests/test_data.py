@@ -105,6 +105,40 @@ def test_realdocs_in_three_formats(tmp_path, tok):
     assert np.array_equal(all_ids(tmp_path / "out"), expected(tok, docs))
 
 
+def test_both_encoders_write_the_same_bytes(tmp_path, tok, corpus_path):
+    # tiktoken running the tokenizer's BPE (the default when installed) against tokenizers itself, on Tiny
+    # Shakespeare, real documents in three formats, and texts holding characters the vocabulary lacks.
+    pytest.importorskip("tiktoken")
+    awkward = ["tab\tcontrol \x04 byte \x1d", "plane 4 \U00040000 and 9 \U00090001", "digits  12  3 \u00a0 4"]
+    (tmp_path / "awkward.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in awkward))
+    import pyarrow.parquet as pq
+    pq.write_table(pq.read_table(REALDOCS / "linux-docs-b.parquet").slice(0, 200), tmp_path / "b.parquet")
+    inputs = [str(corpus_path), str(tmp_path / "b.parquet"), str(tmp_path / "awkward.jsonl"),
+              *map(str, sorted((REALDOCS / "python-docs").glob("l*.txt"))[:20])]
+    trees = {}
+    for encoder in ("tokenizers", "tiktoken"):
+        prepare(inputs, str(tmp_path / encoder), tok, PrepareSettings(shard_tokens=2_000_000), workers=2,
+                progress_bar=False, encoder=encoder)
+        trees[encoder] = tree_bytes(tmp_path / encoder)
+    assert trees["tiktoken"] == trees["tokenizers"] and len(trees["tiktoken"]) >= 3
+
+
+def test_encoder_falls_back_to_tokenizers_where_tiktoken_cannot_be_proven_equal(tmp_path, tok):
+    from smollm2_prepare import pick_encoder
+    pytest.importorskip("tiktoken")
+    spec = json.loads(tok.tokenizer.to_str())
+    logs = []
+    assert pick_encoder(tok.tokenizer.to_str(), "auto", logs.append) == "tiktoken" and not logs
+    spec["normalizer"] = {"type": "Lowercase"}
+    assert pick_encoder(json.dumps(spec), "auto", logs.append) == "tokenizers"
+    assert logs == ["encoder: tokenizers (tiktoken not used: it has a normalizer)"]
+    with pytest.raises(DataError, match="--encoder tiktoken cannot run this tokenizer: it has a normalizer"):
+        pick_encoder(json.dumps(spec), "tiktoken", logs.append)
+    spec["normalizer"] = None
+    spec["model"]["merges"] = spec["model"]["merges"][::-1]  # ranks no longer follow the merge order
+    assert pick_encoder(json.dumps(spec), "auto", logs.append) == "tokenizers" and "not in the order" in logs[-1]
+
+
 def test_pieces_cut_only_at_pretoken_boundaries(corpus_path, tok):
     text = corpus_path.read_text(encoding="utf-8")
     pieces = split_text(text, 700)
