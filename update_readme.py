@@ -529,7 +529,8 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
                      f"which also holds CPU time, high-water marks and versions; RSS and PSS are summed over the "
                      f"process tree; `vm/16cpu` is the GPU machine's 16-core host, `vm/2cpu` the 2-core "
                      f"development machine):")
-        parts.append(render_generic(DATA_PREP_COLUMNS, rows) if rows else "_No rows yet._")
+        prep = [r for r in rows if r.get("measurement") != "train_rss"]  # those are a sentence each, below
+        parts.append(render_generic(DATA_PREP_COLUMNS, prep) if prep else "_No rows yet._")
         parts += [train_rss_sentence(r) for r in rows if r.get("measurement") == "train_rss"]
         note.append("data_prep table")
     if not parts:

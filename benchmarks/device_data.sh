@@ -3,6 +3,8 @@
 #   1  prepare the realdocs corpus, train SmolLM2-135M on it for 1000 steps of seq 2048 x 16 (results/realdocs/)
 #   2  the graded pair, the README's two commands as written (out_smollm2_scratch/train.log)
 #   3  preparation throughput and the nanoGPT-style yardstick on the host's CPU cores (benchmarks/data_prep.*)
+#   4  throughput of both encoders on 2 of the host's cores (taskset) and on all 16, and training memory over
+#      10,000 steps of train.py on the GPU (benchmarks/data_prep.*)
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -32,6 +34,13 @@ fi
 if run 3; then
   python bench_data.py --what throughput,yardstick --workers 1,4,16 --corpus_mb 200 --shared_dir .assets \
     --tokenizer_id .assets/tokenizer.json --out_dir benchmarks
+fi
+if run 4; then
+  common=(--what throughput --shared_dir .assets --tokenizer_id .assets/tokenizer.json --out_dir benchmarks)
+  taskset -c 0,1 python bench_data.py "${common[@]}" --workers 1,2 --corpus_mb 100 --machine vm/16cpu-taskset2
+  python bench_data.py "${common[@]}" --workers 16 --corpus_mb 200
+  python bench_data.py --what train_rss --train_device cuda --max_steps 10000 --train_inputs .assets/data/realdocs \
+    --shared_dir .assets --tokenizer_id .assets/tokenizer.json --out_dir benchmarks
 fi
 if run 2; then
   cp .assets/input.txt input.txt
