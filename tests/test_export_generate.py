@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import export_hf  # noqa: E402
-from generate import TextStream  # noqa: E402
 from smollm2_checkpoint import save_checkpoint  # noqa: E402
 from smollm2_config import get_config  # noqa: E402
+from smollm2_generate import TextStream  # noqa: E402
 from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer, packaged_gguf  # noqa: E402
 
@@ -158,11 +158,11 @@ def test_text_stream_holds_back_partial_characters(tok):
     ids = tok.encode("😀 日本語 naïve")
     assert any("\ufffd" in tok.decode(ids[:i]) for i in range(1, len(ids)))  # the case is really exercised
     out = io.StringIO()
-    stream = TextStream(tok, out)
+    stream = TextStream(tok)
     for i in ids:
-        stream.push(i)
+        out.write(stream.push(i))
         assert "\ufffd" not in out.getvalue()
-    stream.finish()
+    out.write(stream.finish())
     assert out.getvalue() == "😀 日本語 naïve"
 
 
