@@ -13,6 +13,7 @@ The folder also gets README.md, a Hub model card rendered from training_summary.
 smollm2_hub: the checkpoint's own step, tokens, losses, device and data). Then, optionally:
     --space_dir DIR          a ready Gradio Space for this model (app.py, modules, requirements, model/)
     --push_to_hub OWNER/NAME [--private]   upload the export with huggingface_hub
+    --push_space OWNER/NAME                upload the Space folder as a Gradio Space
 A failed upload (no token, offline) prints one line and exits 2; the local export stays.
 """
 
@@ -198,14 +199,19 @@ def main(argv=None) -> int:
     parser.add_argument("--push_to_hub", default=None, metavar="OWNER/NAME",
                         help="after exporting, upload the folder to this Hub model repo (created if missing); the "
                              "token comes from `hf auth login` or $HF_TOKEN")
-    parser.add_argument("--private", action="store_true", help="with --push_to_hub: create the repo private")
+    parser.add_argument("--push_space", default=None, metavar="OWNER/NAME",
+                        help="after writing --space_dir, upload it as a Gradio Space (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the pushed repos private")
     parser.add_argument("--space_dir", default=None,
                         help="also write a ready Gradio Space for this model into this folder (replaced as a whole)")
     args = parser.parse_args(argv)
-    if args.private and not args.push_to_hub:
-        parser.error("--private only applies with --push_to_hub")
-    if args.push_to_hub and (args.push_to_hub.count("/") != 1 or not all(args.push_to_hub.split("/"))):
-        parser.error(f"--push_to_hub wants OWNER/NAME, got {args.push_to_hub!r}")
+    if args.private and not (args.push_to_hub or args.push_space):
+        parser.error("--private only applies with --push_to_hub or --push_space")
+    if args.push_space and not args.space_dir:
+        parser.error("--push_space uploads the folder --space_dir writes; give --space_dir too")
+    for flag, repo in (("--push_to_hub", args.push_to_hub), ("--push_space", args.push_space)):
+        if repo and (repo.count("/") != 1 or not all(repo.split("/"))):
+            parser.error(f"{flag} wants OWNER/NAME, got {repo!r}")
     if args.space_dir and os.path.abspath(args.space_dir) == os.path.abspath(args.out_dir):
         parser.error("--space_dir must differ from --out_dir")
     try:
@@ -217,8 +223,12 @@ def main(argv=None) -> int:
         if args.push_to_hub:
             url = push_folder(args.out_dir, args.push_to_hub, private=args.private)
             print(f"pushed {args.out_dir} to {url}")
+        if args.push_space:
+            url = push_folder(args.space_dir, args.push_space, private=args.private, repo_type="space")
+            print(f"pushed {args.space_dir} to {url}")
     except PushError as e:
-        print(f"export_hf.py: error: {e}; the export is kept in {args.out_dir}", file=sys.stderr)
+        print(f"export_hf.py: error: {e}; the export is kept in {args.out_dir}"
+              f"{f' and the Space folder in {args.space_dir}' if args.space_dir else ''}", file=sys.stderr)
         return 2
     except (CheckpointError, TokenizerNotFound, ExportError, OSError) as e:
         print(f"export_hf.py: error: {e}", file=sys.stderr)

@@ -282,7 +282,7 @@ def push_folder(folder: str, repo_id: str, private: bool = False, repo_type: str
     from huggingface_hub import HfApi, get_token
 
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise PushError(f"--push_to_hub wants OWNER/NAME, got {repo_id!r}")
+        raise PushError(f"a Hub repo is named OWNER/NAME, got {repo_id!r}")
     token = get_token()
     if not token:
         raise PushError("no Hugging Face token (run `hf auth login` or set HF_TOKEN)")

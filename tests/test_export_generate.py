@@ -325,15 +325,20 @@ def test_push_calls_the_hub_library_with_the_export(work, tok_id, tmp_path, monk
                         lambda self, repo_id, **k: calls.append(("create_repo", repo_id, k)) or f"https://hub/{repo_id}")
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **k: calls.append(("upload_folder", k)))
     _, ckpt, _ = work[True]
-    out = tmp_path / "export"
+    out, space = tmp_path / "export", tmp_path / "space"
     assert export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out), "--tokenizer_id", tok_id,
-                           "--push_to_hub", "someone/tiny-smollm2", "--private"]) == 0
+                           "--push_to_hub", "someone/tiny-smollm2", "--private", "--space_dir", str(space),
+                           "--push_space", "someone/tiny-demo"]) == 0
     assert calls[0] == ("whoami", "hf_not_a_real_token_123")
     assert calls[1][:2] == ("create_repo", "someone/tiny-smollm2")
     assert calls[1][2]["private"] is True and calls[1][2]["repo_type"] == "model" and calls[1][2]["exist_ok"]
     assert calls[2][0] == "upload_folder"
     assert calls[2][1]["repo_id"] == "someone/tiny-smollm2" and Path(calls[2][1]["folder_path"]) == out
     assert 'from_pretrained("someone/tiny-smollm2")' in (out / "README.md").read_text()
+    assert calls[4][:2] == ("create_repo", "someone/tiny-demo")
+    assert calls[4][2]["repo_type"] == "space" and calls[4][2]["space_sdk"] == "gradio"
+    assert calls[5][1]["repo_type"] == "space" and Path(calls[5][1]["folder_path"]) == space
+    assert len(calls) == 6
     printed = capsys.readouterr()
     assert "hf_not_a_real_token_123" not in printed.out + printed.err
     assert "pushed" in printed.out
@@ -358,7 +363,8 @@ def test_push_that_cannot_reach_the_hub_exits_2_and_keeps_the_export(work, tmp_p
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
 
 
-@pytest.mark.parametrize("flags", [["--private"], ["--push_to_hub", "no-owner"], ["--space_dir", "SAME"]])
+@pytest.mark.parametrize("flags", [["--private"], ["--push_to_hub", "no-owner"], ["--space_dir", "SAME"],
+                                   ["--push_space", "a/b"]])
 def test_bad_sharing_flags_exit_2_before_writing(work, tmp_path, flags, capsys):
     _, ckpt, _ = work[True]
     out = tmp_path / "out"
