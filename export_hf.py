@@ -8,6 +8,13 @@ network. The folder is written beside DIR under a temporary name and swapped in 
 export that fails midway leaves an earlier export as it was. The weights go through transformers' own save_pretrained (on the LlamaForCausalLM that
 smollm2_hf.to_hf_model builds), so a tied embedding is stored once, as the released SmolLM2 stores it,
 and an untied lm_head is stored as its own tensor.
+
+The folder also gets README.md, a Hub model card rendered from training_summary.json (both from
+smollm2_hub: the checkpoint's own step, tokens, losses, device and data). Then, optionally:
+    --space_dir DIR          a ready Gradio Space for this model (app.py, modules, requirements, model/)
+    --push_to_hub OWNER/NAME [--private]   upload the export with huggingface_hub
+    --push_space OWNER/NAME                upload the Space folder as a Gradio Space
+A failed upload (no token, offline) prints one line and exits 2; the local export stays.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 
 from smollm2_checkpoint import CheckpointError, load_checkpoint, nonfinite_names, remove_stale_temporaries, tmp_name
 from smollm2_config import SmolLM2Config
+from smollm2_hub import FACTS_FILE, PushError, model_card, push_folder, training_facts, write_space
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2_training import OneLineParser
@@ -88,8 +96,8 @@ def hf_tokenizer(tokenizer):
 
 
 def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
-           dtype: str = "float32", log=print) -> list[str]:
-    """Write the Hugging Face folder; returns the paths written."""
+           dtype: str = "float32", log=print, repo_id: Optional[str] = None) -> tuple[list[str], dict]:
+    """Write the Hugging Face folder; returns (the paths written, the model card's facts)."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ExportError(f"--out_dir {out_dir} exists and is not a directory")
     here = os.path.abspath(os.getcwd())
@@ -113,6 +121,12 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
     staging, previous = (tmp_name(os.path.join(parent, f".{base}.{kind}")) for kind in ("new", "old"))
     try:
         write_folder(staging, model, tok, dtype)
+        facts = training_facts(ckpt, model, tok.source, checkpoint)
+        with open(os.path.join(staging, FACTS_FILE), "w", encoding="utf-8") as f:
+            json.dump(facts, f, indent=2, sort_keys=True)
+            f.write("\n")
+        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
+            f.write(model_card(facts, repo_id))
         written = sorted(os.listdir(staging))
         swap_in(staging, out_dir, previous)
     finally:
@@ -123,7 +137,7 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
     paths = [os.path.join(out_dir, f) for f in written]
     for p in paths:
         log(f"  wrote {p} ({os.path.getsize(p):,} bytes)")
-    return paths
+    return paths, facts
 
 
 def write_folder(folder: str, model: SmolLM2ForCausalLM, tok, dtype: str) -> None:
@@ -159,7 +173,7 @@ def write_folder(folder: str, model: SmolLM2ForCausalLM, tok, dtype: str) -> Non
 
 def swap_in(staging: str, out_dir: str, previous: str) -> None:
     """Replace out_dir by the complete staging folder with renames only. Files of an existing out_dir that
-    this export does not write (a README, a .git) move into the new folder; the old export files go."""
+    this export does not write (a .git, notes) move into the new folder; the old export files go."""
     if not os.path.isdir(out_dir):
         os.replace(staging, out_dir)
         return
@@ -182,9 +196,40 @@ def main(argv=None) -> int:
                              f"the one the checkpoint's run used if it resolves here, else {DEFAULT_TOKENIZER_ID}")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="dtype of the stored weights (training keeps float32 masters)")
+    parser.add_argument("--push_to_hub", default=None, metavar="OWNER/NAME",
+                        help="after exporting, upload the folder to this Hub model repo (created if missing); the "
+                             "token comes from `hf auth login` or $HF_TOKEN")
+    parser.add_argument("--push_space", default=None, metavar="OWNER/NAME",
+                        help="after writing --space_dir, upload it as a Gradio Space (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the pushed repos private")
+    parser.add_argument("--space_dir", default=None,
+                        help="also write a ready Gradio Space for this model into this folder (replaced as a whole)")
     args = parser.parse_args(argv)
+    if args.private and not (args.push_to_hub or args.push_space):
+        parser.error("--private only applies with --push_to_hub or --push_space")
+    if args.push_space and not args.space_dir:
+        parser.error("--push_space uploads the folder --space_dir writes; give --space_dir too")
+    for flag, repo in (("--push_to_hub", args.push_to_hub), ("--push_space", args.push_space)):
+        if repo and (repo.count("/") != 1 or not all(repo.split("/"))):
+            parser.error(f"{flag} wants OWNER/NAME, got {repo!r}")
+    if args.space_dir and os.path.abspath(args.space_dir) == os.path.abspath(args.out_dir):
+        parser.error("--space_dir must differ from --out_dir")
     try:
-        export(args.checkpoint, args.out_dir, args.tokenizer_id, args.dtype)
+        _, facts = export(args.checkpoint, args.out_dir, args.tokenizer_id, args.dtype, repo_id=args.push_to_hub)
+        if args.space_dir:
+            title = (args.push_to_hub or os.path.basename(os.path.abspath(args.out_dir))).split("/")[-1]
+            files = write_space(args.space_dir, args.out_dir, facts, title)
+            print(f"wrote Space folder {args.space_dir}: {', '.join(files)}")
+        if args.push_to_hub:
+            url = push_folder(args.out_dir, args.push_to_hub, private=args.private)
+            print(f"pushed {args.out_dir} to {url}")
+        if args.push_space:
+            url = push_folder(args.space_dir, args.push_space, private=args.private, repo_type="space")
+            print(f"pushed {args.space_dir} to {url}")
+    except PushError as e:
+        print(f"export_hf.py: error: {e}; the export is kept in {args.out_dir}"
+              f"{f' and the Space folder in {args.space_dir}' if args.space_dir else ''}", file=sys.stderr)
+        return 2
     except (CheckpointError, TokenizerNotFound, ExportError, OSError) as e:
         print(f"export_hf.py: error: {e}", file=sys.stderr)
         return 2

@@ -7,7 +7,8 @@
 
 stdout carries only the prompt and the generated text, streamed as it is decoded; what was loaded and
 the speed (tokens/s) go to stderr. Decoding goes through the model's own KV cache
-(SmolLM2ForCausalLM.generate_stream), so each step after the prompt runs one token through the model.
+(SmolLM2ForCausalLM.generate_stream, via smollm2_generate.stream_text, which app.py uses too), so each step
+after the prompt runs one token through the model.
 Sampling draws from a torch.Generator seeded with --seed on the model's device: the same seed, model,
 device and prompt give the same text.
 """
@@ -20,103 +21,23 @@ import time
 
 import torch
 
-from export_hf import checkpoint_tokenizer_id, model_from_checkpoint
-from smollm2_model import SmolLM2ForCausalLM
+from smollm2_generate import DTYPES, load_model, log_stderr as log, pick_dtype, stream_text
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
 from smollm2_training import OneLineParser, resolve_device
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-class TextStream:
-    """Writes the text of a growing list of token ids as it grows.
-
-    The whole list is decoded at every step and only the new suffix is written, because a byte-level
-    BPE token is not always a whole character: a token can end halfway through a UTF-8 sequence, which
-    decodes to U+FFFD until the next token completes it. Trailing U+FFFDs are therefore held back.
-    Lossy UTF-8 decoding only ever rewrites that unfinished tail, so what was written stays a prefix.
-    """
-
-    def __init__(self, tokenizer, out):
-        self.tokenizer, self.out = tokenizer, out
-        self.ids: list[int] = []
-        self.written = 0  # characters of the decoded text already written
-
-    def _emit(self, text: str) -> None:
-        if len(text) > self.written:
-            self.out.write(text[self.written:])
-            self.out.flush()
-            self.written = len(text)
-
-    def push(self, token_id: int) -> None:
-        self.ids.append(token_id)
-        self._emit(self.tokenizer.decode(self.ids).rstrip("\ufffd"))
-
-    def finish(self) -> None:
-        self._emit(self.tokenizer.decode(self.ids))
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return DTYPES[name]
-    # bf16 halves the bytes every decode step reads on a GPU; on CPU float32 is both faster and exact.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def own_tokenizer(path: str) -> bool:
-    """Whether a local model (a .gguf, or a folder) carries a tokenizer that load_tokenizer can read."""
-    if os.path.isfile(path):
-        return path.endswith(".gguf")
-    return any(f == "tokenizer.json" or f.endswith(".gguf") for f in os.listdir(path))
-
-
-def load_model(args) -> tuple[SmolLM2ForCausalLM, str, str]:
-    """(model on CPU in float32, description, tokenizer id to use unless --tokenizer_id overrides it)."""
-    if args.pretrained is not None:
-        from smollm2_hf import load_pretrained
-        source = args.pretrained or None
-        model, desc = load_pretrained(source, log=log)
-        if source is None or not os.path.exists(source):
-            return model, f"pretrained {desc}", source or DEFAULT_TOKENIZER_ID  # a hub repo holds both
-        return model, f"pretrained {desc}", source if own_tokenizer(source) else DEFAULT_TOKENIZER_ID
-    path = args.checkpoint
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"--checkpoint {path} is a folder without config.json "
-                             f"(pass a .pt checkpoint or a folder written by export_hf.py)")
-        from smollm2_hf import load_pretrained  # an HF-format folder: AutoModelForCausalLM, then our model
-        model, desc = load_pretrained(path, log=log)
-        return model, f"exported folder {desc}", path if own_tokenizer(path) else DEFAULT_TOKENIZER_ID
-    model, ckpt = model_from_checkpoint(path)
-    return model, f"checkpoint {path} (global_step={ckpt.get('global_step')})", checkpoint_tokenizer_id(ckpt)
-
-
-def generate_one(model, tok, prompt_ids: list[int], args, generator, device) -> tuple[int, float, float]:
+def generate_one(model, tok, prompt_ids: list[int], args, generator) -> tuple[int, float, float]:
     """Streams one sample to stdout. Returns (tokens generated, seconds to first token, total seconds)."""
-    eos = model.config.eos_token_id
-    stream = TextStream(tok, sys.stdout)
-    x = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T0)
-    n, first = 0, 0.0
+    n, first = 0, None
     t0 = time.perf_counter()
-    steps = model.generate_stream(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p, eos_token_id=eos if args.stop_at_eos else None,
-                                  generator=generator)
-    for nxt in steps:
-        token = int(nxt[0])  # .item() waits for the device, so the timings below are honest
-        n += 1
-        if n == 1:
+    for n, piece in stream_text(model, tok, prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
+                                args.top_p, bool(args.stop_at_eos), generator):
+        if first is None:
             first = time.perf_counter() - t0
-        if args.stop_at_eos and token == eos:
-            break  # the end-of-text token ends the sample; it is not part of the text
-        stream.push(token)
-    stream.finish()
-    return n, first, time.perf_counter() - t0
+        if piece:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    return n, first or 0.0, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -158,7 +79,7 @@ def main(argv=None) -> int:
     try:
         device = resolve_device(args.device)
         dtype = pick_dtype(args.dtype, device)
-        model, desc, tok_id = load_model(args)
+        model, desc, tok_id, _ = load_model(args.checkpoint, args.pretrained)
         tok = load_tokenizer(args.tokenizer_id or tok_id, log=log)
         if tok.vocab_size > model.config.vocab_size:
             raise ValueError(f"tokenizer {tok.source} has {tok.vocab_size} ids, the model only "
@@ -188,7 +109,7 @@ def main(argv=None) -> int:
                 sys.stdout.write("---------------\n")
             sys.stdout.write(args.prompt)
             sys.stdout.flush()
-            n, first_s, secs = generate_one(model, tok, prompt_ids, args, generator, device)
+            n, first_s, secs = generate_one(model, tok, prompt_ids, args, generator)
             sys.stdout.write("\n")
             sys.stdout.flush()
             total_tokens, total_s = total_tokens + n, total_s + secs

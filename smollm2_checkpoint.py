@@ -4,6 +4,8 @@ A checkpoint is a dict saved with torch.save:
   format_version, global_step, model (state dict, no compile/DDP prefixes), optimizer,
   scheduler (the step the lr schedule is at), rng (python, numpy, torch, cuda), data (position),
   model_config (SmolLM2Config.to_dict()), args (the training options), plus free-form extras.
+  metrics (train.py, for the model card: last logged train and held-out loss with their steps, device,
+  data description, tokens per step); absent in older files.
   run_id (the run that wrote it: a resume never falls back to another run's file).
 It is written to a temporary name in the same folder (<name>.tmp.<pid>), flushed, fsynced and renamed
 into place, so a crash mid-save leaves the previous file intact; the temporary of a killed save is

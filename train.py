@@ -402,6 +402,10 @@ def main(argv=None) -> int:
         interval_steps, t_last = 0, time.perf_counter()
         t_start = t_last
         kept = f"step {start_step}" if ckpt is not None else "none saved yet"  # what checkpoint_latest.pt holds
+        # The latest logged numbers, saved in every checkpoint so a model card reads them instead of the log.
+        # A resume carries the previous ones until this run logs its own.
+        metrics = {**((ckpt or {}).get("metrics") or {}), "device": device_name(device), "data": dataset.description,
+                   "tokens_per_step": tokens_per_step}
 
         def stop_run(msg: str):
             log(f"ERROR: {msg}")
@@ -425,7 +429,7 @@ def main(argv=None) -> int:
                                "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": world,
                                "train_tokens": len(data.train), "sampler": args.sampler,
                                "fingerprint": data.fingerprint},
-                         model_config=config.to_dict(), args=vars(args))
+                         model_config=config.to_dict(), args=vars(args), metrics=dict(metrics))
             bad = nonfinite_names(state["model"]) if rank == 0 else []
             if dist_utils.any_rank(bool(bad)):
                 stop_run(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved, {LATEST} stays "
@@ -454,6 +458,7 @@ def main(argv=None) -> int:
             if step % args.log_every == 0 or step == args.max_steps:
                 mean_loss = dist_utils.mean_across_ranks(interval_loss / interval_steps)
                 norm_v = float(norm)
+                metrics.update(train_loss=float(mean_loss), train_loss_step=step)
                 dt = time.perf_counter() - t_last
                 tok_s = tokens_per_step * interval_steps / dt
                 mfu = f"{100 * tok_s * fpt / (peak * world):.2f}%" if peak else "n/a"
@@ -471,6 +476,7 @@ def main(argv=None) -> int:
                 ensure_finite(step)
                 vl = evaluate(model, data.val_batches(args.val_batches, args.batch_size * args.grad_accum), device, amp_dtype)
                 if vl is not None:
+                    metrics.update(val_loss=float(vl), val_loss_step=step)
                     log(f"step {step:5d}/{args.max_steps} | val loss {vl:.4f} | val ppl {math.exp(min(vl, 50)):.2f}")
             stopping = dist_utils.any_rank(stop.requested is not None)
             if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:

@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import export_hf  # noqa: E402
-from generate import TextStream  # noqa: E402
 from smollm2_checkpoint import save_checkpoint  # noqa: E402
 from smollm2_config import get_config  # noqa: E402
+from smollm2_generate import TextStream  # noqa: E402
 from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer, packaged_gguf  # noqa: E402
 
@@ -158,11 +158,11 @@ def test_text_stream_holds_back_partial_characters(tok):
     ids = tok.encode("😀 日本語 naïve")
     assert any("\ufffd" in tok.decode(ids[:i]) for i in range(1, len(ids)))  # the case is really exercised
     out = io.StringIO()
-    stream = TextStream(tok, out)
+    stream = TextStream(tok)
     for i in ids:
-        stream.push(i)
+        out.write(stream.push(i))
         assert "\ufffd" not in out.getvalue()
-    stream.finish()
+    out.write(stream.finish())
     assert out.getvalue() == "😀 日本語 naïve"
 
 
@@ -238,3 +238,149 @@ def test_pretrained_knows_paris():
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("The capital of France is")
     assert "Paris" in p.stdout
+
+
+# ----------------------------------------------------------------------------- model card, Space, push
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tok_id):
+    """A two-step train.py run of the tiny preset (held-out loss logged at step 2), exported with a Space."""
+    corpus = REPO.parent / "shared" / "data" / "input.txt"
+    if not corpus.is_file():
+        pytest.skip(f"reference file {corpus} is missing (it lives next to the repo, in ../shared)")
+    root = tmp_path_factory.mktemp("card")
+    p = run_script("train.py", "--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--grad_accum", "1",
+                   "--warmup_steps", "1", "--max_steps", "2", "--log_every", "1", "--val_every", "2",
+                   "--val_batches", "1", "--save_every", "2", "--sample_every", "0", "--tokenizer_id", tok_id,
+                   "--input_file", str(corpus), "--out_dir", str(root / "run"))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    ckpt_path = root / "run" / "checkpoints" / "checkpoint_latest.pt"
+    export_dir, space_dir = root / "hf", root / "space"
+    p = run_script("export_hf.py", "--checkpoint", str(ckpt_path), "--out_dir", str(export_dir),
+                   "--space_dir", str(space_dir))
+    assert p.returncode == 0, p.stderr
+    return torch.load(ckpt_path, weights_only=True), ckpt_path, export_dir, space_dir
+
+
+def test_model_card_numbers_are_the_checkpoints(trained):
+    from huggingface_hub import ModelCard
+
+    ckpt, _, d, _ = trained
+    m = ckpt["metrics"]  # what train.py recorded: the last logged losses, the device, the data
+    assert (m["train_loss_step"], m["val_loss_step"], m["device"], m["tokens_per_step"]) == (2, 2, "cpu", 64)
+    card = ModelCard.load(d / "README.md")  # the Hub's own parser of the front matter
+    meta = card.data.to_dict()
+    assert (meta["license"], meta["library_name"], meta["pipeline_tag"]) == ("apache-2.0", "transformers",
+                                                                             "text-generation")
+    assert "from-scratch" in meta["tags"] and meta["language"] == ["en"]
+    assert "datasets" not in meta  # a local text file names no Hub dataset
+    text = card.text
+    assert "trained from scratch" in text and "not* the weights HuggingFaceTB released" in text
+    for expected in (f"| training steps | 2 |", f"| tokens seen | 128 (64 per step) |",
+                     f"| final train loss | {m['train_loss']:.4f} (logged at step 2) |",
+                     f"| held-out loss | {m['val_loss']:.4f} (logged at step 2) |", "| trained on | cpu |",
+                     f"| parameters | {sum(t.numel() for k, t in ckpt['model'].items() if k != 'lm_head.weight'):,} |",
+                     m["data"], 'AutoModelForCausalLM.from_pretrained("PATH/TO/THIS/FOLDER")'):
+        assert expected in text, expected
+    facts = json.loads((d / "training_summary.json").read_text())
+    assert (facts["step"], facts["val_loss"], facts["tokens_seen"]) == (2, m["val_loss"], 128)
+
+
+def test_card_of_an_old_checkpoint_says_not_recorded(work, tok):
+    _, ckpt, _ = work[True]  # saved without metrics or data, like checkpoints before metrics existed
+    from smollm2_hub import model_card, training_facts
+    model, c = export_hf.model_from_checkpoint(str(ckpt))
+    text = model_card(training_facts(c, model, tok.source, str(ckpt)))
+    assert "| held-out loss | not recorded |" in text and "| trained on | not recorded |" in text
+    assert "| training steps | 7 |" in text and "| tokens seen | not recorded |" in text
+
+
+def test_space_folder_is_self_contained(trained):
+    from huggingface_hub import metadata_load
+
+    _, _, d, space = trained
+    meta = metadata_load(space / "README.md")
+    assert (meta["sdk"], meta["app_file"]) == ("gradio", "app.py")
+    assert "gradio" in (space / "requirements.txt").read_text()
+    assert (space / "model" / "model.safetensors").read_bytes() == (d / "model.safetensors").read_bytes()
+    assert (space / "app.py").read_text() == (REPO / "app.py").read_text()
+    # The Space's app imports only what the folder holds: run it from there with the repo off the path.
+    code = ("import sys; sys.path = [p for p in sys.path if p not in ('', %r)]; sys.path.insert(0, '.'); "
+            "import app, smollm2_generate; m = app.Models({'x': ('model', None)}, app.torch.device('cpu'), None); "
+            "print(app.panel(m.get('x')))") % str(REPO)
+    p = subprocess.run([sys.executable, "-c", code], cwd=space, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "| held-out loss |" in p.stdout and "| training steps | 2 |" in p.stdout
+
+
+def test_push_calls_the_hub_library_with_the_export(work, tok_id, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    import smollm2_hub
+
+    calls = []
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token_123")
+    monkeypatch.setattr(smollm2_hub, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **k: calls.append(("whoami", self.token)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **k: calls.append(("create_repo", repo_id, k)) or f"https://hub/{repo_id}")
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **k: calls.append(("upload_folder", k)))
+    _, ckpt, _ = work[True]
+    out, space = tmp_path / "export", tmp_path / "space"
+    assert export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out), "--tokenizer_id", tok_id,
+                           "--push_to_hub", "someone/tiny-smollm2", "--private", "--space_dir", str(space),
+                           "--push_space", "someone/tiny-demo"]) == 0
+    assert calls[0] == ("whoami", "hf_not_a_real_token_123")
+    assert calls[1][:2] == ("create_repo", "someone/tiny-smollm2")
+    assert calls[1][2]["private"] is True and calls[1][2]["repo_type"] == "model" and calls[1][2]["exist_ok"]
+    assert calls[2][0] == "upload_folder"
+    assert calls[2][1]["repo_id"] == "someone/tiny-smollm2" and Path(calls[2][1]["folder_path"]) == out
+    assert 'from_pretrained("someone/tiny-smollm2")' in (out / "README.md").read_text()
+    assert calls[4][:2] == ("create_repo", "someone/tiny-demo")
+    assert calls[4][2]["repo_type"] == "space" and calls[4][2]["space_sdk"] == "gradio"
+    assert calls[5][1]["repo_type"] == "space" and Path(calls[5][1]["folder_path"]) == space
+    assert len(calls) == 6
+    printed = capsys.readouterr()
+    assert "hf_not_a_real_token_123" not in printed.out + printed.err
+    assert "pushed" in printed.out
+
+
+def test_push_that_cannot_reach_the_hub_exits_2_and_keeps_the_export(work, tmp_path):
+    # A token but no network (as everywhere here): a fresh process, so a traceback would show.
+    _, ckpt, _ = work[True]
+    out = tmp_path / "export"
+    env = {**_env(), "HF_TOKEN": "hf_not_a_real_token_456", "HF_HOME": str(tmp_path / "hf_home")}
+    p = subprocess.run([sys.executable, str(REPO / "export_hf.py"), "--checkpoint", str(ckpt), "--out_dir",
+                        str(out), "--tokenizer_id", _tokenizer_id(), "--push_to_hub", "someone/tiny"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unreachable" in lines[0] and "the export is kept in" in lines[0], p.stderr
+    assert "hf_not_a_real_token" not in p.stdout + p.stderr
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+
+
+def test_push_without_a_token_exits_2_and_keeps_the_export(work, tok_id, tmp_path, monkeypatch, capsys):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))  # none stored
+    _, ckpt, _ = work[True]
+    out = tmp_path / "export"
+    assert export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out), "--tokenizer_id", tok_id,
+                           "--push_to_hub", "someone/tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no Hugging Face token" in err[0] and str(out) in err[0]
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("flags", [["--private"], ["--push_to_hub", "no-owner"], ["--space_dir", "SAME"],
+                                   ["--push_space", "a/b"]])
+def test_bad_sharing_flags_exit_2_before_writing(work, tmp_path, flags, capsys):
+    _, ckpt, _ = work[True]
+    out = tmp_path / "out"
+    flags = [str(out) if f == "SAME" else f for f in flags]
+    with pytest.raises(SystemExit) as e:
+        export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out), *flags])
+    assert e.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not out.exists()
