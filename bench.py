@@ -654,9 +654,9 @@ def main(argv=None):
             if write:
                 print(json.dumps(rows[-1]), flush=True)
         stem = os.path.join(args.out_dir, f"bench_{prof}")
-        if sizes and os.path.exists(stem + ".json"):  # the swept impls' rows replace theirs; the others stay
-            with open(stem + ".json") as f:
-                rows = [r for r in json.load(f) if r["impl"] not in impls] + rows
+        if sizes and os.path.exists(stem + ".json"):  # the swept impls' rows replace theirs; the other rows
+            with open(stem + ".json") as f:                # stay if they were measured on this card
+                rows = [r for r in json.load(f) if r["impl"] not in impls and r.get("card") == card] + rows
         with_ratios(rows)
         if write:
             write_rows(stem, rows)

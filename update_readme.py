@@ -633,7 +633,8 @@ def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, st
                    f"path from the same seed{noise}; final {e['final_fast']:.4f} vs {e['final_eager']:.4f} "
                    f"([plot]({rel(os.path.join(a.bench_dir, 'loss_equivalence.png'), readme_dir)})).")
     tb_path = os.path.join(a.bench_dir, "time_breakdown_throughput.csv")
-    r = _rows_by(tb_path, "impl").get("ours_compile")
+    tb = _rows_by(tb_path, "impl")
+    r = tb.get("ours_compile") or tb.get("ours_fast")
     groups = sorted(((k[:-3], _num(v)) for k, v in r.items() if k.endswith(" ms") and _num(v)),
                     key=lambda kv: -kv[1]) if r else []
     if groups:
