@@ -8,10 +8,14 @@ with the same initial weights, data, batch, optimizer and training step (smollm2
     python bench.py --profile throughput --impls ours_compile --kernel_table 1   # where the time goes
     python bench.py --profile seed --impls ours_fast_accum,ours_fast --kernel_table 1   # micro-batches accumulated vs stacked
     python bench.py --world_sizes 1,2,4 --impls ours_compile   # data-parallel scaling through torchrun + DDP
+    python bench.py --profile throughput --impls hf_compile,ours_fast --micro_batches 16,24,32,48
+        # each impl at each micro-batch (microbatch_sweep.csv); bench_throughput.csv gets each impl's best that fits
+    python bench.py --profile none --residual_loss_steps 200   # loss curves, residual stream fp32 vs bf16
 
 Writes benchmarks/bench_<profile>.csv and .json (tokens/s, ms/step, MFU against the card's dense bf16
 peak, peak memory, card, versions), bench_max_batch.csv, bench_attention.csv, time_breakdown_<profile>.csv
-(+ kernels_<profile>_<impl>.txt), multigpu_<profile>.csv and the loss-equivalence plot.
+(+ kernels_<profile>_<impl>.txt), multigpu_<profile>.csv, microbatch_sweep.csv, the loss-equivalence plot and
+loss_residual.csv/.json/.png.
 Under torchrun (WORLD_SIZE > 1) every rank trains its share through DDP and rank 0 writes total and
 per-GPU figures.
 """
@@ -55,6 +59,9 @@ IMPLS = {
     "ours_compile": dict(compile=True, fused=True),
     "ours_fast_accum": dict(compile=True, graph=True, fused=True),
     "ours_fast": dict(compile=True, graph=True, fused=True, stack=-1),
+    # the residual stream in bf16 (config.residual_dtype): every residual add and RMSNorm moves half the bytes
+    "ours_fast_bf16res": dict(compile=True, graph=True, fused=True, stack=-1, residual="bf16"),
+    "ours_eager_bf16res": dict(residual="bf16"),
     # data-parallel variants of ours_compile (smollm2_distributed.build_forward); same math, except bf16grads
     "ours_compile_no_overlap": dict(compile=True, fused=True, ddp_overlap=False, base="ours_compile"),
     "ours_compile_blocks": dict(compile=True, fused=True, scope="blocks"),
@@ -63,16 +70,18 @@ IMPLS = {
     "ours_eager_fp32": dict(amp=None, fused=True),
 }
 DEFAULT_IMPLS = "hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast"
+MODEL_PRESET = "smollm2-135m"  # what every impl builds (CPU tests of the curve plumbing swap in "tiny")
 
 
 def impl_spec(name: str) -> dict:
     return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa", scope="model",
-                     reduce_bf16=False, ddp_overlap=True, base=None, amp=torch.bfloat16, stack=0), **IMPLS[name])
+                     reduce_bf16=False, ddp_overlap=True, base=None, amp=torch.bfloat16, stack=0, residual="fp32"),
+                **IMPLS[name])
 
 
 def build(spec: dict, seed: int, device):
     torch.manual_seed(seed)
-    ours = SmolLM2ForCausalLM(get_config("smollm2-135m", attn_impl=spec["attn"]))
+    ours = SmolLM2ForCausalLM(get_config(MODEL_PRESET, attn_impl=spec["attn"], residual_dtype=spec["residual"]))
     if spec["kind"] == "ours":
         return ours.to(device)
     from smollm2_hf import to_hf_model  # same initial weights as ours
@@ -228,20 +237,7 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir, fast_impl: str =
     the curve, the noise that |fast - bf16 eager| is read against. The float32 run takes each batch as
     two micro-batches of B/2 rows (the same mean loss and gradient) so that it fits where bf16 does."""
     runs = (("ours_eager_fp32", 2 if B % 2 == 0 else 1), ("ours_eager", 1), (fast_impl, 1))
-    curves = {}
-    for impl, split in runs:
-        free()
-        model = build(impl_spec(impl), seed, device)
-        step_fn, opt = make_step(impl_spec(impl), model, device, split)
-        losses = []
-        for s in range(1, steps + 1):
-            set_lr(opt, lr_at(s, 20, steps, 3e-4, 3e-5))
-            xs, ys = data.step_batch(s, 1, B, device)  # (1, B, T)
-            loss, _ = step_fn(xs.view(split, B // split, -1), ys.view(split, B // split, -1))
-            losses.append(loss.detach().clone())
-        curves[impl] = torch.stack(losses).float().cpu().tolist()
-        del model, step_fn, opt
-    free()
+    curves = {impl: train_curve(impl, data, B, steps, device, seed, split) for impl, split in runs}
     ref, eager, fast = curves["ours_eager_fp32"], curves["ours_eager"], curves[fast_impl]
     diffs = [abs(a - b) for a, b in zip(eager, fast)]
     noise = [abs(a - b) for a, b in zip(eager, ref)]
@@ -270,6 +266,79 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir, fast_impl: str =
     return {"steps": steps, "max_abs_diff": max(diffs), "mean_abs_diff": sum(diffs) / len(diffs),
             "final_eager": eager[-1], "final_fast": fast[-1], "final_fp32": ref[-1],
             "max_bf16_noise": max(noise), "mean_bf16_noise": sum(noise) / len(noise)}
+
+
+def train_curve(impl, data, B, steps, device, seed, split: int = 1) -> list[float]:
+    """Per-step losses of `steps` steps of one impl from `seed` on the data's batches 1..steps, warmup 20 steps
+    then cosine (train.py's schedule). split > 1 takes each batch as that many micro-batches of B/split rows."""
+    free()
+    model = build(impl_spec(impl), seed, device)
+    step_fn, opt = make_step(impl_spec(impl), model, device, split)
+    losses = []
+    for s in range(1, steps + 1):
+        set_lr(opt, lr_at(s, 20, steps, 3e-4, 3e-5))
+        xs, ys = data.step_batch(s, 1, B, device)  # (1, B, T)
+        loss, _ = step_fn(xs.view(split, B // split, -1), ys.view(split, B // split, -1))
+        losses.append(loss.detach().clone())
+    curve = torch.stack(losses).float().cpu().tolist()
+    del model, step_fn, opt
+    free()
+    return curve
+
+
+def residual_loss_curves(data, seq_len, B, steps, device, seed, out_dir, fp32_impl: str = "ours_fast",
+                         bf16_impl: str = "ours_fast_bf16res") -> dict:
+    """The residual stream in float32 against bf16, same seed and batches, plus the float32-residual run
+    again: |run - rerun| is the run-to-run noise of non-deterministic kernels, the floor the bf16 gap is
+    read against (the larger yardstick, bf16 against float32 arithmetic, is loss_equivalence.json's)."""
+    a = train_curve(fp32_impl, data, B, steps, device, seed)
+    b = train_curve(bf16_impl, data, B, steps, device, seed)
+    again = train_curve(fp32_impl, data, B, steps, device, seed)
+    gap = [abs(x - y) for x, y in zip(a, b)]
+    rerun = [abs(x - y) for x, y in zip(a, again)]
+    with open(os.path.join(out_dir, "loss_residual.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "residual_fp32", "residual_bf16", "abs_diff", "residual_fp32_rerun", "rerun_noise"])
+        for i, row in enumerate(zip(a, b, gap, again, rerun), 1):
+            w.writerow([i] + [f"{v:.5f}" for v in row])
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    xs = range(1, steps + 1)
+    ax.plot(xs, a, label=f"{fp32_impl}: residual stream float32", lw=1.5)
+    ax.plot(xs, b, label=f"{bf16_impl}: residual stream bf16", lw=1.0, ls="--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss")
+    ax.set_title(f"Residual stream dtype, seq {seq_len} x micro-batch {B}, {device_name(device)}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "loss_residual.png"), metadata={"Software": None})
+    plt.close(fig)
+    return {"steps": steps, "seq_len": seq_len, "micro_batch": B, "max_abs_diff": max(gap),
+            "mean_abs_diff": sum(gap) / len(gap), "final_fp32_residual": a[-1], "final_bf16_residual": b[-1],
+            "max_rerun_noise": max(rerun), "mean_rerun_noise": sum(rerun) / len(rerun)}
+
+
+def sweep_micro_batches(impls, sizes, measure, on_row=lambda row: None) -> tuple[list[dict], list[dict]]:
+    """Each impl at each micro-batch, in that order (one process, one card). measure(impl, B) returns a row
+    dict with status "ok" or raises torch.OutOfMemoryError, which is recorded as an "oom" row (memory is
+    freed before the next size). Returns (every row, each impl's fastest row that fit)."""
+    rows, best = [], {}
+    for impl in impls:
+        for B in sizes:
+            try:
+                row = measure(impl, B)
+            except torch.OutOfMemoryError:
+                row = dict(impl=impl, micro_batch=B, status="oom")
+            if row["status"] != "ok":
+                free()  # after the except block: the traceback no longer holds the failed run's tensors
+            rows.append(row)
+            on_row(row)
+            if row["status"] == "ok" and row["tokens_per_s"] > best.get(impl, {}).get("tokens_per_s", -1):
+                best[impl] = row
+    return rows, [best[i] for i in impls if i in best]
 
 
 def largest_fitting(fits, guess: int, known_ok: int, limit: int = 12) -> tuple[int, object, int]:
@@ -376,6 +445,16 @@ def attention_bench(device, B=16, H=9, KV=3, T=2048, D=64, reps=20) -> list[dict
     return rows
 
 
+def with_ratios(rows: list[dict]) -> None:
+    """x_hf_eager / x_hf_compile of every row: its tokens/s over that transformers row's (each at its own
+    micro-batch when the table holds each impl's best)."""
+    base = {r["impl"]: r["tokens_per_s"] for r in rows if r["status"] == "ok"}
+    for r in rows:
+        ok = r["status"] == "ok"
+        r["x_hf_eager"] = round(r["tokens_per_s"] / base["hf_eager"], 2) if ok and "hf_eager" in base else ""
+        r["x_hf_compile"] = round(r["tokens_per_s"] / base["hf_compile"], 2) if ok and "hf_compile" in base else ""
+
+
 def merge_rows(path_stem, rows, key="impl"):
     """Write rows into <stem>.csv/.json, replacing earlier rows with the same key (parallel runs share it)."""
     fd = os.open(os.path.dirname(os.path.abspath(path_stem)), os.O_RDONLY)
@@ -462,6 +541,9 @@ def main(argv=None):
     p.add_argument("--input_file", default="input.txt")
     p.add_argument("--tokenizer_id", default=DEFAULT_TOKENIZER_ID)
     p.add_argument("--micro_batch", type=int, default=0, help="override the profile's micro-batch")
+    p.add_argument("--micro_batches", default="",
+                   help="e.g. 16,24,32,48: every impl at each micro-batch (microbatch_sweep.csv, out-of-memory recorded "
+                        "as such); bench_<profile>.csv takes each impl's fastest size that fit")
     p.add_argument("--warmup", type=int, default=15, help="untimed steps (compile, graph capture)")
     p.add_argument("--steps", type=int, default=30, help="timed steps")
     p.add_argument("--seed", type=int, default=1337)
@@ -473,11 +555,19 @@ def main(argv=None):
     p.add_argument("--probe_impls", default="hf_eager,hf_compile,ours_compile")
     p.add_argument("--loss_steps", type=int, default=0, help="steps of the fast-vs-eager loss comparison (0 = skip)")
     p.add_argument("--loss_batch", type=int, default=16, help="micro-batch of the loss comparison (seq 2048)")
+    p.add_argument("--residual_loss_steps", type=int, default=0,
+                   help="steps of the residual-stream comparison, ours_fast vs ours_fast_bf16res (0 = skip)")
     p.add_argument("--world_sizes", default="", help="e.g. 1,2,4: run --profile under torchrun at each size")
     p.add_argument("--out_dir", default="benchmarks")
     p.add_argument("--cache_dir", default="", help="token cache (default <out_dir>/.cache)")
     args = p.parse_args(argv)
     impls = args.impls.split(",")
+    if not all(b.strip().isdigit() and int(b) >= 1 for b in args.micro_batches.split(",") if args.micro_batches):
+        raise UsageError(f"--micro_batches takes sizes such as 16,24,32,48, got {args.micro_batches!r}")
+    sizes = [int(b) for b in args.micro_batches.split(",")] if args.micro_batches else []
+    if sizes and (args.profile not in PROFILES or args.world_sizes or args.kernel_table or args.memory_peak):
+        raise UsageError("--micro_batches sweeps one profile (seed or throughput) in one process: no --world_sizes, "
+                         "--kernel_table or --memory_peak with it")
     probe_impls = args.probe_impls.split(",")
     if unknown := [i for i in impls + probe_impls if i not in IMPLS]:
         raise UsageError(f"unknown impl {unknown}; choose from {', '.join(IMPLS)}")
@@ -486,7 +576,7 @@ def main(argv=None):
     if args.world_sizes and not all(w.strip().isdigit() and int(w) >= 1 for w in args.world_sizes.split(",")):
         raise UsageError(f"--world_sizes takes process counts such as 1,2,4, got {args.world_sizes!r}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.kernel_table or args.memory_peak or args.max_batch_probe
-                                                      or args.loss_steps
+                                                      or args.loss_steps or args.residual_loss_steps
                                                       or any(impl_spec(i)["graph"] for i in impls)):
         raise UsageError("under torchrun bench.py times plain DDP steps only: no --kernel_table, --memory_peak, "
                          "--max_batch_probe, --loss_steps or CUDA-graph impls")
@@ -519,7 +609,36 @@ def main(argv=None):
         data = TokenBatches(dataset, seq_len, args.seed, "random")
         fpt = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
         rows, breakdown = [], []
-        for impl in impls:
+
+        def measure(impl, B, table="", mem=""):
+            r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, device, args.seed, table, mem)
+            tok_s = B * A * seq_len * world * 1000.0 / r["ms_per_step"]
+            if r["breakdown"]:
+                breakdown.append(dict(impl=impl, card=card, ms_per_step=round(r["ms_per_step"], 2), **r["breakdown"]))
+            return dict(profile=prof, impl=impl, status="ok", card=card, world_size=world, seq_len=seq_len,
+                        micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * world,
+                        ms_per_step=round(r["ms_per_step"], 3), tokens_per_s=round(tok_s, 1),
+                        tokens_per_s_per_gpu=round(tok_s / world, 1),
+                        mfu=round(tok_s * fpt / (peak * world), 4) if peak else "",
+                        peak_mem_gb=round(r["peak_mem_bytes"] / 1e9, 2), warmup_s=round(r["warmup_s"], 1),
+                        final_loss=round(r["final_loss"], 4), peak_flops=peak or "", **versions)
+
+        def oom_row(impl, B):
+            return dict(profile=prof, impl=impl, status="oom", card=card, world_size=world, seq_len=seq_len,
+                        micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * world, peak_flops=peak or "",
+                        **versions)
+
+        if sizes:  # every impl at every size; the profile's table gets each impl's fastest size that fit
+            sweep = []
+
+            def on_row(row):
+                sweep.append(row if row["status"] == "ok" else oom_row(row["impl"], row["micro_batch"]))
+                if write:
+                    print(json.dumps(sweep[-1]), flush=True)
+                    write_rows(os.path.join(args.out_dir, "microbatch_sweep"), sweep)  # kept if the run is cut
+
+            _, rows = sweep_micro_batches(impls, sizes, measure, on_row)
+        for impl in ([] if sizes else impls):
             stacked_twin = [o for o in impls if o != impl and impl_spec(o) == dict(impl_spec(impl), stack=-1)]
             if A == 1 and stacked_twin:
                 print(f"skip {impl}: with one micro-batch per step it is the same step as {stacked_twin[0]}", flush=True)
@@ -527,30 +646,20 @@ def main(argv=None):
             table = os.path.join(args.out_dir, f"kernels_{prof}_{impl}.txt") if args.kernel_table and write else ""
             mem = os.path.join(args.out_dir, f"memory_peak_{prof}_{impl}.txt") if args.memory_peak and write else ""
             try:
-                r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, device, args.seed, table, mem)
-                status = "ok"
+                rows.append(measure(impl, B, table, mem))
             except torch.OutOfMemoryError:
+                rows.append(oom_row(impl, B))
+            if rows[-1]["status"] == "oom":
                 free()
-                r, status = dict(ms_per_step=float("nan"), warmup_s=float("nan"), peak_mem_bytes=0,
-                                 final_loss=float("nan"), breakdown=None), "oom"
-            tok_s = B * A * seq_len * world * 1000.0 / r["ms_per_step"]
-            rows.append(dict(profile=prof, impl=impl, status=status, card=card, world_size=world, seq_len=seq_len,
-                             micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * world,
-                             ms_per_step=round(r["ms_per_step"], 3), tokens_per_s=round(tok_s, 1),
-                             tokens_per_s_per_gpu=round(tok_s / world, 1),
-                             mfu=round(tok_s * fpt / (peak * world), 4) if peak else "",
-                             peak_mem_gb=round(r["peak_mem_bytes"] / 1e9, 2), warmup_s=round(r["warmup_s"], 1),
-                             final_loss=round(r["final_loss"], 4), peak_flops=peak or "", **versions))
-            if r["breakdown"]:
-                breakdown.append(dict(impl=impl, card=card, ms_per_step=round(r["ms_per_step"], 2), **r["breakdown"]))
             if write:
                 print(json.dumps(rows[-1]), flush=True)
-        base = {r["impl"]: r["tokens_per_s"] for r in rows}
-        for r in rows:
-            r["x_hf_eager"] = round(r["tokens_per_s"] / base["hf_eager"], 2) if "hf_eager" in base else ""
-            r["x_hf_compile"] = round(r["tokens_per_s"] / base["hf_compile"], 2) if "hf_compile" in base else ""
+        stem = os.path.join(args.out_dir, f"bench_{prof}")
+        if sizes and os.path.exists(stem + ".json"):  # the swept impls' rows replace theirs; the other rows
+            with open(stem + ".json") as f:                # stay if they were measured on this card
+                rows = [r for r in json.load(f) if r["impl"] not in impls and r.get("card") == card] + rows
+        with_ratios(rows)
         if write:
-            write_rows(os.path.join(args.out_dir, f"bench_{prof}"), rows)
+            write_rows(stem, rows)
             if breakdown:
                 write_rows(os.path.join(args.out_dir, f"time_breakdown_{prof}"), breakdown)
 
@@ -567,6 +676,15 @@ def main(argv=None):
         summary = loss_curves(data, 2048, args.loss_batch, args.loss_steps, device, args.seed, args.out_dir)
         summary.update(card=card, **versions)
         with open(os.path.join(args.out_dir, "loss_equivalence.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(summary)
+
+    if args.residual_loss_steps and write:
+        data = TokenBatches(dataset, 2048, args.seed, "random")
+        summary = residual_loss_curves(data, 2048, args.loss_batch, args.residual_loss_steps, device, args.seed,
+                                       args.out_dir)
+        summary.update(card=card, **versions)
+        with open(os.path.join(args.out_dir, "loss_residual.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(summary)
     dist_utils.teardown()

@@ -2,8 +2,8 @@
 
 Field names are those of the public Hugging Face `config.json`
 (https://huggingface.co/HuggingFaceTB/SmolLM2-135M/blob/main/config.json), so a config moves
-between this repo and transformers' `LlamaConfig` without a translation table. Two extra
-fields, `attn_impl` and the (already public) `tie_word_embeddings`, are the switches the
+between this repo and transformers' `LlamaConfig` without a translation table. Extra
+fields, `attn_impl`, `residual_dtype` and the (already public) `tie_word_embeddings`, are the switches the
 ablation sweep flips; their defaults are the real model.
 """
 
@@ -40,6 +40,7 @@ class SmolLM2Config:
 
     # --- implementation switches (not architecture; defaults are the fast, real path) ---
     attn_impl: str = "sdpa"  # "sdpa" (F.scaled_dot_product_attention, causal) or "manual" (explicit softmax)
+    residual_dtype: str = "fp32"  # residual stream under autocast: "fp32" or "bf16" (the autocast dtype)
 
     # --- derived in __post_init__ ---
     head_dim: int = field(init=False)
@@ -66,6 +67,8 @@ class SmolLM2Config:
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if self.attn_impl not in ("sdpa", "manual"):
             raise ValueError(f"attn_impl must be 'sdpa' or 'manual', got {self.attn_impl!r}")
+        if self.residual_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"residual_dtype must be 'fp32' or 'bf16', got {self.residual_dtype!r}")
         for name in ("bos_token_id", "eos_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(f"{name} must lie in [0, vocab_size)")
@@ -84,6 +87,7 @@ class SmolLM2Config:
         """The fields that decide the weights' shapes and meaning (used to refuse a mismatched checkpoint)."""
         d = self.to_dict()
         d.pop("attn_impl")  # either attention path computes the same function of the same weights
+        d.pop("residual_dtype")  # so does either residual dtype, up to rounding
         return d
 
     @classmethod

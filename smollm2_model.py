@@ -1,7 +1,10 @@
 """SmolLM2 (Llama architecture), written by hand from the public config.json.
 
 Notable features:
-- RMSNorm computed in float32 and cast back (as Llama does), no biases anywhere.
+- RMSNorm computed in float32 and cast back to its input's dtype (as Llama does), no biases anywhere.
+- The residual stream's dtype is one switch (config.residual_dtype, see stream_dtype): float32 by default
+  (the embedding's dtype, as transformers keeps it under autocast), or the autocast dtype, which halves
+  the bytes every residual add and RMSNorm moves.
 - Rotary position embeddings in the rotate-half layout (the Hugging Face layout), so released
   weights load without permuting q_proj/k_proj rows. cos/sin are cached once in float32.
 - Grouped-query attention: 9 query heads share 3 key/value heads. Two interchangeable paths:
@@ -35,10 +38,23 @@ LOSS_CHUNK = 8192  # tokens per chunk of the fused loss: its float32 logits are 
 
 # ----------------------------------------------------------------------------- math
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # x: (..., C). Variance in float32 whatever the input dtype: bf16 squares lose too many bits.
+    # x: (..., C) -> (..., C) in x's dtype. Variance in float32 whatever the input dtype: bf16 squares lose
+    # too many bits. The result keeps the stream's dtype: a float32 gain times a bf16 stream would otherwise
+    # promote to float32 and double the bytes the next op reads. (Same dtypes in and out: the cast is a no-op.)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    return (weight * xf.to(x.dtype)).to(x.dtype)
+
+
+def stream_dtype(residual_dtype: str, x: torch.Tensor) -> torch.dtype:
+    # The residual stream's dtype, the one place it is decided. "fp32": the embedding's dtype (float32
+    # master weights), so under autocast every residual add and RMSNorm reads and writes float32, as
+    # transformers does. "bf16": the autocast dtype while autocast is on (as llm.c keeps activations), so
+    # they move half the bytes; norms still compute in float32 (rms_norm) and the loss still takes its
+    # softmax in float32. Without autocast the model runs in its weights' dtype either way.
+    if residual_dtype == "bf16" and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def rope_cache(head_dim: int, max_positions: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,6 +283,7 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.residual_dtype = config.residual_dtype
         cos, sin = rope_cache(config.head_dim, config.max_position_embeddings, config.rope_theta)
         # Not in the state dict (transformers keeps none either): derived from the config.
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -277,6 +294,7 @@ class LlamaModel(nn.Module):
         cos = self.rope_cos[start_pos:start_pos + T]
         sin = self.rope_sin[start_pos:start_pos + T]
         x = self.embed_tokens(input_ids)  # (B, T, C)
+        x = x.to(stream_dtype(self.residual_dtype, x))  # every layer keeps the dtype it is given
         for layer in self.layers:
             x = layer(x, cos, sin, kv_cache, start_pos)
         return self.norm(x)

@@ -35,6 +35,7 @@ RULES: dict[str, str] = {
     "input_file": ALLOWED, "tokenizer_id": ALLOWED, "device": ALLOWED, "attn": ALLOWED, "fast": ALLOWED,
     "autocast": ALLOWED, "compile": ALLOWED, "compile_scope": ALLOWED, "cuda_graph": ALLOWED,
     "fused_loss": ALLOWED, "fsdp": ALLOWED, "grad_reduce_dtype": ALLOWED, "stack_micro": ALLOWED,
+    "residual_dtype": ALLOWED,
     # this invocation; grad_accum is compared as MICRO_BATCHES, the preset and the tie as model.*
     "grad_accum": IGNORED, "model": IGNORED, "tie_word_embeddings": IGNORED, "out_dir": IGNORED,
     "resume": IGNORED, "overwrite": IGNORED, "allow_config_change": IGNORED,

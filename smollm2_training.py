@@ -3,7 +3,10 @@ lr schedule, MFU, evaluation, and the one training step (eager, compiled, or rep
 
 Dtype policy (the only place it is decided): parameters, gradients and optimizer state are float32;
 on CUDA the forward/backward run under bf16 autocast; RMSNorm statistics, softmax and the loss are
-computed in float32 inside the model. On CPU everything is float32.
+computed in float32 inside the model. The residual stream between layers is float32 by default (the
+embedding's dtype, as transformers keeps it) or bf16 with config.residual_dtype="bf16" (the model casts the
+embedding output once, smollm2_model.stream_dtype; norms return the stream's dtype). On CPU everything is
+float32.
 """
 
 from __future__ import annotations

@@ -108,6 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--stack_micro", type=int, default=-1, choices=[-1, 0, 1],
                    help="run a step's grad_accum micro-batches as one batch (same loss and gradient, ~1/grad_accum "
                         "of the kernels): -1 when it fits in memory, 0 accumulate, 1 always")
+    g.add_argument("--residual_dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="dtype of the residual stream under autocast: fp32 (as transformers) or bf16 (half the bytes "
+                        "per residual add and RMSNorm; norms still compute in fp32). bf16 needs --autocast")
     g.add_argument("--fsdp", type=int, default=0, choices=[0, 1], help="under torchrun: FSDP2 instead of DDP")
     g.add_argument("--grad_reduce_dtype", default="fp32", choices=["fp32", "bf16"],
                    help="under DDP: all-reduce gradients in bf16 (half the bytes; rounds the averaged gradient)")
@@ -127,6 +130,9 @@ def resolve_switches(args, device: torch.device, world: int) -> None:
         raise UsageError("--autocast 1 needs CUDA (bf16 autocast); on CPU training runs in float32")
     if args.cuda_graph and not cuda:
         raise UsageError("--cuda_graph 1 needs CUDA; use --cuda_graph 0 on CPU")
+    if args.residual_dtype == "bf16" and not args.autocast:
+        raise UsageError("--residual_dtype bf16 keeps the residual stream in the autocast dtype: it needs --autocast 1 "
+                         "(CUDA); without autocast the model runs in float32")
     if args.cuda_graph and (world > 1 or args.fsdp):
         raise UsageError("--cuda_graph 1 is single-process only; use --cuda_graph 0 under torchrun")
     if args.grad_reduce_dtype == "bf16" and not (cuda and world > 1 and not args.fsdp):
@@ -312,7 +318,8 @@ def main(argv=None) -> int:
     env = dist_utils.setup(args.device)
     world, rank, device = env.world_size, env.rank, env.device
     resolve_switches(args, device, world)
-    config = get_config(args.model, attn_impl=args.attn, tie_word_embeddings=bool(args.tie_word_embeddings))
+    config = get_config(args.model, attn_impl=args.attn, tie_word_embeddings=bool(args.tie_word_embeddings),
+                        residual_dtype=args.residual_dtype)
     if args.seq_len > config.max_position_embeddings:
         raise UsageError(f"--seq_len {args.seq_len} exceeds max_position_embeddings "
                          f"({config.max_position_embeddings}) of --model {args.model}")
@@ -379,7 +386,7 @@ def main(argv=None) -> int:
         log(f"Global batch: {args.batch_size} x grad_accum {args.grad_accum} x world {world} x seq {args.seq_len} "
             f"= {tokens_per_step:,} tokens/step")
         log(f"Speed path: autocast {'bf16' if args.autocast else 'off (fp32)'} | compile {args.compile} | "
-            f"cuda_graph {args.cuda_graph} | fused_loss {args.fused_loss} | "
+            f"cuda_graph {args.cuda_graph} | fused_loss {args.fused_loss} | residual {args.residual_dtype} | "
             f"stack_micro {'auto' if args.stack_micro == -1 else args.stack_micro} | "
             f"{'compile scope ' + args.compile_scope + ' | ' if args.compile else ''}"
             f"{'gradients all-reduced in bf16 | ' if args.grad_reduce_dtype == 'bf16' and world > 1 else ''}"

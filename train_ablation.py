@@ -47,6 +47,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "fast":              dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1),
     "fast_accum":        dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1,
                               stack_micro=0),
+    "fast_bf16res":      dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1,
+                              residual_dtype="bf16"),
     "hf_reference":      dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0,
                               model_impl="hf"),
 }
@@ -62,6 +64,7 @@ SWITCHES: tuple[tuple[str, str, str], ...] = (
     ("CUDA graph over the step (eager)", "cuda_graph", "fused_loss"),
     ("CUDA graph over the step (compiled)", "fast", "compile_fused"),
     ("micro-batches stacked into one forward/backward (fast path)", "fast", "fast_accum"),
+    ("residual stream in bf16 instead of float32 (fast path)", "fast_bf16res", "fast"),
     ("untied output head", "sdpa_with_tie_off", "sdpa_with_tie_on"),
     ("transformers' LlamaForCausalLM in our step", "hf_reference", "sdpa_on"),
 )
@@ -69,7 +72,7 @@ PROFILES = {"seed": None, "throughput": dict(seq_len=2048, batch_size=16, grad_a
 COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
            "amp_dtype", "compile", "attention_impl", "tie_word_embeddings", "params", "warmup_ignored_steps",
            "avg_tok_s_steady", "peak_mem_bytes", "device_name", "mfu", "ms_per_step", "final_loss", "status",
-           "cuda_graph", "fused_loss", "model_impl", "error", "world_size", "tok_s_per_gpu", "gpus", "stack_micro"]
+           "cuda_graph", "fused_loss", "model_impl", "error", "world_size", "tok_s_per_gpu", "gpus", "stack_micro", "residual_dtype"]
 STEP_RE = re.compile(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+) \|.*ms/step (\S+) \| tok/s (\S+) \| mfu (\S+)")
 PLOTS = ("tokens_per_s.png", "peak_mem.png", "loss_curves.png")
 
@@ -264,7 +267,7 @@ class Run:
                    attention_impl=v["attn"], tie_word_embeddings=v["tie_word_embeddings"],
                    warmup_ignored_steps=args.ignore_first_steps, cuda_graph=v["cuda_graph"],
                    fused_loss=v["fused_loss"], model_impl=v.get("model_impl", "ours"), world_size=world,
-                   stack_micro=v.get("stack_micro", -1),
+                   stack_micro=v.get("stack_micro", -1), residual_dtype=v.get("residual_dtype", "fp32"),
                    gpus=self.gpus or "")
         parsed = parse_log(stdout, args.ignore_first_steps)
         row.update({k: val for k, val in parsed.items() if k in COLUMNS})

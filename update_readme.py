@@ -6,6 +6,7 @@ Blocks (each marker alone on its line; the text between a BEGIN/END pair is repl
   THROUGHPUT_TABLE (optional) a second ablation CSV, same renderer
   BENCH_TABLE      (optional) one table per benchmarks/bench_*.csv, plus benchmarks/*.png
   MULTIGPU_TABLE   (optional) benchmarks/multigpu*.csv
+  MICROBATCH_TABLE (optional) benchmarks/microbatch_sweep.csv: tokens/s per micro-batch (rows) and impl (columns)
   FINDINGS         (optional) the headline sentences, computed from the same files
   DATA_RESULTS     (optional) the real-corpus run (results/realdocs/) and benchmarks/data_prep.csv
 It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the log.
@@ -34,7 +35,7 @@ from typing import Callable, Optional
 from train_ablation import SWITCHES
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
-OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "FINDINGS", "DATA_RESULTS")
+OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "FINDINGS", "DATA_RESULTS")
 MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
 
 
@@ -474,6 +475,42 @@ def multigpu_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
             f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}")
 
 
+def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    """bench.py --micro_batches: one row per micro-batch, one column per impl (tokens/s, MFU, peak memory, or
+    out of memory), the fastest size that fit in bold; then which size each impl's throughput row uses."""
+    path = os.path.join(bench_dir, "microbatch_sweep.csv")
+    if not os.path.isfile(path):
+        return f"_No micro-batch sweep yet: no `{rel(path, readme_dir)}`._", "no sweep csv"
+    _, rows = read_csv(path)
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    sizes = sorted({int(r["micro_batch"]) for r in rows})
+    cell = {(r["impl"], int(r["micro_batch"])): r for r in rows}
+    best = {}
+    for r in rows:
+        t = _num(r.get("tokens_per_s")) if r.get("status") == "ok" else None
+        if t and t > best.get(r["impl"], (0, 0))[1]:
+            best[r["impl"]] = (int(r["micro_batch"]), t)
+
+    def show(impl, B):
+        r = cell.get((impl, B))
+        if r is None:
+            return MISSING
+        if r.get("status") != "ok":
+            return "out of memory" if r.get("status") == "oom" else (r.get("status") or MISSING)
+        text = (f"{_num(r['tokens_per_s']):,.0f} tok/s, {100 * (_num(r.get('mfu')) or 0):.1f}% MFU, "
+                f"{_num(r.get('peak_mem_gb')) or 0:.1f} GB")
+        return f"**{text}**" if best.get(impl, (None,))[0] == B else text
+
+    first = rows[0]
+    table = markdown_table(["micro-batch"] + [f"`{i}`" for i in impls],
+                           [[str(B)] + [show(i, B) for i in impls] for B in sizes])
+    picks = ", ".join(f"`{i}` {best[i][0]}" for i in impls if i in best)
+    text = (f"Micro-batch sweep at seq {first.get('seq_len', '')} on {first.get('card', '')}, every size in one "
+            f"process (`bench.py --micro_batches`; rendered from `{rel(path, readme_dir)}`). Bold: the fastest size "
+            f"that fit, the one each impl's row in `bench_throughput.csv` uses: {picks or 'none fit'}.\n\n{table}")
+    return text, f"{len(impls)} impls x {len(sizes)} sizes"
+
+
 DATA_PREP_COLUMNS = ["machine", "cpu_model", "measurement", "pipeline", "workers", "corpus_mb", "tokens", "wall_s",
                      "tokens_per_s", "tokens_per_cpu_s", "peak_rss_tree_mb", "peak_pss_tree_mb"]
 
@@ -607,7 +644,8 @@ def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, st
                    f"path from the same seed{noise}; final {e['final_fast']:.4f} vs {e['final_eager']:.4f} "
                    f"([plot]({rel(os.path.join(a.bench_dir, 'loss_equivalence.png'), readme_dir)})).")
     tb_path = os.path.join(a.bench_dir, "time_breakdown_throughput.csv")
-    r = _rows_by(tb_path, "impl").get("ours_compile")
+    tb = _rows_by(tb_path, "impl")
+    r = tb.get("ours_compile") or tb.get("ours_fast")
     groups = sorted(((k[:-3], _num(v)) for k, v in r.items() if k.endswith(" ms") and _num(v)),
                     key=lambda kv: -kv[1]) if r else []
     if groups:
@@ -788,6 +826,7 @@ def fill_readme(a, text: str, spans: dict) -> int:
                                               readme_dir, "throughput"),
         "BENCH_TABLE": lambda: bench_block(a.bench_dir, readme_dir),
         "MULTIGPU_TABLE": lambda: multigpu_block(a.bench_dir, readme_dir),
+        "MICROBATCH_TABLE": lambda: microbatch_block(a.bench_dir, readme_dir),
         "FINDINGS": lambda: findings_block(a, log_text, readme_dir),
         "DATA_RESULTS": lambda: data_results_block(a.data_results, a.bench_dir, readme_dir),
     }

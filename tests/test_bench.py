@@ -60,6 +60,8 @@ def test_peak_report_replays_the_trace_to_the_peak():
 @pytest.mark.parametrize("flags,msg", [(["--impls", "nope"], "unknown impl"),
                                        (["--world_sizes", "1,x", "--profile", "throughput"], "--world_sizes takes"),
                                        (["--world_sizes", "1,2", "--profile", "attention"], "--world_sizes needs"),
+                                       (["--micro_batches", "16,x"], "--micro_batches takes"),
+                                       (["--micro_batches", "16", "--profile", "all"], "sweeps one profile"),
                                        ([], "needs CUDA")])
 def test_bad_flags_and_no_gpu_exit_2(tmp_path, flags, msg):
     import subprocess
@@ -110,3 +112,50 @@ def test_loss_curves_writes_the_comparison_and_the_float32_yardstick(tmp_path):
     lines = (tmp_path / "loss_equivalence.csv").read_text().splitlines()
     assert lines[0] == "step,ours_eager,ours_fast,abs_diff,ours_eager_fp32,bf16_noise" and len(lines) == 4
     assert (tmp_path / "loss_equivalence.png").stat().st_size > 1000
+
+
+def test_residual_loss_curves_bf16_stream_tracks_the_float32_stream(tmp_path, monkeypatch):
+    # On CPU under bf16 autocast, eager stand-ins for the fast path on the tiny preset: the float32-residual
+    # run repeated is the same curve (CPU kernels are deterministic), and the bf16-residual run differs, but
+    # by rounding only.
+    monkeypatch.setattr(bench, "MODEL_PRESET", "tiny")
+    import json
+    import numpy as np
+    from smollm2_data import TokenBatches, TokenDataset
+    ids = np.random.default_rng(0).integers(0, 49152, 5000).astype(np.int64)
+    data = TokenBatches(TokenDataset.from_array(ids), 16, 7, "random")
+    s = bench.residual_loss_curves(data, 16, 2, 3, torch.device("cpu"), 1337, str(tmp_path),
+                                   fp32_impl="ours_eager", bf16_impl="ours_eager_bf16res")
+    assert s["max_rerun_noise"] == 0.0
+    assert 0.0 < s["max_abs_diff"] < 0.02 and abs(s["final_bf16_residual"] - s["final_fp32_residual"]) < 0.02
+    json.dumps(s)
+    lines = (tmp_path / "loss_residual.csv").read_text().splitlines()
+    assert lines[0] == "step,residual_fp32,residual_bf16,abs_diff,residual_fp32_rerun,rerun_noise" and len(lines) == 4
+    assert (tmp_path / "loss_residual.png").stat().st_size > 1000
+
+
+def test_sweep_micro_batches_records_oom_and_picks_the_fastest_that_fits():
+    # A stand-in measurement: tokens/s rises with the micro-batch until memory runs out at 48 for one impl.
+    calls = []
+
+    def measure(impl, B):
+        calls.append((impl, B))
+        if impl == "hf_compile" and B >= 48:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        tok = {"hf_compile": {16: 200.0, 24: 210.0, 32: 205.0}, "ours_fast": {16: 300.0, 24: 320.0, 32: 330.0,
+                                                                              48: 329.0}}[impl][B]
+        return dict(impl=impl, micro_batch=B, status="ok", tokens_per_s=tok)
+
+    seen = []
+    rows, best = bench.sweep_micro_batches(["hf_compile", "ours_fast"], [16, 24, 32, 48], measure, seen.append)
+    assert calls == [(i, b) for i in ("hf_compile", "ours_fast") for b in (16, 24, 32, 48)]  # an OOM stops nothing
+    assert seen == rows and [(r["impl"], r["micro_batch"], r["status"]) for r in rows if r["status"] != "ok"] == \
+        [("hf_compile", 48, "oom")]
+    assert [(r["impl"], r["micro_batch"]) for r in best] == [("hf_compile", 24), ("ours_fast", 32)]
+
+
+def test_with_ratios_against_each_transformers_row():
+    rows = [dict(impl="hf_compile", status="ok", tokens_per_s=200.0),
+            dict(impl="ours_fast", status="ok", tokens_per_s=330.0), dict(impl="ours_eager", status="oom")]
+    bench.with_ratios(rows)
+    assert [r["x_hf_compile"] for r in rows] == [1.0, 1.65, ""] and rows[1]["x_hf_eager"] == ""

@@ -174,7 +174,7 @@ def _bad(tmp_path, name, content):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "binary", "short", "seq_len", "batch", "accum", "model",
-                                  "device", "resume_nothing", "lr"])
+                                  "device", "resume_nothing", "lr", "residual_without_autocast"])
 def test_bad_input_exits_2_with_one_line(tmp_path, case):
     extra = {
         "missing": ["--input_file", str(tmp_path / "nope.txt")],
@@ -188,11 +188,14 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case):
         "device": ["--device", "tpu"],
         "resume_nothing": ["--resume", "1"],
         "lr": ["--max_lr", "-1"],
+        "residual_without_autocast": ["--residual_dtype", "bf16"],  # CPU: no autocast, a bf16 stream would be a no-op
     }[case]
     r = run_train(tmp_path / "out", "--max_steps", 2, *extra, check=False)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    if case == "residual_without_autocast":
+        assert "--residual_dtype bf16" in lines[0]
     assert "Traceback" not in r.stderr
 
 

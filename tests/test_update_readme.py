@@ -403,3 +403,26 @@ def test_previous_graded_log_is_drawn_beside_the_current_one(tmp_path):
     out = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert "![The graded command before and now](out_smollm2_scratch/loss_curve_vs_previous.png)" in out
     assert (tmp_path / "out_smollm2_scratch" / "loss_curve_vs_previous.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_microbatch_sweep_table(tmp_path):
+    # The sweep CSV as bench.py writes it: ok rows with numbers, an oom row with only its keys.
+    populate(tmp_path, README + OPTIONAL_BLOCKS + "\n<!-- MICROBATCH_TABLE_BEGIN -->\nstale placeholder\n<!-- MICROBATCH_TABLE_END -->\n")
+    b = tmp_path / "benchmarks"
+    write(b / "microbatch_sweep.csv",
+          "profile,impl,status,card,seq_len,micro_batch,tokens_per_s,mfu,peak_mem_gb\n"
+          "throughput,hf_compile,ok,NVIDIA H200,2048,16,230564.2,0.287,32.35\n"
+          "throughput,hf_compile,ok,NVIDIA H200,2048,24,241000.0,0.3001,47.1\n"
+          "throughput,hf_compile,oom,NVIDIA H200,2048,48,,,\n"
+          "throughput,ours_fast,ok,NVIDIA H200,2048,16,341767.0,0.4256,25.1\n"
+          "throughput,ours_fast,ok,NVIDIA H200,2048,48,350000.0,0.4358,70.44\n")
+    assert run(tmp_path).returncode == 0
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    block = out.split("<!-- MICROBATCH_TABLE_BEGIN -->")[1].split("<!-- MICROBATCH_TABLE_END -->")[0]
+    assert "stale placeholder" not in block and "seq 2048 on NVIDIA H200" in block
+    assert "`hf_compile` 24, `ours_fast` 48" in block
+    assert "| micro-batch | `hf_compile` | `ours_fast` |" in block
+    assert "| 16 | 230,564 tok/s, 28.7% MFU, 32.4 GB | 341,767 tok/s, 42.6% MFU, 25.1 GB |" in block
+    assert "| 24 | **241,000 tok/s, 30.0% MFU, 47.1 GB** | — |" in block
+    assert "| 48 | out of memory | **350,000 tok/s, 43.6% MFU, 70.4 GB** |" in block
+    assert "microbatch_sweep" not in out.split("<!-- BENCH_TABLE_BEGIN -->")[1].split("<!-- BENCH_TABLE_END -->")[0]
