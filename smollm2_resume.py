@@ -33,7 +33,7 @@ RULES: dict[str, str] = {
     "val_every": ALLOWED, "val_batches": ALLOWED, "async_save": ALLOWED,
     # where things are, and how fast the same step runs
     "input_file": ALLOWED, "tokenizer_id": ALLOWED, "device": ALLOWED, "attn": ALLOWED, "fast": ALLOWED,
-    "autocast": ALLOWED, "compile": ALLOWED, "compile_scope": ALLOWED, "cuda_graph": ALLOWED,
+    "autocast": ALLOWED, "compile": ALLOWED, "compile_scope": ALLOWED, "compile_cache": ALLOWED, "cuda_graph": ALLOWED,
     "fused_loss": ALLOWED, "fsdp": ALLOWED, "grad_reduce_dtype": ALLOWED, "stack_micro": ALLOWED,
     # this invocation; grad_accum is compared as MICRO_BATCHES, the preset and the tie as model.*
     "grad_accum": IGNORED, "model": IGNORED, "tie_word_embeddings": IGNORED, "out_dir": IGNORED,

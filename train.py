@@ -28,13 +28,14 @@ from typing import Optional
 import torch
 
 from smollm2_async_save import CheckpointWriter
+from smollm2_compile_cache import ARTIFACTS, load_artifacts, save_artifacts
 from smollm2_checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
                                 prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
 from smollm2_data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_resume import check_resume, settings
-from smollm2_rundir import RUN_FILE, RunFolder, new_run_id
+from smollm2_rundir import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2_training import (HFReference, OneLineParser, StepConfig, TrainStep, UsageError, amp_context, build_optimizer,
                               device_name, evaluate, flops_per_token, load_optimizer_state, lr_at,
@@ -113,6 +114,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--stack_micro", type=int, default=-1, choices=[-1, 0, 1],
                    help="run a step's grad_accum micro-batches as one batch (same loss and gradient, ~1/grad_accum "
                         "of the kernels): -1 when it fits in memory, 0 accumulate, 1 always")
+    g.add_argument("--compile_cache", type=int, default=1, choices=[0, 1],
+                   help="with --compile: load <out_dir>/cache/compile_artifacts.bin before the first compile and write "
+                        "it after the first step (torch.compiler's portable cache), beside the machine's own caches "
+                        "in $TORCHINDUCTOR_CACHE_DIR; see smollm2_compile_cache.py")
     g.add_argument("--fsdp", type=int, default=0, choices=[0, 1], help="under torchrun: FSDP2 instead of DDP")
     g.add_argument("--grad_reduce_dtype", default="fp32", choices=["fp32", "bf16"],
                    help="under DDP: all-reduce gradients in bf16 (half the bytes; rounds the averaged gradient)")
@@ -442,6 +447,9 @@ def main(argv=None) -> int:
             return 0
 
         decay_steps = args.lr_decay_steps or args.max_steps
+        artifacts = os.path.join(args.out_dir, CACHE_DIR, ARTIFACTS) if args.compile and args.compile_cache else None
+        if artifacts:
+            load_artifacts(artifacts, log)
         stop = StopFlag()
         model.train()
         interval_loss = torch.zeros((), device=device)
@@ -521,6 +529,10 @@ def main(argv=None) -> int:
             first = step == start_step + 1
             if first:
                 clock.lap("compile")  # compile, warm-up and CUDA-graph capture happen in the first call
+                if artifacts and rank == 0:
+                    os.makedirs(os.path.dirname(artifacts), exist_ok=True)
+                    save_artifacts(artifacts, log)
+                    clock.lap("compile")
 
             if step % args.log_every == 0 or step == args.max_steps:
                 clock.lap("steps")
