@@ -19,9 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def train(out_dir, cache_dir, shared, *extra):
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir, TORCH_LOGS="recompiles")
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--model", "tiny", "--device", "cpu", "--compile", "1",
-           "--seq_len", "64", "--batch_size", "1", "--grad_accum", "4", "--log_every", "1", "--save_every", "0",
+           "--seq_len", "64", "--batch_size", "1", "--grad_accum", "4", "--log_every", "1", "--save_every", "3",
            "--sample_every", "0", "--val_every", "0", "--out_dir", out_dir,
            "--input_file", os.path.join(shared, "data", "input.txt"),
            "--tokenizer_id", os.path.join(shared, "tokenizer", "tokenizer.json"), *extra]
@@ -30,6 +30,7 @@ def train(out_dir, cache_dir, shared, *extra):
         raise SystemExit(f"train.py failed: {r.stderr[-2000:]}")
     wall = [json.loads(l[len("WALL: "):]) for l in r.stdout.splitlines() if l.startswith("WALL: ")][-1]
     notes = [l for l in r.stdout.splitlines() if l.startswith("Compile cache:")]
+    notes += [l.strip()[:300] for l in r.stderr.splitlines() if "ecompil" in l]  # TORCH_LOGS=recompiles
     return wall, notes
 
 
@@ -49,7 +50,7 @@ def main():
              ["--max_steps", "6", "--resume", "1"])]:
         wall, notes = train(out_dir, cache, a.shared_dir, *extra)
         rows.append({"case": name, "compile_s": wall["compile_s"], "startup_s": wall["startup_s"],
-                     "steady_step_ms": 1000 * wall["steps_s"] / max(1, wall["steps"] - 1), "notes": notes})
+                     "steps_2_on_s": wall["steps_s"], "steps": wall["steps"], "notes": notes})
         print(json.dumps(rows[-1]), flush=True)
     import torch
     with open(a.out, "w") as f:
