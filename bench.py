@@ -49,9 +49,10 @@ PROFILES = {  # name: (seq_len, micro_batch, grad_accum)
     "seed": (256, 1, 4),
     "throughput": (2048, 16, 1),
 }
-# Autocast bf16 for all but the float32 reference: the dtype policy is shared. ours_fast is train.py's
-# default CUDA path, micro-batches stacked when they fit (stack=-1); every other impl accumulates them, as
-# the committed tables did, and ours_fast_accum is ours_fast before stacking.
+# Autocast bf16 for all but the float32 reference: the dtype policy is shared. ours_fast_bf16res is train.py's
+# default CUDA path (DEFAULT_PATH): micro-batches stacked when they fit (stack=-1), the residual stream in bf16;
+# ours_fast is the same with the float32 stream, ours_fast_accum ours_fast before stacking; every other impl
+# accumulates micro-batches, as the committed tables did.
 IMPLS = {
     "hf_eager": dict(kind="hf"),
     "hf_compile": dict(kind="hf", compile=True),
@@ -69,7 +70,8 @@ IMPLS = {
     # no autocast (matmuls in TF32): the yardstick for how far bf16 rounding alone moves a loss curve
     "ours_eager_fp32": dict(amp=None, fused=True),
 }
-DEFAULT_IMPLS = "hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast"
+DEFAULT_PATH = "ours_fast_bf16res"  # what train.py runs on one GPU with its defaults
+DEFAULT_IMPLS = f"hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast,{DEFAULT_PATH}"
 MODEL_PRESET = "smollm2-135m"  # what every impl builds (CPU tests of the curve plumbing swap in "tiny")
 
 

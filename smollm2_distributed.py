@@ -131,7 +131,7 @@ def full_state_dict(model: torch.nn.Module) -> dict:
     if _is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {k: v.detach() for k, v in model.state_dict().items()}  # on the device: the save's snapshot copies them
 
 
 def full_optimizer_state(model, optimizer, portable) -> dict:

@@ -18,15 +18,24 @@ def fsync_dir(folder: str) -> None:
         pass
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never a part (through
+    <path>.tmp, which the next write replaces; smollm2_prepare clears an interrupted run's *.tmp)."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:

@@ -27,13 +27,15 @@ from typing import Optional
 
 import torch
 
+from smollm2_async_save import CheckpointWriter
+from smollm2_compile_cache import ARTIFACTS, load_artifacts, save_artifacts
 from smollm2_checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
                                 prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
 from smollm2_data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_resume import check_resume, settings
-from smollm2_rundir import RUN_FILE, RunFolder, new_run_id
+from smollm2_rundir import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2_training import (HFReference, OneLineParser, StepConfig, TrainStep, UsageError, amp_context, build_optimizer,
                               device_name, evaluate, flops_per_token, load_optimizer_state, lr_at,
@@ -82,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--save_every", type=int, default=250,
                    help="steps between checkpoints (also at the last step); 0 = never save (benchmark runs)")
     g.add_argument("--keep_checkpoints", type=int, default=3, help="newest step checkpoints kept (0 = all)")
+    g.add_argument("--async_save", type=int, default=1, choices=[0, 1],
+                   help="1: a save copies the state to (pinned) host memory and the file is written by a background "
+                        "thread while training goes on (one write in flight; every exit waits for it); 0: the loop "
+                        "waits for the write")
     g.add_argument("--resume", type=int, default=0, choices=[0, 1], help="1: continue from checkpoints/checkpoint_latest.pt")
     g.add_argument("--overwrite", type=int, default=0, choices=[0, 1],
                    help="with --resume 0: delete the run already in --out_dir (its checkpoints, run.json and "
@@ -108,9 +114,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--stack_micro", type=int, default=-1, choices=[-1, 0, 1],
                    help="run a step's grad_accum micro-batches as one batch (same loss and gradient, ~1/grad_accum "
                         "of the kernels): -1 when it fits in memory, 0 accumulate, 1 always")
-    g.add_argument("--residual_dtype", default="fp32", choices=["fp32", "bf16"],
+    g.add_argument("--residual_dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="dtype of the residual stream under autocast: fp32 (as transformers) or bf16 (half the bytes "
-                        "per residual add and RMSNorm; norms still compute in fp32). bf16 needs --autocast")
+                        "per residual add and RMSNorm; norms still compute in fp32; 4.5%% faster at seq 2048, loss "
+                        "within the run-to-run noise: benchmarks/loss_residual.*). auto: bf16 with --fast and autocast")
+    g.add_argument("--compile_cache", type=int, default=1, choices=[0, 1],
+                   help="with --compile: load <out_dir>/cache/compile_artifacts.bin before the first compile and write "
+                        "it after the first step (torch.compiler's portable cache), beside the machine's own caches "
+                        "in $TORCHINDUCTOR_CACHE_DIR; see smollm2_compile_cache.py")
     g.add_argument("--fsdp", type=int, default=0, choices=[0, 1], help="under torchrun: FSDP2 instead of DDP")
     g.add_argument("--grad_reduce_dtype", default="fp32", choices=["fp32", "bf16"],
                    help="under DDP: all-reduce gradients in bf16 (half the bytes; rounds the averaged gradient)")
@@ -126,6 +137,8 @@ def resolve_switches(args, device: torch.device, world: int) -> None:
     args.compile = auto(args.compile, args.fast and cuda)
     args.cuda_graph = auto(args.cuda_graph, args.fast and cuda and world == 1 and not args.fsdp)
     args.fused_loss = auto(args.fused_loss, args.fast)
+    if args.residual_dtype == "auto":
+        args.residual_dtype = "bf16" if args.fast and args.autocast else "fp32"
     if args.autocast and not cuda:
         raise UsageError("--autocast 1 needs CUDA (bf16 autocast); on CPU training runs in float32")
     if args.cuda_graph and not cuda:
@@ -240,6 +253,46 @@ class Logger:
             self.file.close()
 
 
+class WallClock:
+    """Where the loop's wall time goes, for the WALL line of the log summary. lap(name) books the time since
+    the previous lap to `name`, after waiting for the device: steps queued before a log line, a validation
+    or a save are booked to the steps, not to whatever synchronises next."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.longest: dict[str, float] = {}
+        import psutil  # when the process started: imports, data and model set-up come before the first step
+        self.startup = time.time() - psutil.Process().create_time()
+        self.t0 = self.t = time.perf_counter()
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.longest[name] = max(self.longest.get(name, 0.0), seconds)
+
+    def lap(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.add(name, now - self.t)
+        self.t = now
+
+    def summary(self, steps: int, async_save: bool) -> dict:
+        """The WALL line: seconds per part of the loop (they add up to loop_s) and, apart, the writes that
+        ran in the background thread (save_write_s, overlapping the steps when async_save)."""
+        s, n = self.seconds, self.counts
+        loop = time.perf_counter() - self.t0
+        parts = {"compile_s": s.get("compile", 0.0), "steps_s": s.get("steps", 0.0),
+                 "save_stall_s": s.get("save", 0.0), "val_s": s.get("val", 0.0), "sample_s": s.get("sample", 0.0)}
+        parts["other_s"] = loop - sum(parts.values())
+        return {"startup_s": self.startup, "loop_s": loop, **parts, "steps": steps,
+                "saves": n.get("save_write", 0), "save_stall_max_s": self.longest.get("save", 0.0),
+                "save_write_s": s.get("save_write", 0.0), "async_save": async_save,
+                "vals": n.get("val", 0), "samples": n.get("sample", 0)}
+
+
 class StopFlag:
     """SIGINT/SIGTERM/SIGHUP (a dropped ssh session): finish the current step, save, exit 0. A second
     SIGINT aborts at once."""
@@ -329,6 +382,7 @@ def main(argv=None) -> int:
     start_step = int(ckpt["global_step"]) if ckpt is not None else 0
 
     log = Logger(start.folder.log_path, rank == 0, args.max_steps, start_step)
+    writer: Optional[CheckpointWriter] = None
     try:
         tokenizer = load_tokenizer(args.tokenizer_id, log=log)
         check_fits(tokenizer, config, args)
@@ -403,29 +457,56 @@ def main(argv=None) -> int:
             return 0
 
         decay_steps = args.lr_decay_steps or args.max_steps
+        artifacts = os.path.join(args.out_dir, CACHE_DIR, ARTIFACTS) if args.compile and args.compile_cache else None
+        if artifacts:
+            load_artifacts(artifacts, log)
         stop = StopFlag()
         model.train()
         interval_loss = torch.zeros((), device=device)
         interval_steps, t_last = 0, time.perf_counter()
-        t_start = t_last
         kept = f"step {start_step}" if ckpt is not None else "none saved yet"  # what checkpoint_latest.pt holds
         # The latest logged numbers, saved in every checkpoint so a model card reads them instead of the log.
         # A resume carries the previous ones until this run logs its own.
         metrics = {**((ckpt or {}).get("metrics") or {}), "device": device_name(device), "data": dataset.description,
                    "tokens_per_step": tokens_per_step}
+        writer = CheckpointWriter(background=bool(args.async_save), pin=device.type == "cuda")
+        clock = WallClock(device)
 
         def stop_run(msg: str):
             log(f"ERROR: {msg}")
             raise RunStopped(msg, 1)
 
+        def collect(done) -> None:
+            """A finished write: log it, or stop the run (exit 1) if it failed; the latest is then as it was."""
+            nonlocal kept
+            if done is None:
+                return
+            step, reason = done.tag
+            clock.add("save_write", done.seconds)
+            if done.error is not None:
+                if isinstance(done.error, OSError):  # disk full, a file-size limit
+                    stop_run(f"could not write {os.path.join(ckpt_dir, step_name(step))} "
+                             f"({done.error.strerror or done.error}); {LATEST} stays as it was ({kept}): "
+                             f"free disk space or raise the file-size limit, then --resume 1")
+                raise done.error
+            kept = f"step {step}"
+            log(f"CHECKPOINT: saved {step_name(step)} and {LATEST}{reason}")
+
         def ensure_finite(step: int) -> None:
             # One host sync, at a log, sample, validation or save: the device flag covers every step so far.
             if dist_utils.any_rank(not step_fn.all_finite()):
+                collect(writer.wait())  # a write in flight holds an earlier, finite step: let it land first
                 stop_run(f"non-finite loss or gradient norm by step {step}; nothing after it is saved and "
                          f"{LATEST} stays as it was ({kept}): lower --max_lr or check the data, then --resume 1")
 
+        def write(host: dict) -> None:
+            # The one writer, on the snapshot in host memory: in the background thread (--async_save 1) or here.
+            path = os.path.join(ckpt_dir, step_name(host["global_step"]))
+            save_checkpoint(path, host)
+            link_latest(path, os.path.join(ckpt_dir, LATEST))
+            prune_step_checkpoints(ckpt_dir, args.keep_checkpoints)
+
         def save(step: int, reason: str = "") -> None:
-            nonlocal kept
             ensure_finite(step)
             state = dict(global_step=step, run_id=start.run_id, model=dist_utils.full_state_dict(model),
                          optimizer=dist_utils.full_optimizer_state(model, optimizer, optimizer_state_for_checkpoint),
@@ -439,20 +520,18 @@ def main(argv=None) -> int:
                          model_config=config.to_dict(), args=vars(args), metrics=dict(metrics))
             bad = nonfinite_names(state["model"]) if rank == 0 else []
             if dist_utils.any_rank(bool(bad)):
+                collect(writer.wait())
                 stop_run(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved, {LATEST} stays "
                          f"as it was ({kept}): lower --max_lr, then --resume 1")
             if rank == 0:
-                path = os.path.join(ckpt_dir, step_name(step))
-                try:
-                    save_checkpoint(path, state)
-                    link_latest(path, os.path.join(ckpt_dir, LATEST))
-                except OSError as e:  # disk full, a file-size limit
-                    stop_run(f"could not write {path} ({e.strerror or e}); {LATEST} stays as it was ({kept}): "
-                             f"free disk space or raise the file-size limit, then --resume 1")
-                prune_step_checkpoints(ckpt_dir, args.keep_checkpoints)
-                log(f"CHECKPOINT: saved {step_name(step)} and {LATEST}{reason}")
-            kept = f"step {step}"
+                collect(writer.wait())  # at most one write in flight: the host buffers are reused
+                writer.submit(write, state, (step, reason))
+                collect(writer.poll())  # --async_save 0: done already
             dist_utils.barrier()
+
+        def summary() -> None:
+            log("WALL: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                       for k, v in clock.summary(step - start_step, bool(args.async_save)).items()}))
 
         for step in range(start_step + 1, args.max_steps + 1):
             lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr)
@@ -461,8 +540,16 @@ def main(argv=None) -> int:
             interval_loss += loss
             interval_steps += 1
             log.advance()
+            first = step == start_step + 1
+            if first:
+                clock.lap("compile")  # compile, warm-up and CUDA-graph capture happen in the first call
+                if artifacts and rank == 0:
+                    os.makedirs(os.path.dirname(artifacts), exist_ok=True)
+                    save_artifacts(artifacts, log)
+                    clock.lap("compile")
 
             if step % args.log_every == 0 or step == args.max_steps:
+                clock.lap("steps")
                 mean_loss = dist_utils.mean_across_ranks(interval_loss / interval_steps)
                 norm_v = float(norm)
                 metrics.update(train_loss=float(mean_loss), train_loss_step=step)
@@ -472,31 +559,46 @@ def main(argv=None) -> int:
                 log(f"step {step:5d}/{args.max_steps} | lr {lr:.3e} | loss {mean_loss:.4f} | grad_norm {norm_v:.3f} | "
                     f"ms/step {1000 * dt / interval_steps:.2f} | tok/s {tok_s:.1f} | mfu {mfu}")
                 ensure_finite(step)
+                collect(writer.poll())
                 interval_loss.zero_()
                 interval_steps, t_last = 0, time.perf_counter()
+                clock.lap("other")
             if args.sample_every and (step == 1 or step % args.sample_every == 0):
+                clock.lap("steps")
                 ensure_finite(step)  # non-finite logits would make sampling fail
                 # Under FSDP2 every rank must run the forward (each holds a shard); the others' text is discarded.
                 if rank == 0 or args.fsdp:
                     log(f"[sample @ step {step}] {sample_text(model, tokenizer, args, device, amp_dtype, step)}")
+                clock.lap("sample")
             if args.val_every and step % args.val_every == 0:
+                clock.lap("steps")
                 ensure_finite(step)
                 vl = evaluate(model, data.val_batches(args.val_batches, args.batch_size * args.grad_accum), device, amp_dtype)
                 if vl is not None:
                     metrics.update(val_loss=float(vl), val_loss_step=step)
                     log(f"step {step:5d}/{args.max_steps} | val loss {vl:.4f} | val ppl {math.exp(min(vl, 50)):.2f}")
+                clock.lap("val")
             stopping = dist_utils.any_rank(stop.requested is not None)
             if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
+                clock.lap("steps")
                 save(step, f" (stopping on {stop.requested})" if stopping and stop.requested else "")
+                clock.lap("save")
             if stopping:
+                collect(writer.wait())  # exit 0 only once the file is on disk
+                clock.lap("save")
                 log(f"STOP: {stop.requested or 'signal on another rank'} received; saved step {step}. "
                     f"Continue with the same command and --resume 1.")
+                summary()
                 return 0
-        total = time.perf_counter() - t_start
+        clock.lap("steps")
+        collect(writer.wait())
+        clock.lap("save")
+        total = time.perf_counter() - clock.t0
         peak_mem = f" | peak mem {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB" if device.type == "cuda" else ""
         log(f"DONE: steps {start_step + 1}..{args.max_steps} in {total:.1f}s "
             f"({tokens_per_step * (args.max_steps - start_step) / total:.1f} tok/s overall, compile/capture included)"
             f"{peak_mem}")
+        summary()
         return 0
     except Exception as e:
         if isinstance(e, RunStopped) or not is_out_of_memory(e):
@@ -507,6 +609,11 @@ def main(argv=None) -> int:
         log(f"ERROR: {msg}")
         raise RunStopped(msg, 2) from e
     finally:
+        # An exception left a write in flight: it finishes (and says how) before the folder's lock is let go.
+        done = writer.wait() if writer is not None else None
+        if done is not None:
+            log(f"CHECKPOINT: saved {step_name(done.tag[0])} and {LATEST}" if done.error is None else
+                f"ERROR: could not write {step_name(done.tag[0])} ({done.error}); {LATEST} stays as it was")
         log.close()
         start.folder.close()
         dist_utils.teardown()

@@ -164,6 +164,52 @@ def parse_log(text: str) -> LogSummary:
     return s
 
 
+# "WALL: {...}" after each run's DONE (or STOP) line: where that run's wall time went, as JSON (train.py's
+# WallClock.summary). Logs from before the line have none, and their blocks simply lack the table.
+WALL_RE = re.compile(r"^WALL: (\{.*\})\s*$")
+WALL_PARTS = (("startup_s", "start-up (imports, data, model)"), ("compile_s", "compile + warm-up + capture (1st step)"),
+              ("steps_s", "steady steps"), ("save_stall_s", "saves: loop stalled"), ("val_s", "validation"),
+              ("sample_s", "samples"), ("other_s", "other (log lines)"))
+
+
+def wall_summaries(text: str) -> list[dict]:
+    """The WALL records of the lineage that ends the log (after its last 'Starting from scratch')."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if SCRATCH_RE.match(line)]
+    out = []
+    for line in lines[starts[-1] if starts else 0:]:
+        m = WALL_RE.match(line)
+        if m:
+            try:
+                out.append(json.loads(m.group(1)))
+            except ValueError as e:
+                raise InputError(f"a WALL line of the train log is not JSON ({e})") from e
+    return out
+
+
+def wall_table(walls: list[dict]) -> str:
+    """Seconds per part of each run of the lineage (a column per run: step A, then each resume)."""
+    if not walls:
+        return ""
+    f = lambda v: "—" if v is None else f"{v:,.1f}"  # noqa: E731
+    names = [f"run {i + 1}" + (" (from scratch)" if i == 0 else " (resume)") for i in range(len(walls))]
+    rows = []
+    for key, label in WALL_PARTS:
+        cells = []
+        for w in walls:
+            v = w.get(key)
+            extra = {"steps_s": f" ({w.get('steps', 0) - 1:,} steps)" if w.get("steps") else "",
+                     "save_stall_s": f" ({w.get('saves', 0)} saves, longest {w.get('save_stall_max_s', 0):.2f})",
+                     "val_s": f" ({w.get('vals', 0)})", "sample_s": f" ({w.get('samples', 0)})"}.get(key, "")
+            cells.append(f(v) + (extra if v is not None else ""))
+        rows.append([label, *cells])
+    rows.append(["**wall time of the command**", *[f"**{f(w.get('startup_s', 0) + w.get('loop_s', 0))}**" for w in walls]])
+    rows.append(["saves: writing in the background (overlaps the steps)" if walls[-1].get("async_save") else
+                 "saves: writing (inside the stall)", *[f(w.get("save_write_s")) for w in walls]])
+    return ("**Where the wall time went** (seconds, from the `WALL:` line each run writes after its `DONE:` line):\n\n"
+            + markdown_table(["part", *names], rows))
+
+
 def summary_line(s: LogSummary, log_rel: str) -> str:
     parts = []
     if s.train:
@@ -416,6 +462,8 @@ def train_log_block(log_path: str, text: Optional[str], plot_path: Optional[str]
     text = text.rstrip("\n")
     s = parse_log(text)
     out = [summary_line(s, log_rel)]
+    if table := wall_table(wall_summaries(text)):
+        out.append(table)
     if plot_path:
         out.append(f"![Loss curve: train and val loss against step]({link(plot_path, readme_dir)})")
     fence = fence_for(text)
@@ -615,7 +663,9 @@ def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, st
     thr = _rows_by(os.path.join(a.bench_dir, "bench_throughput.csv"), "impl")
     for name, rows, what in (("seed", seed, "the seed's profile (seq 256 x batch 1 x accum 4)"),
                              ("throughput", thr, "the throughput profile (seq 2048 x micro-batch 16)")):
-        fast, hfe, hfc = rows.get("ours_fast"), rows.get("hf_eager"), rows.get("hf_compile")
+        # train.py's default path (bench.DEFAULT_PATH; tables measured before it existed hold ours_fast)
+        fast = rows.get("ours_fast_bf16res") or rows.get("ours_fast")
+        hfe, hfc = rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfe and hfc):
             continue
         tf, te, tc = (float(r["tokens_per_s"]) for r in (fast, hfe, hfc))
@@ -680,14 +730,17 @@ def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, st
         s = parse_log(log_text)
         dev = re.search(r"^Device: \S+ \((.*?)\).*?torch (\S+)", log_text, re.M)
         done = re.findall(r"^DONE: steps (\d+)\.\.(\d+) in (\S+)s \((\S+) tok/s", log_text, re.M)
+        walls = wall_summaries(log_text)
         if s.train and done:
             wall = sum(float(d[2]) for d in done)
+            took = [f"{w.get('startup_s', 0) + w.get('loop_s', 0):.0f} s" for w in walls]
+            cmd = f"; the commands took {', '.join(took)} of wall time, start-up and compilation included" if walls else ""
             where = f"{dev.group(1)}, torch {dev.group(2)}" if dev else "the logged device"
             out.append(f"- **Graded run** on {where}: steps 1 to "
                        f"{s.train[-1][0]} in {wall:.0f} s of training-loop wall time over {len(done)} runs "
                        f"(first run {float(done[0][3]):,.0f} tokens/s overall including compilation); resumed at "
                        f"step {', '.join(map(str, s.resumes)) or 'none'}; train loss {s.train[0][1]:.3f} -> "
-                       f"{s.train[-1][1]:.3f}" + (f", last val loss {s.val[-1][1]:.3f}" if s.val else "") + ".")
+                       f"{s.train[-1][1]:.3f}" + (f", last val loss {s.val[-1][1]:.3f}" if s.val else "") + cmd + ".")
     if not out:
         return "_No result files yet: run bench.py, train_ablation.py and train.py, then update_readme.py._", "placeholder"
     return "\n".join(out), f"{len(out)} findings"

@@ -426,3 +426,22 @@ def test_microbatch_sweep_table(tmp_path):
     assert "| 24 | **241,000 tok/s, 30.0% MFU, 47.1 GB** | — |" in block
     assert "| 48 | out of memory | **350,000 tok/s, 43.6% MFU, 70.4 GB** |" in block
     assert "microbatch_sweep" not in out.split("<!-- BENCH_TABLE_BEGIN -->")[1].split("<!-- BENCH_TABLE_END -->")[0]
+def test_wall_lines_become_a_table_per_run_of_the_last_lineage(tmp_path):
+    """train.py's WALL line (JSON after DONE) is rendered as one column per run; an earlier lineage's is not."""
+    wall = ('WALL: {"startup_s": 9.0, "loop_s": 80.0, "compile_s": 20.0, "steps_s": 45.0, "save_stall_s": 1.5, '
+            '"val_s": 6.0, "sample_s": 7.0, "other_s": 0.5, "steps": 5000, "saves": 20, "save_stall_max_s": 0.12, '
+            '"save_write_s": 30.0, "async_save": true, "vals": 20, "samples": 11}\n')
+    old = make_log(resume=False).replace("Device: cpu", "Device: old") + 'WALL: {"startup_s": 700.0, "loop_s": 77.0}\n'
+    log = make_log().replace("RESUME:", "DONE: steps 1..300 in 80.0s (3000.0 tok/s overall, compile/capture included)\n"
+                             + wall + "RESUME:")
+    log += "DONE: steps 301..350 in 5.0s (2500.0 tok/s overall)\n" + wall.replace('"loop_s": 80.0', '"loop_s": 5.0')
+    populate(tmp_path)
+    write(tmp_path / "out_smollm2_scratch" / "train.log", old + log)
+    assert run(tmp_path).returncode == 0
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "| part | run 1 (from scratch) | run 2 (resume) |" in out
+    assert "| steady steps | 45.0 (4,999 steps) | 45.0 (4,999 steps) |" in out
+    assert "| saves: loop stalled | 1.5 (20 saves, longest 0.12) |" in out
+    assert "| **wall time of the command** | **89.0** | **14.0** |" in out
+    assert "777.0" not in out.split("<details>")[0]
+    assert ur.wall_summaries("step 1/2 | loss 1.0\nDONE: steps 1..2 in 1.0s (1.0 tok/s overall)\n") == []
