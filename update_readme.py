@@ -675,6 +675,16 @@ def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, st
                    f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfe['peak_mem_gb']):.2f} GB (eager) and "
                    f"{float(hfc['peak_mem_gb']):.2f} GB (compiled) for transformers "
                    f"(`{rel(os.path.join(a.bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
+    vs_path = os.path.join(a.bench_dir, "bench_throughput_vs_compile.csv")  # a run of the two alone
+    vs = _rows_by(vs_path, "impl")
+    fast, hfc = vs.get("ours_fast_bf16res") or vs.get("ours_fast"), vs.get("hf_compile")
+    if fast and hfc and not (thr.get("hf_compile") and thr.get("hf_eager")):
+        tf, tc = float(fast["tokens_per_s"]), float(hfc["tokens_per_s"])
+        out.append(f"- **Speed, the throughput profile (seq 2048 x micro-batch 16)** on {fast['card']}: our default "
+                   f"CUDA path trains at **{tf:,.0f} tokens/s** ({100 * float(fast['mfu']):.1f}% MFU), **{tf / tc:.2f}x** "
+                   f"transformers + torch.compile ({tc:,.0f}) in the same process; peak memory "
+                   f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfc['peak_mem_gb']):.2f} GB "
+                   f"(`{rel(vs_path, readme_dir)}`).")
     mb_path = os.path.join(a.bench_dir, "bench_max_batch.csv")
     mb = [r for r in read_csv(mb_path)[1] if _num(r.get("max_micro_batch"))] if os.path.isfile(mb_path) else []
     if mb:
