@@ -417,7 +417,7 @@ def test_failed_export_leaves_the_earlier_export_whole(tmp_path, tiny_checkpoint
     import export_hf
     out = tmp_path / "hf"
     assert export(tiny_checkpoint, out, capsys)[0] == 0
-    (out / "README.md").write_text("the user's own file")
+    (out / "NOTES.md").write_text("the user's own file")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     newer = load_checkpoint(str(tiny_checkpoint))
@@ -435,7 +435,7 @@ def test_failed_export_leaves_the_earlier_export_whole(tmp_path, tiny_checkpoint
     monkeypatch.undo()
     assert export(tmp_path / "newer.pt", out, capsys)[0] == 0
     assert (out / "model.safetensors").read_bytes() != before["model.safetensors"]
-    assert (out / "README.md").read_text() == "the user's own file"  # swapped in, the user's file carried over
+    assert (out / "NOTES.md").read_text() == "the user's own file"  # swapped in, the user's file carried over
 
 
 def test_sanity_check_bad_seq_len_is_one_line(repo_root):
