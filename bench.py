@@ -1,7 +1,7 @@
 """Training-speed benchmark: our SmolLM2 against transformers' LlamaForCausalLM, in one process on one GPU,
 with the same initial weights, data, batch, optimizer and training step (smollm2_training.TrainStep).
 
-    python bench.py --profile seed         # seq 256 x micro-batch 1 x accum 4 (the seed's run)
+    python bench.py --profile seed         # seq 256 x micro-batch 1 x accum 4 (the graded run's shape)
     python bench.py --profile throughput   # seq 2048 x micro-batch 16, no accumulation
     python bench.py --profile all --max_batch_probe 1 --loss_steps 200
     python bench.py --profile attention    # SDPA kernels alone: flash vs cuDNN vs efficient, GQA native vs copied
@@ -42,67 +42,38 @@ from smollm2_config import get_config
 from smollm2_data import TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM, repeat_kv
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
-from smollm2_training import (HFReference, StepConfig, TrainStep, UsageError, build_optimizer, device_name,
+from smollm2_switches import DDP_ONLY, DEFAULT_PATH, IMPLS, PROFILES, Switches
+from smollm2_training import (StepConfig, TrainStep, TransformersAdapter, UsageError, build_optimizer, device_name,
                               flops_per_token, lr_at, peak_flops, set_lr)
 
-PROFILES = {  # name: (seq_len, micro_batch, grad_accum)
-    "seed": (256, 1, 4),
-    "throughput": (2048, 16, 1),
-}
-# Autocast bf16 for all but the float32 reference: the dtype policy is shared. ours_fast_bf16res is train.py's
-# default CUDA path (DEFAULT_PATH): micro-batches stacked when they fit (stack=-1), the residual stream in bf16;
-# ours_fast is the same with the float32 stream, ours_fast_accum ours_fast before stacking; every other impl
-# accumulates micro-batches, as the committed tables did.
-IMPLS = {
-    "hf_eager": dict(kind="hf"),
-    "hf_compile": dict(kind="hf", compile=True),
-    "ours_eager": dict(),
-    "ours_compile": dict(compile=True, fused=True),
-    "ours_fast_accum": dict(compile=True, graph=True, fused=True),
-    "ours_fast": dict(compile=True, graph=True, fused=True, stack=-1),
-    # the residual stream in bf16 (config.residual_dtype): every residual add and RMSNorm moves half the bytes
-    "ours_fast_bf16res": dict(compile=True, graph=True, fused=True, stack=-1, residual="bf16"),
-    "ours_eager_bf16res": dict(residual="bf16"),
-    # data-parallel variants of ours_compile (smollm2_distributed.build_forward); same math, except bf16grads
-    "ours_compile_no_overlap": dict(compile=True, fused=True, ddp_overlap=False, base="ours_compile"),
-    "ours_compile_blocks": dict(compile=True, fused=True, scope="blocks"),
-    "ours_compile_bf16grads": dict(compile=True, fused=True, reduce_bf16=True, base="ours_compile"),
-    # no autocast (matmuls in TF32): the yardstick for how far bf16 rounding alone moves a loss curve
-    "ours_eager_fp32": dict(amp=None, fused=True),
-}
-DEFAULT_PATH = "ours_fast_bf16res"  # what train.py runs on one GPU with its defaults
 DEFAULT_IMPLS = f"hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast,{DEFAULT_PATH}"
 MODEL_PRESET = "smollm2-135m"  # what every impl builds (CPU tests of the curve plumbing swap in "tiny")
 
 
-def impl_spec(name: str) -> dict:
-    return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa", scope="model",
-                     reduce_bf16=False, ddp_overlap=True, base=None, amp=torch.bfloat16, stack=0, residual="fp32"),
-                **IMPLS[name])
-
-
-def build(spec: dict, seed: int, device):
+def build(sw: Switches, seed: int, device):
     torch.manual_seed(seed)
-    ours = SmolLM2ForCausalLM(get_config(MODEL_PRESET, attn_impl=spec["attn"], residual_dtype=spec["residual"]))
-    if spec["kind"] == "ours":
+    ours = SmolLM2ForCausalLM(get_config(MODEL_PRESET, attn_impl=sw.attn, residual_dtype=sw.residual_dtype))
+    if sw.model_impl == "ours":
         return ours.to(device)
     from smollm2_hf import to_hf_model  # same initial weights as ours
     hf = to_hf_model(ours)
     hf.config._attn_implementation = "sdpa"
-    return HFReference(hf.to(device).train())
+    return TransformersAdapter(hf.to(device).train())
 
 
-def make_step(spec: dict, model, device, grad_accum: int, lr: float = 3e-4):
-    opt = build_optimizer(model, lr, 0.1, device, capturable=spec["graph"])
-    fwd = dist_utils.build_forward(model, spec["compile"], spec["scope"], device, spec["reduce_bf16"],
-                                   spec["ddp_overlap"])
-    cfg = StepConfig(grad_accum, 1.0, spec["amp"], spec["fused"], spec["graph"], spec["stack"])
-    return TrainStep(model, fwd, opt, cfg, device, log=print if dist_utils.rank() == 0 else None), opt
+def make_step(sw: Switches, model, device, lr: float = 3e-4):
+    opt = build_optimizer(model, lr, 0.1, device, capturable=sw.cuda_graph)
+    fwd = dist_utils.build_forward(model, sw.compile, sw.compile_scope, device, sw.grad_reduce_bf16, sw.ddp_overlap)
+    step = TrainStep(model, fwd, opt, StepConfig.of(sw, grad_clip=1.0), device,
+                     log=print if dist_utils.rank() == 0 else None)
+    return step, opt
 
 
-def free():
+def release_memory_and_compiled_graphs():
+    """Between impls: free what the last one held and forget its compiled graphs, so each impl compiles
+    afresh (and never hits dynamo's recompile limit) and peak memory is its own."""
     gc.collect()
-    torch._dynamo.reset()  # each impl compiles afresh (and never hits the recompile limit)
+    torch._dynamo.reset()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -161,16 +132,15 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_tab
               memory_report: str = ""):
     """Warm up (compile, capture), then time `steps` steps between two CUDA events. Under DDP each rank
     takes its share of every step's micro-batches; the slowest rank's time counts."""
-    free()
+    release_memory_and_compiled_graphs()
     with memory_history(bool(memory_report)):
         return _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report)
 
 
 def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report):
     rank = dist_utils.rank()
-    spec = impl_spec(impl)
-    model = build(spec, seed, device)
-    step_fn, opt = make_step(spec, model, device, A)
+    model = build(IMPLS[impl], seed, device)
+    step_fn, opt = make_step(IMPLS[impl], model, device)
     t0 = time.perf_counter()
     for s in range(1, warmup + 1):
         step_fn(*data.step_batch(s, A, B, device, rank))
@@ -194,7 +164,7 @@ def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_ta
             f.write(f"{impl}: max_memory_allocated {peak / 1e9:.3f} GB\n")
             f.write(peak_report(torch.cuda.memory._snapshot(), device.index or 0))
     del model, step_fn, opt, inputs
-    free()
+    release_memory_and_compiled_graphs()
     return dict(ms_per_step=ms, warmup_s=warm_s, peak_mem_bytes=peak, final_loss=final_loss, breakdown=breakdown)
 
 
@@ -273,9 +243,9 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir, fast_impl: str =
 def train_curve(impl, data, B, steps, device, seed, split: int = 1) -> list[float]:
     """Per-step losses of `steps` steps of one impl from `seed` on the data's batches 1..steps, warmup 20 steps
     then cosine (train.py's schedule). split > 1 takes each batch as that many micro-batches of B/split rows."""
-    free()
-    model = build(impl_spec(impl), seed, device)
-    step_fn, opt = make_step(impl_spec(impl), model, device, split)
+    release_memory_and_compiled_graphs()
+    model = build(IMPLS[impl], seed, device)
+    step_fn, opt = make_step(IMPLS[impl], model, device)
     losses = []
     for s in range(1, steps + 1):
         set_lr(opt, lr_at(s, 20, steps, 3e-4, 3e-5))
@@ -284,7 +254,7 @@ def train_curve(impl, data, B, steps, device, seed, split: int = 1) -> list[floa
         losses.append(loss.detach().clone())
     curve = torch.stack(losses).float().cpu().tolist()
     del model, step_fn, opt
-    free()
+    release_memory_and_compiled_graphs()
     return curve
 
 
@@ -335,7 +305,7 @@ def sweep_micro_batches(impls, sizes, measure, on_row=lambda row: None) -> tuple
             except torch.OutOfMemoryError:
                 row = dict(impl=impl, micro_batch=B, status="oom")
             if row["status"] != "ok":
-                free()  # after the except block: the traceback no longer holds the failed run's tensors
+                release_memory_and_compiled_graphs()  # after the except block: the traceback no longer holds the failed run's tensors
             rows.append(row)
             on_row(row)
             if row["status"] == "ok" and row["tokens_per_s"] > best.get(impl, {}).get("tokens_per_s", -1):
@@ -373,7 +343,7 @@ def probe_max_batch(impl, data, seq_len, device, seed) -> dict:
         try:
             got = time_impl(impl, data, seq_len, B, 1, 2, 1, device, seed)["peak_mem_bytes"]
         except torch.OutOfMemoryError:
-            free()
+            release_memory_and_compiled_graphs()
             got = None
         print(f"probe {impl} B={B}: " + (f"fits, peak {got / 1e9:.2f} GB" if got else "out of memory"), flush=True)
         return got
@@ -489,12 +459,12 @@ def multigpu(args, ids_ready_dir: str) -> None:
     impls = args.impls.split(",")
     if max(sizes) > torch.cuda.device_count():
         raise UsageError(f"--world_sizes asks for {max(sizes)} GPUs, this machine has {torch.cuda.device_count()}")
-    if graphs := [i for i in impls if impl_spec(i)["graph"]]:
+    if graphs := [i for i in impls if IMPLS[i].cuda_graph]:
         raise UsageError(f"CUDA-graph impls are single-process only: drop {', '.join(graphs)} from --impls")
     failed = []
     for n in sizes:
         for impl in impls:
-            if n == 1 and impl_spec(impl)["base"]:
+            if n == 1 and impl in DDP_ONLY:
                 continue  # differs from its base only under DDP: the base's one-GPU row serves
             out = os.path.join(args.out_dir, ".multigpu", f"w{n}", impl)
             if os.path.exists(os.path.join(out, f"bench_{args.profile}.json")):
@@ -528,7 +498,7 @@ def collect_multigpu(out_dir: str, profile: str) -> list[dict]:
     rows.sort(key=lambda r: (list(IMPLS).index(r["impl"]) if r["impl"] in IMPLS else 99, r["world_size"]))
     one = {r["impl"]: r["tokens_per_s_per_gpu"] for r in rows if r["world_size"] == 1 and r["status"] == "ok"}
     for r in rows:
-        base = one.get(r["impl"]) or one.get(impl_spec(r["impl"])["base"] or "")
+        base = one.get(r["impl"]) or one.get(DDP_ONLY.get(r["impl"], ""))
         r["scaling_efficiency"] = round(r["tokens_per_s_per_gpu"] / base, 3) if base and r["status"] == "ok" else ""
         for k in ("x_hf_eager", "x_hf_compile"):
             r.pop(k, None)
@@ -579,7 +549,7 @@ def main(argv=None):
         raise UsageError(f"--world_sizes takes process counts such as 1,2,4, got {args.world_sizes!r}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.kernel_table or args.memory_peak or args.max_batch_probe
                                                       or args.loss_steps or args.residual_loss_steps
-                                                      or any(impl_spec(i)["graph"] for i in impls)):
+                                                      or any(IMPLS[i].cuda_graph for i in impls)):
         raise UsageError("under torchrun bench.py times plain DDP steps only: no --kernel_table, --memory_peak, "
                          "--max_batch_probe, --loss_steps or CUDA-graph impls")
     if not torch.cuda.is_available():
@@ -606,10 +576,10 @@ def main(argv=None):
 
     profiles = list(PROFILES) if args.profile == "all" else [args.profile] if args.profile in PROFILES else []
     for prof in profiles:
-        seq_len, B, A = PROFILES[prof]
-        B = args.micro_batch or B
+        shape = PROFILES[prof]
+        seq_len, B, A = shape.seq_len, args.micro_batch or shape.micro_batch, shape.grad_accum
         data = TokenBatches(dataset, seq_len, args.seed, "random")
-        fpt = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
+        flops_per_tok = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
         rows, breakdown = [], []
 
         def measure(impl, B, table="", mem=""):
@@ -621,7 +591,7 @@ def main(argv=None):
                         micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * world,
                         ms_per_step=round(r["ms_per_step"], 3), tokens_per_s=round(tok_s, 1),
                         tokens_per_s_per_gpu=round(tok_s / world, 1),
-                        mfu=round(tok_s * fpt / (peak * world), 4) if peak else "",
+                        mfu=round(tok_s * flops_per_tok / (peak * world), 4) if peak else "",
                         peak_mem_gb=round(r["peak_mem_bytes"] / 1e9, 2), warmup_s=round(r["warmup_s"], 1),
                         final_loss=round(r["final_loss"], 4), peak_flops=peak or "", **versions)
 
@@ -641,7 +611,7 @@ def main(argv=None):
 
             _, rows = sweep_micro_batches(impls, sizes, measure, on_row)
         for impl in ([] if sizes else impls):
-            stacked_twin = [o for o in impls if o != impl and impl_spec(o) == dict(impl_spec(impl), stack=-1)]
+            stacked_twin = [o for o in impls if o != impl and IMPLS[o] == IMPLS[impl].but(stack_micro=-1)]
             if A == 1 and stacked_twin:
                 print(f"skip {impl}: with one micro-batch per step it is the same step as {stacked_twin[0]}", flush=True)
                 continue
@@ -652,7 +622,7 @@ def main(argv=None):
             except torch.OutOfMemoryError:
                 rows.append(oom_row(impl, B))
             if rows[-1]["status"] == "oom":
-                free()
+                release_memory_and_compiled_graphs()
             if write:
                 print(json.dumps(rows[-1]), flush=True)
         stem = os.path.join(args.out_dir, f"bench_{prof}")

@@ -130,12 +130,16 @@ def test_sigterm_takes_torchrun_workers_down(tmp_path):
 
 
 def test_switch_pairs_are_one_flag_apart():
-    """Each SWITCHES pair names two variants of VARIANTS that differ in exactly one train.py flag, so the
-    README line written from the pair measures that switch alone."""
-    sys.path.insert(0, str(REPO))
-    from train_ablation import SWITCHES, VARIANTS
-    assert len({name for name, _, _ in SWITCHES}) == len(SWITCHES)
-    for name, on, off in SWITCHES:
-        a, b = VARIANTS[on], VARIANTS[off]
+    """Each SWITCH_PAIRS pair names two variants of VARIANTS whose train.py flags differ in exactly one, so the
+    README line written from the pair measures that switch alone; SAME_AS names exactly the variants that
+    are another's configuration."""
+    from smollm2_switches import SAME_AS, SWITCH_PAIRS, VARIANTS
+    assert len({name for name, _, _ in SWITCH_PAIRS}) == len(SWITCH_PAIRS)
+    for name, on, off in SWITCH_PAIRS:
+        a, b = VARIANTS[on].train_flags(), VARIANTS[off].train_flags()
         differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
         assert len(differ) == 1, (name, differ)
+    names = list(VARIANTS)
+    twins = {later: first for i, first in enumerate(names) for later in names[i + 1:]
+             if VARIANTS[later] == VARIANTS[first]}
+    assert twins == SAME_AS
