@@ -34,6 +34,8 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -505,7 +507,7 @@ def collect_multigpu(out_dir: str, profile: str) -> list[dict]:
     return rows
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="all", choices=["seed", "throughput", "all", "attention", "none"],
                    help="none: only --max_batch_probe / --loss_steps")
@@ -532,7 +534,11 @@ def main(argv=None):
     p.add_argument("--world_sizes", default="", help="e.g. 1,2,4: run --profile under torchrun at each size")
     p.add_argument("--out_dir", default="benchmarks")
     p.add_argument("--cache_dir", default="", help="token cache (default <out_dir>/.cache)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def check_args(args) -> tuple[list[str], list[str], list[int]]:
+    """Every flag, before the GPU is touched: (impls, probe impls, micro-batch sizes of a sweep)."""
     impls = args.impls.split(",")
     if not all(b.strip().isdigit() and int(b) >= 1 for b in args.micro_batches.split(",") if args.micro_batches):
         raise UsageError(f"--micro_batches takes sizes such as 16,24,32,48, got {args.micro_batches!r}")
@@ -554,111 +560,132 @@ def main(argv=None):
                          "--max_batch_probe, --loss_steps or CUDA-graph impls")
     if not torch.cuda.is_available():
         raise UsageError("bench.py measures GPU training speed and needs CUDA")
+    return impls, probe_impls, sizes
+
+
+@dataclass
+class Bench:
+    """What every measurement of one bench.py process shares."""
+    args: argparse.Namespace
+    device: torch.device
+    world: int
+    card: str
+    peak: Optional[float]
+    versions: dict
+    write: bool  # rank 0 writes the tables
+
+    def row(self, prof: str, impl: str, status: str, seq_len: int, B: int, A: int, **measured) -> dict:
+        return dict(profile=prof, impl=impl, status=status, card=self.card, world_size=self.world, seq_len=seq_len,
+                    micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * self.world, **measured,
+                    peak_flops=self.peak or "", **self.versions)
+
+
+def bench_profile(bench: Bench, prof: str, dataset, n_params: int, config, impls: list[str], sizes: list[int]) -> None:
+    """Every impl at the profile's shape (or, with --micro_batches, at each size): bench_<prof>.csv/.json,
+    microbatch_sweep.csv and time_breakdown_<prof>.csv."""
+    args, world, peak = bench.args, bench.world, bench.peak
+    shape = PROFILES[prof]
+    seq_len, B, A = shape.seq_len, args.micro_batch or shape.micro_batch, shape.grad_accum
+    data = TokenBatches(dataset, seq_len, args.seed, "random")
+    flops_per_tok = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
+    rows, breakdown = [], []
+
+    def measure(impl, B, table="", mem=""):
+        r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, bench.device, args.seed, table, mem)
+        tok_s = B * A * seq_len * world * 1000.0 / r["ms_per_step"]
+        if r["breakdown"]:
+            breakdown.append(dict(impl=impl, card=bench.card, ms_per_step=round(r["ms_per_step"], 2), **r["breakdown"]))
+        # key order as the committed tables have it: the measured columns between tokens_per_step and peak_flops
+        return bench.row(prof, impl, "ok", seq_len, B, A, ms_per_step=round(r["ms_per_step"], 3),
+                         tokens_per_s=round(tok_s, 1), tokens_per_s_per_gpu=round(tok_s / world, 1),
+                         mfu=round(tok_s * flops_per_tok / (peak * world), 4) if peak else "",
+                         peak_mem_gb=round(r["peak_mem_bytes"] / 1e9, 2), warmup_s=round(r["warmup_s"], 1),
+                         final_loss=round(r["final_loss"], 4))
+
+    if sizes:  # every impl at every size; the profile's table gets each impl's fastest size that fit
+        sweep = []
+
+        def on_row(row):
+            sweep.append(row if row["status"] == "ok" else bench.row(prof, row["impl"], "oom", seq_len,
+                                                                     row["micro_batch"], A))
+            if bench.write:
+                print(json.dumps(sweep[-1]), flush=True)
+                write_rows(os.path.join(args.out_dir, "microbatch_sweep"), sweep)  # kept if the run is cut
+
+        _, rows = sweep_micro_batches(impls, sizes, measure, on_row)
+    for impl in ([] if sizes else impls):
+        stacked_twin = [o for o in impls if o != impl and IMPLS[o] == IMPLS[impl].but(stack_micro=-1)]
+        if A == 1 and stacked_twin:
+            print(f"skip {impl}: with one micro-batch per step it is the same step as {stacked_twin[0]}", flush=True)
+            continue
+        table = os.path.join(args.out_dir, f"kernels_{prof}_{impl}.txt") if args.kernel_table and bench.write else ""
+        mem = os.path.join(args.out_dir, f"memory_peak_{prof}_{impl}.txt") if args.memory_peak and bench.write else ""
+        try:
+            rows.append(measure(impl, B, table, mem))
+        except torch.OutOfMemoryError:
+            rows.append(bench.row(prof, impl, "oom", seq_len, B, A))
+        if rows[-1]["status"] == "oom":
+            release_memory_and_compiled_graphs()
+        if bench.write:
+            print(json.dumps(rows[-1]), flush=True)
+    stem = os.path.join(args.out_dir, f"bench_{prof}")
+    if sizes and os.path.exists(stem + ".json"):  # the swept impls' rows replace theirs; the other rows
+        with open(stem + ".json") as f:                # stay if they were measured on this card
+            rows = [r for r in json.load(f) if r["impl"] not in impls and r.get("card") == bench.card] + rows
+    with_ratios(rows)
+    if bench.write:
+        write_rows(stem, rows)
+        if breakdown:
+            write_rows(os.path.join(args.out_dir, f"time_breakdown_{prof}"), breakdown)
+
+
+def bench_extras(bench: Bench, dataset, probe_impls: list[str]) -> None:
+    """At seq 2048: the largest micro-batch per impl, and the two loss-curve comparisons."""
+    args, device = bench.args, bench.device
+    data = TokenBatches(dataset, 2048, args.seed, "random")
+    if args.max_batch_probe:
+        for impl in probe_impls:  # each impl's row is saved as soon as it is known
+            row = dict(impl=impl, card=bench.card, seq_len=2048, **probe_max_batch(impl, data, 2048, device, args.seed),
+                       **bench.versions)
+            print(json.dumps(row), flush=True)
+            merge_rows(os.path.join(args.out_dir, "bench_max_batch"), [row])
+    for steps, run, name in ((args.loss_steps, loss_curves, "loss_equivalence.json"),
+                             (args.residual_loss_steps, residual_loss_curves, "loss_residual.json")):
+        if steps:
+            summary = run(data, 2048, args.loss_batch, steps, device, args.seed, args.out_dir)
+            summary.update(card=bench.card, **bench.versions)
+            with open(os.path.join(args.out_dir, name), "w") as f:
+                json.dump(summary, f, indent=2)
+            print(summary)
+
+
+def main(argv=None):
+    # ---- parse and check
+    args = parse_args(argv)
+    impls, probe_impls, sizes = check_args(args)
+    # ---- the card, the data
     os.makedirs(args.out_dir, exist_ok=True)
     cache_dir = args.cache_dir or os.path.join(args.out_dir, ".cache")
     env = dist_utils.setup("cuda")
-    device, world = env.device, env.world_size
     torch.backends.cuda.matmul.allow_tf32 = True  # only what stays in float32 (the optimizer's grad norm etc.)
-    card = device_name(device)
-    peak = peak_flops(card)
+    card = device_name(env.device)
     import transformers
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    bench = Bench(args, env.device, env.world_size, card, peak_flops(card),
+                  {"torch": torch.__version__, "transformers": transformers.__version__}, write=env.rank == 0)
     if args.profile == "attention":
-        write_rows(os.path.join(args.out_dir, "bench_attention"), attention_bench(device))
+        write_rows(os.path.join(args.out_dir, "bench_attention"), attention_bench(env.device))
         return
     tokenizer = load_tokenizer(args.tokenizer_id)
     dataset = load_training_data(args.input_file, tokenizer, cache_dir, val_fraction=0.0)
     if args.world_sizes:
         return multigpu(args, cache_dir)
+    # ---- the measurements
     config = get_config("smollm2-135m")
     n_params = SmolLM2ForCausalLM(config).num_params()
-    write = env.rank == 0
-
-    profiles = list(PROFILES) if args.profile == "all" else [args.profile] if args.profile in PROFILES else []
-    for prof in profiles:
-        shape = PROFILES[prof]
-        seq_len, B, A = shape.seq_len, args.micro_batch or shape.micro_batch, shape.grad_accum
-        data = TokenBatches(dataset, seq_len, args.seed, "random")
-        flops_per_tok = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
-        rows, breakdown = [], []
-
-        def measure(impl, B, table="", mem=""):
-            r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, device, args.seed, table, mem)
-            tok_s = B * A * seq_len * world * 1000.0 / r["ms_per_step"]
-            if r["breakdown"]:
-                breakdown.append(dict(impl=impl, card=card, ms_per_step=round(r["ms_per_step"], 2), **r["breakdown"]))
-            return dict(profile=prof, impl=impl, status="ok", card=card, world_size=world, seq_len=seq_len,
-                        micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * world,
-                        ms_per_step=round(r["ms_per_step"], 3), tokens_per_s=round(tok_s, 1),
-                        tokens_per_s_per_gpu=round(tok_s / world, 1),
-                        mfu=round(tok_s * flops_per_tok / (peak * world), 4) if peak else "",
-                        peak_mem_gb=round(r["peak_mem_bytes"] / 1e9, 2), warmup_s=round(r["warmup_s"], 1),
-                        final_loss=round(r["final_loss"], 4), peak_flops=peak or "", **versions)
-
-        def oom_row(impl, B):
-            return dict(profile=prof, impl=impl, status="oom", card=card, world_size=world, seq_len=seq_len,
-                        micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * world, peak_flops=peak or "",
-                        **versions)
-
-        if sizes:  # every impl at every size; the profile's table gets each impl's fastest size that fit
-            sweep = []
-
-            def on_row(row):
-                sweep.append(row if row["status"] == "ok" else oom_row(row["impl"], row["micro_batch"]))
-                if write:
-                    print(json.dumps(sweep[-1]), flush=True)
-                    write_rows(os.path.join(args.out_dir, "microbatch_sweep"), sweep)  # kept if the run is cut
-
-            _, rows = sweep_micro_batches(impls, sizes, measure, on_row)
-        for impl in ([] if sizes else impls):
-            stacked_twin = [o for o in impls if o != impl and IMPLS[o] == IMPLS[impl].but(stack_micro=-1)]
-            if A == 1 and stacked_twin:
-                print(f"skip {impl}: with one micro-batch per step it is the same step as {stacked_twin[0]}", flush=True)
-                continue
-            table = os.path.join(args.out_dir, f"kernels_{prof}_{impl}.txt") if args.kernel_table and write else ""
-            mem = os.path.join(args.out_dir, f"memory_peak_{prof}_{impl}.txt") if args.memory_peak and write else ""
-            try:
-                rows.append(measure(impl, B, table, mem))
-            except torch.OutOfMemoryError:
-                rows.append(oom_row(impl, B))
-            if rows[-1]["status"] == "oom":
-                release_memory_and_compiled_graphs()
-            if write:
-                print(json.dumps(rows[-1]), flush=True)
-        stem = os.path.join(args.out_dir, f"bench_{prof}")
-        if sizes and os.path.exists(stem + ".json"):  # the swept impls' rows replace theirs; the other rows
-            with open(stem + ".json") as f:                # stay if they were measured on this card
-                rows = [r for r in json.load(f) if r["impl"] not in impls and r.get("card") == card] + rows
-        with_ratios(rows)
-        if write:
-            write_rows(stem, rows)
-            if breakdown:
-                write_rows(os.path.join(args.out_dir, f"time_breakdown_{prof}"), breakdown)
-
-    if args.max_batch_probe and write:
-        data = TokenBatches(dataset, 2048, args.seed, "random")
-        for impl in probe_impls:  # each impl's row is saved as soon as it is known
-            row = dict(impl=impl, card=card, seq_len=2048, **probe_max_batch(impl, data, 2048, device, args.seed),
-                       **versions)
-            print(json.dumps(row), flush=True)
-            merge_rows(os.path.join(args.out_dir, "bench_max_batch"), [row])
-
-    if args.loss_steps and write:
-        data = TokenBatches(dataset, 2048, args.seed, "random")
-        summary = loss_curves(data, 2048, args.loss_batch, args.loss_steps, device, args.seed, args.out_dir)
-        summary.update(card=card, **versions)
-        with open(os.path.join(args.out_dir, "loss_equivalence.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        print(summary)
-
-    if args.residual_loss_steps and write:
-        data = TokenBatches(dataset, 2048, args.seed, "random")
-        summary = residual_loss_curves(data, 2048, args.loss_batch, args.residual_loss_steps, device, args.seed,
-                                       args.out_dir)
-        summary.update(card=card, **versions)
-        with open(os.path.join(args.out_dir, "loss_residual.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        print(summary)
+    for prof in list(PROFILES) if args.profile == "all" else [args.profile] if args.profile in PROFILES else []:
+        bench_profile(bench, prof, dataset, n_params, config, impls, sizes)
+    if bench.write:
+        bench_extras(bench, dataset, probe_impls)
     dist_utils.teardown()
 
 
