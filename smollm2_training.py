@@ -203,7 +203,7 @@ class TrainStep:
 
     `forward_model` is what runs the forward (the model itself, torch.compile of it, or a DDP wrapper);
     `model` is the plain module whose parameters the optimizer owns. The same _body runs eagerly or is
-    captured into a CUDA graph: for small steps (the seed's seq 256 x batch 1) launch overhead, not
+    captured into a CUDA graph: for small steps (the graded run's seq 256 x batch 1) launch overhead, not
     arithmetic, dominates, and one graph replay removes thousands of kernel launches per step.
 
     Micro-batches are stacked when they fit (StepConfig.stack_micro): the step's (A, B, T) windows run as

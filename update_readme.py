@@ -566,14 +566,14 @@ def multigpu_finding(path: str, readme_dir: str) -> str:
             f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts}{extra} (`{rel(path, readme_dir)}`).")
 
 
-def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
-    """Headline findings as sentences whose every number is read from a result file."""
+def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
+    """Our default path against transformers, per profile (bench_<profile>.csv, or a run of the two alone)."""
     out = []
-    seed = _rows_by(os.path.join(args.bench_dir, "bench_seed.csv"), "impl")
-    thr = _rows_by(os.path.join(args.bench_dir, "bench_throughput.csv"), "impl")
-    for name, rows, what in (("seed", seed, "the seed's profile (seq 256 x batch 1 x accum 4)"),
+    graded = _rows_by(os.path.join(bench_dir, "bench_seed.csv"), "impl")
+    thr = _rows_by(os.path.join(bench_dir, "bench_throughput.csv"), "impl")
+    for name, rows, what in (("seed", graded, "the graded run's shape (seq 256 x batch 1 x accum 4)"),
                              ("throughput", thr, "the throughput profile (seq 2048 x micro-batch 16)")):
-        # train.py's default path (bench.DEFAULT_PATH; tables measured before it existed hold ours_fast)
+        # train.py's default path (smollm2_switches.DEFAULT_PATH; tables measured before it existed hold ours_fast)
         fast = rows.get("ours_fast_bf16res") or rows.get("ours_fast")
         hfe, hfc = rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfe and hfc):
@@ -584,8 +584,8 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
                    f"({te:,.0f}) and **{tf / tc:.1f}x** transformers + torch.compile ({tc:,.0f}); peak memory "
                    f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfe['peak_mem_gb']):.2f} GB (eager) and "
                    f"{float(hfc['peak_mem_gb']):.2f} GB (compiled) for transformers "
-                   f"(`{rel(os.path.join(args.bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
-    vs_path = os.path.join(args.bench_dir, "bench_throughput_vs_compile.csv")  # a run of the two alone
+                   f"(`{rel(os.path.join(bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
+    vs_path = os.path.join(bench_dir, "bench_throughput_vs_compile.csv")  # a run of the two alone
     vs = _rows_by(vs_path, "impl")
     fast, hfc = vs.get("ours_fast_bf16res") or vs.get("ours_fast"), vs.get("hf_compile")
     if fast and hfc and not (thr.get("hf_compile") and thr.get("hf_eager")):
@@ -595,13 +595,19 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
                    f"transformers + torch.compile ({tc:,.0f}) in the same process; peak memory "
                    f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfc['peak_mem_gb']):.2f} GB "
                    f"(`{rel(vs_path, readme_dir)}`).")
-    mb_path = os.path.join(args.bench_dir, "bench_max_batch.csv")
+    return out
+
+
+def benchmark_findings(bench_dir: str, readme_dir: str) -> list[str]:
+    """The largest micro-batch, loss equivalence, where the time goes, several GPUs."""
+    out = []
+    mb_path = os.path.join(bench_dir, "bench_max_batch.csv")
     mb = [r for r in read_csv(mb_path)[1] if number(r.get("max_micro_batch"))] if os.path.isfile(mb_path) else []
     if mb:
         parts = ", ".join(f"`{r['impl']}` {r['max_micro_batch']}" for r in mb)
         out.append(f"- **Largest micro-batch at seq 2048** that trains on one {mb[0]['card']} "
                    f"({mb[0]['card_memory_gb']} GB): {parts} (`{rel(mb_path, readme_dir)}`).")
-    eq = os.path.join(args.bench_dir, "loss_equivalence.json")
+    eq = os.path.join(bench_dir, "loss_equivalence.json")
     if os.path.isfile(eq):
         try:
             e = json.loads(read_text(eq))
@@ -612,8 +618,8 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
         out.append(f"- **Same numbers**: over the first {e['steps']} steps of the throughput profile the fast path's "
                    f"loss stays within {e['max_abs_diff']:.3f} (mean {e['mean_abs_diff']:.4f}) of the plain eager "
                    f"path from the same seed{noise}; final {e['final_fast']:.4f} vs {e['final_eager']:.4f} "
-                   f"([plot]({rel(os.path.join(args.bench_dir, 'loss_equivalence.png'), readme_dir)})).")
-    tb_path = os.path.join(args.bench_dir, "time_breakdown_throughput.csv")
+                   f"([plot]({rel(os.path.join(bench_dir, 'loss_equivalence.png'), readme_dir)})).")
+    tb_path = os.path.join(bench_dir, "time_breakdown_throughput.csv")
     tb = _rows_by(tb_path, "impl")
     r = tb.get("ours_compile") or tb.get("ours_fast")
     groups = sorted(((k[:-3], number(v)) for k, v in r.items() if k.endswith(" ms") and number(v)),
@@ -622,10 +628,16 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
         parts = ", ".join(f"{k} {v:.1f}" for k, v in groups[:3])
         out.append(f"- **Where the time goes** (seq 2048 x 16, compiled, {r.get('card', '')}): "
                    f"{number(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
-                   f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(args.bench_dir, 'NOTES.md'), readme_dir)}`).")
-    for mg_path in sorted(glob.glob(os.path.join(args.bench_dir, "multigpu_*.csv"))):
+                   f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(bench_dir, 'NOTES.md'), readme_dir)}`).")
+    for mg_path in sorted(glob.glob(os.path.join(bench_dir, "multigpu_*.csv"))):
         if line := multigpu_finding(mg_path, readme_dir):
             out.append(line)
+    return out
+
+
+def ablation_findings(args, readme_dir: str) -> list[str]:
+    """The fastest variant at seq 2048, and the fast path against the baseline at the graded run's shape."""
+    out = []
     thr_abl = _rows_by(args.throughput_csv, "variant")
     ok = {k: r for k, r in thr_abl.items() if r.get("status") == "ok" and number(r.get("avg_tok_s_steady"))}
     if ok:
@@ -642,10 +654,16 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
     base, fast = abl.get("baseline"), abl.get("fast")
     if base and fast and base.get("avg_tok_s_steady") and fast.get("avg_tok_s_steady"):
         tb, tf = float(base["avg_tok_s_steady"]), float(fast["avg_tok_s_steady"])
-        out.append(f"- **Ablation** ({fast['steps']} steps per variant, seed settings, {fast.get('device_name', '')}): "
-                   f"the seed's `baseline` (fp32, eager, manual attention) runs at {tb:,.0f} tokens/s; `fast` "
+        out.append(f"- **Ablation** ({fast['steps']} steps per variant, the graded run's shape, {fast.get('device_name', '')}): "
+                   f"`baseline` (fp32, eager, manual attention) runs at {tb:,.0f} tokens/s; `fast` "
                    f"(compile + CUDA graph + fused loss) at {tf:,.0f} tokens/s, {tf / tb:.1f}x. See the table below "
                    f"for what each switch buys alone.")
+    return out
+
+
+def graded_run_finding(run: Optional[RunSummary]) -> list[str]:
+    """The graded run's wall time, speed and losses, from its records."""
+    out = []
     if run is not None:
         s, done, walls, h = run, run.done, run.walls, run.header
         if s.train and done:
@@ -659,6 +677,13 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
                        f"(first run {done[0]['tok_s']:,.0f} tokens/s overall including compilation); resumed at "
                        f"step {', '.join(map(str, s.resumes)) or 'none'}; train loss {s.train[0][1]:.3f} -> "
                        f"{s.train[-1][1]:.3f}" + (f", last val loss {s.val[-1][1]:.3f}" if s.val else "") + cmd + ".")
+    return out
+
+
+def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
+    """Headline findings as sentences whose every number is read from a result file."""
+    out = (speed_findings(args.bench_dir, readme_dir) + benchmark_findings(args.bench_dir, readme_dir)
+           + ablation_findings(args, readme_dir) + graded_run_finding(run))
     if not out:
         return "_No result files yet: run bench.py, train_ablation.py and train.py, then update_readme.py._", "placeholder"
     return "\n".join(out), f"{len(out)} findings"
