@@ -509,7 +509,7 @@ def collect_multigpu(out_dir: str, profile: str) -> list[dict]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="all", choices=["seed", "throughput", "all", "attention", "none"],
+    p.add_argument("--profile", default="all", choices=[*PROFILES, "all", "attention", "none"],
                    help="none: only --max_batch_probe / --loss_steps")
     p.add_argument("--impls", default=DEFAULT_IMPLS, help="comma list of " + ", ".join(IMPLS))
     p.add_argument("--input_file", default="input.txt")

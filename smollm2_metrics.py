@@ -142,19 +142,21 @@ def log_events(text: str) -> list[dict]:
     return events
 
 
+def event_record(line: str, where: str) -> dict:
+    try:
+        record = json.loads(line)
+    except ValueError as err:
+        raise MetricsError(f"{where} is not JSON ({err})") from err
+    if not isinstance(record, dict) or "event" not in record:
+        raise MetricsError(f"{where} is not an event record")
+    return record
+
+
 def jsonl_events(text: str, source: str) -> list[dict]:
-    events = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            e = json.loads(line)
-        except ValueError as err:
-            raise MetricsError(f"{source} line {i} is not JSON ({err})") from err
-        if not isinstance(e, dict) or "event" not in e:
-            raise MetricsError(f"{source} line {i} is not an event record")
-        events.append(e)
-    return events
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # a line cut short by a killed process: every complete line before it stands
+    return [event_record(line, f"{source} line {i}") for i, line in enumerate(lines, 1) if line.strip()]
 
 
 def read_events(log_path: str, log_text: Optional[str] = None) -> list[dict]:

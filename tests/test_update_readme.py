@@ -446,3 +446,14 @@ def test_wall_lines_become_a_table_per_run_of_the_last_lineage(tmp_path):
     assert "| **wall time of the command** | **89.0** | **14.0** |" in out
     assert "777.0" not in out.split("<details>")[0]
     assert parse_log("step 1/2 | loss 1.0\nDONE: steps 1..2 in 1.0s (1.0 tok/s overall)\n").walls == []
+
+
+def test_a_bad_metrics_jsonl_beside_the_log_exits_2(tmp_path):
+    """The records beside train.log are what the block is drawn from (tests/test_train.py feeds a real run's);
+    a file that is not records is refused, the README left as it was."""
+    populate(tmp_path)
+    before = (tmp_path / "README.md").read_bytes()
+    write(tmp_path / "out_smollm2_scratch" / "metrics.jsonl", '{"event": "start", "step": 0}\nnot json\n')
+    r = run(tmp_path)
+    assert r.returncode == 2 and "metrics.jsonl line 2 is not JSON" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "README.md").read_bytes() == before
