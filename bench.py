@@ -215,31 +215,38 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir, fast_impl: str =
     ref, eager, fast = curves["ours_eager_fp32"], curves["ours_eager"], curves[fast_impl]
     diffs = [abs(a - b) for a, b in zip(eager, fast)]
     noise = [abs(a - b) for a, b in zip(eager, ref)]
-    path = os.path.join(out_dir, "loss_equivalence.csv")
-    with open(path, "w", newline="") as f:
+    write_curves(out_dir, "loss_equivalence", {"ours_eager": eager, "ours_fast": fast, "abs_diff": diffs,
+                                               "ours_eager_fp32": ref, "bf16_noise": noise},
+                 f"Loss equivalence, seq {seq_len} x micro-batch {B}, {device_name(device)}",
+                 [(ref, dict(label="plain eager, float32 (TF32 matmuls)", lw=2.5, alpha=0.4, color="gray")),
+                  (eager, dict(label="plain eager (bf16 autocast)", lw=1.5)),
+                  (fast, dict(label="fast path (compile + CUDA graph + fused loss)", lw=1.0, ls="--"))])
+    return {"steps": steps, "max_abs_diff": max(diffs), "mean_abs_diff": sum(diffs) / len(diffs),
+            "final_eager": eager[-1], "final_fast": fast[-1], "final_fp32": ref[-1],
+            "max_bf16_noise": max(noise), "mean_bf16_noise": sum(noise) / len(noise)}
+
+
+def write_curves(out_dir: str, stem: str, columns: dict[str, list[float]], title: str, lines: list) -> None:
+    """<stem>.csv: step, then each column at 5 decimals; <stem>.png: the (curve, plot style) pairs of `lines`."""
+    with open(os.path.join(out_dir, stem + ".csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "ours_eager", "ours_fast", "abs_diff", "ours_eager_fp32", "bf16_noise"])
-        for i, row in enumerate(zip(eager, fast, diffs, ref, noise), 1):
+        w.writerow(["step", *columns])
+        for i, row in enumerate(zip(*columns.values()), 1):
             w.writerow([i] + [f"{v:.5f}" for v in row])
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
-    xs = range(1, steps + 1)
-    ax.plot(xs, ref, label="plain eager, float32 (TF32 matmuls)", lw=2.5, alpha=0.4, color="gray")
-    ax.plot(xs, eager, label="plain eager (bf16 autocast)", lw=1.5)
-    ax.plot(xs, fast, label="fast path (compile + CUDA graph + fused loss)", lw=1.0, ls="--")
+    for curve, style in lines:
+        ax.plot(range(1, len(curve) + 1), curve, **style)
     ax.set_xlabel("step")
     ax.set_ylabel("train loss")
-    ax.set_title(f"Loss equivalence, seq {seq_len} x micro-batch {B}, {device_name(device)}")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "loss_equivalence.png"), metadata={"Software": None})
+    fig.savefig(os.path.join(out_dir, stem + ".png"), metadata={"Software": None})
     plt.close(fig)
-    return {"steps": steps, "max_abs_diff": max(diffs), "mean_abs_diff": sum(diffs) / len(diffs),
-            "final_eager": eager[-1], "final_fast": fast[-1], "final_fp32": ref[-1],
-            "max_bf16_noise": max(noise), "mean_bf16_noise": sum(noise) / len(noise)}
 
 
 def train_curve(impl, data, B, steps, device, seed, split: int = 1) -> list[float]:
@@ -270,26 +277,11 @@ def residual_loss_curves(data, seq_len, B, steps, device, seed, out_dir, fp32_im
     again = train_curve(fp32_impl, data, B, steps, device, seed)
     gap = [abs(x - y) for x, y in zip(a, b)]
     rerun = [abs(x - y) for x, y in zip(a, again)]
-    with open(os.path.join(out_dir, "loss_residual.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "residual_fp32", "residual_bf16", "abs_diff", "residual_fp32_rerun", "rerun_noise"])
-        for i, row in enumerate(zip(a, b, gap, again, rerun), 1):
-            w.writerow([i] + [f"{v:.5f}" for v in row])
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
-    xs = range(1, steps + 1)
-    ax.plot(xs, a, label=f"{fp32_impl}: residual stream float32", lw=1.5)
-    ax.plot(xs, b, label=f"{bf16_impl}: residual stream bf16", lw=1.0, ls="--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
-    ax.set_title(f"Residual stream dtype, seq {seq_len} x micro-batch {B}, {device_name(device)}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "loss_residual.png"), metadata={"Software": None})
-    plt.close(fig)
+    write_curves(out_dir, "loss_residual", {"residual_fp32": a, "residual_bf16": b, "abs_diff": gap,
+                                            "residual_fp32_rerun": again, "rerun_noise": rerun},
+                 f"Residual stream dtype, seq {seq_len} x micro-batch {B}, {device_name(device)}",
+                 [(a, dict(label=f"{fp32_impl}: residual stream float32", lw=1.5)),
+                  (b, dict(label=f"{bf16_impl}: residual stream bf16", lw=1.0, ls="--"))])
     return {"steps": steps, "seq_len": seq_len, "micro_batch": B, "max_abs_diff": max(gap),
             "mean_abs_diff": sum(gap) / len(gap), "final_fp32_residual": a[-1], "final_bf16_residual": b[-1],
             "max_rerun_noise": max(rerun), "mean_rerun_noise": sum(rerun) / len(rerun)}
