@@ -6,6 +6,7 @@ One JSON object per line, each with an "event" and, except "header", the global 
   train       step, lr, loss (interval mean), grad_norm, ms_per_step, tok_s, mfu (a fraction, or null)
   val         step, loss, ppl                          checkpoint  step (a file landed on disk)
   done        first_step, last_step, seconds, tok_s (overall), peak_mem_bytes (or null)
+  stop        step, signal: a SIGINT/SIGTERM/SIGHUP stopped the run there, after saving it
   wall        step, then train.py's WallClock summary (seconds per part of the loop)
 A resumed run appends to the same file. Runs logged before the file existed have only train.log:
 read_events() then parses the log into the same records (log_events), so both have one reader, and

@@ -10,6 +10,11 @@ holds a run (--overwrite 1 replaces it), a resume refuses settings that would br
 non-finite loss or gradient, or a save that fails: exit 1, the latest checkpoint left as it was.
 
 Several GPUs: torchrun --nproc_per_node=N train.py ...  (DDP; rank 0 logs and saves).
+
+Read top to bottom: parse_and_check (every flag, worded as a flag; the speed flags resolved into one
+Switches, logged beside the Args line as typed) -> prepare_run (the folder and the resume point) ->
+build_run (data, model, optimizer, step) -> train_loop -> finish (DONE, WALL). Each logged number goes
+to train.log for people and to metrics.jsonl for programs (smollm2_metrics.py).
 """
 
 from __future__ import annotations
@@ -458,7 +463,8 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
     forward_model = dist_utils.build_forward(model, switches.compile, switches.compile_scope, device,
                                              reduce_bf16=switches.grad_reduce_bf16)
     step_fn = TrainStep(model, forward_model, optimizer, StepConfig.of(switches, args.grad_clip), device, log=log)
-    return Run(args, switches, env, config, start, log, events, tokenizer, dataset, data, model, optimizer, step_fn,
+    return Run(args=args, switches=switches, env=env, config=config, start=start, log=log, events=events,
+               tokenizer=tokenizer, dataset=dataset, data=data, model=model, optimizer=optimizer, step_fn=step_fn,
                start_step=int(ckpt["global_step"]) if ckpt is not None else 0,
                sample_every=0 if switches.model_impl == "hf" else args.sample_every)
 
@@ -578,29 +584,67 @@ class Checkpoints:
 
 
 # ================================================================================================ the loop
+class Interval:
+    """The steps since the last log line: their summed loss on the device (no host sync per step) and time."""
+
+    def __init__(self, device: torch.device):
+        self.loss, self.steps, self.t0 = torch.zeros((), device=device), 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss
+        self.steps += 1
+
+    def read(self) -> tuple[float, int, float]:
+        """(mean loss over every rank, steps, seconds so far)."""
+        return float(dist_utils.mean_across_ranks(self.loss / self.steps)), self.steps, time.perf_counter() - self.t0
+
+    def restart(self) -> None:
+        self.loss.zero_()
+        self.steps, self.t0 = 0, time.perf_counter()
+
+
+def log_interval(run: Run, step: int, lr: float, grad_norm: torch.Tensor, interval: Interval, flops_per_tok: float,
+                 metrics: dict) -> None:
+    mean_loss, steps, dt = interval.read()
+    norm, peak, world = float(grad_norm), peak_flops(device_name(run.env.device)), run.env.world_size
+    metrics.update(train_loss=mean_loss, train_loss_step=step)
+    tok_s = run.tokens_per_step * steps / dt
+    mfu = tok_s * flops_per_tok / (peak * world) if peak else None
+    run.log(f"step {step:5d}/{run.args.max_steps} | lr {lr:.3e} | loss {mean_loss:.4f} | grad_norm {norm:.3f} | "
+            f"ms/step {1000 * dt / steps:.2f} | tok/s {tok_s:.1f} | mfu " + (f"{100 * mfu:.2f}%" if mfu is not None else "n/a"))
+    run.events("train", step=step, lr=lr, loss=finite_or_none(mean_loss), grad_norm=finite_or_none(norm),
+               ms_per_step=1000 * dt / steps, tok_s=tok_s, mfu=mfu)
+
+
+def log_validation(run: Run, step: int, metrics: dict) -> None:
+    args = run.args
+    val_loss = evaluate(run.model, run.data.val_batches(args.val_batches, args.batch_size * args.grad_accum),
+                        run.env.device, run.switches.amp_dtype)
+    if val_loss is None:
+        return
+    metrics.update(val_loss=float(val_loss), val_loss_step=step)
+    ppl = math.exp(min(val_loss, 50))
+    run.log(f"step {step:5d}/{args.max_steps} | val loss {val_loss:.4f} | val ppl {ppl:.2f}")
+    run.events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl))
+
+
 def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) -> tuple[int, bool]:
     """Steps start_step+1 .. max_steps. Returns (the last step run, whether a signal stopped the run there
     after saving it)."""
-    args, log, events, step_fn, data = run.args, run.log, run.events, run.step_fn, run.data
-    rank, world, device, amp_dtype = run.env.rank, run.env.world_size, run.env.device, run.switches.amp_dtype
+    args, log, data, rank, world, device = run.args, run.log, run.data, run.env.rank, run.env.world_size, run.env.device
     decay_steps = args.lr_decay_steps or args.max_steps
     flops_per_tok = flops_per_token(sum(p.numel() for p in run.model.parameters()), run.config.num_hidden_layers,
                                     run.config.hidden_size, args.seq_len)
-    peak = peak_flops(device_name(device))
     artifacts = os.path.join(args.out_dir, CACHE_DIR, ARTIFACTS) if run.switches.compile and args.compile_cache else None
     if artifacts:
         load_artifacts(artifacts, log)
-    stop = StopFlag()
+    stop, interval, step = StopFlag(), Interval(device), run.start_step
     run.model.train()
-    interval_loss = torch.zeros((), device=device)
-    interval_steps, t_last = 0, time.perf_counter()
-    step = run.start_step
     for step in range(run.start_step + 1, args.max_steps + 1):
         lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr)
         set_lr(run.optimizer, lr)
-        loss, grad_norm = step_fn(*data.step_batch(step, args.grad_accum, args.batch_size, device, rank, world))
-        interval_loss += loss
-        interval_steps += 1
+        loss, grad_norm = run.step_fn(*data.step_batch(step, args.grad_accum, args.batch_size, device, rank, world))
+        interval.add(loss)
         log.advance()
         if step == run.start_step + 1:
             clock.lap("compile")  # compile, warm-up and CUDA-graph capture happen in the first call
@@ -611,39 +655,22 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
 
         if step % args.log_every == 0 or step == args.max_steps:
             clock.lap("steps")
-            mean_loss = float(dist_utils.mean_across_ranks(interval_loss / interval_steps))
-            norm = float(grad_norm)
-            metrics.update(train_loss=mean_loss, train_loss_step=step)
-            dt = time.perf_counter() - t_last
-            tok_s = run.tokens_per_step * interval_steps / dt
-            mfu = tok_s * flops_per_tok / (peak * world) if peak else None
-            log(f"step {step:5d}/{args.max_steps} | lr {lr:.3e} | loss {mean_loss:.4f} | grad_norm {norm:.3f} | "
-                f"ms/step {1000 * dt / interval_steps:.2f} | tok/s {tok_s:.1f} | mfu "
-                + (f"{100 * mfu:.2f}%" if mfu is not None else "n/a"))
-            events("train", step=step, lr=lr, loss=finite_or_none(mean_loss), grad_norm=finite_or_none(norm),
-                   ms_per_step=1000 * dt / interval_steps, tok_s=tok_s, mfu=mfu)
+            log_interval(run, step, lr, grad_norm, interval, flops_per_tok, metrics)
             saves.ensure_finite(step)
             saves.collect(saves.writer.poll())
-            interval_loss.zero_()
-            interval_steps, t_last = 0, time.perf_counter()
+            interval.restart()
             clock.lap("other")
         if run.sample_every and (step == 1 or step % run.sample_every == 0):
             clock.lap("steps")
             saves.ensure_finite(step)  # non-finite logits would make sampling fail
             # Under FSDP2 every rank must run the forward (each holds a shard); the others' text is discarded.
             if rank == 0 or args.fsdp:
-                log(f"[sample @ step {step}] {sample_text(run.model, run.tokenizer, args, device, amp_dtype, step)}")
+                log(f"[sample @ step {step}] {sample_text(run.model, run.tokenizer, args, device, run.switches.amp_dtype, step)}")
             clock.lap("sample")
         if args.val_every and step % args.val_every == 0:
             clock.lap("steps")
             saves.ensure_finite(step)
-            val_loss = evaluate(run.model, data.val_batches(args.val_batches, args.batch_size * args.grad_accum),
-                                device, amp_dtype)
-            if val_loss is not None:
-                metrics.update(val_loss=float(val_loss), val_loss_step=step)
-                ppl = math.exp(min(val_loss, 50))
-                log(f"step {step:5d}/{args.max_steps} | val loss {val_loss:.4f} | val ppl {ppl:.2f}")
-                events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl))
+            log_validation(run, step, metrics)
             clock.lap("val")
         stopping = dist_utils.any_rank(stop.requested is not None)
         if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
@@ -655,6 +682,7 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
             clock.lap("save")
             log(f"STOP: {stop.requested or 'signal on another rank'} received; saved step {step}. "
                 f"Continue with the same command and --resume 1.")
+            run.events("stop", step=step, signal=stop.requested)
             return step, True
     return step, False
 
