@@ -143,3 +143,15 @@ def test_switch_pairs_are_one_flag_apart():
     twins = {later: first for i, first in enumerate(names) for later in names[i + 1:]
              if VARIANTS[later] == VARIANTS[first]}
     assert twins == SAME_AS
+
+
+def test_each_variant_and_impl_is_what_train_py_resolves_its_flags_to():
+    """A variant's (or bench impl's) Switches, passed to train.py as flags, resolve back to the same Switches:
+    the sweep measures exactly the named configuration, whatever --fast would have chosen."""
+    import torch
+    import train
+    from smollm2_switches import IMPLS, VARIANTS
+    named = {**VARIANTS, **{k: v for k, v in IMPLS.items() if v.ddp_overlap}}  # ddp_overlap: bench-only
+    for name, sw in named.items():
+        args = train.parse_args([a for k, v in sw.train_flags().items() for a in (f"--{k}", str(v))])
+        assert train.resolve_switches(args, torch.device("cuda"), 1) == sw, name
