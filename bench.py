@@ -1,7 +1,7 @@
 """Training-speed benchmark: our SmolLM2 against transformers' LlamaForCausalLM, in one process on one GPU,
 with the same initial weights, data, batch, optimizer and training step (smollm2_training.TrainStep).
 
-    python bench.py --profile seed         # seq 256 x micro-batch 1 x accum 4 (the seed's run)
+    python bench.py --profile seed         # seq 256 x micro-batch 1 x accum 4 (the graded run's shape)
     python bench.py --profile throughput   # seq 2048 x micro-batch 16, no accumulation
     python bench.py --profile all --max_batch_probe 1 --loss_steps 200
     python bench.py --profile attention    # SDPA kernels alone: flash vs cuDNN vs efficient, GQA native vs copied
@@ -34,6 +34,8 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -42,67 +44,38 @@ from smollm2_config import get_config
 from smollm2_data import TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM, repeat_kv
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
-from smollm2_training import (HFReference, StepConfig, TrainStep, UsageError, build_optimizer, device_name,
+from smollm2_switches import DDP_ONLY, DEFAULT_PATH, IMPLS, PROFILES, Switches
+from smollm2_training import (StepConfig, TrainStep, TransformersAdapter, UsageError, build_optimizer, device_name,
                               flops_per_token, lr_at, peak_flops, set_lr)
 
-PROFILES = {  # name: (seq_len, micro_batch, grad_accum)
-    "seed": (256, 1, 4),
-    "throughput": (2048, 16, 1),
-}
-# Autocast bf16 for all but the float32 reference: the dtype policy is shared. ours_fast_bf16res is train.py's
-# default CUDA path (DEFAULT_PATH): micro-batches stacked when they fit (stack=-1), the residual stream in bf16;
-# ours_fast is the same with the float32 stream, ours_fast_accum ours_fast before stacking; every other impl
-# accumulates micro-batches, as the committed tables did.
-IMPLS = {
-    "hf_eager": dict(kind="hf"),
-    "hf_compile": dict(kind="hf", compile=True),
-    "ours_eager": dict(),
-    "ours_compile": dict(compile=True, fused=True),
-    "ours_fast_accum": dict(compile=True, graph=True, fused=True),
-    "ours_fast": dict(compile=True, graph=True, fused=True, stack=-1),
-    # the residual stream in bf16 (config.residual_dtype): every residual add and RMSNorm moves half the bytes
-    "ours_fast_bf16res": dict(compile=True, graph=True, fused=True, stack=-1, residual="bf16"),
-    "ours_eager_bf16res": dict(residual="bf16"),
-    # data-parallel variants of ours_compile (smollm2_distributed.build_forward); same math, except bf16grads
-    "ours_compile_no_overlap": dict(compile=True, fused=True, ddp_overlap=False, base="ours_compile"),
-    "ours_compile_blocks": dict(compile=True, fused=True, scope="blocks"),
-    "ours_compile_bf16grads": dict(compile=True, fused=True, reduce_bf16=True, base="ours_compile"),
-    # no autocast (matmuls in TF32): the yardstick for how far bf16 rounding alone moves a loss curve
-    "ours_eager_fp32": dict(amp=None, fused=True),
-}
-DEFAULT_PATH = "ours_fast_bf16res"  # what train.py runs on one GPU with its defaults
 DEFAULT_IMPLS = f"hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast,{DEFAULT_PATH}"
 MODEL_PRESET = "smollm2-135m"  # what every impl builds (CPU tests of the curve plumbing swap in "tiny")
 
 
-def impl_spec(name: str) -> dict:
-    return dict(dict(kind="ours", compile=False, graph=False, fused=False, attn="sdpa", scope="model",
-                     reduce_bf16=False, ddp_overlap=True, base=None, amp=torch.bfloat16, stack=0, residual="fp32"),
-                **IMPLS[name])
-
-
-def build(spec: dict, seed: int, device):
+def build(sw: Switches, seed: int, device):
     torch.manual_seed(seed)
-    ours = SmolLM2ForCausalLM(get_config(MODEL_PRESET, attn_impl=spec["attn"], residual_dtype=spec["residual"]))
-    if spec["kind"] == "ours":
+    ours = SmolLM2ForCausalLM(get_config(MODEL_PRESET, attn_impl=sw.attn, residual_dtype=sw.residual_dtype))
+    if sw.model_impl == "ours":
         return ours.to(device)
     from smollm2_hf import to_hf_model  # same initial weights as ours
     hf = to_hf_model(ours)
     hf.config._attn_implementation = "sdpa"
-    return HFReference(hf.to(device).train())
+    return TransformersAdapter(hf.to(device).train())
 
 
-def make_step(spec: dict, model, device, grad_accum: int, lr: float = 3e-4):
-    opt = build_optimizer(model, lr, 0.1, device, capturable=spec["graph"])
-    fwd = dist_utils.build_forward(model, spec["compile"], spec["scope"], device, spec["reduce_bf16"],
-                                   spec["ddp_overlap"])
-    cfg = StepConfig(grad_accum, 1.0, spec["amp"], spec["fused"], spec["graph"], spec["stack"])
-    return TrainStep(model, fwd, opt, cfg, device, log=print if dist_utils.rank() == 0 else None), opt
+def make_step(sw: Switches, model, device, lr: float = 3e-4):
+    opt = build_optimizer(model, lr, 0.1, device, capturable=sw.cuda_graph)
+    fwd = dist_utils.build_forward(model, sw.compile, sw.compile_scope, device, sw.grad_reduce_bf16, sw.ddp_overlap)
+    step = TrainStep(model, fwd, opt, StepConfig.of(sw, grad_clip=1.0), device,
+                     log=print if dist_utils.rank() == 0 else None)
+    return step, opt
 
 
-def free():
+def release_memory_and_compiled_graphs():
+    """Between impls: free what the last one held and forget its compiled graphs, so each impl compiles
+    afresh (and never hits dynamo's recompile limit) and peak memory is its own."""
     gc.collect()
-    torch._dynamo.reset()  # each impl compiles afresh (and never hits the recompile limit)
+    torch._dynamo.reset()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -161,16 +134,15 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_tab
               memory_report: str = ""):
     """Warm up (compile, capture), then time `steps` steps between two CUDA events. Under DDP each rank
     takes its share of every step's micro-batches; the slowest rank's time counts."""
-    free()
+    release_memory_and_compiled_graphs()
     with memory_history(bool(memory_report)):
         return _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report)
 
 
 def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report):
     rank = dist_utils.rank()
-    spec = impl_spec(impl)
-    model = build(spec, seed, device)
-    step_fn, opt = make_step(spec, model, device, A)
+    model = build(IMPLS[impl], seed, device)
+    step_fn, opt = make_step(IMPLS[impl], model, device)
     t0 = time.perf_counter()
     for s in range(1, warmup + 1):
         step_fn(*data.step_batch(s, A, B, device, rank))
@@ -194,7 +166,7 @@ def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_ta
             f.write(f"{impl}: max_memory_allocated {peak / 1e9:.3f} GB\n")
             f.write(peak_report(torch.cuda.memory._snapshot(), device.index or 0))
     del model, step_fn, opt, inputs
-    free()
+    release_memory_and_compiled_graphs()
     return dict(ms_per_step=ms, warmup_s=warm_s, peak_mem_bytes=peak, final_loss=final_loss, breakdown=breakdown)
 
 
@@ -243,39 +215,46 @@ def loss_curves(data, seq_len, B, steps, device, seed, out_dir, fast_impl: str =
     ref, eager, fast = curves["ours_eager_fp32"], curves["ours_eager"], curves[fast_impl]
     diffs = [abs(a - b) for a, b in zip(eager, fast)]
     noise = [abs(a - b) for a, b in zip(eager, ref)]
-    path = os.path.join(out_dir, "loss_equivalence.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "ours_eager", "ours_fast", "abs_diff", "ours_eager_fp32", "bf16_noise"])
-        for i, row in enumerate(zip(eager, fast, diffs, ref, noise), 1):
-            w.writerow([i] + [f"{v:.5f}" for v in row])
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
-    xs = range(1, steps + 1)
-    ax.plot(xs, ref, label="plain eager, float32 (TF32 matmuls)", lw=2.5, alpha=0.4, color="gray")
-    ax.plot(xs, eager, label="plain eager (bf16 autocast)", lw=1.5)
-    ax.plot(xs, fast, label="fast path (compile + CUDA graph + fused loss)", lw=1.0, ls="--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
-    ax.set_title(f"Loss equivalence, seq {seq_len} x micro-batch {B}, {device_name(device)}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "loss_equivalence.png"), metadata={"Software": None})
-    plt.close(fig)
+    write_curves(out_dir, "loss_equivalence", {"ours_eager": eager, "ours_fast": fast, "abs_diff": diffs,
+                                               "ours_eager_fp32": ref, "bf16_noise": noise},
+                 f"Loss equivalence, seq {seq_len} x micro-batch {B}, {device_name(device)}",
+                 [(ref, dict(label="plain eager, float32 (TF32 matmuls)", lw=2.5, alpha=0.4, color="gray")),
+                  (eager, dict(label="plain eager (bf16 autocast)", lw=1.5)),
+                  (fast, dict(label="fast path (compile + CUDA graph + fused loss)", lw=1.0, ls="--"))])
     return {"steps": steps, "max_abs_diff": max(diffs), "mean_abs_diff": sum(diffs) / len(diffs),
             "final_eager": eager[-1], "final_fast": fast[-1], "final_fp32": ref[-1],
             "max_bf16_noise": max(noise), "mean_bf16_noise": sum(noise) / len(noise)}
 
 
+def write_curves(out_dir: str, stem: str, columns: dict[str, list[float]], title: str, lines: list) -> None:
+    """<stem>.csv: step, then each column at 5 decimals; <stem>.png: the (curve, plot style) pairs of `lines`."""
+    with open(os.path.join(out_dir, stem + ".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", *columns])
+        for i, row in enumerate(zip(*columns.values()), 1):
+            w.writerow([i] + [f"{v:.5f}" for v in row])
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    for curve, style in lines:
+        ax.plot(range(1, len(curve) + 1), curve, **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, stem + ".png"), metadata={"Software": None})
+    plt.close(fig)
+
+
 def train_curve(impl, data, B, steps, device, seed, split: int = 1) -> list[float]:
     """Per-step losses of `steps` steps of one impl from `seed` on the data's batches 1..steps, warmup 20 steps
     then cosine (train.py's schedule). split > 1 takes each batch as that many micro-batches of B/split rows."""
-    free()
-    model = build(impl_spec(impl), seed, device)
-    step_fn, opt = make_step(impl_spec(impl), model, device, split)
+    release_memory_and_compiled_graphs()
+    model = build(IMPLS[impl], seed, device)
+    step_fn, opt = make_step(IMPLS[impl], model, device)
     losses = []
     for s in range(1, steps + 1):
         set_lr(opt, lr_at(s, 20, steps, 3e-4, 3e-5))
@@ -284,7 +263,7 @@ def train_curve(impl, data, B, steps, device, seed, split: int = 1) -> list[floa
         losses.append(loss.detach().clone())
     curve = torch.stack(losses).float().cpu().tolist()
     del model, step_fn, opt
-    free()
+    release_memory_and_compiled_graphs()
     return curve
 
 
@@ -298,26 +277,11 @@ def residual_loss_curves(data, seq_len, B, steps, device, seed, out_dir, fp32_im
     again = train_curve(fp32_impl, data, B, steps, device, seed)
     gap = [abs(x - y) for x, y in zip(a, b)]
     rerun = [abs(x - y) for x, y in zip(a, again)]
-    with open(os.path.join(out_dir, "loss_residual.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "residual_fp32", "residual_bf16", "abs_diff", "residual_fp32_rerun", "rerun_noise"])
-        for i, row in enumerate(zip(a, b, gap, again, rerun), 1):
-            w.writerow([i] + [f"{v:.5f}" for v in row])
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
-    xs = range(1, steps + 1)
-    ax.plot(xs, a, label=f"{fp32_impl}: residual stream float32", lw=1.5)
-    ax.plot(xs, b, label=f"{bf16_impl}: residual stream bf16", lw=1.0, ls="--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
-    ax.set_title(f"Residual stream dtype, seq {seq_len} x micro-batch {B}, {device_name(device)}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "loss_residual.png"), metadata={"Software": None})
-    plt.close(fig)
+    write_curves(out_dir, "loss_residual", {"residual_fp32": a, "residual_bf16": b, "abs_diff": gap,
+                                            "residual_fp32_rerun": again, "rerun_noise": rerun},
+                 f"Residual stream dtype, seq {seq_len} x micro-batch {B}, {device_name(device)}",
+                 [(a, dict(label=f"{fp32_impl}: residual stream float32", lw=1.5)),
+                  (b, dict(label=f"{bf16_impl}: residual stream bf16", lw=1.0, ls="--"))])
     return {"steps": steps, "seq_len": seq_len, "micro_batch": B, "max_abs_diff": max(gap),
             "mean_abs_diff": sum(gap) / len(gap), "final_fp32_residual": a[-1], "final_bf16_residual": b[-1],
             "max_rerun_noise": max(rerun), "mean_rerun_noise": sum(rerun) / len(rerun)}
@@ -335,7 +299,7 @@ def sweep_micro_batches(impls, sizes, measure, on_row=lambda row: None) -> tuple
             except torch.OutOfMemoryError:
                 row = dict(impl=impl, micro_batch=B, status="oom")
             if row["status"] != "ok":
-                free()  # after the except block: the traceback no longer holds the failed run's tensors
+                release_memory_and_compiled_graphs()  # after the except block: the traceback no longer holds the failed run's tensors
             rows.append(row)
             on_row(row)
             if row["status"] == "ok" and row["tokens_per_s"] > best.get(impl, {}).get("tokens_per_s", -1):
@@ -373,7 +337,7 @@ def probe_max_batch(impl, data, seq_len, device, seed) -> dict:
         try:
             got = time_impl(impl, data, seq_len, B, 1, 2, 1, device, seed)["peak_mem_bytes"]
         except torch.OutOfMemoryError:
-            free()
+            release_memory_and_compiled_graphs()
             got = None
         print(f"probe {impl} B={B}: " + (f"fits, peak {got / 1e9:.2f} GB" if got else "out of memory"), flush=True)
         return got
@@ -489,12 +453,12 @@ def multigpu(args, ids_ready_dir: str) -> None:
     impls = args.impls.split(",")
     if max(sizes) > torch.cuda.device_count():
         raise UsageError(f"--world_sizes asks for {max(sizes)} GPUs, this machine has {torch.cuda.device_count()}")
-    if graphs := [i for i in impls if impl_spec(i)["graph"]]:
+    if graphs := [i for i in impls if IMPLS[i].cuda_graph]:
         raise UsageError(f"CUDA-graph impls are single-process only: drop {', '.join(graphs)} from --impls")
     failed = []
     for n in sizes:
         for impl in impls:
-            if n == 1 and impl_spec(impl)["base"]:
+            if n == 1 and impl in DDP_ONLY:
                 continue  # differs from its base only under DDP: the base's one-GPU row serves
             out = os.path.join(args.out_dir, ".multigpu", f"w{n}", impl)
             if os.path.exists(os.path.join(out, f"bench_{args.profile}.json")):
@@ -528,16 +492,16 @@ def collect_multigpu(out_dir: str, profile: str) -> list[dict]:
     rows.sort(key=lambda r: (list(IMPLS).index(r["impl"]) if r["impl"] in IMPLS else 99, r["world_size"]))
     one = {r["impl"]: r["tokens_per_s_per_gpu"] for r in rows if r["world_size"] == 1 and r["status"] == "ok"}
     for r in rows:
-        base = one.get(r["impl"]) or one.get(impl_spec(r["impl"])["base"] or "")
+        base = one.get(r["impl"]) or one.get(DDP_ONLY.get(r["impl"], ""))
         r["scaling_efficiency"] = round(r["tokens_per_s_per_gpu"] / base, 3) if base and r["status"] == "ok" else ""
         for k in ("x_hf_eager", "x_hf_compile"):
             r.pop(k, None)
     return rows
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="all", choices=["seed", "throughput", "all", "attention", "none"],
+    p.add_argument("--profile", default="all", choices=[*PROFILES, "all", "attention", "none"],
                    help="none: only --max_batch_probe / --loss_steps")
     p.add_argument("--impls", default=DEFAULT_IMPLS, help="comma list of " + ", ".join(IMPLS))
     p.add_argument("--input_file", default="input.txt")
@@ -562,7 +526,11 @@ def main(argv=None):
     p.add_argument("--world_sizes", default="", help="e.g. 1,2,4: run --profile under torchrun at each size")
     p.add_argument("--out_dir", default="benchmarks")
     p.add_argument("--cache_dir", default="", help="token cache (default <out_dir>/.cache)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def check_args(args) -> tuple[list[str], list[str], list[int]]:
+    """Every flag, before the GPU is touched: (impls, probe impls, micro-batch sizes of a sweep)."""
     impls = args.impls.split(",")
     if not all(b.strip().isdigit() and int(b) >= 1 for b in args.micro_batches.split(",") if args.micro_batches):
         raise UsageError(f"--micro_batches takes sizes such as 16,24,32,48, got {args.micro_batches!r}")
@@ -579,116 +547,137 @@ def main(argv=None):
         raise UsageError(f"--world_sizes takes process counts such as 1,2,4, got {args.world_sizes!r}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.kernel_table or args.memory_peak or args.max_batch_probe
                                                       or args.loss_steps or args.residual_loss_steps
-                                                      or any(impl_spec(i)["graph"] for i in impls)):
+                                                      or any(IMPLS[i].cuda_graph for i in impls)):
         raise UsageError("under torchrun bench.py times plain DDP steps only: no --kernel_table, --memory_peak, "
                          "--max_batch_probe, --loss_steps or CUDA-graph impls")
     if not torch.cuda.is_available():
         raise UsageError("bench.py measures GPU training speed and needs CUDA")
+    return impls, probe_impls, sizes
+
+
+@dataclass
+class Bench:
+    """What every measurement of one bench.py process shares."""
+    args: argparse.Namespace
+    device: torch.device
+    world: int
+    card: str
+    peak: Optional[float]
+    versions: dict
+    write: bool  # rank 0 writes the tables
+
+    def row(self, prof: str, impl: str, status: str, seq_len: int, B: int, A: int, **measured) -> dict:
+        return dict(profile=prof, impl=impl, status=status, card=self.card, world_size=self.world, seq_len=seq_len,
+                    micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * self.world, **measured,
+                    peak_flops=self.peak or "", **self.versions)
+
+
+def bench_profile(bench: Bench, prof: str, dataset, n_params: int, config, impls: list[str], sizes: list[int]) -> None:
+    """Every impl at the profile's shape (or, with --micro_batches, at each size): bench_<prof>.csv/.json,
+    microbatch_sweep.csv and time_breakdown_<prof>.csv."""
+    args, world, peak = bench.args, bench.world, bench.peak
+    shape = PROFILES[prof]
+    seq_len, B, A = shape.seq_len, args.micro_batch or shape.micro_batch, shape.grad_accum
+    data = TokenBatches(dataset, seq_len, args.seed, "random")
+    flops_per_tok = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
+    rows, breakdown = [], []
+
+    def measure(impl, B, table="", mem=""):
+        r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, bench.device, args.seed, table, mem)
+        tok_s = B * A * seq_len * world * 1000.0 / r["ms_per_step"]
+        if r["breakdown"]:
+            breakdown.append(dict(impl=impl, card=bench.card, ms_per_step=round(r["ms_per_step"], 2), **r["breakdown"]))
+        # key order as the committed tables have it: the measured columns between tokens_per_step and peak_flops
+        return bench.row(prof, impl, "ok", seq_len, B, A, ms_per_step=round(r["ms_per_step"], 3),
+                         tokens_per_s=round(tok_s, 1), tokens_per_s_per_gpu=round(tok_s / world, 1),
+                         mfu=round(tok_s * flops_per_tok / (peak * world), 4) if peak else "",
+                         peak_mem_gb=round(r["peak_mem_bytes"] / 1e9, 2), warmup_s=round(r["warmup_s"], 1),
+                         final_loss=round(r["final_loss"], 4))
+
+    if sizes:  # every impl at every size; the profile's table gets each impl's fastest size that fit
+        sweep = []
+
+        def on_row(row):
+            sweep.append(row if row["status"] == "ok" else bench.row(prof, row["impl"], "oom", seq_len,
+                                                                     row["micro_batch"], A))
+            if bench.write:
+                print(json.dumps(sweep[-1]), flush=True)
+                write_rows(os.path.join(args.out_dir, "microbatch_sweep"), sweep)  # kept if the run is cut
+
+        _, rows = sweep_micro_batches(impls, sizes, measure, on_row)
+    for impl in ([] if sizes else impls):
+        stacked_twin = [o for o in impls if o != impl and IMPLS[o] == IMPLS[impl].but(stack_micro=-1)]
+        if A == 1 and stacked_twin:
+            print(f"skip {impl}: with one micro-batch per step it is the same step as {stacked_twin[0]}", flush=True)
+            continue
+        table = os.path.join(args.out_dir, f"kernels_{prof}_{impl}.txt") if args.kernel_table and bench.write else ""
+        mem = os.path.join(args.out_dir, f"memory_peak_{prof}_{impl}.txt") if args.memory_peak and bench.write else ""
+        try:
+            rows.append(measure(impl, B, table, mem))
+        except torch.OutOfMemoryError:
+            rows.append(bench.row(prof, impl, "oom", seq_len, B, A))
+        if rows[-1]["status"] == "oom":
+            release_memory_and_compiled_graphs()
+        if bench.write:
+            print(json.dumps(rows[-1]), flush=True)
+    stem = os.path.join(args.out_dir, f"bench_{prof}")
+    if sizes and os.path.exists(stem + ".json"):  # the swept impls' rows replace theirs; the other rows
+        with open(stem + ".json") as f:                # stay if they were measured on this card
+            rows = [r for r in json.load(f) if r["impl"] not in impls and r.get("card") == bench.card] + rows
+    with_ratios(rows)
+    if bench.write:
+        write_rows(stem, rows)
+        if breakdown:
+            write_rows(os.path.join(args.out_dir, f"time_breakdown_{prof}"), breakdown)
+
+
+def bench_extras(bench: Bench, dataset, probe_impls: list[str]) -> None:
+    """At seq 2048: the largest micro-batch per impl, and the two loss-curve comparisons."""
+    args, device = bench.args, bench.device
+    data = TokenBatches(dataset, 2048, args.seed, "random")
+    if args.max_batch_probe:
+        for impl in probe_impls:  # each impl's row is saved as soon as it is known
+            row = dict(impl=impl, card=bench.card, seq_len=2048, **probe_max_batch(impl, data, 2048, device, args.seed),
+                       **bench.versions)
+            print(json.dumps(row), flush=True)
+            merge_rows(os.path.join(args.out_dir, "bench_max_batch"), [row])
+    for steps, run, name in ((args.loss_steps, loss_curves, "loss_equivalence.json"),
+                             (args.residual_loss_steps, residual_loss_curves, "loss_residual.json")):
+        if steps:
+            summary = run(data, 2048, args.loss_batch, steps, device, args.seed, args.out_dir)
+            summary.update(card=bench.card, **bench.versions)
+            with open(os.path.join(args.out_dir, name), "w") as f:
+                json.dump(summary, f, indent=2)
+            print(summary)
+
+
+def main(argv=None):
+    # ---- parse and check
+    args = parse_args(argv)
+    impls, probe_impls, sizes = check_args(args)
+    # ---- the card, the data
     os.makedirs(args.out_dir, exist_ok=True)
     cache_dir = args.cache_dir or os.path.join(args.out_dir, ".cache")
     env = dist_utils.setup("cuda")
-    device, world = env.device, env.world_size
     torch.backends.cuda.matmul.allow_tf32 = True  # only what stays in float32 (the optimizer's grad norm etc.)
-    card = device_name(device)
-    peak = peak_flops(card)
+    card = device_name(env.device)
     import transformers
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    bench = Bench(args, env.device, env.world_size, card, peak_flops(card),
+                  {"torch": torch.__version__, "transformers": transformers.__version__}, write=env.rank == 0)
     if args.profile == "attention":
-        write_rows(os.path.join(args.out_dir, "bench_attention"), attention_bench(device))
+        write_rows(os.path.join(args.out_dir, "bench_attention"), attention_bench(env.device))
         return
     tokenizer = load_tokenizer(args.tokenizer_id)
     dataset = load_training_data(args.input_file, tokenizer, cache_dir, val_fraction=0.0)
     if args.world_sizes:
         return multigpu(args, cache_dir)
+    # ---- the measurements
     config = get_config("smollm2-135m")
     n_params = SmolLM2ForCausalLM(config).num_params()
-    write = env.rank == 0
-
-    profiles = list(PROFILES) if args.profile == "all" else [args.profile] if args.profile in PROFILES else []
-    for prof in profiles:
-        seq_len, B, A = PROFILES[prof]
-        B = args.micro_batch or B
-        data = TokenBatches(dataset, seq_len, args.seed, "random")
-        fpt = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
-        rows, breakdown = [], []
-
-        def measure(impl, B, table="", mem=""):
-            r = time_impl(impl, data, seq_len, B, A, args.warmup, args.steps, device, args.seed, table, mem)
-            tok_s = B * A * seq_len * world * 1000.0 / r["ms_per_step"]
-            if r["breakdown"]:
-                breakdown.append(dict(impl=impl, card=card, ms_per_step=round(r["ms_per_step"], 2), **r["breakdown"]))
-            return dict(profile=prof, impl=impl, status="ok", card=card, world_size=world, seq_len=seq_len,
-                        micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * world,
-                        ms_per_step=round(r["ms_per_step"], 3), tokens_per_s=round(tok_s, 1),
-                        tokens_per_s_per_gpu=round(tok_s / world, 1),
-                        mfu=round(tok_s * fpt / (peak * world), 4) if peak else "",
-                        peak_mem_gb=round(r["peak_mem_bytes"] / 1e9, 2), warmup_s=round(r["warmup_s"], 1),
-                        final_loss=round(r["final_loss"], 4), peak_flops=peak or "", **versions)
-
-        def oom_row(impl, B):
-            return dict(profile=prof, impl=impl, status="oom", card=card, world_size=world, seq_len=seq_len,
-                        micro_batch=B, grad_accum=A, tokens_per_step=B * A * seq_len * world, peak_flops=peak or "",
-                        **versions)
-
-        if sizes:  # every impl at every size; the profile's table gets each impl's fastest size that fit
-            sweep = []
-
-            def on_row(row):
-                sweep.append(row if row["status"] == "ok" else oom_row(row["impl"], row["micro_batch"]))
-                if write:
-                    print(json.dumps(sweep[-1]), flush=True)
-                    write_rows(os.path.join(args.out_dir, "microbatch_sweep"), sweep)  # kept if the run is cut
-
-            _, rows = sweep_micro_batches(impls, sizes, measure, on_row)
-        for impl in ([] if sizes else impls):
-            stacked_twin = [o for o in impls if o != impl and impl_spec(o) == dict(impl_spec(impl), stack=-1)]
-            if A == 1 and stacked_twin:
-                print(f"skip {impl}: with one micro-batch per step it is the same step as {stacked_twin[0]}", flush=True)
-                continue
-            table = os.path.join(args.out_dir, f"kernels_{prof}_{impl}.txt") if args.kernel_table and write else ""
-            mem = os.path.join(args.out_dir, f"memory_peak_{prof}_{impl}.txt") if args.memory_peak and write else ""
-            try:
-                rows.append(measure(impl, B, table, mem))
-            except torch.OutOfMemoryError:
-                rows.append(oom_row(impl, B))
-            if rows[-1]["status"] == "oom":
-                free()
-            if write:
-                print(json.dumps(rows[-1]), flush=True)
-        stem = os.path.join(args.out_dir, f"bench_{prof}")
-        if sizes and os.path.exists(stem + ".json"):  # the swept impls' rows replace theirs; the other rows
-            with open(stem + ".json") as f:                # stay if they were measured on this card
-                rows = [r for r in json.load(f) if r["impl"] not in impls and r.get("card") == card] + rows
-        with_ratios(rows)
-        if write:
-            write_rows(stem, rows)
-            if breakdown:
-                write_rows(os.path.join(args.out_dir, f"time_breakdown_{prof}"), breakdown)
-
-    if args.max_batch_probe and write:
-        data = TokenBatches(dataset, 2048, args.seed, "random")
-        for impl in probe_impls:  # each impl's row is saved as soon as it is known
-            row = dict(impl=impl, card=card, seq_len=2048, **probe_max_batch(impl, data, 2048, device, args.seed),
-                       **versions)
-            print(json.dumps(row), flush=True)
-            merge_rows(os.path.join(args.out_dir, "bench_max_batch"), [row])
-
-    if args.loss_steps and write:
-        data = TokenBatches(dataset, 2048, args.seed, "random")
-        summary = loss_curves(data, 2048, args.loss_batch, args.loss_steps, device, args.seed, args.out_dir)
-        summary.update(card=card, **versions)
-        with open(os.path.join(args.out_dir, "loss_equivalence.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        print(summary)
-
-    if args.residual_loss_steps and write:
-        data = TokenBatches(dataset, 2048, args.seed, "random")
-        summary = residual_loss_curves(data, 2048, args.loss_batch, args.residual_loss_steps, device, args.seed,
-                                       args.out_dir)
-        summary.update(card=card, **versions)
-        with open(os.path.join(args.out_dir, "loss_residual.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        print(summary)
+    for prof in list(PROFILES) if args.profile == "all" else [args.profile] if args.profile in PROFILES else []:
+        bench_profile(bench, prof, dataset, n_params, config, impls, sizes)
+    if bench.write:
+        bench_extras(bench, dataset, probe_impls)
     dist_utils.teardown()
 
 

@@ -6,7 +6,7 @@
   run.json    the run id, made when a run starts from scratch and kept across resumes. Every checkpoint
               carries it, and a resume falls back only to step files of the same run.
   checkpoints/ with a checkpoint in it is what "holds a run" means: --resume 0 refuses such a folder
-              unless --overwrite 1, which first deletes that run's checkpoints, run.json and train.log.
+              unless --overwrite 1, which first deletes that run's checkpoints, run.json, train.log and metrics.jsonl.
               (A train.log alone holds no weights: a fresh clone's committed log is appended to.)
 Temporaries named <name>.tmp.<pid> whose process is gone (a killed save or cache write) are deleted when
 the next run takes the lock.
@@ -24,11 +24,11 @@ import socket
 from typing import Optional
 
 from smollm2_checkpoint import remove_stale_temporaries, tmp_name
+from smollm2_metrics import LOG_FILE, METRICS_FILE
 from smollm2_training import UsageError
 
 LOCK_FILE = "train.lock"
 RUN_FILE = "run.json"
-LOG_FILE = "train.log"
 CKPT_DIR = "checkpoints"
 CACHE_DIR = "cache"
 
@@ -115,10 +115,11 @@ class RunFolder:
                              f"delete it and start over")
 
     def clear(self) -> list[str]:
-        """--overwrite 1: delete the earlier run's checkpoints, run.json and train.log (the token cache
+        """--overwrite 1: delete the earlier run's checkpoints, run.json, train.log and metrics.jsonl (the token cache
         stays: it is keyed on content). Returns what was deleted."""
         removed = [os.path.join(self.ckpt_dir, f) for f in self.checkpoint_files()]
-        removed += [p for p in (os.path.join(self.out_dir, RUN_FILE), self.log_path) if os.path.exists(p)]
+        removed += [p for p in (os.path.join(self.out_dir, RUN_FILE), self.log_path,
+                                os.path.join(self.out_dir, METRICS_FILE)) if os.path.exists(p)]
         for p in removed:
             os.remove(p)
         return removed

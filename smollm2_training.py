@@ -1,5 +1,6 @@
-"""The pieces train.py, train_ablation.py and bench.py share: device and dtype policy, optimizer,
-lr schedule, MFU, evaluation, and the one training step (eager, compiled, or replayed as a CUDA graph).
+"""The pieces train.py and bench.py share: device and dtype policy, optimizer, lr schedule, MFU,
+evaluation, and the one training step (eager, compiled, or replayed as a CUDA graph), configured by
+the speed switches of smollm2_switches.Switches.
 
 Dtype policy (the only place it is decided): parameters, gradients and optimizer state are float32;
 on CUDA the forward/backward run under bf16 autocast; RMSNorm statistics, softmax and the loss are
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 import smollm2_distributed as dist_utils
 from smollm2_config import SmolLM2Config
 from smollm2_model import LOSS_CHUNK
+from smollm2_switches import Switches
 
 # Dense bf16 peak per card (datasheet, without sparsity), used for MFU. H100 SXM and H200: 989.4 TFLOP/s.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100": 312e12, "L4": 121e12,
@@ -47,11 +49,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu or auto")
+            raise ValueError(f"device {name} requested but CUDA is not available; use cpu or auto")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown --device {name!r}; use auto, cuda or cpu")
+    raise ValueError(f"unknown device {name!r}; use auto, cuda, cuda:N or cpu")
 
 
 def device_name(device: torch.device) -> str:
@@ -74,7 +76,7 @@ def peak_flops(name: str) -> Optional[float]:
 
 def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
     # 6N for the matmuls forward+backward (the tied matrix counted once, as the lm_head matmul) plus the
-    # attention score/value matmuls, 12 * L * C * T (PaLM appendix B; REFERENCE.md).
+    # attention score/value matmuls, 12 * L * C * T (PaLM appendix B).
     return 6 * n_params + 12 * n_layers * hidden * seq_len
 
 
@@ -176,14 +178,19 @@ def lr_at(step: int, warmup_steps: int, max_steps: int, max_lr: float, min_lr: f
 
 
 # ----------------------------------------------------------------------------- the training step
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class StepConfig:
-    grad_accum: int
+    """What TrainStep needs of the Switches, plus the clip."""
     grad_clip: float
-    amp_dtype: Optional[torch.dtype]  # None = float32
-    fused_loss: bool  # chunked linear + cross-entropy, no [tokens x vocab] logits
-    cuda_graph: bool  # capture the whole step once, replay it afterwards
+    amp_dtype: Optional[torch.dtype] = None  # None = float32
+    fused_loss: bool = False  # chunked linear + cross-entropy, no [tokens x vocab] logits
+    cuda_graph: bool = False  # capture the whole step once, replay it afterwards
     stack_micro: int = -1  # micro-batches as one batch: -1 when it fits in memory, 0 never (accumulate), 1 always
+
+    @classmethod
+    def of(cls, switches: Switches, grad_clip: float) -> "StepConfig":
+        return cls(grad_clip=grad_clip, amp_dtype=switches.amp_dtype, fused_loss=switches.fused_loss,
+                   cuda_graph=switches.cuda_graph, stack_micro=switches.stack_micro)
 
 
 # Stack only if the estimate stays under this share of the memory free at the first step: the rest is
@@ -196,7 +203,7 @@ class TrainStep:
 
     `forward_model` is what runs the forward (the model itself, torch.compile of it, or a DDP wrapper);
     `model` is the plain module whose parameters the optimizer owns. The same _body runs eagerly or is
-    captured into a CUDA graph: for small steps (the seed's seq 256 x batch 1) launch overhead, not
+    captured into a CUDA graph: for small steps (the graded run's seq 256 x batch 1) launch overhead, not
     arithmetic, dominates, and one graph replay removes thousands of kernel launches per step.
 
     Micro-batches are stacked when they fit (StepConfig.stack_micro): the step's (A, B, T) windows run as
@@ -237,7 +244,7 @@ class TrainStep:
                      f"{f' -> {A * B}' if mode else ''} (stack_micro {mode})")
             return 1 if mode else A
         compute_bytes = (self.cfg.amp_dtype or torch.float32).itemsize
-        fused = self.cfg.fused_loss and not isinstance(self.model, HFReference)  # transformers forms full logits
+        fused = self.cfg.fused_loss and not isinstance(self.model, TransformersAdapter)  # transformers forms full logits
         need = activation_bytes(self.model.config, A * B * T, T, compute_bytes, fused)
         # Gradients and AdamW's two moments appear during the first step; autocast's weight copies too.
         n = sum(p.numel() for p in self.params)
@@ -343,8 +350,8 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp_dtyp
     return None if count == 0 else (total / count).item()
 
 
-# ----------------------------------------------------------------------------- yardstick
-class HFReference(nn.Module):
+# ----------------------------------------------------------------------------- the transformers yardstick
+class TransformersAdapter(nn.Module):
     """transformers' LlamaForCausalLM behind our forward(input_ids, targets) contract, so the same
     training step, data and optimizer drive it (the yardstick in bench.py and the ablation sweep).
     Its loss is the plain float32 cross-entropy over full logits, as transformers computes it."""

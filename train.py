@@ -10,6 +10,11 @@ holds a run (--overwrite 1 replaces it), a resume refuses settings that would br
 non-finite loss or gradient, or a save that fails: exit 1, the latest checkpoint left as it was.
 
 Several GPUs: torchrun --nproc_per_node=N train.py ...  (DDP; rank 0 logs and saves).
+
+Read top to bottom: parse_and_check (every flag, worded as a flag; the speed flags resolved into one
+Switches, logged beside the Args line as typed) -> prepare_run (the folder and the resume point) ->
+build_run (data, model, optimizer, step) -> train_loop -> finish (DONE, WALL). Each logged number goes
+to train.log for people and to metrics.jsonl for programs (smollm2_metrics.py).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -37,9 +42,11 @@ from smollm2_model import SmolLM2ForCausalLM
 from smollm2_resume import check_resume, settings
 from smollm2_rundir import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
-from smollm2_training import (HFReference, OneLineParser, StepConfig, TrainStep, UsageError, amp_context, build_optimizer,
-                              device_name, evaluate, flops_per_token, load_optimizer_state, lr_at,
-                              optimizer_state_for_checkpoint, peak_flops, set_lr)
+from smollm2_metrics import METRICS_FILE, MetricsWriter, finite_or_none
+from smollm2_switches import Switches
+from smollm2_training import (OneLineParser, StepConfig, TrainStep, TransformersAdapter, UsageError,
+                              amp_context, build_optimizer, device_name, evaluate, flops_per_token,
+                              load_optimizer_state, lr_at, optimizer_state_for_checkpoint, peak_flops, set_lr)
 import smollm2_distributed as dist_utils
 
 
@@ -83,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sample_tokens", type=int, default=48, help="tokens per text sample")
     g.add_argument("--save_every", type=int, default=250,
                    help="steps between checkpoints (also at the last step); 0 = never save (benchmark runs)")
+    g.add_argument("--tensorboard", type=int, default=0, choices=[0, 1],
+                   help="1: also write train/val scalars to <out_dir>/tensorboard (needs the tensorboard package); "
+                        "metrics.jsonl beside train.log always holds every logged number")
     g.add_argument("--keep_checkpoints", type=int, default=3, help="newest step checkpoints kept (0 = all)")
     g.add_argument("--async_save", type=int, default=1, choices=[0, 1],
                    help="1: a save copies the state to (pinned) host memory and the file is written by a background "
@@ -130,41 +140,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_switches(args, device: torch.device, world: int) -> None:
+# ================================================================================================ parse and check
+def resolve_switches(args, device: torch.device, world: int) -> Switches:
+    """The speed path the flags select: each -1 (auto) follows --fast on CUDA; --residual_dtype auto is
+    bf16 with --fast and autocast. `args` stays as typed (the log's Args line); this is logged beside it."""
     cuda = device.type == "cuda"
     auto = lambda v, default: bool(default) if v == -1 else bool(v)  # noqa: E731
-    args.autocast = auto(args.autocast, cuda)
-    args.compile = auto(args.compile, args.fast and cuda)
-    args.cuda_graph = auto(args.cuda_graph, args.fast and cuda and world == 1 and not args.fsdp)
-    args.fused_loss = auto(args.fused_loss, args.fast)
-    if args.residual_dtype == "auto":
-        args.residual_dtype = "bf16" if args.fast and args.autocast else "fp32"
-    if args.autocast and not cuda:
-        raise UsageError("--autocast 1 needs CUDA (bf16 autocast); on CPU training runs in float32")
-    if args.cuda_graph and not cuda:
-        raise UsageError("--cuda_graph 1 needs CUDA; use --cuda_graph 0 on CPU")
-    if args.residual_dtype == "bf16" and not args.autocast:
-        raise UsageError("--residual_dtype bf16 keeps the residual stream in the autocast dtype: it needs --autocast 1 "
-                         "(CUDA); without autocast the model runs in float32")
-    if args.cuda_graph and (world > 1 or args.fsdp):
-        raise UsageError("--cuda_graph 1 is single-process only; use --cuda_graph 0 under torchrun")
-    if args.grad_reduce_dtype == "bf16" and not (cuda and world > 1 and not args.fsdp):
-        raise UsageError("--grad_reduce_dtype bf16 is a DDP option on CUDA (NCCL): launch with torchrun on GPUs, "
-                         "or leave it at fp32")
-    if args.fsdp and world == 1:
-        raise UsageError("--fsdp 1 shards over several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
+    autocast = auto(args.autocast, cuda)
+    residual = args.residual_dtype if args.residual_dtype != "auto" else "bf16" if args.fast and autocast else "fp32"
+    return Switches(autocast=autocast, compile=auto(args.compile, args.fast and cuda), compile_scope=args.compile_scope,
+                    cuda_graph=auto(args.cuda_graph, args.fast and cuda and world == 1 and not args.fsdp),
+                    fused_loss=auto(args.fused_loss, args.fast), stack_micro=args.stack_micro,
+                    residual_dtype=residual, attn=args.attn, model_impl=args.model_impl,
+                    tie_word_embeddings=bool(args.tie_word_embeddings), grad_reduce_bf16=args.grad_reduce_dtype == "bf16")
 
 
 SEED_MAX = 2**63 - 1  # numpy's SeedSequence wants >= 0; torch.manual_seed(seed + step) stays below 2**64
 
 
-def validate(args) -> None:
+def check_values(args) -> None:
     """Every numeric flag, before anything is read or written: finite and in range."""
     for name, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"--{name} must be a finite number, got {value}")
-    positive = ["seq_len", "batch_size", "grad_accum", "max_steps", "log_every"]
-    for name in positive:
+    for name in ["seq_len", "batch_size", "grad_accum", "max_steps", "log_every"]:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
     for name in ["save_every", "warmup_steps", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints"]:
@@ -184,6 +183,47 @@ def validate(args) -> None:
         raise UsageError("--overwrite 1 starts over and --resume 1 continues: pass one of them")
     if args.allow_config_change and not args.resume:
         raise UsageError("--allow_config_change 1 applies to --resume 1 only")
+
+
+def check_switches(args, sw: Switches, device: torch.device, world: int) -> None:
+    cuda = device.type == "cuda"
+    if sw.autocast and not cuda:
+        raise UsageError("--autocast 1 needs CUDA (bf16 autocast); on CPU training runs in float32")
+    if sw.cuda_graph and not cuda:
+        raise UsageError("--cuda_graph 1 needs CUDA; use --cuda_graph 0 on CPU")
+    if sw.residual_dtype == "bf16" and not sw.autocast:
+        raise UsageError("--residual_dtype bf16 keeps the residual stream in the autocast dtype: it needs --autocast 1 "
+                         "(CUDA); without autocast the model runs in float32")
+    if sw.cuda_graph and (world > 1 or args.fsdp):
+        raise UsageError("--cuda_graph 1 is single-process only; use --cuda_graph 0 under torchrun")
+    if sw.grad_reduce_bf16 and not (cuda and world > 1 and not args.fsdp):
+        raise UsageError("--grad_reduce_dtype bf16 is a DDP option on CUDA (NCCL): launch with torchrun on GPUs, "
+                         "or leave it at fp32")
+    if args.fsdp and world == 1:
+        raise UsageError("--fsdp 1 shards over several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
+
+
+def parse_and_check(argv=None):
+    """Every flag checked here, worded as a flag: (args as typed, the process group, switches, model config)."""
+    args = parse_args(argv)
+    check_values(args)
+    if args.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError as e:
+            raise UsageError(f"--tensorboard 1 needs the tensorboard package ({e}); pip install tensorboard") from e
+    try:
+        env = dist_utils.setup(args.device)
+    except UsageError as e:
+        raise UsageError(f"--device {args.device}: {e}") from e
+    switches = resolve_switches(args, env.device, env.world_size)
+    check_switches(args, switches, env.device, env.world_size)
+    config = get_config(args.model, attn_impl=switches.attn, tie_word_embeddings=switches.tie_word_embeddings,
+                        residual_dtype=switches.residual_dtype)
+    if args.seq_len > config.max_position_embeddings:
+        raise UsageError(f"--seq_len {args.seq_len} exceeds max_position_embeddings "
+                         f"({config.max_position_embeddings}) of --model {args.model}")
+    return args, env, switches, config
 
 
 def check_fits(tokenizer, config, args) -> None:
@@ -365,240 +405,324 @@ def sample_text(model, tokenizer, args, device, amp_dtype, step: int) -> str:
     return tokenizer.decode(out[0].tolist())
 
 
+# ================================================================================================ build the run
+@dataclass
+class Run:
+    """Everything the loop touches, built once by build_run."""
+    args: argparse.Namespace
+    switches: Switches
+    env: dist_utils.DistEnv
+    config: object
+    start: Start
+    log: "Logger"
+    events: MetricsWriter
+    tokenizer: object
+    dataset: object
+    data: TokenBatches
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step_fn: TrainStep
+    start_step: int
+    sample_every: int  # 0 under --model_impl hf: transformers' generate has another API; samples are ours only
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.args.batch_size * self.args.grad_accum * self.args.seq_len * self.env.world_size
+
+
+def build_run(args, env, switches: Switches, config, start: Start, log, events: MetricsWriter) -> Run:
+    """Tokenizer, data, model (from the checkpoint on resume), optimizer and the training step."""
+    rank, device, ckpt = env.rank, env.device, start.ckpt
+    tokenizer = load_tokenizer(args.tokenizer_id, log=log)
+    check_fits(tokenizer, config, args)
+    if rank != 0:
+        dist_utils.barrier()  # rank 0 downloads the default corpus and tokenizes it once; the rest read its cache
+    dataset = load_training_data(args.input_file, tokenizer, os.path.join(args.out_dir, CACHE_DIR),
+                                 args.val_fraction, log=log, allow_download=rank == 0)
+    if rank == 0:
+        dist_utils.barrier()
+    data = TokenBatches(dataset, args.seq_len, args.seed, args.sampler)
+
+    torch.manual_seed(args.seed)
+    model = SmolLM2ForCausalLM(config)
+    if switches.model_impl == "hf":
+        from smollm2_hf import to_hf_model
+        model = TransformersAdapter(to_hf_model(model).train())
+    if ckpt is not None:
+        saved = {"data.fingerprint": (ckpt.get("data") or {}).get("fingerprint", data.fingerprint)}  # older: unrecorded
+        start.notes += check_resume(saved, {"data.fingerprint": data.fingerprint}, bool(args.allow_config_change),
+                                    start.ckpt_path)
+        model.load_state_dict(ckpt["model"], strict=True)
+    model.to(device)
+    if args.fsdp:
+        dist_utils.apply_fsdp(model)
+    optimizer = build_optimizer(model, args.max_lr, args.weight_decay, device, capturable=switches.cuda_graph)
+    if ckpt is not None:
+        dist_utils.load_full_optimizer_state(model, optimizer, ckpt["optimizer"], load_optimizer_state)
+        set_rng_state(ckpt["rng"])
+    forward_model = dist_utils.build_forward(model, switches.compile, switches.compile_scope, device,
+                                             reduce_bf16=switches.grad_reduce_bf16)
+    step_fn = TrainStep(model, forward_model, optimizer, StepConfig.of(switches, args.grad_clip), device, log=log)
+    return Run(args=args, switches=switches, env=env, config=config, start=start, log=log, events=events,
+               tokenizer=tokenizer, dataset=dataset, data=data, model=model, optimizer=optimizer, step_fn=step_fn,
+               start_step=int(ckpt["global_step"]) if ckpt is not None else 0,
+               sample_every=0 if switches.model_impl == "hf" else args.sample_every)
+
+
+def log_header(run: Run) -> None:
+    args, env, config, log, device = run.args, run.env, run.config, run.log, run.env.device
+    n_params = sum(p.numel() for p in run.model.parameters())  # a tied matrix counts once
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    world = env.world_size
+    parallel = (("gradients all-reduced in bf16 | " if run.switches.grad_reduce_bf16 else "")
+                + ("FSDP2" if args.fsdp else "DDP" if world > 1 else "single process"))
+    log("=" * 100)
+    log(f"SmolLM2 from-scratch training | {datetime.datetime.now().isoformat(timespec='seconds')}")
+    log(f"Device: {device} ({device_name(device)}) | CUDA available: {torch.cuda.is_available()} | "
+        f"bf16 supported: {bf16} | torch {torch.__version__} | world size {world}")
+    log("Args: " + json.dumps(vars(args), sort_keys=True))
+    log(f"Tokenizer: {run.tokenizer.source} | data {run.dataset.description}")
+    log(f"Data: train {len(run.data.train):,} tokens | val {len(run.data.val):,} | sampler {args.sampler} "
+        f"({run.data.windows_per_epoch:,} windows per epoch) | fingerprint {run.dataset.fingerprint}")
+    log(f"Model: {args.model} | layers {config.num_hidden_layers} | hidden {config.hidden_size} | heads "
+        f"{config.num_attention_heads}/{config.num_key_value_heads} kv | attention {config.attn_impl} | "
+        f"tied {config.tie_word_embeddings}")
+    log(f"Model params: {n_params:,}")
+    log(f"Global batch: {args.batch_size} x grad_accum {args.grad_accum} x world {world} x seq {args.seq_len} "
+        f"= {run.tokens_per_step:,} tokens/step")
+    log(f"Speed path: {run.switches.describe()} | {parallel}")
+    if run.start.ckpt is None:
+        log("Starting from scratch (random init).")
+        run.events("start", step=0)
+    else:
+        log(f"RESUME: starting from global_step={run.start_step} (loaded {os.path.basename(run.start.ckpt_path)})")
+        run.events("resume", step=run.start_step, checkpoint=os.path.basename(run.start.ckpt_path))
+    run.events("header", device=str(device), device_name=device_name(device), torch=torch.__version__,
+               world_size=world, params=n_params, tokens_per_step=run.tokens_per_step, args=vars(args),
+               switches=asdict(run.switches), run_id=run.start.run_id)
+    log(f"Run id: {run.start.run_id} (in {RUN_FILE} and every checkpoint; a resume only falls back to its own files)")
+    for note in run.start.notes:
+        log(note)
+
+
+# ================================================================================================ checkpoints
+class Checkpoints:
+    """Saves from the loop: the finiteness check before each, one background write in flight (--async_save 1),
+    the outcome of each write logged when it lands, and a failed one stopping the run (exit 1) with
+    checkpoint_latest.pt as it was (`kept` says which step that is)."""
+
+    def __init__(self, run: Run, clock: "WallClock", metrics: dict):
+        self.run, self.clock, self.metrics = run, clock, metrics
+        self.dir = run.start.folder.ckpt_dir
+        self.writer = CheckpointWriter(background=bool(run.args.async_save), pin=run.env.device.type == "cuda")
+        self.kept = f"step {run.start_step}" if run.start.ckpt is not None else "none saved yet"
+
+    def stop_run(self, msg: str):
+        self.run.log(f"ERROR: {msg}")
+        raise RunStopped(msg, 1)
+
+    def collect(self, done) -> None:
+        """A finished write: log it, or stop the run (exit 1) if it failed; the latest is then as it was."""
+        if done is None:
+            return
+        step, reason = done.tag
+        self.clock.add("save_write", done.seconds)
+        if done.error is not None:
+            if isinstance(done.error, OSError):  # disk full, a file-size limit
+                self.stop_run(f"could not write {os.path.join(self.dir, step_name(step))} "
+                              f"({done.error.strerror or done.error}); {LATEST} stays as it was ({self.kept}): "
+                              f"free disk space or raise the file-size limit, then --resume 1")
+            raise done.error
+        self.kept = f"step {step}"
+        self.run.log(f"CHECKPOINT: saved {step_name(step)} and {LATEST}{reason}")
+        self.run.events("checkpoint", step=step, file=step_name(step))
+
+    def ensure_finite(self, step: int) -> None:
+        # One host sync, at a log, sample, validation or save: the device flag covers every step so far.
+        if dist_utils.any_rank(not self.run.step_fn.all_finite()):
+            self.collect(self.writer.wait())  # a write in flight holds an earlier, finite step: let it land first
+            self.stop_run(f"non-finite loss or gradient norm by step {step}; nothing after it is saved and "
+                          f"{LATEST} stays as it was ({self.kept}): lower --max_lr or check the data, then --resume 1")
+
+    def _write(self, host: dict) -> None:
+        # The one writer, on the snapshot in host memory: in the background thread (--async_save 1) or here.
+        path = os.path.join(self.dir, step_name(host["global_step"]))
+        save_checkpoint(path, host)
+        link_latest(path, os.path.join(self.dir, LATEST))
+        prune_step_checkpoints(self.dir, self.run.args.keep_checkpoints)
+
+    def save(self, step: int, reason: str = "") -> None:
+        run, args = self.run, self.run.args
+        self.ensure_finite(step)
+        # The lr needs no section of its own: it is lr_at(step, args), both saved.
+        state = dict(global_step=step, run_id=run.start.run_id, model=dist_utils.full_state_dict(run.model),
+                     optimizer=dist_utils.full_optimizer_state(run.model, run.optimizer, optimizer_state_for_checkpoint),
+                     rng=rng_state(),
+                     data={"next_step": step + 1, "seed": args.seed, "seq_len": args.seq_len,
+                           "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+                           "world_size": run.env.world_size, "train_tokens": len(run.data.train),
+                           "sampler": args.sampler, "fingerprint": run.data.fingerprint},
+                     model_config=run.config.to_dict(), args=vars(args), switches=asdict(run.switches),
+                     metrics=dict(self.metrics))
+        bad = nonfinite_names(state["model"]) if run.env.rank == 0 else []
+        if dist_utils.any_rank(bool(bad)):
+            self.collect(self.writer.wait())
+            self.stop_run(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved, {LATEST} stays "
+                          f"as it was ({self.kept}): lower --max_lr, then --resume 1")
+        if run.env.rank == 0:
+            self.collect(self.writer.wait())  # at most one write in flight: the host buffers are reused
+            self.writer.submit(self._write, state, (step, reason))
+            self.collect(self.writer.poll())  # --async_save 0: done already
+        dist_utils.barrier()
+
+    def close(self) -> None:
+        """An exception left a write in flight: it finishes (and says how) before the folder's lock is let go."""
+        done = self.writer.wait()
+        if done is not None:
+            self.run.log(f"CHECKPOINT: saved {step_name(done.tag[0])} and {LATEST}" if done.error is None else
+                         f"ERROR: could not write {step_name(done.tag[0])} ({done.error}); {LATEST} stays as it was")
+
+
+# ================================================================================================ the loop
+class Interval:
+    """The steps since the last log line: their summed loss on the device (no host sync per step) and time."""
+
+    def __init__(self, device: torch.device):
+        self.loss, self.steps, self.t0 = torch.zeros((), device=device), 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss
+        self.steps += 1
+
+    def read(self) -> tuple[float, int, float]:
+        """(mean loss over every rank, steps, seconds so far)."""
+        return float(dist_utils.mean_across_ranks(self.loss / self.steps)), self.steps, time.perf_counter() - self.t0
+
+    def restart(self) -> None:
+        self.loss.zero_()
+        self.steps, self.t0 = 0, time.perf_counter()
+
+
+def log_interval(run: Run, step: int, lr: float, grad_norm: torch.Tensor, interval: Interval, flops_per_tok: float,
+                 metrics: dict) -> None:
+    mean_loss, steps, dt = interval.read()
+    norm, peak, world = float(grad_norm), peak_flops(device_name(run.env.device)), run.env.world_size
+    metrics.update(train_loss=mean_loss, train_loss_step=step)
+    tok_s = run.tokens_per_step * steps / dt
+    mfu = tok_s * flops_per_tok / (peak * world) if peak else None
+    run.log(f"step {step:5d}/{run.args.max_steps} | lr {lr:.3e} | loss {mean_loss:.4f} | grad_norm {norm:.3f} | "
+            f"ms/step {1000 * dt / steps:.2f} | tok/s {tok_s:.1f} | mfu " + (f"{100 * mfu:.2f}%" if mfu is not None else "n/a"))
+    run.events("train", step=step, lr=lr, loss=finite_or_none(mean_loss), grad_norm=finite_or_none(norm),
+               ms_per_step=1000 * dt / steps, tok_s=tok_s, mfu=mfu)
+
+
+def log_validation(run: Run, step: int, metrics: dict) -> None:
+    args = run.args
+    val_loss = evaluate(run.model, run.data.val_batches(args.val_batches, args.batch_size * args.grad_accum),
+                        run.env.device, run.switches.amp_dtype)
+    if val_loss is None:
+        return
+    metrics.update(val_loss=float(val_loss), val_loss_step=step)
+    ppl = math.exp(min(val_loss, 50))
+    run.log(f"step {step:5d}/{args.max_steps} | val loss {val_loss:.4f} | val ppl {ppl:.2f}")
+    run.events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl))
+
+
+def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) -> tuple[int, bool]:
+    """Steps start_step+1 .. max_steps. Returns (the last step run, whether a signal stopped the run there
+    after saving it)."""
+    args, log, data, rank, world, device = run.args, run.log, run.data, run.env.rank, run.env.world_size, run.env.device
+    decay_steps = args.lr_decay_steps or args.max_steps
+    flops_per_tok = flops_per_token(sum(p.numel() for p in run.model.parameters()), run.config.num_hidden_layers,
+                                    run.config.hidden_size, args.seq_len)
+    artifacts = os.path.join(args.out_dir, CACHE_DIR, ARTIFACTS) if run.switches.compile and args.compile_cache else None
+    if artifacts:
+        load_artifacts(artifacts, log)
+    stop, interval, step = StopFlag(), Interval(device), run.start_step
+    run.model.train()
+    for step in range(run.start_step + 1, args.max_steps + 1):
+        lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr)
+        set_lr(run.optimizer, lr)
+        loss, grad_norm = run.step_fn(*data.step_batch(step, args.grad_accum, args.batch_size, device, rank, world))
+        interval.add(loss)
+        log.advance()
+        if step == run.start_step + 1:
+            clock.lap("compile")  # compile, warm-up and CUDA-graph capture happen in the first call
+            if artifacts and rank == 0:
+                os.makedirs(os.path.dirname(artifacts), exist_ok=True)
+                save_artifacts(artifacts, log)
+                clock.lap("compile")
+
+        if step % args.log_every == 0 or step == args.max_steps:
+            clock.lap("steps")
+            log_interval(run, step, lr, grad_norm, interval, flops_per_tok, metrics)
+            saves.ensure_finite(step)
+            saves.collect(saves.writer.poll())
+            interval.restart()
+            clock.lap("other")
+        if run.sample_every and (step == 1 or step % run.sample_every == 0):
+            clock.lap("steps")
+            saves.ensure_finite(step)  # non-finite logits would make sampling fail
+            # Under FSDP2 every rank must run the forward (each holds a shard); the others' text is discarded.
+            if rank == 0 or args.fsdp:
+                log(f"[sample @ step {step}] {sample_text(run.model, run.tokenizer, args, device, run.switches.amp_dtype, step)}")
+            clock.lap("sample")
+        if args.val_every and step % args.val_every == 0:
+            clock.lap("steps")
+            saves.ensure_finite(step)
+            log_validation(run, step, metrics)
+            clock.lap("val")
+        stopping = dist_utils.any_rank(stop.requested is not None)
+        if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
+            clock.lap("steps")
+            saves.save(step, f" (stopping on {stop.requested})" if stopping and stop.requested else "")
+            clock.lap("save")
+        if stopping:
+            saves.collect(saves.writer.wait())  # exit 0 only once the file is on disk
+            clock.lap("save")
+            log(f"STOP: {stop.requested or 'signal on another rank'} received; saved step {step}. "
+                f"Continue with the same command and --resume 1.")
+            run.events("stop", step=step, signal=stop.requested)
+            return step, True
+    return step, False
+
+
+# ================================================================================================ main
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    validate(args)
-    env = dist_utils.setup(args.device)
-    world, rank, device = env.world_size, env.rank, env.device
-    resolve_switches(args, device, world)
-    config = get_config(args.model, attn_impl=args.attn, tie_word_embeddings=bool(args.tie_word_embeddings),
-                        residual_dtype=args.residual_dtype)
-    if args.seq_len > config.max_position_embeddings:
-        raise UsageError(f"--seq_len {args.seq_len} exceeds max_position_embeddings "
-                         f"({config.max_position_embeddings}) of --model {args.model}")
+    # ---- parse and check: every flag, before anything is read or written
+    args, env, switches, config = parse_and_check(argv)
     # ---- the folder, its lock and the resume point, before the log opens: a refusal leaves train.log untouched
-    start = prepare_run(args, rank, world, config)
-    ckpt, ckpt_path, ckpt_dir = start.ckpt, start.ckpt_path, start.folder.ckpt_dir
-    start_step = int(ckpt["global_step"]) if ckpt is not None else 0
-
-    log = Logger(start.folder.log_path, rank == 0, args.max_steps, start_step)
-    writer: Optional[CheckpointWriter] = None
+    start = prepare_run(args, env.rank, env.world_size, config)
+    start_step = int(start.ckpt["global_step"]) if start.ckpt is not None else 0
+    log = Logger(start.folder.log_path, env.rank == 0, args.max_steps, start_step)
+    events = MetricsWriter(os.path.join(args.out_dir, METRICS_FILE) if env.rank == 0 else None,
+                           tensorboard_writer(args) if env.rank == 0 else None)
+    saves: Optional[Checkpoints] = None
     try:
-        tokenizer = load_tokenizer(args.tokenizer_id, log=log)
-        check_fits(tokenizer, config, args)
-        if rank != 0:
-            dist_utils.barrier()  # rank 0 downloads the default corpus and tokenizes it once; the rest read its cache
-        dataset = load_training_data(args.input_file, tokenizer, os.path.join(args.out_dir, "cache"),
-                                     args.val_fraction, log=log, allow_download=rank == 0)
-        if rank == 0:
-            dist_utils.barrier()
-        data = TokenBatches(dataset, args.seq_len, args.seed, args.sampler)
-
-        torch.manual_seed(args.seed)
-        model = SmolLM2ForCausalLM(config)
-        if args.model_impl == "hf":
-            from smollm2_hf import to_hf_model
-            model = HFReference(to_hf_model(model).train())
-            args.sample_every = 0  # transformers' generate has another API; samples are ours only
-        if ckpt is not None:
-            saved = {"data.fingerprint": (ckpt.get("data") or {}).get("fingerprint", data.fingerprint)}  # older: unrecorded
-            start.notes += check_resume(saved, {"data.fingerprint": data.fingerprint}, bool(args.allow_config_change),
-                                        ckpt_path)
-            model.load_state_dict(ckpt["model"], strict=True)
-        model.to(device)
-        if args.fsdp:
-            dist_utils.apply_fsdp(model)
-        optimizer = build_optimizer(model, args.max_lr, args.weight_decay, device, capturable=args.cuda_graph)
-        if ckpt is not None:
-            dist_utils.load_full_optimizer_state(model, optimizer, ckpt["optimizer"], load_optimizer_state)
-            set_rng_state(ckpt["rng"])
-        forward_model = dist_utils.build_forward(model, args.compile, args.compile_scope, device,
-                                                 reduce_bf16=args.grad_reduce_dtype == "bf16")
-        amp_dtype = torch.bfloat16 if args.autocast else None
-        step_fn = TrainStep(model, forward_model, optimizer,
-                            StepConfig(args.grad_accum, args.grad_clip, amp_dtype, args.fused_loss, args.cuda_graph,
-                                       args.stack_micro), device, log=log)
-
-        n_params = sum(p.numel() for p in model.parameters())  # a tied matrix counts once
-        tokens_per_step = args.batch_size * args.grad_accum * args.seq_len * world
-        fpt = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, args.seq_len)
-        peak = peak_flops(device_name(device))
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-        log("=" * 100)
-        log(f"SmolLM2 from-scratch training | {datetime.datetime.now().isoformat(timespec='seconds')}")
-        log(f"Device: {device} ({device_name(device)}) | CUDA available: {torch.cuda.is_available()} | "
-            f"bf16 supported: {bf16} | torch {torch.__version__} | world size {world}")
-        log("Args: " + json.dumps(vars(args), sort_keys=True))
-        log(f"Tokenizer: {tokenizer.source} | data {dataset.description}")
-        log(f"Data: train {len(data.train):,} tokens | val {len(data.val):,} | sampler {args.sampler} "
-            f"({data.windows_per_epoch:,} windows per epoch) | fingerprint {dataset.fingerprint}")
-        log(f"Model: {args.model} | layers {config.num_hidden_layers} | hidden {config.hidden_size} | heads "
-            f"{config.num_attention_heads}/{config.num_key_value_heads} kv | attention {args.attn} | "
-            f"tied {config.tie_word_embeddings}")
-        log(f"Model params: {n_params:,}")
-        log(f"Global batch: {args.batch_size} x grad_accum {args.grad_accum} x world {world} x seq {args.seq_len} "
-            f"= {tokens_per_step:,} tokens/step")
-        log(f"Speed path: autocast {'bf16' if args.autocast else 'off (fp32)'} | compile {args.compile} | "
-            f"cuda_graph {args.cuda_graph} | fused_loss {args.fused_loss} | residual {args.residual_dtype} | "
-            f"stack_micro {'auto' if args.stack_micro == -1 else args.stack_micro} | "
-            f"{'compile scope ' + args.compile_scope + ' | ' if args.compile else ''}"
-            f"{'gradients all-reduced in bf16 | ' if args.grad_reduce_dtype == 'bf16' and world > 1 else ''}"
-            f"{'FSDP2' if args.fsdp else 'DDP' if world > 1 else 'single process'}")
-        if ckpt is None:
-            log("Starting from scratch (random init).")
-        else:
-            log(f"RESUME: starting from global_step={start_step} (loaded {os.path.basename(ckpt_path)})")
-        log(f"Run id: {start.run_id} (in {RUN_FILE} and every checkpoint; a resume only falls back to its own files)")
-        for note in start.notes:
-            log(note)
+        # ---- build the run (and resume: the model, optimizer and RNG come from the checkpoint)
+        run = build_run(args, env, switches, config, start, log, events)
+        log_header(run)
         if start_step >= args.max_steps:
             log(f"Nothing to do: checkpoint is at step {start_step} >= --max_steps {args.max_steps}.")
             return 0
-
-        decay_steps = args.lr_decay_steps or args.max_steps
-        artifacts = os.path.join(args.out_dir, CACHE_DIR, ARTIFACTS) if args.compile and args.compile_cache else None
-        if artifacts:
-            load_artifacts(artifacts, log)
-        stop = StopFlag()
-        model.train()
-        interval_loss = torch.zeros((), device=device)
-        interval_steps, t_last = 0, time.perf_counter()
-        kept = f"step {start_step}" if ckpt is not None else "none saved yet"  # what checkpoint_latest.pt holds
+        # ---- the loop
         # The latest logged numbers, saved in every checkpoint so a model card reads them instead of the log.
         # A resume carries the previous ones until this run logs its own.
-        metrics = {**((ckpt or {}).get("metrics") or {}), "device": device_name(device), "data": dataset.description,
-                   "tokens_per_step": tokens_per_step}
-        writer = CheckpointWriter(background=bool(args.async_save), pin=device.type == "cuda")
-        clock = WallClock(device)
-
-        def stop_run(msg: str):
-            log(f"ERROR: {msg}")
-            raise RunStopped(msg, 1)
-
-        def collect(done) -> None:
-            """A finished write: log it, or stop the run (exit 1) if it failed; the latest is then as it was."""
-            nonlocal kept
-            if done is None:
-                return
-            step, reason = done.tag
-            clock.add("save_write", done.seconds)
-            if done.error is not None:
-                if isinstance(done.error, OSError):  # disk full, a file-size limit
-                    stop_run(f"could not write {os.path.join(ckpt_dir, step_name(step))} "
-                             f"({done.error.strerror or done.error}); {LATEST} stays as it was ({kept}): "
-                             f"free disk space or raise the file-size limit, then --resume 1")
-                raise done.error
-            kept = f"step {step}"
-            log(f"CHECKPOINT: saved {step_name(step)} and {LATEST}{reason}")
-
-        def ensure_finite(step: int) -> None:
-            # One host sync, at a log, sample, validation or save: the device flag covers every step so far.
-            if dist_utils.any_rank(not step_fn.all_finite()):
-                collect(writer.wait())  # a write in flight holds an earlier, finite step: let it land first
-                stop_run(f"non-finite loss or gradient norm by step {step}; nothing after it is saved and "
-                         f"{LATEST} stays as it was ({kept}): lower --max_lr or check the data, then --resume 1")
-
-        def write(host: dict) -> None:
-            # The one writer, on the snapshot in host memory: in the background thread (--async_save 1) or here.
-            path = os.path.join(ckpt_dir, step_name(host["global_step"]))
-            save_checkpoint(path, host)
-            link_latest(path, os.path.join(ckpt_dir, LATEST))
-            prune_step_checkpoints(ckpt_dir, args.keep_checkpoints)
-
-        def save(step: int, reason: str = "") -> None:
-            ensure_finite(step)
-            state = dict(global_step=step, run_id=start.run_id, model=dist_utils.full_state_dict(model),
-                         optimizer=dist_utils.full_optimizer_state(model, optimizer, optimizer_state_for_checkpoint),
-                         scheduler={"step": step, "warmup_steps": args.warmup_steps, "decay_steps": decay_steps,
-                                    "max_lr": args.max_lr, "min_lr": args.min_lr},
-                         rng=rng_state(),
-                         data={"next_step": step + 1, "seed": args.seed, "seq_len": args.seq_len,
-                               "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": world,
-                               "train_tokens": len(data.train), "sampler": args.sampler,
-                               "fingerprint": data.fingerprint},
-                         model_config=config.to_dict(), args=vars(args), metrics=dict(metrics))
-            bad = nonfinite_names(state["model"]) if rank == 0 else []
-            if dist_utils.any_rank(bool(bad)):
-                collect(writer.wait())
-                stop_run(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved, {LATEST} stays "
-                         f"as it was ({kept}): lower --max_lr, then --resume 1")
-            if rank == 0:
-                collect(writer.wait())  # at most one write in flight: the host buffers are reused
-                writer.submit(write, state, (step, reason))
-                collect(writer.poll())  # --async_save 0: done already
-            dist_utils.barrier()
-
-        def summary() -> None:
-            log("WALL: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                                       for k, v in clock.summary(step - start_step, bool(args.async_save)).items()}))
-
-        for step in range(start_step + 1, args.max_steps + 1):
-            lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr)
-            set_lr(optimizer, lr)
-            loss, norm = step_fn(*data.step_batch(step, args.grad_accum, args.batch_size, device, rank, world))
-            interval_loss += loss
-            interval_steps += 1
-            log.advance()
-            first = step == start_step + 1
-            if first:
-                clock.lap("compile")  # compile, warm-up and CUDA-graph capture happen in the first call
-                if artifacts and rank == 0:
-                    os.makedirs(os.path.dirname(artifacts), exist_ok=True)
-                    save_artifacts(artifacts, log)
-                    clock.lap("compile")
-
-            if step % args.log_every == 0 or step == args.max_steps:
-                clock.lap("steps")
-                mean_loss = dist_utils.mean_across_ranks(interval_loss / interval_steps)
-                norm_v = float(norm)
-                metrics.update(train_loss=float(mean_loss), train_loss_step=step)
-                dt = time.perf_counter() - t_last
-                tok_s = tokens_per_step * interval_steps / dt
-                mfu = f"{100 * tok_s * fpt / (peak * world):.2f}%" if peak else "n/a"
-                log(f"step {step:5d}/{args.max_steps} | lr {lr:.3e} | loss {mean_loss:.4f} | grad_norm {norm_v:.3f} | "
-                    f"ms/step {1000 * dt / interval_steps:.2f} | tok/s {tok_s:.1f} | mfu {mfu}")
-                ensure_finite(step)
-                collect(writer.poll())
-                interval_loss.zero_()
-                interval_steps, t_last = 0, time.perf_counter()
-                clock.lap("other")
-            if args.sample_every and (step == 1 or step % args.sample_every == 0):
-                clock.lap("steps")
-                ensure_finite(step)  # non-finite logits would make sampling fail
-                # Under FSDP2 every rank must run the forward (each holds a shard); the others' text is discarded.
-                if rank == 0 or args.fsdp:
-                    log(f"[sample @ step {step}] {sample_text(model, tokenizer, args, device, amp_dtype, step)}")
-                clock.lap("sample")
-            if args.val_every and step % args.val_every == 0:
-                clock.lap("steps")
-                ensure_finite(step)
-                vl = evaluate(model, data.val_batches(args.val_batches, args.batch_size * args.grad_accum), device, amp_dtype)
-                if vl is not None:
-                    metrics.update(val_loss=float(vl), val_loss_step=step)
-                    log(f"step {step:5d}/{args.max_steps} | val loss {vl:.4f} | val ppl {math.exp(min(vl, 50)):.2f}")
-                clock.lap("val")
-            stopping = dist_utils.any_rank(stop.requested is not None)
-            if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
-                clock.lap("steps")
-                save(step, f" (stopping on {stop.requested})" if stopping and stop.requested else "")
-                clock.lap("save")
-            if stopping:
-                collect(writer.wait())  # exit 0 only once the file is on disk
-                clock.lap("save")
-                log(f"STOP: {stop.requested or 'signal on another rank'} received; saved step {step}. "
-                    f"Continue with the same command and --resume 1.")
-                summary()
-                return 0
+        metrics = {**((start.ckpt or {}).get("metrics") or {}), "device": device_name(env.device),
+                   "data": run.dataset.description, "tokens_per_step": run.tokens_per_step}
+        clock = WallClock(env.device)
+        saves = Checkpoints(run, clock, metrics)
+        last, stopped = train_loop(run, saves, clock, metrics)
+        # ---- finish: the last write lands, then the DONE and WALL lines
         clock.lap("steps")
-        collect(writer.wait())
+        saves.collect(saves.writer.wait())
         clock.lap("save")
-        total = time.perf_counter() - clock.t0
-        peak_mem = f" | peak mem {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB" if device.type == "cuda" else ""
-        log(f"DONE: steps {start_step + 1}..{args.max_steps} in {total:.1f}s "
-            f"({tokens_per_step * (args.max_steps - start_step) / total:.1f} tok/s overall, compile/capture included)"
-            f"{peak_mem}")
-        summary()
+        if not stopped:
+            finish(run, clock)
+        wall = {k: round(v, 3) if isinstance(v, float) else v
+                for k, v in clock.summary(last - start_step, bool(args.async_save)).items()}
+        log("WALL: " + json.dumps(wall))
+        events("wall", step=last, **wall)
         return 0
     except Exception as e:
         if isinstance(e, RunStopped) or not is_out_of_memory(e):
@@ -609,14 +733,31 @@ def main(argv=None) -> int:
         log(f"ERROR: {msg}")
         raise RunStopped(msg, 2) from e
     finally:
-        # An exception left a write in flight: it finishes (and says how) before the folder's lock is let go.
-        done = writer.wait() if writer is not None else None
-        if done is not None:
-            log(f"CHECKPOINT: saved {step_name(done.tag[0])} and {LATEST}" if done.error is None else
-                f"ERROR: could not write {step_name(done.tag[0])} ({done.error}); {LATEST} stays as it was")
+        if saves is not None:
+            saves.close()
+        events.close()
         log.close()
         start.folder.close()
         dist_utils.teardown()
+
+
+def finish(run: Run, clock: "WallClock") -> None:
+    args, device = run.args, run.env.device
+    total = time.perf_counter() - clock.t0
+    steps = args.max_steps - run.start_step
+    peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    run.log(f"DONE: steps {run.start_step + 1}..{args.max_steps} in {total:.1f}s "
+            f"({run.tokens_per_step * steps / total:.1f} tok/s overall, compile/capture included)"
+            + (f" | peak mem {peak_mem / 1e9:.2f} GB" if peak_mem is not None else ""))
+    run.events("done", step=args.max_steps, first_step=run.start_step + 1, last_step=args.max_steps, seconds=total,
+               tok_s=run.tokens_per_step * steps / total, peak_mem_bytes=peak_mem)
+
+
+def tensorboard_writer(args):
+    if not args.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # parse_and_check made sure it imports
+    return SummaryWriter(os.path.join(args.out_dir, "tensorboard"))
 
 
 def cli() -> None:

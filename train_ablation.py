@@ -1,9 +1,10 @@
 """Ablation sweep: the same short training run under different speed switches, one row per variant.
 
-Each variant is one entry of VARIANTS (a set of train.py flags) and runs as its own train.py process
-(clean GPU memory and compile caches, and exactly train.py's training step). Steady tokens/s is read
-from train.py's interval lines after --ignore_first_steps (each line's timing ends on a host-device
-synchronisation), peak memory from its DONE line.
+Each variant is one entry of smollm2_switches.VARIANTS (a named Switches, passed to train.py as its flags)
+and runs as its own train.py process (clean GPU memory and compile caches, and exactly train.py's
+training step). Steady tokens/s is read from the run's metrics.jsonl train records after
+--ignore_first_steps (each interval's timing ends on a host-device synchronisation), peak memory from
+its done record.
 
     python train_ablation.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --steps 500 \
         --ignore_first_steps 50 --log_every 50 --run_all --out_dir ablation_results_500steps_profiles
@@ -25,55 +26,19 @@ import csv
 import datetime
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 
-# name: train.py flags. The seed's seven first, with the seed's meaning; then what the speed work added.
-VARIANTS: dict[str, dict[str, object]] = {
-    "baseline":          dict(autocast=0, compile=0, attn="manual", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
-    "autocast":          dict(autocast=1, compile=0, attn="manual", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
-    "autocast_comp":     dict(autocast=1, compile=1, attn="manual", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
-    "sdpa_on":           dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
-    "sdpa_off":          dict(autocast=1, compile=0, attn="manual", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
-    "sdpa_with_tie_on":  dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
-    "sdpa_with_tie_off": dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=0, cuda_graph=0, fused_loss=0),
-    "fused_loss":        dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=1),
-    "compile_sdpa":      dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0),
-    "compile_fused":     dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=1),
-    "cuda_graph":        dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1),
-    "fast":              dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1),
-    "fast_accum":        dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1,
-                              stack_micro=0),
-    "fast_bf16res":      dict(autocast=1, compile=1, attn="sdpa", tie_word_embeddings=1, cuda_graph=1, fused_loss=1,
-                              residual_dtype="bf16"),
-    "hf_reference":      dict(autocast=1, compile=0, attn="sdpa", tie_word_embeddings=1, cuda_graph=0, fused_loss=0,
-                              model_impl="hf"),
-}
-# What each switch buys alone: (switch, the variant with it, the variant without it), one flag apart
-# (tests/test_ablation.py checks that). update_readme.py writes one line per pair under each table.
-SWITCHES: tuple[tuple[str, str, str], ...] = (
-    ("bf16 autocast (eager, manual attention)", "autocast", "baseline"),
-    ("SDPA instead of manual attention (eager)", "sdpa_on", "sdpa_off"),
-    ("torch.compile (manual attention)", "autocast_comp", "autocast"),
-    ("torch.compile (SDPA)", "compile_sdpa", "sdpa_on"),
-    ("fused linear + cross-entropy (eager)", "fused_loss", "sdpa_on"),
-    ("fused linear + cross-entropy (compiled)", "compile_fused", "compile_sdpa"),
-    ("CUDA graph over the step (eager)", "cuda_graph", "fused_loss"),
-    ("CUDA graph over the step (compiled)", "fast", "compile_fused"),
-    ("micro-batches stacked into one forward/backward (fast path)", "fast", "fast_accum"),
-    ("residual stream in bf16 instead of float32 (fast path)", "fast_bf16res", "fast"),
-    ("untied output head", "sdpa_with_tie_off", "sdpa_with_tie_on"),
-    ("transformers' LlamaForCausalLM in our step", "hf_reference", "sdpa_on"),
-)
-PROFILES = {"seed": None, "throughput": dict(seq_len=2048, batch_size=16, grad_accum=1)}
+from smollm2_metrics import LOG_FILE, log_events, read_events, summarize
+from smollm2_switches import PROFILES, SAME_AS, VARIANTS, Switches
+
 COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
            "amp_dtype", "compile", "attention_impl", "tie_word_embeddings", "params", "warmup_ignored_steps",
            "avg_tok_s_steady", "peak_mem_bytes", "device_name", "mfu", "ms_per_step", "final_loss", "status",
-           "cuda_graph", "fused_loss", "model_impl", "error", "world_size", "tok_s_per_gpu", "gpus", "stack_micro", "residual_dtype"]
-STEP_RE = re.compile(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+) \|.*ms/step (\S+) \| tok/s (\S+) \| mfu (\S+)")
+           "cuda_graph", "fused_loss", "model_impl", "error", "world_size", "tok_s_per_gpu", "gpus", "stack_micro", "residual_dtype",
+           "same_as"]
 PLOTS = ("tokens_per_s.png", "peak_mem.png", "loss_curves.png")
 
 
@@ -84,10 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--model", default="smollm2-135m", help="preset (tiny for CPU tests)")
     p.add_argument("--device", default="auto")
     p.add_argument("--profile", default="seed", choices=list(PROFILES),
-                   help="seed: the flags given here; throughput: seq 2048 x micro-batch 16 x accum 1")
-    p.add_argument("--seq_len", type=int, default=256)
-    p.add_argument("--batch_size", type=int, default=1)
-    p.add_argument("--grad_accum", type=int, default=4)
+                   help="seed: the shape given by the three flags below (their defaults are the seed profile's); "
+                        "any other: that profile's shape (smollm2_switches.PROFILES) instead of theirs")
+    p.add_argument("--seq_len", type=int, default=PROFILES["seed"].seq_len)
+    p.add_argument("--batch_size", type=int, default=PROFILES["seed"].micro_batch)
+    p.add_argument("--grad_accum", type=int, default=PROFILES["seed"].grad_accum)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--ignore_first_steps", type=int, default=50, help="steps left out of the steady tokens/s")
     p.add_argument("--log_every", type=int, default=50)
@@ -112,9 +78,9 @@ def parse_args(argv=None):
     args.slots = [",".join(gpus[i:i + n]) for i in range(0, len(gpus), n)] or [None]
     if gpus and args.device == "auto":
         args.device = "cuda"  # a slot naming a card that is not there must fail, not fall back to the CPU
-    if PROFILES[args.profile]:
-        for k, v in PROFILES[args.profile].items():
-            setattr(args, k, v)
+    if args.profile != "seed":
+        shape = PROFILES[args.profile]
+        args.seq_len, args.batch_size, args.grad_accum = shape.seq_len, shape.micro_batch, shape.grad_accum
     for name in ("steps", "log_every", "seq_len", "batch_size", "grad_accum"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -123,19 +89,21 @@ def parse_args(argv=None):
     return args
 
 
-def variant_flags(args, name: str) -> dict:
-    flags = dict(VARIANTS[name])
-    if args.nproc_per_node > 1:
-        flags["cuda_graph"] = 0  # single-process only (train.py refuses it under torchrun)
-    return flags
+def variant_switches(args, name: str) -> Switches:
+    sw = VARIANTS[name]
+    return sw.but(cuda_graph=False) if args.nproc_per_node > 1 else sw  # graphs are single-process only
+
+
+def run_dir(args, name: str) -> str:
+    return os.path.join(args.out_dir, "runs", name)
 
 
 def train_command(args, name: str) -> list[str]:
     flags = dict(input_file=args.input_file, model=args.model, device=args.device, seq_len=args.seq_len,
                  batch_size=args.batch_size, grad_accum=args.grad_accum, max_steps=args.steps,
                  log_every=args.log_every, seed=args.seed, save_every=0, sample_every=0, val_every=0,
-                 warmup_steps=min(200, args.steps // 5), out_dir=os.path.join(args.out_dir, "runs", name),
-                 overwrite=1, **variant_flags(args, name))  # a rerun replaces the variant's earlier run folder
+                 warmup_steps=min(200, args.steps // 5), out_dir=run_dir(args, name),
+                 overwrite=1, **variant_switches(args, name).train_flags())  # a rerun replaces its earlier run folder
     if args.tokenizer_id:
         flags["tokenizer_id"] = args.tokenizer_id
     train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -148,28 +116,34 @@ def train_command(args, name: str) -> list[str]:
     return cmd
 
 
-def parse_log(text: str, ignore_first: int) -> dict:
-    rows = [(int(m[1]), float(m[2]), float(m[3]), float(m[4]), m[5]) for m in map(STEP_RE.match, text.splitlines()) if m]
-    steady = [r for r in rows if r[0] > ignore_first] or rows[-1:]
-    out = dict(losses=[(r[0], r[1]) for r in rows])
+def measured(events: list[dict], ignore_first: int) -> dict:
+    """Steady speed, final loss, peak memory, params and device of one variant's run records."""
+    rows = [e for e in events if e.get("event") == "train" and e.get("tok_s") and e.get("ms_per_step")]
+    steady = [e for e in rows if e["step"] > ignore_first] or rows[-1:]
+    s = summarize(events)
+    out = dict(losses=list(s.train))
     if steady:
-        # Each interval line covers the steps since the previous one; the last may be shorter. Total
+        # Each train record covers the steps since the previous one; the last may be shorter. Total
         # steps over total time, so a short interval weighs what it lasted.
-        prev = {r[0]: p[0] for p, r in zip(rows, rows[1:])}
-        n = [r[0] - prev.get(r[0], 0) for r in steady]
-        total_ms = sum(k * r[2] for k, r in zip(n, steady))
+        prev = {e["step"]: p["step"] for p, e in zip(rows, rows[1:])}
+        n = [e["step"] - prev.get(e["step"], 0) for e in steady]
+        total_ms = sum(k * e["ms_per_step"] for k, e in zip(n, steady))
         out["ms_per_step"] = total_ms / sum(n)
-        out["avg_tok_s_steady"] = sum(k * r[3] * r[2] for k, r in zip(n, steady)) / total_ms
-        out["final_loss"] = rows[-1][1]
-        mfu = [float(r[4].rstrip("%")) / 100 for r in steady if r[4] != "n/a"]
+        out["avg_tok_s_steady"] = sum(k * e["tok_s"] * e["ms_per_step"] for k, e in zip(n, steady)) / total_ms
+        out["final_loss"] = rows[-1]["loss"]
+        mfu = [e["mfu"] for e in steady if e.get("mfu") is not None]
         out["mfu"] = sum(mfu) / len(mfu) if mfu else ""
-    if m := re.search(r"peak mem (\S+) GB", text):
-        out["peak_mem_bytes"] = int(float(m[1]) * 1e9)
-    if m := re.search(r"Model params: ([\d,]+)", text):
-        out["params"] = int(m[1].replace(",", ""))
-    if m := re.search(r"^Device: (\S+) \((.*?)\)", text, re.M):
-        out["device"], out["device_name"] = m[1], m[2]
+    if s.done and s.done[-1].get("peak_mem_bytes"):
+        out["peak_mem_bytes"] = int(s.done[-1]["peak_mem_bytes"])
+    for key in ("params", "device", "device_name"):
+        if key in s.header:
+            out[key] = s.header[key]
     return out
+
+
+def variant_events(args, name: str) -> list[dict]:
+    """The records of the variant's run folder: its metrics.jsonl (or train.log, from before the file)."""
+    return read_events(os.path.join(run_dir(args, name), LOG_FILE))
 
 
 def done_variants(csv_path: str) -> set[str]:
@@ -259,17 +233,20 @@ class Run:
         stdout, stderr = self.close()
         with open(self.log_path, "w") as f:
             f.write("$ " + " ".join(self.cmd) + "\n" + stdout + stderr)
-        v = variant_flags(args, name)
+        v = variant_switches(args, name)
         world = args.nproc_per_node
         row = dict(timestamp=datetime.datetime.now().isoformat(timespec="seconds"), variant=name, steps=args.steps,
                    seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
-                   autocast=v["autocast"], amp_dtype="bf16" if v["autocast"] else "fp32", compile=v["compile"],
-                   attention_impl=v["attn"], tie_word_embeddings=v["tie_word_embeddings"],
-                   warmup_ignored_steps=args.ignore_first_steps, cuda_graph=v["cuda_graph"],
-                   fused_loss=v["fused_loss"], model_impl=v.get("model_impl", "ours"), world_size=world,
-                   stack_micro=v.get("stack_micro", -1), residual_dtype=v.get("residual_dtype", "fp32"),
+                   autocast=int(v.autocast), amp_dtype="bf16" if v.autocast else "fp32", compile=int(v.compile),
+                   attention_impl=v.attn, tie_word_embeddings=int(v.tie_word_embeddings),
+                   warmup_ignored_steps=args.ignore_first_steps, cuda_graph=int(v.cuda_graph),
+                   fused_loss=int(v.fused_loss), model_impl=v.model_impl, world_size=world,
+                   stack_micro=v.stack_micro, residual_dtype=v.residual_dtype, same_as=SAME_AS.get(name, ""),
                    gpus=self.gpus or "")
-        parsed = parse_log(stdout, args.ignore_first_steps)
+        # A run that failed may have stopped before writing records, and an earlier run's would be stale:
+        # then what it printed is read instead (the same parser).
+        events = variant_events(args, name) if self.proc.returncode == 0 else log_events(stdout)
+        parsed = measured(events, args.ignore_first_steps)
         row.update({k: val for k, val in parsed.items() if k in COLUMNS})
         if "avg_tok_s_steady" in parsed:
             row["tok_s_per_gpu"] = parsed["avg_tok_s_steady"] / world
@@ -322,13 +299,11 @@ def plot(csv_path: str, out_dir: str, curves: dict) -> None:
     plt.close(fig)
 
 
-def load_curves(out_dir: str, ignore_first: int) -> dict:
+def load_curves(args) -> dict:
     curves = {}
     for name in VARIANTS:
-        path = os.path.join(out_dir, "logs", f"{name}.log")
-        if os.path.exists(path):
-            with open(path) as f:
-                curves[name] = parse_log(f.read(), ignore_first)["losses"]
+        if events := variant_events(args, name):
+            curves[name] = summarize(events).train
     return curves
 
 
@@ -364,7 +339,7 @@ def main(argv=None) -> int:
         else:
             todo.append(name)
     if len(args.slots) > 1:  # side by side: the long eager variants first, so no card idles at the end
-        todo.sort(key=lambda n: bool(VARIANTS[n]["compile"] or VARIANTS[n]["cuda_graph"]))
+        todo.sort(key=lambda n: VARIANTS[n].compile or VARIANTS[n].cuda_graph)
     free = list(args.slots)
     cpus = {slot: None for slot in free}
     if len(free) > 1 and hasattr(os, "sched_getaffinity"):
@@ -391,7 +366,7 @@ def main(argv=None) -> int:
         if running and not finished:
             time.sleep(0.2)
     rewrite_rows(csv_path)
-    plot(csv_path, args.out_dir, load_curves(args.out_dir, args.ignore_first_steps))
+    plot(csv_path, args.out_dir, load_curves(args))
     print(f"results: {csv_path}")
     return 130 if stop["flag"] else 0
 

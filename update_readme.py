@@ -9,7 +9,9 @@ Blocks (each marker alone on its line; the text between a BEGIN/END pair is repl
   MICROBATCH_TABLE (optional) benchmarks/microbatch_sweep.csv: tokens/s per micro-batch (rows) and impl (columns)
   FINDINGS         (optional) the headline sentences, computed from the same files
   DATA_RESULTS     (optional) the real-corpus run (results/realdocs/) and benchmarks/data_prep.csv
-It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the log.
+It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the run's
+records: metrics.jsonl beside the log, or the log itself for runs from before that file
+(smollm2_metrics.read_events, the one reader); the README's log block always shows train.log.
 
 Idempotent: the README and the PNG are rewritten only when their bytes would change, and then
 atomically (temporary file + os.replace). Missing inputs leave a placeholder and exit 0; a README
@@ -32,7 +34,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from train_ablation import SWITCHES
+from smollm2_metrics import (LOG_MARKS, MetricsError, RunSummary, log_events, number, read_events,
+                             summarize)
+from smollm2_switches import SAME_AS, SWITCH_PAIRS
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "FINDINGS", "DATA_RESULTS")
@@ -59,15 +63,7 @@ def read_text(path: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# train.log parsing
-
-# "step    50/5000 | lr 7.463e-05 | loss 9.8108 | ..." and "step   250/5000 | val loss 5.1234 | ...".
-# Fields are "key value" pairs split on "|", so fields added to train.py later are simply carried.
-STEP_RE = re.compile(r"^\s*step\s+(\d+)(?:\s*/\s*(\d+))?\s*\|(.*)$")
-FIELD_RE = re.compile(r"^(.*?)\s+(\S+)$")
-RESUME_RE = re.compile(r"^\s*RESUME\b.*?(?:global_step|step)\s*[=:]?\s*(\d+)", re.IGNORECASE)
-SCRATCH_RE = re.compile(r"^\s*Starting from scratch", re.IGNORECASE)
-CHECKPOINT_RE = re.compile(r"^\s*CHECKPOINT\b", re.IGNORECASE)
+# the training run
 
 
 def read_train_log(path: str) -> Optional[str]:
@@ -75,116 +71,24 @@ def read_train_log(path: str) -> Optional[str]:
     if not os.path.isfile(path):
         return None
     text = read_text(path)
-    marks = (STEP_RE, RESUME_RE, SCRATCH_RE, CHECKPOINT_RE)
-    if text.strip() and not any(r.match(line) for line in text.splitlines() for r in marks):
+    if text.strip() and not any(r.match(line) for line in text.splitlines() for r in LOG_MARKS):
         raise InputError(f"{path} is not a train.py log (no step, RESUME, CHECKPOINT or 'Starting from scratch' line)")
     return text
 
 
-def _num(s) -> Optional[float]:
-    """Float from a log field or CSV cell ('1.23%', '12,345', ' 3.2 '); None if empty or not finite."""
-    if s is None:
-        return None
-    s = str(s).strip().rstrip("%").replace(",", "").replace("_", "")
-    if not s:
-        return None
+def run_summary(log_path: str, text: str) -> RunSummary:
+    """What the run's records say (metrics.jsonl beside the log, else the log's text)."""
     try:
-        v = float(s)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
+        return summarize(read_events(log_path, text))
+    except MetricsError as e:
+        raise InputError(str(e)) from e
 
 
-def parse_fields(rest: str) -> dict[str, str]:
-    out = {}
-    for part in rest.split("|"):
-        m = FIELD_RE.match(part.strip())
-        if m:
-            out[" ".join(m.group(1).lower().split())] = m.group(2)
-    return out
-
-
-@dataclass
-class LogSummary:
-    train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of the current lineage
-    val: list[tuple[int, float]] = field(default_factory=list)
-    resumes: list[int] = field(default_factory=list)  # global_step each resume started from
-    checkpoints: int = 0  # checkpoint lines since the lineage began
-    runs: int = 0  # scratch starts + resumes seen in the whole file
-    step_lines: int = 0  # step lines in the whole file
-
-
-def parse_log(text: str) -> LogSummary:
-    """Follow the lineage that ends at the last line of the log.
-
-    Several runs may be appended to one file. A "Starting from scratch" line begins a new lineage;
-    "RESUME ... global_step=N" drops points after N (that work was superseded by the checkpoint at
-    N); a step lower than one already seen, without either marker, is an unannounced restart and
-    drops the points from that step on. What is left is the loss history of the final model.
-    """
-    s = LogSummary()
-
-    def cut(limit: int, inclusive: bool) -> None:
-        keep = (lambda st: st < limit) if inclusive else (lambda st: st <= limit)
-        s.train[:] = [p for p in s.train if keep(p[0])]
-        s.val[:] = [p for p in s.val if keep(p[0])]
-        s.resumes[:] = [r for r in s.resumes if keep(r)]
-
-    for line in text.splitlines():
-        if SCRATCH_RE.match(line):
-            s.runs += 1
-            s.train, s.val, s.resumes, s.checkpoints = [], [], [], 0
-            continue
-        m = RESUME_RE.match(line)
-        if m:
-            s.runs += 1
-            step = int(m.group(1))
-            cut(step, inclusive=False)
-            s.resumes.append(step)
-            continue
-        if CHECKPOINT_RE.match(line):
-            s.checkpoints += 1
-            continue
-        m = STEP_RE.match(line)
-        if not m:
-            continue  # header, sample text, free text
-        step, fields = int(m.group(1)), parse_fields(m.group(3))
-        s.step_lines += 1
-        if "val loss" in fields:
-            v, series = _num(fields["val loss"]), s.val
-        elif "loss" in fields:
-            v, series = _num(fields["loss"]), s.train
-        else:
-            continue
-        if v is None:
-            continue
-        if series and step <= series[-1][0]:
-            cut(step, inclusive=True)
-        series.append((step, v))
-    return s
-
-
-# "WALL: {...}" after each run's DONE (or STOP) line: where that run's wall time went, as JSON (train.py's
-# WallClock.summary). Logs from before the line have none, and their blocks simply lack the table.
-WALL_RE = re.compile(r"^WALL: (\{.*\})\s*$")
+# WALL records: where each run's wall time went (train.py's WallClock.summary). Logs from before them have
+# none, and their blocks simply lack the table.
 WALL_PARTS = (("startup_s", "start-up (imports, data, model)"), ("compile_s", "compile + warm-up + capture (1st step)"),
               ("steps_s", "steady steps"), ("save_stall_s", "saves: loop stalled"), ("val_s", "validation"),
               ("sample_s", "samples"), ("other_s", "other (log lines)"))
-
-
-def wall_summaries(text: str) -> list[dict]:
-    """The WALL records of the lineage that ends the log (after its last 'Starting from scratch')."""
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if SCRATCH_RE.match(line)]
-    out = []
-    for line in lines[starts[-1] if starts else 0:]:
-        m = WALL_RE.match(line)
-        if m:
-            try:
-                out.append(json.loads(m.group(1)))
-            except ValueError as e:
-                raise InputError(f"a WALL line of the train log is not JSON ({e})") from e
-    return out
 
 
 def wall_table(walls: list[dict]) -> str:
@@ -210,7 +114,7 @@ def wall_table(walls: list[dict]) -> str:
             + markdown_table(["part", *names], rows))
 
 
-def summary_line(s: LogSummary, log_rel: str) -> str:
+def summary_line(s: RunSummary, log_rel: str) -> str:
     parts = []
     if s.train:
         parts.append(f"steps {s.train[0][0]} → {s.train[-1][0]}")
@@ -232,7 +136,7 @@ def summary_line(s: LogSummary, log_rel: str) -> str:
 # loss curve
 
 
-def render_loss_plot(s: LogSummary) -> bytes:
+def render_loss_plot(s: RunSummary) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,7 +170,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def render_comparison_plot(before: LogSummary, after: LogSummary, labels: tuple[str, str]) -> bytes:
+def render_comparison_plot(before: RunSummary, after: RunSummary, labels: tuple[str, str]) -> bytes:
     """Two runs of the same command on one axes: train (lines) and val (dots) loss against step."""
     import matplotlib
 
@@ -303,7 +207,7 @@ def _shorten(text: str, n: int = 60) -> str:
 
 def _fmt(scale: float, digits: int, thousands: bool = False, suffix: str = "") -> Callable[[str], str]:
     def f(s: str) -> str:
-        v = _num(s)
+        v = number(s)
         if v is None:
             return MISSING
         v *= scale
@@ -337,7 +241,7 @@ def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
 
 def _numeric(column: list[str]) -> bool:
     vals = [c for c in column if c not in ("", MISSING)]
-    return bool(vals) and all(_num(c) is not None for c in vals)
+    return bool(vals) and all(number(c) is not None for c in vals)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -377,9 +281,16 @@ def _status(r: dict[str, str]) -> str:
     return st or MISSING
 
 
+def variant_cell(name: str) -> str:
+    """The variant's name; a variant that is another's configuration under a second name says which."""
+    if not name:
+        return MISSING
+    return f"`{name}`" + (f" (same switches as `{SAME_AS[name]}`)" if name in SAME_AS else "")
+
+
 # (header, source columns that must exist for the column to be shown, cell function)
 ABLATION_COLS: list[tuple[str, tuple[str, ...], Callable[[dict[str, str]], str]]] = [
-    ("variant", ("variant",), lambda r: f"`{r['variant']}`" if r.get("variant") else MISSING),
+    ("variant", ("variant",), lambda r: variant_cell(r.get("variant", ""))),
     ("status", ("status", "error"), _status),
     ("autocast", ("autocast",), _autocast),
     ("compile", ("compile",), lambda r: _on_off(r.get("compile", ""))),
@@ -403,26 +314,26 @@ def render_ablation(cols: list[str], rows: list[dict[str, str]]) -> str:
 
 
 def _measured(r: dict[str, str]) -> str:
-    t, m = _num(r.get("avg_tok_s_steady")), _num(r.get("peak_mem_bytes"))
+    t, m = number(r.get("avg_tok_s_steady")), number(r.get("peak_mem_bytes"))
     if not t:
         return f"`{r.get('variant')}` {r.get('status') or 'no result'}"
     return f"`{r.get('variant')}` {t:,.0f} tokens/s" + (f" at {m / 1e9:.2f} GB" if m else "")
 
 
 def switch_effects(rows: list[dict[str, str]]) -> str:
-    """One line per train_ablation.SWITCHES pair in the table: tokens/s ratio, peak memory and final loss."""
+    """One line per smollm2_switches.SWITCH_PAIRS pair in the table: tokens/s ratio, peak memory and final loss."""
     by = {r.get("variant"): r for r in rows}
     lines = []
-    for name, on, off in SWITCHES:
+    for name, on, off in SWITCH_PAIRS:
         a, b = by.get(on), by.get(off)
         if not (a and b):
             continue
-        ta, tb = _num(a.get("avg_tok_s_steady")), _num(b.get("avg_tok_s_steady"))
+        ta, tb = number(a.get("avg_tok_s_steady")), number(b.get("avg_tok_s_steady"))
         if not (ta and tb):  # one side failed (out of memory, say): what each side did
             lines.append(f"- {name}: not compared; {_measured(a)}, {_measured(b)}.")
             continue
-        ma, mb = _num(a.get("peak_mem_bytes")), _num(b.get("peak_mem_bytes"))
-        la, lb = _num(a.get("final_loss")), _num(b.get("final_loss"))
+        ma, mb = number(a.get("peak_mem_bytes")), number(b.get("peak_mem_bytes"))
+        la, lb = number(a.get("final_loss")), number(b.get("final_loss"))
         lines.append(f"- {name} (`{on}` vs `{off}`): **{ta / tb:.2f}x** tokens/s ({ta:,.0f} vs {tb:,.0f})"
                      + (f"; peak memory {ma / 1e9:.2f} vs {mb / 1e9:.2f} GB ({(ma - mb) / 1e9:+.2f})" if ma and mb else "")
                      + (f"; final loss {la:.3f} vs {lb:.3f}" if la is not None and lb is not None else "") + ".")
@@ -430,7 +341,7 @@ def switch_effects(rows: list[dict[str, str]]) -> str:
         return ""
     cards = sorted({r["device_name"] for r in rows if r.get("device_name")})
     return (f"What each switch buys alone{' on ' + ', '.join(cards) if cards else ''} (two rows of this table "
-            f"one flag apart, as `SWITCHES` in `train_ablation.py` pairs them):\n\n" + "\n".join(lines))
+            f"one switch apart, as `SWITCH_PAIRS` in `smollm2_switches.py` pairs them):\n\n" + "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,15 +365,15 @@ def fence_for(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
-def train_log_block(log_path: str, text: Optional[str], plot_path: Optional[str], readme_dir: str) -> tuple[str, str]:
+def train_log_block(log_path: str, text: Optional[str], s: Optional[RunSummary], plot_path: Optional[str],
+                    readme_dir: str) -> tuple[str, str]:
     log_rel = rel(log_path, readme_dir)
     if text is None:
         return (f"_No training log yet: `{log_rel}` not found. Run the training commands above, then "
                 f"`python update_readme.py`._"), "log missing"
     text = text.rstrip("\n")
-    s = parse_log(text)
     out = [summary_line(s, log_rel)]
-    if table := wall_table(wall_summaries(text)):
+    if table := wall_table(s.walls):
         out.append(table)
     if plot_path:
         out.append(f"![Loss curve: train and val loss against step]({link(plot_path, readme_dir)})")
@@ -535,7 +446,7 @@ def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     cell = {(r["impl"], int(r["micro_batch"])): r for r in rows}
     best = {}
     for r in rows:
-        t = _num(r.get("tokens_per_s")) if r.get("status") == "ok" else None
+        t = number(r.get("tokens_per_s")) if r.get("status") == "ok" else None
         if t and t > best.get(r["impl"], (0, 0))[1]:
             best[r["impl"]] = (int(r["micro_batch"]), t)
 
@@ -545,8 +456,8 @@ def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
             return MISSING
         if r.get("status") != "ok":
             return "out of memory" if r.get("status") == "oom" else (r.get("status") or MISSING)
-        text = (f"{_num(r['tokens_per_s']):,.0f} tok/s, {100 * (_num(r.get('mfu')) or 0):.1f}% MFU, "
-                f"{_num(r.get('peak_mem_gb')) or 0:.1f} GB")
+        text = (f"{number(r['tokens_per_s']):,.0f} tok/s, {100 * (number(r.get('mfu')) or 0):.1f}% MFU, "
+                f"{number(r.get('peak_mem_gb')) or 0:.1f} GB")
         return f"**{text}**" if best.get(impl, (None,))[0] == B else text
 
     first = rows[0]
@@ -594,18 +505,17 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
             if lines:
                 parts.append(f"Preparation: `{lines[-1]}`.")
         text = read_train_log(log_path)
-        device = re.search(r"^Device: \S+ \((.+?)\)", text, re.M)
-        speeds = sorted(v for v in (_num(parse_fields(m_.group(3)).get("tok/s")) for m_ in
-                                    map(STEP_RE.match, text.splitlines()) if m_) if v)
+        s = run_summary(log_path, text)
+        speeds = sorted(s.speeds)
         if speeds:
-            parts.append(f"Training on {device.group(1) if device else 'an unnamed device'}: median "
+            parts.append(f"Training on {s.header.get('device_name') or 'an unnamed device'}: median "
                          f"{speeds[len(speeds) // 2]:,.0f} tokens/s over the logged intervals.")
-        s, plot = parse_log(text), os.path.join(results_dir, "loss_curve.png")
+        plot = os.path.join(results_dir, "loss_curve.png")
         try:
             write_if_changed(plot, render_loss_plot(s))
         except ImportError:
             plot = None
-        parts.append(train_log_block(log_path, text, plot if (s.train or s.val) else None, readme_dir)[0])
+        parts.append(train_log_block(log_path, text, s, plot if (s.train or s.val) else None, readme_dir)[0])
         note.append("real-corpus run")
     csv_path = os.path.join(bench_dir, "data_prep.csv")
     if os.path.isfile(csv_path):
@@ -641,10 +551,10 @@ def multigpu_finding(path: str, readme_dir: str) -> str:
     main_impl = mg[0]["impl"]
 
     def eff(r):
-        return f"{100 * _num(r['scaling_efficiency']):.0f}% of one GPU" if _num(r.get("scaling_efficiency")) else ""
+        return f"{100 * number(r['scaling_efficiency']):.0f}% of one GPU" if number(r.get("scaling_efficiency")) else ""
 
     parts = "; ".join(f"{r['world_size']} GPU{'s' if r['world_size'] != '1' else ''}: "
-                      f"{_num(r['tokens_per_s']):,.0f} tokens/s ({_num(r['tokens_per_s_per_gpu']):,.0f} per GPU"
+                      f"{number(r['tokens_per_s']):,.0f} tokens/s ({number(r['tokens_per_s_per_gpu']):,.0f} per GPU"
                       + (f", {eff(r)}" if r["world_size"] != "1" and eff(r) else "") + ")"
                       for r in mg if r["impl"] == main_impl)
     others = {}
@@ -656,14 +566,14 @@ def multigpu_finding(path: str, readme_dir: str) -> str:
             f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts}{extra} (`{rel(path, readme_dir)}`).")
 
 
-def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, str]:
-    """Headline findings as sentences whose every number is read from a result file."""
+def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
+    """Our default path against transformers, per profile (bench_<profile>.csv, or a run of the two alone)."""
     out = []
-    seed = _rows_by(os.path.join(a.bench_dir, "bench_seed.csv"), "impl")
-    thr = _rows_by(os.path.join(a.bench_dir, "bench_throughput.csv"), "impl")
-    for name, rows, what in (("seed", seed, "the seed's profile (seq 256 x batch 1 x accum 4)"),
+    graded = _rows_by(os.path.join(bench_dir, "bench_seed.csv"), "impl")
+    thr = _rows_by(os.path.join(bench_dir, "bench_throughput.csv"), "impl")
+    for name, rows, what in (("seed", graded, "the graded run's shape (seq 256 x batch 1 x accum 4)"),
                              ("throughput", thr, "the throughput profile (seq 2048 x micro-batch 16)")):
-        # train.py's default path (bench.DEFAULT_PATH; tables measured before it existed hold ours_fast)
+        # train.py's default path (smollm2_switches.DEFAULT_PATH; tables measured before it existed hold ours_fast)
         fast = rows.get("ours_fast_bf16res") or rows.get("ours_fast")
         hfe, hfc = rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfe and hfc):
@@ -674,8 +584,8 @@ def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, st
                    f"({te:,.0f}) and **{tf / tc:.1f}x** transformers + torch.compile ({tc:,.0f}); peak memory "
                    f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfe['peak_mem_gb']):.2f} GB (eager) and "
                    f"{float(hfc['peak_mem_gb']):.2f} GB (compiled) for transformers "
-                   f"(`{rel(os.path.join(a.bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
-    vs_path = os.path.join(a.bench_dir, "bench_throughput_vs_compile.csv")  # a run of the two alone
+                   f"(`{rel(os.path.join(bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
+    vs_path = os.path.join(bench_dir, "bench_throughput_vs_compile.csv")  # a run of the two alone
     vs = _rows_by(vs_path, "impl")
     fast, hfc = vs.get("ours_fast_bf16res") or vs.get("ours_fast"), vs.get("hf_compile")
     if fast and hfc and not (thr.get("hf_compile") and thr.get("hf_eager")):
@@ -685,13 +595,19 @@ def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, st
                    f"transformers + torch.compile ({tc:,.0f}) in the same process; peak memory "
                    f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfc['peak_mem_gb']):.2f} GB "
                    f"(`{rel(vs_path, readme_dir)}`).")
-    mb_path = os.path.join(a.bench_dir, "bench_max_batch.csv")
-    mb = [r for r in read_csv(mb_path)[1] if _num(r.get("max_micro_batch"))] if os.path.isfile(mb_path) else []
+    return out
+
+
+def benchmark_findings(bench_dir: str, readme_dir: str) -> list[str]:
+    """The largest micro-batch, loss equivalence, where the time goes, several GPUs."""
+    out = []
+    mb_path = os.path.join(bench_dir, "bench_max_batch.csv")
+    mb = [r for r in read_csv(mb_path)[1] if number(r.get("max_micro_batch"))] if os.path.isfile(mb_path) else []
     if mb:
         parts = ", ".join(f"`{r['impl']}` {r['max_micro_batch']}" for r in mb)
         out.append(f"- **Largest micro-batch at seq 2048** that trains on one {mb[0]['card']} "
                    f"({mb[0]['card_memory_gb']} GB): {parts} (`{rel(mb_path, readme_dir)}`).")
-    eq = os.path.join(a.bench_dir, "loss_equivalence.json")
+    eq = os.path.join(bench_dir, "loss_equivalence.json")
     if os.path.isfile(eq):
         try:
             e = json.loads(read_text(eq))
@@ -702,55 +618,72 @@ def findings_block(a, log_text: Optional[str], readme_dir: str) -> tuple[str, st
         out.append(f"- **Same numbers**: over the first {e['steps']} steps of the throughput profile the fast path's "
                    f"loss stays within {e['max_abs_diff']:.3f} (mean {e['mean_abs_diff']:.4f}) of the plain eager "
                    f"path from the same seed{noise}; final {e['final_fast']:.4f} vs {e['final_eager']:.4f} "
-                   f"([plot]({rel(os.path.join(a.bench_dir, 'loss_equivalence.png'), readme_dir)})).")
-    tb_path = os.path.join(a.bench_dir, "time_breakdown_throughput.csv")
+                   f"([plot]({rel(os.path.join(bench_dir, 'loss_equivalence.png'), readme_dir)})).")
+    tb_path = os.path.join(bench_dir, "time_breakdown_throughput.csv")
     tb = _rows_by(tb_path, "impl")
     r = tb.get("ours_compile") or tb.get("ours_fast")
-    groups = sorted(((k[:-3], _num(v)) for k, v in r.items() if k.endswith(" ms") and _num(v)),
+    groups = sorted(((k[:-3], number(v)) for k, v in r.items() if k.endswith(" ms") and number(v)),
                     key=lambda kv: -kv[1]) if r else []
     if groups:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in groups[:3])
         out.append(f"- **Where the time goes** (seq 2048 x 16, compiled, {r.get('card', '')}): "
-                   f"{_num(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
-                   f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(a.bench_dir, 'NOTES.md'), readme_dir)}`).")
-    for mg_path in sorted(glob.glob(os.path.join(a.bench_dir, "multigpu_*.csv"))):
+                   f"{number(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
+                   f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(bench_dir, 'NOTES.md'), readme_dir)}`).")
+    for mg_path in sorted(glob.glob(os.path.join(bench_dir, "multigpu_*.csv"))):
         if line := multigpu_finding(mg_path, readme_dir):
             out.append(line)
-    thr_abl = _rows_by(a.throughput_csv, "variant")
-    ok = {k: r for k, r in thr_abl.items() if r.get("status") == "ok" and _num(r.get("avg_tok_s_steady"))}
+    return out
+
+
+def ablation_findings(args, readme_dir: str) -> list[str]:
+    """The fastest variant at seq 2048, and the fast path against the baseline at the graded run's shape."""
+    out = []
+    thr_abl = _rows_by(args.throughput_csv, "variant")
+    ok = {k: r for k, r in thr_abl.items() if r.get("status") == "ok" and number(r.get("avg_tok_s_steady"))}
     if ok:
-        best = max(ok.values(), key=lambda r: _num(r["avg_tok_s_steady"]))
+        best = max(ok.values(), key=lambda r: number(r["avg_tok_s_steady"]))
         failed = sorted(k for k, r in thr_abl.items() if r.get("status") in ("oom", "error"))
         ref = ok.get("hf_reference")
         out.append(f"- **Ablation at seq 2048 x micro-batch {best['batch_size']}** ({best.get('device_name', '')}): "
-                   f"fastest variant `{best['variant']}` at {_num(best['avg_tok_s_steady']):,.0f} tokens/s"
-                   + (f", {_num(best['avg_tok_s_steady']) / _num(ref['avg_tok_s_steady']):.1f}x `hf_reference` "
-                      f"({_num(ref['avg_tok_s_steady']):,.0f})" if ref else "")
+                   f"fastest variant `{best['variant']}` at {number(best['avg_tok_s_steady']):,.0f} tokens/s"
+                   + (f", {number(best['avg_tok_s_steady']) / number(ref['avg_tok_s_steady']):.1f}x `hf_reference` "
+                      f"({number(ref['avg_tok_s_steady']):,.0f})" if ref else "")
                    + (f"; did not run (out of memory or error): {', '.join(f'`{k}`' for k in failed)}" if failed else "")
-                   + f" (`{rel(a.throughput_csv, readme_dir)}`).")
-    abl = _rows_by(a.ablation_csv, "variant")
+                   + f" (`{rel(args.throughput_csv, readme_dir)}`).")
+    abl = _rows_by(args.ablation_csv, "variant")
     base, fast = abl.get("baseline"), abl.get("fast")
     if base and fast and base.get("avg_tok_s_steady") and fast.get("avg_tok_s_steady"):
         tb, tf = float(base["avg_tok_s_steady"]), float(fast["avg_tok_s_steady"])
-        out.append(f"- **Ablation** ({fast['steps']} steps per variant, seed settings, {fast.get('device_name', '')}): "
-                   f"the seed's `baseline` (fp32, eager, manual attention) runs at {tb:,.0f} tokens/s; `fast` "
+        out.append(f"- **Ablation** ({fast['steps']} steps per variant, the graded run's shape, {fast.get('device_name', '')}): "
+                   f"`baseline` (fp32, eager, manual attention) runs at {tb:,.0f} tokens/s; `fast` "
                    f"(compile + CUDA graph + fused loss) at {tf:,.0f} tokens/s, {tf / tb:.1f}x. See the table below "
                    f"for what each switch buys alone.")
-    if log_text is not None:
-        s = parse_log(log_text)
-        dev = re.search(r"^Device: \S+ \((.*?)\).*?torch (\S+)", log_text, re.M)
-        done = re.findall(r"^DONE: steps (\d+)\.\.(\d+) in (\S+)s \((\S+) tok/s", log_text, re.M)
-        walls = wall_summaries(log_text)
+    return out
+
+
+def graded_run_finding(run: Optional[RunSummary]) -> list[str]:
+    """The graded run's wall time, speed and losses, from its records."""
+    out = []
+    if run is not None:
+        s, done, walls, h = run, run.done, run.walls, run.header
         if s.train and done:
-            wall = sum(float(d[2]) for d in done)
+            wall = sum(d["seconds"] for d in done)
             took = [f"{w.get('startup_s', 0) + w.get('loop_s', 0):.0f} s" for w in walls]
             cmd = f"; the commands took {', '.join(took)} of wall time, start-up and compilation included" if walls else ""
-            where = f"{dev.group(1)}, torch {dev.group(2)}" if dev else "the logged device"
+            where = f"{h['device_name']}, torch {h['torch']}" if h.get("device_name") and h.get("torch") else \
+                "the logged device"
             out.append(f"- **Graded run** on {where}: steps 1 to "
                        f"{s.train[-1][0]} in {wall:.0f} s of training-loop wall time over {len(done)} runs "
-                       f"(first run {float(done[0][3]):,.0f} tokens/s overall including compilation); resumed at "
+                       f"(first run {done[0]['tok_s']:,.0f} tokens/s overall including compilation); resumed at "
                        f"step {', '.join(map(str, s.resumes)) or 'none'}; train loss {s.train[0][1]:.3f} -> "
                        f"{s.train[-1][1]:.3f}" + (f", last val loss {s.val[-1][1]:.3f}" if s.val else "") + cmd + ".")
+    return out
+
+
+def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
+    """Headline findings as sentences whose every number is read from a result file."""
+    out = (speed_findings(args.bench_dir, readme_dir) + benchmark_findings(args.bench_dir, readme_dir)
+           + ablation_findings(args, readme_dir) + graded_run_finding(run))
     if not out:
         return "_No result files yet: run bench.py, train_ablation.py and train.py, then update_readme.py._", "placeholder"
     return "\n".join(out), f"{len(out)} findings"
@@ -840,77 +773,78 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="the PNG of --previous_train_log against --train_log")
     p.add_argument("--data_results", default="results/realdocs",
                    help="folder of the real-corpus run: manifest_summary.json, prepare.log, train.log")
-    a = p.parse_args(argv)
+    args = p.parse_args(argv)
 
     try:
-        with open(a.readme, encoding="utf-8") as f:
+        with open(args.readme, encoding="utf-8") as f:
             text = f.read()
     except OSError as err:
-        print(f"update_readme: error: cannot read {a.readme}: {err.strerror}", file=sys.stderr)
+        print(f"update_readme: error: cannot read {args.readme}: {err.strerror}", file=sys.stderr)
         return 2
     try:
         spans = check_markers(text)
     except MarkerError as err:
-        print(f"update_readme: error: {a.readme}: {err}", file=sys.stderr)
+        print(f"update_readme: error: {args.readme}: {err}", file=sys.stderr)
         return 2
 
     try:
-        return fill_readme(a, text, spans)
+        return fill_readme(args, text, spans)
     except InputError as err:
-        print(f"update_readme: error: {err}; {a.readme} left as it was", file=sys.stderr)
+        print(f"update_readme: error: {err}; {args.readme} left as it was", file=sys.stderr)
         return 2
 
 
-def fill_readme(a, text: str, spans: dict) -> int:
-    readme_dir = os.path.dirname(os.path.abspath(a.readme))
+def fill_readme(args, text: str, spans: dict) -> int:
+    readme_dir = os.path.dirname(os.path.abspath(args.readme))
     notes = []
-    log_text = read_train_log(a.train_log)
+    log_text = read_train_log(args.train_log)
+    run = run_summary(args.train_log, log_text) if log_text is not None else None
 
     # The plot comes first so that the README links it only when it is current.
     plot = None
-    if log_text is not None:
-        s = parse_log(log_text)
+    if run is not None:
+        s = run
         if not (s.train or s.val):
             notes.append("plot skipped (no step lines in log)")
         else:
             try:
-                changed = write_if_changed(a.loss_plot, render_loss_plot(s))
-                plot = a.loss_plot
+                changed = write_if_changed(args.loss_plot, render_loss_plot(s))
+                plot = args.loss_plot
                 notes.append(f"plot {'written' if changed else 'unchanged'}")
             except ImportError:
                 notes.append("plot skipped (matplotlib missing)")
 
     blocks, filled = {}, []
     makers = {
-        "TRAIN_LOG": lambda: train_log_block(a.train_log, log_text, plot, readme_dir),
-        "ABLATION_TABLE": lambda: csv_block(a.ablation_csv, a.ablation_dir or os.path.dirname(a.ablation_csv) or ".",
+        "TRAIN_LOG": lambda: train_log_block(args.train_log, log_text, run, plot, readme_dir),
+        "ABLATION_TABLE": lambda: csv_block(args.ablation_csv, args.ablation_dir or os.path.dirname(args.ablation_csv) or ".",
                                             readme_dir, "ablation"),
-        "THROUGHPUT_TABLE": lambda: csv_block(a.throughput_csv, os.path.dirname(a.throughput_csv) or ".",
+        "THROUGHPUT_TABLE": lambda: csv_block(args.throughput_csv, os.path.dirname(args.throughput_csv) or ".",
                                               readme_dir, "throughput"),
-        "BENCH_TABLE": lambda: bench_block(a.bench_dir, readme_dir),
-        "MULTIGPU_TABLE": lambda: multigpu_block(a.bench_dir, readme_dir),
-        "MICROBATCH_TABLE": lambda: microbatch_block(a.bench_dir, readme_dir),
-        "FINDINGS": lambda: findings_block(a, log_text, readme_dir),
-        "DATA_RESULTS": lambda: data_results_block(a.data_results, a.bench_dir, readme_dir),
+        "BENCH_TABLE": lambda: bench_block(args.bench_dir, readme_dir),
+        "MULTIGPU_TABLE": lambda: multigpu_block(args.bench_dir, readme_dir),
+        "MICROBATCH_TABLE": lambda: microbatch_block(args.bench_dir, readme_dir),
+        "FINDINGS": lambda: findings_block(args, run, readme_dir),
+        "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, readme_dir),
     }
     for name, make in makers.items():
         if spans.get(name):
             blocks[name], note = make()
             filled.append(f"{name} ({note})")
-    previous = read_train_log(a.previous_train_log) if os.path.isfile(a.previous_train_log) else None
+    previous = read_train_log(args.previous_train_log) if os.path.isfile(args.previous_train_log) else None
     if previous is not None and log_text is not None and "TRAIN_LOG" in blocks:
         try:
-            write_if_changed(a.comparison_plot, render_comparison_plot(
-                parse_log(previous), parse_log(log_text), ("before (random offsets, accumulated)", "now")))
+            write_if_changed(args.comparison_plot, render_comparison_plot(
+                summarize(log_events(previous)), run, ("before (random offsets, accumulated)", "now")))
             blocks["TRAIN_LOG"] += (f"\n\nThe same two commands before the current default path "
-                                    f"(`{rel(a.previous_train_log, readme_dir)}`) and now:\n\n"
-                                    f"![The graded command before and now]({link(a.comparison_plot, readme_dir)})")
+                                    f"(`{rel(args.previous_train_log, readme_dir)}`) and now:\n\n"
+                                    f"![The graded command before and now]({link(args.comparison_plot, readme_dir)})")
         except ImportError:
             notes.append("comparison plot skipped (matplotlib missing)")
 
     new = fill(text, blocks)
-    changed = write_if_changed(a.readme, new.encode("utf-8")) if new != text else False
-    print(f"update_readme: {a.readme} {'updated' if changed else 'unchanged'}; filled "
+    changed = write_if_changed(args.readme, new.encode("utf-8")) if new != text else False
+    print(f"update_readme: {args.readme} {'updated' if changed else 'unchanged'}; filled "
           + ", ".join(filled) + ("; " + "; ".join(notes) if notes else ""))
     return 0
 

@@ -130,12 +130,28 @@ def test_sigterm_takes_torchrun_workers_down(tmp_path):
 
 
 def test_switch_pairs_are_one_flag_apart():
-    """Each SWITCHES pair names two variants of VARIANTS that differ in exactly one train.py flag, so the
-    README line written from the pair measures that switch alone."""
-    sys.path.insert(0, str(REPO))
-    from train_ablation import SWITCHES, VARIANTS
-    assert len({name for name, _, _ in SWITCHES}) == len(SWITCHES)
-    for name, on, off in SWITCHES:
-        a, b = VARIANTS[on], VARIANTS[off]
+    """Each SWITCH_PAIRS pair names two variants of VARIANTS whose train.py flags differ in exactly one, so the
+    README line written from the pair measures that switch alone; SAME_AS names exactly the variants that
+    are another's configuration."""
+    from smollm2_switches import SAME_AS, SWITCH_PAIRS, VARIANTS
+    assert len({name for name, _, _ in SWITCH_PAIRS}) == len(SWITCH_PAIRS)
+    for name, on, off in SWITCH_PAIRS:
+        a, b = VARIANTS[on].train_flags(), VARIANTS[off].train_flags()
         differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
         assert len(differ) == 1, (name, differ)
+    names = list(VARIANTS)
+    twins = {later: first for i, first in enumerate(names) for later in names[i + 1:]
+             if VARIANTS[later] == VARIANTS[first]}
+    assert twins == SAME_AS
+
+
+def test_each_variant_and_impl_is_what_train_py_resolves_its_flags_to():
+    """A variant's (or bench impl's) Switches, passed to train.py as flags, resolve back to the same Switches:
+    the sweep measures exactly the named configuration, whatever --fast would have chosen."""
+    import torch
+    import train
+    from smollm2_switches import IMPLS, VARIANTS
+    named = {**VARIANTS, **{k: v for k, v in IMPLS.items() if v.ddp_overlap}}  # ddp_overlap: bench-only
+    for name, sw in named.items():
+        args = train.parse_args([a for k, v in sw.train_flags().items() for a in (f"--{k}", str(v))])
+        assert train.resolve_switches(args, torch.device("cuda"), 1) == sw, name

@@ -46,7 +46,7 @@ def test_background_save_writes_what_a_synchronous_save_writes(tmp_path):
     model = SmolLM2ForCausalLM(cfg)
     cpu = torch.device("cpu")
     opt = build_optimizer(model, 3e-4, 0.1, cpu)
-    train_step = TrainStep(model, model, opt, StepConfig(1, 1.0, None, True, False), cpu)
+    train_step = TrainStep(model, model, opt, StepConfig(grad_clip=1.0, fused_loss=True), cpu)
     x = torch.randint(0, 1000, (1, 2, 16))
 
     def state(step):

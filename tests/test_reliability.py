@@ -177,7 +177,7 @@ def test_train_step_flag_catches_a_nonfinite_norm_without_a_sync_per_step():
     torch.manual_seed(0)
     model = SmolLM2ForCausalLM(get_config("tiny"))
     cpu = torch.device("cpu")
-    step = TrainStep(model, model, build_optimizer(model, 3e-4, 0.1, cpu), StepConfig(1, 1.0, None, True, False), cpu)
+    step = TrainStep(model, model, build_optimizer(model, 3e-4, 0.1, cpu), StepConfig(grad_clip=1.0, fused_loss=True), cpu)
     x = torch.randint(0, 1000, (1, 1, 8))
     step(x, x)
     assert step.all_finite()

@@ -1,6 +1,7 @@
 """train.py end to end on CPU with the tiny preset: exact resume, crash safety, signals, bad input, the
-seed's two commands. Every comparison is against an uninterrupted reference run."""
+graded pair of commands. Every comparison is against an uninterrupted reference run."""
 
+import json
 import re
 import signal
 import subprocess
@@ -83,7 +84,7 @@ def test_stacked_and_accumulated_runs_agree(stacked_12, tmp_path):
     the logged losses and the final weights agree to float32 rounding (not bitwise: summation order)."""
     r = run_train(tmp_path, "--max_steps", 12, "--log_every", 1, "--save_every", 12, "--stack_micro", 0)
     assert "micro-batches accumulated: 2 x 2 (stack_micro 0)" in r.stdout
-    assert "| stack_micro 0 |" in r.stdout
+    assert "| stack_micro 0 |" in r.stdout  # the resolved Switches, logged as the speed path
     acc, stk = (step_losses((d / "train.log").read_text()) for d in (tmp_path, stacked_12))
     assert acc.keys() == stk.keys() == set(range(1, 13))
     for s in acc:
@@ -199,14 +200,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case):
     assert "Traceback" not in r.stderr
 
 
-def test_seed_commands_scaled_down(tmp_path):
-    """The seed's pair (--max_steps N --resume 0, then N+k --resume 1) with the seed's flags, scaled down."""
-    seed = ["--log_every", 5, "--save_every", 10, "--sample_every", 10]
-    run_train(tmp_path, "--max_steps", 20, "--resume", 0, *seed)
-    run_train(tmp_path, "--max_steps", 25, "--resume", 1, *seed)
+def test_graded_commands_scaled_down(tmp_path):
+    """The graded pair (--max_steps N --resume 0, then N+k --resume 1) with its flags, scaled down."""
+    cadence = ["--log_every", 5, "--save_every", 10, "--sample_every", 10]
+    run_train(tmp_path, "--max_steps", 20, "--resume", 0, *cadence)
+    run_train(tmp_path, "--max_steps", 25, "--resume", 1, *cadence)
     lines = (tmp_path / "train.log").read_text().splitlines()
     assert sum(l.startswith("Device: ") for l in lines) == 2
     assert sum(l.startswith("Args: {") for l in lines) == 2
+    typed = json.loads(next(l for l in lines if l.startswith("Args: "))[len("Args: "):])
+    assert typed["fused_loss"] == -1 and typed["residual_dtype"] == "auto"  # as typed; the resolved ones follow
+    assert any(l.startswith("Speed path: autocast off (fp32) | compile 0 |") and "| fused_loss 1 |" in l for l in lines)
     assert any(l.startswith("Model params: 3,219,776") for l in lines)
     assert lines.count("Starting from scratch (random init).") == 1
     i_resume = next(i for i, l in enumerate(lines) if l.startswith("RESUME: starting from global_step=20"))
@@ -223,3 +227,40 @@ def test_seed_commands_scaled_down(tmp_path):
         if l.startswith("step") and "| lr" in l:
             assert re.match(r"step\s+\d+/\d+ \| lr \d\.\d{3}e-\d\d \| loss \d+\.\d{4} \| grad_norm \S+ \| "
                             r"ms/step \S+ \| tok/s \S+ \| mfu \S+$", l), l
+    assert_consumers_read_the_run(tmp_path)
+
+
+def assert_consumers_read_the_run(out_dir):
+    """What train.py wrote (metrics.jsonl and train.log of a run and its resume), read the two ways the
+    consumers read runs: the records agree with the human log line for line, so a change to either format
+    that the reader misses fails here; update_readme.py fills its block from the same records."""
+    from smollm2_metrics import log_events, read_events, summarize
+    import update_readme
+    log = out_dir / "train.log"
+    records, parsed = summarize(read_events(str(log))), summarize(log_events(log.read_text()))
+    assert (out_dir / "metrics.jsonl").exists() and records.resumes == parsed.resumes == [20]
+    assert [(s, f"{v:.4f}") for s, v in records.train] == [(s, f"{v:.4f}") for s, v in parsed.train]
+    assert [s for s, _ in records.train] == [5, 10, 15, 20, 25]
+    assert records.checkpoints == parsed.checkpoints == 3 and records.runs == parsed.runs == 2
+    assert [(d["first_step"], d["last_step"]) for d in records.done] == [(1, 20), (21, 25)] == \
+        [(d["first_step"], d["last_step"]) for d in parsed.done]
+    assert [w.keys() for w in records.walls] == [w.keys() for w in parsed.walls] and len(records.walls) == 2
+    assert records.header["params"] == parsed.header["params"] == 3_219_776
+    assert records.header["device_name"] == parsed.header["device_name"]
+    readme = out_dir / "R.md"
+    readme.write_text("<!-- TRAIN_LOG_BEGIN -->\n<!-- TRAIN_LOG_END -->\n<!-- ABLATION_TABLE_BEGIN -->\n"
+                      "<!-- ABLATION_TABLE_END -->\n")
+    assert update_readme.main(["--readme", str(readme), "--train_log", str(log), "--loss_plot",
+                               str(out_dir / "loss.png"), "--ablation_csv", str(out_dir / "none.csv")]) == 0
+    block = readme.read_text()
+    assert "steps 5 → 25" in block and "3 checkpoint saves logged" in block and "resumed at step 20" in block
+    assert "| part | run 1 (from scratch) | run 2 (resume) |" in block
+
+
+def test_tensorboard_without_the_package_is_a_usage_error(tmp_path, monkeypatch):
+    import train
+    from smollm2_training import UsageError
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what an install without it raises
+    with pytest.raises(UsageError, match="--tensorboard 1 needs the tensorboard package"):
+        train.main([*BASE, "--out_dir", str(tmp_path / "out"), "--tensorboard", "1"])
+    assert not (tmp_path / "out").exists()

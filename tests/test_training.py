@@ -18,8 +18,7 @@ def one_step(fused: bool, clip: float = 1.0):
     torch.manual_seed(0)
     model = SmolLM2ForCausalLM(get_config("tiny"))
     opt = build_optimizer(model, 1e-3, 0.1, CPU)
-    step = TrainStep(model, model, opt, StepConfig(grad_accum=3, grad_clip=clip, amp_dtype=None, fused_loss=fused,
-                                                  cuda_graph=False), CPU)
+    step = TrainStep(model, model, opt, StepConfig(grad_clip=clip, fused_loss=fused), CPU)
     g = torch.Generator().manual_seed(1)
     xs = torch.randint(0, 49152, (3, 2, 16), generator=g)
     ys = torch.randint(0, 49152, (3, 2, 16), generator=g)
@@ -45,7 +44,7 @@ def stacked_or_accumulated(B, A, fused, stack, lr=1e-3):
     torch.manual_seed(0)
     model = SmolLM2ForCausalLM(get_config("tiny"))
     step = TrainStep(model, model, build_optimizer(model, lr, 0.1, CPU),
-                     StepConfig(A, 1.0, None, fused, False, stack_micro=stack), CPU)
+                     StepConfig(grad_clip=1.0, fused_loss=fused, stack_micro=stack), CPU)
     g = torch.Generator().manual_seed(1)
     xs, ys = (torch.randint(0, 49152, (A, B, 24), generator=g) for _ in range(2))
     loss, norm = step(xs, ys)
@@ -83,7 +82,7 @@ def test_stacking_decision_follows_the_memory_estimate(monkeypatch):
         monkeypatch.setattr(smollm2_training, "available_memory", lambda device: free)
         lines = []
         step = TrainStep(model, model, build_optimizer(model, 1e-3, 0.1, CPU),
-                         StepConfig(A, 1.0, None, True, False, stack_micro=stack), CPU, log=lines.append)
+                         StepConfig(grad_clip=1.0, fused_loss=True, stack_micro=stack), CPU, log=lines.append)
         return step._plan(xs[:A].shape), lines
 
     roomy = pending + int(need / smollm2_training.STACK_HEADROOM) + 1

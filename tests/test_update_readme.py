@@ -11,6 +11,7 @@ SCRIPT = os.path.join(ROOT, "update_readme.py")
 sys.path.insert(0, ROOT)
 
 import update_readme as ur  # noqa: E402
+from smollm2_metrics import parse_log  # noqa: E402
 
 README = """# Title
 
@@ -179,7 +180,7 @@ def test_marker_mentioned_inline_is_not_a_marker():
 
 
 def test_resume_summary_and_plot(tmp_path):
-    s = ur.parse_log(make_log())
+    s = parse_log(make_log())
     assert s.resumes == [300] and s.checkpoints == 4
     assert s.train[0] == (50, 9.5) and s.train[-1] == (350, 6.9) and s.val[-1] == (300, 6.5)
     line = ur.summary_line(s, "out_smollm2_scratch/train.log")
@@ -195,7 +196,7 @@ def test_resume_summary_and_plot(tmp_path):
 
 
 def test_no_resume_summary():
-    line = ur.summary_line(ur.parse_log(make_log(resume=False)), "x.log")
+    line = ur.summary_line(parse_log(make_log(resume=False)), "x.log")
     assert "no resume" in line and "steps 50 → 300" in line
 
 
@@ -204,11 +205,11 @@ def test_lineage_drops_superseded_steps():
     log = "\n".join([step_line(100, 300, 9.0), step_line(200, 300, 8.0), step_line(300, 300, 7.0),
                      "RESUME: starting from global_step=200", step_line(250, 300, 7.5),
                      step_line(300, 300, 7.2)])
-    s = ur.parse_log(log)
+    s = parse_log(log)
     assert s.train == [(100, 9.0), (200, 8.0), (250, 7.5), (300, 7.2)] and s.resumes == [200]
     # A second "Starting from scratch" starts a new lineage; an extra field is tolerated.
     log2 = log + "\nStarting from scratch (random init).\n" + step_line(50, 100, 10.5) + " | new_field 3"
-    s2 = ur.parse_log(log2)
+    s2 = parse_log(log2)
     assert s2.train == [(50, 10.5)] and s2.resumes == []
     assert "earlier runs" in ur.summary_line(s2, "x.log")
 
@@ -444,4 +445,15 @@ def test_wall_lines_become_a_table_per_run_of_the_last_lineage(tmp_path):
     assert "| saves: loop stalled | 1.5 (20 saves, longest 0.12) |" in out
     assert "| **wall time of the command** | **89.0** | **14.0** |" in out
     assert "777.0" not in out.split("<details>")[0]
-    assert ur.wall_summaries("step 1/2 | loss 1.0\nDONE: steps 1..2 in 1.0s (1.0 tok/s overall)\n") == []
+    assert parse_log("step 1/2 | loss 1.0\nDONE: steps 1..2 in 1.0s (1.0 tok/s overall)\n").walls == []
+
+
+def test_a_bad_metrics_jsonl_beside_the_log_exits_2(tmp_path):
+    """The records beside train.log are what the block is drawn from (tests/test_train.py feeds a real run's);
+    a file that is not records is refused, the README left as it was."""
+    populate(tmp_path)
+    before = (tmp_path / "README.md").read_bytes()
+    write(tmp_path / "out_smollm2_scratch" / "metrics.jsonl", '{"event": "start", "step": 0}\nnot json\n')
+    r = run(tmp_path)
+    assert r.returncode == 2 and "metrics.jsonl line 2 is not JSON" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "README.md").read_bytes() == before
