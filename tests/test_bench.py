@@ -96,17 +96,19 @@ def test_collect_multigpu_efficiency_against_the_right_one_gpu_row(tmp_path):
     assert [r["impl"] for r in rows][:2] == ["ours_compile", "ours_compile"] and "x_hf_eager" not in rows[0]
 
 
-def test_loss_curves_writes_the_comparison_and_the_float32_yardstick(tmp_path):
-    # On CPU with a stand-in for the fast path (ours_fast needs a GPU): the same plain path twice must give
-    # the same curve, and the float32 run (two micro-batches of half the rows) must differ from bf16 but
-    # only by rounding.
+def test_loss_curves_writes_the_comparison_and_the_float32_yardstick(tmp_path, monkeypatch):
+    # On CPU, the tiny preset, and another path standing in for the fast one (ours_fast needs a GPU): the
+    # bf16-residual eager path against the plain eager path differs, but by rounding only, as the float32
+    # run (two micro-batches of half the rows) differs from the bf16 one.
+    monkeypatch.setattr(bench, "MODEL_PRESET", "tiny")
     import json
     import numpy as np
     from smollm2_data import TokenBatches, TokenDataset
     ids = np.random.default_rng(0).integers(0, 49152, 5000).astype(np.int64)
     data = TokenBatches(TokenDataset.from_array(ids), 16, 7, "random")
-    summary = bench.loss_curves(data, 16, 2, 3, torch.device("cpu"), 1337, str(tmp_path), fast_impl="ours_eager")
-    assert summary["max_abs_diff"] == 0.0 and summary["final_fast"] == summary["final_eager"]
+    summary = bench.loss_curves(data, 16, 2, 3, torch.device("cpu"), 1337, str(tmp_path),
+                                fast_impl="ours_eager_bf16res")
+    assert 0.0 < summary["max_abs_diff"] < 0.02 and summary["final_fast"] != summary["final_eager"]
     assert 0.0 < summary["max_bf16_noise"] < 0.1 and abs(summary["final_fp32"] - summary["final_eager"]) < 0.1
     json.dumps(summary)
     lines = (tmp_path / "loss_equivalence.csv").read_text().splitlines()
