@@ -460,7 +460,7 @@ def test_sanity_check_loss_comparison_has_an_offline_default(tmp_path, tokenizer
     row = [l for l in out.splitlines() if l.startswith("loss on first 1024 ids vs transformers")][-1]
     assert " PASS " in row and "text README.md" in row
     assert rc == 1  # the random tiny weights do not say " Paris"; every other row passes
-    assert "9/10 checks passed, 1 FAILED" in out and "FAIL  greedy" in out
+    assert "11/12 checks passed, 1 FAILED" in out and "FAIL  greedy" in out
 
 
 @pytest.mark.parametrize("content", [os.urandom(4096), "just some text, not a training log\n".encode()],
