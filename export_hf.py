@@ -27,9 +27,9 @@ from typing import Optional
 
 import torch
 
-from smollm2_checkpoint import CheckpointError, load_checkpoint, nonfinite_names, remove_stale_temporaries, tmp_name
-from smollm2_config import SmolLM2Config
+from smollm2_checkpoint import CheckpointError, checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2_hub import FACTS_FILE, PushError, model_card, push_folder, training_facts, write_space
+from smollm2_io import remove_stale_temporaries, tmp_name
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2_training import OneLineParser
@@ -42,50 +42,6 @@ GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.8, top_k=50, max_new_to
 
 class ExportError(RuntimeError):
     pass
-
-
-def model_from_checkpoint(path: str, map_location="cpu") -> tuple[SmolLM2ForCausalLM, dict]:
-    """Rebuild the model a checkpoint was trained with. Returns (model in eval mode, checkpoint)."""
-    ckpt = load_checkpoint(path, map_location=map_location)
-    if not isinstance(ckpt.get("model_config"), dict):
-        raise CheckpointError(f"{path} carries no model_config; cannot tell which architecture it holds")
-    try:
-        config = SmolLM2Config.from_dict(ckpt["model_config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} has an invalid model_config ({e})") from e
-    sd = dict(ckpt["model"])
-    bad = nonfinite_names(sd)
-    if bad:
-        raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:3])}"
-                              f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}): the run diverged before "
-                              f"this save; use an earlier checkpoint")
-    embed, head = sd.get("model.embed_tokens.weight"), sd.get("lm_head.weight")
-    if config.tie_word_embeddings and embed is not None:
-        # A tied model's state dict names the shared matrix twice; a file that stored it once is fine too,
-        # but two different matrices under a tied config would silently lose one of them.
-        if head is None:
-            sd["lm_head.weight"] = embed
-        elif head.shape != embed.shape or not torch.equal(head, embed):
-            raise CheckpointError(f"{path}: config says tie_word_embeddings but lm_head differs from embed_tokens")
-    model = SmolLM2ForCausalLM(config)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit its model_config ({str(e).splitlines()[0]})") from e
-    if config.tie_word_embeddings and not model.tie_holds():
-        raise CheckpointError(f"{path}: the embedding/lm_head tie broke while loading")
-    return model.eval(), ckpt
-
-
-def checkpoint_tokenizer_id(ckpt: dict) -> str:
-    """The tokenizer the run trained with (train.py stores its args), if it still resolves here."""
-    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    tok_id = args.get("tokenizer_id")
-    if not isinstance(tok_id, str) or not tok_id:
-        return DEFAULT_TOKENIZER_ID
-    looks_like_path = tok_id.endswith((".json", ".gguf")) or tok_id.startswith((".", "/", "~"))
-    # A path from another machine is not an error: every SmolLM2 tokenizer source gives the same ids.
-    return tok_id if os.path.exists(tok_id) or not looks_like_path else DEFAULT_TOKENIZER_ID
 
 
 def hf_tokenizer(tokenizer):

@@ -15,6 +15,7 @@ device and prompt give the same text.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ import time
 import torch
 
 from smollm2_generate import DTYPES, load_model, log_stderr as log, pick_dtype, stream_text
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
+from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, SmolTokenizer, load_tokenizer
 from smollm2_training import OneLineParser, resolve_device
 
 
@@ -40,7 +41,7 @@ def generate_one(model, tok, prompt_ids: list[int], args, generator) -> tuple[in
     return n, first or 0.0, time.perf_counter() - t0
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineParser(description="Stream text from a SmolLM2 checkpoint, an exported HF folder, "
                                        "or the released weights.")
     src = parser.add_mutually_exclusive_group(required=True)
@@ -65,7 +66,6 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                         help="weights' dtype while decoding; auto = bfloat16 on CUDA, float32 on CPU")
     args = parser.parse_args(argv)
-
     for name, ok, rule in (("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
                            ("num_samples", args.num_samples >= 1, ">= 1"),
                            ("temperature", args.temperature >= 0, ">= 0"),
@@ -75,23 +75,51 @@ def main(argv=None) -> int:
             parser.error(f"--{name} must be {rule}, got {getattr(args, name)}")
     if args.checkpoint is not None and not os.path.exists(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint} does not exist")
+    return args
 
+
+def load(args) -> tuple[torch.nn.Module, SmolTokenizer, torch.device]:
+    """The model (on its device, in its decoding dtype, eval mode) and the tokenizer; raises the loaders' errors."""
+    device = resolve_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    model, desc, tok_id, _ = load_model(args.checkpoint, args.pretrained)
+    tok = load_tokenizer(args.tokenizer_id or tok_id, log=log)
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(f"tokenizer {tok.source} has {tok.vocab_size} ids, the model only {model.config.vocab_size}")
+    model = model.to(device=device, dtype=dtype).eval()
+    log(f"model: {desc}; {model.num_params():,} parameters on {device} in {str(dtype).replace('torch.', '')}")
+    log(f"tokenizer: {tok.source}")
+    return model, tok, device
+
+
+def sample_all(model, tok, prompt_ids: list[int], args, device: torch.device) -> None:
+    """--num_samples samples to stdout, one after another, each with its speed on stderr."""
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    total_tokens, total_s = 0, 0.0
+    for i in range(args.num_samples):
+        if i:
+            sys.stdout.write("---------------\n")
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+        n, first_s, secs = generate_one(model, tok, prompt_ids, args, generator)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        total_tokens, total_s = total_tokens + n, total_s + secs
+        rest = f"; then {(n - 1) / (secs - first_s):.1f} tokens/s" if n > 1 and secs > first_s else ""
+        log(f"[sample {i + 1}: {n} tokens in {secs:.2f} s, {n / secs:.1f} tokens/s "
+            f"(first token after {first_s * 1000:.0f} ms with a {len(prompt_ids)}-token prompt{rest})]")
+    if args.num_samples > 1:
+        log(f"[all: {total_tokens} tokens in {total_s:.2f} s, {total_tokens / total_s:.1f} tokens/s]")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        dtype = pick_dtype(args.dtype, device)
-        model, desc, tok_id, _ = load_model(args.checkpoint, args.pretrained)
-        tok = load_tokenizer(args.tokenizer_id or tok_id, log=log)
-        if tok.vocab_size > model.config.vocab_size:
-            raise ValueError(f"tokenizer {tok.source} has {tok.vocab_size} ids, the model only "
-                             f"{model.config.vocab_size}")
+        model, tok, device = load(args)
     except (OSError, ValueError, RuntimeError, KeyError) as e:  # the repo's loader errors are RuntimeErrors
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(f"generate.py: error: {msg}", file=sys.stderr)
         return 2
-    model = model.to(device=device, dtype=dtype).eval()
-    log(f"model: {desc}; {model.num_params():,} parameters on {device} in {str(dtype).replace('torch.', '')}")
-    log(f"tokenizer: {tok.source}")
-
     # An empty prompt starts from the bos token, which is then not printed.
     prompt_ids = tok.encode(args.prompt) or [model.config.bos_token_id]
     limit = model.config.max_position_embeddings
@@ -99,29 +127,13 @@ def main(argv=None) -> int:
         print(f"generate.py: error: prompt ({len(prompt_ids)} tokens) + --max_new_tokens "
               f"({args.max_new_tokens}) exceeds the model's {limit} positions", file=sys.stderr)
         return 2
-
     sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets '?', not a crash
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    total_tokens, total_s = 0, 0.0
     try:
-        for i in range(args.num_samples):
-            if i:
-                sys.stdout.write("---------------\n")
-            sys.stdout.write(args.prompt)
-            sys.stdout.flush()
-            n, first_s, secs = generate_one(model, tok, prompt_ids, args, generator)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            total_tokens, total_s = total_tokens + n, total_s + secs
-            rest = f"; then {(n - 1) / (secs - first_s):.1f} tokens/s" if n > 1 and secs > first_s else ""
-            log(f"[sample {i + 1}: {n} tokens in {secs:.2f} s, {n / secs:.1f} tokens/s "
-                f"(first token after {first_s * 1000:.0f} ms with a {len(prompt_ids)}-token prompt{rest})]")
+        sample_all(model, tok, prompt_ids, args, device)
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         log("interrupted")
         return 130
-    if args.num_samples > 1:
-        log(f"[all: {total_tokens} tokens in {total_s:.2f} s, {total_tokens / total_s:.1f} tokens/s]")
     return 0
 
 

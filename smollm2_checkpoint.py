@@ -7,9 +7,9 @@ A checkpoint is a dict saved with torch.save:
   metrics (train.py, for the model card: last logged train and held-out loss with their steps, device,
   data description, tokens per step); absent in older files.
   run_id (the run that wrote it: a resume never falls back to another run's file).
-It is written to a temporary name in the same folder (<name>.tmp.<pid>), flushed, fsynced and renamed
-into place, so a crash mid-save leaves the previous file intact; the temporary of a killed save is
-removed by remove_stale_temporaries at the next start. Loading uses weights_only=True (no pickled code).
+It is written through smollm2_io.atomic_open (a temporary <name>.tmp.<pid> in the same folder, fsynced,
+renamed into place), so a crash mid-save leaves the previous file intact; the temporary of a killed save
+is removed by smollm2_io.remove_stale_temporaries at the next start. Loading uses weights_only=True (no pickled code).
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from smollm2_io import fsync_dir
+from smollm2_config import SmolLM2Config
+from smollm2_hub import looks_like_path
+from smollm2_io import atomic_open, tmp_name
+from smollm2_model import SmolLM2ForCausalLM
+from smollm2_tokenizer import DEFAULT_TOKENIZER_ID
 
 FORMAT_VERSION = 1
 LATEST = "checkpoint_latest.pt"
 STEP_RE = re.compile(r"checkpoint_step_(\d+)\.pt$")
-TMP_RE = re.compile(r"\.tmp\.(\d+)$")
 # What train.py needs from a checkpoint to resume; a file lacking any is passed over like a corrupt one.
 RESUME_KEYS = ("global_step", "model", "optimizer", "rng", "model_config", "args")
 _PREFIXES = ("_orig_mod.", "module.")
@@ -56,39 +59,6 @@ def clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             k = k.replace("._orig_mod.", ".")
         out[k] = v
     return out
-
-
-def tmp_name(path: str) -> str:
-    """The temporary a write of `path` goes through; the pid says whose it is (remove_stale_temporaries)."""
-    return f"{path}.tmp.{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder: str, prefix: str = "") -> list[str]:
-    """Delete <name>.tmp.<pid> files and folders in `folder` (not below) whose process is gone: what a
-    killed save, cache write or export left. Names without that suffix, and live writers', stay."""
-    removed = []
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    for name in names:
-        m = TMP_RE.search(name)
-        if not m or not name.startswith(prefix) or _pid_alive(int(m.group(1))):
-            continue
-        path = os.path.join(folder, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.remove(path)
-        removed.append(path)
-    return removed
 
 
 def nonfinite_names(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -119,26 +89,16 @@ class _WriteRecorder:
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {"format_version": FORMAT_VERSION, **state}
-    tmp = tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            writer = _WriteRecorder(f)
-            try:
-                torch.save(state, writer)
-            except RuntimeError:
-                if writer.error is not None:
-                    raise writer.error from None
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    fsync_dir(folder)  # make the rename itself durable
+    with atomic_open(path) as f:
+        writer = _WriteRecorder(f)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
@@ -265,3 +225,47 @@ def link_latest(src: str, latest: str) -> None:
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, latest)
+
+
+# ----------------------------------------------------------------------------- back to a model
+def model_from_checkpoint(path: str, map_location="cpu") -> tuple[SmolLM2ForCausalLM, dict]:
+    """Rebuild the model a checkpoint was trained with. Returns (model in eval mode, checkpoint)."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if not isinstance(ckpt.get("model_config"), dict):
+        raise CheckpointError(f"{path} carries no model_config; cannot tell which architecture it holds")
+    try:
+        config = SmolLM2Config.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has an invalid model_config ({e})") from e
+    sd = dict(ckpt["model"])
+    bad = nonfinite_names(sd)
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:3])}"
+                              f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}): the run diverged before "
+                              f"this save; use an earlier checkpoint")
+    embed, head = sd.get("model.embed_tokens.weight"), sd.get("lm_head.weight")
+    if config.tie_word_embeddings and embed is not None:
+        # A tied model's state dict names the shared matrix twice; a file that stored it once is fine too,
+        # but two different matrices under a tied config would silently lose one of them.
+        if head is None:
+            sd["lm_head.weight"] = embed
+        elif head.shape != embed.shape or not torch.equal(head, embed):
+            raise CheckpointError(f"{path}: config says tie_word_embeddings but lm_head differs from embed_tokens")
+    model = SmolLM2ForCausalLM(config)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its model_config ({str(e).splitlines()[0]})") from e
+    if config.tie_word_embeddings and not model.tie_holds():
+        raise CheckpointError(f"{path}: the embedding/lm_head tie broke while loading")
+    return model.eval(), ckpt
+
+
+def checkpoint_tokenizer_id(ckpt: dict) -> str:
+    """The tokenizer the run trained with (train.py stores its args), if it still resolves here."""
+    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    tok_id = args.get("tokenizer_id")
+    if not isinstance(tok_id, str) or not tok_id:
+        return DEFAULT_TOKENIZER_ID
+    # A path from another machine is not an error: every SmolLM2 tokenizer source gives the same ids.
+    return tok_id if os.path.exists(tok_id) or not looks_like_path(tok_id) else DEFAULT_TOKENIZER_ID

@@ -30,7 +30,7 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 import torch
 
-from smollm2_io import file_sha256
+from smollm2_io import atomic_open, atomic_write_text, file_sha256
 from smollm2_shards import DataError, ShardInfo, is_prepared, load_manifest, read_header, read_ids
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -44,18 +44,14 @@ __all__ = ["DataError", "TokenDataset", "TokenBatches", "load_training_data", "r
 def download_tiny_shakespeare(path: str) -> None:
     from tqdm import tqdm
 
-    tmp = f"{path}.part"
     try:
         with urllib.request.urlopen(TINY_SHAKESPEARE_URL, timeout=15) as r:
             total = int(r.headers.get("Content-Length", 0)) or None
-            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {path}") as bar:
+            with atomic_open(path) as f, tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {path}") as bar:
                 while chunk := r.read(1 << 16):
                     f.write(chunk)
                     bar.update(len(chunk))
-        os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise DataError(f"{path} is missing and Tiny Shakespeare could not be downloaded ({e.__class__.__name__}); "
                         f"pass --input_file PATH/TO/corpus.txt") from e
 
@@ -201,10 +197,7 @@ def _read_json(path: str) -> dict:
 def _write_json(path: str, obj: dict) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(obj))
     except OSError:
         pass  # only costs a rehash next time
 
@@ -280,7 +273,7 @@ class TokenBatches:
             self.val = TokenStream([], 0, 0)  # too short to evaluate on: report no val loss rather than a wrong one
         # Each epoch's grid of windows starts at its own shift in [0, T): every epoch still reads each id once,
         # but not cut at the same places (a fixed grid let the model learn the windows themselves: on Tiny
-        # Shakespeare, 17 epochs of the seed's run, val loss 6.36 against 5.66 with random offsets).
+        # Shakespeare, 17 epochs of the README's 5,000-step run at seq 256: val loss 6.36 against 5.66 with random offsets).
         self.shiftable = len(self.train) >= 2 * seq_len + 1
         self.windows_per_epoch = ((len(self.train) - seq_len) if self.shiftable else (len(self.train) - 1)) // seq_len
 

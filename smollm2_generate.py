@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from export_hf import checkpoint_tokenizer_id, model_from_checkpoint
+from smollm2_checkpoint import checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID
 

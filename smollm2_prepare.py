@@ -13,7 +13,7 @@ stream instead: the last val_fraction of its text tokens and the end-of-text id 
 
 Interruptible: a train shard is closed at the first piece boundary past `shard_tokens`; then the val
 ids gathered so far are closed into their own shard and `progress.json` records where reading stands.
-A rerun after Ctrl-C or SIGKILL deletes the unfinished `*.tmp` files, skips the pieces already
+A rerun after Ctrl-C or SIGKILL deletes the unfinished temporaries (smollm2_io.remove_stale_temporaries), skips the pieces already
 written (reading, not tokenizing, them) and ends byte-identical to an uninterrupted run.
 """
 
@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 import smollm2_tiktoken
-from smollm2_io import atomic_write_text, file_sha256
+from smollm2_io import atomic_write_text, file_sha256, remove_stale_temporaries
 from smollm2_shards import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, DataError, ShardWriter, load_manifest,
                             read_header, token_bytes_for, write_manifest)
 from smollm2_sources import HF_PREFIX, MAX_PIECE_CHARS, Piece, expand_inputs, load_hf_dataset, read_pieces
@@ -328,8 +328,7 @@ def prepare(inputs: list[str], out_dir: str, tokenizer, settings: PrepareSetting
     if done is not None:
         log(f"{out_dir} is up to date ({done['totals']['tokens']:,} tokens from {len(sources)} files); nothing to do")
         return done
-    for tmp in glob.glob(os.path.join(out_dir, "*.tmp")):  # an interrupted run's unfinished files
-        os.remove(tmp)
+    remove_stale_temporaries(out_dir)  # an interrupted run's unfinished files
 
     eos = eos_id_of(tokenizer)
     token_bytes = token_bytes_for(tokenizer.vocab_size)

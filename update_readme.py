@@ -27,11 +27,9 @@ import csv
 import glob
 import io
 import json
-import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from smollm2_metrics import (LOG_MARKS, MetricsError, RunSummary, log_events, number, read_events,

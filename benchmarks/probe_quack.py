@@ -91,7 +91,8 @@ def main(argv=None) -> int:
         print("probe_quack: needs a Hopper (sm90) or newer GPU", file=sys.stderr)
         return 1
     import torch.nn.functional as F
-    from smollm2_model import linear_cross_entropy, rms_norm
+    from smollm2_loss import linear_cross_entropy
+    from smollm2_model import rms_norm
 
     head = dict(card=torch.cuda.get_device_name(), **versions())
     print(json.dumps(head), flush=True)

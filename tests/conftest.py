@@ -1,6 +1,9 @@
-"""Fixtures shared by every test file: where the repo and ../shared are, and a small seeded model.
+"""Fixtures and helpers shared by the test files: where the repo and ../shared are, a small seeded model,
+and what the end-to-end train.py tests share: the tiny run's command line, running a script, reading
+the logged losses and a checkpoint's weights back.
 
-Tests import the repo's modules directly (`import smollm2_model`), so the repo root goes on sys.path.
+Tests import the repo's modules directly (`import smollm2_model`), so the repo root goes on sys.path;
+the helpers are imported from here (`from conftest import run_checked`), since pytest puts tests/ on it too.
 The reference files live outside the repo (never committed): ../shared/data/input.txt and
 ../shared/tokenizer/tokenizer.json. A test that needs one and cannot find it is skipped with the path
 in the reason; CI provides both.
@@ -8,6 +11,8 @@ in the reason; CI provides both.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +21,12 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
+CORPUS = SHARED_DIR / "data" / "input.txt"
+TOKENIZER_JSON = SHARED_DIR / "tokenizer" / "tokenizer.json"
+# train.py on the tiny preset in a few seconds a run: the base of every end-to-end test's command line.
+TINY_TRAIN_ARGS = ["--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--grad_accum", "2", "--warmup_steps", "5",
+                   "--lr_decay_steps", "40", "--tokenizer_id", str(TOKENIZER_JSON), "--input_file", str(CORPUS),
+                   "--sample_every", "0", "--val_every", "0"]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -54,3 +65,39 @@ def tiny_model():
 
     torch.manual_seed(0)
     return SmolLM2ForCausalLM(get_config("tiny")).eval()
+
+
+# ----------------------------------------------------------------------------- end-to-end runs
+def run_checked(cmd: list[str], env=None, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a script; with check, a non-zero exit fails the test with the tail of both streams."""
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and r.returncode != 0:
+        script = next((Path(c).name for c in map(str, cmd) if c.endswith(".py")), str(cmd[0]))
+        raise AssertionError(f"{script} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def run_train(out_dir, *extra, check: bool = True, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), *TINY_TRAIN_ARGS, "--out_dir", str(out_dir), *map(str, extra)]
+    return run_checked(cmd, env=env, timeout=timeout, check=check)
+
+
+def step_losses(log_text: str) -> dict[int, float]:
+    """{step: logged train loss} from train.py's log lines ("step N/M | lr ... | loss L | ...")."""
+    return {int(m.group(1)): float(m.group(2))
+            for m in re.finditer(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+)", log_text, re.M)}
+
+
+def checkpoint_weights(out_dir, step: int) -> dict:
+    return torch.load(Path(out_dir) / "checkpoints" / f"checkpoint_step_{step}.pt", weights_only=True)["model"]
+
+
+def max_weight_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import BASE, REPO, assert_same_weights, final_weights, run_train, step_losses
+from conftest import REPO_ROOT, TINY_TRAIN_ARGS, assert_same_weights, checkpoint_weights, run_train, step_losses
 
 from smollm2_async_save import CheckpointWriter  # noqa: E402
 from smollm2_checkpoint import load_checkpoint, rng_state, save_checkpoint  # noqa: E402
@@ -104,8 +104,8 @@ train.cli()
 
 def start_blocked(out_dir, block, tmp_path):
     marker, go = tmp_path / "writing", tmp_path / "go"
-    args = [*BASE, "--out_dir", str(out_dir), *map(str, RUN)]
-    code = BLOCK_IN_WRITE.format(repo=str(REPO), block=block, marker=str(marker), go=str(go), args=args)
+    args = [*TINY_TRAIN_ARGS, "--out_dir", str(out_dir), *map(str, RUN)]
+    code = BLOCK_IN_WRITE.format(repo=str(REPO_ROOT), block=block, marker=str(marker), go=str(go), args=args)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, marker, go
 
@@ -144,7 +144,7 @@ def test_sigkill_during_a_background_write_leaves_the_previous_latest(reference,
     assert any(".tmp." in n for n in os.listdir(ckpts))  # killed mid-write, as promised: only a temporary
     r = run_train(out, *RUN, "--resume", 1)
     assert "RESUME: starting from global_step=4" in r.stdout
-    assert_same_weights(final_weights(out, 12), final_weights(reference, 12))
+    assert_same_weights(checkpoint_weights(out, 12), checkpoint_weights(reference, 12))
 
 
 def test_sigterm_during_a_background_write_exits_0_once_it_is_on_disk(reference, tmp_path):
@@ -171,6 +171,6 @@ def test_sigterm_during_a_background_write_exits_0_once_it_is_on_disk(reference,
     assert 4 < last < 12 and f"saved step {last}." in lines[stop]
     assert not [n for n in os.listdir(ckpts) if ".tmp." in n]
     run_train(out, *RUN, "--resume", 1)
-    assert_same_weights(final_weights(out, 12), final_weights(reference, 12))
+    assert_same_weights(checkpoint_weights(out, 12), checkpoint_weights(reference, 12))
     losses, ref = (step_losses((d / "train.log").read_text()) for d in (out, reference))
     assert all(losses[s] == ref[s] for s in range(last + 1, 13))

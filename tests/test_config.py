@@ -10,7 +10,7 @@ import torch
 from smollm2_config import PRESETS, SmolLM2Config, get_config
 from smollm2_model import SmolLM2ForCausalLM
 
-# HuggingFaceTB/SmolLM2-135M config.json, as REFERENCE.md lists it (the fields that define the model).
+# HuggingFaceTB/SmolLM2-135M's public config.json (the fields that define the model).
 PUBLIC_CONFIG_JSON = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
     "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,

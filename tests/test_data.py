@@ -1,4 +1,4 @@
-"""Data preparation and loading (#14), against references: the shards hold exactly each document's own
+"""Data preparation and loading, against references: the shards hold exactly each document's own
 tokenization plus one end-of-text id, in every input format; a killed preparation resumed is byte-identical
 to an uninterrupted one; the samplers' windows are disjoint across ranks and cover each window once per
 epoch; every bad input is one line and exit 2."""
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REALDOCS = SHARED / "data" / "realdocs"
 TOKENIZER = SHARED / "tokenizer" / "tokenizer.json"
-UINT16_SHA256 = "1895d231cbeb99f9f1323205e5a2da9471553a0960d16d5a3a685d9dac4e4729"  # REFERENCE.md: input.txt
+UINT16_SHA256 = "1895d231cbeb99f9f1323205e5a2da9471553a0960d16d5a3a685d9dac4e4729"  # input.txt's ids as uint16, reference tokenizer
 EOS = 0
 DOCS = ["First document.\nIt has two lines, 12 digits 345678901234 and café.",
         "Second: naïve 日本語 text with emoji 😀 and  double  spaces.\n\n\nThird paragraph.",
@@ -147,13 +147,13 @@ def test_pieces_cut_only_at_pretoken_boundaries(corpus_path, tok):
     assert ids == tok.encode(text)
 
 
-def test_input_txt_prepares_to_the_reference_ids_and_keeps_the_seed_split(tmp_path, corpus_path, tok):
+def test_input_txt_prepares_to_the_reference_ids_and_holds_out_its_tail(tmp_path, corpus_path, tok):
     import hashlib
     data = load_training_data(str(corpus_path), tok, str(tmp_path / "cache"), val_fraction=0.1, log=lambda m: None)
     train, val = data.train.read(0, len(data.train)), data.val.read(0, len(data.val))
     ids = np.concatenate([train, val])
     assert hashlib.sha256(ids[:-1].astype(np.uint16).tobytes()).hexdigest() == UINT16_SHA256 and ids[-1] == EOS
-    # One document: the tail 10% of its 341,094 ids (and the EOS) held out, as the seed's runs did.
+    # One document: the tail 10% of its 341,094 ids (and the EOS) held out, as in the README's runs.
     assert len(train) == 341_094 - 34_109 and len(val) == 34_110
     # The random sampler reproduces the batches of runs made before the shards (offsets from (seed, step, micro)).
     b = TokenBatches(data, 256, 1337, "random")
@@ -236,7 +236,7 @@ def test_killed_preparation_resumes_byte_identical(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (out / MANIFEST).exists(), "the run finished before it could be killed"
-    (out / "train_00099.bin.tmp").write_bytes(b"half a shard")  # what a kill mid-write leaves
+    (out / f"train_00099.bin.tmp.{p.pid}").write_bytes(b"half a shard")  # what a kill mid-write leaves
     r = run_prepare(*src, "--out_dir", out, *flags, check=True)
     assert tree_bytes(out) == ref
     r = run_prepare(*src, "--out_dir", out, *flags, check=True)

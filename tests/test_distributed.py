@@ -24,18 +24,16 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CORPUS = SHARED / "data" / "input.txt"
-TOKENIZER = SHARED / "tokenizer" / "tokenizer.json"
+from conftest import CORPUS, REPO_ROOT, TOKENIZER_JSON, checkpoint_weights, max_weight_diff, run_checked, step_losses
+
 BASE = ["--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--warmup_steps", "5", "--lr_decay_steps", "10",
-        "--tokenizer_id", str(TOKENIZER), "--input_file", str(CORPUS), "--sample_every", "0", "--val_every", "0",
+        "--tokenizer_id", str(TOKENIZER_JSON), "--input_file", str(CORPUS), "--sample_every", "0", "--val_every", "0",
         "--log_every", "1", "--save_every", "10"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # 2 ranks on 2 cores; the same thread count in every run
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-6
 COMPILED_RTOL, COMPILED_WEIGHT_ATOL = 1e-5, 1e-5
 
-pytestmark = pytest.mark.skipif(not (CORPUS.exists() and TOKENIZER.exists()), reason=f"needs {CORPUS} and {TOKENIZER}")
+pytestmark = pytest.mark.skipif(not (CORPUS.exists() and TOKENIZER_JSON.exists()), reason=f"needs {CORPUS} and {TOKENIZER_JSON}")
 
 # train.py itself, with the logged all-ranks mean loss also appended at full precision to $LOSS_FILE
 # (rank 0), and with rank $DIE_RANK SIGKILLing itself at step $DIE_AT_STEP (as the OOM killer would).
@@ -69,34 +67,17 @@ train.cli()
 
 def launch(out_dir, *extra, nproc=1, hooked=False, env=None):
     """nproc 1: plain `python train.py`; more: `python -m torch.distributed.run --standalone` (a free port)."""
-    script = REPO / "train.py"
+    script = REPO_ROOT / "train.py"
     if hooked:
         script = Path(out_dir).parent / f"{Path(out_dir).name}_hooked_train.py"
-        script.write_text(HOOKED_TRAIN.format(repo=str(REPO)))
+        script.write_text(HOOKED_TRAIN.format(repo=str(REPO_ROOT)))
     runner = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return [sys.executable, *runner, str(script), *BASE, "--out_dir", str(out_dir), *map(str, extra)], {**ENV, **(env or {})}
 
 
 def run_train(out_dir, *extra, nproc=1, hooked=False, env=None, check=True):
     cmd, env = launch(out_dir, *extra, nproc=nproc, hooked=hooked, env=env)
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    if check and r.returncode != 0:
-        raise AssertionError(f"train failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
-
-
-def step_losses(log_text):
-    return {int(m.group(1)): float(m.group(2))
-            for m in re.finditer(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+)", log_text, re.M)}
-
-
-def weights(out_dir, step):
-    return torch.load(Path(out_dir) / "checkpoints" / f"checkpoint_step_{step}.pt", weights_only=True)["model"]
-
-
-def max_weight_diff(a, b):
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
+    return run_checked(cmd, env=env, timeout=300, check=check)
 
 
 def assert_logged_losses_match(losses, ref_losses, steps):
@@ -125,7 +106,7 @@ def test_two_ranks_match_one_process(reference, tmp_path):
     assert rel <= LOSS_RTOL, rel
     log = (out / "train.log").read_text()
     assert_logged_losses_match(step_losses(log), ref_losses, range(1, 11))
-    assert max_weight_diff(weights(out, 10), weights(ref_dir, 10)) <= WEIGHT_ATOL
+    assert max_weight_diff(checkpoint_weights(out, 10), checkpoint_weights(ref_dir, 10)) <= WEIGHT_ATOL
     # One header, written by rank 0 alone, with the global batch of all ranks.
     for text in (log, r.stdout):
         assert text.count("Global batch: 2 x grad_accum 2 x world 2 x seq 32 = 256 tokens/step") == 1
@@ -148,7 +129,7 @@ def test_compiled_scopes_under_ddp_match_one_process(reference, tmp_path, scope)
     precise = [float(v) for v in (tmp_path / "losses.txt").read_text().split()]
     rel = max(abs(a - b) / abs(b) for a, b in zip(precise, ref_precise))
     assert len(precise) == 10 and rel <= COMPILED_RTOL, rel
-    assert max_weight_diff(weights(out, 10), weights(ref_dir, 10)) <= COMPILED_WEIGHT_ATOL
+    assert max_weight_diff(checkpoint_weights(out, 10), checkpoint_weights(ref_dir, 10)) <= COMPILED_WEIGHT_ATOL
     assert f"compile scope {scope}" in r.stdout and "| DDP" in r.stdout
 
 
@@ -170,7 +151,7 @@ def test_two_rank_checkpoint_resumes_on_one_process(reference, tmp_path):
     after = log[log.index("RESUME: starting from global_step=5"):]
     assert min(step_losses(after)) == 6
     assert_logged_losses_match(step_losses(log), ref_losses, range(1, 11))
-    assert max_weight_diff(weights(tmp_path, 10), weights(ref_dir, 10)) <= WEIGHT_ATOL
+    assert max_weight_diff(checkpoint_weights(tmp_path, 10), checkpoint_weights(ref_dir, 10)) <= WEIGHT_ATOL
     headers = re.findall(r"^Global batch: (.*)$", log, re.M)  # one per run, none from rank 1
     assert headers == ["2 x grad_accum 2 x world 2 x seq 32 = 256 tokens/step",
                        "2 x grad_accum 4 x world 1 x seq 32 = 256 tokens/step"]
@@ -190,7 +171,7 @@ def test_fsdp_trains_like_one_process(reference, fsdp_run):
     log = (out / "train.log").read_text()
     assert "| FSDP2" in log and log.count("Global batch: 2 x grad_accum 2 x world 2") == 1
     assert_logged_losses_match(step_losses(log), ref_losses, range(1, 5))
-    saved = weights(out, 4)  # gathered into full, plain tensors
+    saved = checkpoint_weights(out, 4)  # gathered into full, plain tensors
     assert all(type(v) is torch.Tensor for v in saved.values())
     assert saved["model.embed_tokens.weight"].shape == (49152, 64)
 
@@ -205,7 +186,7 @@ def test_fsdp_checkpoint_resumes(reference, fsdp_run, tmp_path, nproc):
     losses = step_losses((tmp_path / "train.log").read_text())
     assert min(losses) == 5
     assert_logged_losses_match(losses, ref_losses, range(5, 11))
-    assert max_weight_diff(weights(tmp_path, 10), weights(ref_dir, 10)) <= WEIGHT_ATOL
+    assert max_weight_diff(checkpoint_weights(tmp_path, 10), checkpoint_weights(ref_dir, 10)) <= WEIGHT_ATOL
 
 
 def test_fsdp_without_torchrun_is_a_usage_error(tmp_path):

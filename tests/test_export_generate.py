@@ -20,11 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import export_hf  # noqa: E402
+import smollm2_checkpoint  # noqa: E402
 from smollm2_checkpoint import save_checkpoint  # noqa: E402
 from smollm2_config import get_config  # noqa: E402
 from smollm2_generate import TextStream  # noqa: E402
+from smollm2_hub import packaged_gguf  # noqa: E402
 from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer, packaged_gguf  # noqa: E402
+from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
 
 PROMPT = "ROMEO:"
 SAMPLE_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
@@ -145,11 +147,11 @@ def test_exported_tokenizer_matches_ours(work, tok):
 def test_default_tokenizer_is_the_runs_own_when_it_resolves(tmp_path):
     here = tmp_path / "tokenizer.json"
     here.write_text("{}")
-    assert export_hf.checkpoint_tokenizer_id({"args": {"tokenizer_id": str(here)}}) == str(here)
-    assert export_hf.checkpoint_tokenizer_id({"args": {"tokenizer_id": "/elsewhere/tokenizer.json"}}) \
+    assert smollm2_checkpoint.checkpoint_tokenizer_id({"args": {"tokenizer_id": str(here)}}) == str(here)
+    assert smollm2_checkpoint.checkpoint_tokenizer_id({"args": {"tokenizer_id": "/elsewhere/tokenizer.json"}}) \
         == DEFAULT_TOKENIZER_ID
-    assert export_hf.checkpoint_tokenizer_id({"args": {"tokenizer_id": "org/some-model"}}) == "org/some-model"
-    assert export_hf.checkpoint_tokenizer_id({"args": {}}) == DEFAULT_TOKENIZER_ID
+    assert smollm2_checkpoint.checkpoint_tokenizer_id({"args": {"tokenizer_id": "org/some-model"}}) == "org/some-model"
+    assert smollm2_checkpoint.checkpoint_tokenizer_id({"args": {}}) == DEFAULT_TOKENIZER_ID
 
 
 # ----------------------------------------------------------------------------- generate
@@ -288,7 +290,7 @@ def test_model_card_numbers_are_the_checkpoints(trained):
 def test_card_of_an_old_checkpoint_says_not_recorded(work, tok):
     _, ckpt, _ = work[True]  # saved without metrics or data, like checkpoints before metrics existed
     from smollm2_hub import model_card, training_facts
-    model, c = export_hf.model_from_checkpoint(str(ckpt))
+    model, c = smollm2_checkpoint.model_from_checkpoint(str(ckpt))
     text = model_card(training_facts(c, model, tok.source, str(ckpt)))
     assert "| held-out loss | not recorded |" in text and "| trained on | not recorded |" in text
     assert "| training steps | 7 |" in text and "| tokens seen | not recorded |" in text
@@ -319,7 +321,7 @@ def test_push_calls_the_hub_library_with_the_export(work, tok_id, tmp_path, monk
 
     calls = []
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token_123")
-    monkeypatch.setattr(smollm2_hub, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(smollm2_hub, "hub_reachable", lambda: True)
     monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **k: calls.append(("whoami", self.token)))
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
                         lambda self, repo_id, **k: calls.append(("create_repo", repo_id, k)) or f"https://hub/{repo_id}")

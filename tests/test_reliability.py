@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import BASE, CORPUS, REPO, TOKENIZER, run_train
+from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, run_train
 
 import smollm2_rundir  # noqa: E402
 from smollm2_checkpoint import load_checkpoint, nonfinite_names, save_checkpoint  # noqa: E402
@@ -36,7 +36,7 @@ def one_line_error(err: str) -> str:
 def cli(monkeypatch, capsys, out_dir, *extra):
     """train.py's command line in this process: (exit status, stdout, stderr)."""
     import train
-    monkeypatch.setattr(sys, "argv", ["train.py", *BASE, "--out_dir", str(out_dir), *map(str, extra)])
+    monkeypatch.setattr(sys, "argv", ["train.py", *TINY_TRAIN_ARGS, "--out_dir", str(out_dir), *map(str, extra)])
     with pytest.raises(SystemExit) as e:
         train.cli()
     out, err = capsys.readouterr()
@@ -44,7 +44,7 @@ def cli(monkeypatch, capsys, out_dir, *extra):
 
 
 def start_train(out_dir, *extra, **popen):
-    cmd = [sys.executable, str(REPO / "train.py"), *BASE, "--out_dir", str(out_dir), *map(str, extra)]
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), *TINY_TRAIN_ARGS, "--out_dir", str(out_dir), *map(str, extra)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -211,7 +211,7 @@ def test_resume_refuses_other_data(run_copy, tmp_path, what):
         other.write_text(CORPUS.read_text(encoding="utf-8")[:200_000] + "\nAn edit.\n", encoding="utf-8")
         flag = ["--input_file", other]
     else:  # the same vocabulary, another definition (a normalizer): another fingerprint
-        spec = json.loads(TOKENIZER.read_text(encoding="utf-8"))
+        spec = json.loads(TOKENIZER_JSON.read_text(encoding="utf-8"))
         spec["normalizer"] = {"type": "NFC"}
         other = tmp_path / "tokenizer.json"
         other.write_text(json.dumps(spec), encoding="utf-8")
@@ -352,8 +352,8 @@ train.cli()
 
 @pytest.mark.parametrize("what", ["cpu", "cuda"])
 def test_out_of_memory_says_what_to_lower(tmp_path, what):
-    args = [*BASE, "--out_dir", str(tmp_path), "--max_steps", "2"]
-    r = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY.format(repo=str(REPO), what=what, args=args)],
+    args = [*TINY_TRAIN_ARGS, "--out_dir", str(tmp_path), "--max_steps", "2"]
+    r = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY.format(repo=str(REPO_ROOT), what=what, args=args)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     line = one_line_error(r.stderr)
@@ -362,7 +362,7 @@ def test_out_of_memory_says_what_to_lower(tmp_path, what):
 
 def test_file_size_limit_during_a_save_is_one_line_and_leaves_no_temporary(tmp_path):
     limit = 20 << 20  # the tiny model's checkpoint is about 38 MB
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), *BASE, "--out_dir", str(tmp_path), "--max_steps", "1"],
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *TINY_TRAIN_ARGS, "--out_dir", str(tmp_path), "--max_steps", "1"],
                        capture_output=True, text=True, timeout=300,
                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     assert r.returncode == 1
@@ -393,7 +393,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def export(ckpt, out_dir, capsys):
     import export_hf
-    code = export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out_dir), "--tokenizer_id", str(TOKENIZER)])
+    code = export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out_dir), "--tokenizer_id", str(TOKENIZER_JSON)])
     return code, capsys.readouterr().err
 
 
@@ -469,7 +469,7 @@ def test_update_readme_refuses_a_log_it_cannot_parse(tmp_path, content):
     readme = "<!-- TRAIN_LOG_BEGIN -->\n<!-- TRAIN_LOG_END -->\n<!-- ABLATION_TABLE_BEGIN -->\n<!-- ABLATION_TABLE_END -->\n"
     (tmp_path / "README.md").write_text(readme)
     (tmp_path / "train.log").write_bytes(content)
-    r = subprocess.run([sys.executable, str(REPO / "update_readme.py"), "--train_log", "train.log"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "update_readme.py"), "--train_log", "train.log"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (tmp_path / "README.md").read_text() == readme

@@ -1,5 +1,5 @@
 """The tokenizer loader: every source gives the ids of the reference tokenizer.json, on all of Tiny
-Shakespeare, and the corpus encodes to the numbers in REFERENCE.md."""
+Shakespeare, and the corpus encodes to the reference tokenizer's numbers."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import shutil
 import numpy as np
 import pytest
 
-import smollm2_tokenizer
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, ENV_VAR, TokenizerNotFound, load_tokenizer, packaged_gguf
+import smollm2_hub
+from smollm2_hub import packaged_gguf
+from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, ENV_VAR, TokenizerNotFound, load_tokenizer
 
-# REFERENCE.md: data/input.txt without special tokens.
+# ../shared/data/input.txt through ../shared/tokenizer/tokenizer.json (HuggingFaceTB/SmolLM2-135M's), no special tokens.
 N_IDS = 341_094
 FIRST_IDS = [5345, 32062, 42, 198, 6121, 392, 7219, 750, 2030, 28, 4875, 549]
 MAX_ID = 49130
@@ -106,7 +107,7 @@ def test_offline_fallback_says_one_line(offline_hub, reference_ids, corpus_text)
 
 
 def test_nothing_available_names_both_fixes(offline_hub, monkeypatch):
-    monkeypatch.setattr(smollm2_tokenizer, "packaged_gguf", lambda: None)
+    monkeypatch.setattr(smollm2_hub, "packaged_gguf", lambda: None)
     with pytest.raises(TokenizerNotFound) as e:
         load_tokenizer(DEFAULT_TOKENIZER_ID)
     msg = str(e.value)

@@ -7,40 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CORPUS = SHARED / "data" / "input.txt"
-TOKENIZER = SHARED / "tokenizer" / "tokenizer.json"
-BASE = ["--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--grad_accum", "2", "--warmup_steps", "5", "--lr_decay_steps", "40",
-        "--tokenizer_id", str(TOKENIZER), "--input_file", str(CORPUS), "--sample_every", "0", "--val_every", "0"]
-
-
-def run_train(out_dir, *extra, check=True, env=None, timeout=600):
-    cmd = [sys.executable, str(REPO / "train.py"), *BASE, "--out_dir", str(out_dir), *map(str, extra)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"train.py failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
-
-
-def step_losses(log_text):
-    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+)", log_text, re.M)}
-
-
-def final_weights(out_dir, step):
-    ckpt = torch.load(Path(out_dir) / "checkpoints" / f"checkpoint_step_{step}.pt", weights_only=True)
-    return ckpt["model"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+from conftest import REPO_ROOT, TINY_TRAIN_ARGS, assert_same_weights, checkpoint_weights, run_train, step_losses
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +30,7 @@ def test_resume_is_bit_exact(reference, tmp_path):
     assert min(s for s in losses if s > 20) == 21
     for s in range(21, 41):
         assert losses[s] == ref_losses[s], s
-    assert_same_weights(final_weights(tmp_path, 40), final_weights(ref_dir, 40))
+    assert_same_weights(checkpoint_weights(tmp_path, 40), checkpoint_weights(ref_dir, 40))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +47,7 @@ def test_stacked_resume_is_bit_exact(stacked_12, tmp_path):
     assert "micro-batches stacked: 2 x 2 -> 4 (stack_micro 1)" in r.stdout
     losses, ref = (step_losses((d / "train.log").read_text()) for d in (tmp_path, stacked_12))
     assert all(losses[s] == ref[s] for s in range(1, 13))
-    assert_same_weights(final_weights(tmp_path, 12), final_weights(stacked_12, 12))
+    assert_same_weights(checkpoint_weights(tmp_path, 12), checkpoint_weights(stacked_12, 12))
 
 
 def test_stacked_and_accumulated_runs_agree(stacked_12, tmp_path):
@@ -89,7 +60,7 @@ def test_stacked_and_accumulated_runs_agree(stacked_12, tmp_path):
     assert acc.keys() == stk.keys() == set(range(1, 13))
     for s in acc:
         assert abs(float(acc[s]) - float(stk[s])) <= 1e-4, s  # the log's last digit
-    a, b = final_weights(tmp_path, 12), final_weights(stacked_12, 12)
+    a, b = checkpoint_weights(tmp_path, 12), checkpoint_weights(stacked_12, 12)
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=0, atol=1e-5), k
 
@@ -115,8 +86,8 @@ train.cli()
 
 def test_sigkill_during_save_resumes_from_last_complete_checkpoint(reference, tmp_path):
     ref_dir, ref_losses = reference
-    args = [*BASE, "--out_dir", str(tmp_path), "--max_steps", "40", "--log_every", "1", "--save_every", "10"]
-    r = subprocess.run([sys.executable, "-c", KILL_IN_SAVE.format(repo=str(REPO), args=args)],
+    args = [*TINY_TRAIN_ARGS, "--out_dir", str(tmp_path), "--max_steps", "40", "--log_every", "1", "--save_every", "10"]
+    r = subprocess.run([sys.executable, "-c", KILL_IN_SAVE.format(repo=str(REPO_ROOT), args=args)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == -signal.SIGKILL
     ckpts = tmp_path / "checkpoints"
@@ -125,7 +96,7 @@ def test_sigkill_during_save_resumes_from_last_complete_checkpoint(reference, tm
     assert not (ckpts / "checkpoint_step_20.pt").exists()
     r = run_train(tmp_path, "--max_steps", 40, "--log_every", 1, "--save_every", 10, "--resume", 1)
     assert "RESUME: starting from global_step=10" in r.stdout
-    assert_same_weights(final_weights(tmp_path, 40), final_weights(ref_dir, 40))
+    assert_same_weights(checkpoint_weights(tmp_path, 40), checkpoint_weights(ref_dir, 40))
 
 
 def test_corrupt_latest_falls_back_to_newest_valid_step(reference, tmp_path):
@@ -138,12 +109,12 @@ def test_corrupt_latest_falls_back_to_newest_valid_step(reference, tmp_path):
     r = run_train(tmp_path, "--max_steps", 40, "--log_every", 5, "--save_every", 10, "--resume", 1)
     assert "WARNING" in r.stderr and "checkpoint_step_10.pt" in r.stderr
     assert "RESUME: starting from global_step=10" in r.stdout
-    assert_same_weights(final_weights(tmp_path, 40), final_weights(ref_dir, 40))
+    assert_same_weights(checkpoint_weights(tmp_path, 40), checkpoint_weights(ref_dir, 40))
 
 
 def test_sigterm_saves_exits_zero_and_resume_matches(reference, tmp_path):
     ref_dir, _ = reference
-    cmd = [sys.executable, str(REPO / "train.py"), *BASE, "--out_dir", str(tmp_path), "--max_steps", "40",
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), *TINY_TRAIN_ARGS, "--out_dir", str(tmp_path), "--max_steps", "40",
            "--log_every", "1", "--save_every", "100"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "train.log"
@@ -157,7 +128,7 @@ def test_sigterm_saves_exits_zero_and_resume_matches(reference, tmp_path):
     saved = torch.load(tmp_path / "checkpoints" / "checkpoint_latest.pt", weights_only=True)["global_step"]
     assert 3 <= saved < 40
     run_train(tmp_path, "--max_steps", 40, "--log_every", 1, "--save_every", 100, "--resume", 1)
-    assert_same_weights(final_weights(tmp_path, 40), final_weights(ref_dir, 40))
+    assert_same_weights(checkpoint_weights(tmp_path, 40), checkpoint_weights(ref_dir, 40))
 
 
 def test_mismatched_checkpoint_is_refused(tmp_path):
@@ -262,5 +233,5 @@ def test_tensorboard_without_the_package_is_a_usage_error(tmp_path, monkeypatch)
     from smollm2_training import UsageError
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what an install without it raises
     with pytest.raises(UsageError, match="--tensorboard 1 needs the tensorboard package"):
-        train.main([*BASE, "--out_dir", str(tmp_path / "out"), "--tensorboard", "1"])
+        train.main([*TINY_TRAIN_ARGS, "--out_dir", str(tmp_path / "out"), "--tensorboard", "1"])
     assert not (tmp_path / "out").exists()

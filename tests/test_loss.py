@@ -1,0 +1,61 @@
+"""The fused linear + cross-entropy against references: float64 autograd on the full logits, its own
+eager path under torch.compile, and the one-backward contract of its in-place gradient scaling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smollm2_loss import IGNORE_INDEX, linear_cross_entropy
+
+
+def _maxdiff(a, b) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def test_linear_cross_entropy_compiled_equals_eager():
+    # Under torch.compile the softmax-minus-onehot gradient takes its fusable (out-of-place) form.
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(40, 16, generator=g, requires_grad=True)
+    w = torch.randn(97, 16, generator=g, requires_grad=True)
+    t = torch.randint(0, 97, (40,), generator=g)
+    t[::5] = IGNORE_INDEX
+    eager = linear_cross_entropy(h, w, t, chunk_size=16)
+    ge = torch.autograd.grad(eager, (h, w))
+    compiled = torch.compile(lambda a, b, c: linear_cross_entropy(a, b, c, chunk_size=16), fullgraph=True)(h, w, t)
+    gc = torch.autograd.grad(compiled, (h, w))
+    assert abs(compiled.item() - eager.item()) <= 1e-6 * abs(eager.item())  # float32 rounding, relative
+    for a, b in zip(gc, ge):
+        assert _maxdiff(a, b) <= 1e-6 * b.abs().max().item()
+
+
+def test_linear_cross_entropy_backward_once():
+    # Its gradients are scaled in place (one float32 [V, C] buffer, not two): a second backward is refused.
+    h = torch.randn(6, 8, requires_grad=True)
+    w = torch.randn(11, 8, requires_grad=True)
+    loss = linear_cross_entropy(h, w, torch.randint(0, 11, (6,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("chunk_size", [7, 16, 1000])
+def test_linear_cross_entropy_chunks_and_ignore_index(chunk_size):
+    # Float32 inputs (the fused path accumulates in float32); the reference is float64 autograd.
+    g = torch.Generator().manual_seed(0)
+    N, C, V = 50, 16, 97  # 7 does not divide 50
+    h = torch.randn(N, C, generator=g, requires_grad=True)
+    w = torch.randn(V, C, generator=g, requires_grad=True)
+    t = torch.randint(0, V, (N,), generator=g)
+    t[::4] = IGNORE_INDEX
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = F.cross_entropy(h64 @ w64.t(), t, ignore_index=IGNORE_INDEX)
+    ref_gh, ref_gw = torch.autograd.grad(ref, (h64, w64))
+    got = linear_cross_entropy(h, w, t, chunk_size=chunk_size)
+    gh, gw = torch.autograd.grad(got * 1.0, (h, w))
+    assert got.dtype == torch.float32
+    assert abs(got.item() - ref.item()) <= 1e-5
+    assert _maxdiff(gh, ref_gh) <= 1e-6 and _maxdiff(gw, ref_gw) <= 1e-6
+    with torch.no_grad():  # the no-grad (evaluation) path
+        assert abs(linear_cross_entropy(h, w, t, chunk_size=chunk_size).item() - ref.item()) <= 1e-5
