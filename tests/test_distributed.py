@@ -130,7 +130,7 @@ def test_compiled_scopes_under_ddp_match_one_process(reference, tmp_path, scope)
     rel = max(abs(a - b) / abs(b) for a, b in zip(precise, ref_precise))
     assert len(precise) == 10 and rel <= COMPILED_RTOL, rel
     assert max_weight_diff(checkpoint_weights(out, 10), checkpoint_weights(ref_dir, 10)) <= COMPILED_WEIGHT_ATOL
-    assert f"compile scope {scope}" in r.stdout and "| DDP" in r.stdout
+    assert f"compile_scope {scope}" in r.stdout and "| DDP" in r.stdout
 
 
 def test_bf16_gradient_all_reduce_is_a_gpu_option(tmp_path):
