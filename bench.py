@@ -45,8 +45,8 @@ from smollm2_data import TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM, repeat_kv
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
 from smollm2_switches import DDP_ONLY, DEFAULT_PATH, IMPLS, PROFILES, Switches
-from smollm2_training import (StepConfig, TrainStep, TransformersAdapter, UsageError, build_optimizer, device_name,
-                              flops_per_token, lr_at, peak_flops, set_lr)
+from smollm2_training import (StepConfig, TrainStep, TransformersAdapter, UsageError, build_optimizer, cuda_median_ms,
+                              device_name, flops_per_token, lr_at, peak_flops, set_lr)
 
 DEFAULT_IMPLS = f"hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast,{DEFAULT_PATH}"
 MODEL_PRESET = "smollm2-135m"  # what every impl builds (CPU tests of the curve plumbing swap in "tiny")
@@ -391,17 +391,7 @@ def attention_bench(device, B=16, H=9, KV=3, T=2048, D=64, reps=20) -> list[dict
                     out = step()
                     err = ((out[:2].float() - ref).norm() / ref.norm()).item()
                     gerr = ((qb.grad[:2].float() - qr.grad[:2]).norm() / qr.grad[:2].norm()).item()
-                    for _ in range(3):
-                        step()
-                    times = []
-                    for _ in range(reps):
-                        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        a.record()
-                        step()
-                        b.record()
-                        torch.cuda.synchronize()
-                        times.append(a.elapsed_time(b))
-                ms = sorted(times)[len(times) // 2]
+                    ms = cuda_median_ms(step, reps)
                 row.update(status="ok", ms_fwd_bwd=round(ms, 3), tflops=round(flops / ms / 1e9, 1),
                            rel_err_out=f"{err:.2e}", rel_err_dq=f"{gerr:.2e}")
             except Exception as e:  # a backend that refuses this shape says so in the row

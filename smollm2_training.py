@@ -74,6 +74,21 @@ def peak_flops(name: str) -> Optional[float]:
     return None
 
 
+def cuda_median_ms(fn, reps: int = 20, warmup: int = 3) -> float:
+    """Median CUDA time of fn() in milliseconds, each call bracketed by events, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
 def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
     # 6N for the matmuls forward+backward (the tied matrix counted once, as the lm_head matmul) plus the
     # attention score/value matmuls, 12 * L * C * T (PaLM appendix B).

@@ -32,21 +32,6 @@ def versions() -> dict:
     return out
 
 
-def timed(fn, reps: int = 20) -> float:
-    import torch
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
-
-
 def rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -54,6 +39,8 @@ def rel(a, b) -> float:
 def compare(name, ours, ref, inputs, dout_shape=None) -> dict:
     """ours/ref: functions of `inputs` (tensors needing grad) returning one tensor; fwd+bwd each."""
     import torch
+
+    from smollm2_training import cuda_median_ms
     row = {"op": name}
     try:
         def run(fn):
@@ -68,7 +55,8 @@ def compare(name, ours, ref, inputs, dout_shape=None) -> dict:
         o_ref, g_ref = run(ref)
         o_q, g_q = run(ours)
         row.update(status="ok", rel_err_out=f"{rel(o_q, o_ref):.2e}", rel_err_dx=f"{rel(g_q, g_ref):.2e}",
-                   ms_quack=round(timed(lambda: run(ours)), 3), ms_torch_compile=round(timed(lambda: run(ref)), 3))
+                   ms_quack=round(cuda_median_ms(lambda: run(ours)), 3),
+                   ms_torch_compile=round(cuda_median_ms(lambda: run(ref)), 3))
     except Exception as e:  # a kernel that does not build or run is a finding, not the end of the probe
         row.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
     print(json.dumps(row), flush=True)
