@@ -765,13 +765,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="folder with bench_*.csv, multigpu*.csv and *.png")
     p.add_argument("--loss_plot", default="out_smollm2_scratch/loss_curve.png",
                    help="loss-curve PNG drawn from --train_log")
-    p.add_argument("--previous_train_log", default="out_smollm2_scratch/train_previous.log",
-                   help="the graded run before the default path changed; drawn beside the current one when present")
-    p.add_argument("--comparison_plot", default="out_smollm2_scratch/loss_curve_vs_previous.png",
-                   help="the PNG of --previous_train_log against --train_log")
+    p.add_argument("--previous_train_log", default=None,
+                   help="the graded run before the default path changed; drawn beside the current one when present "
+                        "(default: train_previous.log beside --train_log)")
+    p.add_argument("--comparison_plot", default=None,
+                   help="the PNG of --previous_train_log against --train_log (default: loss_curve_vs_previous.png "
+                        "beside --train_log)")
     p.add_argument("--data_results", default="results/realdocs",
                    help="folder of the real-corpus run: manifest_summary.json, prepare.log, train.log")
     args = p.parse_args(argv)
+    run_dir = os.path.dirname(args.train_log)  # a log elsewhere (a test's) never touches the graded run's files
+    args.previous_train_log = args.previous_train_log or os.path.join(run_dir, "train_previous.log")
+    args.comparison_plot = args.comparison_plot or os.path.join(run_dir, "loss_curve_vs_previous.png")
 
     try:
         with open(args.readme, encoding="utf-8") as f:
