@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 from smollm2_metrics import (LOG_MARKS, MetricsError, RunSummary, log_events, number, read_events,
                              summarize)
-from smollm2_switches import SAME_AS, SWITCH_PAIRS
+from smollm2_switches import DEFAULT_PATH, SAME_AS, SWITCH_PAIRS
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "FINDINGS", "DATA_RESULTS")
@@ -564,6 +564,11 @@ def multigpu_finding(path: str, readme_dir: str) -> str:
             f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts}{extra} (`{rel(path, readme_dir)}`).")
 
 
+def default_path_row(rows: dict[str, dict[str, str]]) -> Optional[dict[str, str]]:
+    """train.py's default path in a bench table; tables measured before DEFAULT_PATH existed hold ours_fast."""
+    return rows.get(DEFAULT_PATH) or rows.get("ours_fast")
+
+
 def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
     """Our default path against transformers, per profile (bench_<profile>.csv, or a run of the two alone)."""
     out = []
@@ -571,9 +576,7 @@ def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
     thr = _rows_by(os.path.join(bench_dir, "bench_throughput.csv"), "impl")
     for name, rows, what in (("seed", graded, "the graded run's shape (seq 256 x batch 1 x accum 4)"),
                              ("throughput", thr, "the throughput profile (seq 2048 x micro-batch 16)")):
-        # train.py's default path (smollm2_switches.DEFAULT_PATH; tables measured before it existed hold ours_fast)
-        fast = rows.get("ours_fast_bf16res") or rows.get("ours_fast")
-        hfe, hfc = rows.get("hf_eager"), rows.get("hf_compile")
+        fast, hfe, hfc = default_path_row(rows), rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfe and hfc):
             continue
         tf, te, tc = (float(r["tokens_per_s"]) for r in (fast, hfe, hfc))
@@ -585,7 +588,7 @@ def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
                    f"(`{rel(os.path.join(bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
     vs_path = os.path.join(bench_dir, "bench_throughput_vs_compile.csv")  # a run of the two alone
     vs = _rows_by(vs_path, "impl")
-    fast, hfc = vs.get("ours_fast_bf16res") or vs.get("ours_fast"), vs.get("hf_compile")
+    fast, hfc = default_path_row(vs), vs.get("hf_compile")
     if fast and hfc and not (thr.get("hf_compile") and thr.get("hf_eager")):
         tf, tc = float(fast["tokens_per_s"]), float(hfc["tokens_per_s"])
         out.append(f"- **Speed, the throughput profile (seq 2048 x micro-batch 16)** on {fast['card']}: our default "

@@ -6,9 +6,7 @@
 # First, on torch 2.11 there: python -m pytest -q tests/test_model.py -k "compiled_equals_eager or fused"
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-export SMOLLM2_TOKENIZER=${SMOLLM2_TOKENIZER:-$PWD/.assets/tokenizer.json}  # no hub there: the carried file
-[ -f input.txt ] || cp .assets/input.txt input.txt
+source benchmarks/device_env.sh
 step=${1:-all}
 run() { [ "$step" = all ] || [ "$step" = "$1" ]; }
 RUNS=${RUNS:-/tmp/smollm2_runs}

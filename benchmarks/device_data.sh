@@ -7,8 +7,7 @@
 #      10,000 steps of train.py on the GPU (benchmarks/data_prep.*)
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-export SMOLLM2_TOKENIZER=${SMOLLM2_TOKENIZER:-$PWD/.assets/tokenizer.json}  # no hub there: the carried file
+source benchmarks/device_env.sh
 step=${1:-all}
 run() { [ "$step" = all ] || [ "$step" = "$1" ]; }
 R=results/realdocs
@@ -43,7 +42,6 @@ if run 4; then
     --shared_dir .assets --tokenizer_id .assets/tokenizer.json --out_dir benchmarks
 fi
 if run 2; then
-  cp .assets/input.txt input.txt
   rm -rf out_smollm2_scratch/checkpoints out_smollm2_scratch/cache out_smollm2_scratch/train.log out_smollm2_scratch/run.json
   python train.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --max_steps 5000 --resume 0 --log_every 50 --save_every 250 --sample_every 500
   python train.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --max_steps 5050 --resume 1 --log_every 50 --save_every 250 --sample_every 500

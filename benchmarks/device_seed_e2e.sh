@@ -11,9 +11,7 @@
 # (cold/train.log), the graded log (out_smollm2_scratch/train.log, to commit as is) and the portable log.
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-export SMOLLM2_TOKENIZER=${SMOLLM2_TOKENIZER:-$PWD/.assets/tokenizer.json}  # no hub there: the carried file
-cp .assets/input.txt input.txt
+source benchmarks/device_env.sh
 steps=" ${*:-all} "  # one or more of: cold warm portable (in that order), or all
 run() { [[ "$steps" == *" all "* || "$steps" == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/seed_e2e_out}

@@ -14,9 +14,7 @@
 # and, packed, to $OUT/speed2_step_<step>.tgz.
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-export SMOLLM2_TOKENIZER=${SMOLLM2_TOKENIZER:-$PWD/.assets/tokenizer.json}  # no hub there: the carried file
-[ -f input.txt ] || cp .assets/input.txt input.txt
+source benchmarks/device_env.sh
 step=${1:-all}
 run() { [ "$step" = all ] || [ "$step" = "$1" ]; }
 B=${BENCH_OUT:-benchmarks}

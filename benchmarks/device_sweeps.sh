@@ -17,15 +17,13 @@
 # (A job started under setsid outlives its call and runs on until the machine goes back: seen in session 3.)
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-export SMOLLM2_TOKENIZER=${SMOLLM2_TOKENIZER:-$PWD/.assets/tokenizer.json}  # no hub there: the carried file
+source benchmarks/device_env.sh
 GPUS=${GPUS:-0,1,2,3}
 RUNS=${RUNS:-/tmp/smollm2_runs}
 STEPS=${STEPS:-"1 2 3"}   # all three ran on one 4 x H100 host and are committed: 1 in session 3, 2 and 3 in session 4
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$RUNS"
 rm -f "$RUNS"/ALL_DONE
-[ -f input.txt ] || cp .assets/input.txt input.txt   # the device machine has no internet
 
 # 1. data parallel scaling: our compiled step under torchrun + DDP at 1, 4 and 2 GPUs (seq 2048 x 16 per GPU),
 #    float32 and bf16 gradient all-reduce (as run in session 3, benchmarks/multigpu_throughput.csv). The GPU
