@@ -426,6 +426,14 @@ def merge_rows(path_stem, rows, key="impl"):
         os.close(fd)
 
 
+def kept_rows(path_stem, impls, card) -> list[dict]:
+    """The rows of <path_stem>.json that a run of `impls` on `card` leaves in place: other impls, same card."""
+    if not os.path.exists(path_stem + ".json"):
+        return []
+    with open(path_stem + ".json") as f:
+        return [r for r in json.load(f) if r["impl"] not in impls and r.get("card") == card]
+
+
 def write_rows(path_stem, rows):
     with open(path_stem + ".json", "w") as f:
         json.dump(rows, f, indent=2)
@@ -585,7 +593,7 @@ def bench_profile(bench: Bench, prof: str, dataset, n_params: int, config, impls
                          final_loss=round(r["final_loss"], 4))
 
     if sizes:  # every impl at every size; the profile's table gets each impl's fastest size that fit
-        sweep = []
+        sweep = kept_rows(os.path.join(args.out_dir, "microbatch_sweep"), impls, bench.card)
 
         def on_row(row):
             sweep.append(row if row["status"] == "ok" else bench.row(prof, row["impl"], "oom", seq_len,
@@ -611,9 +619,8 @@ def bench_profile(bench: Bench, prof: str, dataset, n_params: int, config, impls
         if bench.write:
             print(json.dumps(rows[-1]), flush=True)
     stem = os.path.join(args.out_dir, f"bench_{prof}")
-    if sizes and os.path.exists(stem + ".json"):  # the swept impls' rows replace theirs; the other rows
-        with open(stem + ".json") as f:                # stay if they were measured on this card
-            rows = [r for r in json.load(f) if r["impl"] not in impls and r.get("card") == bench.card] + rows
+    if sizes:  # the swept impls' rows replace theirs; the other rows stay if they were measured on this card
+        rows = kept_rows(stem, impls, bench.card) + rows
     with_ratios(rows)
     if bench.write:
         write_rows(stem, rows)

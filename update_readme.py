@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 from smollm2_metrics import (LOG_MARKS, MetricsError, RunSummary, log_events, number, read_events,
                              summarize)
-from smollm2_switches import DEFAULT_PATH, SAME_AS, SWITCH_PAIRS
+from smollm2_switches import DEFAULT_PATH, PROFILES, SAME_AS, SWITCH_PAIRS
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "FINDINGS", "DATA_RESULTS")
@@ -569,16 +569,30 @@ def default_path_row(rows: dict[str, dict[str, str]]) -> Optional[dict[str, str]
     return rows.get(DEFAULT_PATH) or rows.get("ours_fast")
 
 
+def shape_text(profile: str, fast: dict, hfe: dict, hfc: dict) -> str:
+    """'seq 256 x batch 1 x accum 4' when the three rows share a shape; after a micro-batch sweep each impl's
+    row is at its own fastest size: 'seq 2048; micro-batch: ours 48, transformers eager 16, compiled 48; ...'.
+    A row without the shape columns has the profile's shape."""
+    shape = PROFILES[profile]
+    seq, accum = fast.get("seq_len") or shape.seq_len, fast.get("grad_accum") or str(shape.grad_accum)
+    mb = [r.get("micro_batch") or str(shape.micro_batch) for r in (fast, hfe, hfc)]
+    accum = f" x accum {accum}" if accum != "1" else ""
+    if len(set(mb)) == 1:
+        return f"seq {seq} x {'batch' if accum else 'micro-batch'} {mb[0]}{accum}"
+    return (f"seq {seq}{accum}; micro-batch: ours {mb[0]}, transformers eager {mb[1]}, compiled {mb[2]}; "
+            f"a swept impl at its fastest size")
+
+
 def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
     """Our default path against transformers, per profile (bench_<profile>.csv, or a run of the two alone)."""
     out = []
     graded = _rows_by(os.path.join(bench_dir, "bench_seed.csv"), "impl")
     thr = _rows_by(os.path.join(bench_dir, "bench_throughput.csv"), "impl")
-    for name, rows, what in (("seed", graded, "the graded run's shape (seq 256 x batch 1 x accum 4)"),
-                             ("throughput", thr, "the throughput profile (seq 2048 x micro-batch 16)")):
+    for name, rows, what in (("seed", graded, "the graded run's shape"), ("throughput", thr, "the throughput profile")):
         fast, hfe, hfc = default_path_row(rows), rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfe and hfc):
             continue
+        what += f" ({shape_text(name, fast, hfe, hfc)})"
         tf, te, tc = (float(r["tokens_per_s"]) for r in (fast, hfe, hfc))
         out.append(f"- **Speed, {what}** on {fast['card']}: our default CUDA path trains at **{tf:,.0f} tokens/s** "
                    f"({100 * float(fast['mfu']):.1f}% MFU), **{tf / te:.1f}x** transformers' LlamaForCausalLM eager "
