@@ -619,8 +619,9 @@ def bench_profile(bench: Bench, prof: str, dataset, n_params: int, config, impls
         if bench.write:
             print(json.dumps(rows[-1]), flush=True)
     stem = os.path.join(args.out_dir, f"bench_{prof}")
-    if sizes:  # the swept impls' rows replace theirs; the other rows stay if they were measured on this card
-        rows = kept_rows(stem, impls, bench.card) + rows
+    # The impls measured now replace their rows; the other rows stay if they were measured on this card (a
+    # partial rerun keeps the rest of the table; the ratios are against the hf rows present, so rerun those too).
+    rows = kept_rows(stem, impls, bench.card) + rows
     with_ratios(rows)
     if bench.write:
         write_rows(stem, rows)

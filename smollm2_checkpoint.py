@@ -251,7 +251,7 @@ def model_from_checkpoint(path: str, map_location="cpu") -> tuple[SmolLM2ForCaus
             sd["lm_head.weight"] = embed
         elif head.shape != embed.shape or not torch.equal(head, embed):
             raise CheckpointError(f"{path}: config says tie_word_embeddings but lm_head differs from embed_tokens")
-    model = SmolLM2ForCausalLM(config)
+    model = SmolLM2ForCausalLM(config, init=False)  # every weight comes from the file
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:

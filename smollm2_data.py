@@ -316,11 +316,12 @@ class TokenBatches:
             return xs.pin_memory().to(device, non_blocking=True), ys.pin_memory().to(device, non_blocking=True)
         return xs, ys
 
-    def val_batches(self, n_batches: int, batch_size: int):
-        # Consecutive non-overlapping windows from the start of the val split: the same set every time.
-        n_windows = (len(self.val) - 1) // self.seq_len
-        if n_windows <= 0:
+    def val_batches(self, n_windows: int, rows: int):
+        # The first n_windows consecutive non-overlapping windows of the val split (the same set every time,
+        # fewer if the split is shorter), `rows` windows a batch.
+        available = (len(self.val) - 1) // self.seq_len
+        if available <= 0:
             return
-        starts = np.arange(min(n_windows, n_batches * batch_size)) * self.seq_len
-        for i in range(0, len(starts), batch_size):
-            yield self._windows(self.val, starts[i:i + batch_size])
+        starts = np.arange(min(available, n_windows)) * self.seq_len
+        for i in range(0, len(starts), rows):
+            yield self._windows(self.val, starts[i:i + rows])

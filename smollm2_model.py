@@ -90,8 +90,9 @@ def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
     return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
-def sdpa_attention(q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
-    # q: (B, nh, Tq, hd); k, v: (B, n_kv, Tk, hd) -> (B, nh, Tq, hd)
+def sdpa_attention(q, k, v, dropout_p: float = 0.0, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    # q: (B, nh, Tq, hd); k, v: (B, n_kv, Tk, hd) -> (B, nh, Tq, hd). key_mask: (Tk,) bool, True = a filled
+    # cache slot, for one query (Tq = 1) against a whole preallocated cache (KVCache, graph-safe decoding).
     Tq, Tk = q.shape[-2], k.shape[-2]
     n_rep = q.shape[1] // k.shape[1]
     if q.is_cuda and q.dtype == torch.float32 and n_rep > 1:
@@ -99,6 +100,9 @@ def sdpa_attention(q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
         # would fall back to the math kernel and hold every layer's (B, nh, T, T) scores. Copied K/V let
         # the memory-efficient kernel run instead (the same result: repeat_kv is exact).
         k, v, n_rep = repeat_kv(k, n_rep), repeat_kv(v, n_rep), 1
+    if key_mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[None], dropout_p=dropout_p,
+                                              enable_gqa=n_rep > 1)
     if Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
                                               enable_gqa=n_rep > 1)
@@ -108,12 +112,12 @@ def sdpa_attention(q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
                                           enable_gqa=n_rep > 1)
 
 
-def manual_attention(q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
+def manual_attention(q, k, v, dropout_p: float = 0.0, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     # The textbook path: repeat K/V per query head, scores in float32, masked softmax.
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, Tq, Tk)
-    mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
+    mask = causal_mask(q.shape[-2], k.shape[-2], q.device) if key_mask is None else key_mask
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = F.softmax(scores.float(), dim=-1).to(q.dtype)
     probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
@@ -135,21 +139,31 @@ class RMSNorm(nn.Module):
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: (B, n_kv, max_len, hd) each."""
+    """Preallocated keys/values for every layer: (B, n_kv, max_len, hd) each.
+
+    start_pos is an int (the prompt, eager decoding: the filled prefix is returned) or a (1,) int64 device
+    tensor (one new position, no host value: what a CUDA graph can replay). Then the whole cache comes back
+    with key_mask, True on the filled slots, for the attention to ignore the rest."""
 
     def __init__(self, config: SmolLM2Config, batch_size: int, max_len: int, device, dtype):
         shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.max_len = max_len
+        self.slots = torch.arange(max_len, device=device)
 
-    def update(self, layer: int, k_new, v_new, start_pos: int):
+    def update(self, layer: int, k_new, v_new, start_pos):
+        # k_new, v_new: (B, n_kv, T, hd) -> keys and values so far, and the key mask ((max_len,) or None)
+        if torch.is_tensor(start_pos):
+            self.k[layer].index_copy_(2, start_pos, k_new.to(self.k[layer].dtype))
+            self.v[layer].index_copy_(2, start_pos, v_new.to(self.v[layer].dtype))
+            return self.k[layer], self.v[layer], self.slots <= start_pos
         end = start_pos + k_new.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
         self.k[layer][:, :, start_pos:end] = k_new
         self.v[layer][:, :, start_pos:end] = v_new
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end], None
 
 
 class LlamaAttention(nn.Module):
@@ -165,15 +179,16 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(C, self.n_kv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.n_head * self.hd, C, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache: Optional[KVCache] = None, start_pos: int = 0):
+    def forward(self, x, cos, sin, kv_cache: Optional[KVCache] = None, start_pos=0):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, n_kv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, n_kv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        key_mask = None
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v, start_pos)
-        y = self.attend(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hd)
+            k, v, key_mask = kv_cache.update(self.layer_idx, k, v, start_pos)
+        y = self.attend(q, k, v, self.dropout if self.training else 0.0, key_mask)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
 
@@ -197,7 +212,7 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, x, cos, sin, kv_cache=None, start_pos: int = 0):
+    def forward(self, x, cos, sin, kv_cache=None, start_pos=0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, start_pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -209,15 +224,24 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.residual_dtype = config.residual_dtype
-        cos, sin = rope_cache(config.head_dim, config.max_position_embeddings, config.rope_theta)
+        self.rope_args = (config.head_dim, config.max_position_embeddings, config.rope_theta)
         # Not in the state dict (transformers keeps none either): derived from the config.
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_cos", None, persistent=False)
+        self.register_buffer("rope_sin", None, persistent=False)
+        self.reset_rope()
 
-    def forward(self, input_ids, kv_cache=None, start_pos: int = 0):
+    def reset_rope(self) -> None:
+        """(Re)compute the cos/sin buffers, on the device the embedding lives on."""
+        cos, sin = rope_cache(*self.rope_args)
+        self.rope_cos, self.rope_sin = cos.to(self.embed_tokens.weight.device), sin.to(self.embed_tokens.weight.device)
+
+    def forward(self, input_ids, kv_cache=None, start_pos=0):
         T = input_ids.shape[1]
-        cos = self.rope_cos[start_pos:start_pos + T]
-        sin = self.rope_sin[start_pos:start_pos + T]
+        if torch.is_tensor(start_pos):  # (1,) on the device: one new token against a whole static cache
+            cos, sin = self.rope_cos.index_select(0, start_pos), self.rope_sin.index_select(0, start_pos)
+        else:
+            cos = self.rope_cos[start_pos:start_pos + T]
+            sin = self.rope_sin[start_pos:start_pos + T]
         x = self.embed_tokens(input_ids)  # (B, T, C)
         x = x.to(stream_dtype(self.residual_dtype, x))  # every layer keeps the dtype it is given
         for layer in self.layers:
@@ -226,14 +250,21 @@ class LlamaModel(nn.Module):
 
 
 class SmolLM2ForCausalLM(nn.Module):
-    def __init__(self, config: SmolLM2Config):
+    def __init__(self, config: SmolLM2Config, init: bool = True):
+        """init=False leaves the weights unset, for a caller about to load all of them (a resume)."""
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Built on the meta device, then given memory once on the current default device: nn.Linear's own
+        # kaiming init would draw every weight only for init_weights to draw it again.
+        with torch.device("meta"):
+            self.model = LlamaModel(config)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.to_empty(device=torch.get_default_device())
+        self.model.reset_rope()
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight  # one Parameter, two names
-        self.init_weights()
+        if init:
+            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -256,7 +287,7 @@ class SmolLM2ForCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())  # parameters() counts a tied matrix once
 
     def forward(self, input_ids: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
-                return_logits: bool = True, kv_cache: Optional[KVCache] = None, start_pos: int = 0):
+                return_logits: bool = True, kv_cache: Optional[KVCache] = None, start_pos=0):
         """input_ids: (B, T) int64. Returns (logits (B, T, V) or None, loss float32 scalar or None).
 
         With targets and return_logits=False the loss goes through the fused chunked
@@ -273,25 +304,31 @@ class SmolLM2ForCausalLM(nn.Module):
     def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: Optional[int] = None, top_p: Optional[float] = None,
                         eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                        use_cache: bool = True) -> Iterator[torch.Tensor]:
+                        use_cache: bool = True, graph: Optional["DecodeGraph"] = None) -> Iterator[torch.Tensor]:
         """Yields the next token (B,) at each step. temperature 0 means greedy. Stops early when
         every row has produced eos_token_id. With use_cache=False it recomputes the whole sequence
-        each step (the reference the cache is tested against)."""
+        each step (the reference the cache is tested against). With a DecodeGraph (CUDA) each new token
+        is one replay of its captured step, against its own cache."""
         B, T0 = input_ids.shape
         total = T0 + max_new_tokens
         if total > self.config.max_position_embeddings:
             raise ValueError(f"prompt + new tokens = {total} exceeds max_position_embeddings "
                              f"({self.config.max_position_embeddings})")
+        if graph is not None and total > graph.cache.max_len:
+            raise ValueError(f"prompt + new tokens = {total} exceeds the DecodeGraph's {graph.cache.max_len} positions")
         dtype = next(self.parameters()).dtype
-        cache = KVCache(self.config, B, total, input_ids.device, dtype) if use_cache else None
+        cache = KVCache(self.config, B, total, input_ids.device, dtype) if use_cache and graph is None else None
         seq, pos = input_ids, 0
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
-            step_in = seq[:, pos:] if use_cache else seq
-            logits, _ = self(step_in, kv_cache=cache, start_pos=pos if use_cache else 0)
-            if use_cache:
-                pos = seq.shape[1]
-            nxt = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
+        for i in range(max_new_tokens):
+            if graph is not None:
+                logits = graph.prefill(input_ids) if i == 0 else graph.step(seq[:, -1])  # (B, V) float32
+            else:
+                step_in = seq[:, pos:] if use_cache else seq
+                logits = self(step_in, kv_cache=cache, start_pos=pos if use_cache else 0)[0][:, -1].float()
+                if use_cache:
+                    pos = seq.shape[1]
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if eos_token_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
                 finished |= nxt == eos_token_id
@@ -304,6 +341,61 @@ class SmolLM2ForCausalLM(nn.Module):
         """Returns (B, T0 + n_generated): the prompt followed by the new tokens."""
         new = list(self.generate_stream(input_ids, max_new_tokens, **kwargs))
         return torch.cat([input_ids] + [t[:, None] for t in new], dim=1)
+
+
+class DecodeGraph:
+    """One decoding step captured as a CUDA graph (on CPU the same step runs eagerly, which is how the tests
+    check its numbers): the (B, 1) last token at a position held on the device,
+    against its own KVCache of max_len slots, -> (B, V) float32 logits. Made once and replayed for every
+    new token of every sample (one launch instead of about twenty per layer, which is what bounds eager
+    decoding of a small model). It reads the parameters in place, so it follows a model that keeps training
+    (fused AdamW updates them where they are). The prompt runs eagerly into the same cache (prefill).
+    amp_dtype: the autocast dtype the model runs in (None: its weights' dtype)."""
+
+    def __init__(self, model: "SmolLM2ForCausalLM", batch_size: int, max_len: int,
+                 amp_dtype: Optional[torch.dtype] = None):
+        weight = next(model.parameters())
+        self.model, self.amp_dtype, self.batch_size = model, amp_dtype, batch_size
+        self.capture = weight.device.type == "cuda"  # elsewhere the same static-cache step runs eagerly
+        self.cache = KVCache(model.config, batch_size, max_len, weight.device, amp_dtype or weight.dtype)
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=weight.device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=weight.device)
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.logits: Optional[torch.Tensor] = None
+
+    def _forward(self, ids: torch.Tensor, start_pos) -> torch.Tensor:
+        # autocast's weight-cast cache off: a captured graph must cast the current weights at every replay
+        with torch.autocast(ids.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                            enabled=self.amp_dtype is not None, cache_enabled=False):
+            return self.model(ids, kv_cache=self.cache, start_pos=start_pos)[0][:, -1].float()
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids: (B, T0) -> logits for the next token (B, V); the cache holds positions 0..T0-1
+        if input_ids.shape[0] != self.batch_size or input_ids.shape[1] >= self.cache.max_len:
+            raise ValueError(f"DecodeGraph was made for batch {self.batch_size} and {self.cache.max_len} "
+                             f"positions, got {tuple(input_ids.shape)}")
+        self.pos.fill_(input_ids.shape[1])
+        return self._forward(input_ids, 0)
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        # token: (B,) at position self.pos -> logits (B, V), a buffer the next step overwrites
+        self.token.copy_(token[:, None])
+        if not self.capture:
+            logits = self._forward(self.token, self.pos)
+            self.pos += 1
+            return logits
+        if self.graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._forward(self.token, self.pos)  # warm-up outside the capture; writes what the replay rewrites
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._forward(self.token, self.pos)
+        self.graph.replay()
+        self.pos += 1
+        return self.logits
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],

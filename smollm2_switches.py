@@ -76,6 +76,9 @@ IMPLS: dict[str, Switches] = {
     "ours_fast": _FAST,
     # the residual stream in bf16: every residual add and RMSNorm moves half the bytes
     "ours_fast_bf16res": _FAST.but(residual_dtype="bf16"),
+    # the same with each decoder layer compiled alone: what train.py runs for a run of at most
+    # AUTO_BLOCKS_MAX_STEPS steps (the seed's command), a tenth of the compile time for a slower step
+    "ours_fast_blocks": _FAST.but(residual_dtype="bf16", compile_scope="blocks"),
     "ours_eager_bf16res": _BF16.but(residual_dtype="bf16"),
     # data-parallel variants of ours_compile (smollm2_distributed.build_forward); same math, except bf16grads
     "ours_compile_no_overlap": _COMPILED.but(ddp_overlap=False),
@@ -86,7 +89,19 @@ IMPLS: dict[str, Switches] = {
 }
 # Impls that differ from another only under DDP: on one GPU that one's row serves.
 DDP_ONLY = {"ours_compile_no_overlap": "ours_compile", "ours_compile_bf16grads": "ours_compile"}
-DEFAULT_PATH = "ours_fast_bf16res"  # what train.py runs on one GPU with its defaults
+DEFAULT_PATH = "ours_fast_bf16res"  # what train.py runs on one GPU with its defaults, for a long run
+SEED_PATH = "ours_fast_blocks"  # what it runs for the seed's command (--max_steps 5000): compile scope "auto"
+
+# --compile_scope auto: "blocks" for a single-process run of at most this many steps, "model" beyond, decided
+# when the run starts and kept by its resumes (the same compiled code, so a resume continues it exactly).
+# Measured on one H200 at the seed's shape (benchmarks/seed_e2e/scopes_wall.jsonl): compiling the whole model
+# costs 24 s more than one layer with warm compile caches (51 s more cold) and saves ~1.25 ms a step, so it
+# pays for itself after ~19k steps (~41k from cold caches).
+AUTO_BLOCKS_MAX_STEPS = 20_000
+
+
+def auto_compile_scope(max_steps: int, world_size: int) -> str:
+    return "blocks" if max_steps <= AUTO_BLOCKS_MAX_STEPS and world_size == 1 else "model"
 
 # ----------------------------------------------------------------------------- train_ablation.py variants
 # The starter write-up's seven first, under their original names; then what the speed work added. Two pairs

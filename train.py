@@ -38,13 +38,13 @@ from smollm2_checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_lates
                                 prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
 from smollm2_data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
-from smollm2_model import SmolLM2ForCausalLM
+from smollm2_model import DecodeGraph, SmolLM2ForCausalLM
 from smollm2_resume import check_resume, settings
 from smollm2_rundir import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2_metrics import METRICS_FILE, MetricsWriter, finite_or_none
-from smollm2_switches import Switches
-from smollm2_training import (OneLineParser, StepConfig, TrainStep, TransformersAdapter, UsageError,
+from smollm2_switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
+from smollm2_training import (EVAL_TOKENS, OneLineParser, StepConfig, TrainStep, TransformersAdapter, UsageError,
                               amp_context, build_optimizer, device_name, evaluate, flops_per_token,
                               load_optimizer_state, lr_at, optimizer_state_for_checkpoint, peak_flops, set_lr)
 import smollm2_distributed as dist_utils
@@ -114,9 +114,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="1: on CUDA default to compile + CUDA graph + fused loss; 0: plain eager PyTorch")
     g.add_argument("--autocast", type=int, default=-1, choices=[-1, 0, 1], help="bf16 autocast (-1: on with CUDA)")
     g.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="torch.compile the model (-1: --fast on CUDA)")
-    g.add_argument("--compile_scope", default="model", choices=list(dist_utils.COMPILE_SCOPES),
+    g.add_argument("--compile_scope", default="auto", choices=["auto", *dist_utils.COMPILE_SCOPES],
                    help="model: one graph (under DDP split at bucket boundaries so the all-reduce overlaps the "
-                        "backward); blocks: each decoder layer compiled alone")
+                        "backward), the fastest step; blocks: each decoder layer compiled alone, a tenth of the "
+                        f"compile time; auto: blocks for a single-process run of <= {AUTO_BLOCKS_MAX_STEPS:,} steps, "
+                        "else model (a resume keeps what its run used)")
     g.add_argument("--cuda_graph", type=int, default=-1, choices=[-1, 0, 1],
                    help="capture the whole step as one CUDA graph (-1: --fast on CUDA, single process)")
     g.add_argument("--fused_loss", type=int, default=-1, choices=[-1, 0, 1],
@@ -143,16 +145,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ================================================================================================ parse and check
 def resolve_switches(args, device: torch.device, world: int) -> Switches:
     """The speed path the flags select: each -1 (auto) follows --fast on CUDA; --residual_dtype auto is
-    bf16 with --fast and autocast. `args` stays as typed (the log's Args line); this is logged beside it."""
+    bf16 with --fast and autocast; --compile_scope auto follows --max_steps (a resume then takes its run's,
+    kept_compile_scope). `args` stays as typed (the log's Args line); this is logged beside it."""
     cuda = device.type == "cuda"
     auto = lambda v, default: bool(default) if v == -1 else bool(v)  # noqa: E731
     autocast = auto(args.autocast, cuda)
     residual = args.residual_dtype if args.residual_dtype != "auto" else "bf16" if args.fast and autocast else "fp32"
-    return Switches(autocast=autocast, compile=auto(args.compile, args.fast and cuda), compile_scope=args.compile_scope,
+    scope = auto_compile_scope(args.max_steps, world) if args.compile_scope == "auto" else args.compile_scope
+    return Switches(autocast=autocast, compile=auto(args.compile, args.fast and cuda), compile_scope=scope,
                     cuda_graph=auto(args.cuda_graph, args.fast and cuda and world == 1 and not args.fsdp),
                     fused_loss=auto(args.fused_loss, args.fast), stack_micro=args.stack_micro,
                     residual_dtype=residual, attn=args.attn, model_impl=args.model_impl,
                     tie_word_embeddings=bool(args.tie_word_embeddings), grad_reduce_bf16=args.grad_reduce_dtype == "bf16")
+
+
+def kept_compile_scope(args, switches: Switches, ckpt: Optional[dict]) -> Switches:
+    """--compile_scope auto on a resume: the scope the saved run compiled with, whatever --max_steps is now
+    (the same compiled code continues the run exactly; the step B of the README goes 5000 -> 5050 either way)."""
+    saved = ((ckpt or {}).get("switches") or {}).get("compile_scope")
+    if args.compile_scope != "auto" or saved not in dist_utils.COMPILE_SCOPES:
+        return switches
+    return switches.but(compile_scope=saved)
 
 
 SEED_MAX = 2**63 - 1  # numpy's SeedSequence wants >= 0; torch.manual_seed(seed + step) stays below 2**64
@@ -294,18 +307,30 @@ class Logger:
 
 
 class WallClock:
-    """Where the loop's wall time goes, for the WALL line of the log summary. lap(name) books the time since
-    the previous lap to `name`, after waiting for the device: steps queued before a log line, a validation
-    or a save are booked to the steps, not to whatever synchronises next."""
+    """Where the command's wall time goes, for the WALL line of the log summary. Before the loop,
+    setup_part(name) books the start-up by part (imports: from the process's start); in the loop lap(name)
+    books the time since the previous lap to `name`, after waiting for the device: steps queued before a log
+    line, a validation or a save are booked to the steps, not to whatever synchronises next. A save books
+    the loop's stall (the copy to host memory); the wait for the last write before exit is final_write."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.seconds: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.longest: dict[str, float] = {}
-        import psutil  # when the process started: imports, data and model set-up come before the first step
-        self.startup = time.time() - psutil.Process().create_time()
+        import psutil  # when the process started: the interpreter, imports and flag checks come before this
+        self.setup = {"imports": time.time() - psutil.Process().create_time()}
         self.t0 = self.t = time.perf_counter()
+
+    def setup_part(self, name: str) -> None:
+        """Before the loop: book the time since the previous mark to a part of the start-up."""
+        now = time.perf_counter()
+        self.setup[name] = self.setup.get(name, 0.0) + now - self.t
+        self.t = now
+
+    def start_loop(self) -> None:
+        self.setup_part("other")
+        self.t0 = self.t
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
@@ -325,9 +350,11 @@ class WallClock:
         s, n = self.seconds, self.counts
         loop = time.perf_counter() - self.t0
         parts = {"compile_s": s.get("compile", 0.0), "steps_s": s.get("steps", 0.0),
-                 "save_stall_s": s.get("save", 0.0), "val_s": s.get("val", 0.0), "sample_s": s.get("sample", 0.0)}
+                 "save_stall_s": s.get("save", 0.0), "final_write_s": s.get("final_write", 0.0),
+                 "val_s": s.get("val", 0.0), "sample_s": s.get("sample", 0.0)}
         parts["other_s"] = loop - sum(parts.values())
-        return {"startup_s": self.startup, "loop_s": loop, **parts, "steps": steps,
+        return {"startup_s": sum(self.setup.values()), "startup_parts": self.setup, "loop_s": loop, **parts,
+                "steps": steps,
                 "saves": n.get("save_write", 0), "save_stall_max_s": self.longest.get("save", 0.0),
                 "save_write_s": s.get("save_write", 0.0), "async_save": async_save,
                 "vals": n.get("val", 0), "samples": n.get("sample", 0)}
@@ -392,15 +419,21 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
         raise
 
 
-def sample_text(model, tokenizer, args, device, amp_dtype, step: int) -> str:
+def sample_text(run: "Run", step: int) -> str:
+    """The text sample of `step`: the prompt and --sample_tokens sampled tokens (temperature 0.8, top-k 50).
+    On one CUDA device each token is one replay of a captured decoding step (run.decoder, made at the first
+    sample and kept: it reads the weights in place); elsewhere (CPU, FSDP2 shards) the model decodes eagerly."""
+    model, tokenizer, args, device, amp_dtype = run.model, run.tokenizer, run.args, run.env.device, run.switches.amp_dtype
     ids = torch.tensor([tokenizer.encode(args.sample_prompt) or [model.config.bos_token_id]], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed + step)  # own generator: training RNG untouched
+    if run.decoder is None and device.type == "cuda" and not args.fsdp:
+        run.decoder = DecodeGraph(model, 1, ids.shape[1] + args.sample_tokens, amp_dtype)
     was_training = model.training
     model.eval()
     # Eager even where layers were compiled in place (--compile_scope blocks): decoding one token at a time
     # against a growing cache would recompile per position.
     with amp_context(device, amp_dtype), torch.compiler.set_stance("force_eager"):
-        out = model.generate(ids, args.sample_tokens, temperature=0.8, top_k=50, generator=gen)
+        out = model.generate(ids, args.sample_tokens, temperature=0.8, top_k=50, generator=gen, graph=run.decoder)
     model.train(was_training)
     return tokenizer.decode(out[0].tolist())
 
@@ -424,14 +457,17 @@ class Run:
     step_fn: TrainStep
     start_step: int
     sample_every: int  # 0 under --model_impl hf: transformers' generate has another API; samples are ours only
+    decoder: Optional[DecodeGraph] = None  # made by the first sample on CUDA (sample_text)
 
     @property
     def tokens_per_step(self) -> int:
         return self.args.batch_size * self.args.grad_accum * self.args.seq_len * self.env.world_size
 
 
-def build_run(args, env, switches: Switches, config, start: Start, log, events: MetricsWriter) -> Run:
-    """Tokenizer, data, model (from the checkpoint on resume), optimizer and the training step."""
+def build_run(args, env, switches: Switches, config, start: Start, log, events: MetricsWriter,
+              mark=lambda part: None) -> Run:
+    """Tokenizer, data, model (from the checkpoint on resume), optimizer and the training step. mark(part)
+    books the start-up time since the previous mark (WallClock.setup_part)."""
     rank, device, ckpt = env.rank, env.device, start.ckpt
     tokenizer = load_tokenizer(args.tokenizer_id, log=log)
     check_fits(tokenizer, config, args)
@@ -442,9 +478,10 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
     if rank == 0:
         dist_utils.barrier()
     data = TokenBatches(dataset, args.seq_len, args.seed, args.sampler)
+    mark("tokenizer_data")
 
     torch.manual_seed(args.seed)
-    model = SmolLM2ForCausalLM(config)
+    model = SmolLM2ForCausalLM(config, init=ckpt is None)  # a resume loads every weight
     if switches.model_impl == "hf":
         from smollm2_hf import to_hf_model
         model = TransformersAdapter(to_hf_model(model).train())
@@ -463,6 +500,7 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
     forward_model = dist_utils.build_forward(model, switches.compile, switches.compile_scope, device,
                                              reduce_bf16=switches.grad_reduce_bf16)
     step_fn = TrainStep(model, forward_model, optimizer, StepConfig.of(switches, args.grad_clip), device, log=log)
+    mark("model_optimizer")
     return Run(args=args, switches=switches, env=env, config=config, start=start, log=log, events=events,
                tokenizer=tokenizer, dataset=dataset, data=data, model=model, optimizer=optimizer, step_fn=step_fn,
                start_step=int(ckpt["global_step"]) if ckpt is not None else 0,
@@ -551,13 +589,23 @@ class Checkpoints:
         link_latest(path, os.path.join(self.dir, LATEST))
         prune_step_checkpoints(self.dir, self.run.args.keep_checkpoints)
 
+    def weights(self) -> dict:
+        """The checkpoint's tensors that matter for size: the model's and the optimizer's state."""
+        run = self.run
+        return dict(model=dist_utils.full_state_dict(run.model),
+                    optimizer=dist_utils.full_optimizer_state(run.model, run.optimizer, optimizer_state_for_checkpoint))
+
+    def reserve(self) -> None:
+        """After the first step (the optimizer state exists): the host buffers of the saves, allocated in the
+        background, so the first save stalls the loop no longer than the others."""
+        if self.run.env.rank == 0 and self.writer.snapshot.pin and self.run.args.save_every and not self.run.args.fsdp:
+            self.writer.reserve(self.weights())
+
     def save(self, step: int, reason: str = "") -> None:
         run, args = self.run, self.run.args
         self.ensure_finite(step)
         # The lr needs no section of its own: it is lr_at(step, args), both saved.
-        state = dict(global_step=step, run_id=run.start.run_id, model=dist_utils.full_state_dict(run.model),
-                     optimizer=dist_utils.full_optimizer_state(run.model, run.optimizer, optimizer_state_for_checkpoint),
-                     rng=rng_state(),
+        state = dict(global_step=step, run_id=run.start.run_id, **self.weights(), rng=rng_state(),
                      data={"next_step": step + 1, "seed": args.seed, "seq_len": args.seq_len,
                            "batch_size": args.batch_size, "grad_accum": args.grad_accum,
                            "world_size": run.env.world_size, "train_tokens": len(run.data.train),
@@ -618,8 +666,10 @@ def log_interval(run: Run, step: int, lr: float, grad_norm: torch.Tensor, interv
 
 def log_validation(run: Run, step: int, metrics: dict) -> None:
     args = run.args
-    val_loss = evaluate(run.model, run.data.val_batches(args.val_batches, args.batch_size * args.grad_accum),
-                        run.env.device, run.switches.amp_dtype)
+    rows = args.batch_size * args.grad_accum  # --val_batches counts batches of one optimizer step's rows
+    windows = run.data.val_batches(args.val_batches * rows, max(rows, EVAL_TOKENS // args.seq_len))
+    with torch.compiler.set_stance("force_eager"):  # layers compiled in place (blocks) would compile a no-grad graph
+        val_loss = evaluate(run.model, windows, run.env.device, run.switches.amp_dtype)
     if val_loss is None:
         return
     metrics.update(val_loss=float(val_loss), val_loss_step=step)
@@ -652,6 +702,7 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
                 os.makedirs(os.path.dirname(artifacts), exist_ok=True)
                 save_artifacts(artifacts, log)
                 clock.lap("compile")
+            saves.reserve()
 
         if step % args.log_every == 0 or step == args.max_steps:
             clock.lap("steps")
@@ -665,7 +716,7 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
             saves.ensure_finite(step)  # non-finite logits would make sampling fail
             # Under FSDP2 every rank must run the forward (each holds a shard); the others' text is discarded.
             if rank == 0 or args.fsdp:
-                log(f"[sample @ step {step}] {sample_text(run.model, run.tokenizer, args, device, run.switches.amp_dtype, step)}")
+                log(f"[sample @ step {step}] {sample_text(run, step)}")
             clock.lap("sample")
         if args.val_every and step % args.val_every == 0:
             clock.lap("steps")
@@ -679,7 +730,7 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
             clock.lap("save")
         if stopping:
             saves.collect(saves.writer.wait())  # exit 0 only once the file is on disk
-            clock.lap("save")
+            clock.lap("final_write")
             log(f"STOP: {stop.requested or 'signal on another rank'} received; saved step {step}. "
                 f"Continue with the same command and --resume 1.")
             run.events("stop", step=step, signal=stop.requested)
@@ -691,8 +742,11 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
 def main(argv=None) -> int:
     # ---- parse and check: every flag, before anything is read or written
     args, env, switches, config = parse_and_check(argv)
+    clock = WallClock(env.device)
     # ---- the folder, its lock and the resume point, before the log opens: a refusal leaves train.log untouched
     start = prepare_run(args, env.rank, env.world_size, config)
+    switches = kept_compile_scope(args, switches, start.ckpt)
+    clock.setup_part("checkpoint_read")
     start_step = int(start.ckpt["global_step"]) if start.ckpt is not None else 0
     log = Logger(start.folder.log_path, env.rank == 0, args.max_steps, start_step)
     events = MetricsWriter(os.path.join(args.out_dir, METRICS_FILE) if env.rank == 0 else None,
@@ -700,7 +754,7 @@ def main(argv=None) -> int:
     saves: Optional[Checkpoints] = None
     try:
         # ---- build the run (and resume: the model, optimizer and RNG come from the checkpoint)
-        run = build_run(args, env, switches, config, start, log, events)
+        run = build_run(args, env, switches, config, start, log, events, clock.setup_part)
         log_header(run)
         if start_step >= args.max_steps:
             log(f"Nothing to do: checkpoint is at step {start_step} >= --max_steps {args.max_steps}.")
@@ -710,16 +764,17 @@ def main(argv=None) -> int:
         # A resume carries the previous ones until this run logs its own.
         metrics = {**((start.ckpt or {}).get("metrics") or {}), "device": device_name(env.device),
                    "data": run.dataset.description, "tokens_per_step": run.tokens_per_step}
-        clock = WallClock(env.device)
         saves = Checkpoints(run, clock, metrics)
+        clock.start_loop()
         last, stopped = train_loop(run, saves, clock, metrics)
         # ---- finish: the last write lands, then the DONE and WALL lines
         clock.lap("steps")
         saves.collect(saves.writer.wait())
-        clock.lap("save")
+        clock.lap("final_write")
         if not stopped:
             finish(run, clock)
-        wall = {k: round(v, 3) if isinstance(v, float) else v
+        rounded = lambda v: round(v, 3) if isinstance(v, float) else v  # noqa: E731
+        wall = {k: {p: rounded(x) for p, x in v.items()} if isinstance(v, dict) else rounded(v)
                 for k, v in clock.summary(last - start_step, bool(args.async_save)).items()}
         log("WALL: " + json.dumps(wall))
         events("wall", step=last, **wall)

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 from smollm2_metrics import (LOG_MARKS, MetricsError, RunSummary, log_events, number, read_events,
                              summarize)
-from smollm2_switches import DEFAULT_PATH, PROFILES, SAME_AS, SWITCH_PAIRS
+from smollm2_switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_PAIRS
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "FINDINGS", "DATA_RESULTS")
@@ -85,8 +85,13 @@ def run_summary(log_path: str, text: str) -> RunSummary:
 # WALL records: where each run's wall time went (train.py's WallClock.summary). Logs from before them have
 # none, and their blocks simply lack the table.
 WALL_PARTS = (("startup_s", "start-up (imports, data, model)"), ("compile_s", "compile + warm-up + capture (1st step)"),
-              ("steps_s", "steady steps"), ("save_stall_s", "saves: loop stalled"), ("val_s", "validation"),
+              ("steps_s", "steady steps"), ("save_stall_s", "saves: loop stalled"),
+              ("final_write_s", "last checkpoint: its write finishing before exit"), ("val_s", "validation"),
               ("sample_s", "samples"), ("other_s", "other (log lines)"))
+# The start-up's parts (WALL records since session 7 have them), as indented rows under start-up.
+STARTUP_PARTS = (("imports", "interpreter, imports, flag checks"), ("checkpoint_read", "run folder (+ checkpoint read)"),
+                 ("tokenizer_data", "tokenizer + data"), ("model_optimizer", "model + optimizer on the device"),
+                 ("other", "log header"))
 
 
 def wall_table(walls: list[dict]) -> str:
@@ -105,6 +110,9 @@ def wall_table(walls: list[dict]) -> str:
                      "val_s": f" ({w.get('vals', 0)})", "sample_s": f" ({w.get('samples', 0)})"}.get(key, "")
             cells.append(f(v) + (extra if v is not None else ""))
         rows.append([label, *cells])
+        if key == "startup_s" and any(w.get("startup_parts") for w in walls):
+            rows += [[f"&nbsp;&nbsp;{sub}", *[f((w.get("startup_parts") or {}).get(part)) for w in walls]]
+                     for part, sub in STARTUP_PARTS]
     rows.append(["**wall time of the command**", *[f"**{f(w.get('startup_s', 0) + w.get('loop_s', 0))}**" for w in walls]])
     rows.append(["saves: writing in the background (overlaps the steps)" if walls[-1].get("async_save") else
                  "saves: writing (inside the stall)", *[f(w.get("save_write_s")) for w in walls]])
@@ -589,12 +597,14 @@ def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
     graded = _rows_by(os.path.join(bench_dir, "bench_seed.csv"), "impl")
     thr = _rows_by(os.path.join(bench_dir, "bench_throughput.csv"), "impl")
     for name, rows, what in (("seed", graded, "the graded run's shape"), ("throughput", thr, "the throughput profile")):
-        fast, hfe, hfc = default_path_row(rows), rows.get("hf_eager"), rows.get("hf_compile")
+        # the seed's command (5,000 steps) compiles each layer alone (--compile_scope auto): its own row when measured
+        fast = (name == "seed" and rows.get(SEED_PATH)) or default_path_row(rows)
+        hfe, hfc = rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfe and hfc):
             continue
         what += f" ({shape_text(name, fast, hfe, hfc)})"
         tf, te, tc = (float(r["tokens_per_s"]) for r in (fast, hfe, hfc))
-        out.append(f"- **Speed, {what}** on {fast['card']}: our default CUDA path trains at **{tf:,.0f} tokens/s** "
+        out.append(f"- **Speed, {what}** on {fast['card']}: our default CUDA path (`{fast['impl']}`) trains at **{tf:,.0f} tokens/s** "
                    f"({100 * float(fast['mfu']):.1f}% MFU), **{tf / te:.1f}x** transformers' LlamaForCausalLM eager "
                    f"({te:,.0f}) and **{tf / tc:.1f}x** transformers + torch.compile ({tc:,.0f}); peak memory "
                    f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfe['peak_mem_gb']):.2f} GB (eager) and "

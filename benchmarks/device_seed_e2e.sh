@@ -7,6 +7,9 @@
 #             step A and step B; this pair's train.log is the graded log
 #   portable  the machine's caches emptied again, step B's resume on a copy of the warm run's folder: what
 #             <out_dir>/cache/compile_artifacts.bin alone buys a resume on a fresh machine
+#   scopes    (about 4 minutes) the compile scopes side by side on short runs of the seed's shape: for each of
+#             --compile_scope model and blocks, from empty compile caches, 300 steps cold, 300 again warm,
+#             then a resume to 350; each run's WALL line goes to $OUT/scopes_wall.jsonl
 # What comes back in $OUT: seed_e2e.csv (each command's wall time as the shell saw it), the cold pair's log
 # (cold/train.log), the graded log (out_smollm2_scratch/train.log, to commit as is) and the portable log.
 set -u
@@ -40,6 +43,20 @@ clean_run_folder() { rm -rf out_smollm2_scratch/checkpoints out_smollm2_scratch/
   out_smollm2_scratch/run.json; }
 empty_compile_caches() { rm -rf "$INDUCTOR" "$HOME/.triton/cache"; }
 
+if [[ "$steps" == *" scopes "* ]]; then  # not part of "all"
+  S=(--input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --log_every 50 --save_every 250 --sample_every 100)
+  for scope in model blocks; do
+    empty_compile_caches
+    for case in cold warm resume; do
+      d=/tmp/scope_$scope; [ $case = resume ] || rm -rf $d
+      if [ $case = resume ]; then extra=(--max_steps 350 --resume 1); else extra=(--max_steps 300 --resume 0); fi
+      timed "scope_${scope}_$case" "${S[@]}" "${extra[@]}" --compile_scope $scope --out_dir $d > /tmp/scope.log 2>&1
+      grep -E "^step +300/|^step +350/" /tmp/scope.log | grep "ms/step"
+      python -c "import json,sys; w=json.loads(open('$d/train.log').read().rsplit('WALL: ',1)[1].splitlines()[0]); \
+print(json.dumps({'case': '${scope}_$case', **w}))" | tee -a "$OUT/scopes_wall.jsonl"
+    done
+  done
+fi
 if run cold; then
   empty_compile_caches
   clean_run_folder

@@ -72,6 +72,23 @@ def test_background_save_writes_what_a_synchronous_save_writes(tmp_path):
     assert {k: v.data_ptr() for k, v in writer.snapshot.buffers.items()} == buffers
 
 
+def test_buffers_reserved_in_the_background_are_the_ones_the_save_fills(tmp_path):
+    """reserve() allocates the host buffers in a thread (train.py: after the first step); the first save then
+    copies into exactly those buffers and writes what a synchronous save writes."""
+    state = {"model": {"w": torch.randn(64, 32), "b": torch.randn(32)}, "optimizer": {"state": {0: {"m": torch.randn(64, 32)}}},
+             "step": 3}
+    writer = CheckpointWriter(background=True, pin=False)
+    writer.reserve({"model": state["model"], "optimizer": state["optimizer"]})
+    assert writer.wait() is None  # a reservation is no write: nothing to report
+    reserved = {k: v.data_ptr() for k, v in writer.snapshot.buffers.items()}
+    assert len(reserved) == 3
+    writer.submit(lambda host: save_checkpoint(str(tmp_path / "a.pt"), host), state, "a")
+    assert writer.wait().error is None
+    assert {k: v.data_ptr() for k, v in writer.snapshot.buffers.items()} == reserved
+    save_checkpoint(str(tmp_path / "s.pt"), state)
+    assert_same_tree(torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "s.pt", weights_only=True))
+
+
 def test_a_failed_background_write_is_reported_not_lost(tmp_path):
     def fail(_):
         raise OSError(28, "No space left on device")

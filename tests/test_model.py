@@ -230,6 +230,58 @@ def test_top_k_top_p_restrict_the_support():
     assert sample_next(logits[:1], 0.0, None, None).item() == 0
 
 
+def test_static_cache_step_equals_full_recompute(tiny_model):
+    """The graph-safe step (a device tensor position, the whole preallocated cache, a key mask over the
+    filled slots: what DecodeGraph captures on CUDA) gives the logits of recomputing the whole sequence,
+    with stale entries from a longer earlier sequence still in the cache."""
+    x = _ids(2, 20)
+    with torch.no_grad():
+        full = tiny_model(x)[0]
+        cache = KVCache(tiny_model.config, 2, 32, x.device, torch.float32)
+        tiny_model(_ids(2, 30, seed=5), kv_cache=cache, start_pos=0)  # an earlier, longer sequence
+        steps = [tiny_model(x[:, :8], kv_cache=cache, start_pos=0)[0][:, -1]]
+        for t in range(8, 20):
+            steps.append(tiny_model(x[:, t:t + 1], kv_cache=cache, start_pos=torch.tensor([t]))[0][:, -1])
+    assert _maxdiff(torch.stack(steps[:-1], dim=1), full[:, 7:19]) <= 1e-5
+    assert _maxdiff(steps[-1], full[:, 19]) <= 1e-5
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "manual"])
+def test_decode_graph_generation_equals_eager_decoding(attn):
+    """DecodeGraph (eager off CUDA, the same step) samples exactly what the eager KV-cache path samples,
+    for every sampler setting, and one DecodeGraph serves prompt after prompt (as train.py's samples do)."""
+    from smollm2_model import DecodeGraph
+
+    torch.manual_seed(0)
+    model = SmolLM2ForCausalLM(get_config("tiny", attn_impl=attn)).eval()
+    graph = DecodeGraph(model, 2, 7 + 16)
+    for kwargs in (dict(temperature=0.0), dict(temperature=0.8, top_k=50), dict(temperature=1.2, top_p=0.9)):
+        for seed in (1, 2):
+            prompt = _ids(2, 7, seed=seed)
+            outs = [model.generate(prompt, 16, generator=torch.Generator().manual_seed(seed), graph=g, **kwargs)
+                    for g in (None, graph)]
+            assert torch.equal(outs[0], outs[1]), (kwargs, seed)
+    with pytest.raises(ValueError, match="DecodeGraph"):
+        model.generate(_ids(2, 7), 17, graph=graph)  # one position more than its cache holds
+    with pytest.raises(ValueError, match="batch 2"):
+        model.generate(_ids(1, 7), 4, graph=graph)
+
+
+def test_weights_left_unset_for_a_load_then_loaded_exactly():
+    """init=False (a resume, a checkpoint or export load) skips drawing weights that the load overwrites;
+    the tie and the rotary tables are there all the same."""
+    torch.manual_seed(0)
+    ref = SmolLM2ForCausalLM(get_config("tiny"))
+    bare = SmolLM2ForCausalLM(get_config("tiny"), init=False)
+    assert bare.tie_holds()
+    bare.load_state_dict(ref.state_dict(), strict=True)
+    assert bare.tie_holds()
+    assert torch.equal(bare.model.rope_cos, ref.model.rope_cos) and torch.equal(bare.model.rope_sin, ref.model.rope_sin)
+    x = _ids(2, 9)
+    with torch.no_grad():
+        assert torch.equal(bare(x)[0], ref(x)[0])
+
+
 def test_generation_stops_at_eos(tiny_model):
     prompt = _ids(2, 5, seed=9)
     free = tiny_model.generate(prompt, 12, temperature=0.0)[:, 5:]  # no eos: the greedy paths

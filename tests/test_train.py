@@ -198,7 +198,40 @@ def test_graded_commands_scaled_down(tmp_path):
         if l.startswith("step") and "| lr" in l:
             assert re.match(r"step\s+\d+/\d+ \| lr \d\.\d{3}e-\d\d \| loss \d+\.\d{4} \| grad_norm \S+ \| "
                             r"ms/step \S+ \| tok/s \S+ \| mfu \S+$", l), l
+    walls = [json.loads(l[len("WALL: "):]) for l in lines if l.startswith("WALL: ")]
+    assert len(walls) == 2
+    for w in walls:  # the start-up by part, and the loop by part, each adding up to its total
+        assert list(w["startup_parts"]) == ["imports", "checkpoint_read", "tokenizer_data", "model_optimizer", "other"]
+        assert w["startup_s"] == pytest.approx(sum(w["startup_parts"].values()), abs=0.01)
+        parts = ("compile_s", "steps_s", "save_stall_s", "final_write_s", "val_s", "sample_s", "other_s")
+        assert w["loop_s"] == pytest.approx(sum(w[k] for k in parts), abs=0.01)
+        assert w["final_write_s"] >= 0 and w["saves"] >= 1
     assert_consumers_read_the_run(tmp_path)
+
+
+def test_compile_scope_auto_follows_the_run_length_and_a_resume_keeps_it():
+    """--compile_scope auto: each layer compiled alone for a short single-process run, the whole model for a
+    long one or under DDP; a resume compiles what its run compiled, whatever its --max_steps now says."""
+    import train
+    from smollm2_switches import AUTO_BLOCKS_MAX_STEPS
+
+    cuda = torch.device("cuda")
+    args = train.parse_args(["--max_steps", "5000"])
+    assert args.compile_scope == "auto"
+    assert train.resolve_switches(args, cuda, 1).compile_scope == "blocks"
+    assert train.resolve_switches(args, cuda, 2).compile_scope == "model"
+    long = train.parse_args(["--max_steps", str(AUTO_BLOCKS_MAX_STEPS + 1)])
+    assert train.resolve_switches(long, cuda, 1).compile_scope == "model"
+    assert train.resolve_switches(train.parse_args(["--max_steps", "5000", "--compile_scope", "model"]),
+                                  cuda, 1).compile_scope == "model"
+    # a resume: the checkpoint's scope, not the one the new --max_steps would pick
+    for saved in ("model", "blocks"):
+        ckpt = {"switches": {"compile_scope": saved}}
+        assert train.kept_compile_scope(long, train.resolve_switches(long, cuda, 1), ckpt).compile_scope == saved
+    assert train.kept_compile_scope(long, train.resolve_switches(long, cuda, 1), {}).compile_scope == "model"
+    given = train.parse_args(["--max_steps", "5000", "--compile_scope", "blocks"])  # given on purpose: kept
+    assert train.kept_compile_scope(given, train.resolve_switches(given, cuda, 1),
+                                    {"switches": {"compile_scope": "model"}}).compile_scope == "blocks"
 
 
 def assert_consumers_read_the_run(out_dir):
@@ -226,6 +259,7 @@ def assert_consumers_read_the_run(out_dir):
     block = readme.read_text()
     assert "steps 5 → 25" in block and "3 checkpoint saves logged" in block and "resumed at step 20" in block
     assert "| part | run 1 (from scratch) | run 2 (resume) |" in block
+    assert "interpreter, imports, flag checks" in block and "last checkpoint: its write finishing" in block
 
 
 def test_tensorboard_without_the_package_is_a_usage_error(tmp_path, monkeypatch):

@@ -184,3 +184,30 @@ def test_evaluation_loss_path_equals_plain_loss():
         plain = model(x, y)[1]
         chunked = model(x, y, return_logits=False)[1]
     assert abs(plain.item() - chunked.item()) < 1e-5
+
+
+def test_validation_in_fewer_larger_forwards_gives_the_same_loss():
+    """train.py evaluates the validation windows EVAL_TOKENS at a time instead of one step's rows at a time:
+    the same windows (val_batches counts windows), the same token-weighted mean up to summation order."""
+    from smollm2_data import TokenBatches, TokenDataset, TokenStream
+    from smollm2_training import evaluate
+
+    class Segment:  # one in-memory shard
+        def __init__(self, n, seed):
+            self.ids = torch.randint(0, 49152, (n,), generator=torch.Generator().manual_seed(seed)).numpy()
+            self.n_tokens = n
+
+        def read(self, start, count):
+            return self.ids[start:start + count]
+
+    torch.manual_seed(0)
+    model = SmolLM2ForCausalLM(get_config("tiny")).eval()
+    split = TokenDataset(TokenStream([Segment(4000, 2)]), TokenStream([Segment(32 * 13 + 5, 3)]), "test", "in memory")
+    data = TokenBatches(split, 32, 0, "epoch")
+    small = list(data.val_batches(12, 4))
+    large = list(data.val_batches(12, 64))
+    assert [x.shape[0] for x, _ in small] == [4, 4, 4] and [x.shape[0] for x, _ in large] == [12]
+    assert torch.equal(torch.cat([x for x, _ in small]), large[0][0])
+    assert sum(x.shape[0] for x, _ in data.val_batches(100, 64)) == 13  # no more windows than the split holds
+    a, b = evaluate(model, small, CPU, None), evaluate(model, large, CPU, None)
+    assert a == pytest.approx(b, rel=1e-6)
