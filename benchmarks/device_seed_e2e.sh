@@ -41,7 +41,7 @@ timed() {  # case, then the train.py arguments
 }
 clean_run_folder() { rm -rf out_smollm2_scratch/checkpoints out_smollm2_scratch/cache out_smollm2_scratch/train.log \
   out_smollm2_scratch/run.json; }
-empty_compile_caches() { rm -rf "$INDUCTOR" "$HOME/.triton/cache"; }
+empty_compile_caches() { rm -rf "$INDUCTOR" "$HOME/.triton/cache" "$PYTHONPYCACHEPREFIX"; }  # and the bytecode
 
 if [[ "$steps" == *" scopes "* ]]; then  # not part of "all"
   S=(--input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --log_every 50 --save_every 250 --sample_every 100)
