@@ -7,6 +7,7 @@ Blocks (each marker alone on its line; the text between a BEGIN/END pair is repl
   BENCH_TABLE      (optional) one table per benchmarks/bench_*.csv, plus benchmarks/*.png
   MULTIGPU_TABLE   (optional) benchmarks/multigpu*.csv
   MICROBATCH_TABLE (optional) benchmarks/microbatch_sweep.csv: tokens/s per micro-batch (rows) and impl (columns)
+  SEED_E2E         (optional) benchmarks/seed_e2e/seed_e2e.csv: the README's two commands' wall times, cold and warm
   FINDINGS         (optional) the headline sentences, computed from the same files
   DATA_RESULTS     (optional) the real-corpus run (results/realdocs/) and benchmarks/data_prep.csv
 It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the run's
@@ -37,7 +38,8 @@ from smollm2_metrics import (LOG_MARKS, MetricsError, RunSummary, log_events, nu
 from smollm2_switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_PAIRS
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
-OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "FINDINGS", "DATA_RESULTS")
+OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "SEED_E2E", "FINDINGS",
+            "DATA_RESULTS")
 MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
 
 
@@ -106,7 +108,8 @@ def wall_table(walls: list[dict]) -> str:
         for w in walls:
             v = w.get(key)
             extra = {"steps_s": f" ({w.get('steps', 0) - 1:,} steps)" if w.get("steps") else "",
-                     "save_stall_s": f" ({w.get('saves', 0)} saves, longest {w.get('save_stall_max_s', 0):.2f})",
+                     "save_stall_s": f" ({w.get('saves', 0)} save{'' if w.get('saves') == 1 else 's'}, "
+                                     f"longest {w.get('save_stall_max_s', 0):.2f})",
                      "val_s": f" ({w.get('vals', 0)})", "sample_s": f" ({w.get('samples', 0)})"}.get(key, "")
             cells.append(f(v) + (extra if v is not None else ""))
         rows.append([label, *cells])
@@ -440,6 +443,43 @@ def multigpu_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
             f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}")
 
 
+# What each case of benchmarks/device_seed_e2e.sh measured (seed_e2e.csv's `case`); an unknown case shows its name.
+E2E_CASES = {
+    "cold_A": "step A on empty compile caches (inductor, Triton, Python bytecode)",
+    "cold_B": "step B right after it",
+    "warm_A": "step A on a machine that has run it (the graded log)",
+    "warm_B": "step B after it (the graded log)",
+    "warm_A_no_bytecode": "step A warm, but Python bytecode not kept (the GPU image's default)",
+    "warm_B_no_bytecode": "step B likewise",
+    "portable_B": "step B on empty machine caches, with the run folder's compile_artifacts.bin (bytecode not kept)",
+}
+
+
+def e2e_case(case: str) -> str:
+    m = re.fullmatch(r"scope_(model|blocks)_(cold|warm|resume)", case)
+    if m:
+        what = {"cold": "300 steps, empty caches", "warm": "300 steps again", "resume": "resume to 350"}[m.group(2)]
+        return f"`--compile_scope {m.group(1)}`: {what} (Python bytecode not kept)"
+    return E2E_CASES.get(case, case)
+
+
+def seed_e2e_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    """device_seed_e2e.sh's wall times (the shell's, process start to exit), one row per case."""
+    path = os.path.join(bench_dir, "seed_e2e", "seed_e2e.csv")
+    if not os.path.isfile(path):
+        return f"_No end-to-end timings yet: no `{rel(path, readme_dir)}`._", "no seed_e2e csv"
+    _, rows = read_csv(path)
+    if not rows:
+        return f"_`{rel(path, readme_dir)}` holds no rows._", "empty seed_e2e csv"
+    cards = ", ".join(dict.fromkeys(f"{r.get('card', '')} (torch {r.get('torch', '')})" for r in rows))
+    table = markdown_table(["case", "what", "wall (s)", "exit"],
+                           [[f"`{r['case']}`", e2e_case(r["case"]), f"{number(r.get('wall_s')) or 0:.1f}",
+                             r.get("exit_status", "")] for r in rows])
+    return (f"The README's two commands end to end, as the shell timed them (process start to exit) on {cards} "
+            f"(`bash benchmarks/device_seed_e2e.sh`; rendered from `{rel(path, readme_dir)}`). Step A is "
+            f"`--max_steps 5000 --resume 0`, step B `--max_steps 5050 --resume 1`:\n\n{table}"), f"{len(rows)} cases"
+
+
 def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     """bench.py --micro_batches: one row per micro-batch, one column per impl (tokens/s, MFU, peak memory, or
     out of memory), the fastest size that fit in bold; then which size each impl's throughput row uses."""
@@ -575,6 +615,12 @@ def multigpu_finding(path: str, readme_dir: str) -> str:
 def default_path_row(rows: dict[str, dict[str, str]]) -> Optional[dict[str, str]]:
     """train.py's default path in a bench table; tables measured before DEFAULT_PATH existed hold ours_fast."""
     return rows.get(DEFAULT_PATH) or rows.get("ours_fast")
+
+
+def started(log_text: str) -> str:
+    """When a train.log's first run started, from its header line ("... training | 2026-11-28T08:27:21")."""
+    m = re.search(r"^SmolLM2 from-scratch training \| (\S+)", log_text, re.M)
+    return m.group(1).replace("T", " ") if m else "date not logged"
 
 
 def shape_text(profile: str, fast: dict, hfe: dict, hfc: dict) -> str:
@@ -854,6 +900,7 @@ def fill_readme(args, text: str, spans: dict) -> int:
         "BENCH_TABLE": lambda: bench_block(args.bench_dir, readme_dir),
         "MULTIGPU_TABLE": lambda: multigpu_block(args.bench_dir, readme_dir),
         "MICROBATCH_TABLE": lambda: microbatch_block(args.bench_dir, readme_dir),
+        "SEED_E2E": lambda: seed_e2e_block(args.bench_dir, readme_dir),
         "FINDINGS": lambda: findings_block(args, run, readme_dir),
         "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, readme_dir),
     }
@@ -865,7 +912,7 @@ def fill_readme(args, text: str, spans: dict) -> int:
     if previous is not None and log_text is not None and "TRAIN_LOG" in blocks:
         try:
             write_if_changed(args.comparison_plot, render_comparison_plot(
-                summarize(log_events(previous)), run, ("before (random offsets, accumulated)", "now")))
+                summarize(log_events(previous)), run, (f"before ({started(previous)})", f"now ({started(log_text)})")))
             blocks["TRAIN_LOG"] += (f"\n\nThe same two commands before the current default path "
                                     f"(`{rel(args.previous_train_log, readme_dir)}`) and now:\n\n"
                                     f"![The graded command before and now]({link(args.comparison_plot, readme_dir)})")
