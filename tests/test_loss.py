@@ -59,3 +59,24 @@ def test_linear_cross_entropy_chunks_and_ignore_index(chunk_size):
     assert _maxdiff(gh, ref_gh) <= 1e-6 and _maxdiff(gw, ref_gw) <= 1e-6
     with torch.no_grad():  # the no-grad (evaluation) path
         assert abs(linear_cross_entropy(h, w, t, chunk_size=chunk_size).item() - ref.item()) <= 1e-5
+
+
+def test_evaluation_loss_runs_in_smaller_chunks_and_stays_exact(monkeypatch):
+    """Without gradients the logits chunk is capped at NO_GRAD_CHUNK (validation's peak memory): more tokens than
+    one such chunk, ignored targets included, give the float64 reference loss; every matmul the no-grad path
+    runs has at most NO_GRAD_CHUNK rows."""
+    import smollm2_loss
+
+    g = torch.Generator().manual_seed(3)
+    N, C, V = 2 * smollm2_loss.NO_GRAD_CHUNK + 77, 8, 31
+    h, w = torch.randn(N, C, generator=g), torch.randn(V, C, generator=g)
+    t = torch.randint(0, V, (N,), generator=g)
+    t[::5] = IGNORE_INDEX
+    ref = F.cross_entropy(h.double() @ w.double().t(), t, ignore_index=IGNORE_INDEX)
+    rows = []
+    real_ce = F.cross_entropy
+    monkeypatch.setattr(smollm2_loss.F, "cross_entropy", lambda x, *a, **k: rows.append(x.shape[0]) or real_ce(x, *a, **k))
+    with torch.no_grad():
+        got = linear_cross_entropy(h, w, t)
+    assert abs(got.item() - ref.item()) <= 1e-5
+    assert rows == [smollm2_loss.NO_GRAD_CHUNK, smollm2_loss.NO_GRAD_CHUNK, 77]
