@@ -242,6 +242,87 @@ def test_pretrained_knows_paris():
     assert "Paris" in p.stdout
 
 
+def test_gguf_cache_is_keyed_by_content_and_written_whole(tmp_path, monkeypatch, tiny_model):
+    """smollm2_hf's GGUF cache without the 20 s dequantization: a stand-in returns a tiny transformers model
+    (flagged as quantized, like a real GGUF load) and counts its calls. (The real GGUF goes through the
+    cache in test_pretrained_knows_paris, and sanity_check --compare_pretrained reads that entry back and
+    must still score the GGUF's loss, 3.7089.)"""
+    import transformers
+
+    import smollm2_hf
+    from smollm2_hf import load_pretrained_hf, to_hf_model
+    from smollm2_io import file_sha256
+
+    pytest.importorskip("gguf")
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SMOLLM2_GGUF_CACHE", str(root))
+    converted = []
+
+    def dequantize(path):
+        converted.append(Path(path).name)
+        hf = to_hf_model(tiny_model)
+        hf.config.quantization_config = {"quant_method": "gguf", "gguf_file": Path(path).name}
+        return hf
+
+    monkeypatch.setattr(smollm2_hf, "_dequantize_gguf", dequantize)
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(b"GGUF weights A")
+    b.write_bytes(b"GGUF weights B")
+    ref = to_hf_model(tiny_model).state_dict()
+
+    def load(path):
+        lines = []
+        hf, source = load_pretrained_hf(str(path), log=lines.append)
+        assert source == str(path)
+        sd = hf.state_dict()
+        assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)  # bit-exact float32
+        assert hf.lm_head.weight is hf.model.embed_tokens.weight  # the tie survives the round trip
+        return lines
+
+    lines = load(a)  # a miss: dequantized once, kept under the file's hash and the converters' versions
+    assert converted == ["a.gguf"] and "kept in" in lines[-1]
+    (entry,) = root.iterdir()
+    assert entry.name.startswith(file_sha256(str(a))[:32]) and f"transformers{transformers.__version__}" in entry.name
+    assert sorted(p.name for p in entry.iterdir()) == ["config.json", "model.safetensors"]
+    assert "quantization_config" not in json.loads((entry / "config.json").read_text())
+
+    lines = load(a)  # a hit: not dequantized again
+    assert converted == ["a.gguf"] and "read from" in lines[-1]
+    load(b)  # another file: its own entry
+    assert converted == ["a.gguf", "b.gguf"] and len(list(root.iterdir())) == 2
+    a.write_bytes(b"GGUF weights A, replaced in place")  # the same path with other bytes never hits
+    load(a)
+    assert converted[-1] == "a.gguf" and len(converted) == 3 and len(list(root.iterdir())) == 3
+    import importlib.metadata
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",  # another converter: its own entry
+                        lambda name: "0.0.0-another" if name == "transformers" else real_version(name))
+    load(a)
+    assert len(converted) == 4 and len(list(root.iterdir())) == 4
+
+    # A damaged entry is dequantized again and replaced; a dead writer's temporary is swept.
+    entry = next(p for p in root.iterdir() if "0.0.0-another" in p.name)
+    (entry / "model.safetensors").write_bytes(b"truncated")
+    stale = root / "x.tmp.999999999"
+    stale.mkdir()
+    lines = load(a)
+    assert len(converted) == 5 and any("unreadable" in l for l in lines) and "kept in" in lines[-1]
+    assert not stale.exists() and not [p for p in root.iterdir() if ".tmp." in p.name]
+    load(a)
+    assert len(converted) == 5
+
+    # Unwritable cache: the load still succeeds, one line says so, nothing half-written is left.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("SMOLLM2_GGUF_CACHE", str(blocked / "cache"))
+    lines = load(b)
+    assert len(converted) == 6 and "not written" in lines[-1]
+    monkeypatch.setenv("SMOLLM2_GGUF_CACHE", "off")  # off: every load dequantizes, nothing is written
+    load(b)
+    load(b)
+    assert len(converted) == 8 and blocked.is_file()
+
+
 # ----------------------------------------------------------------------------- model card, Space, push
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tok_id):
