@@ -416,11 +416,15 @@ def prepared(tmp_path_factory, tok):
 
 def test_training_from_shards_resumes_bit_exact(tmp_path, prepared):
     import torch
-    r = run_train(tmp_path / "ref", prepared, "--max_steps", 12)
-    assert r.returncode == 0, r.stderr
-    assert "val loss" in r.stdout and "sampler epoch" in r.stdout
-    r = run_train(tmp_path / "res", prepared, "--max_steps", 6)
-    assert r.returncode == 0, r.stderr
+    # The uninterrupted run and the first half of the interrupted one are independent: run them side by side.
+    ref, half = (subprocess.Popen([sys.executable, str(REPO / "train.py"), *TRAIN, "--input_file", str(prepared),
+                                   "--out_dir", str(tmp_path / name), "--max_steps", str(steps)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, steps in (("ref", 12), ("res", 6)))
+    (out, err), (_, half_err) = ref.communicate(timeout=600), half.communicate(timeout=600)
+    assert ref.returncode == 0, err
+    assert "val loss" in out and "sampler epoch" in out
+    assert half.returncode == 0, half_err
     r = run_train(tmp_path / "res", prepared, "--max_steps", 12, "--resume", 1)
     assert r.returncode == 0 and "RESUME: starting from global_step=6" in r.stdout, r.stderr
     a = torch.load(tmp_path / "ref" / "checkpoints" / "checkpoint_step_12.pt", weights_only=True)
