@@ -57,7 +57,15 @@ def to_hf_model(model: SmolLM2ForCausalLM, attn_implementation: str = "sdpa"):
     """A transformers LlamaForCausalLM (float32, eval mode, CPU) holding a copy of our weights."""
     from transformers import LlamaForCausalLM
 
-    hf = LlamaForCausalLM(hf_config(model.config, attn_implementation)).float()
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # an older layout: pay for the random init
+        from contextlib import nullcontext as no_init_weights
+    # The strict load below overwrites every parameter, so transformers' random init (about 2 s at 135M on
+    # CPU) is skipped; skipping it also skips the tie made in post_init, hence tie_weights().
+    with no_init_weights():
+        hf = LlamaForCausalLM(hf_config(model.config, attn_implementation)).float()
+    hf.tie_weights()
     hf.load_state_dict(clean_state_dict(model.state_dict()), strict=True)  # a compiled model's prefixes go
     if model.config.tie_word_embeddings and hf.lm_head.weight is not hf.model.embed_tokens.weight:
         raise RuntimeError("transformers did not tie lm_head to embed_tokens")
