@@ -375,9 +375,12 @@ def trained(tmp_path_factory, tok_id):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     ckpt_path = root / "run" / "checkpoints" / "checkpoint_latest.pt"
     export_dir, space_dir = root / "hf", root / "space"
-    p = run_script("export_hf.py", "--checkpoint", str(ckpt_path), "--out_dir", str(export_dir),
-                   "--space_dir", str(space_dir))
-    assert p.returncode == 0, p.stderr
+    # In this process (export_hf.py as a fresh process is test_push_that_cannot_reach_the_hub_...'s and
+    # test_bad_paths_exit_2_with_one_line's); no --tokenizer_id: the run's own tokenizer is found.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")  # as _env() gives the scripts
+        assert export_hf.main(["--checkpoint", str(ckpt_path), "--out_dir", str(export_dir),
+                               "--space_dir", str(space_dir)]) == 0
     return torch.load(ckpt_path, weights_only=True), ckpt_path, export_dir, space_dir
 
 
