@@ -11,11 +11,18 @@ Real weights (for parity checks only; training starts from random init) come fro
      through smollm2_hub.from_hub_or_package. The packaged model is the instruct one, 4-bit weights
      dequantized to float32 by transformers (needs `gguf`); its loss on Tiny Shakespeare's first 1,024
      ids is 3.7089 (tests/test_sanity_check.py).
+
+Dequantizing a GGUF takes about 20 s on CPU, every time, so the float32 result is kept as an HF-format
+folder under $SMOLLM2_GGUF_CACHE (default ~/.cache/smollm2/gguf; "off" disables it) and the next load of
+the same file reads that instead (about a second). The folder's name is the GGUF's sha256 plus the
+transformers and gguf versions that dequantized it, so another file, or another converter, never reads a
+stale entry; it is written under a temporary name and renamed into place whole.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Callable, Optional
 
 import torch
@@ -24,10 +31,12 @@ from smollm2_checkpoint import clean_state_dict
 from smollm2_config import SmolLM2Config
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2_hub import from_hub_or_package, looks_like_path
+from smollm2_io import file_sha256, fsync_dir, remove_stale_temporaries, tmp_name
 from smollm2_tokenizer import DEFAULT_TOKENIZER_ID
 
 DEFAULT_MODEL_ID = DEFAULT_TOKENIZER_ID  # "HuggingFaceTB/SmolLM2-135M": tokenizer and weights share the repo
 ATTN_IMPLS = ("eager", "sdpa")
+GGUF_CACHE_ENV = "SMOLLM2_GGUF_CACHE"
 
 
 class PretrainedNotFound(RuntimeError):
@@ -48,7 +57,15 @@ def to_hf_model(model: SmolLM2ForCausalLM, attn_implementation: str = "sdpa"):
     """A transformers LlamaForCausalLM (float32, eval mode, CPU) holding a copy of our weights."""
     from transformers import LlamaForCausalLM
 
-    hf = LlamaForCausalLM(hf_config(model.config, attn_implementation)).float()
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # an older layout: pay for the random init
+        from contextlib import nullcontext as no_init_weights
+    # The strict load below overwrites every parameter, so transformers' random init (about 2 s at 135M on
+    # CPU) is skipped; skipping it also skips the tie made in post_init, hence tie_weights().
+    with no_init_weights():
+        hf = LlamaForCausalLM(hf_config(model.config, attn_implementation)).float()
+    hf.tie_weights()
     hf.load_state_dict(clean_state_dict(model.state_dict()), strict=True)  # a compiled model's prefixes go
     if model.config.tie_word_embeddings and hf.lm_head.weight is not hf.model.embed_tokens.weight:
         raise RuntimeError("transformers did not tie lm_head to embed_tokens")
@@ -100,15 +117,85 @@ def _quiet_load(fn: Callable[[], Any]) -> Any:
             hf_logging.enable_progress_bar()
 
 
-def _load_gguf(path: str):
+def gguf_cache_root() -> Optional[str]:
+    """Where dequantized GGUF weights are kept; None when $SMOLLM2_GGUF_CACHE is "off" (or "0", or empty)."""
+    root = os.environ.get(GGUF_CACHE_ENV)
+    if root is None:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "smollm2", "gguf")
+    return None if root.strip().lower() in ("", "0", "off") else root
+
+
+def gguf_cache_dir(path: str, root: str) -> str:
+    """The cache folder for one GGUF file: its content hash and the versions of what dequantizes it."""
+    from importlib.metadata import version
+
+    return os.path.join(root, f"{file_sha256(path)[:32]}-transformers{version('transformers')}-gguf{version('gguf')}")
+
+
+def _write_gguf_cache(hf, folder: str, log: Callable[[str], None]) -> None:
+    # transformers refuses save_pretrained on a model it read from a GGUF (it is flagged as quantized), so
+    # the folder is written here: config.json without the GGUF's quantization entry, and the float32
+    # tensors in model.safetensors (a tied lm_head once, under the embedding's name, as save_pretrained
+    # would). A temporary folder, every file fsynced, then one rename: a reader sees the whole entry or
+    # none; a process that loses a race to write the same entry finds the name taken and drops its copy.
+    import json
+
+    from safetensors.torch import save_file
+
+    root = os.path.dirname(folder)
+    tmp = tmp_name(folder)
+    try:
+        os.makedirs(root, exist_ok=True)
+        remove_stale_temporaries(root)  # the leftovers of a killed writer
+        os.makedirs(tmp)
+        config = hf.config.to_dict()
+        config.pop("quantization_config", None)
+        state = {k: v.detach().contiguous() for k, v in hf.state_dict().items()}
+        if hf.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        for name in os.listdir(tmp):
+            with open(os.path.join(tmp, name), "rb") as f:
+                os.fsync(f.fileno())
+        os.rename(tmp, folder)
+        fsync_dir(root)
+        log(f"GGUF cache: dequantized weights kept in {folder}")
+    except Exception as e:  # a full or read-only disk costs the next load a dequantization, not this one its model
+        if not os.path.isdir(folder):
+            log(f"GGUF cache: not written ({type(e).__name__}: {e})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dequantize_gguf(path: str):
     from transformers import AutoModelForCausalLM
 
+    return _quiet_load(lambda: AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), dtype=torch.float32))
+
+
+def _load_gguf(path: str, log: Callable[[str], None] = print):
     try:
         import gguf  # noqa: F401  (transformers needs it to read the file; say so before it does)
     except ImportError as e:
         raise PretrainedNotFound(f"reading {path} needs the gguf package: pip install gguf") from e
-    return _quiet_load(lambda: AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), dtype=torch.float32))
+    root = gguf_cache_root()
+    if root is None:
+        return _dequantize_gguf(path)
+    folder = gguf_cache_dir(path, root)
+    if os.path.isdir(folder):
+        try:
+            hf = _load_hf_dir(folder)
+            log(f"GGUF cache: dequantized weights of {os.path.basename(path)} read from {folder}")
+            return hf
+        except Exception as e:  # damaged by hand: dequantize again and replace it
+            log(f"GGUF cache: {folder} unreadable ({type(e).__name__}); dequantizing {path} again")
+            shutil.rmtree(folder, ignore_errors=True)
+    hf = _dequantize_gguf(path)
+    _write_gguf_cache(hf, folder, log)
+    return hf
 
 
 def _load_hf_dir(path: str):
@@ -117,16 +204,16 @@ def _load_hf_dir(path: str):
     return _quiet_load(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
 
 
-def _load_local(path: str):
+def _load_local(path: str, log: Callable[[str], None] = print):
     if os.path.isfile(path):
         if not path.endswith(".gguf"):
             raise PretrainedNotFound(f"{path} is a file but not a .gguf; pass a .gguf file or an HF-format folder")
-        return _load_gguf(path)
+        return _load_gguf(path, log)
     if os.path.isfile(os.path.join(path, "config.json")):
         return _load_hf_dir(path)
     ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
     if ggufs:
-        return _load_gguf(os.path.join(path, ggufs[0]))
+        return _load_gguf(os.path.join(path, ggufs[0]), log)
     raise PretrainedNotFound(f"folder {path} holds neither config.json (HF format) nor a .gguf file")
 
 
@@ -149,11 +236,11 @@ def load_pretrained_hf(source: Optional[str] = None, log: Callable[[str], None] 
     """The transformers model behind load_pretrained: (LlamaForCausalLM float32 eval, description)."""
     source = source or DEFAULT_MODEL_ID
     if os.path.exists(source):
-        return _load_local(source).eval(), source
+        return _load_local(source, log).eval(), source
     if looks_like_path(source):
         raise PretrainedNotFound(f"pretrained weights {source} do not exist")
     hf, where = from_hub_or_package(
-        source, lambda local_only: _load_hub(source, local_only), (OSError,), _load_gguf,
+        source, lambda local_only: _load_hub(source, local_only), (OSError,), lambda path: _load_gguf(path, log),
         what="pretrained weights", packaged="the SmolLM2-135M-Instruct GGUF", error=PretrainedNotFound,
         alternative="a local HF folder or .gguf path", log=log)
     return hf.eval(), where

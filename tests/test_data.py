@@ -283,12 +283,17 @@ def bad_input_cases(root: Path):
 
 def test_bad_inputs_exit_2_in_one_line(tmp_path):
     cases = bad_input_cases(tmp_path)
-    for name, inputs in cases.items():
+    # Eleven independent processes, started together (each is mostly interpreter start-up), then checked one by one.
+    procs = {name: subprocess.Popen([sys.executable, str(REPO / "prepare_data.py"), *inputs, "--out_dir",
+                                     str(tmp_path / f"out_{name.replace(' ', '_')}"), "--tokenizer_id", str(TOKENIZER),
+                                     "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, inputs in cases.items()}
+    for name, p in procs.items():
         out = tmp_path / f"out_{name.replace(' ', '_')}"
-        r = run_prepare(*inputs, "--out_dir", out)
-        assert r.returncode == 2, (name, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, (name, r.stderr)
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2, (name, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (name, err)
         assert not (out / MANIFEST).exists(), name
 
 
@@ -416,11 +421,15 @@ def prepared(tmp_path_factory, tok):
 
 def test_training_from_shards_resumes_bit_exact(tmp_path, prepared):
     import torch
-    r = run_train(tmp_path / "ref", prepared, "--max_steps", 12)
-    assert r.returncode == 0, r.stderr
-    assert "val loss" in r.stdout and "sampler epoch" in r.stdout
-    r = run_train(tmp_path / "res", prepared, "--max_steps", 6)
-    assert r.returncode == 0, r.stderr
+    # The uninterrupted run and the first half of the interrupted one are independent: run them side by side.
+    ref, half = (subprocess.Popen([sys.executable, str(REPO / "train.py"), *TRAIN, "--input_file", str(prepared),
+                                   "--out_dir", str(tmp_path / name), "--max_steps", str(steps)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, steps in (("ref", 12), ("res", 6)))
+    (out, err), (_, half_err) = ref.communicate(timeout=600), half.communicate(timeout=600)
+    assert ref.returncode == 0, err
+    assert "val loss" in out and "sampler epoch" in out
+    assert half.returncode == 0, half_err
     r = run_train(tmp_path / "res", prepared, "--max_steps", 12, "--resume", 1)
     assert r.returncode == 0 and "RESUME: starting from global_step=6" in r.stdout, r.stderr
     a = torch.load(tmp_path / "ref" / "checkpoints" / "checkpoint_step_12.pt", weights_only=True)

