@@ -145,7 +145,7 @@ def check_checkpoint(model, x) -> str:
         size_mb = os.path.getsize(path) / 2**20
         ckpt = load_checkpoint(path)
     assert ckpt["global_step"] == step, f"global_step {ckpt['global_step']} != {step}"
-    reloaded = SmolLM2ForCausalLM(SmolLM2Config.from_dict(ckpt["model_config"])).eval()
+    reloaded = SmolLM2ForCausalLM(SmolLM2Config.from_dict(ckpt["model_config"]), init=False).eval()
     reloaded.load_state_dict(ckpt["model"], strict=True)
     assert reloaded.tie_holds() == model.config.tie_word_embeddings, "embedding/lm_head tie lost on reload"
     with torch.no_grad():
@@ -155,7 +155,7 @@ def check_checkpoint(model, x) -> str:
 
 
 def check_sdpa_vs_manual(model, x) -> str:
-    manual = SmolLM2ForCausalLM(SmolLM2Config.from_dict({**model.config.to_dict(), "attn_impl": "manual"}))
+    manual = SmolLM2ForCausalLM(SmolLM2Config.from_dict({**model.config.to_dict(), "attn_impl": "manual"}), init=False)
     manual.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         diff = max_abs_diff(model(x)[0], manual.eval()(x)[0])

@@ -86,7 +86,7 @@ def from_hf_model(hf_model, attn_impl: str = "sdpa") -> SmolLM2ForCausalLM:
     config = SmolLM2Config.from_hf(d, attn_impl=attn_impl,
                                    bos_token_id=_token_id(d.get("bos_token_id"), defaults.bos_token_id),
                                    eos_token_id=_token_id(d.get("eos_token_id"), defaults.eos_token_id))
-    model = SmolLM2ForCausalLM(config)
+    model = SmolLM2ForCausalLM(config, init=False)  # every weight comes from hf_model
     sd = {k: v.detach().to(device="cpu", dtype=torch.float32) for k, v in hf_model.state_dict().items()}
     model.load_state_dict(sd, strict=True)
     if config.tie_word_embeddings and not model.tie_holds():

@@ -343,7 +343,7 @@ def prepare(inputs: list[str], out_dir: str, tokenizer, settings: PrepareSetting
     splits = _Splits(out_dir, token_bytes, eos, settings, state)
     bar = _progress(sum(s["bytes"] for s in sources), progress_bar)
     t0, start_tokens = time.perf_counter(), state["tokens"]["train"] + state["tokens"]["val"]
-    tokenizer_json = tokenizer.tokenizer.to_str()
+    tokenizer_json = tokenizer.definition
     encoder = pick_encoder(tokenizer_json, encoder, log)
     pool = _pool(workers, tokenizer_json, encoder)
     inflight: collections.deque = collections.deque()

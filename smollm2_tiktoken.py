@@ -24,6 +24,7 @@ of digits, scripts, spaces and special tokens (tests/test_data.py repeats this o
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Optional
@@ -131,8 +132,10 @@ class FastBPE:
         return [self.encode(t) for t in texts]
 
 
+@functools.lru_cache(maxsize=2)
 def build(tokenizer_json: str) -> tuple[Optional[FastBPE], str]:
-    """(an encoder giving the tokenizer's ids, "") or (None, why not)."""
+    """(an encoder giving the tokenizer's ids, "") or (None, why not). Built once per process and definition
+    (the proof runs the probes through both encoders: ~0.6 s for SmolLM2's)."""
     try:
         import tiktoken
     except ImportError:

@@ -11,6 +11,7 @@ Whatever the source, the result is a `tokenizers.Tokenizer`; text is encoded wit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -45,9 +46,14 @@ class SmolTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    @functools.cached_property
+    def definition(self) -> str:
+        """The tokenizer's full definition (its tokenizer.json text), serialised once."""
+        return self.tokenizer.to_str()
+
     def fingerprint(self) -> str:
         """A hash of the tokenizer's full definition: two sources with equal fingerprints tokenize alike."""
-        return hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()[:16]
+        return hashlib.sha256(self.definition.encode()).hexdigest()[:16]
 
 
 def _from_gguf(path: str) -> Tokenizer:
