@@ -427,6 +427,26 @@ def test_microbatch_sweep_table(tmp_path):
     assert "| 24 | **241,000 tok/s, 30.0% MFU, 47.1 GB** | — |" in block
     assert "| 48 | out of memory | **350,000 tok/s, 43.6% MFU, 70.4 GB** |" in block
     assert "microbatch_sweep" not in out.split("<!-- BENCH_TABLE_BEGIN -->")[1].split("<!-- BENCH_TABLE_END -->")[0]
+def test_seed_e2e_table(tmp_path):
+    """device_seed_e2e.sh's seed_e2e.csv: a row per case, described (the compile-scope cases by their scope and
+    kind, an unknown case by its name), with its wall time; without the file the block says so."""
+    readme = README + "\n<!-- SEED_E2E_BEGIN -->\nstale\n<!-- SEED_E2E_END -->\n"
+    populate(tmp_path, readme)
+    assert run(tmp_path).returncode == 0
+    assert "_No end-to-end timings yet: no `benchmarks/seed_e2e/seed_e2e.csv`._" in (tmp_path / "README.md").read_text()
+    write(tmp_path / "benchmarks" / "seed_e2e" / "seed_e2e.csv",
+          "case,command,wall_s,exit_status,card,torch\n"
+          "scope_blocks_resume,train.py --max_steps 350 --resume 1,23.1,0,NVIDIA H200,2.11.0+cu130\n"
+          "warm_A,train.py --max_steps 5000 --resume 0,70.64,0,NVIDIA H200,2.11.0+cu130\n"
+          "my_case,train.py,1.0,1,NVIDIA H200,2.11.0+cu130\n")
+    assert run(tmp_path).returncode == 0
+    block = (tmp_path / "README.md").read_text().split("<!-- SEED_E2E_BEGIN -->")[1].split("<!-- SEED_E2E_END -->")[0]
+    assert "stale" not in block and "on NVIDIA H200 (torch 2.11.0+cu130)" in block
+    assert "| `scope_blocks_resume` | `--compile_scope blocks`: resume to 350 (Python bytecode not kept) | 23.1 | 0 |" in block
+    assert "| `warm_A` | step A on a machine that has run it (the graded log) | 70.6 | 0 |" in block
+    assert "| `my_case` | my_case | 1.0 | 1 |" in block
+
+
 def test_wall_lines_become_a_table_per_run_of_the_last_lineage(tmp_path):
     """train.py's WALL line (JSON after DONE) is rendered as one column per run; an earlier lineage's is not."""
     wall = ('WALL: {"startup_s": 9.0, "loop_s": 80.0, "compile_s": 20.0, "steps_s": 45.0, "save_stall_s": 1.5, '
