@@ -17,7 +17,8 @@ Notable features:
 - The loss (smollm2_loss): plain cross-entropy on the logits, or, for training, a fused linear +
   cross-entropy chunked over tokens, so the [tokens x 49152] float32 logits never exist; both give
   the same loss and gradients.
-- Incremental decoding with a preallocated KV cache.
+- Incremental decoding with a preallocated KV cache; on CUDA one decoding step can be captured as a CUDA
+  graph and replayed per token (DecodeGraph: the position on the device, a key mask over the filled slots).
 
 The model does no I/O and knows no optimizer; training code talks to it through forward().
 """
