@@ -2,7 +2,7 @@
 # Issue 17, part 2 on one H200 (or H100): the bf16 residual stream, the micro-batch sweep, the memory gap.
 # Three steps, each sized for one device call (estimates on an H200; every new shape compiles afresh,
 # ~40-75 s per impl and size, which is most of the time):
-#   1  (~6.5 min) bench_seed.csv (hf_eager, hf_compile, ours_fast_accum, ours_fast, ours_fast_bf16res) and
+#   1  (~7 min) bench_seed.csv (hf_eager, hf_compile, ours_fast_accum, ours_fast, ours_fast_bf16res, ours_fast_blocks) and
 #      bench_throughput.csv at micro-batch 16 (hf_eager, ours_eager, ours_fast, ours_fast_bf16res) with the kernel
 #      table of ours_fast vs ours_fast_bf16res (time_breakdown_throughput.csv, kernels_throughput_*.txt)
 #   2  (~8-9 min) microbatch_sweep.csv: hf_compile and ours_fast_bf16res (the default path) at 16, 24, 32, 48
@@ -26,7 +26,7 @@ say() { echo "== [$((SECONDS - t0)) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if run 1; then
   say "1/3 seed profile: residual fp32 vs bf16, accumulated vs stacked (memory gap), transformers"
-  python bench.py --profile seed --impls hf_eager,hf_compile,ours_fast_accum,ours_fast,ours_fast_bf16res \
+  python bench.py --profile seed --impls hf_eager,hf_compile,ours_fast_accum,ours_fast,ours_fast_bf16res,ours_fast_blocks \
     --warmup 5 --steps 20 --input_file input.txt --out_dir "$B"
   say "1/3 throughput profile at micro-batch 16 with the kernel table: residual fp32 vs bf16"
   python bench.py --profile throughput --impls hf_eager,ours_eager,ours_fast,ours_fast_bf16res --kernel_table 1 \
