@@ -6,9 +6,9 @@ tens of ms on an H100), not for pickling and fsyncing the file (seconds). The co
 current CUDA stream, so the steps queued after them cannot change the weights before they are read; the
 writer thread waits for an event behind them before it serialises. The host buffers (pinned on CUDA) are
 allocated once, in a thread after the first step (reserve) or else at the first save, and reused, which is
-why at most one write is in flight: the next save first waits for the previous one. A failed write is reported when the loop collects it (the next save, a log
-line, the end). SIGKILL during a background write leaves what it leaves during a synchronous one: a
-<name>.tmp.<pid>, and the previous latest.
+why at most one write is in flight: the next save first waits for the previous one. A failed write is
+reported when the loop collects it (the next save, a log line, the end). SIGKILL during a background
+write leaves what it leaves during a synchronous one: a <name>.tmp.<pid>, and the previous latest.
 
 torchtitan's async checkpointing (a staging copy to pinned memory, then a background save; one in flight)
 is the model for this; here the writer is the repo's own synchronous one, unchanged.

@@ -346,8 +346,8 @@ class SmolLM2ForCausalLM(nn.Module):
 
 class DecodeGraph:
     """One decoding step captured as a CUDA graph (on CPU the same step runs eagerly, which is how the tests
-    check its numbers): the (B, 1) last token at a position held on the device,
-    against its own KVCache of max_len slots, -> (B, V) float32 logits. Made once and replayed for every
+    check its numbers): the (B, 1) last token at a position held on the device, against its own KVCache
+    of max_len slots, -> (B, V) float32 logits. Made once and replayed for every
     new token of every sample (one launch instead of about twenty per layer, which is what bounds eager
     decoding of a small model). It reads the parameters in place, so it follows a model that keeps training
     (fused AdamW updates them where they are). The prompt runs eagerly into the same cache (prefill).
@@ -383,20 +383,23 @@ class DecodeGraph:
         self.token.copy_(token[:, None])
         if not self.capture:
             logits = self._forward(self.token, self.pos)
-            self.pos += 1
-            return logits
-        if self.graph is None:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._forward(self.token, self.pos)  # warm-up outside the capture; writes what the replay rewrites
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self._forward(self.token, self.pos)
-        self.graph.replay()
+        else:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+            logits = self.logits
         self.pos += 1
-        return self.logits
+        return logits
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._forward(self.token, self.pos)  # warm-up outside the capture; writes what the replay rewrites
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._forward(self.token, self.pos)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],
