@@ -90,7 +90,8 @@ def build_forward(model: torch.nn.Module, compile_: bool, scope: str, device: to
               all-reduce overlaps the rest of the backward (ddp_overlap=False turns that off: one graph whose
               backward hands every gradient over at its end; a control for measuring what overlap buys).
       blocks  each decoder layer compiled on its own (one graph reused by all layers, as torchtitan does),
-              DDP around the model: gradients arrive layer by layer without splitting any graph.
+              and the final norm and fused loss as two more (compile_head); DDP around the model: gradients
+              arrive layer by layer without splitting any graph.
     reduce_bf16: DDP all-reduces gradients in bf16 (half the bytes on slow links; the averaged gradient
     is rounded to bf16 before the float32 optimizer sees it). NCCL only."""
     if scope not in COMPILE_SCOPES:
@@ -111,8 +112,20 @@ def build_forward(model: torch.nn.Module, compile_: bool, scope: str, device: to
     if scope == "blocks":
         for layer in decoder_layers(model):
             layer.compile()
+        compile_head(model)
         return wrap(model) if ddp else model
     return wrap(torch.compile(model)) if ddp else torch.compile(model)
+
+
+def compile_head(model: torch.nn.Module) -> None:
+    """--compile_scope blocks, our model: the final norm and the fused head + loss compiled as two more small
+    regions. Eager, the loss's float32 softmax takes several passes over (tokens x vocabulary) and holds more of
+    them at once; compiled, it is one pass, as inside the whole-model graph. Not under FSDP2, whose root unshards
+    the tied weight around its own forward."""
+    if not hasattr(model, "head_loss") or _is_fsdp(model):
+        return  # transformers' model behind the bench adapter, or FSDP2
+    model.model.norm.compile()
+    model.head_loss = torch.compile(model.head_loss)
 
 
 def apply_fsdp(model: torch.nn.Module) -> None:

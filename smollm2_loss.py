@@ -29,11 +29,12 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def softmax_minus_onehot(logits, lse, targets, mask, out_dtype) -> torch.Tensor:
     # d(CE)/d(logits) per row: (softmax(logits) - onehot(target)) * mask. logits: (c, V) float32; lse, mask: (c,).
     # Compiled: one pure expression, which Inductor fuses into a single pass that reads the logits and
-    # writes the out_dtype gradient. Eager: in place, so a chunk costs one float32 (c, V) buffer, not four.
+    # writes the out_dtype gradient. Eager: in place in the logits themselves (the caller's last use of them),
+    # so a chunk costs one float32 (c, V) buffer and its out_dtype copy, not three float32 buffers.
     if torch.compiler.is_compiling():
         hit = targets[:, None] == torch.arange(logits.shape[1], device=logits.device)[None, :]
         return ((torch.exp(logits - lse[:, None]) - hit.to(logits.dtype)) * mask[:, None]).to(out_dtype)
-    g = (logits - lse[:, None]).exp_()
+    g = logits.sub_(lse[:, None]).exp_()
     g.scatter_add_(1, targets[:, None], -torch.ones_like(g[:, :1]))
     return g.mul_(mask[:, None].to(g.dtype)).to(out_dtype)
 
@@ -63,7 +64,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             lse = torch.logsumexp(logits, dim=-1)
             target_logit = logits.gather(1, ts[:, None]).squeeze(1)
             loss_sum = loss_sum + ((lse - target_logit) * ms).sum()
-            g = softmax_minus_onehot(logits, lse, ts, ms, compute_dtype)
+            g = softmax_minus_onehot(logits, lse, ts, ms, compute_dtype)  # eager: overwrites the logits
+            del logits
             grad_h[s:s + chunk_size] = g @ wc
             grad_w.add_(g.t() @ hs)  # a bf16 product accumulated in float32, as autocast's backward does
         inv_n = 1.0 / n_valid

@@ -296,9 +296,14 @@ class SmolLM2ForCausalLM(nn.Module):
         """
         h = self.model(input_ids, kv_cache, start_pos)  # (B, T, C)
         if targets is not None and not return_logits:
-            return None, linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            return None, self.head_loss(h, targets)
         logits = self.lm_head(h)  # (B, T, V)
         return logits, None if targets is None else cross_entropy(logits, targets)
+
+    def head_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The head fused with the loss: final hidden states (B, T, C), targets (B, T) -> float32 mean loss.
+        Its own method so that --compile_scope blocks can compile it as one more region."""
+        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
     # ------------------------------------------------------------------------- decoding
     @torch.no_grad()

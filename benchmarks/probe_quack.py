@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/probe_quack.json")
     p.add_argument("--tokens", type=int, default=32768)
+    p.add_argument("--tuned", type=int, default=0, choices=[0, 1],
+                   help="quack's autotuner for the GEMM kernels (1: minutes of tuning per shape; 0: its default config)")
     args = p.parse_args(argv)
     try:
         import quack  # noqa: F401
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     from smollm2_loss import linear_cross_entropy
     from smollm2_model import rms_norm
 
-    head = dict(card=torch.cuda.get_device_name(), **versions())
+    head = dict(card=torch.cuda.get_device_name(), tokens=args.tokens, tuned=args.tuned, **versions())
     print(json.dumps(head), flush=True)
     dev, bf16 = "cuda", torch.bfloat16
     N, C, H, V = args.tokens, 576, 1536, 49152
@@ -104,14 +106,15 @@ def main(argv=None) -> int:
     def ref_mlp(x):
         gate, up = (x @ w1.t()).chunk(2, dim=-1)  # (N, H) each
         return (F.silu(gate) * up) @ w2.t()
-    rows.append(compare("swiglu_mlp", lambda x: mlp_func(x, w1, w2, activation="swiglu", concat_layout=True),
+    rows.append(compare("swiglu_mlp", lambda x: mlp_func(x, w1, w2, activation="swiglu", concat_layout=True,
+                                                             tuned=bool(args.tuned)),
                         torch.compile(ref_mlp), [rnd(N, C)]))
 
     # 3. tied head + cross-entropy: (N, C) x (V, C) -> mean loss; ours is the repo's fused chunked loss
     from quack.linear_cross_entropy import chunked_linear_cross_entropy
     w_head = rnd(V, C, s=0.04)
     t = torch.randint(0, V, (N,), device=dev, generator=g)
-    rows.append(compare("linear_cross_entropy", lambda x: chunked_linear_cross_entropy(x, w_head, t),
+    rows.append(compare("linear_cross_entropy", lambda x: chunked_linear_cross_entropy(x, w_head, t, tuned=bool(args.tuned)),
                         torch.compile(lambda x: linear_cross_entropy(x, w_head, t)), [rnd(N, C)]))
 
     with open(args.out, "w") as f:

@@ -80,3 +80,25 @@ def test_evaluation_loss_runs_in_smaller_chunks_and_stays_exact(monkeypatch):
         got = linear_cross_entropy(h, w, t)
     assert abs(got.item() - ref.item()) <= 1e-5
     assert rows == [smollm2_loss.NO_GRAD_CHUNK, smollm2_loss.NO_GRAD_CHUNK, 77]
+
+
+def test_blocks_scope_compiles_the_head_and_keeps_its_numbers(tiny_model):
+    """--compile_scope blocks compiles each layer, the final norm and the fused head + loss (compile_head):
+    loss and every gradient as the eager model's to float32 rounding; transformers' model is left alone."""
+    import copy
+
+    from smollm2_distributed import build_forward
+    eager = tiny_model.train()
+    compiled = copy.deepcopy(eager)
+    fwd = build_forward(compiled, True, "blocks", torch.device("cpu"))
+    assert fwd is compiled and hasattr(compiled.head_loss, "_torchdynamo_orig_callable")
+    assert not hasattr(eager.head_loss, "_torchdynamo_orig_callable")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, eager.config.vocab_size, (2, 24), generator=g)
+    y = torch.randint(0, eager.config.vocab_size, (2, 24), generator=g)
+    losses = [m(x, y, return_logits=False)[1] for m in (eager, fwd)]
+    for loss in losses:
+        loss.backward()
+    assert abs(losses[1].item() - losses[0].item()) <= 1e-5 * abs(losses[0].item())
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        assert _maxdiff(q.grad, p.grad) <= 1e-4 * p.grad.abs().max().item(), name
