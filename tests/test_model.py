@@ -321,6 +321,52 @@ def test_fused_loss_equals_plain_loss_and_grads():
         assert _maxdiff(a.grad, b.grad) <= 1e-6 * max(1.0, a.grad.abs().max().item()), name
 
 
+# ----------------------------------------------------------------------------- stacked projections
+def test_stacked_projections_equal_separate_ones():
+    # Under autocast q/k/v (and gate/up) run as one GEMM on the concatenated weights: the same dot products,
+    # so outputs and the gradients of the input and of every weight agree with separate F.linear calls to bf16
+    # rounding. Outside autocast the separate calls are what runs, bit for bit.
+    from smollm2_model import stacked_linear
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 32, generator=g, requires_grad=True)
+    ws = [torch.randn(n, 32, generator=g, requires_grad=True) for n in (24, 8, 8)]
+    cots = [torch.randn(3, 7, n, generator=g) for n in (24, 8, 8)]
+
+    def run(fn, amp):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            outs = fn()
+        grads = torch.autograd.grad(sum((o.float() * c).sum() for o, c in zip(outs, cots)), [x, *ws])
+        return [o.detach().float() for o in outs], grads
+
+    stacked = lambda: stacked_linear(x, *ws)  # noqa: E731
+    separate = lambda: [F.linear(x, w) for w in ws]  # noqa: E731
+    for amp in (True, False):
+        (o1, g1), (o2, g2) = run(stacked, amp), run(separate, amp)
+        for a, b in zip(o1 + list(g1), o2 + list(g2)):
+            assert a.shape == b.shape
+            assert (torch.equal(a, b) if not amp else _maxdiff(a, b) <= 2 ** -7 * b.abs().max().item())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert all(o.dtype == torch.bfloat16 for o in stacked())
+
+
+def test_projections_stack_only_up_to_the_token_limit(monkeypatch):
+    # Past STACK_MAX_TOKENS (large GEMMs, where stacking measured slower) each weight runs on its own, bit for bit.
+    import smollm2_model
+    g = torch.Generator().manual_seed(0)
+    x, ws = torch.randn(2, 5, 16, generator=g), [torch.randn(n, 16, generator=g) for n in (12, 4)]
+    calls = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: calls.append(1) or real_cat(*a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.setattr(smollm2_model, "STACK_MAX_TOKENS", 10)
+        small = smollm2_model.stacked_linear(x, *ws)
+        assert len(calls) == 1
+        monkeypatch.setattr(smollm2_model, "STACK_MAX_TOKENS", 9)
+        large = smollm2_model.stacked_linear(x, *ws)
+        assert len(calls) == 1 and all(torch.equal(a, F.linear(x, w)) for a, w in zip(large, ws))
+    assert [t.shape for t in small] == [t.shape for t in large]
+
+
 # ----------------------------------------------------------------------------- residual stream dtype
 def _residual_run(residual_dtype, amp, fused):
     # tiny with a 512-id vocabulary (fast); loss and every gradient of one forward/backward

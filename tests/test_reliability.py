@@ -477,3 +477,24 @@ def test_update_readme_refuses_a_log_it_cannot_parse(tmp_path, content):
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (tmp_path / "README.md").read_text() == readme
     assert not (tmp_path / "out_smollm2_scratch").exists()  # no plot either
+
+
+def test_checkpoints_are_written_without_crc_and_a_torn_one_still_fails_to_load(tmp_path):
+    # save_checkpoint skips torch.save's CRC32 (torch.load never checks it; it was half of a 1.6 GB write),
+    # for its own write only. The content reads back exactly; a file cut short is refused in one line.
+    import zipfile
+
+    from smollm2_checkpoint import CheckpointError
+    from torch.utils.serialization import config
+    state = {"model": {"w": torch.randn(64, 32)}, "optimizer": {"m": torch.randn(100)}, "global_step": 3}
+    path = tmp_path / "c.pt"
+    save_checkpoint(str(path), state)
+    assert config.save.compute_crc32  # the global setting is left as it was
+    records = [i for i in zipfile.ZipFile(path).infolist() if i.filename.split("/")[-2:-1] == ["data"]]
+    assert records and all(i.CRC == 0 for i in records)
+    back = load_checkpoint(str(path))
+    assert torch.equal(back["model"]["w"], state["model"]["w"]) and back["global_step"] == 3
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(str(torn))
