@@ -83,22 +83,34 @@ def test_evaluation_loss_runs_in_smaller_chunks_and_stays_exact(monkeypatch):
 
 
 def test_blocks_scope_compiles_the_head_and_keeps_its_numbers(tiny_model):
-    """--compile_scope blocks compiles each layer, the final norm and the fused head + loss (compile_head):
-    loss and every gradient as the eager model's to float32 rounding; transformers' model is left alone."""
+    """--compile_scope blocks compiles each layer (covered under DDP in test_distributed) and, with compile_head,
+    the final norm and the fused head + loss: loss and every gradient as the eager model's to float32 rounding;
+    transformers' model is left alone."""
     import copy
 
-    from smollm2_distributed import build_forward
+    from smollm2_distributed import compile_head
     eager = tiny_model.train()
     compiled = copy.deepcopy(eager)
-    fwd = build_forward(compiled, True, "blocks", torch.device("cpu"))
-    assert fwd is compiled and hasattr(compiled.head_loss, "_torchdynamo_orig_callable")
+    compile_head(compiled)
+    assert hasattr(compiled.head_loss, "_torchdynamo_orig_callable")
     assert not hasattr(eager.head_loss, "_torchdynamo_orig_callable")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, eager.config.vocab_size, (2, 24), generator=g)
     y = torch.randint(0, eager.config.vocab_size, (2, 24), generator=g)
-    losses = [m(x, y, return_logits=False)[1] for m in (eager, fwd)]
+    losses = [m(x, y, return_logits=False)[1] for m in (eager, compiled)]
     for loss in losses:
         loss.backward()
     assert abs(losses[1].item() - losses[0].item()) <= 1e-5 * abs(losses[0].item())
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
         assert _maxdiff(q.grad, p.grad) <= 1e-4 * p.grad.abs().max().item(), name
+
+
+def test_blocks_scope_compiles_every_layer_and_the_head(tiny_model, monkeypatch):
+    # What build_forward does for --compile_scope blocks (the compiling itself is timed on the GPU, and its
+    # numbers are checked above and in test_distributed): each decoder layer in place, then compile_head.
+    import smollm2_distributed
+    compiled, heads = [], []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    monkeypatch.setattr(smollm2_distributed, "compile_head", heads.append)
+    assert smollm2_distributed.build_forward(tiny_model, True, "blocks", torch.device("cpu")) is tiny_model
+    assert compiled == list(tiny_model.model.layers) and heads == [tiny_model]
