@@ -269,3 +269,16 @@ def test_tensorboard_without_the_package_is_a_usage_error(tmp_path, monkeypatch)
     with pytest.raises(UsageError, match="--tensorboard 1 needs the tensorboard package"):
         train.main([*TINY_TRAIN_ARGS, "--out_dir", str(tmp_path / "out"), "--tensorboard", "1"])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_script_exits_without_teardown_but_after_atexit_handlers_and_flushed_streams(tmp_path):
+    # train.py as a script leaves through exit_without_teardown: the status given, every atexit handler run
+    # (inductor's compile workers register theirs), buffered stdout and stderr written; only the interpreter's
+    # own teardown is skipped.
+    marker = tmp_path / "atexit_ran"
+    code = (f"import atexit, sys; sys.path.insert(0, {str(REPO_ROOT)!r}); import train; "
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').close()); "
+            "sys.stdout.write('buffered out'); sys.stderr.write('buffered err'); train.exit_without_teardown(3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and r.stdout == "buffered out" and r.stderr == "buffered err"
+    assert marker.exists()
