@@ -72,7 +72,7 @@ def stacked_linear(x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tenso
     weight on its own: without the cast a concatenation would be one more copy of the weights every call
     (slow CPU decoding), and large GEMMs gain nothing from it."""
     dev = x.device.type
-    if not torch.is_autocast_enabled(dev) or len(weights) == 1 or x.numel() > STACK_MAX_TOKENS * x.shape[-1]:
+    if not torch.is_autocast_enabled(dev) or x.numel() > STACK_MAX_TOKENS * x.shape[-1]:
         return tuple(F.linear(x, w) for w in weights)
     dtype = torch.get_autocast_dtype(dev)
     fused = torch.cat([w.to(dtype) for w in weights])  # (sum n_i, C)

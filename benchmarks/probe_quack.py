@@ -106,15 +106,16 @@ def main(argv=None) -> int:
     def ref_mlp(x):
         gate, up = (x @ w1.t()).chunk(2, dim=-1)  # (N, H) each
         return (F.silu(gate) * up) @ w2.t()
-    rows.append(compare("swiglu_mlp", lambda x: mlp_func(x, w1, w2, activation="swiglu", concat_layout=True,
-                                                             tuned=bool(args.tuned)),
+    tuned = bool(args.tuned)
+    rows.append(compare("swiglu_mlp",
+                        lambda x: mlp_func(x, w1, w2, activation="swiglu", concat_layout=True, tuned=tuned),
                         torch.compile(ref_mlp), [rnd(N, C)]))
 
     # 3. tied head + cross-entropy: (N, C) x (V, C) -> mean loss; ours is the repo's fused chunked loss
     from quack.linear_cross_entropy import chunked_linear_cross_entropy
     w_head = rnd(V, C, s=0.04)
     t = torch.randint(0, V, (N,), device=dev, generator=g)
-    rows.append(compare("linear_cross_entropy", lambda x: chunked_linear_cross_entropy(x, w_head, t, tuned=bool(args.tuned)),
+    rows.append(compare("linear_cross_entropy", lambda x: chunked_linear_cross_entropy(x, w_head, t, tuned=tuned),
                         torch.compile(lambda x: linear_cross_entropy(x, w_head, t)), [rnd(N, C)]))
 
     with open(args.out, "w") as f:
