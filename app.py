@@ -5,8 +5,8 @@
 
 The page offers only the models named on the command line (a dropdown, never a path box): training
 checkpoints (read with torch.load(weights_only=True)), export_hf.py folders (safetensors) and, with
---pretrained, the released SmolLM2 weights through smollm2_hf's offline loader. Text streams through
-smollm2_generate.stream_text, the KV-cache loop generate.py prints from, so greedy output here equals
+--pretrained, the released SmolLM2 weights through smollm2.hf's offline loader. Text streams through
+smollm2.inference.stream_text, the KV-cache loop generate.py prints from, so greedy output here equals
 generate.py's character for character. Safe by default: it listens on 127.0.0.1 (a Space sets
 GRADIO_SERVER_NAME=0.0.0.0), makes no share link unless --share, clamps max_new_tokens to --max_tokens and
 the model's positions, and runs --concurrency generations at a time with at most --queue_size waiting.
@@ -24,8 +24,8 @@ from typing import Any, Optional
 
 import torch
 
-from smollm2_hub import NOT_RECORDED, read_facts, summary_lines, training_facts
-from smollm2_training import OneLineParser, resolve_device
+from smollm2.hub import NOT_RECORDED, read_facts, summary_lines, training_facts
+from smollm2.common import OneLineParser, resolve_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRETRAINED_LABEL = "released SmolLM2 weights (not trained here)"
@@ -60,8 +60,8 @@ class Models:
             return self.current
 
     def _load(self, label: str) -> Loaded:
-        from smollm2_generate import load_model, pick_dtype
-        from smollm2_tokenizer import load_tokenizer
+        from smollm2.inference import load_model, pick_dtype
+        from smollm2.tokenizer import load_tokenizer
 
         checkpoint, pretrained = self.sources[label]
         quiet = lambda msg: None  # noqa: E731  (the page shows what was loaded)
@@ -92,7 +92,7 @@ def one_line(e: BaseException) -> str:
 
 def build(models: Models, max_tokens: int, concurrency: int):
     import gradio as gr
-    from smollm2_generate import stream_text
+    from smollm2.inference import stream_text
 
     labels = list(models.sources)
 

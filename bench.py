@@ -1,5 +1,5 @@
 """Training-speed benchmark: our SmolLM2 against transformers' LlamaForCausalLM, in one process on one GPU,
-with the same initial weights, data, batch, optimizer and training step (smollm2_training.TrainStep).
+with the same initial weights, data, batch, optimizer and training step (smollm2.training.TrainStep).
 
     python bench.py --profile seed         # seq 256 x micro-batch 1 x accum 4 (the graded run's shape)
     python bench.py --profile throughput   # seq 2048 x micro-batch 16, no accumulation
@@ -39,17 +39,18 @@ from typing import Optional
 
 import torch
 
-import smollm2_distributed as dist_utils
+from smollm2 import parallel
 from smollm2_config import get_config
-from smollm2_data import TokenBatches, load_training_data
+from smollm2.data import TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM, repeat_kv
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
-from smollm2_switches import DDP_ONLY, DEFAULT_PATH, IMPLS, PROFILES, Switches
-from smollm2_training import (StepConfig, TrainStep, TransformersAdapter, UsageError, build_optimizer, cuda_median_ms,
-                              device_name, flops_per_token, lr_at, peak_flops, set_lr)
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
+from smollm2.switches import DDP_ONLY, DEFAULT_PATH, IMPLS, PROFILES, Switches
+from smollm2.training import StepConfig, TrainStep, TransformersAdapter, build_optimizer, lr_at, set_lr
+from smollm2.common import UsageError, cuda_median_ms, device_name, flops_per_token, peak_flops
 
 DEFAULT_IMPLS = f"hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast,{DEFAULT_PATH}"
 MODEL_PRESET = "smollm2-135m"  # what every impl builds (CPU tests of the curve plumbing swap in "tiny")
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))  # frames under it (the scripts, smollm2/) are ours
 
 
 def build(sw: Switches, seed: int, device):
@@ -57,7 +58,7 @@ def build(sw: Switches, seed: int, device):
     ours = SmolLM2ForCausalLM(get_config(MODEL_PRESET, attn_impl=sw.attn, residual_dtype=sw.residual_dtype))
     if sw.model_impl == "ours":
         return ours.to(device)
-    from smollm2_hf import to_hf_model  # same initial weights as ours
+    from smollm2.hf import to_hf_model  # same initial weights as ours
     hf = to_hf_model(ours)
     hf.config._attn_implementation = "sdpa"
     return TransformersAdapter(hf.to(device).train())
@@ -65,9 +66,9 @@ def build(sw: Switches, seed: int, device):
 
 def make_step(sw: Switches, model, device, lr: float = 3e-4):
     opt = build_optimizer(model, lr, 0.1, device, capturable=sw.cuda_graph)
-    fwd = dist_utils.build_forward(model, sw.compile, sw.compile_scope, device, sw.grad_reduce_bf16, sw.ddp_overlap)
+    fwd = parallel.build_forward(model, sw.compile, sw.compile_scope, device, sw.grad_reduce_bf16, sw.ddp_overlap)
     step = TrainStep(model, fwd, opt, StepConfig.of(sw, grad_clip=1.0), device,
-                     log=print if dist_utils.rank() == 0 else None)
+                     log=print if parallel.rank() == 0 else None)
     return step, opt
 
 
@@ -103,7 +104,7 @@ def peak_report(snapshot: dict, device_index: int, top: int = 25) -> str:
     sites: dict[str, list] = {}
     for e in live.values():
         frames = [f for f in e.get("frames", []) if f.get("filename", "").endswith(".py")]
-        ours = [f for f in frames if os.path.dirname(os.path.abspath(f["filename"])) == os.path.dirname(__file__)]
+        ours = [f for f in frames if os.path.abspath(f["filename"]).startswith(REPO_DIR + os.sep)]
         f = (ours or frames or [{"filename": "(no Python frame: autograd's backward thread or C++)", "line": 0,
                                  "name": ""}])[0]
         key = f"{os.path.basename(f['filename'])}:{f['line']} {f['name']}"
@@ -140,7 +141,7 @@ def time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_tab
 
 
 def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_table, memory_report):
-    rank = dist_utils.rank()
+    rank = parallel.rank()
     model = build(IMPLS[impl], seed, device)
     step_fn, opt = make_step(IMPLS[impl], model, device)
     t0 = time.perf_counter()
@@ -150,15 +151,15 @@ def _time_impl(impl, data, seq_len, B, A, warmup, steps, device, seed, kernel_ta
     warm_s = time.perf_counter() - t0
     inputs = [data.step_batch(warmup + s, A, B, device, rank) for s in range(1, steps + 1)]
     torch.cuda.synchronize()
-    dist_utils.barrier()  # all ranks start the timed steps together
+    parallel.barrier()  # all ranks start the timed steps together
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for xs, ys in inputs:
         loss, _ = step_fn(xs, ys)
     end.record()
     torch.cuda.synchronize()
-    ms = dist_utils.max_across_ranks(start.elapsed_time(end) / steps)
-    peak = dist_utils.max_across_ranks(torch.cuda.max_memory_allocated(device))
+    ms = parallel.max_across_ranks(start.elapsed_time(end) / steps)
+    peak = parallel.max_across_ranks(torch.cuda.max_memory_allocated(device))
     final_loss = float(loss)
     breakdown = kernel_breakdown(step_fn, inputs[:3], kernel_table) if kernel_table else None
     if memory_report:
@@ -656,7 +657,7 @@ def main(argv=None):
     # ---- the card, the data
     os.makedirs(args.out_dir, exist_ok=True)
     cache_dir = args.cache_dir or os.path.join(args.out_dir, ".cache")
-    env = dist_utils.setup("cuda")
+    env = parallel.setup("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True  # only what stays in float32 (the optimizer's grad norm etc.)
     card = device_name(env.device)
     import transformers
@@ -676,7 +677,7 @@ def main(argv=None):
         bench_profile(bench, prof, dataset, n_params, config, impls, sizes)
     if bench.write:
         bench_extras(bench, dataset, probe_impls)
-    dist_utils.teardown()
+    parallel.teardown()
 
 
 if __name__ == "__main__":

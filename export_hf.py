@@ -6,11 +6,11 @@ writes config.json, model.safetensors, generation_config.json and the tokenizer 
 `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it with no
 network. The folder is written beside DIR under a temporary name and swapped in only when complete, so an
 export that fails midway leaves an earlier export as it was. The weights go through transformers' own save_pretrained (on the LlamaForCausalLM that
-smollm2_hf.to_hf_model builds), so a tied embedding is stored once, as the released SmolLM2 stores it,
+smollm2.hf.to_hf_model builds), so a tied embedding is stored once, as the released SmolLM2 stores it,
 and an untied lm_head is stored as its own tensor.
 
 The folder also gets README.md, a Hub model card rendered from training_summary.json (both from
-smollm2_hub: the checkpoint's own step, tokens, losses, device and data). Then, optionally:
+smollm2.hub: the checkpoint's own step, tokens, losses, device and data). Then, optionally:
     --space_dir DIR          a ready Gradio Space for this model (app.py, modules, requirements, model/)
     --push_to_hub OWNER/NAME [--private]   upload the export with huggingface_hub
     --push_space OWNER/NAME                upload the Space folder as a Gradio Space
@@ -27,12 +27,12 @@ from typing import Optional
 
 import torch
 
-from smollm2_checkpoint import CheckpointError, checkpoint_tokenizer_id, model_from_checkpoint
-from smollm2_hub import FACTS_FILE, PushError, model_card, push_folder, training_facts, write_space
-from smollm2_io import remove_stale_temporaries, tmp_name
+from smollm2.checkpoint import CheckpointError, checkpoint_tokenizer_id, model_from_checkpoint
+from smollm2.hub import FACTS_FILE, PushError, model_card, push_folder, training_facts, write_space
+from smollm2.io import remove_stale_temporaries, tmp_name
 from smollm2_model import SmolLM2ForCausalLM
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
-from smollm2_training import OneLineParser
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
+from smollm2.common import OneLineParser
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPECIAL_TOKEN = "<|endoftext|>"  # id 0: bos, eos and unk of the base SmolLM2 tokenizer
@@ -99,7 +99,7 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
 def write_folder(folder: str, model: SmolLM2ForCausalLM, tok, dtype: str) -> None:
     from transformers import GenerationConfig  # imported late: bad paths fail before this costs seconds
     from transformers.utils import logging as hf_logging
-    from smollm2_hf import to_hf_model
+    from smollm2.hf import to_hf_model
 
     hf_logging.disable_progress_bar()  # a bar for writing one small shard is noise in the listing below
     config = model.config

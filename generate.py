@@ -7,7 +7,7 @@
 
 stdout carries only the prompt and the generated text, streamed as it is decoded; what was loaded and
 the speed (tokens/s) go to stderr. Decoding goes through the model's own KV cache
-(SmolLM2ForCausalLM.generate_stream, via smollm2_generate.stream_text, which app.py uses too), so each step
+(SmolLM2ForCausalLM.generate_stream, via smollm2.inference.stream_text, which app.py uses too), so each step
 after the prompt runs one token through the model.
 Sampling draws from a torch.Generator seeded with --seed on the model's device: the same seed, model,
 device and prompt give the same text.
@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from smollm2_generate import DTYPES, load_model, log_stderr as log, pick_dtype, stream_text
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, SmolTokenizer, load_tokenizer
-from smollm2_training import OneLineParser, resolve_device
+from smollm2.inference import DTYPES, load_model, log_stderr as log, pick_dtype, stream_text
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, SmolTokenizer, load_tokenizer
+from smollm2.common import OneLineParser, resolve_device
 
 
 def generate_one(model, tok, prompt_ids: list[int], args, generator) -> tuple[int, float, float]:

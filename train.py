@@ -4,9 +4,9 @@
         --max_steps 5000 --resume 0 --log_every 50 --save_every 250 --sample_every 500
     python train.py ... --max_steps 5050 --resume 1      # continues 5001 -> 5050
 
-One run per --out_dir (smollm2_rundir.py): a second run there exits 2, --resume 0 refuses a folder that
+One run per --out_dir (smollm2/run.py): a second run there exits 2, --resume 0 refuses a folder that
 holds a run (--overwrite 1 replaces it), a resume refuses settings that would break exact continuation
-(smollm2_resume.py), and nothing non-finite is ever saved. Bad flags or inputs: one line, exit 2; a
+(smollm2/run.py), and nothing non-finite is ever saved. Bad flags or inputs: one line, exit 2; a
 non-finite loss or gradient, or a save that fails: exit 1, the latest checkpoint left as it was.
 
 Several GPUs: torchrun --nproc_per_node=N train.py ...  (DDP; rank 0 logs and saves).
@@ -14,7 +14,7 @@ Several GPUs: torchrun --nproc_per_node=N train.py ...  (DDP; rank 0 logs and sa
 Read top to bottom: parse_and_check (every flag, worded as a flag; the speed flags resolved into one
 Switches, logged beside the Args line as typed) -> prepare_run (the folder and the resume point) ->
 build_run (data, model, optimizer, step) -> train_loop -> finish (DONE, WALL). Each logged number goes
-to train.log for people and to metrics.jsonl for programs (smollm2_metrics.py).
+to train.log for people and to metrics.jsonl for programs (smollm2/metrics.py).
 """
 
 from __future__ import annotations
@@ -33,22 +33,22 @@ from typing import Optional
 
 import torch
 
-from smollm2_async_save import CheckpointWriter
-from smollm2_compile_cache import ARTIFACTS, load_artifacts, save_artifacts
-from smollm2_checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
+from smollm2.checkpoint import CheckpointWriter
+from smollm2.parallel import ARTIFACTS, load_artifacts, save_artifacts
+from smollm2.checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
                                 prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
-from smollm2_data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
+from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
 from smollm2_model import DecodeGraph, SmolLM2ForCausalLM
-from smollm2_resume import check_resume, settings
-from smollm2_rundir import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
-from smollm2_metrics import METRICS_FILE, MetricsWriter, finite_or_none
-from smollm2_switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
-from smollm2_training import (EVAL_TOKENS, OneLineParser, StepConfig, TrainStep, TransformersAdapter, UsageError,
-                              amp_context, build_optimizer, device_name, evaluate, flops_per_token,
-                              load_optimizer_state, lr_at, optimizer_state_for_checkpoint, peak_flops, set_lr)
-import smollm2_distributed as dist_utils
+from smollm2.run import check_resume, settings
+from smollm2.run import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
+from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
+from smollm2.switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
+from smollm2.training import (EVAL_TOKENS, StepConfig, TrainStep, TransformersAdapter, amp_context, build_optimizer,
+                              evaluate, load_optimizer_state, lr_at, optimizer_state_for_checkpoint, set_lr)
+from smollm2.common import OneLineParser, UsageError, device_name, flops_per_token, peak_flops
+from smollm2 import parallel
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "train.log) and start over; without it such a folder is refused")
     g.add_argument("--allow_config_change", type=int, default=0, choices=[0, 1],
                    help="with --resume 1: accept settings that break exact continuation (seed, batch, seq_len, "
-                        "lr, data...), logged as WARNING lines; see smollm2_resume.py")
+                        "lr, data...), logged as WARNING lines; see smollm2/run.py")
     g = p.add_argument_group("model and speed")
     g.add_argument("--model", default="smollm2-135m", help=f"architecture preset: {', '.join(PRESETS)}")
     g.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
@@ -115,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="1: on CUDA default to compile + CUDA graph + fused loss; 0: plain eager PyTorch")
     g.add_argument("--autocast", type=int, default=-1, choices=[-1, 0, 1], help="bf16 autocast (-1: on with CUDA)")
     g.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="torch.compile the model (-1: --fast on CUDA)")
-    g.add_argument("--compile_scope", default="auto", choices=["auto", *dist_utils.COMPILE_SCOPES],
+    g.add_argument("--compile_scope", default="auto", choices=["auto", *parallel.COMPILE_SCOPES],
                    help="model: one graph (under DDP split at bucket boundaries so the all-reduce overlaps the "
                         "backward), the fastest step; blocks: each decoder layer compiled alone, a tenth of the "
                         f"compile time; auto: blocks for a single-process run of <= {AUTO_BLOCKS_MAX_STEPS:,} steps, "
@@ -134,7 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--compile_cache", type=int, default=1, choices=[0, 1],
                    help="with --compile: load <out_dir>/cache/compile_artifacts.bin before the first compile and write "
                         "it after the first step (torch.compiler's portable cache), beside the machine's own caches "
-                        "in $TORCHINDUCTOR_CACHE_DIR; see smollm2_compile_cache.py")
+                        "in $TORCHINDUCTOR_CACHE_DIR; see smollm2/parallel.py")
     g.add_argument("--fsdp", type=int, default=0, choices=[0, 1], help="under torchrun: FSDP2 instead of DDP")
     g.add_argument("--grad_reduce_dtype", default="fp32", choices=["fp32", "bf16"],
                    help="under DDP: all-reduce gradients in bf16 (half the bytes; rounds the averaged gradient)")
@@ -164,7 +164,7 @@ def kept_compile_scope(args, switches: Switches, ckpt: Optional[dict]) -> Switch
     """--compile_scope auto on a resume: the scope the saved run compiled with, whatever --max_steps is now
     (the same compiled code continues the run exactly; the step B of the README goes 5000 -> 5050 either way)."""
     saved = ((ckpt or {}).get("switches") or {}).get("compile_scope")
-    if args.compile_scope != "auto" or saved not in dist_utils.COMPILE_SCOPES:
+    if args.compile_scope != "auto" or saved not in parallel.COMPILE_SCOPES:
         return switches
     return switches.but(compile_scope=saved)
 
@@ -227,7 +227,7 @@ def parse_and_check(argv=None):
         except ImportError as e:
             raise UsageError(f"--tensorboard 1 needs the tensorboard package ({e}); pip install tensorboard") from e
     try:
-        env = dist_utils.setup(args.device)
+        env = parallel.setup(args.device)
     except UsageError as e:
         raise UsageError(f"--device {args.device}: {e}") from e
     switches = resolve_switches(args, env.device, env.world_size)
@@ -445,7 +445,7 @@ class Run:
     """Everything the loop touches, built once by build_run."""
     args: argparse.Namespace
     switches: Switches
-    env: dist_utils.DistEnv
+    env: parallel.DistEnv
     config: object
     start: Start
     log: "Logger"
@@ -473,18 +473,18 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
     tokenizer = load_tokenizer(args.tokenizer_id, log=log)
     check_fits(tokenizer, config, args)
     if rank != 0:
-        dist_utils.barrier()  # rank 0 downloads the default corpus and tokenizes it once; the rest read its cache
+        parallel.barrier()  # rank 0 downloads the default corpus and tokenizes it once; the rest read its cache
     dataset = load_training_data(args.input_file, tokenizer, os.path.join(args.out_dir, CACHE_DIR),
                                  args.val_fraction, log=log, allow_download=rank == 0)
     if rank == 0:
-        dist_utils.barrier()
+        parallel.barrier()
     data = TokenBatches(dataset, args.seq_len, args.seed, args.sampler)
     mark("tokenizer_data")
 
     torch.manual_seed(args.seed)
     model = SmolLM2ForCausalLM(config, init=ckpt is None)  # a resume loads every weight
     if switches.model_impl == "hf":
-        from smollm2_hf import to_hf_model
+        from smollm2.hf import to_hf_model
         model = TransformersAdapter(to_hf_model(model).train())
     if ckpt is not None:
         saved = {"data.fingerprint": (ckpt.get("data") or {}).get("fingerprint", data.fingerprint)}  # older: unrecorded
@@ -493,12 +493,12 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
         model.load_state_dict(ckpt["model"], strict=True)
     model.to(device)
     if args.fsdp:
-        dist_utils.apply_fsdp(model)
+        parallel.apply_fsdp(model)
     optimizer = build_optimizer(model, args.max_lr, args.weight_decay, device, capturable=switches.cuda_graph)
     if ckpt is not None:
-        dist_utils.load_full_optimizer_state(model, optimizer, ckpt["optimizer"], load_optimizer_state)
+        parallel.load_full_optimizer_state(model, optimizer, ckpt["optimizer"], load_optimizer_state)
         set_rng_state(ckpt["rng"])
-    forward_model = dist_utils.build_forward(model, switches.compile, switches.compile_scope, device,
+    forward_model = parallel.build_forward(model, switches.compile, switches.compile_scope, device,
                                              reduce_bf16=switches.grad_reduce_bf16)
     step_fn = TrainStep(model, forward_model, optimizer, StepConfig.of(switches, args.grad_clip), device, log=log)
     mark("model_optimizer")
@@ -513,7 +513,7 @@ def log_header(run: Run) -> None:
     n_params = sum(p.numel() for p in run.model.parameters())  # a tied matrix counts once
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     world = env.world_size
-    parallel = (("gradients all-reduced in bf16 | " if run.switches.grad_reduce_bf16 else "")
+    data_parallel = (("gradients all-reduced in bf16 | " if run.switches.grad_reduce_bf16 else "")
                 + ("FSDP2" if args.fsdp else "DDP" if world > 1 else "single process"))
     log("=" * 100)
     log(f"SmolLM2 from-scratch training | {datetime.datetime.now().isoformat(timespec='seconds')}")
@@ -529,7 +529,7 @@ def log_header(run: Run) -> None:
     log(f"Model params: {n_params:,}")
     log(f"Global batch: {args.batch_size} x grad_accum {args.grad_accum} x world {world} x seq {args.seq_len} "
         f"= {run.tokens_per_step:,} tokens/step")
-    log(f"Speed path: {run.switches.describe()} | {parallel}")
+    log(f"Speed path: {run.switches.describe()} | {data_parallel}")
     if run.start.ckpt is None:
         log("Starting from scratch (random init).")
         run.events("start", step=0)
@@ -578,7 +578,7 @@ class Checkpoints:
 
     def ensure_finite(self, step: int) -> None:
         # One host sync, at a log, sample, validation or save: the device flag covers every step so far.
-        if dist_utils.any_rank(not self.run.step_fn.all_finite()):
+        if parallel.any_rank(not self.run.step_fn.all_finite()):
             self.collect(self.writer.wait())  # a write in flight holds an earlier, finite step: let it land first
             self.stop_run(f"non-finite loss or gradient norm by step {step}; nothing after it is saved and "
                           f"{LATEST} stays as it was ({self.kept}): lower --max_lr or check the data, then --resume 1")
@@ -593,8 +593,8 @@ class Checkpoints:
     def weights(self) -> dict:
         """The checkpoint's tensors that matter for size: the model's and the optimizer's state."""
         run = self.run
-        return dict(model=dist_utils.full_state_dict(run.model),
-                    optimizer=dist_utils.full_optimizer_state(run.model, run.optimizer, optimizer_state_for_checkpoint))
+        return dict(model=parallel.full_state_dict(run.model),
+                    optimizer=parallel.full_optimizer_state(run.model, run.optimizer, optimizer_state_for_checkpoint))
 
     def reserve(self) -> None:
         """After the first step (the optimizer state exists): the host buffers of the saves, allocated in the
@@ -614,7 +614,7 @@ class Checkpoints:
                      model_config=run.config.to_dict(), args=vars(args), switches=asdict(run.switches),
                      metrics=dict(self.metrics))
         bad = nonfinite_names(state["model"]) if run.env.rank == 0 else []
-        if dist_utils.any_rank(bool(bad)):
+        if parallel.any_rank(bool(bad)):
             self.collect(self.writer.wait())
             self.stop_run(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved, {LATEST} stays "
                           f"as it was ({self.kept}): lower --max_lr, then --resume 1")
@@ -622,7 +622,7 @@ class Checkpoints:
             self.collect(self.writer.wait())  # at most one write in flight: the host buffers are reused
             self.writer.submit(self._write, state, (step, reason))
             self.collect(self.writer.poll())  # --async_save 0: done already
-        dist_utils.barrier()
+        parallel.barrier()
 
     def close(self) -> None:
         """An exception left a write in flight: it finishes (and says how) before the folder's lock is let go."""
@@ -645,7 +645,7 @@ class Interval:
 
     def read(self) -> tuple[float, int, float]:
         """(mean loss over every rank, steps, seconds so far)."""
-        return float(dist_utils.mean_across_ranks(self.loss / self.steps)), self.steps, time.perf_counter() - self.t0
+        return float(parallel.mean_across_ranks(self.loss / self.steps)), self.steps, time.perf_counter() - self.t0
 
     def restart(self) -> None:
         self.loss.zero_()
@@ -724,7 +724,7 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
             saves.ensure_finite(step)
             log_validation(run, step, metrics)
             clock.lap("val")
-        stopping = dist_utils.any_rank(stop.requested is not None)
+        stopping = parallel.any_rank(stop.requested is not None)
         if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
             clock.lap("steps")
             saves.save(step, f" (stopping on {stop.requested})" if stopping and stop.requested else "")
@@ -794,7 +794,7 @@ def main(argv=None) -> int:
         events.close()
         log.close()
         start.folder.close()
-        dist_utils.teardown()
+        parallel.teardown()
 
 
 def finish(run: Run, clock: "WallClock") -> None:

@@ -1,6 +1,6 @@
 """Ablation sweep: the same short training run under different speed switches, one row per variant.
 
-Each variant is one entry of smollm2_switches.VARIANTS (a named Switches, passed to train.py as its flags)
+Each variant is one entry of smollm2.switches.VARIANTS (a named Switches, passed to train.py as its flags)
 and runs as its own train.py process (clean GPU memory and compile caches, and exactly train.py's
 training step). Steady tokens/s is read from the run's metrics.jsonl train records after
 --ignore_first_steps (each interval's timing ends on a host-device synchronisation), peak memory from
@@ -31,8 +31,8 @@ import subprocess
 import sys
 import time
 
-from smollm2_metrics import LOG_FILE, log_events, read_events, summarize
-from smollm2_switches import PROFILES, SAME_AS, VARIANTS, Switches
+from smollm2.metrics import LOG_FILE, log_events, read_events, summarize
+from smollm2.switches import PROFILES, SAME_AS, VARIANTS, Switches
 
 COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
            "amp_dtype", "compile", "attention_impl", "tie_word_embeddings", "params", "warmup_ignored_steps",
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--profile", default="seed", choices=list(PROFILES),
                    help="seed: the shape given by the three flags below (their defaults are the seed profile's); "
-                        "any other: that profile's shape (smollm2_switches.PROFILES) instead of theirs")
+                        "any other: that profile's shape (smollm2.switches.PROFILES) instead of theirs")
     p.add_argument("--seq_len", type=int, default=PROFILES["seed"].seq_len)
     p.add_argument("--batch_size", type=int, default=PROFILES["seed"].micro_batch)
     p.add_argument("--grad_accum", type=int, default=PROFILES["seed"].grad_accum)

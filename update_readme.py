@@ -12,7 +12,7 @@ Blocks (each marker alone on its line; the text between a BEGIN/END pair is repl
   DATA_RESULTS     (optional) the real-corpus run (results/realdocs/) and benchmarks/data_prep.csv
 It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the run's
 records: metrics.jsonl beside the log, or the log itself for runs from before that file
-(smollm2_metrics.read_events, the one reader); the README's log block always shows train.log.
+(smollm2.metrics.read_events, the one reader); the README's log block always shows train.log.
 
 Idempotent: the README and the PNG are rewritten only when their bytes would change, and then
 atomically (temporary file + os.replace). Missing inputs leave a placeholder and exit 0; a README
@@ -33,9 +33,8 @@ import re
 import sys
 from typing import Callable, Optional
 
-from smollm2_metrics import (LOG_MARKS, MetricsError, RunSummary, log_events, number, read_events,
-                             summarize)
-from smollm2_switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_PAIRS
+from smollm2.metrics import LOG_MARKS, MetricsError, RunSummary, log_events, number, read_events, summarize
+from smollm2.switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_PAIRS
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "SEED_E2E", "FINDINGS",
@@ -330,7 +329,7 @@ def _measured(r: dict[str, str]) -> str:
 
 
 def switch_effects(rows: list[dict[str, str]]) -> str:
-    """One line per smollm2_switches.SWITCH_PAIRS pair in the table: tokens/s ratio, peak memory and final loss."""
+    """One line per smollm2.switches.SWITCH_PAIRS pair in the table: tokens/s ratio, peak memory and final loss."""
     by = {r.get("variant"): r for r in rows}
     lines = []
     for name, on, off in SWITCH_PAIRS:
@@ -350,7 +349,7 @@ def switch_effects(rows: list[dict[str, str]]) -> str:
         return ""
     cards = sorted({r["device_name"] for r in rows if r.get("device_name")})
     return (f"What each switch buys alone{' on ' + ', '.join(cards) if cards else ''} (two rows of this table "
-            f"one switch apart, as `SWITCH_PAIRS` in `smollm2_switches.py` pairs them):\n\n" + "\n".join(lines))
+            f"one switch apart, as `SWITCH_PAIRS` in `smollm2/switches.py` pairs them):\n\n" + "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,7 +520,7 @@ DATA_PREP_COLUMNS = ["machine", "cpu_model", "measurement", "pipeline", "workers
 
 
 def train_rss_sentence(r: dict[str, str]) -> str:
-    """Whether training's memory stayed flat, from a bench_data.py train_rss row."""
+    """Whether training's memory stayed flat, from a benchmarks/bench_data.py train_rss row."""
     flat = "flat" if r.get("flat") == "True" else "NOT flat"
     return (f"Training memory on prepared shards ({r['machine']}, train.py on {r.get('train_device') or 'cpu'}, "
             f"{int(r['train_shards'])} shards of {int(float(r['shard_tokens'])):,} ids): RSS {r['rss_first_mb']} MB at "
@@ -566,7 +565,7 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
     csv_path = os.path.join(bench_dir, "data_prep.csv")
     if os.path.isfile(csv_path):
         _, rows = read_csv(csv_path)
-        parts.append(f"Data pipeline benchmarks (`python bench_data.py`; rendered from `{rel(csv_path, readme_dir)}`, "
+        parts.append(f"Data pipeline benchmarks (`python benchmarks/bench_data.py`; rendered from `{rel(csv_path, readme_dir)}`, "
                      f"which also holds CPU time, high-water marks and versions; RSS and PSS are summed over the "
                      f"process tree; `vm/16cpu` is the GPU machine's 16-core host, `vm/2cpu` the 2-core "
                      f"development machine):")
@@ -575,7 +574,7 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
         parts += [train_rss_sentence(r) for r in rows if r.get("measurement") == "train_rss"]
         note.append("data_prep table")
     if not parts:
-        return (f"_No data results yet: run `bash benchmarks/device_data.sh` and `python bench_data.py`, then "
+        return (f"_No data results yet: run `bash benchmarks/device_data.sh` and `python benchmarks/bench_data.py`, then "
                 f"`python update_readme.py`._"), "no data results"
     return "\n\n".join(parts), ", ".join(note)
 

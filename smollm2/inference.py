@@ -13,9 +13,9 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from smollm2_checkpoint import checkpoint_tokenizer_id, model_from_checkpoint
+from smollm2.checkpoint import checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2_model import SmolLM2ForCausalLM
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -96,7 +96,7 @@ def load_model(checkpoint: Optional[str] = None, pretrained: Optional[str] = Non
     """(model on CPU in float32, description, tokenizer id to use unless overridden, the checkpoint dict or
     None). `pretrained` "" means the default released weights; otherwise `checkpoint` is a .pt or a folder."""
     if pretrained is not None:
-        from smollm2_hf import load_pretrained
+        from smollm2.hf import load_pretrained
         source = pretrained or None
         model, desc = load_pretrained(source, log=log)
         if source is None or not os.path.exists(source):
@@ -107,7 +107,7 @@ def load_model(checkpoint: Optional[str] = None, pretrained: Optional[str] = Non
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"{path} is a folder without config.json "
                              f"(pass a .pt checkpoint or a folder written by export_hf.py)")
-        from smollm2_hf import load_pretrained  # an HF-format folder: AutoModelForCausalLM, then our model
+        from smollm2.hf import load_pretrained  # an HF-format folder: AutoModelForCausalLM, then our model
         model, desc = load_pretrained(path, log=log)
         return model, f"exported folder {desc}", path if own_tokenizer(path) else DEFAULT_TOKENIZER_ID, None
     model, ckpt = model_from_checkpoint(path)

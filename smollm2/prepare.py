@@ -1,8 +1,8 @@
-"""Raw documents -> a folder of token shards (the format is in smollm2_shards.py).
+"""Raw documents -> a folder of token shards (the format is in smollm2/shards.py).
 
-The pipeline: the main process reads documents in pieces (smollm2_sources), batches them, and hands
+The pipeline: the main process reads documents in pieces (smollm2.sources), batches them, and hands
 the batches to a pool of worker processes, each with its own encoder: tiktoken running the tokenizer's
-BPE when smollm2_tiktoken proves it equal (about 4x faster), else tokenizers' `encode_batch` (one
+BPE when smollm2.tiktoken_bpe proves it equal (about 4x faster), else tokenizers' `encode_batch` (one
 encoder per process scales where one shared tokenizer's threads do not: tokenizers #1900).
 At most 2 x workers batches are in flight and results are taken in submission order, so memory is
 bounded and the output is the same whatever the timing. Each document is followed by the end-of-text
@@ -13,7 +13,7 @@ stream instead: the last val_fraction of its text tokens and the end-of-text id 
 
 Interruptible: a train shard is closed at the first piece boundary past `shard_tokens`; then the val
 ids gathered so far are closed into their own shard and `progress.json` records where reading stands.
-A rerun after Ctrl-C or SIGKILL deletes the unfinished temporaries (smollm2_io.remove_stale_temporaries), skips the pieces already
+A rerun after Ctrl-C or SIGKILL deletes the unfinished temporaries (smollm2.io.remove_stale_temporaries), skips the pieces already
 written (reading, not tokenizing, them) and ends byte-identical to an uninterrupted run.
 """
 
@@ -32,11 +32,11 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-import smollm2_tiktoken
-from smollm2_io import atomic_write_text, file_sha256, remove_stale_temporaries
-from smollm2_shards import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, DataError, ShardWriter, load_manifest,
+from smollm2 import tiktoken_bpe
+from smollm2.io import atomic_write_text, file_sha256, remove_stale_temporaries
+from smollm2.shards import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, DataError, ShardWriter, load_manifest,
                             read_header, token_bytes_for, write_manifest)
-from smollm2_sources import HF_PREFIX, MAX_PIECE_CHARS, Piece, expand_inputs, load_hf_dataset, read_pieces
+from smollm2.sources import HF_PREFIX, MAX_PIECE_CHARS, Piece, expand_inputs, load_hf_dataset, read_pieces
 
 EOS_TOKEN = "<|endoftext|>"
 PROGRESS = "progress.json"
@@ -81,7 +81,7 @@ def _init_worker(tokenizer_json: str, encoder: str, in_pool: bool = True) -> Non
         _die_with_parent()
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
     if encoder == "tiktoken":
-        _worker_tok = smollm2_tiktoken.build(tokenizer_json)[0].encode_batch  # proven equal by pick_encoder
+        _worker_tok = tiktoken_bpe.build(tokenizer_json)[0].encode_batch  # proven equal by pick_encoder
     else:
         from tokenizers import Tokenizer
         tok = Tokenizer.from_str(tokenizer_json)
@@ -121,12 +121,12 @@ def _pool(workers: int, tokenizer_json: str, encoder: str):
 
 def pick_encoder(tokenizer_json: str, encoder: str, log: Callable[[str], None]) -> str:
     """"tiktoken" or "tokenizers" for the workers. auto: tiktoken when it is installed and proven equal to
-    this tokenizer (smollm2_tiktoken.build), else tokenizers; asking for tiktoken when it is not is an error."""
+    this tokenizer (smollm2.tiktoken_bpe.build), else tokenizers; asking for tiktoken when it is not is an error."""
     if encoder not in ENCODERS:
         raise DataError(f"--encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
     if encoder == "tokenizers":
         return encoder
-    enc, why = smollm2_tiktoken.build(tokenizer_json)
+    enc, why = tiktoken_bpe.build(tokenizer_json)
     if enc is not None:
         return "tiktoken"
     if encoder == "tiktoken":

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from smollm2_io import atomic_write_text, file_sha256, fsync_dir, tmp_name
+from smollm2.io import atomic_write_text, file_sha256, fsync_dir, tmp_name
 
 MAGIC = b"SMOLTOKS"
 SHARD_VERSION = 1
@@ -113,7 +113,7 @@ def read_ids(info: ShardInfo, start: int = 0, count: int | None = None) -> np.nd
 
 
 class ShardWriter:
-    """Appends ids to smollm2_io.tmp_name(path); close() writes the index and header, fsyncs and renames into place.
+    """Appends ids to smollm2.io.tmp_name(path); close() writes the index and header, fsyncs and renames into place.
     Memory stays bounded: ids go to disk as they come, only the document ends are kept (8 bytes each)."""
 
     def __init__(self, path: str, token_bytes: int):

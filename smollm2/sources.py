@@ -24,7 +24,7 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator
 
-from smollm2_shards import DataError
+from smollm2.shards import DataError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
@@ -213,7 +213,7 @@ def load_hf_dataset(spec: str):
     (its local cache first; the hub only where it is reachable)."""
     name, _, split = spec[len(HF_PREFIX):].partition(":")
     if not os.path.isdir(name):
-        from smollm2_hub import hub_reachable
+        from smollm2.hub import hub_reachable
         if not hub_reachable():  # the local cache only: no retries against a network that is not there
             os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     try:

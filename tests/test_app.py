@@ -43,7 +43,7 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tokenizer_json_path):
-    from smollm2_checkpoint import save_checkpoint
+    from smollm2.checkpoint import save_checkpoint
     from smollm2_config import get_config
     from smollm2_model import SmolLM2ForCausalLM
 

@@ -1,4 +1,4 @@
-"""Checkpoints written in the background (smollm2_async_save, issue 19): the file is the one a synchronous
+"""Checkpoints written in the background (smollm2.checkpoint, issue 19): the file is the one a synchronous
 save writes, a SIGKILL mid-write leaves the previous latest, a SIGTERM mid-write exits 0 only once the
 write is on disk, and a resume from either is bit-exact with an uninterrupted run. CPU, tiny preset."""
 
@@ -14,8 +14,8 @@ import torch
 
 from conftest import REPO_ROOT, TINY_TRAIN_ARGS, assert_same_weights, checkpoint_weights, run_train, step_losses
 
-from smollm2_async_save import CheckpointWriter  # noqa: E402
-from smollm2_checkpoint import load_checkpoint, rng_state, save_checkpoint  # noqa: E402
+from smollm2.checkpoint import CheckpointWriter  # noqa: E402
+from smollm2.checkpoint import load_checkpoint, rng_state, save_checkpoint  # noqa: E402
 
 RUN = ["--max_steps", 12, "--log_every", 1, "--save_every", 4]
 
@@ -39,7 +39,7 @@ def assert_same_tree(a, b, where="ckpt"):
 def test_background_save_writes_what_a_synchronous_save_writes(tmp_path):
     from smollm2_config import get_config
     from smollm2_model import SmolLM2ForCausalLM
-    from smollm2_training import StepConfig, TrainStep, build_optimizer, optimizer_state_for_checkpoint
+    from smollm2.training import StepConfig, TrainStep, build_optimizer, optimizer_state_for_checkpoint
 
     torch.manual_seed(0)
     cfg = get_config("tiny")
@@ -104,7 +104,7 @@ def test_a_failed_background_write_is_reported_not_lost(tmp_path):
 BLOCK_IN_WRITE = r"""
 import os, sys, threading, time, torch
 sys.path.insert(0, {repo!r})
-import smollm2_checkpoint, train
+import smollm2.checkpoint, train
 real_save = torch.save
 def blocking_save(obj, f, *a, **k):
     real_save(obj, f, *a, **k)
@@ -113,7 +113,7 @@ def blocking_save(obj, f, *a, **k):
             m.write(threading.current_thread().name)
         while not os.path.exists({go!r}):
             time.sleep(0.05)
-smollm2_checkpoint.torch.save = blocking_save
+smollm2.checkpoint.torch.save = blocking_save
 sys.argv = ["train.py"] + {args!r}
 train.cli()
 """

@@ -103,7 +103,7 @@ def test_loss_curves_writes_the_comparison_and_the_float32_yardstick(tmp_path, m
     monkeypatch.setattr(bench, "MODEL_PRESET", "tiny")
     import json
     import numpy as np
-    from smollm2_data import TokenBatches, TokenDataset
+    from smollm2.data import TokenBatches, TokenDataset
     ids = np.random.default_rng(0).integers(0, 49152, 5000).astype(np.int64)
     data = TokenBatches(TokenDataset.from_array(ids), 16, 7, "random")
     summary = bench.loss_curves(data, 16, 2, 3, torch.device("cpu"), 1337, str(tmp_path),
@@ -123,7 +123,7 @@ def test_residual_loss_curves_bf16_stream_tracks_the_float32_stream(tmp_path, mo
     monkeypatch.setattr(bench, "MODEL_PRESET", "tiny")
     import json
     import numpy as np
-    from smollm2_data import TokenBatches, TokenDataset
+    from smollm2.data import TokenBatches, TokenDataset
     ids = np.random.default_rng(0).integers(0, 49152, 5000).astype(np.int64)
     data = TokenBatches(TokenDataset.from_array(ids), 16, 7, "random")
     s = bench.residual_loss_curves(data, 16, 2, 3, torch.device("cpu"), 1337, str(tmp_path),

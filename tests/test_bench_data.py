@@ -1,4 +1,4 @@
-"""bench_data.py at tiny scale: a 1 MB corpus, one worker, 20 training steps. Checks that every measurement
+"""benchmarks/bench_data.py at tiny scale: a 1 MB corpus, one worker, 20 training steps. Checks that every measurement
 gives a row with sane values and that rows merge by key; no timing assertions (the numbers are noise here)."""
 
 import csv
@@ -9,7 +9,7 @@ import os
 import pytest
 
 pytest.importorskip("psutil")
-import bench_data  # noqa: E402  (needs psutil)
+from benchmarks import bench_data  # noqa: E402  (needs psutil)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""smollm2_compile_cache's plumbing (issue 19), without compiling: the artifacts file is written whole,
+"""smollm2.parallel's plumbing (issue 19), without compiling: the artifacts file is written whole,
 not rewritten when unchanged, and a file that does not load costs a line in the log, never the run."""
 
 import torch
 
-import smollm2_compile_cache as cc
+from smollm2 import parallel
 
 
 class Info:
@@ -12,23 +12,23 @@ class Info:
 
 
 def test_artifacts_are_written_once_and_a_bad_file_is_ignored(tmp_path, monkeypatch):
-    path, lines = tmp_path / cc.ARTIFACTS, []
+    path, lines = tmp_path / parallel.ARTIFACTS, []
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"artifacts", Info(2)))
-    cc.save_artifacts(str(path), lines.append)
+    parallel.save_artifacts(str(path), lines.append)
     assert path.read_bytes() == b"artifacts" and "saved 2 artifacts" in lines[-1]
-    assert [p.name for p in tmp_path.iterdir()] == [cc.ARTIFACTS]  # no temporary left
-    cc.save_artifacts(str(path), lines.append)
+    assert [p.name for p in tmp_path.iterdir()] == [parallel.ARTIFACTS]  # no temporary left
+    parallel.save_artifacts(str(path), lines.append)
     assert len(lines) == 1  # the same bytes: not rewritten
 
     loaded = []
     monkeypatch.setattr(torch.compiler, "load_cache_artifacts", lambda data: loaded.append(data) or Info(3))
-    cc.load_artifacts(str(path), lines.append)
+    parallel.load_artifacts(str(path), lines.append)
     assert loaded == [b"artifacts"] and "loaded 3 artifacts" in lines[-1]
 
     def broken(data):
         raise RuntimeError("unpickling failed")
     monkeypatch.setattr(torch.compiler, "load_cache_artifacts", broken)
-    cc.load_artifacts(str(path), lines.append)
+    parallel.load_artifacts(str(path), lines.append)
     assert lines[-1].startswith("Compile cache: ignored") and "unpickling failed" in lines[-1]
-    cc.load_artifacts(str(tmp_path / "absent.bin"), lines.append)  # nothing there: nothing said
+    parallel.load_artifacts(str(tmp_path / "absent.bin"), lines.append)  # nothing there: nothing said
     assert len(lines) == 3

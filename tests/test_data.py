@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smollm2_data import TokenBatches, TokenDataset, load_training_data, open_prepared, permute
-from smollm2_prepare import PrepareSettings, prepare
-from smollm2_shards import MANIFEST, DataError, load_manifest, read_doc_ends, read_header, read_ids
-from smollm2_sources import expand_inputs, split_text
-from smollm2_tokenizer import SmolTokenizer, load_tokenizer
+from smollm2.data import TokenBatches, TokenDataset, load_training_data, open_prepared, permute
+from smollm2.prepare import PrepareSettings, prepare
+from smollm2.shards import MANIFEST, DataError, load_manifest, read_doc_ends, read_header, read_ids
+from smollm2.sources import expand_inputs, split_text
+from smollm2.tokenizer import SmolTokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -124,7 +124,7 @@ def test_both_encoders_write_the_same_bytes(tmp_path, tok, corpus_path):
 
 
 def test_encoder_falls_back_to_tokenizers_where_tiktoken_cannot_be_proven_equal(tmp_path, tok):
-    from smollm2_prepare import pick_encoder
+    from smollm2.prepare import pick_encoder
     pytest.importorskip("tiktoken")
     spec = json.loads(tok.tokenizer.to_str())
     logs = []
@@ -362,8 +362,8 @@ GLOO_SCRIPT = r"""
 import os, sys
 sys.path.insert(0, {repo!r})
 import numpy as np, torch, torch.distributed as dist
-from smollm2_data import TokenBatches, TokenDataset, load_training_data
-from smollm2_tokenizer import load_tokenizer
+from smollm2.data import TokenBatches, TokenDataset, load_training_data
+from smollm2.tokenizer import load_tokenizer
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 data = load_training_data({folder!r}, load_tokenizer({tok!r}), {cache!r})

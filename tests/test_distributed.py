@@ -40,9 +40,9 @@ pytestmark = pytest.mark.skipif(not (CORPUS.exists() and TOKENIZER_JSON.exists()
 HOOKED_TRAIN = r"""
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-import smollm2_distributed, train
+import smollm2.parallel, train
 rank = int(os.environ.get("RANK", "0"))
-real_mean, real_any = smollm2_distributed.mean_across_ranks, smollm2_distributed.any_rank
+real_mean, real_any = smollm2.parallel.mean_across_ranks, smollm2.parallel.any_rank
 def mean_across_ranks(value):
     v = real_mean(value)
     if rank == 0 and "LOSS_FILE" in os.environ:
@@ -59,7 +59,7 @@ def any_rank(flag):  # the first any_rank after the optimizer step of step $DIE_
     if str(rank) == os.environ.get("DIE_RANK") and len(steps) == int(os.environ.get("DIE_AT_STEP", 0)):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_any(flag)
-smollm2_distributed.mean_across_ranks, smollm2_distributed.any_rank = mean_across_ranks, any_rank
+smollm2.parallel.mean_across_ranks, smollm2.parallel.any_rank = mean_across_ranks, any_rank
 sys.argv = ["train.py"] + sys.argv[1:]
 train.cli()
 """

@@ -20,13 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import export_hf  # noqa: E402
-import smollm2_checkpoint  # noqa: E402
-from smollm2_checkpoint import save_checkpoint  # noqa: E402
+from smollm2 import checkpoint  # noqa: E402
+from smollm2.checkpoint import save_checkpoint  # noqa: E402
 from smollm2_config import get_config  # noqa: E402
-from smollm2_generate import TextStream  # noqa: E402
-from smollm2_hub import packaged_gguf  # noqa: E402
+from smollm2.inference import TextStream  # noqa: E402
+from smollm2.hub import packaged_gguf  # noqa: E402
 from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
 
 PROMPT = "ROMEO:"
 SAMPLE_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
@@ -147,11 +147,11 @@ def test_exported_tokenizer_matches_ours(work, tok):
 def test_default_tokenizer_is_the_runs_own_when_it_resolves(tmp_path):
     here = tmp_path / "tokenizer.json"
     here.write_text("{}")
-    assert smollm2_checkpoint.checkpoint_tokenizer_id({"args": {"tokenizer_id": str(here)}}) == str(here)
-    assert smollm2_checkpoint.checkpoint_tokenizer_id({"args": {"tokenizer_id": "/elsewhere/tokenizer.json"}}) \
+    assert checkpoint.checkpoint_tokenizer_id({"args": {"tokenizer_id": str(here)}}) == str(here)
+    assert checkpoint.checkpoint_tokenizer_id({"args": {"tokenizer_id": "/elsewhere/tokenizer.json"}}) \
         == DEFAULT_TOKENIZER_ID
-    assert smollm2_checkpoint.checkpoint_tokenizer_id({"args": {"tokenizer_id": "org/some-model"}}) == "org/some-model"
-    assert smollm2_checkpoint.checkpoint_tokenizer_id({"args": {}}) == DEFAULT_TOKENIZER_ID
+    assert checkpoint.checkpoint_tokenizer_id({"args": {"tokenizer_id": "org/some-model"}}) == "org/some-model"
+    assert checkpoint.checkpoint_tokenizer_id({"args": {}}) == DEFAULT_TOKENIZER_ID
 
 
 # ----------------------------------------------------------------------------- generate
@@ -280,15 +280,15 @@ def test_pretrained_knows_paris():
 
 
 def test_gguf_cache_is_keyed_by_content_and_written_whole(tmp_path, monkeypatch, tiny_model):
-    """smollm2_hf's GGUF cache without the 20 s dequantization: a stand-in returns a tiny transformers model
+    """smollm2.hf's GGUF cache without the 20 s dequantization: a stand-in returns a tiny transformers model
     (flagged as quantized, like a real GGUF load) and counts its calls. (The real GGUF goes through the
     cache in test_pretrained_knows_paris, and sanity_check --compare_pretrained reads that entry back and
     must still score the GGUF's loss, 3.7089.)"""
     import transformers
 
-    import smollm2_hf
-    from smollm2_hf import load_pretrained_hf, to_hf_model
-    from smollm2_io import file_sha256
+    from smollm2 import hf as hf_module
+    from smollm2.hf import load_pretrained_hf, to_hf_model
+    from smollm2.io import file_sha256
 
     pytest.importorskip("gguf")
     root = tmp_path / "cache"
@@ -301,7 +301,7 @@ def test_gguf_cache_is_keyed_by_content_and_written_whole(tmp_path, monkeypatch,
         hf.config.quantization_config = {"quant_method": "gguf", "gguf_file": Path(path).name}
         return hf
 
-    monkeypatch.setattr(smollm2_hf, "_dequantize_gguf", dequantize)
+    monkeypatch.setattr(hf_module, "_dequantize_gguf", dequantize)
     a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
     a.write_bytes(b"GGUF weights A")
     b.write_bytes(b"GGUF weights B")
@@ -410,8 +410,8 @@ def test_model_card_numbers_are_the_checkpoints(trained):
 
 def test_card_of_an_old_checkpoint_says_not_recorded(work, tok):
     _, ckpt, _ = work[True]  # saved without metrics or data, like checkpoints before metrics existed
-    from smollm2_hub import model_card, training_facts
-    model, c = smollm2_checkpoint.model_from_checkpoint(str(ckpt))
+    from smollm2.hub import model_card, training_facts
+    model, c = checkpoint.model_from_checkpoint(str(ckpt))
     text = model_card(training_facts(c, model, tok.source, str(ckpt)))
     assert "| held-out loss | not recorded |" in text and "| trained on | not recorded |" in text
     assert "| training steps | 7 |" in text and "| tokens seen | not recorded |" in text
@@ -428,7 +428,7 @@ def test_space_folder_is_self_contained(trained):
     assert (space / "app.py").read_text() == (REPO / "app.py").read_text()
     # The Space's app imports only what the folder holds: run it from there with the repo off the path.
     code = ("import sys; sys.path = [p for p in sys.path if p not in ('', %r)]; sys.path.insert(0, '.'); "
-            "import app, smollm2_generate; m = app.Models({'x': ('model', None)}, app.torch.device('cpu'), None); "
+            "import app, smollm2.inference; m = app.Models({'x': ('model', None)}, app.torch.device('cpu'), None); "
             "print(app.panel(m.get('x')))") % str(REPO)
     p = subprocess.run([sys.executable, "-c", code], cwd=space, env=_env(), capture_output=True, text=True,
                        timeout=300)
@@ -438,11 +438,11 @@ def test_space_folder_is_self_contained(trained):
 
 def test_push_calls_the_hub_library_with_the_export(work, tok_id, tmp_path, monkeypatch, capsys):
     import huggingface_hub
-    import smollm2_hub
+    from smollm2 import hub
 
     calls = []
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token_123")
-    monkeypatch.setattr(smollm2_hub, "hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **k: calls.append(("whoami", self.token)))
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
                         lambda self, repo_id, **k: calls.append(("create_repo", repo_id, k)) or f"https://hub/{repo_id}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smollm2_loss import IGNORE_INDEX, linear_cross_entropy
+from smollm2_model import IGNORE_INDEX, linear_cross_entropy
 
 
 def _maxdiff(a, b) -> float:
@@ -65,21 +65,21 @@ def test_evaluation_loss_runs_in_smaller_chunks_and_stays_exact(monkeypatch):
     """Without gradients the logits chunk is capped at NO_GRAD_CHUNK (validation's peak memory): more tokens than
     one such chunk, ignored targets included, give the float64 reference loss; every matmul the no-grad path
     runs has at most NO_GRAD_CHUNK rows."""
-    import smollm2_loss
+    import smollm2_model
 
     g = torch.Generator().manual_seed(3)
-    N, C, V = 2 * smollm2_loss.NO_GRAD_CHUNK + 77, 8, 31
+    N, C, V = 2 * smollm2_model.NO_GRAD_CHUNK + 77, 8, 31
     h, w = torch.randn(N, C, generator=g), torch.randn(V, C, generator=g)
     t = torch.randint(0, V, (N,), generator=g)
     t[::5] = IGNORE_INDEX
     ref = F.cross_entropy(h.double() @ w.double().t(), t, ignore_index=IGNORE_INDEX)
     rows = []
     real_ce = F.cross_entropy
-    monkeypatch.setattr(smollm2_loss.F, "cross_entropy", lambda x, *a, **k: rows.append(x.shape[0]) or real_ce(x, *a, **k))
+    monkeypatch.setattr(smollm2_model.F, "cross_entropy", lambda x, *a, **k: rows.append(x.shape[0]) or real_ce(x, *a, **k))
     with torch.no_grad():
         got = linear_cross_entropy(h, w, t)
     assert abs(got.item() - ref.item()) <= 1e-5
-    assert rows == [smollm2_loss.NO_GRAD_CHUNK, smollm2_loss.NO_GRAD_CHUNK, 77]
+    assert rows == [smollm2_model.NO_GRAD_CHUNK, smollm2_model.NO_GRAD_CHUNK, 77]
 
 
 def test_blocks_scope_compiles_the_head_and_keeps_its_numbers(tiny_model):
@@ -88,7 +88,7 @@ def test_blocks_scope_compiles_the_head_and_keeps_its_numbers(tiny_model):
     transformers' model is left alone."""
     import copy
 
-    from smollm2_distributed import compile_head
+    from smollm2.parallel import compile_head
     eager = tiny_model.train()
     compiled = copy.deepcopy(eager)
     compile_head(compiled)
@@ -108,9 +108,9 @@ def test_blocks_scope_compiles_the_head_and_keeps_its_numbers(tiny_model):
 def test_blocks_scope_compiles_every_layer_and_the_head(tiny_model, monkeypatch):
     # What build_forward does for --compile_scope blocks (the compiling itself is timed on the GPU, and its
     # numbers are checked above and in test_distributed): each decoder layer in place, then compile_head.
-    import smollm2_distributed
+    from smollm2 import parallel
     compiled, heads = [], []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
-    monkeypatch.setattr(smollm2_distributed, "compile_head", heads.append)
-    assert smollm2_distributed.build_forward(tiny_model, True, "blocks", torch.device("cpu")) is tiny_model
+    monkeypatch.setattr(parallel, "compile_head", heads.append)
+    assert parallel.build_forward(tiny_model, True, "blocks", torch.device("cpu")) is tiny_model
     assert compiled == list(tiny_model.model.layers) and heads == [tiny_model]

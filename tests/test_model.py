@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from smollm2_config import get_config
-from smollm2_hf import PretrainedNotFound, from_hf_model, load_pretrained, to_hf_model
-from smollm2_loss import IGNORE_INDEX
+from smollm2.hf import PretrainedNotFound, from_hf_model, load_pretrained, to_hf_model
+from smollm2_model import IGNORE_INDEX
 from smollm2_model import KVCache, SmolLM2ForCausalLM, manual_attention, repeat_kv, sdpa_attention
 
 # Max abs logits difference allowed against transformers in float32: the 135M bound leaves room for float32
@@ -65,7 +65,7 @@ def test_logits_match_transformers_ours_to_hf(name, impl, model_135m):
 @pytest.mark.parametrize("name", ["tiny", "smollm2-135m"])
 def test_logits_match_transformers_hf_to_ours(name, impl, model_135m):
     # The other direction: transformers' own random init, loaded into ours with strict=True.
-    from smollm2_hf import hf_config
+    from smollm2.hf import hf_config
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(123)
@@ -441,10 +441,10 @@ def test_load_pretrained_missing_path(source):
 
 
 def test_load_pretrained_nothing_available(monkeypatch):
-    import smollm2_hub
+    from smollm2 import hub
 
-    monkeypatch.setattr(smollm2_hub, "fetch_from_hub", lambda fetch, missing: None)
-    monkeypatch.setattr(smollm2_hub, "packaged_gguf", lambda: None)
+    monkeypatch.setattr(hub, "fetch_from_hub", lambda fetch, missing: None)
+    monkeypatch.setattr(hub, "packaged_gguf", lambda: None)
     with pytest.raises(PretrainedNotFound) as e:
         load_pretrained(None)
     msg = str(e.value)

@@ -19,9 +19,9 @@ import torch
 
 from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, run_train
 
-import smollm2_rundir  # noqa: E402
-from smollm2_checkpoint import load_checkpoint, nonfinite_names, save_checkpoint  # noqa: E402
-from smollm2_resume import FIXED, IGNORED, REFUSED, RULES, rule  # noqa: E402
+from smollm2 import run  # noqa: E402
+from smollm2.checkpoint import load_checkpoint, nonfinite_names, save_checkpoint  # noqa: E402
+from smollm2.run import FIXED, IGNORED, REFUSED, RULES, rule  # noqa: E402
 
 QUICK = ["--log_every", 1, "--save_every", 1]
 
@@ -153,7 +153,7 @@ def test_second_run_on_a_folder_is_refused_and_a_killed_run_leaves_it_free(tmp_p
         first.kill()  # SIGKILL: the kernel drops the lock with the process
         first.communicate()
     assert (tmp_path / "train.log").read_text().count("SmolLM2 from-scratch training") == 1  # B wrote nothing
-    folder = smollm2_rundir.RunFolder(str(tmp_path))
+    folder = run.RunFolder(str(tmp_path))
     folder.open(primary=True)  # the killed run left the folder free
     folder.close()
 
@@ -174,7 +174,7 @@ def test_nothing_non_finite_is_saved_and_the_run_exits_1(tmp_path):
 def test_train_step_flag_catches_a_nonfinite_norm_without_a_sync_per_step():
     from smollm2_config import get_config
     from smollm2_model import SmolLM2ForCausalLM
-    from smollm2_training import StepConfig, TrainStep, build_optimizer
+    from smollm2.training import StepConfig, TrainStep, build_optimizer
 
     torch.manual_seed(0)
     model = SmolLM2ForCausalLM(get_config("tiny"))
@@ -237,7 +237,7 @@ def test_resume_logs_allowed_changes_and_forced_ones_as_warnings(run_copy):
 def test_every_train_flag_has_a_resume_rule():
     import train
     for name in vars(train.parse_args([])):
-        assert name in RULES, f"--{name} has no entry in smollm2_resume.RULES"
+        assert name in RULES, f"--{name} has no entry in smollm2.run.RULES"
     assert rule("model.hidden_size") == FIXED and rule("data.fingerprint") == REFUSED and rule("resume") == IGNORED
 
 
@@ -332,7 +332,7 @@ def test_stale_temporaries_are_removed_at_start_and_only_those(tmp_path):
     for p in stale + kept:
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(b"x")
-    folder = smollm2_rundir.RunFolder(str(tmp_path))
+    folder = run.RunFolder(str(tmp_path))
     folder.open(primary=True)
     folder.close()
     assert not [p for p in stale if p.exists()] and all(p.exists() for p in kept)
@@ -453,7 +453,7 @@ def test_sanity_check_loss_comparison_has_an_offline_default(tmp_path, tokenizer
                                                           tiny_model):
     # A fresh offline clone: no input.txt where it runs. In-process, with a tiny HF folder as the weights.
     import sanity_check
-    from smollm2_hf import to_hf_model
+    from smollm2.hf import to_hf_model
 
     to_hf_model(tiny_model).save_pretrained(tmp_path / "tiny_hf")
     monkeypatch.chdir(tmp_path)
@@ -484,7 +484,7 @@ def test_checkpoints_are_written_without_crc_and_a_torn_one_still_fails_to_load(
     # for its own write only. The content reads back exactly; a file cut short is refused in one line.
     import zipfile
 
-    from smollm2_checkpoint import CheckpointError
+    from smollm2.checkpoint import CheckpointError
     from torch.utils.serialization import config
     state = {"model": {"w": torch.randn(64, 32)}, "optimizer": {"m": torch.randn(100)}, "global_step": 3}
     path = tmp_path / "c.pt"

@@ -109,7 +109,7 @@ def test_bad_arguments_one_line_error(args, message, capsys):
 def test_missing_corpus_is_a_fail_row(repo_root, tmp_path, tokenizer_json_path, capsys, tiny_model):
     # In-process and with a tiny HF folder as the "pretrained" weights, so it costs seconds.
     import sanity_check
-    from smollm2_hf import to_hf_model
+    from smollm2.hf import to_hf_model
 
     to_hf_model(tiny_model).save_pretrained(tmp_path / "tiny_hf")
     rc = sanity_check.main(["--model", "tiny", "--compare_pretrained", "--seq_len", "16",

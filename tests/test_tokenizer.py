@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-import smollm2_hub
-from smollm2_hub import packaged_gguf
-from smollm2_tokenizer import DEFAULT_TOKENIZER_ID, ENV_VAR, TokenizerNotFound, load_tokenizer
+from smollm2 import hub
+from smollm2.hub import packaged_gguf
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, ENV_VAR, TokenizerNotFound, load_tokenizer
 
 # ../shared/data/input.txt through ../shared/tokenizer/tokenizer.json (HuggingFaceTB/SmolLM2-135M's), no special tokens.
 N_IDS = 341_094
@@ -107,7 +107,7 @@ def test_offline_fallback_says_one_line(offline_hub, reference_ids, corpus_text)
 
 
 def test_nothing_available_names_both_fixes(offline_hub, monkeypatch):
-    monkeypatch.setattr(smollm2_hub, "packaged_gguf", lambda: None)
+    monkeypatch.setattr(hub, "packaged_gguf", lambda: None)
     with pytest.raises(TokenizerNotFound) as e:
         load_tokenizer(DEFAULT_TOKENIZER_ID)
     msg = str(e.value)

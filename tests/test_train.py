@@ -68,7 +68,7 @@ def test_stacked_and_accumulated_runs_agree(stacked_12, tmp_path):
 KILL_IN_SAVE = r"""
 import os, signal, sys, torch
 sys.path.insert(0, {repo!r})
-import smollm2_checkpoint, train
+import smollm2.checkpoint, train
 calls = []
 real_save = torch.save
 def dying_save(obj, f, *a, **k):
@@ -78,7 +78,7 @@ def dying_save(obj, f, *a, **k):
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *a, **k)
-smollm2_checkpoint.torch.save = dying_save
+smollm2.checkpoint.torch.save = dying_save
 sys.argv = ["train.py"] + {args!r}
 train.cli()
 """
@@ -213,7 +213,7 @@ def test_compile_scope_auto_follows_the_run_length_and_a_resume_keeps_it():
     """--compile_scope auto: each layer compiled alone for a short single-process run, the whole model for a
     long one or under DDP; a resume compiles what its run compiled, whatever its --max_steps now says."""
     import train
-    from smollm2_switches import AUTO_BLOCKS_MAX_STEPS
+    from smollm2.switches import AUTO_BLOCKS_MAX_STEPS
 
     cuda = torch.device("cuda")
     args = train.parse_args(["--max_steps", "5000"])
@@ -238,7 +238,7 @@ def assert_consumers_read_the_run(out_dir):
     """What train.py wrote (metrics.jsonl and train.log of a run and its resume), read the two ways the
     consumers read runs: the records agree with the human log line for line, so a change to either format
     that the reader misses fails here; update_readme.py fills its block from the same records."""
-    from smollm2_metrics import log_events, read_events, summarize
+    from smollm2.metrics import log_events, read_events, summarize
     import update_readme
     log = out_dir / "train.log"
     records, parsed = summarize(read_events(str(log))), summarize(log_events(log.read_text()))
@@ -264,7 +264,7 @@ def assert_consumers_read_the_run(out_dir):
 
 def test_tensorboard_without_the_package_is_a_usage_error(tmp_path, monkeypatch):
     import train
-    from smollm2_training import UsageError
+    from smollm2.common import UsageError
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what an install without it raises
     with pytest.raises(UsageError, match="--tensorboard 1 needs the tensorboard package"):
         train.main([*TINY_TRAIN_ARGS, "--out_dir", str(tmp_path / "out"), "--tensorboard", "1"])

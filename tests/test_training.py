@@ -8,7 +8,7 @@ import torch
 
 from smollm2_config import get_config
 from smollm2_model import SmolLM2ForCausalLM
-from smollm2_training import (StepConfig, TrainStep, build_optimizer, load_optimizer_state, lr_at,
+from smollm2.training import (StepConfig, TrainStep, build_optimizer, load_optimizer_state, lr_at,
                               optimizer_state_for_checkpoint, param_groups, set_lr)
 
 CPU = torch.device("cpu")
@@ -71,21 +71,21 @@ def test_stacked_step_equals_accumulated(B, A, fused):
 
 
 def test_stacking_decision_follows_the_memory_estimate(monkeypatch):
-    import smollm2_training
+    from smollm2 import training
     model = SmolLM2ForCausalLM(get_config("tiny"))
     xs = torch.zeros(4, 2, 16, dtype=torch.long)
-    need = smollm2_training.activation_bytes(model.config, 4 * 2 * 16, 16, 4, True)
+    need = training.activation_bytes(model.config, 4 * 2 * 16, 16, 4, True)
     n = model.num_params()
     pending = 12 * n  # grads and AdamW moments, not allocated before the first step
 
     def plan(stack, free, A=4):
-        monkeypatch.setattr(smollm2_training, "available_memory", lambda device: free)
+        monkeypatch.setattr(training, "available_memory", lambda device: free)
         lines = []
         step = TrainStep(model, model, build_optimizer(model, 1e-3, 0.1, CPU),
                          StepConfig(grad_clip=1.0, fused_loss=True, stack_micro=stack), CPU, log=lines.append)
         return step._plan(xs[:A].shape), lines
 
-    roomy = pending + int(need / smollm2_training.STACK_HEADROOM) + 1
+    roomy = pending + int(need / training.STACK_HEADROOM) + 1
     assert plan(-1, roomy) == (1, [f"micro-batches stacked: 4 x 2 -> 8 (est. {need / 1e9:.2f} GB of "
                                    f"{(roomy - pending) / 1e9:.2f} GB free)"])
     steps, lines = plan(-1, roomy - 2)
@@ -128,7 +128,7 @@ def test_activation_estimate_bounds_the_saved_tensors(preset, attn, amp):
     float32): never below it (an underestimate could stack a batch that does not fit), at most 20% above.
     The 135M widths with 2 of its 30 layers and a small vocabulary: the count is per layer, and the loss's
     transient logits (left out here, loss_chunk=0) are not saved tensors."""
-    from smollm2_training import activation_bytes
+    from smollm2.training import activation_bytes
     config = get_config(preset, attn_impl=attn, num_hidden_layers=2, vocab_size=1024)
     got = saved_bytes_per_token(config, amp)
     estimate = activation_bytes(config, 1, 32, 2 if amp else 4, fused_loss=True, loss_chunk=0)
@@ -189,8 +189,8 @@ def test_evaluation_loss_path_equals_plain_loss():
 def test_validation_in_fewer_larger_forwards_gives_the_same_loss():
     """train.py evaluates the validation windows EVAL_TOKENS at a time instead of one step's rows at a time:
     the same windows (val_batches counts windows), the same token-weighted mean up to summation order."""
-    from smollm2_data import TokenBatches, TokenDataset, TokenStream
-    from smollm2_training import evaluate
+    from smollm2.data import TokenBatches, TokenDataset, TokenStream
+    from smollm2.training import evaluate
 
     class Segment:  # one in-memory shard
         def __init__(self, n, seed):

@@ -11,7 +11,7 @@ SCRIPT = os.path.join(ROOT, "update_readme.py")
 sys.path.insert(0, ROOT)
 
 import update_readme as ur  # noqa: E402
-from smollm2_metrics import parse_log  # noqa: E402
+from smollm2.metrics import parse_log  # noqa: E402
 
 README = """# Title
 
