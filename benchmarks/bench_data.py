@@ -242,7 +242,7 @@ def make_corpus(work_dir: str, size_mb: float, seed: int = 1234, fmt: str = "jso
 def make_corpus_in_child(*args) -> dict:
     """make_corpus in a child process: the document pool never inflates this process (see the docstring)."""
     call = f"bench_data.make_corpus(*json.loads({json.dumps(args)!r}))"
-    code = f"import json, bench_data; print('CORPUS ' + json.dumps({call}))"
+    code = f"import json; from benchmarks import bench_data; print('CORPUS ' + json.dumps({call}))"
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     if res.returncode != 0:
         raise SystemExit(f"writing the corpus failed (exit {res.returncode})")
@@ -489,7 +489,7 @@ def measure_yardstick(corpus: dict, workers: int, tokenizer_json: str, work_dir:
                # one thread per map process, as prepare_data.py's workers: num_proc is the parallelism
                TOKENIZERS_PARALLELISM="false")
     spec = json.dumps([corpus["files"], corpus["format"], out, tokenizer_json, workers])
-    code = f"import json, bench_data; bench_data.yardstick_child(*json.loads({spec!r}))"
+    code = f"import json; from benchmarks import bench_data; bench_data.yardstick_child(*json.loads({spec!r}))"
     log(f"{measurement}: nanoGPT-style datasets pipeline, num_proc {workers}, "
         f"{corpus['text_bytes'] / MB:,.1f} MB corpus")
     res = run_measured([sys.executable, "-c", code], env=env, interval=interval)
