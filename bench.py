@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import fcntl
 import gc
 import glob
 import json
@@ -45,7 +44,8 @@ from smollm2.data import TokenBatches, load_training_data
 from smollm2_model import SmolLM2ForCausalLM, repeat_kv
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
 from smollm2.switches import DDP_ONLY, DEFAULT_PATH, IMPLS, PROFILES, Switches
-from smollm2.training import StepConfig, TrainStep, TransformersAdapter, build_optimizer, lr_at, set_lr
+from smollm2.training import TransformersAdapter, build_train_step, lr_at, set_lr
+from smollm2.io import merge_table, write_table
 from smollm2.common import UsageError, cuda_median_ms, device_name, flops_per_token, peak_flops
 
 DEFAULT_IMPLS = f"hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast,{DEFAULT_PATH}"
@@ -65,11 +65,9 @@ def build(sw: Switches, seed: int, device):
 
 
 def make_step(sw: Switches, model, device, lr: float = 3e-4):
-    opt = build_optimizer(model, lr, 0.1, device, capturable=sw.cuda_graph)
-    fwd = parallel.build_forward(model, sw.compile, sw.compile_scope, device, sw.grad_reduce_bf16, sw.ddp_overlap)
-    step = TrainStep(model, fwd, opt, StepConfig.of(sw, grad_clip=1.0), device,
-                     log=print if parallel.rank() == 0 else None)
-    return step, opt
+    step = build_train_step(model, sw, device, lr=lr, weight_decay=0.1, grad_clip=1.0,
+                            log=print if parallel.rank() == 0 else None)
+    return step, step.optimizer
 
 
 def release_memory_and_compiled_graphs():
@@ -412,36 +410,12 @@ def with_ratios(rows: list[dict]) -> None:
         r["x_hf_compile"] = round(r["tokens_per_s"] / base["hf_compile"], 2) if ok and "hf_compile" in base else ""
 
 
-def merge_rows(path_stem, rows, key="impl"):
-    """Write rows into <stem>.csv/.json, replacing earlier rows with the same key (parallel runs share it)."""
-    fd = os.open(os.path.dirname(os.path.abspath(path_stem)), os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        old = []
-        if os.path.exists(path_stem + ".json"):
-            with open(path_stem + ".json") as f:
-                old = json.load(f)
-        keys = {r[key] for r in rows}
-        write_rows(path_stem, [r for r in old if r.get(key) not in keys] + rows)
-    finally:
-        os.close(fd)
-
-
 def kept_rows(path_stem, impls, card) -> list[dict]:
     """The rows of <path_stem>.json that a run of `impls` on `card` leaves in place: other impls, same card."""
     if not os.path.exists(path_stem + ".json"):
         return []
     with open(path_stem + ".json") as f:
         return [r for r in json.load(f) if r["impl"] not in impls and r.get("card") == card]
-
-
-def write_rows(path_stem, rows):
-    with open(path_stem + ".json", "w") as f:
-        json.dump(rows, f, indent=2)
-    with open(path_stem + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def multigpu(args, ids_ready_dir: str) -> None:
@@ -475,7 +449,7 @@ def multigpu(args, ids_ready_dir: str) -> None:
                 print(f"FAILED: {impl} on {n} processes (its output is above); going on", flush=True)
             rows = collect_multigpu(args.out_dir, args.profile)
             if rows:
-                write_rows(os.path.join(args.out_dir, f"multigpu_{args.profile}"), rows)
+                write_table(os.path.join(args.out_dir, f"multigpu_{args.profile}"), rows)
     for r in collect_multigpu(args.out_dir, args.profile):
         print(f"{r['impl']:>24} x{r['world_size']}: {r['tokens_per_s']:>10,.0f} tok/s total | "
               f"{r['tokens_per_s_per_gpu']:>9,.0f} per GPU | efficiency {r['scaling_efficiency']}")
@@ -601,7 +575,7 @@ def bench_profile(bench: Bench, prof: str, dataset, n_params: int, config, impls
                                                                      row["micro_batch"], A))
             if bench.write:
                 print(json.dumps(sweep[-1]), flush=True)
-                write_rows(os.path.join(args.out_dir, "microbatch_sweep"), sweep)  # kept if the run is cut
+                write_table(os.path.join(args.out_dir, "microbatch_sweep"), sweep)  # kept if the run is cut
 
         _, rows = sweep_micro_batches(impls, sizes, measure, on_row)
     for impl in ([] if sizes else impls):
@@ -625,9 +599,9 @@ def bench_profile(bench: Bench, prof: str, dataset, n_params: int, config, impls
     rows = kept_rows(stem, impls, bench.card) + rows
     with_ratios(rows)
     if bench.write:
-        write_rows(stem, rows)
+        write_table(stem, rows)
         if breakdown:
-            write_rows(os.path.join(args.out_dir, f"time_breakdown_{prof}"), breakdown)
+            write_table(os.path.join(args.out_dir, f"time_breakdown_{prof}"), breakdown)
 
 
 def bench_extras(bench: Bench, dataset, probe_impls: list[str]) -> None:
@@ -639,7 +613,7 @@ def bench_extras(bench: Bench, dataset, probe_impls: list[str]) -> None:
             row = dict(impl=impl, card=bench.card, seq_len=2048, **probe_max_batch(impl, data, 2048, device, args.seed),
                        **bench.versions)
             print(json.dumps(row), flush=True)
-            merge_rows(os.path.join(args.out_dir, "bench_max_batch"), [row])
+            merge_table(os.path.join(args.out_dir, "bench_max_batch"), [row], key=lambda r: r["impl"])
     for steps, run, name in ((args.loss_steps, loss_curves, "loss_equivalence.json"),
                              (args.residual_loss_steps, residual_loss_curves, "loss_residual.json")):
         if steps:
@@ -664,7 +638,7 @@ def main(argv=None):
     bench = Bench(args, env.device, env.world_size, card, peak_flops(card),
                   {"torch": torch.__version__, "transformers": transformers.__version__}, write=env.rank == 0)
     if args.profile == "attention":
-        write_rows(os.path.join(args.out_dir, "bench_attention"), attention_bench(env.device))
+        write_table(os.path.join(args.out_dir, "bench_attention"), attention_bench(env.device))
         return
     tokenizer = load_tokenizer(args.tokenizer_id)
     dataset = load_training_data(args.input_file, tokenizer, cache_dir, val_fraction=0.0)

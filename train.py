@@ -45,8 +45,8 @@ from smollm2.run import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
-from smollm2.training import (EVAL_TOKENS, StepConfig, TrainStep, TransformersAdapter, amp_context, build_optimizer,
-                              evaluate, load_optimizer_state, lr_at, optimizer_state_for_checkpoint, set_lr)
+from smollm2.training import (EVAL_TOKENS, TrainStep, TransformersAdapter, amp_context, build_train_step, evaluate,
+                              lr_at, optimizer_state_for_checkpoint, set_lr)
 from smollm2.common import OneLineParser, UsageError, device_name, flops_per_token, peak_flops
 from smollm2 import parallel
 
@@ -494,16 +494,13 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
     model.to(device)
     if args.fsdp:
         parallel.apply_fsdp(model)
-    optimizer = build_optimizer(model, args.max_lr, args.weight_decay, device, capturable=switches.cuda_graph)
+    step_fn = build_train_step(model, switches, device, lr=args.max_lr, weight_decay=args.weight_decay,
+                               grad_clip=args.grad_clip, optimizer_state=ckpt["optimizer"] if ckpt else None, log=log)
     if ckpt is not None:
-        parallel.load_full_optimizer_state(model, optimizer, ckpt["optimizer"], load_optimizer_state)
         set_rng_state(ckpt["rng"])
-    forward_model = parallel.build_forward(model, switches.compile, switches.compile_scope, device,
-                                             reduce_bf16=switches.grad_reduce_bf16)
-    step_fn = TrainStep(model, forward_model, optimizer, StepConfig.of(switches, args.grad_clip), device, log=log)
     mark("model_optimizer")
     return Run(args=args, switches=switches, env=env, config=config, start=start, log=log, events=events,
-               tokenizer=tokenizer, dataset=dataset, data=data, model=model, optimizer=optimizer, step_fn=step_fn,
+               tokenizer=tokenizer, dataset=dataset, data=data, model=model, optimizer=step_fn.optimizer, step_fn=step_fn,
                start_step=int(ckpt["global_step"]) if ckpt is not None else 0,
                sample_every=0 if switches.model_impl == "hf" else args.sample_every)
 

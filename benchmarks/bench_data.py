@@ -41,8 +41,6 @@ model, memory) and the versions. One JSON line per result is printed on stdout; 
 from __future__ import annotations
 
 import argparse
-import csv
-import fcntl
 import glob
 import gzip
 import hashlib
@@ -63,6 +61,9 @@ import numpy as np
 import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this file lives in benchmarks/
+if REPO not in sys.path:  # run as `python benchmarks/bench_data.py`: the repo's package beside it
+    sys.path.insert(0, REPO)
+from smollm2.io import merge_table  # noqa: E402  (standard library only: children stay light)
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 MEASUREMENTS = ("throughput", "yardstick", "rss", "train_rss")
 FORMATS = ("jsonl.gz", "jsonl", "parquet")
@@ -581,42 +582,9 @@ def _key(row: dict) -> tuple:
 
 def merge_rows(path_stem: str, rows: list[dict]) -> list[dict]:
     """Write rows into <stem>.json and .csv, replacing earlier rows with the same KEY; returns all rows."""
-    folder = os.path.dirname(os.path.abspath(path_stem))
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # two runs at once on one machine write one after the other
-        old = []
-        if os.path.exists(path_stem + ".json"):
-            with open(path_stem + ".json") as f:
-                old = json.load(f)
-        new_keys = {_key(r) for r in rows}
-        merged = [r for r in old if _key(r) not in new_keys] + rows
-        merged.sort(key=lambda r: (str(r.get("machine")), MEASUREMENTS.index(r["measurement"])
-                                   if r.get("measurement") in MEASUREMENTS else 99,
-                                   float(r.get("corpus_mb") or 0), int(r.get("workers") or 0)))
-        for path, write in ((path_stem + ".json", _write_json), (path_stem + ".csv", _write_csv)):
-            tmp = f"{path}.tmp.{os.getpid()}"
-            write(tmp, merged)
-            os.replace(tmp, path)
-    finally:
-        os.close(fd)
-    return merged
-
-
-def _write_json(path: str, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        json.dump(rows, f, indent=1)
-        f.write("\n")
-
-
-def _write_csv(path: str, rows: list[dict]) -> None:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+    return merge_table(path_stem, rows, key=_key, order=lambda r: (
+        str(r.get("machine")), MEASUREMENTS.index(r["measurement"]) if r.get("measurement") in MEASUREMENTS else 99,
+        float(r.get("corpus_mb") or 0), int(r.get("workers") or 0)))
 
 
 # ----------------------------------------------------------------------------- main
@@ -625,8 +593,6 @@ def resolve_tokenizer(tokenizer_id: str, work_dir: str) -> str:
     else the repo's loader's result saved under work_dir."""
     if tokenizer_id.endswith(".json") and os.path.isfile(tokenizer_id):
         return os.path.abspath(tokenizer_id)
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
     tok = load_tokenizer(tokenizer_id or DEFAULT_TOKENIZER_ID, log=log)
     path = os.path.join(work_dir, f"tokenizer-{tok.fingerprint()}.json")

@@ -9,12 +9,15 @@ and leaves a live writer's alone.
 
 from __future__ import annotations
 
+import csv
+import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator, Optional
 
 TMP_RE = re.compile(r"\.tmp\.(\d+)$")
 
@@ -94,3 +97,42 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- results tables
+def write_table(path_stem: str, rows: list[dict]) -> None:
+    """rows as <stem>.json and <stem>.csv, each written atomically (lists and dicts JSON-encoded in the CSV)."""
+    folder = os.path.dirname(os.path.abspath(path_stem))
+    os.makedirs(folder, exist_ok=True)
+    with atomic_open(path_stem + ".json", "w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=1)
+        f.write("\n")
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_open(path_stem + ".csv", "w", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+
+
+def merge_table(path_stem: str, rows: list[dict], key: Callable[[dict], object],
+                order: Optional[Callable[[dict], object]] = None) -> list[dict]:
+    """Write rows into <stem>.json/.csv, replacing the earlier rows with the same key(row); returns all rows.
+    Runs on one machine that share a table take turns (a lock on its folder), so none loses another's rows."""
+    folder = os.path.dirname(os.path.abspath(path_stem))
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        old = []
+        if os.path.exists(path_stem + ".json"):
+            with open(path_stem + ".json", encoding="utf-8") as f:
+                old = json.load(f)
+        new_keys = {key(r) for r in rows}
+        merged = [r for r in old if key(r) not in new_keys] + rows
+        if order is not None:
+            merged.sort(key=order)
+        write_table(path_stem, merged)
+    finally:
+        os.close(fd)
+    return merged

@@ -299,6 +299,20 @@ class TrainStep:
 EVAL_TOKENS = 32768
 
 
+def build_train_step(model: nn.Module, switches: Switches, device: torch.device, *, lr: float,
+                     weight_decay: float, grad_clip: float, optimizer_state: Optional[dict] = None,
+                     log: Optional[Callable[[str], None]] = None) -> TrainStep:
+    """The optimizer, the forward (compiled and wrapped for DDP as the switches say) and the step around
+    them, for a model already on `device` (and sharded, under FSDP2): what train.py and bench.py both run.
+    optimizer_state, a checkpoint's, is loaded into the new optimizer (scattered under FSDP2)."""
+    optimizer = build_optimizer(model, lr, weight_decay, device, capturable=switches.cuda_graph)
+    if optimizer_state is not None:
+        parallel.load_full_optimizer_state(model, optimizer, optimizer_state, load_optimizer_state)
+    forward_model = parallel.build_forward(model, switches.compile, switches.compile_scope, device,
+                                           switches.grad_reduce_bf16, switches.ddp_overlap)
+    return TrainStep(model, forward_model, optimizer, StepConfig.of(switches, grad_clip), device, log=log)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp_dtype) -> Optional[float]:
     was_training = model.training
