@@ -136,6 +136,8 @@ def document_pool(shared_dir: str, seed: int) -> list[str]:
                 continue
             docs += [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t]
     shakespeare = os.path.join(shared_dir, "data", "input.txt")
+    if not os.path.exists(shakespeare):
+        shakespeare = os.path.join(REPO, "input.txt")  # the repository's own copy
     if os.path.exists(shakespeare):
         with open(shakespeare, encoding="utf-8") as f:
             paras = [p for p in f.read().split("\n\n") if p.strip()]

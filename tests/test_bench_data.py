@@ -10,20 +10,21 @@ import pytest
 
 pytest.importorskip("psutil")
 from benchmarks import bench_data  # noqa: E402  (needs psutil)
+from conftest import SHARED_DIR  # noqa: E402  (realdocs from there when present, else the repo's input.txt)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, shared_dir, tokenizer_json_path):
+def setup(tmp_path_factory, tokenizer_json_path):
     work = tmp_path_factory.mktemp("bench_data_work")
-    corpus = bench_data.make_corpus(str(work), 1.0, seed=7, fmt="jsonl.gz", file_mb=0.4, shared_dir=str(shared_dir))
+    corpus = bench_data.make_corpus(str(work), 1.0, seed=7, fmt="jsonl.gz", file_mb=0.4, shared_dir=str(SHARED_DIR))
     return work, corpus, str(tokenizer_json_path)
 
 
-def test_corpus_is_many_documents_and_reused(setup, shared_dir):
+def test_corpus_is_many_documents_and_reused(setup):
     work, corpus, _ = setup
     assert corpus["text_bytes"] >= 1e6 and corpus["documents"] > 20 and len(corpus["files"]) >= 2
     assert corpus["folder"].startswith(str(work)) and all(os.path.getsize(p) > 0 for p in corpus["files"])
-    again = bench_data.make_corpus(str(work), 1.0, seed=7, fmt="jsonl.gz", file_mb=0.4, shared_dir=str(shared_dir))
+    again = bench_data.make_corpus(str(work), 1.0, seed=7, fmt="jsonl.gz", file_mb=0.4, shared_dir=str(SHARED_DIR))
     assert again == corpus  # same size and seed: the files on disk are reused
 
 

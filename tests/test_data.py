@@ -24,9 +24,7 @@ from smollm2.sources import expand_inputs, split_text
 from smollm2.tokenizer import SmolTokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-REALDOCS = SHARED / "data" / "realdocs"
-TOKENIZER = SHARED / "tokenizer" / "tokenizer.json"
+from conftest import REALDOCS, TOKENIZER_JSON as TOKENIZER, require_realdocs  # noqa: E402
 UINT16_SHA256 = "1895d231cbeb99f9f1323205e5a2da9471553a0960d16d5a3a685d9dac4e4729"  # input.txt's ids as uint16, reference tokenizer
 EOS = 0
 DOCS = ["First document.\nIt has two lines, 12 digits 345678901234 and café.",
@@ -35,7 +33,6 @@ DOCS = ["First document.\nIt has two lines, 12 digits 345678901234 and café.",
         "<|endoftext|> in the text is text, not the special token.",
         "Last one " * 50]
 
-pytestmark = pytest.mark.skipif(not TOKENIZER.exists(), reason=f"needs {TOKENIZER}")
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +86,7 @@ def test_shards_hold_each_documents_ids_and_one_eos(tmp_path, tok, fmt, workers)
 
 
 def test_realdocs_in_three_formats(tmp_path, tok):
+    require_realdocs()
     # A slice of each real file group: per-document tokenization + EOS, in input order.
     import pyarrow.parquet as pq
 
@@ -106,6 +104,7 @@ def test_realdocs_in_three_formats(tmp_path, tok):
 
 
 def test_both_encoders_write_the_same_bytes(tmp_path, tok, corpus_path):
+    require_realdocs()
     # tiktoken running the tokenizer's BPE (the default when installed) against tokenizers itself, on Tiny
     # Shakespeare, real documents in three formats, and texts holding characters the vocabulary lacks.
     pytest.importorskip("tiktoken")
@@ -219,6 +218,7 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def test_killed_preparation_resumes_byte_identical(tmp_path):
+    require_realdocs()
     src = [str(REALDOCS / "linux-docs-a.jsonl.gz")]
     flags = ["--shard_tokens", 150_000, "--workers", 2]
     run_prepare(*src, "--out_dir", tmp_path / "ref", *flags, check=True)
@@ -460,6 +460,7 @@ def test_a_hugging_face_dataset_on_disk(tmp_path, tok):
 
 
 def test_killed_preparation_leaves_no_workers(tmp_path):
+    require_realdocs()
     import psutil
     p = subprocess.Popen([sys.executable, str(REPO / "prepare_data.py"), str(REALDOCS / "linux-docs-a.jsonl.gz"),
                           "--out_dir", str(tmp_path / "o"), "--workers", "2", "--tokenizer_id", str(TOKENIZER), "--quiet"],
