@@ -1,7 +1,7 @@
 """Training-speed benchmark: our SmolLM2 against transformers' LlamaForCausalLM, in one process on one GPU,
 with the same initial weights, data, batch, optimizer and training step (smollm2.training.TrainStep).
 
-    python bench.py --profile seed         # seq 256 x micro-batch 1 x accum 4 (the graded run's shape)
+    python bench.py --profile seed         # seq 256 x micro-batch 1 x accum 4 (the seed's shape)
     python bench.py --profile throughput   # seq 2048 x micro-batch 16, no accumulation
     python bench.py --profile all --max_batch_probe 1 --loss_steps 200
     python bench.py --profile attention    # SDPA kernels alone: flash vs cuDNN vs efficient, GQA native vs copied

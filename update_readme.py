@@ -38,7 +38,7 @@ from smollm2.switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "SEED_E2E", "FINDINGS",
-            "DATA_RESULTS")
+            "HEADLINES", "DATA_RESULTS")
 MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
 
 
@@ -89,7 +89,7 @@ WALL_PARTS = (("startup_s", "start-up (imports, data, model)"), ("compile_s", "c
               ("steps_s", "steady steps"), ("save_stall_s", "saves: loop stalled"),
               ("final_write_s", "last checkpoint: its write finishing before exit"), ("val_s", "validation"),
               ("sample_s", "samples"), ("other_s", "other (log lines)"))
-# The start-up's parts (WALL records since session 7 have them), as indented rows under start-up.
+# The start-up's parts (newer WALL records have them), as indented rows under start-up.
 STARTUP_PARTS = (("imports", "interpreter, imports, flag checks"), ("checkpoint_read", "run folder (+ checkpoint read)"),
                  ("tokenizer_data", "tokenizer + data"), ("model_optimizer", "model + optimizer on the device"),
                  ("other", "log header"))
@@ -193,7 +193,7 @@ def render_comparison_plot(before: RunSummary, after: RunSummary, labels: tuple[
             ax.plot(*zip(*s.val), "o--", ms=3, lw=1, color=color, label=f"val: {label}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("The graded command, before and after a change of the default path")
+    ax.set_title("The seed's commands, before and after a change of the default path")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     return _png(fig)
@@ -446,8 +446,8 @@ def multigpu_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
 E2E_CASES = {
     "cold_A": "step A on empty compile caches (inductor, Triton, Python bytecode)",
     "cold_B": "step B right after it",
-    "warm_A": "step A on a machine that has run it (the graded log)",
-    "warm_B": "step B after it (the graded log)",
+    "warm_A": "step A on a machine that has run it (the README's log)",
+    "warm_B": "step B after it (the README's log)",
     "warm_A_no_bytecode": "step A warm, but Python bytecode not kept (the GPU image's default)",
     "warm_B_no_bytecode": "step B likewise",
     "portable_B": "step B on empty machine caches, with the run folder's compile_artifacts.bin (bytecode not kept)",
@@ -640,9 +640,9 @@ def shape_text(profile: str, fast: dict, hfe: dict, hfc: dict) -> str:
 def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
     """Our default path against transformers, per profile (bench_<profile>.csv, or a run of the two alone)."""
     out = []
-    graded = _rows_by(os.path.join(bench_dir, "bench_seed.csv"), "impl")
+    seed = _rows_by(os.path.join(bench_dir, "bench_seed.csv"), "impl")
     thr = _rows_by(os.path.join(bench_dir, "bench_throughput.csv"), "impl")
-    for name, rows, what in (("seed", graded, "the graded run's shape"), ("throughput", thr, "the throughput profile")):
+    for name, rows, what in (("seed", seed, "the seed's shape"), ("throughput", thr, "the throughput profile")):
         fast = default_path_row(rows, name)
         hfe, hfc = rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfe and hfc):
@@ -706,7 +706,7 @@ def benchmark_findings(bench_dir: str, readme_dir: str) -> list[str]:
 
 
 def ablation_findings(args, readme_dir: str) -> list[str]:
-    """The fastest variant at seq 2048, and the fast path against the baseline at the graded run's shape."""
+    """The fastest variant at seq 2048, and the fast path against the baseline at the seed's shape."""
     out = []
     thr_abl = _rows_by(args.throughput_csv, "variant")
     ok = {k: r for k, r in thr_abl.items() if r.get("status") == "ok" and number(r.get("avg_tok_s_steady"))}
@@ -724,15 +724,15 @@ def ablation_findings(args, readme_dir: str) -> list[str]:
     base, fast = abl.get("baseline"), abl.get("fast")
     if base and fast and base.get("avg_tok_s_steady") and fast.get("avg_tok_s_steady"):
         tb, tf = float(base["avg_tok_s_steady"]), float(fast["avg_tok_s_steady"])
-        out.append(f"- **Ablation** ({fast['steps']} steps per variant, the graded run's shape, {fast.get('device_name', '')}): "
+        out.append(f"- **Ablation** ({fast['steps']} steps per variant, the seed's shape, {fast.get('device_name', '')}): "
                    f"`baseline` (fp32, eager, manual attention) runs at {tb:,.0f} tokens/s; `fast` "
                    f"(compile + CUDA graph + fused loss) at {tf:,.0f} tokens/s, {tf / tb:.1f}x. See the table below "
                    f"for what each switch buys alone.")
     return out
 
 
-def graded_run_finding(run: Optional[RunSummary]) -> list[str]:
-    """The graded run's wall time, speed and losses, from its records."""
+def readme_run_finding(run: Optional[RunSummary]) -> list[str]:
+    """The README's run: its wall time, speed and losses, from its records."""
     out = []
     if run is not None:
         s, done, walls, h = run, run.done, run.walls, run.header
@@ -742,7 +742,7 @@ def graded_run_finding(run: Optional[RunSummary]) -> list[str]:
             cmd = f"; the commands took {', '.join(took)} of wall time, start-up and compilation included" if walls else ""
             where = f"{h['device_name']}, torch {h['torch']}" if h.get("device_name") and h.get("torch") else \
                 "the logged device"
-            out.append(f"- **Graded run** on {where}: steps 1 to "
+            out.append(f"- **The seed's run** on {where}: steps 1 to "
                        f"{s.train[-1][0]} in {wall:.0f} s of training-loop wall time over {len(done)} runs "
                        f"(first run {done[0]['tok_s']:,.0f} tokens/s overall including compilation); resumed at "
                        f"step {', '.join(map(str, s.resumes)) or 'none'}; train loss {s.train[0][1]:.3f} -> "
@@ -753,10 +753,44 @@ def graded_run_finding(run: Optional[RunSummary]) -> list[str]:
 def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
     """Headline findings as sentences whose every number is read from a result file."""
     out = (speed_findings(args.bench_dir, readme_dir) + benchmark_findings(args.bench_dir, readme_dir)
-           + ablation_findings(args, readme_dir) + graded_run_finding(run))
+           + ablation_findings(args, readme_dir) + readme_run_finding(run))
     if not out:
         return "_No result files yet: run bench.py, train_ablation.py and train.py, then update_readme.py._", "placeholder"
     return "\n".join(out), f"{len(out)} findings"
+
+
+def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
+    """The README's first-screen numbers: a few short lines, each read from a result file and naming its card."""
+    out = []
+    for profile, what in (("seed", "at the seed's shape (seq 256, batch 1, accum 4)"), ("throughput", "at seq 2048")):
+        path = os.path.join(args.bench_dir, f"bench_{profile}.csv")
+        rows = _rows_by(path, "impl")
+        fast, hfe, hfc = default_path_row(rows, profile), rows.get("hf_eager"), rows.get("hf_compile")
+        if not (fast and hfc):
+            continue
+        tf, tc = float(fast["tokens_per_s"]), float(hfc["tokens_per_s"])
+        eager = f"{tf / float(hfe['tokens_per_s']):.0f}x transformers eager, " if hfe else ""
+        out.append(f"- **{tf:,.0f} tokens/s** {what}, {100 * float(fast['mfu']):.0f}% MFU: {eager}"
+                   f"**{tf / tc:.1f}x** transformers + torch.compile, same step and data, {fast['card']} "
+                   f"([`{rel(path, readme_dir)}`]({link(path, readme_dir)})).")
+    if run is not None and run.walls and run.train:
+        took = " and ".join(f"{w.get('startup_s', 0) + w.get('loop_s', 0):.0f} s" for w in run.walls)
+        where = run.header.get("device_name") or "the logged device"
+        out.append(f"- **The seed's run, {run.train[-1][0]:,} steps with its resume**: the two commands took {took} "
+                   f"of wall time on {where}, start-up and compilation included ([log]({link(args.train_log, readme_dir)})).")
+    best = None
+    for path in sorted(glob.glob(os.path.join(args.bench_dir, "multigpu_*.csv"))):
+        for r in read_csv(path)[1]:
+            eff, n = number(r.get("scaling_efficiency")), int(number(r.get("world_size")) or 0)
+            if r.get("status") == "ok" and eff and n > 1 and (best is None or (n, eff) > best[0]):
+                best = ((n, eff), r, path)
+    if best:
+        (n, eff), r, path = best
+        out.append(f"- **{n} GPUs at {100 * eff:.0f}%** of one GPU's throughput each (torchrun + DDP, `{r['impl']}`, "
+                   f"{r['card']}; [`{rel(path, readme_dir)}`]({link(path, readme_dir)})).")
+    if not out:
+        return "_No result files yet: run bench.py and the seed's commands, then update_readme.py._", "placeholder"
+    return "\n".join(out), f"{len(out)} headlines"
 
 
 def marker_span(text: str, name: str) -> Optional[tuple[int, int]]:
@@ -781,15 +815,35 @@ def marker_span(text: str, name: str) -> Optional[tuple[int, int]]:
 
 
 def check_markers(text: str) -> dict[str, Optional[tuple[int, int]]]:
+    """The span of every known block in one page; MarkerError for an unpaired or repeated marker."""
     spans, problems = {}, []
     for name in REQUIRED + OPTIONAL:
         try:
             spans[name] = marker_span(text, name)
         except MarkerError as err:
             problems.append(str(err))
+    if problems:
+        raise MarkerError("; ".join(problems))
+    return spans
+
+
+def check_pages(pages: dict[str, str]) -> dict[str, dict[str, Optional[tuple[int, int]]]]:
+    """Spans per page. Each block lives on one page only, and the required ones on some page."""
+    spans, problems, home = {}, [], {}
+    for path, text in pages.items():
+        try:
+            spans[path] = check_markers(text)
+        except MarkerError as err:
+            problems.append(f"{path}: {err}")
             continue
-        if spans[name] is None and name in REQUIRED:
-            problems.append(f"<!-- {name}_BEGIN --> / <!-- {name}_END --> missing")
+        for name, span in spans[path].items():
+            if span is None:
+                continue
+            if name in home:
+                problems.append(f"<!-- {name}_BEGIN --> is in both {home[name]} and {path}")
+            home.setdefault(name, path)
+    problems += [f"<!-- {name}_BEGIN --> / <!-- {name}_END --> missing (in {' and '.join(pages)})"
+                 for name in REQUIRED if name not in home and not problems]
     if problems:
         raise MarkerError("; ".join(problems))
     return spans
@@ -826,6 +880,8 @@ def write_if_changed(path: str, data: bytes) -> bool:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--readme", default="README.md", help="README to fill in place")
+    p.add_argument("--docs_dir", default=None,
+                   help="folder of further pages (*.md) whose blocks are filled too (default: docs/ beside --readme)")
     p.add_argument("--train_log", default="out_smollm2_scratch/train.log", help="log written by train.py")
     p.add_argument("--ablation_csv", default="ablation_results_500steps_profiles/ablation_results.csv",
                    help="ablation table written by train_ablation.py")
@@ -838,7 +894,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--loss_plot", default="out_smollm2_scratch/loss_curve.png",
                    help="loss-curve PNG drawn from --train_log")
     p.add_argument("--previous_train_log", default=None,
-                   help="the graded run before the default path changed; drawn beside the current one when present "
+                   help="the README's run before the default path changed; drawn beside the current one when present "
                         "(default: train_previous.log beside --train_log)")
     p.add_argument("--comparison_plot", default=None,
                    help="the PNG of --previous_train_log against --train_log (default: loss_curve_vs_previous.png "
@@ -846,83 +902,127 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--data_results", default="results/realdocs",
                    help="folder of the real-corpus run: manifest_summary.json, prepare.log, train.log")
     args = p.parse_args(argv)
-    run_dir = os.path.dirname(args.train_log)  # a log elsewhere (a test's) never touches the graded run's files
+    run_dir = os.path.dirname(args.train_log)  # a log elsewhere (a test's) never touches the README run's files
     args.previous_train_log = args.previous_train_log or os.path.join(run_dir, "train_previous.log")
     args.comparison_plot = args.comparison_plot or os.path.join(run_dir, "loss_curve_vs_previous.png")
+    docs_dir = args.docs_dir or os.path.join(os.path.dirname(args.readme), "docs")
 
+    pages = {}
+    for path in [args.readme] + sorted(glob.glob(os.path.join(docs_dir, "*.md"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                pages[path] = f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            print(f"update_readme: error: cannot read {path}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
+            return 2
     try:
-        with open(args.readme, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        print(f"update_readme: error: cannot read {args.readme}: {err.strerror}", file=sys.stderr)
-        return 2
-    try:
-        spans = check_markers(text)
+        spans = check_pages(pages)
     except MarkerError as err:
-        print(f"update_readme: error: {args.readme}: {err}", file=sys.stderr)
+        print(f"update_readme: error: {err}", file=sys.stderr)
         return 2
 
     try:
-        return fill_readme(args, text, spans)
+        return fill_pages(args, pages, spans)
     except InputError as err:
-        print(f"update_readme: error: {err}; {args.readme} left as it was", file=sys.stderr)
+        print(f"update_readme: error: {err}; {', '.join(pages)} left as they were", file=sys.stderr)
         return 2
 
 
-def fill_readme(args, text: str, spans: dict) -> int:
-    readme_dir = os.path.dirname(os.path.abspath(args.readme))
+# What the README's run is: the seed's two commands, step A from scratch and step B resumed from it.
+SEED_SHAPE = {"seq_len": 256, "batch_size": 1, "grad_accum": 4}
+SEED_MODEL = "smollm2-135m"
+
+
+def not_the_readme_run(s: RunSummary) -> Optional[str]:
+    """Why a run's records are not the README's run (both commands, the resume line), None when they are.
+    Records written by train.py name their args; logs from before them are judged by the lineage alone."""
+    if not s.train:
+        return "it holds no step lines"
+    if not s.resumes:
+        return f"its last run (steps {s.train[0][0]}..{s.train[-1][0]}) has no resume line"
+    given = s.header.get("args") or {}
+    if given.get("model", SEED_MODEL) != SEED_MODEL:
+        return f"its last run trained the {given['model']} preset, not {SEED_MODEL}"
+    off = [f"{k} {given[k]}" for k, v in SEED_SHAPE.items() if k in given and int(given[k]) != v]
+    if off:
+        return f"its last run is not the seed's shape ({', '.join(off)})"
+    return None
+
+
+def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
     notes = []
     log_text = read_train_log(args.train_log)
     run = run_summary(args.train_log, log_text) if log_text is not None else None
+    why_not = not_the_readme_run(run) if run is not None else None
+    if why_not:
+        # A first short run in the default folder must not replace the README's record of the seed's run.
+        notes.append(f"TRAIN_LOG, its plot and its headline left as they were: {args.train_log} is not the README's "
+                     f"run ({why_not}); run the seed's step A and step B there, or pass --train_log")
 
-    # The plot comes first so that the README links it only when it is current.
+    # The plot comes first so that the pages link it only when it is current.
     plot = None
-    if run is not None:
-        s = run
-        if not (s.train or s.val):
+    if run is not None and not why_not:
+        if not (run.train or run.val):
             notes.append("plot skipped (no step lines in log)")
         else:
             try:
-                changed = write_if_changed(args.loss_plot, render_loss_plot(s))
+                changed = write_if_changed(args.loss_plot, render_loss_plot(run))
                 plot = args.loss_plot
                 notes.append(f"plot {'written' if changed else 'unchanged'}")
             except ImportError:
                 notes.append("plot skipped (matplotlib missing)")
+    readme_run = None if why_not else run
 
-    blocks, filled = {}, []
-    makers = {
-        "TRAIN_LOG": lambda: train_log_block(args.train_log, log_text, run, plot, readme_dir),
-        "ABLATION_TABLE": lambda: csv_block(args.ablation_csv, args.ablation_dir or os.path.dirname(args.ablation_csv) or ".",
-                                            readme_dir, "ablation"),
-        "THROUGHPUT_TABLE": lambda: csv_block(args.throughput_csv, os.path.dirname(args.throughput_csv) or ".",
-                                              readme_dir, "throughput"),
-        "BENCH_TABLE": lambda: bench_block(args.bench_dir, readme_dir),
-        "MULTIGPU_TABLE": lambda: multigpu_block(args.bench_dir, readme_dir),
-        "MICROBATCH_TABLE": lambda: microbatch_block(args.bench_dir, readme_dir),
-        "SEED_E2E": lambda: seed_e2e_block(args.bench_dir, readme_dir),
-        "FINDINGS": lambda: findings_block(args, run, readme_dir),
-        "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, readme_dir),
-    }
-    for name, make in makers.items():
-        if spans.get(name):
+    def makers(d: str) -> dict[str, Callable[[], tuple[str, str]]]:
+        """Each block's renderer, its links relative to the page's folder d."""
+        return {
+            "TRAIN_LOG": lambda: train_log_block(args.train_log, log_text, run, plot, d),
+            "ABLATION_TABLE": lambda: csv_block(args.ablation_csv, args.ablation_dir or os.path.dirname(args.ablation_csv)
+                                                or ".", d, "ablation"),
+            "THROUGHPUT_TABLE": lambda: csv_block(args.throughput_csv, os.path.dirname(args.throughput_csv) or ".",
+                                                  d, "throughput"),
+            "BENCH_TABLE": lambda: bench_block(args.bench_dir, d),
+            "MULTIGPU_TABLE": lambda: multigpu_block(args.bench_dir, d),
+            "MICROBATCH_TABLE": lambda: microbatch_block(args.bench_dir, d),
+            "SEED_E2E": lambda: seed_e2e_block(args.bench_dir, d),
+            "FINDINGS": lambda: findings_block(args, readme_run, d),
+            "HEADLINES": lambda: headlines_block(args, readme_run, d),
+            "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, d),
+        }
+
+    new_pages, filled = {}, []
+    for path, text in pages.items():
+        d = os.path.dirname(os.path.abspath(path))
+        blocks = {}
+        for name, make in makers(d).items():
+            if not spans[path].get(name) or (name == "TRAIN_LOG" and why_not):
+                continue
             blocks[name], note = make()
             filled.append(f"{name} ({note})")
-    previous = read_train_log(args.previous_train_log) if os.path.isfile(args.previous_train_log) else None
-    if previous is not None and log_text is not None and "TRAIN_LOG" in blocks:
-        try:
-            write_if_changed(args.comparison_plot, render_comparison_plot(
-                summarize(log_events(previous)), run, (f"before ({started(previous)})", f"now ({started(log_text)})")))
-            blocks["TRAIN_LOG"] += (f"\n\nThe same two commands before the current default path "
-                                    f"(`{rel(args.previous_train_log, readme_dir)}`) and now:\n\n"
-                                    f"![The graded command before and now]({link(args.comparison_plot, readme_dir)})")
-        except ImportError:
-            notes.append("comparison plot skipped (matplotlib missing)")
-
-    new = fill(text, blocks)
-    changed = write_if_changed(args.readme, new.encode("utf-8")) if new != text else False
-    print(f"update_readme: {args.readme} {'updated' if changed else 'unchanged'}; filled "
+        if "TRAIN_LOG" in blocks:
+            blocks["TRAIN_LOG"] += comparison(args, log_text, run, d, notes)
+        new_pages[path] = fill(text, blocks)
+    changed = [path for path, text in new_pages.items()
+               if text != pages[path] and write_if_changed(path, text.encode("utf-8"))]
+    print(f"update_readme: {', '.join(changed) + ' updated' if changed else 'no page changed'}; filled "
           + ", ".join(filled) + ("; " + "; ".join(notes) if notes else ""))
     return 0
+
+
+def comparison(args, log_text: Optional[str], run: Optional[RunSummary], page_dir: str, notes: list[str]) -> str:
+    """The README's run before the default path changed beside today's, when train_previous.log is there."""
+    previous = read_train_log(args.previous_train_log) if os.path.isfile(args.previous_train_log) else None
+    if previous is None or log_text is None:
+        return ""
+    try:
+        write_if_changed(args.comparison_plot, render_comparison_plot(
+            summarize(log_events(previous)), run, (f"before ({started(previous)})", f"now ({started(log_text)})")))
+    except ImportError:
+        notes.append("comparison plot skipped (matplotlib missing)")
+        return ""
+    return (f"\n\nThe same two commands before the current default path "
+            f"(`{rel(args.previous_train_log, page_dir)}`) and now:\n\n"
+            f"![The seed's commands before and now]({link(args.comparison_plot, page_dir)})")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ class Profile:
 
 
 # The run shapes the benchmarks measure. "seed" is named after the starter command whose shape it is
-# (seq 256 x micro-batch 1 x accum 4, the graded run's); bench_seed.csv and --profile seed carry the name.
+# (seq 256 x micro-batch 1 x accum 4, the seed's); bench_seed.csv and --profile seed carry the name.
 PROFILES = {"seed": Profile(seq_len=256, micro_batch=1, grad_accum=4),
             "throughput": Profile(seq_len=2048, micro_batch=16, grad_accum=1)}
 

@@ -160,7 +160,7 @@ class TrainStep:
 
     `forward_model` is what runs the forward (the model itself, torch.compile of it, or a DDP wrapper);
     `model` is the plain module whose parameters the optimizer owns. The same _body runs eagerly or is
-    captured into a CUDA graph: for small steps (the graded run's seq 256 x batch 1) launch overhead, not
+    captured into a CUDA graph: for small steps (the seed's seq 256 x batch 1) launch overhead, not
     arithmetic, dominates, and one graph replay removes thousands of kernel launches per step.
 
     Micro-batches are stacked when they fit (StepConfig.stack_micro): the step's (A, B, T) windows run as
@@ -294,7 +294,7 @@ class TrainStep:
 
 # Tokens per evaluation forward: the validation windows run this many at a time (at least one training
 # step's rows), not one training micro-batch at a time. An eager forward of a small model is launch-bound,
-# so the graded run's 16 x 4 windows of 256 cost one forward instead of 16; the mean loss is the same up to
+# so the seed's 16 x 4 windows of 256 cost one forward instead of 16; the mean loss is the same up to
 # float summation order. Without gradients the forward keeps no activations, so this fits wherever training does.
 EVAL_TOKENS = 32768
 

@@ -71,3 +71,27 @@ def test_inference_loads_no_training_module():
         reached = set(reachable_files(entry))
         assert "smollm2_model.py" in reached and "smollm2/inference.py" in reached
         assert not reached & TRAINING, f"{entry} reaches {sorted(reached & TRAINING)}"
+
+
+def test_no_committed_file_carries_a_path_of_the_machine_that_wrote_it():
+    """Logs, tables, pages and plots name files relative to the repository: a home folder, a checkout's location
+    or a virtual environment's path would publish one machine's layout (and mean nothing on another)."""
+    import re
+    import subprocess
+
+    try:
+        tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        import pytest
+        pytest.skip("not a git checkout")
+    machine_path = re.compile(rb"(?<![\w.])/(?:home|root|Users|work|opt)/[\w.-]+/|/tmp/repo/")
+    found = []
+    for name in tracked.decode().split("\0"):
+        if not name or not name.endswith((".log", ".csv", ".json", ".txt", ".md", ".png")):
+            continue
+        if name.startswith("tests/"):
+            continue
+        data = (REPO / name).read_bytes()
+        for m in machine_path.finditer(data):
+            found.append(f"{name}: {m.group().decode(errors='replace')}")
+    assert not found, "\n".join(found[:20])

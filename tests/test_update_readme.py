@@ -1,6 +1,7 @@
 """update_readme.py on synthetic READMEs, logs and CSVs in tmp_path (CPU, a few seconds)."""
 
 import os
+import json
 import subprocess
 import sys
 
@@ -218,9 +219,68 @@ def test_log_without_step_lines_skips_plot(tmp_path):
     populate(tmp_path)
     write(tmp_path / "out_smollm2_scratch" / "train.log", "Device: cpu\nStarting from scratch (random init).\n")
     r = run(tmp_path)
-    assert r.returncode == 0 and "plot skipped" in r.stdout
+    assert r.returncode == 0 and "left as they were" in r.stdout and "no step lines" in r.stdout
     assert not (tmp_path / "out_smollm2_scratch" / "loss_curve.png").exists()
-    assert "loss_curve.png" not in (tmp_path / "README.md").read_text(encoding="utf-8")
+    out = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "loss_curve.png" not in out and "old log placeholder" in out
+
+
+def _metrics(path, *records):
+    write(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_short_run_in_the_default_folder_does_not_replace_the_readme_run(tmp_path):
+    """The README's block is rendered once from the seed's run; then a 5-step tiny CPU run lands in the same
+    folder (metrics.jsonl beside the committed log): the block, the plot and the headline stay as they were,
+    and the output says why."""
+    populate(tmp_path, README + "\n<!-- HEADLINES_BEGIN -->\n<!-- HEADLINES_END -->\n")
+    assert run(tmp_path).returncode == 0
+    readme = tmp_path / "README.md"
+    rendered, plot = readme.read_text(encoding="utf-8"), tmp_path / "out_smollm2_scratch" / "loss_curve.png"
+    assert "resumed at step" in rendered and plot.exists()
+    plot_bytes = plot.read_bytes()
+    run_dir = tmp_path / "out_smollm2_scratch"
+    _metrics(run_dir / "metrics.jsonl", {"event": "start", "step": 0},
+             {"event": "header", "device": "cpu", "args": {"model": "tiny", "seq_len": 32, "batch_size": 2,
+                                                          "grad_accum": 2, "max_steps": 5}},
+             *[{"event": "train", "step": st, "loss": 10.0, "lr": 1e-4} for st in range(1, 6)])
+    r = run(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "is not the README's run" in r.stdout and "no resume line" in r.stdout
+    assert readme.read_text(encoding="utf-8") == rendered and plot.read_bytes() == plot_bytes
+    # Resumed, but the tiny preset: still not the README's run.
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"event": "resume", "step": 5}) + "\n" + json.dumps({"event": "train", "step": 6,
+                                                                                 "loss": 9.0, "lr": 1e-4}) + "\n")
+    r = run(tmp_path)
+    assert "trained the tiny preset" in r.stdout and readme.read_text(encoding="utf-8") == rendered
+
+
+def test_blocks_are_filled_on_docs_pages_with_links_from_each_page(tmp_path):
+    populate(tmp_path, "# Title\n\n<!-- TRAIN_LOG_BEGIN -->\n<!-- TRAIN_LOG_END -->\n")
+    page = tmp_path / "docs" / "speed.md"
+    write(page, "# Speed\n\n<!-- ABLATION_TABLE_BEGIN -->\n<!-- ABLATION_TABLE_END -->\n")
+    r = run(tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = page.read_text(encoding="utf-8")
+    assert "Rendered from `../ablation_results_500steps_profiles/ablation_results.csv`" in text
+    assert "](../ablation_results_500steps_profiles/tokens_per_s.png)" in text
+    assert "](out_smollm2_scratch/loss_curve.png)" in (tmp_path / "README.md").read_text(encoding="utf-8")
+    again = run(tmp_path)
+    assert again.returncode == 0 and "no page changed" in again.stdout  # idempotent across pages
+
+
+def test_a_block_on_two_pages_or_on_none_exits_2_and_touches_nothing(tmp_path):
+    populate(tmp_path)
+    page = tmp_path / "docs" / "more.md"
+    write(page, "<!-- TRAIN_LOG_BEGIN -->\n<!-- TRAIN_LOG_END -->\n")
+    r = run(tmp_path)
+    assert r.returncode == 2 and "TRAIN_LOG_BEGIN --> is in both" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == README
+    write(tmp_path / "README.md", "# nothing here\n")
+    write(page, "# nor here\n")
+    r = run(tmp_path)
+    assert r.returncode == 2 and "TRAIN_LOG_BEGIN --> / <!-- TRAIN_LOG_END --> missing" in r.stderr
 
 
 def test_backticks_in_log_get_a_longer_fence(tmp_path):
@@ -396,13 +456,13 @@ def test_data_results_block_from_the_run_files(tmp_path):
     assert "No data results yet" in empty
 
 
-def test_previous_graded_log_is_drawn_beside_the_current_one(tmp_path):
+def test_previous_readme_log_is_drawn_beside_the_current_one(tmp_path):
     populate(tmp_path)
     write(tmp_path / "out_smollm2_scratch" / "train_previous.log", make_log())
     r = run(tmp_path)
     assert r.returncode == 0, r.stderr
     out = (tmp_path / "README.md").read_text(encoding="utf-8")
-    assert "![The graded command before and now](out_smollm2_scratch/loss_curve_vs_previous.png)" in out
+    assert "![The seed's commands before and now](out_smollm2_scratch/loss_curve_vs_previous.png)" in out
     assert (tmp_path / "out_smollm2_scratch" / "loss_curve_vs_previous.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -443,7 +503,7 @@ def test_seed_e2e_table(tmp_path):
     block = (tmp_path / "README.md").read_text().split("<!-- SEED_E2E_BEGIN -->")[1].split("<!-- SEED_E2E_END -->")[0]
     assert "stale" not in block and "on NVIDIA H200 (torch 2.11.0+cu130)" in block
     assert "| `scope_blocks_resume` | `--compile_scope blocks`: resume to 350 (Python bytecode not kept) | 23.1 | 0 |" in block
-    assert "| `warm_A` | step A on a machine that has run it (the graded log) | 70.6 | 0 |" in block
+    assert "| `warm_A` | step A on a machine that has run it (the README's log) | 70.6 | 0 |" in block
     assert "| `my_case` | my_case | 1.0 | 1 |" in block
 
 
