@@ -116,6 +116,40 @@ def test_two_ranks_match_one_process(reference, tmp_path):
     assert "micro-batches stacked: 2 x 2 -> 4 (est." in log  # each rank stacks its own; both agreed (auto)
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_match_two_local_processes_bit_for_bit(reference, tmp_path):
+    """The several-hosts launch of docs/multigpu.md, as two "nodes" of one process each on this machine
+    (torchrun --nnodes 2 with a c10d rendezvous on 127.0.0.1): the same ranks and the same gloo all-reduce as
+    2 processes on one node, so the same weights bit for bit; and the one-process run's to the accumulation
+    order's rounding, as every data-parallel run here."""
+    ref_dir, _, _ = reference
+    local = tmp_path / "local"
+    run_train(local, "--grad_accum", 2, "--max_steps", 10, nproc=2)
+    out, port = tmp_path / "nodes", _free_port()
+    cmd, env = launch(out, "--grad_accum", 2, "--max_steps", 10)
+    script_and_args = cmd[1:]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "twonodes",
+                               *script_and_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    for n, (o, e) in zip(nodes, outs):
+        assert n.returncode == 0, f"{o[-2000:]}\n{e[-2000:]}"
+    log = (out / "train.log").read_text()
+    assert "world size 2" in log and log.count("Global batch: 2 x grad_accum 2 x world 2") == 1
+    two_nodes, two_local = checkpoint_weights(out, 10), checkpoint_weights(local, 10)
+    assert two_nodes.keys() == two_local.keys()
+    for k in two_nodes:
+        assert torch.equal(two_nodes[k], two_local[k]), k
+    assert max_weight_diff(two_nodes, checkpoint_weights(ref_dir, 10)) <= WEIGHT_ATOL
+
+
 @pytest.mark.parametrize("scope", ["model", "blocks"])
 def test_compiled_scopes_under_ddp_match_one_process(reference, tmp_path, scope):
     """The whole model compiled inside DDP (dynamo's DDPOptimizer splits it at bucket boundaries) or each
@@ -216,3 +250,22 @@ def test_dead_rank_ends_the_run(tmp_path):
     steps = sorted(step_losses((tmp_path / "out" / "train.log").read_text()))
     assert steps[:3] == [1, 2, 3] and steps[-1] < 10 and "DONE:" not in out
     assert elapsed < 90, elapsed
+
+
+def test_allreduce_probe_reports_bus_bandwidth_and_checks_the_sum(tmp_path):
+    """benchmarks/allreduce_probe.py on 2 gloo processes: one row merged into its table, bus bandwidth
+    = algbw x 2(n-1)/n, and the reduction's result checked (a sum of ones over the ranks, iterated)."""
+    import json as _json
+
+    stem = tmp_path / "links"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO_ROOT / "benchmarks" / "allreduce_probe.py"), "--mb", "1", "--warmup", "1", "--iters", "2",
+           "--out", str(stem)]
+    run_checked(cmd, env=ENV, timeout=120)
+    rows = _json.loads((tmp_path / "links.json").read_text())
+    assert len(rows) == 1 and (tmp_path / "links.csv").exists()
+    r = rows[0]
+    assert r["world_size"] == 2 and r["backend"] == "gloo" and r["result_checked"] is True and r["mb"] == 1.0
+    assert abs(r["busbw_gb_s"] - r["algbw_gb_s"] * 2 * (2 - 1) / 2) <= 0.1
+    alone = run_checked([sys.executable, str(REPO_ROOT / "benchmarks" / "allreduce_probe.py")], check=False)
+    assert alone.returncode == 2 and "run it under torchrun" in alone.stderr and "Traceback" not in alone.stderr

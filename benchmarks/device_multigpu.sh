@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Data-parallel scaling on one host of several GPUs, with the links it ran on, in one device call:
+#   1. how the GPUs are joined: nvidia-smi topo -m -> benchmarks/topology_<card>x<N>.txt
+#   2. the all-reduce probe at each world size (538 MB float32, the gradients' size) -> benchmarks/links.csv
+#   3. bench.py --world_sizes at seq 2048 for each impl -> benchmarks/multigpu_throughput_<card>x<N>.csv
+# Usage: bash benchmarks/device_multigpu.sh [IMPLS] [MICRO_BATCH]   (defaults: ours_compile, 16)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benchmarks/device_env.sh
+n=$(nvidia-smi -L | wc -l)
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/NVIDIA //; s/ /_/g')
+tag="${card}x${n}"
+impls=${1:-ours_compile}
+mb=${2:-16}
+sizes=1; for w in 2 4 8; do [ "$w" -le "$n" ] && sizes="$sizes,$w"; done
+nvidia-smi topo -m > "benchmarks/topology_${tag}.txt"
+for w in ${sizes//,/ }; do
+  [ "$w" -gt 1 ] && torchrun --standalone --nproc_per_node="$w" benchmarks/allreduce_probe.py --out benchmarks/links
+done
+runs=${RUNS:-/tmp/smollm2_runs}/multigpu_${tag}
+python bench.py --profile throughput --world_sizes "$sizes" --impls "$impls" --micro_batch "$mb" \
+  --input_file input.txt --out_dir "$runs"
+cp "$runs/multigpu_throughput.csv" "benchmarks/multigpu_throughput_${tag}.csv"
+cp "$runs/multigpu_throughput.json" "benchmarks/multigpu_throughput_${tag}.json"
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/multigpu_${tag}.tgz" benchmarks/topology_"${tag}".txt benchmarks/links.* \
+    benchmarks/multigpu_throughput_"${tag}".*
+fi
