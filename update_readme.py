@@ -882,7 +882,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--readme", default="README.md", help="README to fill in place")
     p.add_argument("--docs_dir", default=None,
                    help="folder of further pages (*.md) whose blocks are filled too (default: docs/ beside --readme)")
-    p.add_argument("--train_log", default="out_smollm2_scratch/train.log", help="log written by train.py")
+    p.add_argument("--train_log", default=None,
+                   help="log written by train.py (default: out_smollm2_scratch/train.log, which must be the seed's "
+                        "pair: the 135M model at seq 256 x 1 x accum 4, then its resume; a log named here needs only "
+                        "the resume)")
     p.add_argument("--ablation_csv", default="ablation_results_500steps_profiles/ablation_results.csv",
                    help="ablation table written by train_ablation.py")
     p.add_argument("--ablation_dir", default=None,
@@ -902,6 +905,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--data_results", default="results/realdocs",
                    help="folder of the real-corpus run: manifest_summary.json, prepare.log, train.log")
     args = p.parse_args(argv)
+    args.seed_run_only = args.train_log is None  # the default folder: only the seed's own pair may fill it
+    args.train_log = args.train_log or os.path.join("out_smollm2_scratch", "train.log")
     run_dir = os.path.dirname(args.train_log)  # a log elsewhere (a test's) never touches the README run's files
     args.previous_train_log = args.previous_train_log or os.path.join(run_dir, "train_previous.log")
     args.comparison_plot = args.comparison_plot or os.path.join(run_dir, "loss_curve_vs_previous.png")
@@ -933,13 +938,16 @@ SEED_SHAPE = {"seq_len": 256, "batch_size": 1, "grad_accum": 4}
 SEED_MODEL = "smollm2-135m"
 
 
-def not_the_readme_run(s: RunSummary) -> Optional[str]:
+def not_the_readme_run(s: RunSummary, seed_only: bool) -> Optional[str]:
     """Why a run's records are not the README's run (both commands, the resume line), None when they are.
-    Records written by train.py name their args; logs from before them are judged by the lineage alone."""
+    With seed_only (the default folder), also the seed's model and shape. Records written by train.py name
+    their args; logs from before them are judged by the lineage alone."""
     if not s.train:
         return "it holds no step lines"
     if not s.resumes:
         return f"its last run (steps {s.train[0][0]}..{s.train[-1][0]}) has no resume line"
+    if not seed_only:
+        return None
     given = s.header.get("args") or {}
     if given.get("model", SEED_MODEL) != SEED_MODEL:
         return f"its last run trained the {given['model']} preset, not {SEED_MODEL}"
@@ -953,11 +961,11 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
     notes = []
     log_text = read_train_log(args.train_log)
     run = run_summary(args.train_log, log_text) if log_text is not None else None
-    why_not = not_the_readme_run(run) if run is not None else None
+    why_not = not_the_readme_run(run, args.seed_run_only) if run is not None else None
     if why_not:
         # A first short run in the default folder must not replace the README's record of the seed's run.
         notes.append(f"TRAIN_LOG, its plot and its headline left as they were: {args.train_log} is not the README's "
-                     f"run ({why_not}); run the seed's step A and step B there, or pass --train_log")
+                     f"run ({why_not}); run the seed's step A and step B there, or name a resumed run's log with --train_log")
 
     # The plot comes first so that the pages link it only when it is current.
     plot = None

@@ -1,5 +1,5 @@
 """train.py end to end on CPU with the tiny preset: exact resume, crash safety, signals, bad input, the
-graded pair of commands. Every comparison is against an uninterrupted reference run."""
+seed's pair of commands. Every comparison is against an uninterrupted reference run."""
 
 import json
 import re
@@ -171,8 +171,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case):
     assert "Traceback" not in r.stderr
 
 
-def test_graded_commands_scaled_down(tmp_path):
-    """The graded pair (--max_steps N --resume 0, then N+k --resume 1) with its flags, scaled down."""
+def test_seed_commands_scaled_down(tmp_path):
+    """The seed's pair (--max_steps N --resume 0, then N+k --resume 1) with its flags, scaled down."""
     cadence = ["--log_every", 5, "--save_every", 10, "--sample_every", 10]
     run_train(tmp_path, "--max_steps", 20, "--resume", 0, *cadence)
     run_train(tmp_path, "--max_steps", 25, "--resume", 1, *cadence)
