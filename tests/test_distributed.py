@@ -33,7 +33,6 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")  # 2 ranks on 2 cores; the same thre
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-6
 COMPILED_RTOL, COMPILED_WEIGHT_ATOL = 1e-5, 1e-5
 
-pytestmark = pytest.mark.skipif(not (CORPUS.exists() and TOKENIZER_JSON.exists()), reason=f"needs {CORPUS} and {TOKENIZER_JSON}")
 
 # train.py itself, with the logged all-ranks mean loss also appended at full precision to $LOSS_FILE
 # (rank 0), and with rank $DIE_RANK SIGKILLing itself at step $DIE_AT_STEP (as the OOM killer would).
