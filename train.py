@@ -38,6 +38,7 @@ from smollm2.parallel import ARTIFACTS, load_artifacts, save_artifacts
 from smollm2.checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
                                 prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
+from smollm2.evaluation import ByteCount, token_byte_lengths
 from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
 from smollm2_model import DecodeGraph, SmolLM2ForCausalLM
 from smollm2.run import check_resume, settings
@@ -665,15 +666,17 @@ def log_interval(run: Run, step: int, lr: float, grad_norm: torch.Tensor, interv
 def log_validation(run: Run, step: int, metrics: dict) -> None:
     args = run.args
     rows = args.batch_size * args.grad_accum  # --val_batches counts batches of one optimizer step's rows
-    windows = run.data.val_batches(args.val_batches * rows, max(rows, EVAL_TOKENS // args.seq_len))
+    windows = ByteCount(run.data.val_batches(args.val_batches * rows, max(rows, EVAL_TOKENS // args.seq_len)),
+                        token_byte_lengths(run.tokenizer))  # bits per byte: the same loss over the text's bytes
     with torch.compiler.set_stance("force_eager"):  # layers compiled in place (blocks) would compile a no-grad graph
         val_loss = evaluate(run.model, windows, run.env.device, run.switches.amp_dtype)
     if val_loss is None:
         return
-    metrics.update(val_loss=float(val_loss), val_loss_step=step)
+    bpb = windows.bpb(val_loss)
+    metrics.update(val_loss=float(val_loss), val_loss_step=step, val_bpb=bpb)
     ppl = math.exp(min(val_loss, 50))
-    run.log(f"step {step:5d}/{args.max_steps} | val loss {val_loss:.4f} | val ppl {ppl:.2f}")
-    run.events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl))
+    run.log(f"step {step:5d}/{args.max_steps} | val loss {val_loss:.4f} | val ppl {ppl:.2f} | val bpb {bpb:.4f}")
+    run.events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl), bpb=finite_or_none(bpb))
 
 
 def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) -> tuple[int, bool]:
