@@ -504,3 +504,11 @@ def choice_metrics(items: list[Item], lls: list[list[float]], names: tuple = ("a
             out[f"{name}_stderr"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
     return out
 
+
+
+def load_task_spec(spec: str, limit: Optional[int]) -> tuple[str, list[Item]]:
+    """train.py --task_eval TASK:FILE: the task and its first `limit` items, every one checked."""
+    task, sep, path = spec.partition(":")
+    if not sep or task not in TASKS or not path:
+        raise EvalError(f"--task_eval wants TASK:FILE with TASK one of {', '.join(TASKS)}, got {spec!r}")
+    return task, build_items(task, read_records(path), path, limit)

@@ -258,3 +258,23 @@ def test_prepared_data_of_another_tokenizer_is_refused(tmp_path, tiny_model, tok
     with pytest.raises(EvalError, match="was prepared with tokenizer .* but the model's tokenizer is"):
         evaluate.main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_train_scores_a_task_every_n_steps_as_evaluate_does(tmp_path):
+    piqa = write_jsonl(tmp_path / "piqa.jsonl", ROWS["piqa"] * 3)
+    out = tmp_path / "run"
+    run_train(out, "--max_steps", "2", "--task_eval", f"piqa:{piqa}", "--task_every", "2", "--save_every", "2")
+    task = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    task = [e for e in task if e["event"] == "task"]
+    assert [(e["step"], e["task"], e["items"]) for e in task] == [(2, "piqa", 6)]
+    assert f"task piqa | acc {task[0]['acc']:.4f} | acc_norm {task[0]['acc_norm']:.4f}" in (out / "train.log").read_text()
+    res = tmp_path / "piqa.json"
+    assert evaluate.main(["--checkpoint", str(out / "checkpoints" / "checkpoint_step_2.pt"), "--task", "piqa",
+                          "--data", str(piqa), "--out", str(res)]) == 0
+    ours = json.loads(res.read_text())
+    assert (ours["acc"], ours["acc_norm"]) == (task[0]["acc"], task[0]["acc_norm"])
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", BAD[0][1])
+    r = run_train(tmp_path / "never", "--task_eval", f"piqa:{bad}", "--task_every", "2", check=False)
+    assert r.returncode == 2 and "missing field 'sol2'" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert not (tmp_path / "never").exists()
