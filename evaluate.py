@@ -72,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="export the model to an HF folder and run lm-evaluation-harness on --tasks")
     g.add_argument("--tasks", default=None, help="with --harness: the harness's task names, comma-separated")
     g.add_argument("--export_dir", default=None, help="with --harness: keep the exported folder here")
+    g.add_argument("--include_path", default=None, help="with --harness: a folder of the harness's task YAMLs (local tasks)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help=f"results JSON (default: {RESULTS_DIR}/NAME.json)")
     g.add_argument("--name", default=None, help="the model's name in results (default: from the source)")
@@ -204,12 +205,15 @@ def run_harness(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
         write_hf_folder(folder, model, tokenizer)
         log(f"exported {desc} to {folder}")
         import lm_eval
+        from lm_eval.tasks import TaskManager
 
         dtype = "bfloat16" if amp_dtype(args, device) is not None else "float32"
+        max_length = f",max_length={args.max_length}" if args.max_length else ""
         try:
-            out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={folder},dtype={dtype}",
+            out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={folder},dtype={dtype}{max_length}",
                                           tasks=args.tasks.split(","), batch_size=args.batch_size,
-                                          device=str(device), limit=args.limit or None)
+                                          device=str(device), limit=args.limit or None,
+                                          task_manager=TaskManager(include_path=args.include_path))
         except Exception as e:  # the harness's data fetch offline, an unknown task: its own words, one line
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise EvalError(f"lm-evaluation-harness failed on {args.tasks} ({type(e).__name__}: {first}); offline, "

@@ -278,3 +278,25 @@ def test_train_scores_a_task_every_n_steps_as_evaluate_does(tmp_path):
     r = run_train(tmp_path / "never", "--task_eval", f"piqa:{bad}", "--task_every", "2", check=False)
     assert r.returncode == 2 and "missing field 'sol2'" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_harness_mode_exports_and_runs_lm_eval(tmp_path, tiny_model, tokenizer, monkeypatch):
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    harness_tasks(tasks, {"piqa": write_jsonl(tmp_path / "piqa.jsonl", ROWS["piqa"])})
+    out = tmp_path / "h.json"
+    assert evaluate.main(["--checkpoint", str(ckpt), "--harness", "lm_eval", "--tasks", "local_piqa", "--include_path",
+                          str(tasks), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]["local_piqa"]
+    ours = score_items(tiny_model, tokenizer, build_items("piqa", ROWS["piqa"], "p"), 2, torch.device("cpu"))
+    assert (res["acc,none"], res["acc_norm,none"]) == (ours.metrics["acc"], ours.metrics["acc_norm"])
+
+    monkeypatch.setattr(evaluate.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EvalError, match=r"lm-evaluation-harness is not installed: pip install lm_eval==0\.4\.13"):
+        evaluate.main(["--checkpoint", str(ckpt), "--harness", "lm_eval", "--tasks", "hellaswag",
+                       "--out", str(tmp_path / "never.json")])
+    assert not (tmp_path / "never.json").exists()
