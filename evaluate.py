@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -124,6 +125,15 @@ def model_name(args) -> str:
     base = os.path.basename(args.checkpoint.rstrip("/"))
     parent = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint))))
     return f"{parent}-{os.path.splitext(base)[0]}" if base.endswith(".pt") else base
+
+
+def machine(device: torch.device) -> str:
+    """The card, or on CPU the processor and its core count: what every committed number names."""
+    if device.type == "cuda":
+        return device_name(device)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               None) if os.path.isfile("/proc/cpuinfo") else None
+    return f"CPU: {cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def data_name(path: str) -> str:
@@ -246,10 +256,10 @@ def main(argv=None) -> int:
     run = run_harness if args.harness else run_bpb if args.task == "bpb" else run_task
     result, rows = run(args, device, log)
     result = {"name": name, "weights": weights_description(result.pop("model"), args.pretrained), **result,
-              "device": device_name(device), "torch": torch.__version__, "command": " ".join(sys.argv)}
+              "device": machine(device), "torch": torch.__version__, "command": " ".join(sys.argv)}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")
-    print_table(f"{name} | {result['weights']['description']} | {device_name(device)}", rows)
+    print_table(f"{name} | {result['weights']['description']} | {result['device']}", rows)
     print(f"wrote {out}")
     return 0
 
