@@ -141,7 +141,10 @@ def data_name(path: str) -> str:
 
 
 def load(args, log=log_stderr):
-    model, desc, tok_id, _ = load_model(args.checkpoint, args.pretrained, log=log)
+    try:
+        model, desc, tok_id, _ = load_model(args.checkpoint, args.pretrained, log=log)
+    except ValueError as e:  # load_model's word for a folder that is not an export
+        raise EvalError(str(e)) from e
     tokenizer = load_tokenizer(args.tokenizer_id or tok_id, log=log)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise EvalError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size:,} ids but the model embeds "
@@ -187,7 +190,7 @@ def run_task(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
     max_len = args.max_length or model.config.max_position_embeddings
     t0 = time.perf_counter()
     scores = score_items(model, tokenizer, items, args.batch_size, device, amp_dtype(args, device), max_len,
-                         progress=True, where=source, metric_names=TASKS[args.task].metrics)
+                         progress=sys.stderr.isatty(), where=source, metric_names=TASKS[args.task].metrics)
     seconds = time.perf_counter() - t0
     if scores.truncated:
         log(f"NOTE: {scores.truncated:,} choice(s) longer than {max_len} positions lost their left end "

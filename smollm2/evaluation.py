@@ -103,6 +103,8 @@ class TextIds:
 def read_prepared_split(path: str, split: str, tokenizer, max_tokens: Optional[int] = None) -> TextIds:
     """The ids of a prepare_data.py folder's split ("val": the held-out documents, or the tail of the train
     stream when it was prepared that way; "train"), checked against `tokenizer`."""
+    if split not in ("val", "train"):
+        raise EvalError(f"--split {split}: a prepared folder has the splits 'val' and 'train'")
     manifest = load_manifest(path)
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     prepared = manifest["tokenizer"]
@@ -283,11 +285,11 @@ def _keyed_choices(doc: dict, stem: str, where: str) -> tuple[list[str], int, st
 
 def hellaswag(doc: dict, where: str) -> Item:
     endings, label = _need(doc, ("endings", "label"), where)
-    if "ctx_a" in doc or "ctx_b" not in doc and "ctx" not in doc:
+    if "ctx" in doc and "ctx_a" not in doc:  # a file with the joined context only (ctx_b not capitalized then)
+        label_text, ctx = _need(doc, ("activity_label", "ctx"), where)
+    else:
         label_text, a, b = _need(doc, ("activity_label", "ctx_a", "ctx_b"), where)
         ctx = a + " " + b.capitalize()
-    else:
-        label_text, ctx = _need(doc, ("activity_label", "ctx"), where)
     query = _harness_clean(label_text + ": " + ctx)
     choices = [_harness_clean(e) for e in endings]
     return Item([query] * len(choices), [" " + c for c in choices], _label(label, len(choices), where), choices)
@@ -390,8 +392,13 @@ def build_items(task: str, rows: list[dict], source: str, limit: Optional[int] =
         raise EvalError(f"{source} holds no items")
     items = []
     for n, doc in enumerate(rows):
+        if not isinstance(doc, dict):
+            raise EvalError(f"{source} item {n} is not a JSON object")
         where = f"{source} item {n}"
-        item = TASKS[task].layout(doc, where)
+        try:
+            item = TASKS[task].layout(doc, where)
+        except (TypeError, AttributeError) as e:  # a number or a list where text belongs
+            raise EvalError(f"{where}: a field of the {task} layout has the wrong type ({e})") from e
         if len(item.choices) < 2:
             raise EvalError(f"{where}: {len(item.choices)} choice(s); a multiple-choice item needs at least 2")
         for c, text in enumerate(item.choices):
