@@ -25,30 +25,16 @@ import shutil
 import sys
 from typing import Optional
 
-import torch
 
 from smollm2.checkpoint import CheckpointError, checkpoint_tokenizer_id, model_from_checkpoint
+from smollm2.hf import DTYPES, SPECIAL_TOKEN, write_hf_folder
 from smollm2.hub import FACTS_FILE, PushError, model_card, push_folder, training_facts, write_space
 from smollm2.io import remove_stale_temporaries, tmp_name
-from smollm2_model import SmolLM2ForCausalLM
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2.common import OneLineParser
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-SPECIAL_TOKEN = "<|endoftext|>"  # id 0: bos, eos and unk of the base SmolLM2 tokenizer
-# Sampling defaults written into generation_config.json; the same as generate.py's.
-GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.8, top_k=50, max_new_tokens=200)
-
-
 class ExportError(RuntimeError):
     pass
-
-
-def hf_tokenizer(tokenizer):
-    """Wrap a tokenizers.Tokenizer as a transformers fast tokenizer that save_pretrained can write."""
-    from transformers import PreTrainedTokenizerFast
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=SPECIAL_TOKEN,
-                                   eos_token=SPECIAL_TOKEN, unk_token=SPECIAL_TOKEN)
 
 
 def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
@@ -76,7 +62,7 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
     remove_stale_temporaries(parent, prefix=f".{base}.")
     staging, previous = (tmp_name(os.path.join(parent, f".{base}.{kind}")) for kind in ("new", "old"))
     try:
-        write_folder(staging, model, tok, dtype)
+        write_hf_folder(staging, model, tok, dtype)
         facts = training_facts(ckpt, model, tok.source, checkpoint)
         with open(os.path.join(staging, FACTS_FILE), "w", encoding="utf-8") as f:
             json.dump(facts, f, indent=2, sort_keys=True)
@@ -94,37 +80,6 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
     for p in paths:
         log(f"  wrote {p} ({os.path.getsize(p):,} bytes)")
     return paths, facts
-
-
-def write_folder(folder: str, model: SmolLM2ForCausalLM, tok, dtype: str) -> None:
-    from transformers import GenerationConfig  # imported late: bad paths fail before this costs seconds
-    from transformers.utils import logging as hf_logging
-    from smollm2.hf import to_hf_model
-
-    hf_logging.disable_progress_bar()  # a bar for writing one small shard is noise in the listing below
-    config = model.config
-    os.makedirs(folder)
-    hf_model = to_hf_model(model).to(DTYPES[dtype])
-    hf_model.save_pretrained(folder)
-    # config.json from our own to_hf(), over whatever save_pretrained wrote, so the file is the
-    # documented one. transformers 5 reads "dtype", older versions "torch_dtype": write both.
-    hf_cfg = {**config.to_hf(), "torch_dtype": dtype, "dtype": dtype}
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_cfg, f, indent=2, sort_keys=True)
-        f.write("\n")
-    GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                     pad_token_id=config.eos_token_id, **GENERATION_DEFAULTS).save_pretrained(folder)
-    wrapped = hf_tokenizer(tok.tokenizer)
-    wrapped.model_max_length = config.max_position_embeddings
-    wrapped.save_pretrained(folder)
-    # transformers 5 names the class TokenizersBackend, which 4.x lacks; the old name loads in both.
-    tok_cfg_path = os.path.join(folder, "tokenizer_config.json")
-    with open(tok_cfg_path, encoding="utf-8") as f:
-        tok_cfg = json.load(f)
-    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    with open(tok_cfg_path, "w", encoding="utf-8") as f:
-        json.dump(tok_cfg, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 def swap_in(staging: str, out_dir: str, previous: str) -> None:

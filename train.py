@@ -38,6 +38,7 @@ from smollm2.parallel import ARTIFACTS, load_artifacts, save_artifacts
 from smollm2.checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
                                 prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
+from smollm2.evaluation import TASKS, ByteCount, EvalError, load_task_spec, score_items, token_byte_lengths
 from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
 from smollm2_model import DecodeGraph, SmolLM2ForCausalLM
 from smollm2.run import check_resume, settings
@@ -94,6 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--tensorboard", type=int, default=0, choices=[0, 1],
                    help="1: also write train/val scalars to <out_dir>/tensorboard (needs the tensorboard package); "
                         "metrics.jsonl beside train.log always holds every logged number")
+    g.add_argument("--task_eval", default=None, metavar="TASK:FILE",
+                   help="also score a multiple-choice task (evaluate.py's scorer: hellaswag, arc_easy, piqa, ...) on "
+                        "the first --task_limit items of a local file every --task_every steps; logged like the val loss")
+    g.add_argument("--task_every", type=int, default=0, help="steps between task scores (0 = never)")
+    g.add_argument("--task_limit", type=int, default=500, help="items of --task_eval scored each time (0 = all)")
     g.add_argument("--keep_checkpoints", type=int, default=3, help="newest step checkpoints kept (0 = all)")
     g.add_argument("--async_save", type=int, default=1, choices=[0, 1],
                    help="1: a save copies the state to (pinned) host memory and the file is written by a background "
@@ -180,7 +186,8 @@ def check_values(args) -> None:
     for name in ["seq_len", "batch_size", "grad_accum", "max_steps", "log_every"]:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for name in ["save_every", "warmup_steps", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints"]:
+    for name in ["save_every", "warmup_steps", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints",
+                 "task_every", "task_limit"]:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
@@ -197,6 +204,10 @@ def check_values(args) -> None:
         raise UsageError("--overwrite 1 starts over and --resume 1 continues: pass one of them")
     if args.allow_config_change and not args.resume:
         raise UsageError("--allow_config_change 1 applies to --resume 1 only")
+    if bool(args.task_eval) != bool(args.task_every):
+        raise UsageError("--task_eval TASK:FILE and --task_every N go together")
+    if args.task_eval:
+        load_task_spec(args.task_eval, args.task_limit or None)  # a bad file stops here, before the run folder is touched
 
 
 def check_switches(args, sw: Switches, device: torch.device, world: int) -> None:
@@ -459,6 +470,7 @@ class Run:
     start_step: int
     sample_every: int  # 0 under --model_impl hf: transformers' generate has another API; samples are ours only
     decoder: Optional[DecodeGraph] = None  # made by the first sample on CUDA (sample_text)
+    task: Optional[tuple] = None  # (name, items) of --task_eval
 
     @property
     def tokens_per_step(self) -> int:
@@ -502,7 +514,8 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
     return Run(args=args, switches=switches, env=env, config=config, start=start, log=log, events=events,
                tokenizer=tokenizer, dataset=dataset, data=data, model=model, optimizer=step_fn.optimizer, step_fn=step_fn,
                start_step=int(ckpt["global_step"]) if ckpt is not None else 0,
-               sample_every=0 if switches.model_impl == "hf" else args.sample_every)
+               sample_every=0 if switches.model_impl == "hf" else args.sample_every,
+               task=load_task_spec(args.task_eval, args.task_limit or None) if args.task_eval else None)
 
 
 def log_header(run: Run) -> None:
@@ -665,15 +678,32 @@ def log_interval(run: Run, step: int, lr: float, grad_norm: torch.Tensor, interv
 def log_validation(run: Run, step: int, metrics: dict) -> None:
     args = run.args
     rows = args.batch_size * args.grad_accum  # --val_batches counts batches of one optimizer step's rows
-    windows = run.data.val_batches(args.val_batches * rows, max(rows, EVAL_TOKENS // args.seq_len))
+    windows = ByteCount(run.data.val_batches(args.val_batches * rows, max(rows, EVAL_TOKENS // args.seq_len)),
+                        token_byte_lengths(run.tokenizer))  # bits per byte: the same loss over the text's bytes
     with torch.compiler.set_stance("force_eager"):  # layers compiled in place (blocks) would compile a no-grad graph
         val_loss = evaluate(run.model, windows, run.env.device, run.switches.amp_dtype)
     if val_loss is None:
         return
-    metrics.update(val_loss=float(val_loss), val_loss_step=step)
+    bpb = windows.bpb(val_loss)
+    metrics.update(val_loss=float(val_loss), val_loss_step=step, val_bpb=bpb)
     ppl = math.exp(min(val_loss, 50))
-    run.log(f"step {step:5d}/{args.max_steps} | val loss {val_loss:.4f} | val ppl {ppl:.2f}")
-    run.events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl))
+    run.log(f"step {step:5d}/{args.max_steps} | val loss {val_loss:.4f} | val ppl {ppl:.2f} | val bpb {bpb:.4f}")
+    run.events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl), bpb=finite_or_none(bpb))
+
+
+def log_task(run: Run, step: int, metrics: dict) -> None:
+    """--task_eval: acc / acc_norm of the task's items, scored as evaluate.py (and lm-evaluation-harness) do.
+    Every rank runs it (FSDP2 shards need all of them); rank 0 logs."""
+    name, items = run.task
+    with torch.compiler.set_stance("force_eager"):
+        scores = score_items(run.model, run.tokenizer, items, run.args.batch_size * run.args.grad_accum,
+                             run.env.device, run.switches.amp_dtype, metric_names=TASKS[name].metrics)
+    run.model.train()
+    m = scores.metrics
+    metrics.update({f"{name}_{k}": m[k] for k in ("acc", "acc_norm") if k in m}, task_step=step)
+    run.log(f"step {step:5d}/{run.args.max_steps} | task {name} | " +
+            " | ".join(f"{k} {m[k]:.4f}" for k in ("acc", "acc_norm") if k in m) + f" | items {m['items']}")
+    run.events("task", step=step, task=name, **{k: m[k] for k in ("acc", "acc_norm", "items") if k in m})
 
 
 def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) -> tuple[int, bool]:
@@ -720,6 +750,11 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
             clock.lap("steps")
             saves.ensure_finite(step)
             log_validation(run, step, metrics)
+            clock.lap("val")
+        if run.task and step % args.task_every == 0:
+            clock.lap("steps")
+            saves.ensure_finite(step)
+            log_task(run, step, metrics)
             clock.lap("val")
         stopping = parallel.any_rank(stop.requested is not None)
         if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
@@ -819,7 +854,7 @@ def cli(fast_exit: bool = False) -> None:
     on (tests), it raises SystemExit."""
     try:
         code = main()
-    except (UsageError, DataError, TokenizerNotFound, CheckpointError) as e:
+    except (UsageError, DataError, EvalError, TokenizerNotFound, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
     except RunStopped as e:

@@ -10,6 +10,7 @@ Blocks (each marker alone on its line; the text between a BEGIN/END pair is repl
   SEED_E2E         (optional) benchmarks/seed_e2e/seed_e2e.csv: the README's two commands' wall times, cold and warm
   FINDINGS         (optional) the headline sentences, computed from the same files
   DATA_RESULTS     (optional) the real-corpus run (results/realdocs/) and benchmarks/data_prep.csv
+  EVAL_RESULTS     (optional) results/eval/*.json written by evaluate.py: bits per byte and task scores
 It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the run's
 records: metrics.jsonl beside the log, or the log itself for runs from before that file
 (smollm2.metrics.read_events, the one reader); the README's log block always shows train.log.
@@ -38,7 +39,7 @@ from smollm2.switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "SEED_E2E", "FINDINGS",
-            "HEADLINES", "DATA_RESULTS")
+            "HEADLINES", "DATA_RESULTS", "EVAL_RESULTS")
 MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
 
 
@@ -580,6 +581,55 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
 
 
 # ----------------------------------------------------------------------------------------------
+# evaluate.py's results
+def eval_block(eval_dir: str, readme_dir: str) -> tuple[str, str]:
+    """One table per kind of results/eval/*.json (bits per byte; multiple-choice tasks; lm-eval), a row per
+    file, each naming its weights, text, device and the file itself."""
+    results = []
+    for path in sorted(glob.glob(os.path.join(eval_dir, "*.json"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                results.append((path, json.load(f)))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path} is not a JSON file written by evaluate.py ({e})") from e
+    if not results:
+        return f"_No evaluation results yet: evaluate.py writes them to `{rel(eval_dir, readme_dir)}/`._", "no results"
+
+    def weights(r: dict) -> str:
+        w = r["weights"]
+        return f"{r['name']}: `{w['file']}` (sha256 {w['sha256'][:12]}…)" if w.get("file") else f"{r['name']}: {w['description']}"
+
+    def cell(v, fmt: str) -> str:
+        return MISSING if v is None else fmt.format(v)
+
+    parts = []
+    bpb = [(p, r) for p, r in results if r.get("task") == "bpb"]
+    if bpb:
+        rows = ["| weights | text | seq_len | tokens | bytes | bits per byte | loss (nats/token) | perplexity | device | file |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+        rows += [f"| {weights(r)} | {r['text']} | {r['seq_len']} | {r['tokens']:,} | {r['bytes']:,} | "
+                 f"**{cell(r['bpb'], '{:.4f}')}** | {cell(r['loss'], '{:.4f}')} | {cell(r['ppl'], '{:.2f}')} | "
+                 f"{r['device']} | [{os.path.basename(p)}]({link(p, readme_dir)}) |" for p, r in bpb]
+        parts.append("\n".join(rows))
+    tasks = [(p, r) for p, r in results if r.get("task") not in ("bpb", "lm_eval")]
+    if tasks:
+        rows = ["| weights | task | data | items | acc | acc_norm | device | file |",
+                "| --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
+        rows += [f"| {weights(r)} | {r['task']} | {r['data']} | {r['items']:,} | {cell(r.get('acc'), '{:.4f}')} | "
+                 f"{cell(r.get('acc_norm'), '{:.4f}')} | {r['device']} | [{os.path.basename(p)}]({link(p, readme_dir)}) |"
+                 for p, r in tasks]
+        parts.append("\n".join(rows))
+    harness = [(p, r) for p, r in results if r.get("task") == "lm_eval"]
+    if harness:
+        rows = ["| weights | harness task | metric | value | device | file |", "| --- | --- | --- | ---: | --- | --- |"]
+        rows += [f"| {weights(r)} | {task} | {metric.split(',')[0]} | {v:.4f} | {r['device']} | "
+                 f"[{os.path.basename(p)}]({link(p, readme_dir)}) |" for p, r in harness
+                 for task, metrics in r["results"].items() for metric, v in metrics.items()
+                 if isinstance(v, float) and "stderr" not in metric]
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts), f"{len(results)} result files"
+
+
 # markers and writing
 
 
@@ -904,6 +954,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "beside --train_log)")
     p.add_argument("--data_results", default="results/realdocs",
                    help="folder of the real-corpus run: manifest_summary.json, prepare.log, train.log")
+    p.add_argument("--eval_results", default="results/eval", help="folder of evaluate.py's result JSON files")
     args = p.parse_args(argv)
     args.seed_run_only = args.train_log is None  # the default folder: only the seed's own pair may fill it
     args.train_log = args.train_log or os.path.join("out_smollm2_scratch", "train.log")
@@ -996,6 +1047,7 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
             "FINDINGS": lambda: findings_block(args, readme_run, d),
             "HEADLINES": lambda: headlines_block(args, readme_run, d),
             "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, d),
+            "EVAL_RESULTS": lambda: eval_block(args.eval_results, d),
         }
 
     new_pages, filled = {}, []

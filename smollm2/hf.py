@@ -21,6 +21,7 @@ stale entry; it is written under a temporary name and renamed into place whole.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any, Callable, Optional
@@ -92,6 +93,53 @@ def from_hf_model(hf_model, attn_impl: str = "sdpa") -> SmolLM2ForCausalLM:
     if config.tie_word_embeddings and not model.tie_holds():
         raise RuntimeError("lm_head is no longer tied to embed_tokens after loading")
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- an HF-format folder
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SPECIAL_TOKEN = "<|endoftext|>"  # id 0: bos, eos and unk of the base SmolLM2 tokenizer
+# Sampling defaults written into generation_config.json; the same as generate.py's.
+GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.8, top_k=50, max_new_tokens=200)
+
+
+def hf_tokenizer(tokenizer):
+    """Wrap a tokenizers.Tokenizer as a transformers fast tokenizer that save_pretrained can write."""
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=SPECIAL_TOKEN,
+                                   eos_token=SPECIAL_TOKEN, unk_token=SPECIAL_TOKEN)
+
+
+def write_hf_folder(folder: str, model: SmolLM2ForCausalLM, tok, dtype: str = "float32") -> None:
+    """A new folder that AutoModelForCausalLM and AutoTokenizer load with no network: config.json (our
+    to_hf()), the weights through transformers' save_pretrained (a tied embedding stored once),
+    generation_config.json and the tokenizer files. export_hf.py and evaluate.py --harness write it."""
+    from transformers import GenerationConfig  # imported late: bad paths fail before this costs seconds
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar for writing one small shard is noise in the listing below
+    config = model.config
+    os.makedirs(folder)
+    hf_model = to_hf_model(model).to(DTYPES[dtype])
+    hf_model.save_pretrained(folder)
+    # config.json from our own to_hf(), over whatever save_pretrained wrote, so the file is the
+    # documented one. transformers 5 reads "dtype", older versions "torch_dtype": write both.
+    hf_cfg = {**config.to_hf(), "torch_dtype": dtype, "dtype": dtype}
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf_cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                     pad_token_id=config.eos_token_id, **GENERATION_DEFAULTS).save_pretrained(folder)
+    wrapped = hf_tokenizer(tok.tokenizer)
+    wrapped.model_max_length = config.max_position_embeddings
+    wrapped.save_pretrained(folder)
+    # transformers 5 names the class TokenizersBackend, which 4.x lacks; the old name loads in both.
+    tok_cfg_path = os.path.join(folder, "tokenizer_config.json")
+    with open(tok_cfg_path, encoding="utf-8") as f:
+        tok_cfg = json.load(f)
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    with open(tok_cfg_path, "w", encoding="utf-8") as f:
+        json.dump(tok_cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 # ----------------------------------------------------------------------------- real weights

@@ -4,9 +4,10 @@ One JSON object per line, each with an "event" and, except "header", the global 
   start       a run from scratch (step 0)              resume      a run continuing from checkpoint "step"
   header      device, device_name, torch, world_size, params, tokens_per_step, args, switches
   train       step, lr, loss (interval mean), grad_norm, ms_per_step, tok_s, mfu (a fraction, or null)
-  val         step, loss, ppl                          checkpoint  step (a file landed on disk)
+  val         step, loss, ppl, bpb                     checkpoint  step (a file landed on disk)
   done        first_step, last_step, seconds, tok_s (overall), peak_mem_bytes (or null)
   stop        step, signal: a SIGINT/SIGTERM/SIGHUP stopped the run there, after saving it
+  task        step, task, acc, acc_norm (not for winogrande), items: train.py --task_eval
   wall        step, then train.py's WallClock summary (seconds per part of the loop)
 A resumed run appends to the same file. Runs logged before the file existed have only train.log:
 read_events() then parses the log into the same records (log_events), so both have one reader, and
@@ -44,8 +45,8 @@ class MetricsWriter:
             return
         self.file.write(json.dumps({"event": event, **fields}, allow_nan=False, default=str) + "\n")
         self.file.flush()
-        if self.tensorboard is not None and event in ("train", "val"):
-            for name in ("loss", "lr", "grad_norm", "tok_s", "mfu"):
+        if self.tensorboard is not None and event in ("train", "val", "task"):
+            for name in ("loss", "bpb", "lr", "grad_norm", "tok_s", "mfu", "acc", "acc_norm"):
                 if fields.get(name) is not None:
                     self.tensorboard.add_scalar(f"{event}/{name}", fields[name], fields["step"])
             self.tensorboard.flush()
@@ -103,7 +104,8 @@ def parse_fields(rest: str) -> dict[str, str]:
 
 def step_event(step: int, fields: dict[str, str]) -> Optional[dict]:
     if "val loss" in fields:
-        return {"event": "val", "step": step, "loss": number(fields["val loss"]), "ppl": number(fields.get("val ppl"))}
+        return {"event": "val", "step": step, "loss": number(fields["val loss"]), "ppl": number(fields.get("val ppl")),
+                "bpb": number(fields.get("val bpb"))}
     if "loss" not in fields:
         return None
     mfu = number(fields.get("mfu"))

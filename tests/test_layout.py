@@ -1,6 +1,6 @@
 """The repository's shape, read from its imports: no import circle anywhere, the design card's two model
 files depend on nothing of the package, the package never imports a script, and inference (app.py,
-generate.py) loads none of the training stack. The graph is the one the Space export walks
+generate.py, evaluate.py) loads none of the training stack. The graph is the one the Space export walks
 (smollm2.hub.reachable_files)."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_layers_point_one_way():
 
 
 def test_inference_loads_no_training_module():
-    for entry in ("app.py", "generate.py"):
+    for entry in ("app.py", "generate.py", "evaluate.py"):
         reached = set(reachable_files(entry))
         assert "smollm2_model.py" in reached and "smollm2/inference.py" in reached
         assert not reached & TRAINING, f"{entry} reaches {sorted(reached & TRAINING)}"

@@ -417,7 +417,7 @@ def test_export_names_a_folder_and_a_nonfinite_checkpoint(tmp_path, tiny_checkpo
 
 
 def test_failed_export_leaves_the_earlier_export_whole(tmp_path, tiny_checkpoint, capsys, monkeypatch):
-    import export_hf
+    import smollm2.hf
     out = tmp_path / "hf"
     assert export(tiny_checkpoint, out, capsys)[0] == 0
     (out / "NOTES.md").write_text("the user's own file")
@@ -429,7 +429,7 @@ def test_failed_export_leaves_the_earlier_export_whole(tmp_path, tiny_checkpoint
 
     def broken_tokenizer(_):  # fails after the new weights are written: midway through the export
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(export_hf, "hf_tokenizer", broken_tokenizer)
+    monkeypatch.setattr(smollm2.hf, "hf_tokenizer", broken_tokenizer)
     code, err = export(tmp_path / "newer.pt", out, capsys)
     assert code == 2 and "No space left" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
