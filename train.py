@@ -44,6 +44,7 @@ from smollm2.run import check_resume, settings
 from smollm2.run import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
+from smollm2.io import LineFile, write_failure_advice
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
 from smollm2.training import (EVAL_TOKENS, TrainStep, TransformersAdapter, amp_context, build_train_step, evaluate,
                               lr_at, optimizer_state_for_checkpoint, set_lr)
@@ -269,11 +270,14 @@ class RunStopped(Exception):
 
 class Logger:
     """Lines to stdout and appended to train.log (rank 0 only). A tqdm bar only on a terminal. A stdout
-    that closes (`train.py | head`) is dropped and training goes on, still writing train.log."""
+    that closes (`train.py | head`) is dropped and training goes on, still writing train.log. A train.log
+    write that fails (a full disk) leaves no torn line and turns the file off, recording why in `failed`:
+    the loop then saves if it can and stops (exit 1), instead of dying in the writer with a traceback."""
 
     def __init__(self, path: str, enabled: bool, total: int, initial: int):
         self.enabled, self.stdout_open = enabled, True
-        self.file = open(path, "a", encoding="utf-8") if enabled else None
+        self.file = LineFile(path) if enabled else None
+        self.failed: Optional[OSError] = None
         self.bar = None
         if enabled and sys.stdout.isatty():
             from tqdm import tqdm
@@ -282,8 +286,11 @@ class Logger:
     def __call__(self, msg: str) -> None:
         if not self.enabled:
             return
-        self.file.write(msg + "\n")
-        self.file.flush()
+        if self.failed is None:
+            try:
+                self.file.write_line(msg)
+            except OSError as e:
+                self.failed = e if e.filename else OSError(e.errno, e.strerror, self.file.path)
         if not self.stdout_open:
             return
         try:
@@ -552,6 +559,7 @@ class Checkpoints:
         self.dir = run.start.folder.ckpt_dir
         self.writer = CheckpointWriter(background=bool(run.args.async_save), pin=run.env.device.type == "cuda")
         self.kept = f"step {run.start_step}" if run.start.ckpt is not None else "none saved yet"
+        self.cause = ""  # why the run is stopping, when a failed write elsewhere stopped it: leads the error
 
     def stop_run(self, msg: str):
         self.run.log(f"ERROR: {msg}")
@@ -564,10 +572,10 @@ class Checkpoints:
         step, reason = done.tag
         self.clock.add("save_write", done.seconds)
         if done.error is not None:
-            if isinstance(done.error, OSError):  # disk full, a file-size limit
-                self.stop_run(f"could not write {os.path.join(self.dir, step_name(step))} "
+            if isinstance(done.error, OSError):  # disk full, a file-size limit, a folder made read-only
+                self.stop_run(f"{self.cause}could not write {os.path.join(self.dir, step_name(step))} "
                               f"({done.error.strerror or done.error}); {LATEST} stays as it was ({self.kept}): "
-                              f"free disk space or raise the file-size limit, then --resume 1")
+                              f"{write_failure_advice(done.error, self.dir)}, then --resume 1")
             raise done.error
         self.kept = f"step {step}"
         self.run.log(f"CHECKPOINT: saved {step_name(step)} and {LATEST}{reason}")
@@ -721,7 +729,10 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
             saves.ensure_finite(step)
             log_validation(run, step, metrics)
             clock.lap("val")
-        stopping = parallel.any_rank(stop.requested is not None)
+        failed = write_failure(run)
+        stopping = parallel.any_rank(stop.requested is not None or failed is not None)
+        if failed:
+            saves.cause = f"{failed}; "
         if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
             clock.lap("steps")
             saves.save(step, f" (stopping on {stop.requested})" if stopping and stop.requested else "")
@@ -729,11 +740,23 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
         if stopping:
             saves.collect(saves.writer.wait())  # exit 0 only once the file is on disk
             clock.lap("final_write")
+            if failed:  # the save above landed; the log could not say so
+                raise RunStopped(f"{failed}; saved step {step} ({LATEST}): "
+                                 f"{write_failure_advice(run.log.failed or run.events.failed, args.out_dir)}, "
+                                 f"then --resume 1", 1)
             log(f"STOP: {stop.requested or 'signal on another rank'} received; saved step {step}. "
                 f"Continue with the same command and --resume 1.")
             run.events("stop", step=step, signal=stop.requested)
             return step, True
     return step, False
+
+
+def write_failure(run: Run) -> Optional[str]:
+    """Why train.log or metrics.jsonl could not be written (rank 0), or None: the loop stops at once."""
+    err = run.log.failed or run.events.failed
+    if err is None:
+        return None
+    return f"could not write {err.filename} ({err.strerror or err}); the run stopped at that step"
 
 
 # ================================================================================================ main
@@ -749,6 +772,8 @@ def main(argv=None) -> int:
     log = Logger(start.folder.log_path, env.rank == 0, args.max_steps, start_step)
     events = MetricsWriter(os.path.join(args.out_dir, METRICS_FILE) if env.rank == 0 else None,
                            tensorboard_writer(args) if env.rank == 0 else None)
+    if events.note:
+        log(events.note)
     saves: Optional[Checkpoints] = None
     try:
         # ---- build the run (and resume: the model, optimizer and RNG come from the checkpoint)
@@ -771,6 +796,8 @@ def main(argv=None) -> int:
         clock.lap("final_write")
         if not stopped:
             finish(run, clock)
+        if write_failure(run):
+            raise RunStopped(f"{write_failure(run)}: the run finished, but its log lacks the end", 1)
         rounded = lambda v: round(v, 3) if isinstance(v, float) else v  # noqa: E731
         wall = {k: {p: rounded(x) for p, x in v.items()} if isinstance(v, dict) else rounded(v)
                 for k, v in clock.summary(last - start_step, bool(args.async_save)).items()}

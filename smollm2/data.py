@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
@@ -220,10 +221,16 @@ def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction:
     # Raw input keeps train.py's meaning of --val_fraction: that fraction of the tokens, no cap.
     settings = PrepareSettings(val_fraction=val_fraction, val_tokens=1 << 62)
     folder = os.path.join(cache_dir, f"data-{job_key(sources, tokenizer.fingerprint(), settings)}")
-    if not is_prepared(folder):
-        small = sum(s["bytes"] for s in sources) < 8 << 20  # a pool costs more than it saves on a small corpus
-        prepare([input_file], folder, tokenizer, settings, workers=0 if small else workers, log=log,
-                progress_bar=not small, sources=sources)
+    small = sum(s["bytes"] for s in sources) < 8 << 20  # a pool costs more than it saves on a small corpus
+    if is_prepared(folder):
+        try:
+            return open_prepared(folder, tokenizer, verified)
+        except DataError as e:
+            # The run's own cache, keyed on content: rebuilt from the corpus, never a refusal on every run.
+            log(f"the token cache {folder} is damaged ({e}); rebuilding it from {input_file}")
+            shutil.rmtree(folder)
+    prepare([input_file], folder, tokenizer, settings, workers=0 if small else workers, log=log,
+            progress_bar=not small, sources=sources)
     return open_prepared(folder, tokenizer, verified)
 
 
