@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from smollm2.io import atomic_open, atomic_write_text, file_sha256
-from smollm2.shards import DataError, ShardInfo, is_prepared, load_manifest, read_header, read_ids
+from smollm2.shards import DataError, FolderLock, ShardInfo, is_prepared, load_manifest, read_header, read_ids
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DEFAULT_INPUT = "input.txt"
@@ -135,6 +135,7 @@ class TokenDataset:
     val: TokenStream
     fingerprint: str  # what a checkpoint records: the same fingerprint means the same ids
     description: str  # one line for the log
+    lock: Optional[FolderLock] = None  # a prepared folder's reader lock, held as long as the dataset is read
 
     @classmethod
     def from_array(cls, ids: np.ndarray, val_fraction: float = 0.0) -> "TokenDataset":
@@ -150,9 +151,21 @@ class TokenDataset:
 def open_prepared(path: str, tokenizer=None, verified_file: Optional[str] = None) -> TokenDataset:
     """A folder written by prepare_data.py, checked: manifest checksum, tokenizer, every shard's header
     and size, and each shard's sha256 (skipped for shards recorded in `verified_file` with the same
-    size and mtime, so a restart does not rehash a large corpus)."""
-    manifest = load_manifest(path)
+    sha256 in the manifest, size, inode and ctime, so a restart does not rehash a large corpus; any write
+    to a shard, an mtime set back included, changes its ctime and brings the rehash back). The folder's
+    reader lock is held as long as the dataset lives."""
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    lock = FolderLock(folder, exclusive=False)  # held while the process lives: no preparation rewrites it
+    try:
+        dataset = _open_checked(folder, load_manifest(path), tokenizer, verified_file)
+    except BaseException:
+        lock.close()
+        raise
+    dataset.lock = lock
+    return dataset
+
+
+def _open_checked(folder: str, manifest: dict, tokenizer, verified_file: Optional[str]) -> TokenDataset:
     if tokenizer is not None and tokenizer.fingerprint() != manifest["tokenizer"]["fingerprint"]:
         raise DataError(f"{folder} was prepared with tokenizer {manifest['tokenizer']['source']} "
                         f"(fingerprint {manifest['tokenizer']['fingerprint']}), but --tokenizer_id gives "
@@ -167,7 +180,9 @@ def open_prepared(path: str, tokenizer=None, verified_file: Optional[str] = None
             if info.n_tokens != entry["tokens"] or info.n_docs != entry["documents"]:
                 raise DataError(f"shard {shard} does not match the manifest; prepare the dataset again")
             st = os.stat(shard)
-            stamp = [entry["sha256"], st.st_size, st.st_mtime_ns]
+            # ctime, not mtime: a write changes it and no call sets it back (os.utime restores an mtime);
+            # a copied or replaced file has another inode.
+            stamp = [entry["sha256"], st.st_size, st.st_ino, st.st_ctime_ns]
             if verified.get(shard) != stamp:
                 if file_sha256(shard) != entry["sha256"]:
                     raise DataError(f"shard {shard} does not match its sha256 in the manifest (changed or damaged); "

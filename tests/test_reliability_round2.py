@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, run_train
+from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, run_train
 
 from smollm2.checkpoint import load_checkpoint
 
@@ -108,3 +108,109 @@ def test_a_failed_write_is_advised_by_what_the_error_is(errno_name, words):
     assert words in advice
     if errno_name in ("EACCES", "EROFS"):
         assert "disk space" not in advice
+
+
+# ----------------------------------------------------------------------------- preparation: one writer, whole shards
+def prepare_cmd(out_dir, *extra):
+    return [sys.executable, str(REPO_ROOT / "prepare_data.py"), str(CORPUS), "--out_dir", str(out_dir),
+            "--tokenizer_id", str(TOKENIZER_JSON), "--workers", "0", "--quiet", "--shard_tokens", "100000",
+            *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """input.txt prepared into two train shards (seed 1); tests work on copies."""
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    subprocess.run(prepare_cmd(out, "--seed", 1), check=True, capture_output=True, timeout=300)
+    return out
+
+
+@pytest.fixture
+def data_copy(prepared, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(prepared, dst)
+    return dst
+
+
+def shard_bytes(folder):
+    """The shards and the manifest (the seed picks held-out documents; input.txt is one, so it changes only this)."""
+    return {p.name: p.read_bytes() for p in sorted([*Path(folder).glob("*.bin"), Path(folder) / "manifest.json"])}
+
+
+def test_a_folder_a_run_reads_is_not_prepared_again_under_it(data_copy):
+    from smollm2.data import open_prepared
+    from smollm2.tokenizer import load_tokenizer
+    before = shard_bytes(data_copy)
+    dataset = open_prepared(str(data_copy), load_tokenizer(str(TOKENIZER_JSON), log=lambda m: None))
+    try:
+        r = subprocess.run(prepare_cmd(data_copy, "--seed", 2, "--overwrite", 1), capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 2
+        assert "being read by a training run" in one_line_error(r.stderr)
+        assert shard_bytes(data_copy) == before
+        r = subprocess.run(prepare_cmd(data_copy, "--seed", 1), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "up to date" in r.stdout  # the same job: nothing to rewrite
+    finally:
+        dataset.lock.close()
+    r = subprocess.run(prepare_cmd(data_copy, "--seed", 2, "--overwrite", 1), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and shard_bytes(data_copy) != before  # once the run is gone
+
+
+def test_two_preparations_never_share_a_folder(data_copy):
+    from smollm2.shards import FolderLock
+    before = shard_bytes(data_copy)
+    writer = FolderLock(str(data_copy), exclusive=True)  # as a preparation running now holds it
+    try:
+        r = subprocess.run(prepare_cmd(data_copy, "--seed", 2, "--overwrite", 1), capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 2
+        line = one_line_error(r.stderr)
+        assert "being prepared by another process" in line and f"pid {os.getpid()}" in line
+        assert shard_bytes(data_copy) == before
+        r = run_train(data_copy.parent / "run", "--max_steps", 1, "--input_file", data_copy, check=False)
+        assert r.returncode == 2 and "being prepared" in one_line_error(r.stderr)  # a run does not read it half-made
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "flipped"])
+def test_a_missing_or_damaged_shard_is_rebuilt_by_the_same_command(data_copy, damage):
+    before = shard_bytes(data_copy)
+    shard = data_copy / "train_00001.bin"
+    if damage == "deleted":
+        shard.unlink()
+    else:
+        st, data = shard.stat(), bytearray(shard.read_bytes())
+        data[5000] ^= 0xFF
+        shard.write_bytes(bytes(data))
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as they were
+    r = subprocess.run(prepare_cmd(data_copy, "--seed", 1), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "rebuilding" in r.stdout and "up to date" not in r.stdout
+    assert shard_bytes(data_copy) == before
+
+
+def test_a_shard_changed_with_its_mtime_restored_is_caught_by_the_next_run(data_copy, tmp_path):
+    from smollm2.data import open_prepared
+    from smollm2.shards import DataError
+    from smollm2.tokenizer import load_tokenizer
+    tok, verified = load_tokenizer(str(TOKENIZER_JSON), log=lambda m: None), str(tmp_path / "verified.json")
+    open_prepared(str(data_copy), tok, verified).lock.close()  # a first run: every shard hashed and recorded
+    shard = data_copy / "train_00001.bin"
+    st, data = shard.stat(), bytearray(shard.read_bytes())
+    data[7000] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(DataError, match="does not match its sha256"):
+        open_prepared(str(data_copy), tok, verified)
+
+
+def test_a_users_own_manifest_is_never_called_a_dataset_nor_deleted(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"name": "my project", "files": []}\n')
+    r = subprocess.run(prepare_cmd(tmp_path, "--overwrite", 1), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    line = one_line_error(r.stderr)
+    assert "did not write" in line and "other inputs" not in line
+    assert (tmp_path / "manifest.json").read_text() == '{"name": "my project", "files": []}\n'
+
