@@ -232,7 +232,8 @@ def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction:
         return open_prepared(input_file, tokenizer, verified)
     if not os.path.exists(input_file) and allow_download and os.path.basename(input_file) == DEFAULT_INPUT:
         download_tiny_shakespeare(input_file)
-    sources = describe_sources(expand_inputs([input_file]), log)
+    # The run's own folder (its metrics.jsonl, its cache) is never read as input, even inside the input folder.
+    sources = describe_sources(expand_inputs([input_file], log, exclude=(os.path.dirname(cache_dir),)), log)
     # Raw input keeps train.py's meaning of --val_fraction: that fraction of the tokens, no cap.
     settings = PrepareSettings(val_fraction=val_fraction, val_tokens=1 << 62)
     folder = os.path.join(cache_dir, f"data-{job_key(sources, tokenizer.fingerprint(), settings)}")

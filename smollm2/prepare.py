@@ -351,7 +351,7 @@ def prepare(inputs: list[str], out_dir: str, tokenizer, settings: PrepareSetting
     (hashing a large corpus twice costs seconds). `encoder`: which library turns text into ids
     (pick_encoder); the ids are the same, so it is not part of the job."""
     settings.check()
-    sources = sources or describe_sources(expand_inputs(inputs), log)
+    sources = sources or describe_sources(expand_inputs(inputs, log), log)
     tok_fp = tokenizer.fingerprint()
     key = job_key(sources, tok_fp, settings)
     os.makedirs(out_dir, exist_ok=True)

@@ -214,3 +214,33 @@ def test_a_users_own_manifest_is_never_called_a_dataset_nor_deleted(tmp_path):
     assert "did not write" in line and "other inputs" not in line
     assert (tmp_path / "manifest.json").read_text() == '{"name": "my project", "files": []}\n'
 
+
+# ----------------------------------------------------------------------------- what a directory input reads
+def test_a_folder_that_links_to_itself_is_walked_once(tmp_path):
+    from smollm2.sources import expand_inputs
+    (tmp_path / "a.txt").write_text("one document")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("another")
+    os.symlink(".", tmp_path / "self")
+    os.symlink("a.txt", tmp_path / "alias.txt")  # the same file by another name: once
+    assert expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.txt"), str(tmp_path / "sub" / "b.txt")]
+
+
+def test_a_directory_input_lists_what_it_skipped(tmp_path):
+    from smollm2.sources import expand_inputs
+    (tmp_path / "doc.txt").write_text("read")
+    for name in ("notes.json", "table.csv", "old.txt.gz"):
+        (tmp_path / name).write_text("not read")
+    said = []
+    assert expand_inputs([str(tmp_path)], said.append) == [str(tmp_path / "doc.txt")]
+    assert len(said) == 1 and "skipped 3 file(s)" in said[0]
+    assert all(name in said[0] for name in ("notes.json", "table.csv", "old.txt.gz"))
+
+
+def test_a_run_folder_inside_its_input_folder_is_not_read_as_input(tmp_path, corpus_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(corpus_path, corpus / "input.txt")
+    run_train(corpus / "run", "--max_steps", 1, *QUICK, "--input_file", corpus)  # writes run/metrics.jsonl
+    r = run_train(corpus / "run", "--max_steps", 2, *QUICK, "--input_file", corpus, "--resume", 1)
+    assert "RESUME: starting from global_step=1" in r.stdout  # same data: the run's files are not inputs
