@@ -244,3 +244,112 @@ def test_a_run_folder_inside_its_input_folder_is_not_read_as_input(tmp_path, cor
     run_train(corpus / "run", "--max_steps", 1, *QUICK, "--input_file", corpus)  # writes run/metrics.jsonl
     r = run_train(corpus / "run", "--max_steps", 2, *QUICK, "--input_file", corpus, "--resume", 1)
     assert "RESUME: starting from global_step=1" in r.stdout  # same data: the run's files are not inputs
+
+
+# ----------------------------------------------------------------------------- exports, the app
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+    from smollm2.checkpoint import save_checkpoint
+    from smollm2_config import get_config
+    from smollm2_model import SmolLM2ForCausalLM
+
+    torch.manual_seed(3)
+    cfg = get_config("tiny")
+    folder = tmp_path_factory.mktemp("ckpt")
+    path = folder / "checkpoint_latest.pt"
+    corpus = str(folder / "private" / "corpus.txt")
+    save_checkpoint(str(path), dict(global_step=1, model=SmolLM2ForCausalLM(cfg).state_dict(),
+                                    model_config=cfg.to_dict(), args={"model": "tiny", "input_file": corpus},
+                                    metrics={"data": f"{folder}/run/cache/data-0123: 1,000 tokens", "device": "cpu"}))
+    return path
+
+
+def export(ckpt, out_dir, capsys, *extra):
+    import export_hf
+    code = export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out_dir), "--tokenizer_id", str(TOKENIZER_JSON),
+                           *extra])
+    return code, capsys.readouterr().err
+
+
+def test_export_refuses_a_folder_that_is_not_an_earlier_export(tmp_path, tiny_checkpoint, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    own = {"README.md": "my project", "config.json": '{"mine": true}', "notes.txt": "notes"}
+    for name, text in own.items():
+        (mine / name).write_text(text)
+    code, err = export(tiny_checkpoint, mine, capsys)
+    assert code == 2 and "not an earlier export" in err and "README.md, config.json, notes.txt" in err
+    assert {p.name: p.read_text() for p in mine.iterdir()} == own
+    code, err = export(tiny_checkpoint, mine, capsys, "--overwrite")
+    assert code == 0 and (mine / "notes.txt").read_text() == "notes" and (mine / "model.safetensors").exists()
+    code, err = export(tiny_checkpoint, mine, capsys)  # now an earlier export: replaced without asking
+    assert code == 0
+
+
+KILLED_SWAP = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+import export_hf
+real_replace, real_swap, calls = os.replace, export_hf.swap_in, []
+def replace(a, b):
+    calls.append(a)
+    if len(calls) == 2:  # SIGKILL between two renames of the swap
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(a, b)
+def swap(*a):
+    os.replace = replace
+    real_swap(*a)
+export_hf.swap_in = swap
+export_hf.main({args!r})
+"""
+
+
+def test_a_kill_during_the_export_swap_never_strands_the_users_files(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "hf"
+    assert export(tiny_checkpoint, out, capsys)[0] == 0
+    (out / "NOTES.md").write_text("the user's own file")
+    (out / ".git").mkdir()
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    args = ["--checkpoint", str(tiny_checkpoint), "--out_dir", str(out), "--tokenizer_id", str(TOKENIZER_JSON)]
+    r = subprocess.run([sys.executable, "-c", KILLED_SWAP.format(repo=str(REPO_ROOT), args=args)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9
+    assert (out / "NOTES.md").read_text() == "the user's own file" and (out / ".git" / "HEAD").exists()
+    assert export(tiny_checkpoint, out, capsys)[0] == 0  # deletes the killed export's temporary
+    assert (out / "NOTES.md").read_text() == "the user's own file" and (out / ".git" / "HEAD").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+
+
+def test_every_exported_file_is_readable_by_all(tmp_path, tiny_checkpoint, capsys):
+    old = os.umask(0o022)
+    try:
+        assert export(tiny_checkpoint, tmp_path / "hf", capsys)[0] == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_the_card_summary_and_panel_publish_no_local_path(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "hf"
+    assert export(tiny_checkpoint, out, capsys)[0] == 0
+    private = [str(tiny_checkpoint.parent), str(TOKENIZER_JSON.parent), str(tmp_path)]
+    for name in ("README.md", "training_summary.json"):
+        text = (out / name).read_text()
+        assert not [p for p in private if p in text], (name, text)
+    facts = json.loads((out / "training_summary.json").read_text())
+    assert facts["source"] == "checkpoint_latest.pt" and facts["tokenizer"] == "tokenizer.json"
+    assert facts["data"]["input_file"] == "corpus.txt" and facts["data"]["description"].startswith("data-0123:")
+
+    import app
+    import torch
+    from smollm2.checkpoint import load_checkpoint
+    from smollm2.hub import training_facts
+    from smollm2_config import get_config
+    from smollm2_model import SmolLM2ForCausalLM
+    model = SmolLM2ForCausalLM(get_config("tiny"))
+    facts = training_facts(load_checkpoint(str(tiny_checkpoint)), model, str(TOKENIZER_JSON), str(tiny_checkpoint))
+    shown = app.panel(app.Loaded("x", model, None, facts, torch.device("cpu")))
+    assert not [p for p in private if p in shown], shown
+
