@@ -158,6 +158,21 @@ def build(models: Models, max_tokens: int, concurrency: int):
     return demo
 
 
+def model_labels(paths: list[str]) -> list[str]:
+    """One label per path, all different: the file or folder name, with as many parent folders as it takes to
+    tell apart paths that share it (a/checkpoint_latest.pt and b/checkpoint_latest.pt -> a/..., b/...).
+    The paths are different files (main() names each once)."""
+    parts = [os.path.normpath(os.path.abspath(p)).split(os.sep) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = [i for i, lab in enumerate(labels) if labels.count(lab) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            return labels
+        for i in clash:
+            depth[i] += 1
+
+
 def main(argv=None) -> int:
     parser = OneLineParser(description="Serve SmolLM2 models in a browser (Gradio).")
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
@@ -181,13 +196,17 @@ def main(argv=None) -> int:
     if not 0 < args.port < 65536:
         parser.error(f"--port must be in 1..65535, got {args.port}")
     paths = args.model or ([] if args.pretrained else [os.path.join(HERE, "model")])
-    sources: dict[str, tuple[Optional[str], Optional[str]]] = {}
+    by_path: dict[str, str] = {}
+    for path in paths:  # a file named twice is one model, offered once
+        by_path.setdefault(os.path.abspath(path), path)
+    paths = list(by_path.values())
     for path in paths:
         if not os.path.exists(path):
             parser.error(f"--model {path} does not exist" if args.model else
                          f"no --model given and {path} does not exist")
-        kind = "export folder" if os.path.isdir(path) else "checkpoint"
-        sources[f"{os.path.basename(os.path.normpath(path))} ({kind})"] = (path, None)
+    sources: dict[str, tuple[Optional[str], Optional[str]]] = {
+        f"{label} ({'export folder' if os.path.isdir(path) else 'checkpoint'})": (path, None)
+        for path, label in zip(paths, model_labels(paths))}
     if args.pretrained:
         sources[PRETRAINED_LABEL] = (None, "")
     try:

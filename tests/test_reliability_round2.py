@@ -353,3 +353,27 @@ def test_the_card_summary_and_panel_publish_no_local_path(tmp_path, tiny_checkpo
     shown = app.panel(app.Loaded("x", model, None, facts, torch.device("cpu")))
     assert not [p for p in private if p in shown], shown
 
+
+def test_the_app_offers_every_model_under_its_own_label(tmp_path, tiny_checkpoint, monkeypatch):
+    import app
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        shutil.copy(tiny_checkpoint, tmp_path / run / "checkpoint_latest.pt")
+    offered = {}
+
+    class Demo:
+        def queue(self, **kw):
+            pass
+
+        def launch(self, **kw):
+            pass
+
+    def build(models, *a):
+        offered.update(models.sources)
+        return Demo()
+    monkeypatch.setattr(app, "build", build)
+    monkeypatch.setattr(app.Models, "get", lambda self, label: None)
+    paths = [str(tmp_path / "a" / "checkpoint_latest.pt"), str(tmp_path / "b" / "checkpoint_latest.pt")]
+    assert app.main(["--model", paths[0], "--model", paths[1], "--model", paths[0], "--device", "cpu"]) == 0
+    assert offered == {"a/checkpoint_latest.pt (checkpoint)": (paths[0], None),
+                       "b/checkpoint_latest.pt (checkpoint)": (paths[1], None)}
