@@ -419,7 +419,7 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
             given = settings(vars(args), world, config.architecture_dict())
             notes = check_resume(saved, given, bool(args.allow_config_change), path)
             start = Start(folder, ckpt.get("run_id") or folder.run_id() or new_run_id(), path, ckpt, notes)
-        if rank == 0 and folder.run_id() != start.run_id:
+        if rank == 0 and (folder.run_id() != start.run_id or not os.path.exists(os.path.join(args.out_dir, RUN_FILE))):
             folder.write_run_id(start.run_id)
         return start
     except BaseException:

@@ -377,3 +377,31 @@ def test_the_app_offers_every_model_under_its_own_label(tmp_path, tiny_checkpoin
     assert app.main(["--model", paths[0], "--model", paths[1], "--model", paths[0], "--device", "cpu"]) == 0
     assert offered == {"a/checkpoint_latest.pt (checkpoint)": (paths[0], None),
                        "b/checkpoint_latest.pt (checkpoint)": (paths[1], None)}
+
+
+# ----------------------------------------------------------------------------- resume
+def test_without_run_json_a_resume_still_never_adopts_another_runs_step_file(run_copy):
+    from smollm2.checkpoint import save_checkpoint
+    ckpts = run_copy / "checkpoints"
+    own_id = json.loads((run_copy / "run.json").read_text())["run_id"]
+    foreign = load_checkpoint(str(ckpts / "checkpoint_step_2.pt"))
+    foreign.update(global_step=5, run_id="0123456789abcdef")
+    save_checkpoint(str(ckpts / "checkpoint_step_5.pt"), foreign)
+    (ckpts / "checkpoint_latest.pt").unlink()  # a hard link to step 2: unlink before writing garbage
+    (ckpts / "checkpoint_latest.pt").write_bytes(b"not a checkpoint" * 100)
+    (run_copy / "run.json").unlink()
+    r = run_train(run_copy, "--max_steps", 3, *QUICK, "--resume", 1)
+    assert "RESUME: starting from global_step=2" in r.stdout and "written by another run" in r.stderr
+    assert json.loads((run_copy / "run.json").read_text())["run_id"] == own_id
+
+
+def test_random_bytes_are_called_not_a_checkpoint_without_torchs_advice(run_copy):
+    ckpts = run_copy / "checkpoints"
+    for p in ckpts.iterdir():
+        p.unlink()
+        p.write_bytes(os.urandom(4096))
+    r = run_train(run_copy, "--max_steps", 3, *QUICK, "--resume", 1, check=False)
+    assert r.returncode == 2
+    line = one_line_error(r.stderr.split("\n")[-2] + "\n")  # the error line, after the fallback warnings
+    assert "is not a checkpoint" in line and "weights_only" not in line and "arbitrary code" not in line
+    assert "weights_only" not in r.stderr
