@@ -86,6 +86,15 @@ def panel(loaded: Loaded) -> str:
     return "| loaded | " + loaded.label + " |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
+def seeded_generator(seed, device: torch.device) -> torch.Generator:
+    """The sampling generator of a request; a seed torch cannot take is the user's error, not a traceback."""
+    from smollm2.inference import SEED_MAX
+    value = int(seed or 0)
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"The seed must be in 0 .. 2^64 - 1, got {value}.")
+    return torch.Generator(device=device).manual_seed(value)
+
+
 def one_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
@@ -118,7 +127,11 @@ def build(models: Models, max_tokens: int, concurrency: int):
             return
         n_max = max(1, min(int(max_new), max_tokens, room))
         note = f" (max new tokens clamped to {n_max})" if n_max < int(max_new) else ""
-        generator = torch.Generator(device=loaded.device).manual_seed(int(seed or 0))
+        try:
+            generator = seeded_generator(seed, loaded.device)
+        except ValueError as e:
+            yield "", f"**{e}**"
+            return
         text, t0, n = prompt, time.perf_counter(), 0
         yield text, "generating" + note
         for n, piece in stream_text(loaded.model, loaded.tok, ids, n_max, 0.0 if greedy else float(temperature),
@@ -158,6 +171,24 @@ def build(models: Models, max_tokens: int, concurrency: int):
     return demo
 
 
+def port_in_use(host: str, port: int) -> Optional[str]:
+    """Why (host, port) cannot be listened on, or None. Asked before anything is printed: Gradio would
+    otherwise fail with a traceback after this app had already announced its URL."""
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        return f"{host} does not resolve: {e.strerror or e}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a port in TIME_WAIT is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
 def model_labels(paths: list[str]) -> list[str]:
     """One label per path, all different: the file or folder name, with as many parent folders as it takes to
     tell apart paths that share it (a/checkpoint_latest.pt and b/checkpoint_latest.pt -> a/..., b/...).
@@ -195,6 +226,10 @@ def main(argv=None) -> int:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.port < 65536:
         parser.error(f"--port must be in 1..65535, got {args.port}")
+    busy = port_in_use(args.host, args.port)
+    if busy:
+        parser.error(f"--port {args.port} on {args.host} is taken ({busy}); stop the server holding it or pass "
+                     f"another --port")
     paths = args.model or ([] if args.pretrained else [os.path.join(HERE, "model")])
     by_path: dict[str, str] = {}
     for path in paths:  # a file named twice is one model, offered once

@@ -41,7 +41,7 @@ from smollm2_config import PRESETS, get_config
 from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
 from smollm2_model import DecodeGraph, SmolLM2ForCausalLM
 from smollm2.run import check_resume, settings
-from smollm2.run import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
+from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, RunFolder, new_run_id
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
 from smollm2.io import LineFile, write_failure_advice
@@ -840,10 +840,32 @@ def tensorboard_writer(args):
     return SummaryWriter(os.path.join(args.out_dir, "tensorboard"))
 
 
+def aborted(argv=None) -> str:
+    """The one line after an interrupt that did not wait for a save: before the loop (the corpus being
+    prepared: its finished shards are kept) or a second Ctrl-C. Names the last complete checkpoint: the step
+    file that checkpoint_latest.pt is a hard link of."""
+    try:
+        ckpt_dir = os.path.join(parse_args(argv).out_dir, CKPT_DIR)
+        latest = os.stat(os.path.join(ckpt_dir, LATEST))
+    except (OSError, SystemExit):
+        return "aborted; no checkpoint saved in this folder yet: run the same command again"
+    same = [n for n in sorted(os.listdir(ckpt_dir)) if n.startswith("checkpoint_step_")
+            and os.stat(os.path.join(ckpt_dir, n)).st_ino == latest.st_ino]
+    return (f"aborted; the last complete checkpoint is {os.path.join(ckpt_dir, same[0] if same else LATEST)}: "
+            f"continue with the same command and --resume 1")
+
+
+def interrupt_on(signum, frame):
+    """SIGTERM and SIGHUP before the loop's own handlers (StopFlag) are set: stop like Ctrl-C, with one line."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def cli(fast_exit: bool = False) -> None:
     """train.py's command line: main()'s status, or a one-line error with 2 (bad input) or the stop's own
     status. As the script (fast_exit) it leaves through exit_without_teardown; called in a process that goes
     on (tests), it raises SystemExit."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt_on)
     try:
         code = main()
     except (UsageError, DataError, TokenizerNotFound, CheckpointError) as e:
@@ -852,6 +874,10 @@ def cli(fast_exit: bool = False) -> None:
     except RunStopped as e:
         print(f"error: {e}", file=sys.stderr)
         code = e.code
+    except KeyboardInterrupt as e:
+        name = str(e) if str(e) in ("SIGTERM", "SIGHUP") else "SIGINT"
+        print(f"error: {name} received: {aborted()}", file=sys.stderr)
+        code = 128 + signal.Signals[name].value
     if fast_exit:
         exit_without_teardown(code)
     sys.exit(code)

@@ -405,3 +405,93 @@ def test_random_bytes_are_called_not_a_checkpoint_without_torchs_advice(run_copy
     line = one_line_error(r.stderr.split("\n")[-2] + "\n")  # the error line, after the fallback warnings
     assert "is not a checkpoint" in line and "weights_only" not in line and "arbitrary code" not in line
     assert "weights_only" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- one line, not a traceback
+def test_a_tokenizer_that_is_a_fifo_is_refused_instead_of_hanging(tmp_path):
+    fifo = tmp_path / "tokenizer.fifo"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *TINY_TRAIN_ARGS, "--out_dir", str(tmp_path / "out"),
+                        "--max_steps", "1", "--tokenizer_id", str(fifo)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not a regular file" in one_line_error(r.stderr)
+
+
+def test_a_seed_beyond_64_bits_is_one_line(tmp_path, tiny_checkpoint):
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "generate.py"), "--checkpoint", str(tiny_checkpoint),
+                        "--tokenizer_id", str(TOKENIZER_JSON), "--seed", str(2**64), "--max_new_tokens", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--seed" in r.stderr and "Traceback" not in r.stderr
+    import app
+    import torch
+    with pytest.raises(ValueError, match="2\\^64 - 1"):
+        app.seeded_generator(2**64, torch.device("cpu"))
+    assert app.seeded_generator(2**64 - 1, torch.device("cpu")).initial_seed() == 2**64 - 1
+
+
+def test_the_app_on_a_taken_port_is_one_line_and_announces_nothing(tmp_path, tiny_checkpoint):
+    import socket
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        r = subprocess.run([sys.executable, str(REPO_ROOT / "app.py"), "--model", str(tiny_checkpoint), "--device", "cpu",
+                            "--port", str(port)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"--port {port}" in r.stderr and "taken" in r.stderr and "serving on" not in r.stdout
+
+
+def test_a_corrupt_compile_cache_is_one_line_saying_so(tmp_path, capfd):
+    from smollm2.parallel import load_artifacts
+    bad = tmp_path / "compile_artifacts.bin"
+    bad.write_bytes(b"not a cache" * 50)
+    said = []
+    load_artifacts(str(bad), said.append)
+    assert len(said) == 1 and "ignored" in said[0] and "corrupt" in said[0] and "loaded 0" not in said[0]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_sigterm_while_train_py_prepares_its_corpus_is_one_line(tmp_path, corpus_path):
+    import signal
+    import time
+    corpus = tmp_path / "big.txt"
+    corpus.write_text(corpus_path.read_text() * 6)  # ~7 MB: seconds of tokenizing, in this process
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *TINY_TRAIN_ARGS, "--out_dir", str(out),
+                          "--max_steps", "1", "--input_file", str(corpus)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "cache").glob("data-*")) and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM
+    line = one_line_error(err)
+    assert "SIGTERM" in line and "no checkpoint saved" in line
+    assert not list(out.rglob("*.tmp.*"))
+
+
+SECOND_CTRL_C = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+sys.argv = {argv!r}
+import train
+real = train.save_checkpoint
+def save(path, state):
+    if state["global_step"] == 2:  # Ctrl-C, then Ctrl-C again while this save runs
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    real(path, state)
+train.save_checkpoint = save
+train.cli(fast_exit=True)
+"""
+
+
+def test_a_second_ctrl_c_during_a_save_is_one_line_naming_the_last_checkpoint(tmp_path):
+    argv = ["train.py", *TINY_TRAIN_ARGS, "--out_dir", str(tmp_path), "--max_steps", "4", "--log_every", "1",
+            "--save_every", "1", "--async_save", "0"]
+    r = subprocess.run([sys.executable, "-c", SECOND_CTRL_C.format(repo=str(REPO_ROOT), argv=argv)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130
+    line = one_line_error(r.stderr)
+    assert "aborted; the last complete checkpoint is" in line and "checkpoint_step_1.pt" in line
+    assert load_checkpoint(str(tmp_path / "checkpoints" / "checkpoint_latest.pt"))["global_step"] == 1
