@@ -27,6 +27,7 @@ import sys
 from typing import Optional
 
 import torch
+from safetensors import SafetensorError
 
 from smollm2.checkpoint import CheckpointError, checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2.hub import FACTS_FILE, PushError, model_card, push_folder, training_facts, write_space
@@ -92,7 +93,11 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
     remove_stale_temporaries(parent, prefix=f".{base}.")
     staging = tmp_name(os.path.join(parent, f".{base}.new"))
     try:
-        write_folder(staging, model, tok, dtype)
+        try:
+            write_folder(staging, model, tok, dtype)
+        except SafetensorError as e:  # safetensors reports a full disk as its own error, not an OSError
+            raise ExportError(f"could not write the weights into {staging} ({str(e).strip()[:160]}); free disk "
+                              f"space (or raise the file-size limit); {out_dir} is as it was") from e
         facts = training_facts(ckpt, model, tok.source, checkpoint)
         with open(os.path.join(staging, FACTS_FILE), "w", encoding="utf-8") as f:
             json.dump(facts, f, indent=2, sort_keys=True)

@@ -150,7 +150,10 @@ class ShardWriter:
                 "sha256": file_sha256(self.path)}
 
     def abandon(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:  # the flush of what failed to write (a full disk) fails again: the file goes anyway
+            pass
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
 

@@ -495,3 +495,48 @@ def test_a_second_ctrl_c_during_a_save_is_one_line_naming_the_last_checkpoint(tm
     line = one_line_error(r.stderr)
     assert "aborted; the last complete checkpoint is" in line and "checkpoint_step_1.pt" in line
     assert load_checkpoint(str(tmp_path / "checkpoints" / "checkpoint_latest.pt"))["global_step"] == 1
+
+
+def test_prepare_data_on_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path):
+    limit = 200_000  # input.txt's shard is about 680 kB
+    r = subprocess.run(prepare_cmd(tmp_path / "data"), capture_output=True, text=True, timeout=300,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert r.returncode == 1
+    line = one_line_error(r.stderr)
+    assert "File too large" in line and "run the same command again" in line
+    assert not list((tmp_path / "data").glob("*.tmp.*"))
+    r = subprocess.run(prepare_cmd(tmp_path / "data"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and (tmp_path / "data" / "manifest.json").exists()
+
+
+EXPORT_UNDER_LIMIT = """
+import resource, sys
+sys.path.insert(0, {repo!r})
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # below the weights' size: safetensors fails
+import export_hf
+sys.exit(export_hf.main({args!r}))
+"""
+
+
+def test_export_hitting_a_full_disk_inside_safetensors_is_one_line(tmp_path, tiny_checkpoint):
+    args = ["--checkpoint", str(tiny_checkpoint), "--out_dir", str(tmp_path / "hf"), "--tokenizer_id", str(TOKENIZER_JSON)]
+    r = subprocess.run([sys.executable, "-c", EXPORT_UNDER_LIMIT.format(repo=str(REPO_ROOT), args=args)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "could not write the weights" in lines[0] and "File too large" in lines[0]
+    assert os.listdir(tmp_path) == []  # no export, no temporary
+
+
+def test_sanity_check_feeds_the_tiny_rows_no_more_than_the_tiny_positions(monkeypatch, capsys):
+    import dataclasses
+    import sanity_check
+    from smollm2_config import get_config
+    # A chosen preset with more positions than tiny's 1,024 (as smollm2-135m has), small enough for a test.
+    wide = dataclasses.replace(get_config("tiny"), max_position_embeddings=2048)
+    monkeypatch.setattr(sanity_check, "get_config", lambda name, **kw: wide if name == "smollm2-135m" else get_config(name, **kw))
+    sanity_check.main(["--seq_len", "1025", "--batch_size", "1"])
+    out = capsys.readouterr().out
+    rows = [l for l in out.splitlines() if "transformers parity, tiny preset" in l]
+    assert rows and all("PASS" in l for l in rows), out
+    assert all("1024 positions" in l for l in rows)
