@@ -29,6 +29,7 @@ from smollm2.common import OneLineParser, resolve_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRETRAINED_LABEL = "released SmolLM2 weights (not trained here)"
+MAX_UPLOAD_BYTES = 1  # no component takes a file; Gradio's /gradio_api/upload refuses anything larger (413)
 
 
 @dataclass
@@ -258,8 +259,10 @@ def main(argv=None) -> int:
     demo = build(models, args.max_tokens, args.concurrency)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency)
     print(f"app.py: {len(sources)} model(s) on {device}; serving on http://{args.host}:{args.port}", flush=True)
+    # The page takes no files, but Gradio serves an upload route anyway: cap it at nothing, so that a public
+    # Space cannot be used to fill its disk or to host files.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
-                footer_links=[])
+                footer_links=[], max_file_size=MAX_UPLOAD_BYTES)
     return 0
 
 

@@ -403,7 +403,7 @@ def test_random_bytes_are_called_not_a_checkpoint_without_torchs_advice(run_copy
     r = run_train(run_copy, "--max_steps", 3, *QUICK, "--resume", 1, check=False)
     assert r.returncode == 2
     line = one_line_error(r.stderr.split("\n")[-2] + "\n")  # the error line, after the fallback warnings
-    assert "is not a checkpoint" in line and "weights_only" not in line and "arbitrary code" not in line
+    assert "(not a checkpoint:" in line and "weights_only" not in line and "arbitrary code" not in line
     assert "weights_only" not in r.stderr
 
 
@@ -540,3 +540,38 @@ def test_sanity_check_feeds_the_tiny_rows_no_more_than_the_tiny_positions(monkey
     rows = [l for l in out.splitlines() if "transformers parity, tiny preset" in l]
     assert rows and all("PASS" in l for l in rows), out
     assert all("1024 positions" in l for l in rows)
+
+
+def test_the_app_refuses_uploads(tmp_path, tiny_checkpoint):
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "app.py"), "--model", str(tiny_checkpoint), "--device",
+                             "cpu", "--port", str(port), "--tokenizer_id", str(TOKENIZER_JSON)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None and time.time() < deadline, "app.py did not start"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        boundary = "smollm2boundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * (2 << 20) + \
+            f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/gradio_api/upload", data=body, method="POST",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60).close()
+        assert refused.value.code == 413
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
