@@ -38,7 +38,8 @@ from smollm2.parallel import ARTIFACTS, load_artifacts, save_artifacts
 from smollm2.checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
                                 prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
-from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
+from smollm2.data import (DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, expected_fingerprint,
+                          load_training_data)
 from smollm2_model import DecodeGraph, SmolLM2ForCausalLM
 from smollm2.run import check_resume, settings
 from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, RunFolder, new_run_id
@@ -418,6 +419,7 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
             saved = settings(ckpt["args"], (ckpt.get("data") or {}).get("world_size", 1), ckpt["model_config"])
             given = settings(vars(args), world, config.architecture_dict())
             notes = check_resume(saved, given, bool(args.allow_config_change), path)
+            check_data_before_preparing(args, ckpt, path)
             start = Start(folder, ckpt.get("run_id") or folder.run_id() or new_run_id(), path, ckpt, notes)
         if rank == 0 and (folder.run_id() != start.run_id or not os.path.exists(os.path.join(args.out_dir, RUN_FILE))):
             folder.write_run_id(start.run_id)
@@ -425,6 +427,26 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
     except BaseException:
         folder.close()
         raise
+
+
+def check_data_before_preparing(args, ckpt: dict, path: str) -> None:
+    """A resume on other data is refused before the corpus is tokenized into a new cache and before train.log
+    opens: the fingerprint the data would get, from the inputs' hashes and the tokenizer alone. Accepted
+    changes (--allow_config_change 1) are logged once, by build_run's comparison."""
+    saved = (ckpt.get("data") or {}).get("fingerprint")
+    if saved is None:
+        return
+    tokenizer = load_tokenizer(args.tokenizer_id, log=lambda m: None)
+    given = expected_fingerprint(args.input_file, tokenizer, os.path.join(args.out_dir, CACHE_DIR), args.val_fraction)
+    if given is None:
+        return
+    try:
+        check_resume({"data.fingerprint": saved}, {"data.fingerprint": given}, bool(args.allow_config_change), path)
+    except UsageError as e:
+        saved_tok = (ckpt.get("args") or {}).get("tokenizer_id")
+        raise UsageError(f"{e}\n(data.fingerprint hashes the corpus' content, the tokenizer and the split; this "
+                         f"command's tokenizer is {tokenizer.source}, fingerprint {tokenizer.fingerprint()}; the "
+                         f"saved run's --tokenizer_id was {saved_tok})") from e
 
 
 def sample_text(run: "Run", step: int) -> str:

@@ -218,12 +218,34 @@ def _write_json(path: str, obj: dict) -> None:
         pass  # only costs a rehash next time
 
 
+def _raw_sources_and_key(input_file: str, tokenizer, cache_dir: str, val_fraction: float, log) -> tuple[list, str, object]:
+    """Raw input: (its sources, the cache key that is also the dataset's fingerprint, the settings)."""
+    from smollm2.prepare import PrepareSettings, describe_sources, job_key
+    from smollm2.sources import expand_inputs
+
+    # The run's own folder (its metrics.jsonl, its cache) is never read as input, even inside the input folder.
+    sources = describe_sources(expand_inputs([input_file], log, exclude=(os.path.dirname(cache_dir),)), log)
+    # Raw input keeps train.py's meaning of --val_fraction: that fraction of the tokens, no cap.
+    settings = PrepareSettings(val_fraction=val_fraction, val_tokens=1 << 62)
+    return sources, job_key(sources, tokenizer.fingerprint(), settings), settings
+
+
+def expected_fingerprint(input_file: str, tokenizer, cache_dir: str,
+                         val_fraction: float = DEFAULT_VAL_FRACTION) -> Optional[str]:
+    """The fingerprint load_training_data would give, found without preparing or writing anything (a resume
+    that will be refused must not tokenize first); None when it cannot be known yet (input.txt to download)."""
+    if is_prepared(input_file):
+        return load_manifest(input_file)["job_key"]
+    if not os.path.exists(input_file):
+        return None
+    return _raw_sources_and_key(input_file, tokenizer, cache_dir, val_fraction, lambda m: None)[1]
+
+
 def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction: float = DEFAULT_VAL_FRACTION,
                        log: Callable[[str], None] = print, allow_download: bool = True,
                        workers: Optional[int] = None) -> TokenDataset:
     """The dataset behind --input_file: a prepared folder as it is, raw files prepared into cache_dir."""
-    from smollm2.prepare import PrepareSettings, describe_sources, job_key, prepare
-    from smollm2.sources import expand_inputs
+    from smollm2.prepare import prepare
 
     verified = os.path.join(cache_dir, "verified_shards.json")
     if is_prepared(input_file):
@@ -232,11 +254,8 @@ def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction:
         return open_prepared(input_file, tokenizer, verified)
     if not os.path.exists(input_file) and allow_download and os.path.basename(input_file) == DEFAULT_INPUT:
         download_tiny_shakespeare(input_file)
-    # The run's own folder (its metrics.jsonl, its cache) is never read as input, even inside the input folder.
-    sources = describe_sources(expand_inputs([input_file], log, exclude=(os.path.dirname(cache_dir),)), log)
-    # Raw input keeps train.py's meaning of --val_fraction: that fraction of the tokens, no cap.
-    settings = PrepareSettings(val_fraction=val_fraction, val_tokens=1 << 62)
-    folder = os.path.join(cache_dir, f"data-{job_key(sources, tokenizer.fingerprint(), settings)}")
+    sources, key, settings = _raw_sources_and_key(input_file, tokenizer, cache_dir, val_fraction, log)
+    folder = os.path.join(cache_dir, f"data-{key}")
     small = sum(s["bytes"] for s in sources) < 8 << 20  # a pool costs more than it saves on a small corpus
     if is_prepared(folder):
         try:

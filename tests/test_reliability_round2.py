@@ -575,3 +575,25 @@ def test_the_app_refuses_uploads(tmp_path, tiny_checkpoint):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+# ----------------------------------------------------------------------------- wrong words
+@pytest.mark.parametrize("what", ["corpus", "tokenizer"])
+def test_a_refused_resume_prepares_nothing_and_logs_nothing(run_copy, tmp_path, what):
+    if what == "corpus":
+        other = tmp_path / "corpus.txt"
+        other.write_text(CORPUS.read_text(encoding="utf-8")[:200_000] + "\nAn edit.\n", encoding="utf-8")
+        flag = ["--input_file", other]
+    else:  # the same vocabulary, another definition: another fingerprint
+        spec = json.loads(TOKENIZER_JSON.read_text(encoding="utf-8"))
+        spec["normalizer"] = {"type": "NFC"}
+        other = tmp_path / "tokenizer.json"
+        other.write_text(json.dumps(spec), encoding="utf-8")
+        flag = ["--tokenizer_id", other]
+    caches = sorted(p.name for p in (run_copy / "cache").iterdir())
+    log, metrics = (run_copy / "train.log").read_bytes(), (run_copy / "metrics.jsonl").read_bytes()
+    r = run_train(run_copy, "--max_steps", 3, "--resume", 1, *flag, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "data.fingerprint: '" in r.stderr and f"this command's tokenizer is {TOKENIZER_JSON if what == 'corpus' else other}" in r.stderr
+    assert sorted(p.name for p in (run_copy / "cache").iterdir()) == caches  # no new token cache
+    assert (run_copy / "train.log").read_bytes() == log and (run_copy / "metrics.jsonl").read_bytes() == metrics
