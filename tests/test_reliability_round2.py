@@ -597,3 +597,35 @@ def test_a_refused_resume_prepares_nothing_and_logs_nothing(run_copy, tmp_path, 
     assert "data.fingerprint: '" in r.stderr and f"this command's tokenizer is {TOKENIZER_JSON if what == 'corpus' else other}" in r.stderr
     assert sorted(p.name for p in (run_copy / "cache").iterdir()) == caches  # no new token cache
     assert (run_copy / "train.log").read_bytes() == log and (run_copy / "metrics.jsonl").read_bytes() == metrics
+
+
+METRICS_DISK_FULL = """
+import errno, sys
+sys.path.insert(0, {repo!r})
+sys.argv = {argv!r}
+from smollm2 import io
+real, seen = io.LineFile.write_line, []
+def write_line(self, line):
+    if self.path.endswith("metrics.jsonl") and '"event": "train"' in line:
+        seen.append(line)
+        if len(seen) == 3:  # the disk fills at the third logged step, between saves
+            raise OSError(errno.ENOSPC, "No space left on device")
+    real(self, line)
+io.LineFile.write_line = write_line
+import train
+train.cli(fast_exit=True)
+"""
+
+
+def test_a_failed_metrics_write_saves_the_step_when_the_disk_allows(tmp_path):
+    argv = ["train.py", *TINY_TRAIN_ARGS, "--out_dir", str(tmp_path), "--max_steps", "20", "--log_every", "1",
+            "--save_every", "10"]
+    r = subprocess.run([sys.executable, "-c", METRICS_DISK_FULL.format(repo=str(REPO_ROOT), argv=argv)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    line = one_line_error(r.stderr)
+    assert "metrics.jsonl (No space left on device)" in line and "saved step 3" in line and "--resume 1" in line
+    assert load_checkpoint(str(tmp_path / "checkpoints" / "checkpoint_latest.pt"))["global_step"] == 3
+    assert [e["step"] for e in metrics_lines(tmp_path) if e["event"] == "train"] == [1, 2]
+    r = run_train(tmp_path, "--max_steps", 4, *QUICK, "--resume", 1)
+    assert "RESUME: starting from global_step=3" in r.stdout
