@@ -69,7 +69,7 @@ def expand_inputs(inputs: list[str], log=None, exclude: tuple[str, ...] = ()) ->
     Folders in `exclude` (a training run's own folder inside its input folder) are not walked.
     `hf:NAME[:SPLIT]` names a Hugging Face dataset (a `save_to_disk` folder, or a hub dataset already in
     the local cache or reachable)."""
-    exclude = tuple(os.path.realpath(p) for p in exclude)
+    exclude = tuple(os.path.realpath(p) for p in exclude if p)
     found: list[str] = []
     hf = [spec for spec in inputs if spec.startswith(HF_PREFIX)]
     for spec in inputs:
@@ -81,6 +81,10 @@ def expand_inputs(inputs: list[str], log=None, exclude: tuple[str, ...] = ()) ->
             if not matches:
                 raise DataError(f"no files match {spec}; check the pattern")
         elif os.path.isdir(spec):
+            real = os.path.realpath(spec)
+            if any(real == ex or real.startswith(ex + os.sep) for ex in exclude):
+                raise DataError(f"input folder {spec} is inside the training run's own folder (--out_dir); put the "
+                                f"corpus elsewhere or pick another --out_dir")
             in_dir, other = _walk(spec, exclude)
             if other and log is not None:
                 shown = ", ".join(os.path.relpath(p, spec) for p in other[:5])

@@ -629,3 +629,12 @@ def test_a_failed_metrics_write_saves_the_step_when_the_disk_allows(tmp_path):
     assert [e["step"] for e in metrics_lines(tmp_path) if e["event"] == "train"] == [1, 2]
     r = run_train(tmp_path, "--max_steps", 4, *QUICK, "--resume", 1)
     assert "RESUME: starting from global_step=3" in r.stdout
+
+
+def test_an_input_folder_inside_the_run_folder_is_refused_in_those_words(tmp_path, corpus_path):
+    out = tmp_path / "run"
+    (out / "corpus").mkdir(parents=True)
+    shutil.copy(corpus_path, out / "corpus" / "input.txt")
+    for input_folder in (out, out / "corpus"):
+        r = run_train(out, "--max_steps", 1, *QUICK, "--input_file", input_folder, check=False)
+        assert r.returncode == 2 and "inside the training run's own folder" in one_line_error(r.stderr)
