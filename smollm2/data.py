@@ -236,8 +236,8 @@ def expected_fingerprint(input_file: str, tokenizer, cache_dir: str,
     that will be refused must not tokenize first); None when it cannot be known yet (input.txt to download)."""
     if is_prepared(input_file):
         return load_manifest(input_file)["job_key"]
-    if not os.path.exists(input_file):
-        return None
+    if input_file.startswith("hf:") or (not os.path.exists(input_file) and os.path.basename(input_file) == DEFAULT_INPUT):
+        return None  # known only once loaded (a Hub dataset) or downloaded (Tiny Shakespeare)
     return _raw_sources_and_key(input_file, tokenizer, cache_dir, val_fraction, lambda m: None)[1]
 
 
