@@ -29,6 +29,7 @@ from smollm2.common import OneLineParser, resolve_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRETRAINED_LABEL = "released SmolLM2 weights (not trained here)"
+MAX_UPLOAD_BYTES = 1  # no component takes a file; Gradio's /gradio_api/upload refuses anything larger (413)
 
 
 @dataclass
@@ -86,6 +87,15 @@ def panel(loaded: Loaded) -> str:
     return "| loaded | " + loaded.label + " |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
+def seeded_generator(seed, device: torch.device) -> torch.Generator:
+    """The sampling generator of a request; a seed torch cannot take is the user's error, not a traceback."""
+    from smollm2.inference import SEED_MAX
+    value = int(seed or 0)
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"The seed must be in 0 .. 2^64 - 1, got {value}.")
+    return torch.Generator(device=device).manual_seed(value)
+
+
 def one_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
@@ -118,7 +128,11 @@ def build(models: Models, max_tokens: int, concurrency: int):
             return
         n_max = max(1, min(int(max_new), max_tokens, room))
         note = f" (max new tokens clamped to {n_max})" if n_max < int(max_new) else ""
-        generator = torch.Generator(device=loaded.device).manual_seed(int(seed or 0))
+        try:
+            generator = seeded_generator(seed, loaded.device)
+        except ValueError as e:
+            yield "", f"**{e}**"
+            return
         text, t0, n = prompt, time.perf_counter(), 0
         yield text, "generating" + note
         for n, piece in stream_text(loaded.model, loaded.tok, ids, n_max, 0.0 if greedy else float(temperature),
@@ -158,6 +172,39 @@ def build(models: Models, max_tokens: int, concurrency: int):
     return demo
 
 
+def port_in_use(host: str, port: int) -> Optional[str]:
+    """Why (host, port) cannot be listened on, or None. Asked before anything is printed: Gradio would
+    otherwise fail with a traceback after this app had already announced its URL."""
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        return f"{host} does not resolve: {e.strerror or e}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a port in TIME_WAIT is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def model_labels(paths: list[str]) -> list[str]:
+    """One label per path, all different: the file or folder name, with as many parent folders as it takes to
+    tell apart paths that share it (a/checkpoint_latest.pt and b/checkpoint_latest.pt -> a/..., b/...).
+    The paths are different files (main() names each once)."""
+    parts = [os.path.normpath(os.path.abspath(p)).split(os.sep) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = [i for i, lab in enumerate(labels) if labels.count(lab) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            return labels
+        for i in clash:
+            depth[i] += 1
+
+
 def main(argv=None) -> int:
     parser = OneLineParser(description="Serve SmolLM2 models in a browser (Gradio).")
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
@@ -180,14 +227,22 @@ def main(argv=None) -> int:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.port < 65536:
         parser.error(f"--port must be in 1..65535, got {args.port}")
+    busy = port_in_use(args.host, args.port)
+    if busy:
+        parser.error(f"--port {args.port} on {args.host} is taken ({busy}); stop the server holding it or pass "
+                     f"another --port")
     paths = args.model or ([] if args.pretrained else [os.path.join(HERE, "model")])
-    sources: dict[str, tuple[Optional[str], Optional[str]]] = {}
+    by_path: dict[str, str] = {}
+    for path in paths:  # a file named twice is one model, offered once
+        by_path.setdefault(os.path.abspath(path), path)
+    paths = list(by_path.values())
     for path in paths:
         if not os.path.exists(path):
             parser.error(f"--model {path} does not exist" if args.model else
                          f"no --model given and {path} does not exist")
-        kind = "export folder" if os.path.isdir(path) else "checkpoint"
-        sources[f"{os.path.basename(os.path.normpath(path))} ({kind})"] = (path, None)
+    sources: dict[str, tuple[Optional[str], Optional[str]]] = {
+        f"{label} ({'export folder' if os.path.isdir(path) else 'checkpoint'})": (path, None)
+        for path, label in zip(paths, model_labels(paths))}
     if args.pretrained:
         sources[PRETRAINED_LABEL] = (None, "")
     try:
@@ -204,8 +259,10 @@ def main(argv=None) -> int:
     demo = build(models, args.max_tokens, args.concurrency)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency)
     print(f"app.py: {len(sources)} model(s) on {device}; serving on http://{args.host}:{args.port}", flush=True)
+    # The page takes no files, but Gradio serves an upload route anyway: cap it at nothing, so that a public
+    # Space cannot be used to fill its disk or to host files.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
-                footer_links=[])
+                footer_links=[], max_file_size=MAX_UPLOAD_BYTES)
     return 0
 
 

@@ -4,8 +4,9 @@
 
 writes config.json, model.safetensors, generation_config.json and the tokenizer files, so that
 `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it with no
-network. The folder is written beside DIR under a temporary name and swapped in only when complete, so an
-export that fails midway leaves an earlier export as it was. The weights go through transformers' own save_pretrained (on the LlamaForCausalLM that
+network. The folder is written beside DIR under a temporary name and its files moved in only when all are
+complete, so an export that fails midway leaves an earlier export as it was; the user's other files in DIR
+are never moved, and a DIR that is not an earlier export is refused unless --overwrite. The weights go through transformers' own save_pretrained (on the LlamaForCausalLM that
 smollm2.hf.to_hf_model builds), so a tied embedding is stored once, as the released SmolLM2 stores it,
 and an untied lm_head is stored as its own tensor.
 
@@ -25,11 +26,12 @@ import shutil
 import sys
 from typing import Optional
 
+from safetensors import SafetensorError
 
 from smollm2.checkpoint import CheckpointError, checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2.hf import DTYPES, SPECIAL_TOKEN, write_hf_folder
 from smollm2.hub import FACTS_FILE, PushError, model_card, push_folder, training_facts, write_space
-from smollm2.io import remove_stale_temporaries, tmp_name
+from smollm2.io import fsync_dir, remove_stale_temporaries, tmp_name
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2.common import OneLineParser
 
@@ -37,11 +39,26 @@ class ExportError(RuntimeError):
     pass
 
 
+def refuse_foreign_folder(out_dir: str, overwrite: bool) -> None:
+    """A folder that is neither missing, empty, nor an earlier export (it has no training_summary.json) is
+    the user's: its README.md or config.json would be replaced by the export's. Only with --overwrite."""
+    if overwrite or not os.path.isdir(out_dir) or os.path.exists(os.path.join(out_dir, FACTS_FILE)):
+        return
+    names = sorted(os.listdir(out_dir))
+    if names:
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        raise ExportError(f"--out_dir {out_dir} is not an earlier export (no {FACTS_FILE}) and holds {shown}; "
+                          f"pick another --out_dir, or pass --overwrite to write the export there (files of the "
+                          f"same name are replaced, the others kept)")
+
+
 def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
-           dtype: str = "float32", log=print, repo_id: Optional[str] = None) -> tuple[list[str], dict]:
+           dtype: str = "float32", log=print, repo_id: Optional[str] = None,
+           overwrite: bool = False) -> tuple[list[str], dict]:
     """Write the Hugging Face folder; returns (the paths written, the model card's facts)."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ExportError(f"--out_dir {out_dir} exists and is not a directory")
+    refuse_foreign_folder(out_dir, overwrite)
     here = os.path.abspath(os.getcwd())
     if os.path.commonpath([here, os.path.abspath(out_dir)]) == os.path.abspath(out_dir):
         raise ExportError(f"--out_dir {out_dir} holds the current directory; export into a folder of its own")
@@ -60,9 +77,13 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
     parent, base = os.path.split(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     remove_stale_temporaries(parent, prefix=f".{base}.")
-    staging, previous = (tmp_name(os.path.join(parent, f".{base}.{kind}")) for kind in ("new", "old"))
+    staging = tmp_name(os.path.join(parent, f".{base}.new"))
     try:
-        write_hf_folder(staging, model, tok, dtype)
+        try:
+            write_hf_folder(staging, model, tok, dtype)
+        except SafetensorError as e:  # safetensors reports a full disk as its own error, not an OSError
+            raise ExportError(f"could not write the weights into {staging} ({str(e).strip()[:160]}); free disk "
+                              f"space (or raise the file-size limit); {out_dir} is as it was") from e
         facts = training_facts(ckpt, model, tok.source, checkpoint)
         with open(os.path.join(staging, FACTS_FILE), "w", encoding="utf-8") as f:
             json.dump(facts, f, indent=2, sort_keys=True)
@@ -70,7 +91,8 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
             f.write(model_card(facts, repo_id))
         written = sorted(os.listdir(staging))
-        swap_in(staging, out_dir, previous)
+        readable_by_all(staging, written)
+        swap_in(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"exported {checkpoint} (global_step={ckpt.get('global_step')}, "
@@ -82,26 +104,39 @@ def export(checkpoint: str, out_dir: str, tokenizer_id: Optional[str] = None,
     return paths, facts
 
 
-def swap_in(staging: str, out_dir: str, previous: str) -> None:
-    """Replace out_dir by the complete staging folder with renames only. Files of an existing out_dir that
-    this export does not write (a .git, notes) move into the new folder; the old export files go."""
+def readable_by_all(folder: str, names: list[str]) -> None:
+    """The mode an ordinary new file gets (0644 under the usual umask) for every file of the export:
+    safetensors writes model.safetensors through a private temporary (0600), which a Space or another user
+    could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in names:
+        os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+
+
+def swap_in(staging: str, out_dir: str) -> None:
+    """Put the complete staging folder's files into out_dir. A new out_dir is one rename. Into an existing
+    one each export file is renamed over its namesake, one at a time (each lands whole): nothing else in
+    out_dir (a .git, the user's notes) is ever moved, so no kill at any point can strand it in a temporary
+    that a later export deletes. A kill midway leaves some files of the earlier export beside the new ones;
+    running the export again completes it."""
     if not os.path.isdir(out_dir):
         os.replace(staging, out_dir)
         return
-    for name in os.listdir(out_dir):
-        if not os.path.exists(os.path.join(staging, name)):
-            os.replace(os.path.join(out_dir, name), os.path.join(staging, name))
-    os.replace(out_dir, previous)
-    os.replace(staging, out_dir)
-    shutil.rmtree(previous, ignore_errors=True)
+    for name in sorted(os.listdir(staging)):
+        os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    fsync_dir(out_dir)
 
 
 def main(argv=None) -> int:
     parser = OneLineParser(description="Export a SmolLM2 training checkpoint as a Hugging Face model folder.")
     parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint written by training")
     parser.add_argument("--out_dir", required=True,
-                        help="folder to write (created if missing; an existing export is replaced as a whole, "
-                             "other files in it are kept)")
+                        help="folder to write (created if missing; the files of an earlier export are replaced, "
+                             "other files in it are kept; a folder that is not an earlier export needs --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an existing --out_dir that is not an earlier export (its files of the same "
+                             "names are replaced, the others kept); without it such a folder is refused")
     parser.add_argument("--tokenizer_id", default=None,
                         help="tokenizer to ship with the model (hub id, tokenizer.json, folder or .gguf); default: "
                              f"the one the checkpoint's run used if it resolves here, else {DEFAULT_TOKENIZER_ID}")
@@ -126,7 +161,8 @@ def main(argv=None) -> int:
     if args.space_dir and os.path.abspath(args.space_dir) == os.path.abspath(args.out_dir):
         parser.error("--space_dir must differ from --out_dir")
     try:
-        _, facts = export(args.checkpoint, args.out_dir, args.tokenizer_id, args.dtype, repo_id=args.push_to_hub)
+        _, facts = export(args.checkpoint, args.out_dir, args.tokenizer_id, args.dtype, repo_id=args.push_to_hub,
+                          overwrite=args.overwrite)
         if args.space_dir:
             title = (args.push_to_hub or os.path.basename(os.path.abspath(args.out_dir))).split("/")[-1]
             files = write_space(args.space_dir, args.out_dir, facts, title)

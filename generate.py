@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from smollm2.inference import DTYPES, load_model, log_stderr as log, pick_dtype, stream_text
+from smollm2.inference import DTYPES, SEED_MAX, load_model, log_stderr as log, pick_dtype, stream_text
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, SmolTokenizer, load_tokenizer
 from smollm2.common import OneLineParser, resolve_device
 
@@ -70,7 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                            ("num_samples", args.num_samples >= 1, ">= 1"),
                            ("temperature", args.temperature >= 0, ">= 0"),
                            ("top_k", args.top_k >= 0, ">= 0"),
-                           ("top_p", 0 < args.top_p <= 1, "in (0, 1]")):
+                           ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
+                           ("seed", 0 <= args.seed <= SEED_MAX, "in [0, 2**64 - 1] (a torch.Generator seed)")):
         if not ok:
             parser.error(f"--{name} must be {rule}, got {getattr(args, name)}")
     if args.checkpoint is not None and not os.path.exists(args.checkpoint):

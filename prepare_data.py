@@ -17,6 +17,7 @@ import argparse
 import signal
 import sys
 
+from smollm2.io import write_failure_advice
 from smollm2.prepare import ENCODERS, PrepareSettings, prepare
 from smollm2.shards import DataError
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
@@ -54,8 +55,14 @@ def main(argv=None) -> int:
     settings = PrepareSettings(text_field=args.text_field, val_fraction=args.val_fraction, val_tokens=args.val_tokens,
                                seed=args.seed, shard_tokens=args.shard_tokens)
     tokenizer = load_tokenizer(args.tokenizer_id)
-    prepare(args.inputs, args.out_dir, tokenizer, settings, workers=args.workers, overwrite=bool(args.overwrite),
-            progress_bar=not args.quiet and sys.stderr.isatty(), encoder=args.encoder)
+    try:
+        prepare(args.inputs, args.out_dir, tokenizer, settings, workers=args.workers, overwrite=bool(args.overwrite),
+                progress_bar=not args.quiet and sys.stderr.isatty(), encoder=args.encoder)
+    except OSError as e:  # a full disk, a file-size limit, a folder made read-only: the unfinished shard is gone
+        print(f"error: could not prepare into {args.out_dir} ({e.strerror or e}): "
+              f"{write_failure_advice(e, args.out_dir)}; the finished shards are kept: run the same command again",
+              file=sys.stderr)
+        return 1
     return 0
 
 

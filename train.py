@@ -39,12 +39,14 @@ from smollm2.checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_lates
                                 prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
 from smollm2.evaluation import TASKS, ByteCount, EvalError, load_task_spec, score_items, token_byte_lengths
-from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, load_training_data
+from smollm2.data import (DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, expected_fingerprint,
+                          load_training_data)
 from smollm2_model import DecodeGraph, SmolLM2ForCausalLM
 from smollm2.run import check_resume, settings
-from smollm2.run import CACHE_DIR, RUN_FILE, RunFolder, new_run_id
+from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, RunFolder, new_run_id
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
+from smollm2.io import LineFile, write_failure_advice
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
 from smollm2.training import (EVAL_TOKENS, TrainStep, TransformersAdapter, amp_context, build_train_step, evaluate,
                               lr_at, optimizer_state_for_checkpoint, set_lr)
@@ -280,11 +282,14 @@ class RunStopped(Exception):
 
 class Logger:
     """Lines to stdout and appended to train.log (rank 0 only). A tqdm bar only on a terminal. A stdout
-    that closes (`train.py | head`) is dropped and training goes on, still writing train.log."""
+    that closes (`train.py | head`) is dropped and training goes on, still writing train.log. A train.log
+    write that fails (a full disk) leaves no torn line and turns the file off, recording why in `failed`:
+    the loop then saves if it can and stops (exit 1), instead of dying in the writer with a traceback."""
 
     def __init__(self, path: str, enabled: bool, total: int, initial: int):
         self.enabled, self.stdout_open = enabled, True
-        self.file = open(path, "a", encoding="utf-8") if enabled else None
+        self.file = LineFile(path) if enabled else None
+        self.failed: Optional[OSError] = None
         self.bar = None
         if enabled and sys.stdout.isatty():
             from tqdm import tqdm
@@ -293,8 +298,11 @@ class Logger:
     def __call__(self, msg: str) -> None:
         if not self.enabled:
             return
-        self.file.write(msg + "\n")
-        self.file.flush()
+        if self.failed is None:
+            try:
+                self.file.write_line(msg)
+            except OSError as e:
+                self.failed = e if e.filename else OSError(e.errno, e.strerror, self.file.path)
         if not self.stdout_open:
             return
         try:
@@ -422,13 +430,34 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
             saved = settings(ckpt["args"], (ckpt.get("data") or {}).get("world_size", 1), ckpt["model_config"])
             given = settings(vars(args), world, config.architecture_dict())
             notes = check_resume(saved, given, bool(args.allow_config_change), path)
+            check_data_before_preparing(args, ckpt, path)
             start = Start(folder, ckpt.get("run_id") or folder.run_id() or new_run_id(), path, ckpt, notes)
-        if rank == 0 and folder.run_id() != start.run_id:
+        if rank == 0 and (folder.run_id() != start.run_id or not os.path.exists(os.path.join(args.out_dir, RUN_FILE))):
             folder.write_run_id(start.run_id)
         return start
     except BaseException:
         folder.close()
         raise
+
+
+def check_data_before_preparing(args, ckpt: dict, path: str) -> None:
+    """A resume on other data is refused before the corpus is tokenized into a new cache and before train.log
+    opens: the fingerprint the data would get, from the inputs' hashes and the tokenizer alone. Accepted
+    changes (--allow_config_change 1) are logged once, by build_run's comparison."""
+    saved = (ckpt.get("data") or {}).get("fingerprint")
+    if saved is None:
+        return
+    tokenizer = load_tokenizer(args.tokenizer_id, log=lambda m: None)
+    given = expected_fingerprint(args.input_file, tokenizer, os.path.join(args.out_dir, CACHE_DIR), args.val_fraction)
+    if given is None:
+        return
+    try:
+        check_resume({"data.fingerprint": saved}, {"data.fingerprint": given}, bool(args.allow_config_change), path)
+    except UsageError as e:
+        saved_tok = (ckpt.get("args") or {}).get("tokenizer_id")
+        raise UsageError(f"{e}\n(data.fingerprint hashes the corpus' content, the tokenizer and the split; this "
+                         f"command's tokenizer is {tokenizer.source}, fingerprint {tokenizer.fingerprint()}; the "
+                         f"saved run's --tokenizer_id was {saved_tok})") from e
 
 
 def sample_text(run: "Run", step: int) -> str:
@@ -565,6 +594,7 @@ class Checkpoints:
         self.dir = run.start.folder.ckpt_dir
         self.writer = CheckpointWriter(background=bool(run.args.async_save), pin=run.env.device.type == "cuda")
         self.kept = f"step {run.start_step}" if run.start.ckpt is not None else "none saved yet"
+        self.cause = ""  # why the run is stopping, when a failed write elsewhere stopped it: leads the error
 
     def stop_run(self, msg: str):
         self.run.log(f"ERROR: {msg}")
@@ -577,10 +607,10 @@ class Checkpoints:
         step, reason = done.tag
         self.clock.add("save_write", done.seconds)
         if done.error is not None:
-            if isinstance(done.error, OSError):  # disk full, a file-size limit
-                self.stop_run(f"could not write {os.path.join(self.dir, step_name(step))} "
+            if isinstance(done.error, OSError):  # disk full, a file-size limit, a folder made read-only
+                self.stop_run(f"{self.cause}could not write {os.path.join(self.dir, step_name(step))} "
                               f"({done.error.strerror or done.error}); {LATEST} stays as it was ({self.kept}): "
-                              f"free disk space or raise the file-size limit, then --resume 1")
+                              f"{write_failure_advice(done.error, self.dir)}, then --resume 1")
             raise done.error
         self.kept = f"step {step}"
         self.run.log(f"CHECKPOINT: saved {step_name(step)} and {LATEST}{reason}")
@@ -756,7 +786,10 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
             saves.ensure_finite(step)
             log_task(run, step, metrics)
             clock.lap("val")
-        stopping = parallel.any_rank(stop.requested is not None)
+        failed = write_failure(run)
+        stopping = parallel.any_rank(stop.requested is not None or failed is not None)
+        if failed:
+            saves.cause = f"{failed}; "
         if (args.save_every and (step % args.save_every == 0 or step == args.max_steps)) or stopping:
             clock.lap("steps")
             saves.save(step, f" (stopping on {stop.requested})" if stopping and stop.requested else "")
@@ -764,11 +797,23 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
         if stopping:
             saves.collect(saves.writer.wait())  # exit 0 only once the file is on disk
             clock.lap("final_write")
+            if failed:  # the save above landed; the log could not say so
+                raise RunStopped(f"{failed}; saved step {step} ({LATEST}): "
+                                 f"{write_failure_advice(run.log.failed or run.events.failed, args.out_dir)}, "
+                                 f"then --resume 1", 1)
             log(f"STOP: {stop.requested or 'signal on another rank'} received; saved step {step}. "
                 f"Continue with the same command and --resume 1.")
             run.events("stop", step=step, signal=stop.requested)
             return step, True
     return step, False
+
+
+def write_failure(run: Run) -> Optional[str]:
+    """Why train.log or metrics.jsonl could not be written (rank 0), or None: the loop stops at once."""
+    err = run.log.failed or run.events.failed
+    if err is None:
+        return None
+    return f"could not write {err.filename} ({err.strerror or err}); the run stopped at that step"
 
 
 # ================================================================================================ main
@@ -784,6 +829,8 @@ def main(argv=None) -> int:
     log = Logger(start.folder.log_path, env.rank == 0, args.max_steps, start_step)
     events = MetricsWriter(os.path.join(args.out_dir, METRICS_FILE) if env.rank == 0 else None,
                            tensorboard_writer(args) if env.rank == 0 else None)
+    if events.note:
+        log(events.note)
     saves: Optional[Checkpoints] = None
     try:
         # ---- build the run (and resume: the model, optimizer and RNG come from the checkpoint)
@@ -806,6 +853,8 @@ def main(argv=None) -> int:
         clock.lap("final_write")
         if not stopped:
             finish(run, clock)
+        if write_failure(run):
+            raise RunStopped(f"{write_failure(run)}: the run finished, but its log lacks the end", 1)
         rounded = lambda v: round(v, 3) if isinstance(v, float) else v  # noqa: E731
         wall = {k: {p: rounded(x) for p, x in v.items()} if isinstance(v, dict) else rounded(v)
                 for k, v in clock.summary(last - start_step, bool(args.async_save)).items()}
@@ -848,10 +897,32 @@ def tensorboard_writer(args):
     return SummaryWriter(os.path.join(args.out_dir, "tensorboard"))
 
 
+def aborted(argv=None) -> str:
+    """The one line after an interrupt that did not wait for a save: before the loop (the corpus being
+    prepared: its finished shards are kept) or a second Ctrl-C. Names the last complete checkpoint: the step
+    file that checkpoint_latest.pt is a hard link of."""
+    try:
+        ckpt_dir = os.path.join(parse_args(argv).out_dir, CKPT_DIR)
+        latest = os.stat(os.path.join(ckpt_dir, LATEST))
+    except (OSError, SystemExit):
+        return "aborted; no checkpoint saved in this folder yet: run the same command again"
+    same = [n for n in sorted(os.listdir(ckpt_dir)) if n.startswith("checkpoint_step_")
+            and os.stat(os.path.join(ckpt_dir, n)).st_ino == latest.st_ino]
+    return (f"aborted; the last complete checkpoint is {os.path.join(ckpt_dir, same[0] if same else LATEST)}: "
+            f"continue with the same command and --resume 1")
+
+
+def interrupt_on(signum, frame):
+    """SIGTERM and SIGHUP before the loop's own handlers (StopFlag) are set: stop like Ctrl-C, with one line."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def cli(fast_exit: bool = False) -> None:
     """train.py's command line: main()'s status, or a one-line error with 2 (bad input) or the stop's own
     status. As the script (fast_exit) it leaves through exit_without_teardown; called in a process that goes
     on (tests), it raises SystemExit."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt_on)
     try:
         code = main()
     except (UsageError, DataError, EvalError, TokenizerNotFound, CheckpointError) as e:
@@ -860,6 +931,10 @@ def cli(fast_exit: bool = False) -> None:
     except RunStopped as e:
         print(f"error: {e}", file=sys.stderr)
         code = e.code
+    except KeyboardInterrupt as e:
+        name = str(e) if str(e) in ("SIGTERM", "SIGHUP") else "SIGINT"
+        print(f"error: {name} received: {aborted()}", file=sys.stderr)
+        code = 128 + signal.Signals[name].value
     if fast_exit:
         exit_without_teardown(code)
     sys.exit(code)

@@ -136,6 +136,10 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "weights_only" in str(e) or "Weights only" in first:
+            # torch's own advice (load with weights_only=False) would run whatever the file holds: not ours
+            raise CheckpointError(f"{path} is not a readable checkpoint (not a checkpoint: random bytes, another "
+                                  f"format or a damaged file)") from e
         raise CheckpointError(f"{path} is not a readable checkpoint ({first[:160]})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "format_version" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint written by this repo (no model/format_version)")

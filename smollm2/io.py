@@ -10,6 +10,7 @@ and leaves a live writer's alone.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import json
@@ -61,6 +62,68 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class LineFile:
+    """A file that only ever grows by whole lines (train.log, metrics.jsonl): each line goes out in one
+    unbuffered write, and a write that fails midway (disk full, a file-size limit) is cut back to where it
+    began, so the file never holds a torn line that later appends would run into. Nothing is buffered in
+    the process, so closing after a failure cannot fail again."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write_line(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8")
+        start = os.fstat(self.fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(self.fd, start)
+            except OSError:
+                pass
+            raise
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def set_aside_torn_line(path: str) -> Optional[str]:
+    """A line file whose last line was cut short (a killed process, a full disk before LineFile): move that
+    tail to <path>.torn and cut the file back to its last complete line. Returns what was done, or None."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()  # a line file: one line per log interval, small
+            if not data or data.endswith(b"\n"):
+                return None
+            cut = data.rfind(b"\n") + 1
+            torn = data[cut:]
+            with open(path + ".torn", "ab") as aside:
+                aside.write(torn + b"\n")
+            f.truncate(cut)
+    except FileNotFoundError:
+        return None
+    return (f"REPAIRED: the last line of {os.path.basename(path)} was cut short ({len(torn):,} bytes, a run "
+            f"stopped mid-write); moved to {os.path.basename(path)}.torn")
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_failure_advice(err: OSError, folder: str) -> str:
+    """What to do about a failed write, from what the error is (not every failed write is a full disk)."""
+    if err.errno in NO_SPACE:
+        return "free disk space (or raise the file-size limit)"
+    if err.errno in NO_PERMISSION:
+        return f"make {folder} writable"
+    return f"check {folder} ({errno.errorcode.get(err.errno, 'unknown error')})"
 
 
 def _pid_alive(pid: int) -> bool:

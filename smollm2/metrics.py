@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from smollm2.io import LineFile, set_aside_torn_line
+
 LOG_FILE = "train.log"  # the human log, in --out_dir
 METRICS_FILE = "metrics.jsonl"  # beside it: the same numbers as records
 
@@ -33,29 +35,39 @@ class MetricsError(Exception):
 
 # ----------------------------------------------------------------------------- writing (train.py, rank 0)
 class MetricsWriter:
-    """Appends one JSON object per event to <out_dir>/metrics.jsonl (flushed per line: a crash loses no
-    logged step) and, when given a TensorBoard SummaryWriter, the scalars of train and val events."""
+    """Appends one JSON object per event to <out_dir>/metrics.jsonl (one unbuffered write per line: a crash
+    loses no logged step, and a failed write leaves no torn line, smollm2.io.LineFile) and, when given a
+    TensorBoard SummaryWriter, the scalars of train and val events. A last line cut short by an earlier
+    run is set aside before anything is appended (`note` says so). A write that fails (a full disk) turns
+    the writer off and records why in `failed`: the training loop reads it and stops cleanly."""
 
     def __init__(self, path: Optional[str], tensorboard=None):
-        self.file = open(path, "a", encoding="utf-8") if path else None
+        self.note = set_aside_torn_line(path) if path else None
+        self.file = LineFile(path) if path else None
         self.tensorboard = tensorboard
+        self.failed: Optional[OSError] = None
 
     def __call__(self, event: str, **fields) -> None:
-        if self.file is None:
+        if self.file is None or self.failed is not None:
             return
-        self.file.write(json.dumps({"event": event, **fields}, allow_nan=False, default=str) + "\n")
-        self.file.flush()
-        if self.tensorboard is not None and event in ("train", "val", "task"):
-            for name in ("loss", "bpb", "lr", "grad_norm", "tok_s", "mfu", "acc", "acc_norm"):
-                if fields.get(name) is not None:
-                    self.tensorboard.add_scalar(f"{event}/{name}", fields[name], fields["step"])
-            self.tensorboard.flush()
+        try:
+            self.file.write_line(json.dumps({"event": event, **fields}, allow_nan=False, default=str))
+            if self.tensorboard is not None and event in ("train", "val", "task"):
+                for name in ("loss", "bpb", "lr", "grad_norm", "tok_s", "mfu", "acc", "acc_norm"):
+                    if fields.get(name) is not None:
+                        self.tensorboard.add_scalar(f"{event}/{name}", fields[name], fields["step"])
+                self.tensorboard.flush()
+        except OSError as e:
+            self.failed = e if e.filename else OSError(e.errno, e.strerror, self.file.path)
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
         if self.tensorboard is not None:
-            self.tensorboard.close()
+            try:
+                self.tensorboard.close()
+            except OSError:
+                pass
 
 
 def finite_or_none(v: float) -> Optional[float]:

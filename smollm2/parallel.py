@@ -23,6 +23,7 @@ misses; a file that does not load is reported in one line and ignored, never a r
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -219,11 +220,22 @@ def load_artifacts(path: str, log: Callable[[str], None]) -> None:
     if not os.path.isfile(path):
         return
     t0 = time.perf_counter()
+    # torch logs a bad file's traceback as a warning and returns nothing loaded: the one line below says it
+    quiet = logging.getLogger("torch.compiler._cache")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         with open(path, "rb") as f:
-            info = torch.compiler.load_cache_artifacts(f.read())
+            data = f.read()
+        info = torch.compiler.load_cache_artifacts(data)
     except Exception as e:  # a truncated or foreign file: compile as if it were not there
         log(f"Compile cache: ignored {path} ({type(e).__name__}: {str(e)[:120]})")
+        return
+    finally:
+        quiet.setLevel(level)
+    if data and not _count(info):
+        log(f"Compile cache: ignored {path}: corrupt (torch cannot read it); compiling afresh, and it is rewritten "
+            f"after the first step")
         return
     log(f"Compile cache: loaded {_count(info)} artifacts from {path} in {time.perf_counter() - t0:.2f}s")
 

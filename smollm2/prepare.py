@@ -34,8 +34,8 @@ import numpy as np
 
 from smollm2 import tiktoken_bpe
 from smollm2.io import atomic_write_text, file_sha256, remove_stale_temporaries
-from smollm2.shards import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, DataError, ShardWriter, load_manifest,
-                            read_header, token_bytes_for, write_manifest)
+from smollm2.shards import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, DataError, FolderBusy, FolderLock,
+                            ShardWriter, load_manifest, read_header, shard_problem, token_bytes_for, write_manifest)
 from smollm2.sources import HF_PREFIX, MAX_PIECE_CHARS, Piece, expand_inputs, load_hf_dataset, read_pieces
 
 EOS_TOKEN = "<|endoftext|>"
@@ -268,19 +268,47 @@ def _tail_split(state: dict[str, Any], settings: PrepareSettings) -> dict[str, A
     return {"mode": "tail", "tokens": n + 1}  # the last n text ids and the end-of-text id closing them
 
 
+def _foreign_manifest(out_dir: str) -> bool:
+    """A manifest.json there that prepare_data.py did not write (the user's own file): never deleted."""
+    try:
+        with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
+            return json.load(f).get("format") != MANIFEST_FORMAT
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def _finished(out_dir: str, key: str) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """(the manifest, None) when out_dir holds this exact job with every shard whole; else (None, why not)."""
+    try:
+        manifest = load_manifest(os.path.join(out_dir, MANIFEST))
+    except DataError as e:
+        return None, str(e)
+    if manifest.get("job_key") != key:
+        return None, "other inputs, tokenizer or settings"
+    problem = shard_problem(out_dir, manifest)
+    return (manifest, None) if problem is None else (None, problem)
+
+
 def _check_existing(out_dir: str, key: str, overwrite: bool, log) -> Optional[dict[str, Any]]:
-    """The finished manifest when `out_dir` already holds this exact job; refuses another job's folder."""
+    """The finished manifest when `out_dir` already holds this exact job and every shard checks out; a
+    missing or damaged shard of it is rebuilt (the folder is this job's); another job's folder is refused
+    unless overwrite. Called with the folder's lock held exclusively."""
     manifest_path = os.path.join(out_dir, MANIFEST)
     progress_path = os.path.join(out_dir, PROGRESS)
     found = None
     if os.path.exists(manifest_path):
+        manifest, why = _finished(out_dir, key)
+        if manifest is not None:
+            return manifest
         try:
-            manifest = load_manifest(manifest_path)
-            if manifest["job_key"] == key:
-                return manifest
-            found = manifest["job_key"]
+            found = load_manifest(manifest_path)["job_key"]
         except (DataError, KeyError):
             found = "unreadable"
+        if found == key:
+            log(f"{out_dir}: {why}; rebuilding it")
+            found = "damaged"
     elif os.path.exists(progress_path):
         try:
             with open(progress_path) as f:
@@ -288,10 +316,11 @@ def _check_existing(out_dir: str, key: str, overwrite: bool, log) -> Optional[di
         except (OSError, ValueError, KeyError):
             found = "unreadable"
     if found not in (None, key):
-        if not overwrite:
+        if found != "damaged" and not overwrite:
             raise DataError(f"{out_dir} holds a dataset prepared from other inputs, tokenizer or settings; "
                             f"pass --overwrite 1 to rebuild it, or another --out_dir")
-        log(f"overwriting {out_dir}: its inputs, tokenizer or settings changed")
+        if found != "damaged":
+            log(f"overwriting {out_dir}: its inputs, tokenizer or settings changed")
         for p in glob.glob(os.path.join(out_dir, "*_[0-9][0-9][0-9][0-9][0-9].bin")) + [manifest_path, progress_path]:
             if os.path.exists(p):
                 os.remove(p)
@@ -316,17 +345,46 @@ def prepare(inputs: list[str], out_dir: str, tokenizer, settings: PrepareSetting
             workers: Optional[int] = None, overwrite: bool = False, log: Callable[[str], None] = print,
             progress_bar: bool = True, sources: Optional[list[dict]] = None, encoder: str = "auto") -> dict[str, Any]:
     """Tokenize `inputs` into shards under `out_dir`; returns the manifest. Resumes an interrupted run
-    of the same job; returns at once when the job is already done. `sources`: describe_sources() of the
-    inputs when the caller has it already (hashing a large corpus twice costs seconds). `encoder`: which
-    library turns text into ids (pick_encoder); the ids are the same, so it is not part of the job."""
+    of the same job; returns at once when the job is already done and every shard checks out (a missing
+    or damaged one is rebuilt). One preparation per folder, and none while a training run reads it
+    (smollm2.shards.FolderLock). `sources`: describe_sources() of the inputs when the caller has it already
+    (hashing a large corpus twice costs seconds). `encoder`: which library turns text into ids
+    (pick_encoder); the ids are the same, so it is not part of the job."""
     settings.check()
-    sources = sources or describe_sources(expand_inputs(inputs), log)
+    sources = sources or describe_sources(expand_inputs(inputs, log), log)
     tok_fp = tokenizer.fingerprint()
     key = job_key(sources, tok_fp, settings)
     os.makedirs(out_dir, exist_ok=True)
+    if _foreign_manifest(out_dir):
+        raise DataError(f"{out_dir} holds a manifest.json that prepare_data.py did not write; it is not deleted: "
+                        f"pick another --out_dir")
+    try:
+        lock = FolderLock(out_dir, exclusive=True)
+    except FolderBusy as busy:
+        if busy.writer:
+            raise
+        with_readers = FolderLock(out_dir, exclusive=False)  # only runs read it: it may be up to date
+        try:
+            done, _ = _finished(out_dir, key)
+        finally:
+            with_readers.close()
+        if done is None:
+            raise
+        log(f"{out_dir} is up to date ({done['totals']['tokens']:,} tokens from {len(sources)} files); nothing to do")
+        return done
+    try:
+        return _prepare_locked(out_dir, key, tokenizer, tok_fp, settings, sources, inputs, workers, overwrite, log,
+                               progress_bar, encoder)
+    finally:
+        lock.close()
+
+
+def _prepare_locked(out_dir, key, tokenizer, tok_fp, settings, sources, inputs, workers, overwrite, log,
+                    progress_bar, encoder) -> dict[str, Any]:
     done = _check_existing(out_dir, key, overwrite, log)
     if done is not None:
-        log(f"{out_dir} is up to date ({done['totals']['tokens']:,} tokens from {len(sources)} files); nothing to do")
+        log(f"{out_dir} is up to date ({done['totals']['tokens']:,} tokens from {len(sources)} files, every shard "
+            f"checked); nothing to do")
         return done
     remove_stale_temporaries(out_dir)  # an interrupted run's unfinished files
 

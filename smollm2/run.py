@@ -140,13 +140,38 @@ class RunFolder:
 
     # ---- run id
     def run_id(self) -> Optional[str]:
-        """The run id in run.json, or None (a folder from before run ids, or none yet)."""
+        """The run id in run.json; without it (deleted), the one this folder's own logs carry: the last
+        header of metrics.jsonl, else the last "Run id:" line of train.log. None for a folder from before
+        run ids, or none yet. So a lost run.json never lets a resume adopt another run's step file."""
         try:
             with open(os.path.join(self.out_dir, RUN_FILE), encoding="utf-8") as f:
                 rid = json.load(f).get("run_id")
         except (OSError, ValueError, AttributeError):
-            return None
+            rid = self._logged_run_id()
         return rid if isinstance(rid, str) and rid else None
+
+    def _logged_run_id(self) -> Optional[str]:
+        found = None
+        try:
+            with open(os.path.join(self.out_dir, METRICS_FILE), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if '"run_id"' in line:
+                        try:
+                            found = json.loads(line).get("run_id") or found
+                        except (ValueError, AttributeError):
+                            pass
+        except OSError:
+            pass
+        if found:
+            return found
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.startswith("Run id: "):
+                        found = line.split()[2]
+        except (OSError, IndexError):
+            pass
+        return found
 
     def write_run_id(self, run_id: str) -> None:
         path = os.path.join(self.out_dir, RUN_FILE)

@@ -4,6 +4,8 @@ A dataset folder holds
   train_00000.bin, train_00001.bin, ...   token shards of the training split
   val_00000.bin, ...                      shards of the held-out documents (none in "tail" mode)
   manifest.json                           what the folder was made from and how, with a checksum
+  prepare.lock                            flock: held exclusively by the preparation writing the folder,
+                                          shared by every training run reading it (FolderLock)
 
 A shard is one file: a 64-byte header, the ids, then the document-ends index.
   header: magic b"SMOLTOKS", format version (u32), bytes per id (u32: 2 = uint16, 4 = uint32),
@@ -19,12 +21,14 @@ caught at load time. The dataset's fingerprint (what a checkpoint records) is th
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -35,6 +39,7 @@ SHARD_VERSION = 1
 MANIFEST_FORMAT = "smollm2-token-shards"
 MANIFEST_VERSION = 1
 MANIFEST = "manifest.json"
+PREPARE_LOCK = "prepare.lock"
 HEADER = struct.Struct("<8sIIQQ")  # magic, version, bytes per id, n_tokens, n_docs
 HEADER_BYTES = 64
 DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
@@ -145,9 +150,91 @@ class ShardWriter:
                 "sha256": file_sha256(self.path)}
 
     def abandon(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:  # the flush of what failed to write (a full disk) fails again: the file goes anyway
+            pass
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
+
+
+# ----------------------------------------------------------------------------- one writer, or readers
+class FolderLock:
+    """An flock on <folder>/prepare.lock: exclusive while a preparation writes the folder, shared while a
+    training run reads it. So a second preparation, or one with other settings, never mixes its shards into
+    a folder being written, and a run's shards are never rewritten under it. The kernel drops the lock with
+    the process (SIGKILL included). A read-only folder takes no reader's lock: nobody can rewrite it."""
+
+    def __init__(self, folder: str, exclusive: bool):
+        self.folder, self.exclusive, self.fd = folder, exclusive, None
+        path = os.path.join(folder, PREPARE_LOCK)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if exclusive:
+                raise DataError(f"cannot create {path} ({e.strerror}); make {folder} writable or pick another "
+                                f"--out_dir") from e
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise FolderBusy(folder, holder, exclusive) from None
+        try:  # no preparation holds it now: a name left by a killed one is stale
+            os.ftruncate(fd, 0)
+            if exclusive:
+                os.pwrite(fd, f"prepare_data pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass
+        self.fd = fd
+
+    def shared(self) -> None:
+        """Exclusive -> shared: the preparation is done, the folder may be read (and not rewritten)."""
+        if self.fd is not None and self.exclusive:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+            self.exclusive = False
+
+    def close(self) -> None:
+        if self.fd is not None:
+            if self.exclusive:
+                os.ftruncate(self.fd, 0)  # names no holder once none holds it
+            os.close(self.fd)
+            self.fd = None
+
+
+class FolderBusy(DataError):
+    def __init__(self, folder: str, holder: str, wanted_exclusive: bool):
+        self.writer = bool(holder)  # only a preparation writes its name into the file
+        if self.writer:
+            msg = (f"{folder} is being prepared by another process ({holder}); wait for it to finish, or pick "
+                   f"another --out_dir")
+        else:
+            msg = (f"{folder} is being read by a training run; it is not rewritten under a run: wait for the "
+                   f"run to end, or prepare into another --out_dir")
+        super().__init__(msg)
+
+
+def shard_problem(folder: str, manifest: dict[str, Any]) -> Optional[str]:
+    """Why the shards the manifest lists are not all there and whole (missing, truncated, or another sha256
+    than recorded: every byte is hashed), or None."""
+    for split in ("train", "val"):
+        for entry in manifest["shards"][split]:
+            shard = os.path.join(folder, entry["file"])
+            if not os.path.exists(shard):
+                return f"shard {entry['file']} is missing"
+            try:
+                info = read_header(shard)
+            except DataError as e:
+                return str(e).split("; ")[0]
+            if (info.n_tokens, info.n_docs) != (entry["tokens"], entry["documents"]) or \
+                    file_sha256(shard) != entry["sha256"]:
+                return f"shard {entry['file']} does not match its sha256 in the manifest (changed or damaged)"
+    return None
 
 
 # ----------------------------------------------------------------------------- manifest

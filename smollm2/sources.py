@@ -45,10 +45,31 @@ class Piece:
     last: bool  # the document ends with this piece
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files named by paths, directories and globs; sorted, duplicates removed. Refuses what is not a
-    regular file (a FIFO or a device would hang or never end). `hf:NAME[:SPLIT]` names a Hugging Face
-    dataset (a `save_to_disk` folder, or a hub dataset already in the local cache or reachable)."""
+def _walk(top: str, exclude: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(files of a known kind, other files) under `top`, links followed, but never into a folder already
+    walked (`ln -s . self` would otherwise be walked until the OS refuses, each file found again every time)
+    nor into an excluded one (the training run's own folder)."""
+    found, other, seen = [], [], set()
+    for root, dirs, names in os.walk(top, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen or os.path.realpath(root) in exclude:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in sorted(names):
+            (found if name.endswith(KNOWN_SUFFIXES) else other).append(os.path.join(root, name))
+    return sorted(found), sorted(other)  # the order of the full paths, as before: the same job key
+
+
+def expand_inputs(inputs: list[str], log=None, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Files named by paths, directories and globs; sorted, duplicates removed (by real path: a file
+    reached through a link counts once). Refuses what is not a regular file (a FIFO or a device would hang
+    or never end). In a directory only the known kinds are read; log(message) lists what else was skipped.
+    Folders in `exclude` (a training run's own folder inside its input folder) are not walked.
+    `hf:NAME[:SPLIT]` names a Hugging Face dataset (a `save_to_disk` folder, or a hub dataset already in
+    the local cache or reachable)."""
+    exclude = tuple(os.path.realpath(p) for p in exclude if p)
     found: list[str] = []
     hf = [spec for spec in inputs if spec.startswith(HF_PREFIX)]
     for spec in inputs:
@@ -60,8 +81,15 @@ def expand_inputs(inputs: list[str]) -> list[str]:
             if not matches:
                 raise DataError(f"no files match {spec}; check the pattern")
         elif os.path.isdir(spec):
-            in_dir = sorted(os.path.join(root, name) for root, _, names in os.walk(spec, followlinks=True)
-                            for name in names if name.endswith(KNOWN_SUFFIXES))
+            real = os.path.realpath(spec)
+            if any(real == ex or real.startswith(ex + os.sep) for ex in exclude):
+                raise DataError(f"input folder {spec} is inside the training run's own folder (--out_dir); put the "
+                                f"corpus elsewhere or pick another --out_dir")
+            in_dir, other = _walk(spec, exclude)
+            if other and log is not None:
+                shown = ", ".join(os.path.relpath(p, spec) for p in other[:5])
+                log(f"skipped {len(other)} file(s) in {spec} that are not {'/'.join(KNOWN_SUFFIXES)}: {shown}"
+                    + (f" and {len(other) - 5} more" if len(other) > 5 else ""))
             if not in_dir:
                 raise DataError(f"directory {spec} holds no {'/'.join(KNOWN_SUFFIXES)} files")
             found += in_dir
@@ -70,7 +98,10 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         else:
             raise DataError(f"input {spec} does not exist; pass files, directories or globs of "
                             f"{'/'.join(KNOWN_SUFFIXES)} files")
-    unique = list(dict.fromkeys(os.path.abspath(p) for p in found))
+    by_real = {}
+    for p in found:
+        by_real.setdefault(os.path.realpath(p), os.path.abspath(p))
+    unique = list(by_real.values())
     for path in unique:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise DataError(f"input {path} is not a regular file (a FIFO, socket or device); pass a file")

@@ -111,6 +111,9 @@ def _from_gguf(path: str) -> Tokenizer:
 
 
 def _from_path(path: str) -> Tokenizer:
+    if not (os.path.isdir(path) or os.path.isfile(path)):  # reading a FIFO would wait forever
+        raise TokenizerNotFound(f"tokenizer {path} is not a regular file (a FIFO, socket or device); pass a "
+                                f"tokenizer.json, a .gguf or a folder holding one")
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "tokenizer.json")):
             return Tokenizer.from_file(os.path.join(path, "tokenizer.json"))

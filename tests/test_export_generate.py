@@ -384,6 +384,7 @@ def trained(tmp_path_factory, tok_id):
 
 def test_model_card_numbers_are_the_checkpoints(trained):
     from huggingface_hub import ModelCard
+    from smollm2.hub import public_name  # the card names the cache folder, not where it lies
 
     ckpt, _, d, _ = trained
     m = ckpt["metrics"]  # what train.py recorded: the last logged losses, the device, the data
@@ -400,7 +401,7 @@ def test_model_card_numbers_are_the_checkpoints(trained):
                      f"| final train loss | {m['train_loss']:.4f} (logged at step 2) |",
                      f"| held-out loss | {m['val_loss']:.4f} (logged at step 2) |", "| trained on | cpu |",
                      f"| parameters | {sum(t.numel() for k, t in ckpt['model'].items() if k != 'lm_head.weight'):,} |",
-                     m["data"], 'AutoModelForCausalLM.from_pretrained("PATH/TO/THIS/FOLDER")'):
+                     public_name(m["data"]), 'AutoModelForCausalLM.from_pretrained("PATH/TO/THIS/FOLDER")'):
         assert expected in text, expected
     facts = json.loads((d / "training_summary.json").read_text())
     assert (facts["step"], facts["val_loss"], facts["tokens_seen"]) == (2, m["val_loss"], 128)
