@@ -242,9 +242,22 @@ KNOWN: dict[str, tuple[str, Callable[[str], str]]] = {
 }
 
 
+class Row(dict):
+    """A CSV row that names its file when a renderer asks for a column the file lacks (an older or edited
+    table): one InputError line instead of a KeyError traceback."""
+
+    def __init__(self, path: str, fields: dict):
+        super().__init__(fields)
+        self.path = path
+
+    def __missing__(self, column: str):
+        raise InputError(f"{self.path} has no column {column!r} (its columns: {', '.join(self) or 'none'}); "
+                         f"write it again with the script that makes it")
+
+
 def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
+    rows = [Row(path, {k: (v or "") for k, v in r.items() if k is not None}) for r in reader]
     return list(reader.fieldnames or []), rows
 
 

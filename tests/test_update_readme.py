@@ -537,3 +537,20 @@ def test_a_bad_metrics_jsonl_beside_the_log_exits_2(tmp_path):
     r = run(tmp_path)
     assert r.returncode == 2 and "metrics.jsonl line 2 is not JSON" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "README.md").read_bytes() == before
+
+
+@pytest.mark.parametrize("table, body", [
+    ("benchmarks/bench_seed.csv", "impl,tokens_per_s,mfu,peak_mem_gb\nours_fast_blocks,1000,0.1,1.0\n"
+                                  "hf_eager,100,0.01,1.0\nhf_compile,200,0.02,1.0\n"),
+])
+def test_a_table_without_a_column_is_one_line_and_the_pages_stay(tmp_path, table, body):
+    """A bench CSV without its `card` column: exit 2 naming the file and the column, no traceback, README
+    untouched."""
+    populate(tmp_path, README + "\n<!-- FINDINGS_BEGIN -->\n<!-- FINDINGS_END -->\n"
+                                "<!-- HEADLINES_BEGIN -->\n<!-- HEADLINES_END -->\n")
+    before = (tmp_path / "README.md").read_text(encoding="utf-8")
+    write(tmp_path / table, body)
+    r = run(tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert table in r.stderr and "has no column" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == before
