@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from smollm2.common import OneLineParser, UsageError, device_name, resolve_device
-from smollm2.evaluation import (TASKS, EvalError, build_items, hub_hint, load_task_rows, read_eval_text,
+from smollm2.evaluation import (TASKS, EvalError, build_items, load_task_rows, read_eval_text,
                                 score_items, score_text, token_byte_lengths)
 from smollm2.checkpoint import CheckpointError
 from smollm2.hf import PretrainedNotFound

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from smollm2.shards import DataError, ShardInfo, is_prepared, load_manifest, read_header, read_ids
+from smollm2.shards import ShardInfo, is_prepared, load_manifest, read_header, read_ids
 from smollm2.tiktoken_bpe import _bytes_of_char
 
 LN2 = math.log(2)
