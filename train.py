@@ -50,7 +50,14 @@ from smollm2.training import (EVAL_TOKENS, TrainStep, TransformersAdapter, amp_c
 from smollm2.common import OneLineParser, UsageError, device_name, flops_per_token, peak_flops
 from smollm2 import parallel
 
-DEFAULT_OPTIMIZER = "adamw"
+# --optimizer auto: Muon from this many tokens per optimizer step and process (batch_size x grad_accum x seq_len)
+# on, AdamW below. Newton-Schulz costs the same per step whatever the batch (6.5 ms on an H200 at the seed's
+# shape), so the smaller the step, the larger its share. Measured on one H200 (docs/quality.md,
+# benchmarks/quality_*.csv): at 32,768 tokens a step (realdocs, seq 2048 x 16) Muon reached today's held-out
+# loss in 35% of AdamW's time and its step was 7% slower; at 1,024 (the seed's shape, input.txt) its step was
+# 1.8x AdamW's and it reached AdamW's held-out loss 1.34x later. The threshold is the smallest measured shape
+# where Muon wins; between the two it is not measured.
+AUTO_MUON_MIN_TOKENS = 32_768
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,9 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lr_decay_steps", type=int, default=0,
                    help="step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in "
                         "several chunks: a run stopped at N and resumed follows the same lr curve")
-    g.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=list(RECIPES),
+    g.add_argument("--optimizer", default="auto", choices=["auto", *RECIPES],
                    help="adamw: AdamW on every parameter; muon: Muon (torch.optim.Muon's update, batched by shape) on "
-                        "the attention and MLP matrices, AdamW on the embedding and norm gains (docs/quality.md). Each "
+                        "the attention and MLP matrices, AdamW on the embedding and norm gains (docs/quality.md); "
+                        f"auto: muon from {AUTO_MUON_MIN_TOKENS:,} tokens per step and process (batch_size x "
+                        "grad_accum x seq_len) without --fsdp 1, else adamw (the seed's command: adamw). Each "
                         "brings its measured recipe: the defaults of --lr_schedule, --max_lr, --min_lr, --adamw_lr "
                         f"({'; '.join(f'{k}: ' + describe_recipe(k) for k in RECIPES)})")
     g.add_argument("--lr_schedule", default=None, choices=list(SCHEDULES),
@@ -158,8 +167,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--model_impl", default="ours", choices=["ours", "hf"],
                    help="hf: transformers' LlamaForCausalLM with the same init, through the same step (a yardstick)")
     args = p.parse_args(argv)
+    auto = args.optimizer == "auto"
+    if auto:  # resolved here: the log, the checkpoint and a resume see the optimizer itself
+        tokens = args.batch_size * args.grad_accum * args.seq_len
+        args.optimizer = "muon" if tokens >= AUTO_MUON_MIN_TOKENS and not args.fsdp else "adamw"
     if args.adamw_lr is not None and args.optimizer != "muon":
-        p.error("--adamw_lr is the lr of the AdamW part of --optimizer muon; with --optimizer adamw use --max_lr")
+        p.error("--adamw_lr is the lr of the AdamW part of --optimizer muon; with --optimizer adamw use --max_lr"
+                + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
+                   if auto else ""))
     for name, value in RECIPES[args.optimizer].items():  # what the user left unset comes from the recipe
         if getattr(args, name) is None:
             setattr(args, name, value)

@@ -324,9 +324,10 @@ def replot(stem: str, section: str) -> None:
     with open(stem + "_curves.csv", encoding="utf-8") as f:
         curves = list(csv.DictReader(f))
     for r in runs:
-        r["final_val_loss"], r["train_s"] = float(r["final_val_loss"]), float(r["train_s"])
         r["points"] = [{k: float(p[k]) for k in ("step", "tokens", "train_s", "val_loss")}
                        for p in curves if p["recipe"] == r["recipe"]]
+        # the curve's last point at full precision (the runs table rounds it)
+        r["final_val_loss"], r["train_s"] = r["points"][-1]["val_loss"], float(r["train_s"])
     write_csv(stem + "_ttl.csv", ttl_rows(section, runs, runs[0]["card"]))
     plot(stem + ".png", section, runs)
 

@@ -202,3 +202,20 @@ def test_recipes_fill_what_is_unset():
     args = train.parse_args(["--optimizer", "muon", "--max_lr", "0.01", "--lr_schedule", "cosine"])
     assert (args.max_lr, args.lr_schedule, args.adamw_lr) == (0.01, "cosine", RECIPES["muon"]["adamw_lr"])
     assert train.parse_args(["--optimizer", "adamw"]).adamw_lr is None
+
+
+@pytest.mark.parametrize("flags,chosen", [
+    ([], "adamw"),  # the seed's command: 256 x 1 x 4 = 1,024 tokens a step
+    (["--seq_len", "2048", "--batch_size", "16", "--grad_accum", "1"], "muon"),  # 32,768
+    (["--seq_len", "2048", "--batch_size", "8", "--grad_accum", "2"], "muon"),
+    (["--seq_len", "2048", "--batch_size", "8", "--grad_accum", "1"], "adamw"),
+    (["--seq_len", "2048", "--batch_size", "16", "--fsdp", "1"], "adamw"),  # Muon is refused under FSDP2
+])
+def test_auto_optimizer_follows_the_tokens_per_step(flags, chosen):
+    sys.path.insert(0, str(__import__("conftest").REPO_ROOT))
+    import train
+    from smollm2.training import RECIPES
+
+    args = train.parse_args(flags)
+    assert args.optimizer == chosen and args.max_lr == RECIPES[chosen]["max_lr"]
+    assert train.parse_args([*flags, "--optimizer", "adamw"]).optimizer == "adamw"
