@@ -761,8 +761,8 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
     return "\n".join(out), f"{len(out)} findings"
 
 
-QUALITY_SECTIONS = {"realdocs_2048": "realdocs, seq 2048 x micro-batch 16, 400 steps (13.1M tokens)",
-                    "seed_input": "input.txt at the seed's shape (seq 256 x 4 windows a step), 2,000 steps"}
+QUALITY_SECTIONS = {"realdocs_2048": "realdocs, seq 2048 x micro-batch 16",
+                    "seed_input": "input.txt at the seed's shape (seq 256 x 4 windows a step)"}
 
 
 def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
@@ -774,8 +774,10 @@ def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
         if not os.path.isfile(stem + "_runs.csv"):
             continue
         _, runs = read_csv(stem + "_runs.csv")
-        card = runs[0].get("card", "") if runs else ""
-        parts.append(f"#### {what}, {card}\n\nRendered from `{rel(stem + '_runs.csv', readme_dir)}`: every row "
+        first = runs[0] if runs else {}
+        if number(first.get("steps", "")) and number(first.get("tokens", "")):
+            what += f", {int(number(first['steps'])):,} steps ({number(first['tokens']) / 1e6:.1f}M tokens)"
+        parts.append(f"#### {what}, {first.get('card', '')}\n\nRendered from `{rel(stem + '_runs.csv', readme_dir)}`: every row "
                      f"in one process on one card; the steps' wall-clock without the first step (compile, CUDA-graph "
                      f"capture), which is apart.")
         parts.append(markdown_table(

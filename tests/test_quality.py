@@ -55,7 +55,7 @@ def test_ttl_rows_and_the_rendered_block(tmp_path):
     quality.write_csv(f"{stem}_ttl.csv", rows)
     for r in runs:
         r.update(section="realdocs_2048", card="NVIDIA H200", schedule="cosine", max_lr=1e-3, adamw_lr=None,
-                 ms_per_step=88.0, first_step_s=30.0)
+                 ms_per_step=88.0, first_step_s=30.0, steps=400, tokens=13107200)
         quality.append_rows(f"{stem}_runs.csv", quality.RUN_COLUMNS, [r])
     body, note = update_readme.quality_block(str(tmp_path), str(tmp_path))
     assert note == "1 sections" and "#### realdocs, seq 2048 x micro-batch 16, 400 steps (13.1M tokens), NVIDIA H200" in body
