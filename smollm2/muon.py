@@ -13,9 +13,10 @@ The Muon update is torch.optim.Muon's (torch/optim/_muon.py), line for line in i
                                                 Moonshot's scale, so Muon's update has AdamW's RMS and takes
                                                 an AdamW-sized lr and weight decay)
 What differs is how it is scheduled: torch.optim.Muon orthogonalises the 210 matrices of the 135M model one
-at a time (210 x 5 x 3 small matmuls, launch-bound: 141 ms a step on an H200, doubling the step at seq 2048),
-while here the matrices of one shape (q and o, k and v, gate and up, down: four shapes over the 30 layers)
-form one param group and go through Newton-Schulz as one batch of bmm's. tests/test_muon.py holds the result
+at a time (210 x 5 x 3 small matmuls, launch-bound: 141 ms a step on an H200, doubling the step at seq 2048;
+measured for issue 28), while here the matrices of one shape (q and o, k and v, gate and up, down: four
+shapes over the 30 layers) form one param group and go through Newton-Schulz as one batch of bmm's: the
+Muon step is 3.1% slower than the AdamW step at seq 2048 x 48 (docs/quality.md). tests/test_muon.py holds the result
 to torch.optim.Muon's to bf16 rounding, and the batched path to the per-matrix one.
 
 Everything the step does is device arithmetic with no host synchronisation, so it is captured in the CUDA graph
@@ -40,7 +41,8 @@ MOMENTUM = 0.95
 ADJUST_LR_FN = "match_rms_adamw"
 
 
-def newton_schulz(G: torch.Tensor, coefficients=NS_COEFFICIENTS, steps: int = NS_STEPS, eps: float = NS_EPS) -> torch.Tensor:
+def newton_schulz(G: torch.Tensor, coefficients=NS_COEFFICIENTS, steps: int = NS_STEPS,
+                  eps: float = NS_EPS) -> torch.Tensor:
     """The orthogonalised (US'V^T, S' ~ 1) form of each matrix of G (..., rows, cols), in bf16: torch.optim.Muon's
     _zeropower_via_newtonschulz with a batch dimension. Frobenius normalisation bounds the spectral norm by 1."""
     a, b, c = coefficients
