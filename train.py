@@ -49,9 +49,18 @@ from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
 from smollm2.io import LineFile, write_failure_advice
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
 from smollm2.training import (EVAL_TOKENS, TrainStep, TransformersAdapter, amp_context, build_train_step, evaluate,
-                              lr_at, optimizer_state_for_checkpoint, set_lr)
+                              RECIPES, SCHEDULES, lr_at, optimizer_state_for_checkpoint, set_lr)
 from smollm2.common import OneLineParser, UsageError, device_name, flops_per_token, peak_flops
 from smollm2 import parallel
+
+# --optimizer auto: Muon from this many tokens per optimizer step and process (batch_size x grad_accum x seq_len)
+# on, AdamW below. Newton-Schulz costs the same per step whatever the batch (6.5 ms on an H200 at the seed's
+# shape), so the smaller the step, the larger its share. Measured on one H200 (docs/quality.md,
+# benchmarks/quality_*.csv): at 32,768 tokens a step (realdocs, seq 2048 x 16) Muon reached today's held-out
+# loss in 35% of AdamW's time and its step was 7% slower; at 1,024 (the seed's shape, input.txt) its step was
+# 1.8x AdamW's and it reached AdamW's held-out loss 1.34x later. The threshold is the smallest measured shape
+# where Muon wins; between the two it is not measured.
+AUTO_MUON_MIN_TOKENS = 32_768
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,11 +89,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max_steps", type=int, default=5000, help="last optimizer step (may be raised on resume)")
     g.add_argument("--warmup_steps", type=int, default=200, help="linear lr warmup steps")
     g.add_argument("--lr_decay_steps", type=int, default=0,
-                   help="step where the cosine reaches min_lr (0: --max_steps). Set it to train one schedule in "
+                   help="step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in "
                         "several chunks: a run stopped at N and resumed follows the same lr curve")
-    g.add_argument("--max_lr", type=float, default=3e-4, help="peak learning rate")
-    g.add_argument("--min_lr", type=float, default=3e-5, help="final learning rate of the cosine decay")
-    g.add_argument("--weight_decay", type=float, default=0.1, help="AdamW decay on matrices (not on norm gains)")
+    g.add_argument("--optimizer", default="auto", choices=["auto", *RECIPES],
+                   help="adamw: AdamW on every parameter; muon: Muon (torch.optim.Muon's update, batched by shape) on "
+                        "the attention and MLP matrices, AdamW on the embedding and norm gains (docs/quality.md); "
+                        f"auto: muon from {AUTO_MUON_MIN_TOKENS:,} tokens per step and process (batch_size x "
+                        "grad_accum x seq_len) without --fsdp 1, else adamw (the seed's command: adamw). Each "
+                        "brings its measured recipe: the defaults of --lr_schedule, --max_lr, --min_lr, --adamw_lr "
+                        f"({'; '.join(f'{k}: ' + describe_recipe(k) for k in RECIPES)})")
+    g.add_argument("--lr_schedule", default=None, choices=list(SCHEDULES),
+                   help="cosine: warmup, cosine decay to --min_lr; wsd: warmup, constant, linear decay to --min_lr over "
+                        "the last --lr_decay_fraction of the steps (default: the --optimizer's recipe)")
+    g.add_argument("--lr_decay_fraction", type=float, default=0.2,
+                   help="wsd: share of the steps (of --lr_decay_steps, else --max_steps) spent decaying (SmolLM2: 0.2)")
+    g.add_argument("--max_lr", type=float, default=None, help="peak learning rate (default: the --optimizer's recipe)")
+    g.add_argument("--min_lr", type=float, default=None,
+                   help="learning rate at the end of the decay (default: the --optimizer's recipe)")
+    g.add_argument("--adamw_lr", type=float, default=None,
+                   help="--optimizer muon: peak lr of the AdamW part (embedding/head and norm gains), on the same "
+                        "schedule scaled by --adamw_lr / --max_lr (default: the recipe's)")
+    g.add_argument("--weight_decay", type=float, default=0.1,
+                   help="decoupled decay on matrices (not on norm gains), AdamW's and Muon's")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global grad norm to this (0 = off)")
     g.add_argument("--seed", type=int, default=1337, help="seeds the init and every batch")
     g = p.add_argument_group("logging and checkpoints")
@@ -148,7 +174,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="under DDP: all-reduce gradients in bf16 (half the bytes; rounds the averaged gradient)")
     g.add_argument("--model_impl", default="ours", choices=["ours", "hf"],
                    help="hf: transformers' LlamaForCausalLM with the same init, through the same step (a yardstick)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    auto = args.optimizer == "auto"
+    if auto:  # resolved here: the log, the checkpoint and a resume see the optimizer itself
+        tokens = args.batch_size * args.grad_accum * args.seq_len
+        args.optimizer = "muon" if tokens >= AUTO_MUON_MIN_TOKENS and not args.fsdp else "adamw"
+    if args.adamw_lr is not None and args.optimizer != "muon":
+        p.error("--adamw_lr is the lr of the AdamW part of --optimizer muon; with --optimizer adamw use --max_lr"
+                + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
+                   if auto else ""))
+    for name, value in RECIPES[args.optimizer].items():  # what the user left unset comes from the recipe
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def describe_recipe(optimizer: str) -> str:
+    return ", ".join(f"{k} {v}" for k, v in RECIPES[optimizer].items() if v is not None)
 
 
 # ================================================================================================ parse and check
@@ -165,7 +207,8 @@ def resolve_switches(args, device: torch.device, world: int) -> Switches:
                     cuda_graph=auto(args.cuda_graph, args.fast and cuda and world == 1 and not args.fsdp),
                     fused_loss=auto(args.fused_loss, args.fast), stack_micro=args.stack_micro,
                     residual_dtype=residual, attn=args.attn, model_impl=args.model_impl,
-                    tie_word_embeddings=bool(args.tie_word_embeddings), grad_reduce_bf16=args.grad_reduce_dtype == "bf16")
+                    tie_word_embeddings=bool(args.tie_word_embeddings), grad_reduce_bf16=args.grad_reduce_dtype == "bf16",
+                    optimizer=args.optimizer)
 
 
 def kept_compile_scope(args, switches: Switches, ckpt: Optional[dict]) -> Switches:
@@ -194,6 +237,10 @@ def check_values(args) -> None:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
         raise UsageError(f"need 0 <= --min_lr <= --max_lr and --max_lr > 0 (got {args.min_lr}, {args.max_lr})")
+    if args.adamw_lr is not None and not args.adamw_lr > 0:
+        raise UsageError(f"--adamw_lr must be > 0, got {args.adamw_lr}")
+    if not 0 < args.lr_decay_fraction <= 1:
+        raise UsageError(f"--lr_decay_fraction must be in (0, 1], got {args.lr_decay_fraction}")
     if args.weight_decay < 0 or args.grad_clip < 0:
         raise UsageError("--weight_decay and --grad_clip must be >= 0")
     if not 0 <= args.val_fraction < 1:
@@ -226,6 +273,9 @@ def check_switches(args, sw: Switches, device: torch.device, world: int) -> None
     if sw.grad_reduce_bf16 and not (cuda and world > 1 and not args.fsdp):
         raise UsageError("--grad_reduce_dtype bf16 is a DDP option on CUDA (NCCL): launch with torchrun on GPUs, "
                          "or leave it at fp32")
+    if args.fsdp and sw.optimizer == "muon":
+        raise UsageError("--optimizer muon orthogonalises each whole matrix and --fsdp 1 gives every rank a shard of "
+                         "it: train Muon under DDP (--fsdp 0), or FSDP2 with --optimizer adamw")
     if args.fsdp and world == 1:
         raise UsageError("--fsdp 1 shards over several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
 
@@ -536,6 +586,7 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
     if args.fsdp:
         parallel.apply_fsdp(model)
     step_fn = build_train_step(model, switches, device, lr=args.max_lr, weight_decay=args.weight_decay,
+                               adamw_lr=args.adamw_lr,
                                grad_clip=args.grad_clip, optimizer_state=ckpt["optimizer"] if ckpt else None, log=log)
     if ckpt is not None:
         set_rng_state(ckpt["rng"])
@@ -749,7 +800,8 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
     stop, interval, step = StopFlag(), Interval(device), run.start_step
     run.model.train()
     for step in range(run.start_step + 1, args.max_steps + 1):
-        lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr)
+        lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr, args.lr_schedule,
+                   args.lr_decay_fraction)
         set_lr(run.optimizer, lr)
         loss, grad_norm = run.step_fn(*data.step_batch(step, args.grad_accum, args.batch_size, device, rank, world))
         interval.add(loss)

@@ -11,6 +11,8 @@ Blocks (each marker alone on its line; the text between a BEGIN/END pair is repl
   FINDINGS         (optional) the headline sentences, computed from the same files
   DATA_RESULTS     (optional) the real-corpus run (results/realdocs/) and benchmarks/data_prep.csv
   EVAL_RESULTS     (optional) results/eval/*.json written by evaluate.py: bits per byte and task scores
+  QUALITY          (optional) benchmarks/quality_*.csv (benchmarks/quality.py): per section the recipes' held-out
+                   losses, the time-to-loss table and the plot; the Muon-vs-AdamW step time (docs/quality.md)
 It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the run's
 records: metrics.jsonl beside the log, or the log itself for runs from before that file
 (smollm2.metrics.read_events, the one reader); the README's log block always shows train.log.
@@ -39,7 +41,7 @@ from smollm2.switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "SEED_E2E", "FINDINGS",
-            "HEADLINES", "DATA_RESULTS", "EVAL_RESULTS")
+            "HEADLINES", "DATA_RESULTS", "EVAL_RESULTS", "QUALITY")
 MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
 
 
@@ -438,7 +440,8 @@ def generic_tables(paths: list[str], readme_dir: str, headings: bool) -> list[st
 
 def bench_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     csvs = sorted(glob.glob(os.path.join(bench_dir, "bench_*.csv")))
-    pngs = sorted(glob.glob(os.path.join(bench_dir, "*.png")))
+    # the quality plots belong to the QUALITY block, beside their tables
+    pngs = sorted(p for p in glob.glob(os.path.join(bench_dir, "*.png")) if not os.path.basename(p).startswith("quality_"))
     if not csvs and not pngs:
         return f"_No benchmark results yet: no `bench_*.csv` in `{rel(bench_dir, readme_dir)}/`._", "no bench csv"
     parts = generic_tables(csvs, readme_dir, headings=True)
@@ -856,6 +859,52 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
     return "\n".join(out), f"{len(out)} headlines"
 
 
+QUALITY_SECTIONS = {"realdocs_2048": "realdocs, seq 2048 x micro-batch 16",
+                    "seed_input": "input.txt at the seed's shape (seq 256 x 4 windows a step)"}
+
+
+def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    """benchmarks/quality.py's files: per section the runs (held-out loss at the end, step time) and the
+    time to reach the held-out loss of today's recipe and of the best AdamW; then the step-time table."""
+    parts = []
+    for section, what in QUALITY_SECTIONS.items():
+        stem = os.path.join(bench_dir, f"quality_{section}")
+        if not os.path.isfile(stem + "_runs.csv"):
+            continue
+        _, runs = read_csv(stem + "_runs.csv")
+        first = runs[0] if runs else {}
+        if number(first.get("steps", "")) and number(first.get("tokens", "")):
+            what += f", {int(number(first['steps'])):,} steps ({number(first['tokens']) / 1e6:.1f}M tokens)"
+        parts.append(f"#### {what}, {first.get('card', '')}\n\nRendered from `{rel(stem + '_runs.csv', readme_dir)}`: every row "
+                     f"in one process on one card; the steps' wall-clock without the first step (compile, CUDA-graph "
+                     f"capture), which is apart.")
+        parts.append(markdown_table(
+            ["recipe", "optimizer", "schedule", "peak lr", "AdamW-part lr", "held-out loss at the end", "ms/step",
+             "steps (s)", "first step (s)"],
+            [[r["recipe"], r["optimizer"] + (" (transformers + compile)" if r["impl"] == "hf" else ""), r["schedule"],
+              r["max_lr"], r["adamw_lr"] or MISSING, _fmt(1, 3)(r["final_val_loss"]), _fmt(1, 1)(r["ms_per_step"]),
+              _fmt(1, 1)(r["train_s"]), _fmt(1, 1)(r["first_step_s"])] for r in runs]))
+        if os.path.isfile(stem + "_ttl.csv"):
+            _, ttl = read_csv(stem + "_ttl.csv")
+            parts.append(f"Time to a held-out loss (`{rel(stem + '_ttl.csv', readme_dir)}`; linear between "
+                         f"evaluations; share: of the reference recipe's own time to the end):")
+            parts.append(markdown_table(
+                ["target", "loss", "recipe", "steps' wall-clock (s)", "tokens (M)", "share of the reference's time"],
+                [[t["target"], t["target_loss"], t["recipe"], _fmt(1, 1)(t["train_s"]), _fmt(1e-6, 1)(t["tokens"]),
+                  _fmt(1, 2)(t["share_of_reference_time"]) if t["reached"] == "True" else "not reached"]
+                 for t in ttl]))
+        if os.path.isfile(stem + ".png"):
+            parts.append(images([stem + ".png"], readme_dir))
+    step = os.path.join(bench_dir, "quality_step_time.csv")
+    if os.path.isfile(step):
+        cols, rows = read_csv(step)
+        parts.append(f"#### The Muon step against the AdamW step\n\nRendered from `{rel(step, readme_dir)}`.")
+        parts.append(render_generic([c for c in cols if c not in ("section", "torch")], rows))
+    if not parts:
+        return f"_No quality results yet: no `quality_*.csv` in `{rel(bench_dir, readme_dir)}/`._", "no quality csv"
+    return "\n\n".join(parts), f"{sum(p.startswith('####') for p in parts)} sections"
+
+
 def marker_span(text: str, name: str) -> Optional[tuple[int, int]]:
     """(end of the BEGIN line, start of the END line), None if the pair is absent.
 
@@ -1061,6 +1110,7 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
             "HEADLINES": lambda: headlines_block(args, readme_run, d),
             "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, d),
             "EVAL_RESULTS": lambda: eval_block(args.eval_results, d),
+            "QUALITY": lambda: quality_block(args.bench_dir, d),
         }
 
     new_pages, filled = {}, []

@@ -16,7 +16,8 @@ What a resumed run may change, in one table (RULES), and the one comparison that
 A resume continues the saved run exactly only while the data order, the model and the meaning of a step
 stay as they were. Every train.py setting is classified (tests/test_reliability.py checks that none is
 missing):
-  fixed    the checkpoint cannot even be loaded otherwise (architecture, implementation): always refused
+  fixed    the checkpoint cannot even be loaded otherwise (architecture, implementation, optimizer): always
+           refused (a different --optimizer in one line of its own)
   refused  changes the data order, the model's training or what a step does: refused (exit 2) unless
            --allow_config_change 1, and then logged as a WARNING
   allowed  the schedule's horizon, cadences, speed switches, paths: allowed and logged
@@ -189,6 +190,9 @@ RULES: dict[str, str] = {
     "sampler": REFUSED, "data.": REFUSED,
     # what a step does
     "max_lr": REFUSED, "min_lr": REFUSED, "warmup_steps": REFUSED, "weight_decay": REFUSED, "grad_clip": REFUSED,
+    "lr_schedule": REFUSED, "lr_decay_fraction": REFUSED, "adamw_lr": REFUSED,
+    # the optimizer's state would not load into another optimizer (check_resume: one line)
+    "optimizer": FIXED,
     # the model: its weights would not load
     "model.": FIXED, "model_impl": FIXED,
     # the horizon and the cadences
@@ -226,6 +230,12 @@ def check_resume(saved: dict, given: dict, allow_change: bool, source: str) -> l
     """Compare what the checkpoint's run used with what this command gives. Raises UsageError listing
     each refused difference as `name: saved -> given`; returns the log lines for the accepted ones.
     A setting the checkpoint does not record (written before it existed) is not compared."""
+    # A checkpoint from before --optimizer existed was trained with AdamW.
+    was, now = saved.get("optimizer", "adamw"), given.get("optimizer", "adamw")
+    if was != now:
+        raise UsageError(f"cannot resume from {source} with --optimizer {now}: the run was trained with --optimizer "
+                         f"{was}, whose state does not carry over; resume with --optimizer {was}, or start a new run "
+                         f"in another --out_dir")
     changed = [(k, saved[k], given[k]) for k in given if k in saved and saved[k] != given[k]]
     lines = {kind: [f"{k}: {a!r} -> {b!r}" for k, a, b in changed if rule(k) == kind] for kind in (FIXED, REFUSED, ALLOWED)}
     if lines[FIXED]:

@@ -24,6 +24,9 @@ class Switches:
     tie_word_embeddings: bool = True
     grad_reduce_bf16: bool = False  # data parallel: all-reduce gradients in bf16
     ddp_overlap: bool = True        # data parallel: split the compiled graph at bucket boundaries
+    # Not a speed switch but named beside them, so that bench.py and train_ablation.py can time and train it:
+    # adamw, or muon (smollm2/muon.py: Muon on the hidden matrices, AdamW on the embedding and norm gains).
+    optimizer: str = "adamw"
 
     @property
     def amp_dtype(self):
@@ -80,6 +83,8 @@ IMPLS: dict[str, Switches] = {
     # AUTO_BLOCKS_MAX_STEPS steps (the seed's command), a tenth of the compile time
     "ours_fast_blocks": _FAST.but(residual_dtype="bf16", compile_scope="blocks"),
     "ours_eager_bf16res": _BF16.but(residual_dtype="bf16"),
+    # train.py's default path with --optimizer muon: what the Muon step costs against the AdamW step
+    "ours_fast_bf16res_muon": _FAST.but(residual_dtype="bf16", optimizer="muon"),
     # data-parallel variants of ours_compile (smollm2.parallel.build_forward); same math, except bf16grads
     "ours_compile_no_overlap": _COMPILED.but(ddp_overlap=False),
     "ours_compile_blocks": _COMPILED.but(compile_scope="blocks"),
@@ -125,6 +130,8 @@ VARIANTS: dict[str, Switches] = {
     "fast_accum": _PLAIN_BF16.but(compile=True, cuda_graph=True, fused_loss=True, stack_micro=0),
     "fast_bf16res": _PLAIN_BF16.but(compile=True, cuda_graph=True, fused_loss=True, residual_dtype="bf16"),
     "hf_reference": _PLAIN_BF16.but(model_impl="hf"),
+    "fast_bf16res_muon": _PLAIN_BF16.but(compile=True, cuda_graph=True, fused_loss=True, residual_dtype="bf16",
+                                         optimizer="muon"),
 }
 SAME_AS = {"sdpa_off": "autocast", "sdpa_with_tie_on": "sdpa_on"}
 # What each switch buys alone: (switch, the variant with it, the variant without it), one switch apart

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Issue #28 on the device machine (.assets/ carried: realdocs prepared by prepare_data.py, input.txt,
+# tokenizer.json): benchmarks/quality.py's sections, each in one process on the one card. Pass the parts:
+#   realdocs  (the 480 s limit below ends it after 6 of the 9 recipes on an H200, cold caches: 72 s of compile)
+#             the lr/optimizer/schedule sweep at seq 2048 x micro-batch 16, 400 steps (13.1M tokens) on realdocs,
+#             and in the same process transformers + torch.compile with the best AdamW recipe of the sweep: the
+#             time-to-loss table is computed from these runs (about 8 minutes on an H200)
+#   seed      the seed's shape (seq 256 x 4 windows a step) on input.txt, 1000 steps per recipe (about 2 minutes)
+#   step      the Muon step against the AdamW step at seq 2048 x micro-batch 48 (the best micro-batch)
+# What comes back in $OUT: quality_<section>_{runs,curves,ttl}.csv, the plot, the log.
+set -u
+cd "$(dirname "$0")/.."
+source benchmarks/device_env.sh
+OUT=${OUT:-/tmp/quality_out}
+mkdir -p "$OUT"
+parts=" ${*:-realdocs} "
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+Q=(python benchmarks/quality.py --tokenizer_id "$SMOLLM2_TOKENIZER" --out_dir "$OUT")
+if [[ "$parts" == *" realdocs "* ]]; then
+  timeout 480 "${Q[@]}" --section realdocs_2048 --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
+    --steps 400 --eval_every 25 --val_windows 64 \
+    --recipes muon_wsd_3e-3,adamw_cos_3e-4,adamw_cos_1e-3,adamw_cos_3e-3,hf_best_adamw,muon_wsd_1e-2,muon_wsd_1e-3,muon_cos_3e-3,adamw_wsd_1e-3 \
+    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048.log"
+fi
+if [[ "$parts" == *" step "* ]]; then
+  timeout 170 "${Q[@]}" --section step_time --input_file .assets/realdocs --seq_len 2048 --micro_batch 48 --timed 20 2>&1 \
+    | tee "$OUT/quality_step_time.log"
+fi
+if [[ "$parts" == *" seed "* ]]; then
+  timeout 420 "${Q[@]}" --section seed_input --input_file input.txt --seq_len 256 --micro_batch 4 --steps 1000 \
+    --eval_every 100 --val_windows 64 --recipes adamw_cos_3e-4,muon_wsd_3e-3,adamw_cos_1e-3 2>&1 \
+    | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_seed_input.log"
+fi

@@ -1,0 +1,336 @@
+"""Quality per GPU-minute: training recipes side by side in one process on one card, each run's held-out loss
+against the wall-clock of its steps and the tokens seen, and the time each takes to reach a held-out loss.
+
+    python benchmarks/quality.py --input_file data/realdocs --seq_len 2048 --micro_batch 16 --steps 400 \
+        --section realdocs_2048 --recipes adamw_cos_3e-4,adamw_cos_1e-3,...,hf_best_adamw
+    python benchmarks/quality.py --section step_time --seq_len 2048 --micro_batch 48 --input_file data/realdocs
+
+A recipe is named <optimizer>_<schedule>_<peak lr>: adamw_cos_1e-3, muon_wsd_3e-3 (Muon's lr; its AdamW part
+takes the same peak unless the name ends in _a<lr>, e.g. muon_wsd_3e-3_a1e-2). Every recipe: the same seeded
+init, the same batches (TokenBatches, epoch sampler), grad clip 1.0, weight decay 0.1, linear warmup over
+--warmup_fraction of the steps; cosine decays to 10% of the peak (train.py's adamw recipe's ratio), wsd to 0
+over the last 20% (SmolLM2's). `hf_best_adamw` is transformers' LlamaForCausalLM + torch.compile (bench.py's
+hf_compile path) with the best AdamW recipe of those run before it in the same process (lowest final loss).
+Ours runs train.py's default CUDA path (smollm2.switches.DEFAULT_PATH: compile, CUDA graph, fused loss, bf16
+residual stream).
+
+Clocks: `train_s` counts the steps only (CUDA-synchronised before and after each evaluation, which is not
+counted); the first step (compile, warm-up, CUDA-graph capture) is `first_step_s`, apart and not in train_s.
+The held-out loss is the mean over the first --val_windows windows of the validation split, every
+--eval_every steps. Rows are appended to <out_dir>/quality_<section>_*.csv as each recipe ends (a run cut
+short keeps the rows it finished); the time-to-loss table is computed from this run's curves alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from smollm2.common import device_name  # noqa: E402
+from smollm2.data import TokenBatches, load_training_data  # noqa: E402
+from smollm2.switches import DEFAULT_PATH, IMPLS, Switches  # noqa: E402
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
+from smollm2.training import TransformersAdapter, build_train_step, evaluate, lr_at, set_lr  # noqa: E402
+from smollm2_config import get_config  # noqa: E402
+from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
+
+TODAY = "adamw_cos_3e-4"  # train.py's recipe before Muon: AdamW, 3e-4, cosine to 3e-5
+COSINE_MIN_RATIO = 0.1
+CURVE_COLUMNS = ["section", "recipe", "step", "tokens", "train_s", "val_loss", "lr", "card"]
+RUN_COLUMNS = ["section", "recipe", "impl", "optimizer", "schedule", "max_lr", "adamw_lr", "min_lr", "steps", "tokens",
+               "seq_len", "micro_batch", "final_val_loss", "train_s", "ms_per_step", "first_step_s", "peak_mem_gb",
+               "card", "torch"]
+
+
+def parse_recipe(name: str, best_adamw: str | None) -> dict:
+    if name == "hf_best_adamw":
+        if best_adamw is None:
+            raise SystemExit("error: hf_best_adamw needs AdamW recipes before it in --recipes")
+        return {**parse_recipe(best_adamw, None), "impl": "hf", "name": name, "like": best_adamw}
+    parts = name.split("_")
+    optimizer, schedule, lr = parts[0], {"cos": "cosine", "wsd": "wsd"}[parts[1]], float(parts[2])
+    adamw_lr = float(parts[3][1:]) if len(parts) > 3 and parts[3].startswith("a") else (lr if optimizer == "muon" else None)
+    min_lr = lr * COSINE_MIN_RATIO if schedule == "cosine" else 0.0
+    return dict(name=name, impl="ours", optimizer=optimizer, schedule=schedule, max_lr=lr, adamw_lr=adamw_lr,
+                min_lr=min_lr)
+
+
+def build_model(recipe: dict, seed: int, device, preset: str):
+    sw = IMPLS["hf_compile"] if recipe["impl"] == "hf" else IMPLS[DEFAULT_PATH]
+    if device.type != "cuda":  # the CPU smoke run: plain float32 eager
+        sw = Switches(fused_loss=sw.model_impl == "ours", model_impl=sw.model_impl)
+    sw = sw.but(optimizer=recipe["optimizer"])
+    torch.manual_seed(seed)
+    ours = SmolLM2ForCausalLM(get_config(preset, attn_impl=sw.attn, residual_dtype=sw.residual_dtype))
+    if sw.model_impl == "ours":
+        return ours.to(device), sw
+    from smollm2.hf import to_hf_model  # the same initial weights as ours
+    hf = to_hf_model(ours)
+    hf.config._attn_implementation = "sdpa"
+    return TransformersAdapter(hf.to(device).train()), sw
+
+
+def release():
+    # Dynamo's cache is kept: with nn modules inlined (torch's default) a new model of the same class and shapes
+    # reuses the compiled forward, so only the first recipe of each impl compiles (main() raises the recompile
+    # limit, so that a guard that does fail recompiles instead of falling back to eager).
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_recipe(recipe: dict, data: TokenBatches, args, device, on_point) -> dict:
+    release()
+    model, sw = build_model(recipe, args.seed, device, args.model)
+    step_fn = build_train_step(model, sw, device, lr=recipe["max_lr"], weight_decay=0.1, grad_clip=1.0,
+                               adamw_lr=recipe["adamw_lr"])
+    n, B = args.steps, args.micro_batch
+    warmup = max(1, round(args.warmup_fraction * n))
+
+    def held_out() -> float:
+        with torch.compiler.set_stance("force_eager"):
+            return evaluate(model, data.val_batches(args.val_windows, max(B, 16)), device, sw.amp_dtype)
+
+    points = [dict(step=0, tokens=0, train_s=0.0, val_loss=held_out(), lr=0.0)]
+    on_point(points[-1])
+    train_s, first_s = 0.0, 0.0
+    sync(device)
+    t = time.perf_counter()
+    for step in range(1, n + 1):
+        lr = lr_at(step, warmup, n, recipe["max_lr"], recipe["min_lr"], recipe["schedule"], 0.2)
+        set_lr(step_fn.optimizer, lr)
+        step_fn(*data.step_batch(step, 1, B, device))
+        if step == 1 or step % args.eval_every == 0 or step == n:
+            sync(device)
+            now = time.perf_counter()
+            if step == 1:
+                first_s = now - t
+            else:
+                train_s += now - t
+            if step % args.eval_every == 0 or step == n:
+                points.append(dict(step=step, tokens=step * B * args.seq_len, train_s=train_s, val_loss=held_out(), lr=lr))
+                on_point(points[-1])
+            sync(device)
+            t = time.perf_counter()
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    del model, step_fn
+    release()
+    return dict(recipe=recipe["name"], impl=recipe["impl"], optimizer=recipe["optimizer"], schedule=recipe["schedule"],
+                max_lr=recipe["max_lr"], adamw_lr=recipe["adamw_lr"], min_lr=recipe["min_lr"], steps=n,
+                tokens=n * B * args.seq_len, seq_len=args.seq_len, micro_batch=B, final_val_loss=points[-1]["val_loss"],
+                train_s=train_s, ms_per_step=1000 * train_s / max(1, n - 1), first_step_s=first_s, peak_mem_gb=peak,
+                points=points)
+
+
+def time_to_loss(points: list[dict], target: float):
+    """(train_s, tokens) where the held-out curve first reaches `target`, linear between evaluations; None if never."""
+    for a, b in zip(points, points[1:]):
+        if b["val_loss"] <= target:
+            if a["val_loss"] <= target:
+                return a["train_s"], a["tokens"]
+            f = (a["val_loss"] - target) / (a["val_loss"] - b["val_loss"])
+            return a["train_s"] + f * (b["train_s"] - a["train_s"]), a["tokens"] + f * (b["tokens"] - a["tokens"])
+    return None
+
+
+def ttl_rows(section: str, runs: list[dict], card: str) -> list[dict]:
+    """Time to the held-out loss of today's recipe at the end of its run, and of the best AdamW recipe's."""
+    by_name = {r["recipe"]: r for r in runs}
+    adamw = [r for r in runs if r["optimizer"] == "adamw" and r["impl"] == "ours"]
+    targets = []
+    if TODAY in by_name:
+        targets.append(("today's default at the end", by_name[TODAY]))
+    if adamw:
+        best = min(adamw, key=lambda r: r["final_val_loss"])
+        targets.append((f"best AdamW ({best['recipe']}) at the end", best))
+    rows = []
+    for label, ref in targets:
+        for r in runs:
+            hit = time_to_loss(r["points"], ref["final_val_loss"])
+            rows.append(dict(section=section, target=label, target_loss=round(ref["final_val_loss"], 4),
+                             recipe=r["recipe"], reached=hit is not None,
+                             train_s=round(hit[0], 2) if hit else None, tokens=int(hit[1]) if hit else None,
+                             share_of_reference_time=round(hit[0] / ref["train_s"], 3) if hit else None,
+                             reference_train_s=round(ref["train_s"], 2), card=card))
+    return rows
+
+
+def append_rows(path: str, columns: list[str], rows: list[dict]) -> None:
+    new = not os.path.exists(path)
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot(path: str, section: str, runs: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in runs:
+        pts = r["points"][1:]
+        for ax, key, scale in ((axes[0], "train_s", 1.0), (axes[1], "tokens", 1e-6)):
+            ax.plot([p[key] * scale for p in pts], [p["val_loss"] for p in pts], label=r["recipe"],
+                    linestyle="--" if r["impl"] == "hf" else "-")
+    for ax, xl in zip(axes, ["wall-clock of the steps (s)", "tokens (M)"]):
+        ax.set_xlabel(xl)
+        ax.set_ylabel("held-out loss")
+        ax.grid(alpha=0.3)
+    lo = min(p["val_loss"] for r in runs for p in r["points"])
+    hi = max(r["points"][min(3, len(r["points"]) - 1)]["val_loss"] for r in runs)
+    for ax in axes:
+        ax.set_ylim(lo - 0.1, hi + 0.1)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{section}: held-out loss ({runs[0]['card']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def step_time(args, data, device, card) -> list[dict]:
+    """The Muon step against the AdamW step on train.py's default CUDA path: `--warmup` untimed steps (compile,
+    capture), then --timed steps between two CUDA events, for each optimizer."""
+    rows = []
+    for optimizer in ("adamw", "muon"):
+        release()
+        recipe = parse_recipe(f"{optimizer}_wsd_3e-3", None)
+        model, sw = build_model(recipe, args.seed, device, args.model)
+        step_fn = build_train_step(model, sw, device, lr=3e-3, weight_decay=0.1, grad_clip=1.0,
+                                   adamw_lr=recipe["adamw_lr"])
+        for s in range(1, 6):
+            step_fn(*data.step_batch(s, 1, args.micro_batch, device))
+        inputs = [data.step_batch(5 + s, 1, args.micro_batch, device) for s in range(1, args.timed + 1)]
+        sync(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for xs, ys in inputs:
+            step_fn(xs, ys)
+        end.record()
+        sync(device)
+        ms = start.elapsed_time(end) / args.timed
+        rows.append(dict(section="step_time", optimizer=optimizer, impl=DEFAULT_PATH, seq_len=args.seq_len,
+                         micro_batch=args.micro_batch, ms_per_step=round(ms, 2),
+                         tokens_per_s=round(args.micro_batch * args.seq_len / ms * 1000),
+                         peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 1e9, 2), card=card,
+                         torch=torch.__version__))
+        print(json.dumps(rows[-1]), flush=True)
+        del model, step_fn, inputs
+    rows[1]["vs_adamw"] = rows[0]["vs_adamw"] = None
+    rows[1]["vs_adamw"] = round(rows[1]["ms_per_step"] / rows[0]["ms_per_step"], 3)
+    release()
+    return rows
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input_file", default="input.txt", help="a folder made by prepare_data.py, or raw text (as train.py)")
+    p.add_argument("--tokenizer_id", default=os.environ.get("SMOLLM2_TOKENIZER", DEFAULT_TOKENIZER_ID))
+    p.add_argument("--section", required=True, help="names the rows and files: quality_<section>_*.csv; "
+                                                    "'step_time' times the Muon step against the AdamW step")
+    p.add_argument("--recipes", default="", help="comma list, run in this order (see the docstring)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--seq_len", type=int, default=2048)
+    p.add_argument("--micro_batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--warmup_fraction", type=float, default=0.1)
+    p.add_argument("--eval_every", type=int, default=20)
+    p.add_argument("--val_windows", type=int, default=64)
+    p.add_argument("--timed", type=int, default=20, help="step_time: timed steps per optimizer")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out_dir", default="benchmarks")
+    p.add_argument("--cache_dir", default="/tmp/quality_cache", help="token cache for raw text input")
+    p.add_argument("--replot", action="store_true", help="only redraw the plot and the time-to-loss table from the CSVs")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.replot:
+        replot(os.path.join(args.out_dir, f"quality_{args.section}"), args.section)
+        return 0
+    device = torch.device(args.device)
+    torch._dynamo.config.recompile_limit = 64
+    torch.backends.cuda.matmul.allow_tf32 = True  # what stays float32 (the optimizer's norms), as bench.py
+    card = device_name(device)
+    tokenizer = load_tokenizer(args.tokenizer_id, log=lambda m: None)
+    dataset = load_training_data(args.input_file, tokenizer, args.cache_dir, log=print)
+    data = TokenBatches(dataset, args.seq_len, args.seed)
+    os.makedirs(args.out_dir, exist_ok=True)
+    stem = os.path.join(args.out_dir, f"quality_{args.section}")
+    print(f"{card} | torch {torch.__version__} | {dataset.description}", flush=True)
+    if args.section == "step_time":
+        rows = step_time(args, data, device, card)
+        write_csv(stem + ".csv", rows)
+        return 0
+    for suffix in ("_curves.csv", "_runs.csv"):
+        if os.path.exists(stem + suffix):
+            os.remove(stem + suffix)  # one process, one table: no rows of an earlier run beside this one's
+    runs, best_adamw = [], None
+    for name in [r for r in args.recipes.split(",") if r]:
+        recipe = parse_recipe(name, best_adamw)
+        t0 = time.perf_counter()
+        run = train_recipe(recipe, data, args, device,
+                           on_point=lambda pt: print(f"{name} step {pt['step']} val {pt['val_loss']:.4f} "
+                                                     f"train_s {pt['train_s']:.1f}", flush=True))
+        run.update(section=args.section, card=card, torch=torch.__version__)
+        runs.append(run)
+        print(f"== {name}: final {run['final_val_loss']:.4f} | {run['ms_per_step']:.1f} ms/step | train {run['train_s']:.1f} s "
+              f"| first step {run['first_step_s']:.1f} s | wall {time.perf_counter() - t0:.1f} s", flush=True)
+        append_rows(stem + "_curves.csv", CURVE_COLUMNS,
+                    [dict(section=args.section, recipe=name, card=card, **pt) for pt in run["points"]])
+        append_rows(stem + "_runs.csv", RUN_COLUMNS, [{k: (float(f"{v:.5g}") if isinstance(v, float) else v)
+                                                      for k, v in run.items()}])
+        adamw = [r for r in runs if r["optimizer"] == "adamw" and r["impl"] == "ours"]
+        best_adamw = min(adamw, key=lambda r: r["final_val_loss"])["recipe"] if adamw else None
+        ttl = ttl_rows(args.section, runs, card)
+        if ttl:
+            write_csv(stem + "_ttl.csv", ttl)
+        try:
+            plot(stem + ".png", args.section, runs)
+        except ImportError as e:  # the plot can be redrawn anywhere from the CSVs: --replot
+            print(f"no plot ({e}); run --replot where matplotlib is installed", flush=True)
+    return 0
+
+
+def replot(stem: str, section: str) -> None:
+    """The plot and the time-to-loss table again from <stem>_runs.csv and <stem>_curves.csv (no GPU)."""
+    with open(stem + "_runs.csv", encoding="utf-8") as f:
+        runs = list(csv.DictReader(f))
+    with open(stem + "_curves.csv", encoding="utf-8") as f:
+        curves = list(csv.DictReader(f))
+    for r in runs:
+        r["points"] = [{k: float(p[k]) for k in ("step", "tokens", "train_s", "val_loss")}
+                       for p in curves if p["recipe"] == r["recipe"]]
+        # the curve's last point at full precision (the runs table rounds it)
+        r["final_val_loss"], r["train_s"] = r["points"][-1]["val_loss"], float(r["train_s"])
+    write_csv(stem + "_ttl.csv", ttl_rows(section, runs, runs[0]["card"]))
+    plot(stem + ".png", section, runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Muon for the hidden matrices, AdamW for the rest, as one torch.optim.Optimizer (--optimizer muon).
+
+The split is the one of modded-nanogpt's speedrun and nanochat: every 2-D matrix inside a decoder layer (the
+attention's q/k/v/o and the MLP's gate/up/down projections) gets Muon; the tied embedding / output head and
+the 1-D RMSNorm gains get AdamW (betas, eps and weight-decay groups as --optimizer adamw), at their own peak
+lr (--adamw_lr) on the same schedule.
+
+The Muon update is torch.optim.Muon's (torch/optim/_muon.py), line for line in its arithmetic:
+  B <- lerp(B, g, 1 - momentum)                 momentum buffer (an EMA of the gradient)
+  U <- lerp(g, B, momentum)                     Nesterov
+  O <- NS5(U)                                   5 quintic Newton-Schulz steps in bf16 (Keller Jordan's a, b, c)
+  W <- W * (1 - lr * weight_decay) - lr * s * O with s = 0.2 * sqrt(max(rows, cols)) ("match_rms_adamw":
+                                                Moonshot's scale, so Muon's update has AdamW's RMS and takes
+                                                an AdamW-sized lr and weight decay)
+What differs is how it is scheduled: torch.optim.Muon orthogonalises the 210 matrices of the 135M model one
+at a time (210 x 5 x 3 small matmuls, launch-bound: 141 ms a step on an H200, doubling the step at seq 2048;
+measured for issue 28), while here the matrices of one shape (q and o, k and v, gate and up, down: four
+shapes over the 30 layers) form one param group and go through Newton-Schulz as one batch of bmm's: the
+Muon step is 3.1% slower than the AdamW step at seq 2048 x 48 (docs/quality.md). tests/test_muon.py holds the result
+to torch.optim.Muon's to bf16 rounding, and the batched path to the per-matrix one.
+
+Everything the step does is device arithmetic with no host synchronisation, so it is captured in the CUDA graph
+of the step like fused AdamW (the lr is then a device tensor per group, as for AdamW). Every rank of a DDP run
+orthogonalises every (averaged, identical) gradient itself. FSDP2 is refused (train.py): each rank holds a
+shard of each matrix, and Newton-Schulz needs the whole one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+# torch.optim._muon's DEFAULT_A/B/C, DEFAULT_NS_STEPS and EPS (Keller Jordan's coefficients).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+NS_EPS = 1e-7
+MOMENTUM = 0.95
+ADJUST_LR_FN = "match_rms_adamw"
+
+
+def newton_schulz(G: torch.Tensor, coefficients=NS_COEFFICIENTS, steps: int = NS_STEPS,
+                  eps: float = NS_EPS) -> torch.Tensor:
+    """The orthogonalised (US'V^T, S' ~ 1) form of each matrix of G (..., rows, cols), in bf16: torch.optim.Muon's
+    _zeropower_via_newtonschulz with a batch dimension. Frobenius normalisation bounds the spectral norm by 1."""
+    a, b, c = coefficients
+    X = G.bfloat16()
+    tall = G.size(-2) > G.size(-1)
+    if tall:  # the Gram matrix of the short side: (cols x cols) work instead of (rows x rows)
+        X = X.mT
+    batched = X.dim() == 3
+    X = X if batched else X.unsqueeze(0)  # (n, r, c) with r <= c
+    X = X / torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        A = torch.bmm(X, X.mT)                           # (n, r, r)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)      # b A + c A^2
+        X = torch.baddbmm(X, B, X, beta=a)               # a X + B X
+    X = X if batched else X.squeeze(0)
+    return X.mT if tall else X
+
+
+def adjusted_lr_scale(shape: torch.Size, adjust_lr_fn: Optional[str] = ADJUST_LR_FN) -> float:
+    """torch.optim.Muon's _adjust_lr as a factor on the lr."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    if adjust_lr_fn in (None, "original"):
+        return math.sqrt(max(1, rows / cols))
+    raise ValueError(f"unknown adjust_lr_fn {adjust_lr_fn!r}")
+
+
+def is_muon_matrix(name: str, p: nn.Parameter) -> bool:
+    """The hidden matrices: 2-D and neither the embedding nor the output head (tied or not; ours or transformers')."""
+    return p.dim() == 2 and not name.endswith(("embed_tokens.weight", "lm_head.weight"))
+
+
+def muon_param_groups(model: nn.Module, weight_decay: float, adamw_lr_scale: float) -> list[dict]:
+    """Muon groups, one per matrix shape (the unit of batching), then the AdamW groups: the embedding/head with
+    weight decay, the norm gains without. lr_scale: each group's peak lr over --max_lr (set_lr applies it)."""
+    by_shape: dict[tuple, list] = {}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # a tied matrix is yielded once
+        if not p.requires_grad:
+            continue
+        if is_muon_matrix(name, p):
+            by_shape.setdefault(tuple(p.shape), []).append(p)
+        else:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": ps, "muon": True, "lr_scale": 1.0, "weight_decay": weight_decay} for ps in by_shape.values()]
+    groups += [{"params": decay, "muon": False, "lr_scale": adamw_lr_scale, "weight_decay": weight_decay},
+               {"params": no_decay, "muon": False, "lr_scale": adamw_lr_scale, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class MuonAdamW(torch.optim.AdamW):
+    """torch.optim.AdamW over the groups with muon=False (fused, capturable and its state exactly as the plain
+    AdamW run's); Muon over the groups with muon=True, batched by shape. One optimizer, so the checkpoint's
+    state_dict, the CUDA-graph capture's save/restore of the state and the resume code need nothing new: a
+    Muon parameter's state is its momentum_buffer, the name torch.optim.Muon uses."""
+
+    def __init__(self, groups: list[dict], *, lr, betas=(0.9, 0.95), eps: float = 1e-8, fused: bool = False,
+                 capturable: bool = False, momentum: float = MOMENTUM, nesterov: bool = True,
+                 ns_coefficients=NS_COEFFICIENTS, ns_steps: int = NS_STEPS, ns_eps: float = NS_EPS,
+                 adjust_lr_fn: Optional[str] = ADJUST_LR_FN):
+        for g in groups:
+            if g["muon"]:
+                g.update(momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
+                         ns_steps=ns_steps, ns_eps=ns_eps, adjust_lr_fn=adjust_lr_fn)
+        super().__init__(groups, lr=lr, betas=betas, eps=eps, fused=fused, capturable=capturable)
+        for g in self.param_groups:
+            if g["muon"] and any(p.dim() != 2 for p in g["params"]):
+                raise ValueError("Muon groups hold 2-D matrices only")
+
+    def __setstate__(self, state):
+        # load_state_dict ends here; Adam's __setstate__ converts each state's "step", which Muon's lack.
+        groups = state["param_groups"]
+        super().__setstate__({**state, "param_groups": [g for g in groups if not g["muon"]]})
+        self.param_groups = groups
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        every = self.param_groups
+        try:  # AdamW's own step over its groups only: the same kernels (fused on CUDA) as --optimizer adamw
+            self.param_groups = [g for g in every if not g["muon"]]
+            super().step()
+        finally:
+            self.param_groups = every
+        for g in every:
+            if g["muon"]:
+                self._muon_group(g)
+        return loss
+
+    def _muon_group(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            bufs.append(state["momentum_buffer"])
+        momentum = group["momentum"]
+        torch._foreach_lerp_(bufs, grads, 1 - momentum)
+        updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
+        ortho = newton_schulz(torch.stack(updates), group["ns_coefficients"], group["ns_steps"], group["ns_eps"])
+        lr, wd = group["lr"], group["weight_decay"]  # lr: a float, or a device tensor under a CUDA graph
+        scale = adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"])
+        if wd:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        step = ortho.float().mul_(-lr * scale)  # (n, rows, cols): the update in float32, then added per matrix
+        torch._foreach_add_(params, list(step.unbind(0)))

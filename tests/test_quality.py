@@ -1,0 +1,64 @@
+"""benchmarks/quality.py's arithmetic (recipe names, time to a held-out loss) and update_readme.py's QUALITY block
+rendered from the files quality.py writes."""
+
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import quality  # noqa: E402
+import update_readme  # noqa: E402
+
+
+def test_recipe_names():
+    assert quality.parse_recipe("adamw_cos_3e-4", None) == dict(
+        name="adamw_cos_3e-4", impl="ours", optimizer="adamw", schedule="cosine", max_lr=3e-4, adamw_lr=None,
+        min_lr=pytest.approx(3e-5))
+    m = quality.parse_recipe("muon_wsd_3e-3", None)
+    assert (m["optimizer"], m["schedule"], m["max_lr"], m["adamw_lr"], m["min_lr"]) == ("muon", "wsd", 3e-3, 3e-3, 0.0)
+    assert quality.parse_recipe("muon_wsd_3e-3_a1e-2", None)["adamw_lr"] == 1e-2
+    hf = quality.parse_recipe("hf_best_adamw", "adamw_cos_1e-3")
+    assert (hf["impl"], hf["optimizer"], hf["max_lr"], hf["like"]) == ("hf", "adamw", 1e-3, "adamw_cos_1e-3")
+    with pytest.raises(SystemExit):
+        quality.parse_recipe("hf_best_adamw", None)
+
+
+POINTS = [dict(step=0, tokens=0, train_s=0.0, val_loss=11.0), dict(step=10, tokens=100, train_s=2.0, val_loss=6.0),
+          dict(step=20, tokens=200, train_s=4.0, val_loss=4.0), dict(step=30, tokens=300, train_s=6.0, val_loss=4.5)]
+
+
+def test_time_to_loss_interpolates_between_evaluations():
+    assert quality.time_to_loss(POINTS, 5.0) == (pytest.approx(3.0), pytest.approx(150))
+    assert quality.time_to_loss(POINTS, 4.0) == (4.0, 200)
+    assert quality.time_to_loss(POINTS, 3.9) is None  # never reached (the curve's minimum is 4.0)
+
+
+def run(name, optimizer, final, train_s, points, impl="ours"):
+    return dict(recipe=name, optimizer=optimizer, impl=impl, final_val_loss=final, train_s=train_s, points=points)
+
+
+def test_ttl_rows_and_the_rendered_block(tmp_path):
+    slow = [dict(p, train_s=p["train_s"] * 3, val_loss=p["val_loss"] + 0.5) for p in POINTS[:3]]
+    runs = [run(quality.TODAY, "adamw", 4.5, 12.0, slow), run("adamw_cos_1e-3", "adamw", 4.0, 4.0, POINTS[:3]),
+            run("muon_wsd_3e-3", "muon", 4.0, 6.0, POINTS)]
+    rows = quality.ttl_rows("realdocs_2048", runs, "NVIDIA H200")
+    today = {r["recipe"]: r for r in rows if r["target"].startswith("today")}
+    assert today[quality.TODAY]["share_of_reference_time"] == 1.0
+    # 4.5 lies 3/4 of the way from 6.0 (at 2 s) to 4.0 (at 4 s): 3.5 s of the reference's 12
+    assert today["adamw_cos_1e-3"]["train_s"] == 3.5 and today["adamw_cos_1e-3"]["share_of_reference_time"] == 0.292
+    best = [r for r in rows if r["target"].startswith("best AdamW (adamw_cos_1e-3)")]
+    assert [r["reached"] for r in best] == [False, True, True]
+
+    stem = tmp_path / "quality_realdocs_2048"
+    quality.write_csv(f"{stem}_ttl.csv", rows)
+    for r in runs:
+        r.update(section="realdocs_2048", card="NVIDIA H200", schedule="cosine", max_lr=1e-3, adamw_lr=None,
+                 ms_per_step=88.0, first_step_s=30.0, steps=400, tokens=13107200)
+        quality.append_rows(f"{stem}_runs.csv", quality.RUN_COLUMNS, [r])
+    body, note = update_readme.quality_block(str(tmp_path), str(tmp_path))
+    assert note == "1 sections" and "#### realdocs, seq 2048 x micro-batch 16, 400 steps (13.1M tokens), NVIDIA H200" in body
+    assert "| muon_wsd_3e-3 | muon | cosine |" in body and "not reached" in body
+    assert "`quality_realdocs_2048_ttl.csv`" in body
+    assert update_readme.quality_block(str(tmp_path / "none"), str(tmp_path))[1] == "no quality csv"
