@@ -825,6 +825,29 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
     return "\n".join(out), f"{len(out)} findings"
 
 
+def quality_headline(bench_dir: str, readme_dir: str) -> list[str]:
+    """Muon's best recipe (the default for large steps) against AdamW on the real corpus: the share of each
+    AdamW reference's wall-clock it needs to reach that reference's final held-out loss, from one run."""
+    runs_path = os.path.join(bench_dir, "quality_realdocs_2048_runs.csv")
+    ttl_path = os.path.join(bench_dir, "quality_realdocs_2048_ttl.csv")
+    if not (os.path.isfile(runs_path) and os.path.isfile(ttl_path)):
+        return []
+    runs = [r for r in read_csv(runs_path)[1] if r["optimizer"] == "muon" and number(r["final_val_loss"])]
+    if not runs:
+        return []
+    muon = min(runs, key=lambda r: number(r["final_val_loss"]))
+    ttl = read_csv(ttl_path)[1]
+    reference = {t["target"]: t["recipe"] for t in ttl if number(t["share_of_reference_time"]) == 1.0}
+    shares = [t for t in ttl if t["recipe"] == muon["recipe"] and t["reached"] == "True" and t["target"] in reference]
+    if not shares:
+        return []
+    said = "; ".join(f"`{reference[t['target']]}`'s final held-out loss ({number(t['target_loss']):.2f}) in "
+                     f"**{number(t['share_of_reference_time']):.2f}x** its wall-clock" for t in shares)
+    return [f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
+            f"(`{muon['recipe']}`) reaches {said}, and ends at held-out loss {number(muon['final_val_loss']):.2f} "
+            f"([`docs/quality.md`]({link(os.path.join(os.path.dirname(bench_dir.rstrip('/')) or '.', 'docs', 'quality.md'), readme_dir)}))."]
+
+
 def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
     """The README's first-screen numbers: a few short lines, each read from a result file and naming its card."""
     out = []
@@ -844,6 +867,7 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
         where = run.header.get("device_name") or "the logged device"
         out.append(f"- **The seed's run, {run.train[-1][0]:,} steps with its resume**: the two commands took {took} "
                    f"of wall time on {where}, start-up and compilation included ([log]({link(args.train_log, readme_dir)})).")
+    out += quality_headline(args.bench_dir, readme_dir)
     best = None
     for path in sorted(glob.glob(os.path.join(args.bench_dir, "multigpu_*.csv"))):
         for r in read_csv(path)[1]:

@@ -554,3 +554,18 @@ def test_a_table_without_a_column_is_one_line_and_the_pages_stay(tmp_path, table
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert table in r.stderr and "has no column" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (tmp_path / "README.md").read_text(encoding="utf-8") == before
+
+
+def test_quality_headline_from_one_runs_tables(tmp_path):
+    """The README's Muon line: the best Muon row of the realdocs runs, and for each AdamW reference (the row at
+    share 1.0 of a target) the share of its wall-clock Muon needed; a target Muon missed is not claimed."""
+    b = tmp_path / "benchmarks"
+    write(b / "quality_realdocs_2048_runs.csv", "section,recipe,impl,optimizer,final_val_loss,card\n"
+          "r,muon_a,ours,muon,3.7,NVIDIA H200\nr,muon_b,ours,muon,4.0,NVIDIA H200\nr,adamw_x,ours,adamw,5.1,NVIDIA H200\n")
+    write(b / "quality_realdocs_2048_ttl.csv", "target,target_loss,recipe,reached,share_of_reference_time\n"
+          "t1,5.1,adamw_x,True,1.0\nt1,5.1,muon_a,True,0.333\nt1,5.1,muon_b,True,0.2\n"
+          "t2,4.5,adamw_y,True,1.0\nt2,4.5,muon_a,False,\n")
+    (line,) = ur.quality_headline(str(b), str(tmp_path))
+    assert "`muon_a`" in line and "`adamw_x`'s final held-out loss (5.10) in **0.33x**" in line
+    assert "adamw_y" not in line and "ends at held-out loss 3.70" in line and "NVIDIA H200" in line
+    assert ur.quality_headline(str(tmp_path / "none"), str(tmp_path)) == []
