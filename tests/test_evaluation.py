@@ -242,6 +242,8 @@ def test_cli_bad_input_exit_2_and_truncation_said(tmp_path, tiny_model, repo_roo
     assert "4 choice(s) longer than 64 positions lost their left end" in r.stderr
     res = json.loads((tmp_path / "h.json").read_text())
     assert res["truncated"] == 4 and res["items"] == 2 and len(res["lls"]) == 2 and "acc_norm" in r.stdout
+    # a result file is committed beside the code: it names files by bare name, never by this machine's paths
+    assert str(tmp_path) not in (tmp_path / "h.json").read_text() and "h.json" in res["command"]
 
 
 def test_prepared_data_of_another_tokenizer_is_refused(tmp_path, tiny_model, tokenizer, corpus_path):

@@ -569,3 +569,12 @@ def test_quality_headline_from_one_runs_tables(tmp_path):
     assert "`muon_a`" in line and "`adamw_x`'s final held-out loss (5.10) in **0.33x**" in line
     assert "adamw_y" not in line and "ends at held-out loss 3.70" in line and "NVIDIA H200" in line
     assert ur.quality_headline(str(tmp_path / "none"), str(tmp_path)) == []
+
+
+def test_eval_headline_needs_both_rows(tmp_path):
+    d = tmp_path / "results" / "eval"
+    write(d / "seed_bpb_tinyshakespeare_val.json", json.dumps({"bpb": 2.8636}))
+    assert ur.eval_headline(str(d), str(tmp_path)) == []  # the released weights' row is missing: nothing claimed
+    write(d / "released_bpb_tinyshakespeare_val.json", json.dumps({"bpb": 1.7611}))
+    (line,) = ur.eval_headline(str(d), str(tmp_path))
+    assert "**2.86 bits per byte**" in line and "(4-bit) 1.76" in line and "](docs/evaluation.md)" in line
