@@ -199,6 +199,7 @@ RULES: dict[str, str] = {
     "max_steps": ALLOWED, "lr_decay_steps": ALLOWED, "log_every": ALLOWED, "save_every": ALLOWED,
     "keep_checkpoints": ALLOWED, "sample_every": ALLOWED, "sample_prompt": ALLOWED, "sample_tokens": ALLOWED,
     "val_every": ALLOWED, "val_batches": ALLOWED, "async_save": ALLOWED, "tensorboard": ALLOWED,
+    "task_eval": ALLOWED, "task_every": ALLOWED, "task_limit": ALLOWED,  # a score logged beside, not the run
     # where things are, and how fast the same step runs
     "input_file": ALLOWED, "tokenizer_id": ALLOWED, "device": ALLOWED, "attn": ALLOWED, "fast": ALLOWED,
     "autocast": ALLOWED, "compile": ALLOWED, "compile_scope": ALLOWED, "compile_cache": ALLOWED, "cuda_graph": ALLOWED,
