@@ -147,7 +147,21 @@ def summary_line(s: RunSummary, log_rel: str) -> str:
 # loss curve
 
 
-def render_loss_plot(s: RunSummary) -> bytes:
+def released_reference(eval_dir: str, corpus: str) -> Optional[tuple[float, str]]:
+    """The released weights' loss per token on a corpus' held-out split (evaluate.py's file), as a line to draw
+    beside a run's val loss: the same tokenizer, so the same units; its bits per byte in the label."""
+    path = os.path.join(eval_dir, f"released_bpb_{corpus}_val.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        r = json.loads(read_text(path))
+    except ValueError as err:
+        raise InputError(f"{path} is not JSON ({err})") from err
+    part = f", its first {r['tokens']:,} ids" if "--max_tokens" in str(r.get("command", "")) else ""
+    return r["loss"], f"released SmolLM2 weights, held-out split{part}: {r['loss']:.2f} ({r['bpb']:.2f} bits/byte)"
+
+
+def render_loss_plot(s: RunSummary, reference: Optional[tuple[float, str]] = None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,12 +172,14 @@ def render_loss_plot(s: RunSummary) -> bytes:
         ax.plot(*zip(*s.train), lw=1.2, color="tab:blue", label="train loss")
     if s.val:
         ax.plot(*zip(*s.val), "o-", ms=3, lw=1.2, color="tab:orange", label="val loss")
+    if reference is not None:
+        ax.axhline(reference[0], ls=":", lw=1.5, color="tab:green", label=reference[1])
     for r in s.resumes:
         ax.axvline(r, ls="--", lw=1, color="gray")
         ax.text(r, 0.98, f" resume @ {r}", transform=ax.get_xaxis_transform(),
                 rotation=90, va="top", ha="right", fontsize=8, color="gray")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (nats per token)")
     ax.set_title("SmolLM2-135M from scratch: loss vs step")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center")  # loss falls from the upper left; the resume label sits upper right
@@ -195,7 +211,7 @@ def render_comparison_plot(before: RunSummary, after: RunSummary, labels: tuple[
         if s.val:
             ax.plot(*zip(*s.val), "o--", ms=3, lw=1, color=color, label=f"val: {label}")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (nats per token)")
     ax.set_title("The seed's commands, before and after a change of the default path")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
@@ -545,7 +561,7 @@ def train_rss_sentence(r: dict[str, str]) -> str:
             f"{flat} within {float(r['flat_tolerance']):.0%}).")
 
 
-def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tuple[str, str]:
+def data_results_block(results_dir: str, bench_dir: str, readme_dir: str, eval_dir: str = "") -> tuple[str, str]:
     """The real-corpus run (manifest summary, preparation line, training summary, loss curve, log) and the
     data-pipeline benchmark table."""
     parts, note = [], []
@@ -574,7 +590,7 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str) -> tup
                          f"{speeds[len(speeds) // 2]:,.0f} tokens/s over the logged intervals.")
         plot = os.path.join(results_dir, "loss_curve.png")
         try:
-            write_if_changed(plot, render_loss_plot(s))
+            write_if_changed(plot, render_loss_plot(s, released_reference(eval_dir, "realdocs")))
         except ImportError:
             plot = None
         parts.append(train_log_block(log_path, text, s, plot if (s.train or s.val) else None, readme_dir)[0])
@@ -1131,7 +1147,8 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
             notes.append("plot skipped (no step lines in log)")
         else:
             try:
-                changed = write_if_changed(args.loss_plot, render_loss_plot(run))
+                changed = write_if_changed(args.loss_plot, render_loss_plot(
+                    run, released_reference(args.eval_results, "tinyshakespeare")))
                 plot = args.loss_plot
                 notes.append(f"plot {'written' if changed else 'unchanged'}")
             except ImportError:
@@ -1152,7 +1169,7 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
             "SEED_E2E": lambda: seed_e2e_block(args.bench_dir, d),
             "FINDINGS": lambda: findings_block(args, readme_run, d),
             "HEADLINES": lambda: headlines_block(args, readme_run, d),
-            "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, d),
+            "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, d, args.eval_results),
             "EVAL_RESULTS": lambda: eval_block(args.eval_results, d),
             "QUALITY": lambda: quality_block(args.bench_dir, d),
         }

@@ -578,3 +578,13 @@ def test_eval_headline_needs_both_rows(tmp_path):
     write(d / "released_bpb_tinyshakespeare_val.json", json.dumps({"bpb": 1.7611}))
     (line,) = ur.eval_headline(str(d), str(tmp_path))
     assert "**2.86 bits per byte**" in line and "(4-bit) 1.76" in line and "](docs/evaluation.md)" in line
+
+
+def test_released_weights_reference_line_from_evaluate_results(tmp_path):
+    d = tmp_path / "results" / "eval"
+    assert ur.released_reference(str(d), "tinyshakespeare") is None
+    write(d / "released_bpb_realdocs_val.json", json.dumps({"loss": 2.0981, "bpb": 0.7594, "tokens": 65535,
+                                                            "command": "evaluate.py --pretrained --max_tokens 65536"}))
+    loss, label = ur.released_reference(str(d), "realdocs")
+    assert loss == 2.0981 and "2.10 (0.76 bits/byte)" in label and "its first 65,535 ids" in label
+    assert ur.render_loss_plot(ur.RunSummary(train=[(1, 9.0), (2, 8.0)]), (loss, label))[:8] == b"\x89PNG\r\n\x1a\n"
