@@ -893,7 +893,8 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
         if not (fast and hfc):
             continue
         tf, tc = float(fast["tokens_per_s"]), float(hfc["tokens_per_s"])
-        eager = f"{tf / float(hfe['tokens_per_s']):.0f}x transformers eager, " if hfe else ""
+        x = tf / float(hfe["tokens_per_s"]) if hfe else 0.0
+        eager = f"{x:.{0 if x >= 10 else 1}f}x transformers eager, " if hfe else ""
         out.append(f"- **{tf:,.0f} tokens/s** {what}, {100 * float(fast['mfu']):.0f}% MFU: {eager}"
                    f"**{tf / tc:.1f}x** transformers + torch.compile, same step and data, {fast['card']} "
                    f"([`{rel(path, readme_dir)}`]({link(path, readme_dir)})).")
