@@ -65,6 +65,8 @@ def build(sw: Switches, seed: int, device):
 
 
 def make_step(sw: Switches, model, device, lr: float = 3e-4):
+    if sw.fsdp:  # train.py's order: shard, then the optimizer over the shards, then compile
+        parallel.apply_fsdp(model)
     step = build_train_step(model, sw, device, lr=lr, weight_decay=0.1, grad_clip=1.0,
                             log=print if parallel.rank() == 0 else None)
     return step, step.optimizer
@@ -523,6 +525,9 @@ def check_args(args) -> tuple[list[str], list[str], list[int]]:
                                                       or any(IMPLS[i].cuda_graph for i in impls)):
         raise UsageError("under torchrun bench.py times plain DDP steps only: no --kernel_table, --memory_peak, "
                          "--max_batch_probe, --loss_steps or CUDA-graph impls")
+    if (sharded := [i for i in impls if IMPLS[i].fsdp]) and not (args.world_sizes or "WORLD_SIZE" in os.environ):
+        raise UsageError(f"{', '.join(sharded)} shard the model with FSDP2 across torchrun's processes: "
+                         f"time them with --world_sizes (e.g. 1,2,4,8)")
     if not torch.cuda.is_available():
         raise UsageError("bench.py measures GPU training speed and needs CUDA")
     return impls, probe_impls, sizes

@@ -208,7 +208,7 @@ def resolve_switches(args, device: torch.device, world: int) -> Switches:
                     fused_loss=auto(args.fused_loss, args.fast), stack_micro=args.stack_micro,
                     residual_dtype=residual, attn=args.attn, model_impl=args.model_impl,
                     tie_word_embeddings=bool(args.tie_word_embeddings), grad_reduce_bf16=args.grad_reduce_dtype == "bf16",
-                    optimizer=args.optimizer)
+                    fsdp=bool(args.fsdp), optimizer=args.optimizer)
 
 
 def kept_compile_scope(args, switches: Switches, ckpt: Optional[dict]) -> Switches:

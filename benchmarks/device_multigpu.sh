@@ -3,14 +3,16 @@
 #   1. how the GPUs are joined: nvidia-smi topo -m -> benchmarks/topology_<card>x<N>.txt
 #   2. the all-reduce probe at each world size (538 MB float32, the gradients' size) -> benchmarks/links.csv
 #   3. bench.py --world_sizes at seq 2048 for each impl -> benchmarks/multigpu_throughput_<card>x<N>.csv
-# Usage: bash benchmarks/device_multigpu.sh [IMPLS] [MICRO_BATCH]   (defaults: ours_compile, 16)
+# Usage: bash benchmarks/device_multigpu.sh [IMPLS] [MICRO_BATCH]
+#   IMPLS default: what train.py runs under torchrun (DDP), the same under FSDP2, and the same with Muon
+#   MICRO_BATCH default: 16
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh
 n=$(nvidia-smi -L | wc -l)
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/NVIDIA //; s/ /_/g')
 tag="${card}x${n}"
-impls=${1:-ours_compile}
+impls=${1:-ours_ddp_default,ours_fsdp_default,ours_ddp_muon}
 mb=${2:-16}
 sizes=1; for w in 2 4 8; do [ "$w" -le "$n" ] && sizes="$sizes,$w"; done
 nvidia-smi topo -m > "benchmarks/topology_${tag}.txt"

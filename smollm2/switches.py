@@ -24,6 +24,7 @@ class Switches:
     tie_word_embeddings: bool = True
     grad_reduce_bf16: bool = False  # data parallel: all-reduce gradients in bf16
     ddp_overlap: bool = True        # data parallel: split the compiled graph at bucket boundaries
+    fsdp: bool = False              # under torchrun: FSDP2 (fully_shard per decoder layer) instead of DDP
     # Not a speed switch but named beside them, so that bench.py and train_ablation.py can time and train it:
     # adamw, or muon (smollm2/muon.py: Muon on the hidden matrices, AdamW on the embedding and norm gains).
     optimizer: str = "adamw"
@@ -47,6 +48,7 @@ class Switches:
         """The log's "Speed path" fields: `name value` per switch, in field order."""
         shown = {**asdict(self), "autocast": "bf16" if self.autocast else "off (fp32)",
                  "stack_micro": "auto" if self.stack_micro == -1 else self.stack_micro}
+        del shown["fsdp"]  # the line ends with how the ranks share the model: DDP, FSDP2 or single process
         return " | ".join(f"{k} {int(v) if isinstance(v, bool) else v}" for k, v in shown.items())
 
 
@@ -89,6 +91,11 @@ IMPLS: dict[str, Switches] = {
     "ours_compile_no_overlap": _COMPILED.but(ddp_overlap=False),
     "ours_compile_blocks": _COMPILED.but(compile_scope="blocks"),
     "ours_compile_bf16grads": _COMPILED.but(grad_reduce_bf16=True),
+    # what train.py runs under torchrun by default (no CUDA graph there), and the same sharded with FSDP2
+    # or optimised with Muon: the rows of the several-GPU table (benchmarks/device_multigpu.sh)
+    "ours_ddp_default": _COMPILED.but(residual_dtype="bf16", stack_micro=-1),
+    "ours_fsdp_default": _COMPILED.but(residual_dtype="bf16", stack_micro=-1, fsdp=True),
+    "ours_ddp_muon": _COMPILED.but(residual_dtype="bf16", stack_micro=-1, optimizer="muon"),
     # no autocast (matmuls in TF32): the yardstick for how far bf16 rounding alone moves a loss curve
     "ours_eager_fp32": Switches(fused_loss=True),
 }

@@ -62,6 +62,8 @@ def test_peak_report_replays_the_trace_to_the_peak():
                                        (["--world_sizes", "1,2", "--profile", "attention"], "--world_sizes needs"),
                                        (["--micro_batches", "16,x"], "--micro_batches takes"),
                                        (["--micro_batches", "16", "--profile", "all"], "sweeps one profile"),
+                                       (["--impls", "ours_fsdp_default", "--profile", "throughput"],
+                                        "shard the model with FSDP2"),
                                        ([], "needs CUDA")])
 def test_bad_flags_and_no_gpu_exit_2(tmp_path, flags, msg):
     import subprocess
