@@ -37,7 +37,8 @@ def _check_memory(row):
 
 def test_rows_for_every_measurement(setup, tmp_path):
     work, corpus, tok = setup
-    ours = bench_data.measure_prepare(corpus, 1, tok, str(work), shard_tokens=20_000, keep=True)
+    # sampled every 10 ms: a 1 MB corpus is prepared in well under the default 0.2 s between samples
+    ours = bench_data.measure_prepare(corpus, 1, tok, str(work), shard_tokens=20_000, keep=True, interval=0.01)
     assert ours["measurement"] == "throughput" and ours["workers"] == 1 and ours["corpus_mb"] == 1.0
     assert ours["pipeline"] == "prepare_data.py --encoder tiktoken"
     assert 2.0 < ours["bytes_per_token"] < 6.0 and ours["documents"] == corpus["documents"]
