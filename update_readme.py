@@ -841,7 +841,7 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
     return "\n".join(out), f"{len(out)} findings"
 
 
-def eval_headline(eval_dir: str, readme_dir: str) -> list[str]:
+def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
     """Bits per byte of the seed's checkpoint and of the released weights on the same held-out text."""
     found = {}
     for name in ("seed", "released"):
@@ -857,10 +857,10 @@ def eval_headline(eval_dir: str, readme_dir: str) -> list[str]:
     return [f"- **How good**: on Tiny Shakespeare's held-out text the seed's 5,000-step model scores "
             f"**{seed['bpb']:.2f} bits per byte**, the released SmolLM2-135M-Instruct weights (4-bit) "
             f"{released['bpb']:.2f}; multiple-choice tasks score as lm-evaluation-harness does "
-            f"([`docs/evaluation.md`]({link(os.path.join(os.path.dirname(eval_dir.rstrip('/')) or '.', '..', 'docs', 'evaluation.md'), readme_dir)}))."]
+            f"([`docs/evaluation.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'evaluation.md'), readme_dir)}))."]
 
 
-def quality_headline(bench_dir: str, readme_dir: str) -> list[str]:
+def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
     """Muon's best recipe (the default for large steps) against AdamW on the real corpus: the share of each
     AdamW reference's wall-clock it needs to reach that reference's final held-out loss, from one run."""
     runs_path = os.path.join(bench_dir, "quality_realdocs_2048_runs.csv")
@@ -880,7 +880,7 @@ def quality_headline(bench_dir: str, readme_dir: str) -> list[str]:
                      f"**{number(t['share_of_reference_time']):.2f}x** its wall-clock" for t in shares)
     return [f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
             f"(`{muon['recipe']}`) reaches {said}, and ends at held-out loss {number(muon['final_val_loss']):.2f} "
-            f"([`docs/quality.md`]({link(os.path.join(os.path.dirname(bench_dir.rstrip('/')) or '.', 'docs', 'quality.md'), readme_dir)}))."]
+            f"([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)}))."]
 
 
 def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
@@ -903,8 +903,8 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
         where = run.header.get("device_name") or "the logged device"
         out.append(f"- **The seed's run, {run.train[-1][0]:,} steps with its resume**: the two commands took {took} "
                    f"of wall time on {where}, start-up and compilation included ([log]({link(args.train_log, readme_dir)})).")
-    out += quality_headline(args.bench_dir, readme_dir)
-    out += eval_headline(args.eval_results, readme_dir)
+    out += quality_headline(args.bench_dir, readme_dir, args.docs_dir)
+    out += eval_headline(args.eval_results, readme_dir, args.docs_dir)
     best = None
     for path in sorted(glob.glob(os.path.join(args.bench_dir, "multigpu_*.csv"))):
         for r in read_csv(path)[1]:
@@ -1084,7 +1084,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     run_dir = os.path.dirname(args.train_log)  # a log elsewhere (a test's) never touches the README run's files
     args.previous_train_log = args.previous_train_log or os.path.join(run_dir, "train_previous.log")
     args.comparison_plot = args.comparison_plot or os.path.join(run_dir, "loss_curve_vs_previous.png")
-    docs_dir = args.docs_dir or os.path.join(os.path.dirname(args.readme), "docs")
+    args.docs_dir = docs_dir = args.docs_dir or os.path.join(os.path.dirname(args.readme), "docs")
 
     pages = {}
     for path in [args.readme] + sorted(glob.glob(os.path.join(docs_dir, "*.md"))):

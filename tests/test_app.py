@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PROMPT = "ROMEO:"
@@ -29,12 +30,6 @@ N_NEW = 24
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason="Debian's chromium is not installed (apt-get install -y chromium)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -65,7 +60,7 @@ def checkpoint(tmp_path_factory, tokenizer_json_path):
 @pytest.fixture(scope="module")
 def server(checkpoint):
     path, corrupt, _ = checkpoint
-    port = _free_port()
+    port = free_port()
     log = open(path.parent / "app.log", "wb")
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--model", str(path), "--model", str(corrupt),
                              "--port", str(port), "--device", "cpu", "--max_tokens", "64"],

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CORPUS, REPO_ROOT, TOKENIZER_JSON, checkpoint_weights, max_weight_diff, run_checked, step_losses
+from conftest import (CORPUS, REPO_ROOT, TOKENIZER_JSON, checkpoint_weights, free_port, max_weight_diff, run_checked,
+                      step_losses)
 
 BASE = ["--model", "tiny", "--seq_len", "32", "--batch_size", "2", "--warmup_steps", "5", "--lr_decay_steps", "10",
         "--tokenizer_id", str(TOKENIZER_JSON), "--input_file", str(CORPUS), "--sample_every", "0", "--val_every", "0",
@@ -116,13 +117,6 @@ def test_two_ranks_match_one_process(reference, tmp_path):
     assert "micro-batches stacked: 2 x 2 -> 4 (est." in log  # each rank stacks its own; both agreed (auto)
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_nodes_match_two_local_processes_bit_for_bit(reference, tmp_path):
     """The several-hosts launch of docs/multigpu.md, as two "nodes" of one process each on this machine
     (torchrun --nnodes 2 with a c10d rendezvous on 127.0.0.1): the same ranks and the same gloo all-reduce as
@@ -131,7 +125,7 @@ def test_two_nodes_match_two_local_processes_bit_for_bit(reference, tmp_path):
     ref_dir, _, _ = reference
     local = tmp_path / "local"
     run_train(local, "--grad_accum", 2, "--max_steps", 10, nproc=2)
-    out, port = tmp_path / "nodes", _free_port()
+    out, port = tmp_path / "nodes", free_port()
     cmd, env = launch(out, "--grad_accum", 2, "--max_steps", 10)
     script_and_args = cmd[1:]
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",

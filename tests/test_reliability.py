@@ -17,20 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, run_train
+from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, copy_into, one_line_error, run_train
 
 from smollm2 import run  # noqa: E402
 from smollm2.checkpoint import load_checkpoint, nonfinite_names, save_checkpoint  # noqa: E402
 from smollm2.run import FIXED, IGNORED, REFUSED, RULES, rule  # noqa: E402
 
 QUICK = ["--log_every", 1, "--save_every", 1]
-
-
-def one_line_error(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def cli(monkeypatch, capsys, out_dir, *extra):
@@ -71,9 +64,7 @@ def two_steps(tmp_path_factory):
 
 @pytest.fixture
 def run_copy(two_steps, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(two_steps, dst)
-    return dst
+    return copy_into(two_steps, tmp_path)
 
 
 # ----------------------------------------------------------------------------- loss of data

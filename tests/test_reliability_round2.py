@@ -12,18 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, run_train
+from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, copy_into, one_line_error, run_train
 
 from smollm2.checkpoint import load_checkpoint
 
 QUICK = ["--log_every", 1, "--save_every", 2]
-
-
-def one_line_error(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def metrics_lines(folder) -> list[dict]:
@@ -42,9 +35,7 @@ def two_steps(tmp_path_factory):
 
 @pytest.fixture
 def run_copy(two_steps, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(two_steps, dst)
-    return dst
+    return copy_into(two_steps, tmp_path)
 
 
 # ----------------------------------------------------------------------------- the disk fills between saves
@@ -127,9 +118,7 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture
 def data_copy(prepared, tmp_path):
-    dst = tmp_path / "data"
-    shutil.copytree(prepared, dst)
-    return dst
+    return copy_into(prepared, tmp_path)
 
 
 def shard_bytes(folder):
