@@ -29,8 +29,8 @@ from typing import Optional
 import torch
 
 from smollm2.common import OneLineParser, UsageError, device_name, resolve_device
-from smollm2.evaluation import (TASKS, EvalError, build_items, load_task_rows, read_eval_text,
-                                score_items, score_text, token_byte_lengths)
+from smollm2.evaluation import (TASKS, EvalError, build_items, compiled_forward, load_task_rows, read_eval_text,
+                                score_items, score_text, text_windows, token_byte_lengths)
 from smollm2.checkpoint import CheckpointError
 from smollm2.hf import PretrainedNotFound
 from smollm2.inference import load_model, log_stderr
@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max_length", type=int, default=0,
                    help="a task: positions a choice may use (0: the model's); longer ones lose their left end")
     g.add_argument("--batch_size", type=int, default=8, help="windows (bpb) or choices (a task) per forward")
+    g.add_argument("--compile", type=int, default=0, choices=[0, 1],
+                   help="torch.compile the model's trunk first (timed apart as compile_s): pays off on large "
+                        "scoring jobs on a GPU (millions of ids)")
     g = p.add_argument_group("lm-evaluation-harness")
     g.add_argument("--harness", default=None, choices=["lm_eval"],
                    help="export the model to an HF folder and run lm-evaluation-harness on --tasks")
@@ -165,21 +168,44 @@ def amp_dtype(args, device: torch.device) -> Optional[torch.dtype]:
     return torch.bfloat16
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compile_first(args, model, device, shape: tuple[int, int], dynamic: bool):
+    """(forward, compile_s): the trunk compiled and run once on a batch of `shape` before the clock starts,
+    or the eager trunk and None without --compile."""
+    if not args.compile:
+        return model.model, None
+    forward = compiled_forward(model, dynamic)
+    t0 = time.perf_counter()
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype(args, device) or torch.float32,
+                                         enabled=amp_dtype(args, device) is not None):
+        forward(torch.zeros(shape, dtype=torch.long, device=device))
+    sync(device)
+    return forward, time.perf_counter() - t0
+
+
 def run_bpb(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
     model, desc, tokenizer = load(args, log)
     text = read_eval_text(args.data, args.split, tokenizer, model.config.eos_token_id, args.max_tokens or None)
     seq_len = min(args.seq_len, model.config.max_position_embeddings)
-    model.to(device)
+    model.to(device).eval()
+    n_windows = len(text_windows(len(text.ids), seq_len))  # score_text's one batch shape
+    forward, compile_s = compile_first(args, model, device, (min(args.batch_size, n_windows),
+                                                             min(seq_len, len(text.ids) - 1)), dynamic=False)
     t0 = time.perf_counter()
     score = score_text(model, text.ids, token_byte_lengths(tokenizer), seq_len, args.batch_size, device,
-                       amp_dtype(args, device), progress=sys.stderr.isatty())
+                       amp_dtype(args, device), progress=sys.stderr.isatty(), forward=forward)
     seconds = time.perf_counter() - t0
     r = score.as_dict()
     result = {"task": "bpb", "data": args.data, "split": args.split, "text": text.description, "seq_len": seq_len,
-              **r, "seconds": seconds}
+              **r, "seconds": seconds, "compile_s": compile_s}
     rows = [("bits per byte", f"{r['bpb']:.4f}"), ("loss (nats/token)", f"{r['loss']:.4f}"),
             ("perplexity", f"{r['ppl']:.2f}"), ("tokens scored", f"{r['tokens']:,}"), ("bytes", f"{r['bytes']:,}"),
             ("seq_len", str(seq_len)), ("seconds", f"{seconds:.1f}")]
+    rows += [("compile (apart)", f"{compile_s:.1f} s")] if compile_s is not None else []
     return {"model": desc, "tokenizer": tokenizer.source, **result}, rows
 
 
@@ -187,21 +213,24 @@ def run_task(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
     rows, source = load_task_rows(args.task, args.data, log)
     items = build_items(args.task, rows, source, args.limit or None)  # every item checked before the model loads
     model, desc, tokenizer = load(args, log)
-    model.to(device)
+    model.to(device).eval()
     max_len = args.max_length or model.config.max_position_embeddings
+    forward, compile_s = compile_first(args, model, device, (min(args.batch_size, 2 * len(items)), 64), dynamic=True)
     t0 = time.perf_counter()
     scores = score_items(model, tokenizer, items, args.batch_size, device, amp_dtype(args, device), max_len,
-                         progress=sys.stderr.isatty(), where=source, metric_names=TASKS[args.task].metrics)
+                         progress=sys.stderr.isatty(), where=source, metric_names=TASKS[args.task].metrics,
+                         forward=forward)
     seconds = time.perf_counter() - t0
     if scores.truncated:
         log(f"NOTE: {scores.truncated:,} choice(s) longer than {max_len} positions lost their left end "
             f"(truncated from the left, as lm-evaluation-harness does)")
     m = scores.metrics
     result = {"task": args.task, "data": source, "limit": args.limit or None, "max_length": max_len,
-              "truncated": scores.truncated, **m, "seconds": seconds, "lls": scores.lls}
+              "truncated": scores.truncated, **m, "seconds": seconds, "compile_s": compile_s, "lls": scores.lls}
     table = [(k, f"{m[k]:.4f} ± {m[k + '_stderr']:.4f}" if m.get(k + "_stderr") is not None else f"{m[k]:.4f}")
              for k in ("acc", "acc_norm") if k in m]
     table += [("items", f"{m['items']:,}"), ("choices truncated", str(scores.truncated)), ("seconds", f"{seconds:.1f}")]
+    table += [("compile (apart)", f"{compile_s:.1f} s")] if compile_s is not None else []
     return {"model": desc, "tokenizer": tokenizer.source, **result}, table
 
 

@@ -150,13 +150,15 @@ def summary_line(s: RunSummary, log_rel: str) -> str:
 def released_reference(eval_dir: str, corpus: str) -> Optional[tuple[float, str]]:
     """The released weights' loss per token on a corpus' held-out split (evaluate.py's file), as a line to draw
     beside a run's val loss: the same tokenizer, so the same units; its bits per byte in the label."""
-    path = os.path.join(eval_dir, f"released_bpb_{corpus}_val.json")
-    if not os.path.isfile(path):
+    scored = []  # the whole split (released_bpb_<corpus>_val.json) or its first N ids (..._val_first<N>.json)
+    for path in glob.glob(os.path.join(eval_dir, f"released_bpb_{corpus}_val*.json")):
+        try:
+            scored.append(json.loads(read_text(path)))
+        except ValueError as err:
+            raise InputError(f"{path} is not JSON ({err})") from err
+    if not scored:
         return None
-    try:
-        r = json.loads(read_text(path))
-    except ValueError as err:
-        raise InputError(f"{path} is not JSON ({err})") from err
+    r = max(scored, key=lambda x: x.get("tokens", 0))  # the most text scored
     part = f", its first {r['tokens']:,} ids" if "--max_tokens" in str(r.get("command", "")) else ""
     return r["loss"], f"released SmolLM2 weights, held-out split{part}: {r['loss']:.2f} ({r['bpb']:.2f} bits/byte)"
 

@@ -16,6 +16,10 @@
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh
+if [ -d .whl ] && [ -z "${SMOLLM2_WHEELS_DONE:-}" ]; then  # lm_eval and what it needs beyond the GPU image
+  python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} SMOLLM2_WHEELS_DONE=1
+fi
 steps=" ${*:-seed eval} "
 run() { [[ "$steps" == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/device_eval_out}
@@ -26,6 +30,9 @@ CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
 prepare_realdocs() {  # the README's command, so the held-out documents are the ones the realdocs run held out
   [ -f data/realdocs/manifest.json ] && return 0
+  if [ -f "$REALDOCS_SRC/manifest.json" ]; then  # carried already prepared (the same three sources, on CPU)
+    mkdir -p data && ln -sfn "$PWD/$REALDOCS_SRC" data/realdocs && return 0
+  fi
   [ -d "$REALDOCS_SRC" ] || { echo "== no $REALDOCS_SRC: realdocs rows skipped"; return 1; }
   python prepare_data.py "$REALDOCS_SRC/python-docs" "$REALDOCS_SRC/linux-docs-a.jsonl.gz" \
     "$REALDOCS_SRC/linux-docs-b.parquet" --out_dir data/realdocs --quiet
@@ -53,6 +60,9 @@ evaluate_all() {  # name, then the model flags
   if prepare_realdocs; then
     python evaluate.py "$@" --name "$name" --data data/realdocs --split val --seq_len 2048 --batch_size 16 \
       --out "$OUT/results/eval/${name}_bpb_realdocs_val.json" 2>&1 | tee "$OUT/${name}_realdocs.txt"
+    # the same first 65,536 ids the released weights were scored on (on CPU: the whole split takes hours there)
+    python evaluate.py "$@" --name "$name" --data data/realdocs --split val --seq_len 2048 --batch_size 16 \
+      --max_tokens 65536 --out "$OUT/results/eval/${name}_bpb_realdocs_val_first65536.json" 2>&1 | tail -3
   fi
 }
 if run eval; then
@@ -66,7 +76,11 @@ fi
 
 if run speed; then
   CKPT=out_smollm2_scratch/checkpoints/checkpoint_latest.pt
-  [ -f "$CKPT" ] || { echo "== speed needs the seed checkpoint: run the seed step first"; exit 1; }
+  if [ ! -f "$CKPT" ]; then  # timing needs weights, not good ones: 50 steps of the seed's command
+    CKPT=out_eval_speed/checkpoints/checkpoint_latest.pt
+    python train.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --max_steps 50 --resume 0 \
+      --log_every 50 --save_every 50 --out_dir out_eval_speed --overwrite 1 2>&1 | tail -2
+  fi
   python - <<'EOF'
 import json, random
 lines = [l.strip() for l in open("input.txt", encoding="utf-8") if len(l.split()) >= 6]
@@ -78,26 +92,30 @@ with open("/tmp/hellaswag_10k.jsonl", "w", encoding="utf-8") as f:
                             "endings": [" ".join(rng.choice(lines) for _ in range(2)) for _ in range(4)],
                             "label": str(rng.randrange(4))}) + "\n")
 EOF
-  t0=$(date +%s.%N)
-  python evaluate.py --checkpoint "$CKPT" --task hellaswag --data /tmp/hellaswag_10k.jsonl --batch_size 256 \
-    --out "$OUT/speed_ours.json" 2>&1 | tail -8
-  t1=$(date +%s.%N)
-  echo "{\"what\": \"evaluate.py hellaswag 10k\", \"process_s\": $(python -c "print($t1 - $t0)"), \"card\": \"$CARD\"}" >> "$OUT/speed.jsonl"
+  timed() {  # name, then the command: its whole process's seconds, beside the scoring seconds in its JSON
+    local what=$1; shift
+    local t0; t0=$(date +%s.%N)
+    "$@" 2>&1 | tail -9
+    echo "{\"what\": \"$what\", \"process_s\": $(python -c "print(round($(date +%s.%N) - $t0, 2))")}" >> "$OUT/speed.jsonl"
+  }
+  HS=(python evaluate.py --checkpoint "$CKPT" --task hellaswag --data /tmp/hellaswag_10k.jsonl --batch_size 256)
+  timed ours_hellaswag_10k "${HS[@]}" --out "$OUT/speed_ours_hellaswag_10k.json"
+  timed ours_hellaswag_10k_compiled "${HS[@]}" --compile 1 --out "$OUT/speed_ours_hellaswag_10k_compiled.json"
   if python -c "import lm_eval" 2>/dev/null; then
     mkdir -p /tmp/eval_tasks
     printf 'include: %s\ntask: speed_hellaswag\ntag: []\ndataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    validation: /tmp/hellaswag_10k.jsonl\ntraining_split: null\nvalidation_split: validation\ntest_split: null\n' \
       "$(python -c "import lm_eval, os; print(os.path.join(os.path.dirname(lm_eval.__file__), 'tasks/hellaswag/hellaswag.yaml'))")" \
       > /tmp/eval_tasks/speed_hellaswag.yaml
-    t0=$(date +%s.%N)
-    HF_DATASETS_OFFLINE=1 python evaluate.py --checkpoint "$CKPT" --harness lm_eval --tasks speed_hellaswag \
-      --include_path /tmp/eval_tasks --batch_size 256 --out "$OUT/speed_lm_eval.json" 2>&1 | tail -4
-    t1=$(date +%s.%N)
-    echo "{\"what\": \"lm_eval hf hellaswag 10k (export included)\", \"process_s\": $(python -c "print($t1 - $t0)"), \"card\": \"$CARD\"}" >> "$OUT/speed.jsonl"
+    HF_DATASETS_OFFLINE=1 timed lm_eval_hf_hellaswag_10k python evaluate.py --checkpoint "$CKPT" --harness lm_eval \
+      --tasks speed_hellaswag --include_path /tmp/eval_tasks --batch_size 256 --out "$OUT/speed_lm_eval_hf_hellaswag_10k.json"
   else
-    echo "== lm_eval does not import here: carry its wheels (pip download lm_eval==0.4.13) to time the harness"
+    echo "== lm_eval does not import here: carry its wheels (docs/evaluation.md) to time the harness"
   fi
   if prepare_realdocs; then
-    python evaluate.py --checkpoint "$CKPT" --data data/realdocs --split train --max_tokens 10000000 --seq_len 2048 \
-      --batch_size 32 --out "$OUT/speed_bpb_10M.json" 2>&1 | tail -8
+    BPB=(python evaluate.py --checkpoint "$CKPT" --data data/realdocs --split train --max_tokens 10000000 --seq_len 2048
+         --batch_size 32)
+    timed ours_bpb_10M "${BPB[@]}" --out "$OUT/speed_ours_bpb_10M.json"
+    timed ours_bpb_10M_compiled "${BPB[@]}" --compile 1 --out "$OUT/speed_ours_bpb_10M_compiled.json"
   fi
+  python benchmarks/eval_speed_table.py "$OUT" --out "$OUT/eval_speed"
 fi

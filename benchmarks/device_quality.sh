@@ -7,6 +7,11 @@
 #             time-to-loss table is computed from these runs (about 8 minutes on an H200)
 #   seed      the seed's shape (seq 256 x 4 windows a step) on input.txt, 1000 steps per recipe (about 2 minutes)
 #   step      the Muon step against the AdamW step at seq 2048 x micro-batch 48 (the best micro-batch)
+#   schedules the second realdocs sweep, with its own two references (today's recipe, the best AdamW of the first):
+#             Muon at 5e-3 and 1e-3, Muon under cosine, AdamW under WSD (about 8 minutes)
+#   seed5000  the seed's shape over the seed's 5,000 steps: today's AdamW, the best AdamW and the best Muon of the
+#             realdocs sweeps (about 4 minutes)
+#   crossover seq 2048 x micro-batch 4 (8,192 tokens a step), 1,000 steps: where --optimizer auto switches
 # What comes back in $OUT: quality_<section>_{runs,curves,ttl}.csv, the plot, the log.
 set -u
 cd "$(dirname "$0")/.."
@@ -21,6 +26,22 @@ if [[ "$parts" == *" realdocs "* ]]; then
     --steps 400 --eval_every 25 --val_windows 64 \
     --recipes muon_wsd_3e-3,adamw_cos_3e-4,adamw_cos_1e-3,adamw_cos_3e-3,hf_best_adamw,muon_wsd_1e-2,muon_wsd_1e-3,muon_cos_3e-3,adamw_wsd_1e-3 \
     2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048.log"
+fi
+if [[ "$parts" == *" schedules "* ]]; then
+  timeout 540 "${Q[@]}" --section realdocs_2048_schedules --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
+    --steps 400 --eval_every 25 --val_windows 64 \
+    --recipes adamw_cos_3e-4,adamw_cos_1e-3,muon_wsd_3e-3,muon_wsd_5e-3,muon_cos_3e-3,adamw_wsd_1e-3,muon_wsd_1e-3 \
+    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_schedules.log"
+fi
+if [[ "$parts" == *" seed5000 "* ]]; then
+  timeout ${SEED5000_TIMEOUT:-330} "${Q[@]}" --section seed_input_5000 --input_file input.txt --seq_len 256 \
+    --micro_batch 4 --steps 5000 --eval_every 250 --val_windows 64 --recipes adamw_cos_3e-4,adamw_wsd_1e-3,muon_wsd_5e-3 2>&1 \
+    | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_seed_input_5000.log"
+fi
+if [[ "$parts" == *" crossover "* ]]; then
+  timeout 260 "${Q[@]}" --section realdocs_2048_mb4 --input_file .assets/realdocs --seq_len 2048 --micro_batch 4 \
+    --steps 1000 --eval_every 50 --val_windows 64 --recipes adamw_cos_3e-4,adamw_cos_1e-3,muon_wsd_3e-3 2>&1 \
+    | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_mb4.log"
 fi
 if [[ "$parts" == *" step "* ]]; then
   timeout 170 "${Q[@]}" --section step_time --input_file .assets/realdocs --seq_len 2048 --micro_batch 48 --timed 20 2>&1 \

@@ -196,47 +196,64 @@ def text_windows(n_ids: int, seq_len: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def score_text(model, ids: np.ndarray, token_bytes: np.ndarray, seq_len: int, batch_size: int,
-               device: torch.device, amp_dtype: Optional[torch.dtype] = None, progress: bool = False) -> TextScore:
-    """Summed nats of ids[1:] given what precedes them within windows of seq_len, and their bytes."""
+               device: torch.device, amp_dtype: Optional[torch.dtype] = None, progress: bool = False,
+               forward: Optional[Callable] = None) -> TextScore:
+    """Summed nats of ids[1:] given what precedes them within windows of seq_len, and their bytes. Every
+    batch has the one shape (batch_size, seq_len): the last is padded with rows no target reads, so a
+    compiled `forward` (model.model by default) compiles once. The GPU is synchronised once, at the end."""
     from tqdm import tqdm
 
     model.eval()
+    forward = forward if forward is not None else model.model
     windows = text_windows(len(ids), seq_len)
+    shape = (min(batch_size, len(windows)), min(seq_len + 1, len(ids)))  # every batch's (rows, ids per row)
     nats = torch.zeros((), dtype=torch.float64, device=device)
     targets = 0
     for i in tqdm(range(0, len(windows), batch_size), desc="bits per byte", unit="batch", disable=not progress,
                   dynamic_ncols=True):
         batch = windows[i:i + batch_size]
-        width = max(e - s for s, e in batch)
-        rows = np.zeros((len(batch), width), dtype=np.int64)
-        mask = np.zeros((len(batch), width - 1), dtype=bool)
+        rows = np.zeros(shape, dtype=np.int64)
+        mask = np.zeros((shape[0], shape[1] - 1), dtype=bool)
         for r, (s, e) in enumerate(batch):
             rows[r, :e - s] = ids[s:e]
             mask[r, :e - s - 1] = True
-        t = torch.from_numpy(rows).to(device)
-        m = torch.from_numpy(mask).to(device)
-        h = _hidden(model, t[:, :-1], amp_dtype)  # (B, T, C)
-        lp = _log_probs(model, h[m], amp_dtype)  # (N, V) float32, only the real positions
-        nats -= lp.gather(1, t[:, 1:][m].unsqueeze(1)).double().sum()
-        targets += int(m.sum())
+        t = torch.from_numpy(rows).pin_memory().to(device, non_blocking=True) if device.type == "cuda" \
+            else torch.from_numpy(rows)
+        h = _hidden(forward, t[:, :-1], amp_dtype)  # (B, T, C)
+        y = t[:, 1:]
+        if mask.all():  # every window but the last: all positions scored, no gather
+            h, y = h.reshape(-1, h.shape[-1]), y.reshape(-1)
+        else:
+            m = torch.from_numpy(mask).to(device)
+            h, y = h[m], y[m]
+        nats += _token_nats(model, h, y, amp_dtype).double().sum()
+        targets += int(mask.sum())
     predicted = ids[1:]
     return TextScore(float(nats), targets, int(token_bytes[predicted].sum()), len(windows))
 
 
-def _hidden(model, x: torch.Tensor, amp_dtype) -> torch.Tensor:
+def _hidden(forward: Callable, x: torch.Tensor, amp_dtype) -> torch.Tensor:
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        return model.model(x)
+        return forward(x)
 
 
-def _log_probs(model, h: torch.Tensor, amp_dtype, chunk: int = 8192) -> torch.Tensor:
-    # The head on the rows that are scored only, a chunk at a time: full logits of a (64, 2048) batch would
-    # be 26 GB in float32. log_softmax in float32 whatever the autocast dtype.
+def _token_nats(model, h: torch.Tensor, targets: torch.Tensor, amp_dtype, chunk: int = 16384) -> torch.Tensor:
+    """-log p(target) per row of h (N, C) -> (N,) float32: logsumexp(logits) - logits[target], the head run
+    on the scored rows only, a chunk at a time (a (64, 2048) batch's float32 logits would be 26 GB), in
+    float32 whatever the autocast dtype; no (N, V) log-probabilities are kept."""
     out = []
     for i in range(0, h.shape[0], chunk):
         with torch.autocast(h.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model.lm_head(h[i:i + chunk])
-        out.append(F.log_softmax(logits.float(), dim=-1))
+        logits = logits.float()  # (n, V)
+        out.append(torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[i:i + chunk, None]).squeeze(1))
     return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def compiled_forward(model, dynamic: bool) -> Callable:
+    """The trunk (embedding, layers, final norm) under torch.compile for scoring: static shapes for bits per
+    byte (score_text pads every batch to one shape), dynamic for choices (each batch its own width)."""
+    return torch.compile(model.model, dynamic=dynamic)
 
 
 # ============================================================================ multiple choice
@@ -416,67 +433,87 @@ class Request:
     cont: list[int]  # the continuation's ids, predicted by the last len(cont) positions of ids
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """The harness's split of a pair into ids: trailing whitespace goes with the continuation, whose ids
-    are those of the whole text past the context's own ids."""
+def _split_pair(context: str, continuation: str) -> tuple[str, str]:
+    """The harness's split of a pair: trailing whitespace of the context goes with the continuation."""
     n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    whole = tokenizer.encode(context + continuation)
-    ctx = tokenizer.encode(context)
-    return ctx, whole[len(ctx):]
+    return (context[:-n_spaces], context[-n_spaces:] + continuation) if n_spaces else (context, continuation)
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """The harness's ids of a pair: the continuation's ids are those of the whole text past the context's own."""
+    return encode_pairs(tokenizer, [(context, continuation)])[0]
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """encode_pair for many pairs: each distinct text encoded once (the choices of an item share their
+    context), all in one call of the tokenizer's batch encoder when it has one (parallel, in Rust)."""
+    split = [_split_pair(c, x) for c, x in pairs]
+    texts = list(dict.fromkeys(t for c, x in split for t in (c, c + x)))
+    batch = getattr(tokenizer, "encode_batch", None)
+    ids = dict(zip(texts, batch(texts) if batch else [tokenizer.encode(t) for t in texts]))
+    out = []
+    for c, x in split:
+        ctx, whole = ids[c], ids[c + x]
+        out.append((ctx, whole[len(ctx):]))
+    return out
 
 
 def build_requests(items: list[Item], tokenizer, max_len: int, where: str = "") -> tuple[list[Request], int]:
     """One request per (item, choice), and how many were truncated from the left to fit max_len."""
-    requests, truncated = [], 0
     for i, item in enumerate(items):
-        for c, (ctx, cont) in enumerate(zip(item.contexts, item.continuations)):
-            if not ctx:
-                raise EvalError(f"{where} item {i}: empty context")
-            ctx_ids, cont_ids = encode_pair(tokenizer, ctx, cont)
-            if not cont_ids:
-                raise EvalError(f"{where} item {i}: choice {c} gives no ids to score")
-            if len(cont_ids) > max_len:
-                raise EvalError(f"{where} item {i}: choice {c} alone is {len(cont_ids)} ids, more than the model's "
-                                f"{max_len} positions")
-            full = ctx_ids + cont_ids
-            truncated += len(full) > max_len + 1
-            requests.append(Request(i, c, full[-(max_len + 1):][:-1], cont_ids))
+        if not all(item.contexts):
+            raise EvalError(f"{where} item {i}: empty context")
+    index = [(i, c) for i, item in enumerate(items) for c in range(len(item.contexts))]
+    encoded = encode_pairs(tokenizer, [(items[i].contexts[c], items[i].continuations[c]) for i, c in index])
+    requests, truncated = [], 0
+    for (i, c), (ctx_ids, cont_ids) in zip(index, encoded):
+        if not cont_ids:
+            raise EvalError(f"{where} item {i}: choice {c} gives no ids to score")
+        if len(cont_ids) > max_len:
+            raise EvalError(f"{where} item {i}: choice {c} alone is {len(cont_ids)} ids, more than the model's "
+                            f"{max_len} positions")
+        full = ctx_ids + cont_ids
+        truncated += len(full) > max_len + 1
+        requests.append(Request(i, c, full[-(max_len + 1):][:-1], cont_ids))
     return requests, truncated
 
 
 @torch.no_grad()
-def score_requests(model, requests: list[Request], batch_size: int, device: torch.device, amp_dtype=None, progress: bool = False) -> list[float]:
+def score_requests(model, requests: list[Request], batch_size: int, device: torch.device, amp_dtype=None,
+                   progress: bool = False, forward: Optional[Callable] = None) -> list[float]:
     """Summed log-probability of each request's continuation. Longest first (the batch's padding shrinks as
-    it goes, and running out of memory happens at once); right padding, which a causal model never sees."""
+    it goes, and running out of memory happens at once); right padding, which a causal model never sees.
+    The sums stay on the device until the end, so the next batch is built while the GPU works."""
     from tqdm import tqdm
 
     model.eval()
+    forward = forward if forward is not None else model.model
     order = sorted(range(len(requests)), key=lambda k: -len(requests[k].ids))
-    out = [0.0] * len(requests)
+    sums = torch.zeros(len(requests), dtype=torch.float64, device=device)
+    cuda = device.type == "cuda"
     bar = tqdm(total=len(requests), desc="scoring choices", unit="choice", disable=not progress, dynamic_ncols=True)
     for b in range(0, len(order), batch_size):
-        batch = [requests[k] for k in order[b:b + batch_size]]
-        width = len(batch[0].ids)
-        x = torch.zeros((len(batch), width), dtype=torch.long)
-        rows, cols, targets = [], [], []
-        for r, req in enumerate(batch):
+        picked = order[b:b + batch_size]
+        batch = [requests[k] for k in picked]
+        x = np.zeros((len(batch), len(batch[0].ids)), dtype=np.int64)
+        owner, rows, cols, targets = [], [], [], []
+        for r, (k, req) in enumerate(zip(picked, batch)):
             n = len(req.ids)
-            x[r, :n] = torch.tensor(req.ids)
+            x[r, :n] = req.ids
+            owner += [k] * len(req.cont)
             rows += [r] * len(req.cont)
             cols += range(n - len(req.cont), n)
             targets += req.cont
-        h = _hidden(model, x.to(device), amp_dtype)  # (B, T, C)
-        lp = _log_probs(model, h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)], amp_dtype)
-        picked = lp.gather(1, torch.tensor(targets, device=device).unsqueeze(1)).squeeze(1).double()
-        sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(
-            0, torch.tensor(rows, device=device), picked).tolist()
-        for k, req_index in enumerate(order[b:b + batch_size]):
-            out[req_index] = sums[k]
+        index = np.array([rows, cols, targets, owner], dtype=np.int64)
+        xt, it = torch.from_numpy(x), torch.from_numpy(index)
+        if cuda:
+            xt, it = xt.pin_memory().to(device, non_blocking=True), it.pin_memory().to(device, non_blocking=True)
+        h = _hidden(forward, xt, amp_dtype)  # (B, T, C)
+        nats = _token_nats(model, h[it[0], it[1]], it[2], amp_dtype)  # (scored positions,)
+        sums.index_add_(0, it[3], -nats.double())
         bar.update(len(batch))
     bar.close()
-    return out
+    return sums.tolist()
 
 
 @dataclass
@@ -488,10 +525,10 @@ class ChoiceScores:
 
 def score_items(model, tokenizer, items: list[Item], batch_size: int, device: torch.device, amp_dtype=None,
                 max_len: Optional[int] = None, progress: bool = False, where: str = "",
-                metric_names: tuple = ("acc", "acc_norm")) -> ChoiceScores:
+                metric_names: tuple = ("acc", "acc_norm"), forward: Optional[Callable] = None) -> ChoiceScores:
     max_len = max_len or model.config.max_position_embeddings
     requests, truncated = build_requests(items, tokenizer, max_len, where)
-    flat = score_requests(model, requests, batch_size, device, amp_dtype, progress)
+    flat = score_requests(model, requests, batch_size, device, amp_dtype, progress, forward)
     lls = [[0.0] * len(it.choices) for it in items]
     for r, ll in zip(requests, flat):
         lls[r.item][r.choice] = ll

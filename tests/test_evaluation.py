@@ -18,7 +18,7 @@ import torch
 from conftest import TOKENIZER_JSON, run_train
 
 import evaluate
-from smollm2.evaluation import (TASKS, EvalError, build_items, read_text_split, score_items, text_windows,
+from smollm2.evaluation import (TASKS, EvalError, build_items, read_text_split, score_items, score_text, text_windows,
                                 token_byte_lengths)
 from smollm2.tokenizer import load_tokenizer
 
@@ -336,3 +336,42 @@ def test_eval_block_renders_each_kind(tmp_path):
     (tmp_path / "d.json").write_text("not json")
     with pytest.raises(update_readme.InputError, match="d.json is not a JSON file written by evaluate.py"):
         update_readme.eval_block(str(tmp_path), str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- the fast paths
+def test_batched_tokenization_gives_the_ids_of_one_text_at_a_time(tokenizer):
+    from smollm2.evaluation import encode_pairs
+
+    class OneAtATime:  # a tokenizer without encode_batch: the reference path
+        encode = staticmethod(tokenizer.encode)
+
+    pairs = [("The cat sat ", "on the mat."), ("The cat sat ", "under it."), ("Numbers 2024", " and 1999"),
+             ("  spaced  ", "  out  "), ("Ünïcödé — ", "ok")]
+    assert encode_pairs(tokenizer, pairs) == encode_pairs(OneAtATime(), pairs)
+    whole = [tokenizer.encode(c.rstrip() + c[len(c.rstrip()):] + x) for c, x in pairs]
+    assert [a + b for a, b in encode_pairs(tokenizer, pairs)] == whole
+
+
+def test_compiled_trunk_scores_as_the_eager_one(tmp_path, tiny_model, corpus_path):
+    """--compile 1: the same bits per byte (every batch padded to one shape, the last one too) and the same
+    choice log-likelihoods (dynamic widths), with the compile timed apart."""
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    task = write_jsonl(tmp_path / "hs.jsonl", ROWS["hellaswag"])
+    got = {}
+    for c in ("0", "1"):
+        bpb, mc = tmp_path / f"bpb{c}.json", tmp_path / f"mc{c}.json"
+        assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(corpus_path), "--split", "all",
+                              "--max_tokens", "1000", "--seq_len", "64", "--batch_size", "4", "--compile", c,
+                              "--out", str(bpb)]) == 0  # 16 windows of 64 ids, the last one shorter
+        assert evaluate.main(["--checkpoint", str(ckpt), "--task", "hellaswag", "--data", str(task),
+                              "--batch_size", "3", "--compile", c, "--out", str(mc)]) == 0
+        got[c] = json.loads(bpb.read_text()), json.loads(mc.read_text())
+    (eager_bpb, eager_mc), (fast_bpb, fast_mc) = got["0"], got["1"]
+    assert eager_bpb["compile_s"] is None and fast_bpb["compile_s"] > 0
+    assert fast_bpb["tokens"] == eager_bpb["tokens"] == 999
+    assert fast_bpb["loss"] == pytest.approx(eager_bpb["loss"], abs=1e-5)
+    assert np.allclose(fast_mc["lls"], eager_mc["lls"], atol=1e-4)
+    # and the padded batches of the eager path equal one window at a time
+    one = score_text(tiny_model, read_text_split(str(corpus_path), "all", load_tokenizer(str(TOKENIZER_JSON)), 0, 1000).ids,
+                     np.ones(49152, dtype=np.int64), 64, 1, torch.device("cpu"))
+    assert one.nats / one.targets == pytest.approx(eager_bpb["loss"], abs=1e-5)

@@ -583,8 +583,13 @@ def test_eval_headline_needs_both_rows(tmp_path):
 def test_released_weights_reference_line_from_evaluate_results(tmp_path):
     d = tmp_path / "results" / "eval"
     assert ur.released_reference(str(d), "tinyshakespeare") is None
-    write(d / "released_bpb_realdocs_val.json", json.dumps({"loss": 2.0981, "bpb": 0.7594, "tokens": 65535,
-                                                            "command": "evaluate.py --pretrained --max_tokens 65536"}))
+    write(d / "released_bpb_realdocs_val_first65536.json", json.dumps({
+        "loss": 2.0981, "bpb": 0.7594, "tokens": 65535, "command": "evaluate.py --pretrained --max_tokens 65536"}))
     loss, label = ur.released_reference(str(d), "realdocs")
     assert loss == 2.0981 and "2.10 (0.76 bits/byte)" in label and "its first 65,535 ids" in label
+    # once the whole split is scored too, the line is drawn from it
+    write(d / "released_bpb_realdocs_val.json", json.dumps({"loss": 2.1234, "bpb": 0.77, "tokens": 1079665,
+                                                            "command": "evaluate.py --pretrained"}))
+    loss, label = ur.released_reference(str(d), "realdocs")
+    assert loss == 2.1234 and "first" not in label
     assert ur.render_loss_plot(ur.RunSummary(train=[(1, 9.0), (2, 8.0)]), (loss, label))[:8] == b"\x89PNG\r\n\x1a\n"
