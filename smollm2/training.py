@@ -85,12 +85,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 # Each optimizer's recipe: train.py's defaults for what --optimizer leaves unset. adamw's is the repo's recipe
-# from before Muon, kept as it was (the seed's command runs it); muon's is the best of the sweep in
-# docs/quality.md (one H200, realdocs, seq 2048 x 16, 400 steps: held-out 3.691 at 3e-3 against 4.020 at 1e-2,
-# and 4.772 for the best AdamW), with SmolLM2's WSD shape (decay to 0 over the last 20%).
+# from before Muon, kept as it was (the seed's command runs it); muon's is the best of the realdocs sweeps in
+# docs/quality.md (one H200, seq 2048 x 16, 400 steps, one process: held-out 3.152 at 5e-3 against 3.247 at
+# 3e-3 and 3.796 at 1e-3; WSD 3.247 against cosine 3.538; 4.154 for the best AdamW), with SmolLM2's WSD shape
+# (decay to 0 over the last 20%).
 RECIPES: dict[str, dict] = {
     "adamw": {"lr_schedule": "cosine", "max_lr": 3e-4, "min_lr": 3e-5, "adamw_lr": None},
-    "muon": {"lr_schedule": "wsd", "max_lr": 3e-3, "min_lr": 0.0, "adamw_lr": 3e-3},
+    "muon": {"lr_schedule": "wsd", "max_lr": 5e-3, "min_lr": 0.0, "adamw_lr": 5e-3},
 }
 OPTIMIZERS = tuple(RECIPES)
 
