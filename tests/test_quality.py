@@ -58,7 +58,7 @@ def test_ttl_rows_and_the_rendered_block(tmp_path):
                  ms_per_step=88.0, first_step_s=30.0, steps=400, tokens=13107200)
         quality.append_rows(f"{stem}_runs.csv", quality.RUN_COLUMNS, [r])
     body, note = update_readme.quality_block(str(tmp_path), str(tmp_path))
-    assert note == "1 sections" and "#### realdocs, seq 2048 x micro-batch 16, 400 steps (13.1M tokens), NVIDIA H200" in body
+    assert note == "1 sections" and "#### realdocs (the first sweep), seq 2048 x micro-batch 16, 400 steps (13.1M tokens), NVIDIA H200" in body
     assert "| muon_wsd_3e-3 | muon | cosine |" in body and "not reached" in body
     assert "`quality_realdocs_2048_ttl.csv`" in body
     assert update_readme.quality_block(str(tmp_path / "none"), str(tmp_path))[1] == "no quality csv"
