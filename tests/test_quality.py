@@ -1,6 +1,8 @@
 """benchmarks/quality.py's arithmetic (recipe names, time to a held-out loss) and update_readme.py's QUALITY block
 rendered from the files quality.py writes."""
 
+import csv
+import json
 import sys
 
 import pytest
@@ -62,3 +64,27 @@ def test_ttl_rows_and_the_rendered_block(tmp_path):
     assert "| muon_wsd_3e-3 | muon | cosine |" in body and "not reached" in body
     assert "`quality_realdocs_2048_ttl.csv`" in body
     assert update_readme.quality_block(str(tmp_path / "none"), str(tmp_path))[1] == "no quality csv"
+
+
+def test_eval_speed_table_and_block(tmp_path):
+    """benchmarks/eval_speed_table.py turns the runbook's timings and evaluate.py's JSONs into one table (a
+    command that left no JSON gets no row); update_readme renders it."""
+    import eval_speed_table as table
+    common = {"device": "NVIDIA H200", "torch": "2.11.0+cu130"}
+    (tmp_path / "speed_ours_hs.json").write_text(json.dumps(
+        {"task": "hellaswag", "items": 10000, "acc": 0.2519, "acc_norm": 0.2469, "seconds": 9.87, "compile_s": None, **common}))
+    (tmp_path / "speed_harness_hs.json").write_text(json.dumps(
+        {"task": "lm_eval", "harness": "lm_eval 0.4.13", "results": {"t": {"sample_len": 10000, "acc,none": 0.2506,
+                                                                         "acc_norm,none": 0.2467}}, **common}))
+    (tmp_path / "speed_ours_bpb.json").write_text(json.dumps(
+        {"task": "bpb", "tokens": 9258464, "bpb": 5.3977, "seconds": 6.2, "compile_s": 21.5, **common}))
+    (tmp_path / "speed.jsonl").write_text("".join(json.dumps({"what": w, "process_s": s}) + "\n" for w, s in
+                                                  [("ours_hs", 15.0), ("harness_hs", 74.8), ("ours_bpb", 40.0), ("failed", 1.0)]))
+    bench = tmp_path / "bench"
+    assert table.main([str(tmp_path), "--out", str(bench / "eval_speed")]) == 0
+    rows = list(csv.DictReader(open(bench / "eval_speed.csv", encoding="utf-8")))
+    assert [r["what"] for r in rows] == ["ours_hs", "harness_hs", "ours_bpb"]
+    assert rows[1]["scorer"] == "lm_eval 0.4.13" and rows[1]["scoring_s"] == "" and rows[1]["acc"] == "0.2506"
+    assert rows[2]["work"] == "9,258,464 ids" and rows[2]["compile_s"] == "21.5"
+    body, note = update_readme.eval_speed_block(str(bench), str(tmp_path))
+    assert note == "3 rows" and "| ours_bpb | evaluate.py | 9,258,464 ids | 6.2 | 21.5 | 40.0 |" in body
