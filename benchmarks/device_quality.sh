@@ -35,7 +35,8 @@ if [[ "$parts" == *" schedules "* ]]; then
 fi
 if [[ "$parts" == *" seed5000 "* ]]; then
   timeout ${SEED5000_TIMEOUT:-330} "${Q[@]}" --section seed_input_5000 --input_file input.txt --seq_len 256 \
-    --micro_batch 4 --steps 5000 --eval_every 250 --val_windows 64 --recipes adamw_cos_3e-4,muon_wsd_5e-3,adamw_wsd_1e-3 2>&1 \
+    --micro_batch 4 --steps 5000 --eval_every 250 --val_windows 64 \
+    --recipes ${SEED5000_RECIPES:-adamw_cos_3e-4,muon_wsd_5e-3,adamw_wsd_1e-3} 2>&1 \
     | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_seed_input_5000.log"
 fi
 if [[ "$parts" == *" crossover "* ]]; then
