@@ -70,8 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a task: positions a choice may use (0: the model's); longer ones lose their left end")
     g.add_argument("--batch_size", type=int, default=8, help="windows (bpb) or choices (a task) per forward")
     g.add_argument("--compile", type=int, default=0, choices=[0, 1],
-                   help="torch.compile the model's trunk first (timed apart as compile_s): pays off on large "
-                        "scoring jobs on a GPU (millions of ids)")
+                   help="bits per byte: torch.compile the model's trunk first (timed apart as compile_s); for "
+                        "millions of ids on a GPU")
     g = p.add_argument_group("lm-evaluation-harness")
     g.add_argument("--harness", default=None, choices=["lm_eval"],
                    help="export the model to an HF folder and run lm-evaluation-harness on --tasks")
@@ -92,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--harness lm_eval needs --tasks NAME[,NAME...]")
     if args.tasks and not args.harness:
         p.error("--tasks goes with --harness lm_eval; for this repo's own scorer use --task NAME")
+    if args.compile and (args.task != "bpb" or args.harness):
+        p.error("--compile 1 is for bits per byte (one batch shape); a task's batches change width, which compiled "
+                "slower than it scored eager (docs/evaluation.md): leave --compile 0")
     if args.task == "bpb" and not args.harness and not args.data:
         p.error("--task bpb needs --data: a text file (e.g. input.txt) or a folder made by prepare_data.py")
     return args
@@ -173,12 +176,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compile_first(args, model, device, shape: tuple[int, int], dynamic: bool):
+def compile_first(args, model, device, shape: tuple[int, int]):
     """(forward, compile_s): the trunk compiled and run once on a batch of `shape` before the clock starts,
     or the eager trunk and None without --compile."""
     if not args.compile:
         return model.model, None
-    forward = compiled_forward(model, dynamic)
+    forward = compiled_forward(model)
     t0 = time.perf_counter()
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype(args, device) or torch.float32,
                                          enabled=amp_dtype(args, device) is not None):
@@ -194,7 +197,7 @@ def run_bpb(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
     model.to(device).eval()
     n_windows = len(text_windows(len(text.ids), seq_len))  # score_text's one batch shape
     forward, compile_s = compile_first(args, model, device, (min(args.batch_size, n_windows),
-                                                             min(seq_len, len(text.ids) - 1)), dynamic=False)
+                                                             min(seq_len, len(text.ids) - 1)))
     t0 = time.perf_counter()
     score = score_text(model, text.ids, token_byte_lengths(tokenizer), seq_len, args.batch_size, device,
                        amp_dtype(args, device), progress=sys.stderr.isatty(), forward=forward)
@@ -215,22 +218,19 @@ def run_task(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
     model, desc, tokenizer = load(args, log)
     model.to(device).eval()
     max_len = args.max_length or model.config.max_position_embeddings
-    forward, compile_s = compile_first(args, model, device, (min(args.batch_size, 2 * len(items)), 64), dynamic=True)
     t0 = time.perf_counter()
     scores = score_items(model, tokenizer, items, args.batch_size, device, amp_dtype(args, device), max_len,
-                         progress=sys.stderr.isatty(), where=source, metric_names=TASKS[args.task].metrics,
-                         forward=forward)
+                         progress=sys.stderr.isatty(), where=source, metric_names=TASKS[args.task].metrics)
     seconds = time.perf_counter() - t0
     if scores.truncated:
         log(f"NOTE: {scores.truncated:,} choice(s) longer than {max_len} positions lost their left end "
             f"(truncated from the left, as lm-evaluation-harness does)")
     m = scores.metrics
     result = {"task": args.task, "data": source, "limit": args.limit or None, "max_length": max_len,
-              "truncated": scores.truncated, **m, "seconds": seconds, "compile_s": compile_s, "lls": scores.lls}
+              "truncated": scores.truncated, **m, "seconds": seconds, "lls": scores.lls}
     table = [(k, f"{m[k]:.4f} ± {m[k + '_stderr']:.4f}" if m.get(k + "_stderr") is not None else f"{m[k]:.4f}")
              for k in ("acc", "acc_norm") if k in m]
     table += [("items", f"{m['items']:,}"), ("choices truncated", str(scores.truncated)), ("seconds", f"{seconds:.1f}")]
-    table += [("compile (apart)", f"{compile_s:.1f} s")] if compile_s is not None else []
     return {"model": desc, "tokenizer": tokenizer.source, **result}, table
 
 

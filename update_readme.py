@@ -11,7 +11,7 @@ Blocks (each marker alone on its line; the text between a BEGIN/END pair is repl
   FINDINGS         (optional) the headline sentences, computed from the same files
   DATA_RESULTS     (optional) the real-corpus run (results/realdocs/) and benchmarks/data_prep.csv
   EVAL_RESULTS     (optional) results/eval/*.json written by evaluate.py: bits per byte and task scores
-  EVAL_SPEED       (optional) benchmarks/eval_speed.csv: evaluate.py beside lm-evaluation-harness, one card
+  EVAL_SPEED       (optional) benchmarks/eval_speed*.csv: evaluate.py beside lm-evaluation-harness, per call
   QUALITY          (optional) benchmarks/quality_*.csv (benchmarks/quality.py): per section the recipes' held-out
                    losses, the time-to-loss table and the plot; the Muon-vs-AdamW step time (docs/quality.md)
 It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the run's
@@ -927,20 +927,23 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
 
 
 def eval_speed_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
-    """benchmarks/eval_speed.csv (benchmarks/eval_speed_table.py): evaluate.py and lm-evaluation-harness on the
-    same work, one call on one card; each scorer's rate from its own row."""
-    path = os.path.join(bench_dir, "eval_speed.csv")
-    if not os.path.isfile(path):
+    """benchmarks/eval_speed*.csv (benchmarks/eval_speed_table.py): evaluate.py and lm-evaluation-harness on the
+    same work, a table per call on one card."""
+    paths = sorted(glob.glob(os.path.join(bench_dir, "eval_speed*.csv")))
+    if not paths:
         return (f"_No evaluation timings yet: `bash benchmarks/device_eval.sh speed` writes "
-                f"`{rel(path, readme_dir)}`._", "no eval_speed.csv")
-    _, rows = read_csv(path)
-    body = markdown_table(
-        ["command", "scorer", "work", "scoring (s)", "compile, apart (s)", "whole process (s)", "acc", "acc_norm",
-         "bits per byte", "device"],
-        [[r["what"], r["scorer"], r["work"], _fmt(1, 1)(r["scoring_s"]), _fmt(1, 1)(r["compile_s"]),
-          _fmt(1, 1)(r["process_s"]), _fmt(1, 4)(r["acc"]), _fmt(1, 4)(r["acc_norm"]), _fmt(1, 4)(r["bpb"]),
-          r["device"]] for r in rows])
-    return f"Rendered from `{rel(path, readme_dir)}` (one call, one card).\n\n{body}", f"{len(rows)} rows"
+                f"`{rel(os.path.join(bench_dir, 'eval_speed.csv'), readme_dir)}`._", "no eval_speed csv")
+    parts, n = [], 0
+    for path in paths:
+        _, rows = read_csv(path)
+        n += len(rows)
+        parts.append(f"`{rel(path, readme_dir)}`:\n\n" + markdown_table(
+            ["command", "scorer", "work", "scoring (s)", "compile, apart (s)", "whole process (s)", "acc", "acc_norm",
+             "bits per byte", "device"],
+            [[r["what"], r["scorer"], r["work"], _fmt(1, 1)(r["scoring_s"]), _fmt(1, 1)(r["compile_s"]),
+              _fmt(1, 1)(r["process_s"]), _fmt(1, 4)(r["acc"]), _fmt(1, 4)(r["acc_norm"]), _fmt(1, 4)(r["bpb"]),
+              r["device"]] for r in rows]))
+    return "\n\n".join(parts), f"{n} rows in {len(paths)} tables"
 
 
 QUALITY_SECTIONS = {"realdocs_2048_schedules": "realdocs, seq 2048 x micro-batch 16: schedules and Muon's lr",

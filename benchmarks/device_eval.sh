@@ -100,7 +100,6 @@ EOF
   }
   HS=(python evaluate.py --checkpoint "$CKPT" --task hellaswag --data /tmp/hellaswag_10k.jsonl --batch_size 256)
   timed ours_hellaswag_10k "${HS[@]}" --out "$OUT/speed_ours_hellaswag_10k.json"
-  timed ours_hellaswag_10k_compiled "${HS[@]}" --compile 1 --out "$OUT/speed_ours_hellaswag_10k_compiled.json"
   if python -c "import lm_eval" 2>/dev/null; then
     mkdir -p /tmp/eval_tasks
     printf 'include: %s\ntask: speed_hellaswag\ntag: []\ndataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    validation: /tmp/hellaswag_10k.jsonl\ntraining_split: null\nvalidation_split: validation\ntest_split: null\n' \

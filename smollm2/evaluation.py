@@ -250,10 +250,10 @@ def _token_nats(model, h: torch.Tensor, targets: torch.Tensor, amp_dtype, chunk:
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
-def compiled_forward(model, dynamic: bool) -> Callable:
-    """The trunk (embedding, layers, final norm) under torch.compile for scoring: static shapes for bits per
-    byte (score_text pads every batch to one shape), dynamic for choices (each batch its own width)."""
-    return torch.compile(model.model, dynamic=dynamic)
+def compiled_forward(model) -> Callable:
+    """The trunk (embedding, layers, final norm) under torch.compile for bits per byte, whose batches have one
+    shape (score_text pads the last): one compile."""
+    return torch.compile(model.model, dynamic=False)
 
 
 # ============================================================================ multiple choice
@@ -480,14 +480,13 @@ def build_requests(items: list[Item], tokenizer, max_len: int, where: str = "") 
 
 @torch.no_grad()
 def score_requests(model, requests: list[Request], batch_size: int, device: torch.device, amp_dtype=None,
-                   progress: bool = False, forward: Optional[Callable] = None) -> list[float]:
+                   progress: bool = False) -> list[float]:
     """Summed log-probability of each request's continuation. Longest first (the batch's padding shrinks as
     it goes, and running out of memory happens at once); right padding, which a causal model never sees.
     The sums stay on the device until the end, so the next batch is built while the GPU works."""
     from tqdm import tqdm
 
     model.eval()
-    forward = forward if forward is not None else model.model
     order = sorted(range(len(requests)), key=lambda k: -len(requests[k].ids))
     sums = torch.zeros(len(requests), dtype=torch.float64, device=device)
     cuda = device.type == "cuda"
@@ -508,7 +507,7 @@ def score_requests(model, requests: list[Request], batch_size: int, device: torc
         xt, it = torch.from_numpy(x), torch.from_numpy(index)
         if cuda:
             xt, it = xt.pin_memory().to(device, non_blocking=True), it.pin_memory().to(device, non_blocking=True)
-        h = _hidden(forward, xt, amp_dtype)  # (B, T, C)
+        h = _hidden(model.model, xt, amp_dtype)  # (B, T, C)
         nats = _token_nats(model, h[it[0], it[1]], it[2], amp_dtype)  # (scored positions,)
         sums.index_add_(0, it[3], -nats.double())
         bar.update(len(batch))
@@ -525,10 +524,10 @@ class ChoiceScores:
 
 def score_items(model, tokenizer, items: list[Item], batch_size: int, device: torch.device, amp_dtype=None,
                 max_len: Optional[int] = None, progress: bool = False, where: str = "",
-                metric_names: tuple = ("acc", "acc_norm"), forward: Optional[Callable] = None) -> ChoiceScores:
+                metric_names: tuple = ("acc", "acc_norm")) -> ChoiceScores:
     max_len = max_len or model.config.max_position_embeddings
     requests, truncated = build_requests(items, tokenizer, max_len, where)
-    flat = score_requests(model, requests, batch_size, device, amp_dtype, progress, forward)
+    flat = score_requests(model, requests, batch_size, device, amp_dtype, progress)
     lls = [[0.0] * len(it.choices) for it in items]
     for r, ll in zip(requests, flat):
         lls[r.item][r.choice] = ll

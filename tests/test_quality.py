@@ -87,4 +87,4 @@ def test_eval_speed_table_and_block(tmp_path):
     assert rows[1]["scorer"] == "lm_eval 0.4.13" and rows[1]["scoring_s"] == "" and rows[1]["acc"] == "0.2506"
     assert rows[2]["work"] == "9,258,464 ids" and rows[2]["compile_s"] == "21.5"
     body, note = update_readme.eval_speed_block(str(bench), str(tmp_path))
-    assert note == "3 rows" and "| ours_bpb | evaluate.py | 9,258,464 ids | 6.2 | 21.5 | 40.0 |" in body
+    assert note == "3 rows in 1 tables" and "| ours_bpb | evaluate.py | 9,258,464 ids | 6.2 | 21.5 | 40.0 |" in body
