@@ -439,14 +439,10 @@ def _split_pair(context: str, continuation: str) -> tuple[str, str]:
     return (context[:-n_spaces], context[-n_spaces:] + continuation) if n_spaces else (context, continuation)
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """The harness's ids of a pair: the continuation's ids are those of the whole text past the context's own."""
-    return encode_pairs(tokenizer, [(context, continuation)])[0]
-
-
 def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """encode_pair for many pairs: each distinct text encoded once (the choices of an item share their
-    context), all in one call of the tokenizer's batch encoder when it has one (parallel, in Rust)."""
+    """(context ids, continuation ids) of each pair as the harness splits them: the continuation's ids are those
+    of the whole text past the context's own. Each distinct text is encoded once (the choices of an item share
+    their context), all in one call of the tokenizer's batch encoder when it has one (parallel, in Rust)."""
     split = [_split_pair(c, x) for c, x in pairs]
     texts = list(dict.fromkeys(t for c, x in split for t in (c, c + x)))
     batch = getattr(tokenizer, "encode_batch", None)
