@@ -12,6 +12,9 @@
 #   seed5000  the seed's shape over the seed's 5,000 steps: today's AdamW, the best AdamW and the best Muon of the
 #             realdocs sweeps (about 4 minutes)
 #   crossover seq 2048 x micro-batch 4 (8,192 tokens a step), 1,000 steps: where --optimizer auto switches
+#   defaults  the four rows the time-to-loss table needs in one process: today's recipe, the best AdamW (WSD
+#             1e-3), the new default (Muon 5e-3, WSD) and transformers + compile with the best AdamW recipe
+#             (about 6 minutes)
 # What comes back in $OUT: quality_<section>_{runs,curves,ttl}.csv, the plot, the log.
 set -u
 cd "$(dirname "$0")/.."
@@ -43,6 +46,11 @@ if [[ "$parts" == *" crossover "* ]]; then
   timeout 260 "${Q[@]}" --section realdocs_2048_mb4 --input_file .assets/realdocs --seq_len 2048 --micro_batch 4 \
     --steps 1000 --eval_every 50 --val_windows 64 --recipes adamw_cos_3e-4,adamw_cos_1e-3,muon_wsd_3e-3 2>&1 \
     | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_mb4.log"
+fi
+if [[ "$parts" == *" defaults "* ]]; then
+  timeout 420 "${Q[@]}" --section realdocs_2048_defaults --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
+    --steps 400 --eval_every 25 --val_windows 64 --recipes adamw_cos_3e-4,adamw_wsd_1e-3,muon_wsd_5e-3,hf_best_adamw \
+    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_defaults.log"
 fi
 if [[ "$parts" == *" step "* ]]; then
   timeout 170 "${Q[@]}" --section step_time --input_file .assets/realdocs --seq_len 2048 --micro_batch 48 --timed 20 2>&1 \
