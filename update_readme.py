@@ -845,21 +845,27 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
 
 
 def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
-    """Bits per byte of the seed's checkpoint and of the released weights on the same held-out text."""
-    found = {}
-    for name in ("seed", "released"):
-        path = os.path.join(eval_dir, f"{name}_bpb_tinyshakespeare_val.json")
-        if os.path.isfile(path):
-            try:
-                found[name] = (json.loads(read_text(path)), path)
-            except ValueError as err:
-                raise InputError(f"{path} is not JSON ({err})") from err
-    if len(found) < 2:
+    """Bits per byte of a trained checkpoint and of the released weights on the same held-out text: the seed's
+    run on Tiny Shakespeare's, and the realdocs run on realdocs' (the ids the released weights were scored on)."""
+    def scored(stem: str) -> Optional[dict]:
+        path = os.path.join(eval_dir, stem + ".json")
+        if not os.path.isfile(path):
+            return None
+        try:
+            return json.loads(read_text(path))
+        except ValueError as err:
+            raise InputError(f"{path} is not JSON ({err})") from err
+
+    seed, released = scored("seed_bpb_tinyshakespeare_val"), scored("released_bpb_tinyshakespeare_val")
+    if not (seed and released):
         return []
-    (seed, seed_path), (released, _) = found["seed"], found["released"]
+    real, real_released = (scored("realdocs_run_bpb_realdocs_val_first65536"),
+                           scored("released_bpb_realdocs_val_first65536"))
+    also = (f"; on realdocs' held-out documents (their first {real['tokens'] + 1:,} ids) the 1,000-step realdocs run "
+            f"{real['bpb']:.2f}, the released weights {real_released['bpb']:.2f}" if real and real_released else "")
     return [f"- **How good**: on Tiny Shakespeare's held-out text the seed's 5,000-step model scores "
             f"**{seed['bpb']:.2f} bits per byte**, the released SmolLM2-135M-Instruct weights (4-bit) "
-            f"{released['bpb']:.2f}; multiple-choice tasks score as lm-evaluation-harness does "
+            f"{released['bpb']:.2f}{also}; multiple-choice tasks score as lm-evaluation-harness does "
             f"([`docs/evaluation.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'evaluation.md'), readme_dir)}))."]
 
 

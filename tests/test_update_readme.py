@@ -578,6 +578,12 @@ def test_eval_headline_needs_both_rows(tmp_path):
     write(d / "released_bpb_tinyshakespeare_val.json", json.dumps({"bpb": 1.7611}))
     (line,) = ur.eval_headline(str(d), str(tmp_path))
     assert "**2.86 bits per byte**" in line and "(4-bit) 1.76" in line and "](docs/evaluation.md)" in line
+    assert "realdocs" not in line  # the realdocs pair is said only when both rows exist
+    write(d / "realdocs_run_bpb_realdocs_val_first65536.json", json.dumps({"bpb": 1.0033, "tokens": 65535}))
+    assert "realdocs" not in ur.eval_headline(str(d), str(tmp_path))[0]
+    write(d / "released_bpb_realdocs_val_first65536.json", json.dumps({"bpb": 0.7594, "tokens": 65535}))
+    (line,) = ur.eval_headline(str(d), str(tmp_path))
+    assert "(their first 65,536 ids) the 1,000-step realdocs run 1.00, the released weights 0.76" in line
 
 
 def test_released_weights_reference_line_from_evaluate_results(tmp_path):
