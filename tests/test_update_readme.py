@@ -584,6 +584,10 @@ def test_eval_headline_needs_both_rows(tmp_path):
     write(d / "released_bpb_realdocs_val_first65536.json", json.dumps({"bpb": 0.7594, "tokens": 65535}))
     (line,) = ur.eval_headline(str(d), str(tmp_path))
     assert "(their first 65,536 ids) the 1,000-step realdocs run 1.00, the released weights 0.76" in line
+    write(d / "realdocs_run_bpb_realdocs_val.json", json.dumps({"bpb": 1.1713, "tokens": 1079665}))
+    write(d / "released_bpb_realdocs_val.json", json.dumps({"bpb": 1.0151, "tokens": 1079665}))
+    (line,) = ur.eval_headline(str(d), str(tmp_path))
+    assert "(all 1,079,666 ids) the 1,000-step realdocs run 1.17, the released weights 1.02" in line
 
 
 def test_released_weights_reference_line_from_evaluate_results(tmp_path):
