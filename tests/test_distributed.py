@@ -62,7 +62,7 @@ def any_rank(flag):  # the first any_rank after the optimizer step of step $DIE_
     return real_any(flag)
 smollm2.parallel.mean_across_ranks, smollm2.parallel.any_rank = mean_across_ranks, any_rank
 sys.argv = ["train.py"] + sys.argv[1:]
-train.cli()
+train.cli(fast_exit=True)  # as `python train.py` leaves: no interpreter teardown (see train.exit_without_teardown)
 """
 
 
