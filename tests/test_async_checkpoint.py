@@ -115,7 +115,7 @@ def blocking_save(obj, f, *a, **k):
             time.sleep(0.05)
 smollm2.checkpoint.torch.save = blocking_save
 sys.argv = ["train.py"] + {args!r}
-train.cli()
+train.cli(fast_exit=True)
 """
 
 

@@ -340,7 +340,7 @@ def step(self, *a):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 train.TrainStep.__call__ = step
 sys.argv = ["train.py"] + {args!r}
-train.cli()
+train.cli(fast_exit=True)
 """
 
 

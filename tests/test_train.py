@@ -80,7 +80,7 @@ def dying_save(obj, f, *a, **k):
     return real_save(obj, f, *a, **k)
 smollm2.checkpoint.torch.save = dying_save
 sys.argv = ["train.py"] + {args!r}
-train.cli()
+train.cli(fast_exit=True)
 """
 
 
