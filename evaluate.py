@@ -171,22 +171,13 @@ def amp_dtype(args, device: torch.device) -> Optional[torch.dtype]:
     return torch.bfloat16
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def compile_first(args, model, device, shape: tuple[int, int]):
-    """(forward, compile_s): the trunk compiled and run once on a batch of `shape` before the clock starts,
-    or the eager trunk and None without --compile."""
+    """(forward, compile_s): the trunk compiled on a batch of `shape` before the clock starts, or the eager trunk
+    and None without --compile."""
     if not args.compile:
         return model.model, None
-    forward = compiled_forward(model)
     t0 = time.perf_counter()
-    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype(args, device) or torch.float32,
-                                         enabled=amp_dtype(args, device) is not None):
-        forward(torch.zeros(shape, dtype=torch.long, device=device))
-    sync(device)
+    forward = compiled_forward(model, shape, device, amp_dtype(args, device))
     return forward, time.perf_counter() - t0
 
 

@@ -65,6 +65,13 @@ def read_text(path: str) -> str:
         raise InputError(f"{path} is not UTF-8 text (byte {e.start})") from e
 
 
+def read_json(path: str):
+    try:
+        return json.loads(read_text(path))
+    except ValueError as err:
+        raise InputError(f"{path} is not JSON ({err})") from err
+
+
 # ----------------------------------------------------------------------------------------------
 # the training run
 
@@ -151,12 +158,8 @@ def summary_line(s: RunSummary, log_rel: str) -> str:
 def released_reference(eval_dir: str, corpus: str) -> Optional[tuple[float, str]]:
     """The released weights' loss per token on a corpus' held-out split (evaluate.py's file), as a line to draw
     beside a run's val loss: the same tokenizer, so the same units; its bits per byte in the label."""
-    scored = []  # the whole split (released_bpb_<corpus>_val.json) or its first N ids (..._val_first<N>.json)
-    for path in glob.glob(os.path.join(eval_dir, f"released_bpb_{corpus}_val*.json")):
-        try:
-            scored.append(json.loads(read_text(path)))
-        except ValueError as err:
-            raise InputError(f"{path} is not JSON ({err})") from err
+    # the whole split (released_bpb_<corpus>_val.json) or its first N ids (..._val_first<N>.json)
+    scored = [read_json(path) for path in glob.glob(os.path.join(eval_dir, f"released_bpb_{corpus}_val*.json"))]
     if not scored:
         return None
     r = max(scored, key=lambda x: x.get("tokens", 0))  # the most text scored
@@ -764,10 +767,7 @@ def benchmark_findings(bench_dir: str, readme_dir: str) -> list[str]:
                    f"({mb[0]['card_memory_gb']} GB): {parts} (`{rel(mb_path, readme_dir)}`).")
     eq = os.path.join(bench_dir, "loss_equivalence.json")
     if os.path.isfile(eq):
-        try:
-            e = json.loads(read_text(eq))
-        except ValueError as err:
-            raise InputError(f"{eq} is not JSON ({err})") from err
+        e = read_json(eq)
         noise = (f" (bf16 rounding alone, the plain path in bf16 against float32: up to {e['max_bf16_noise']:.3f}, "
                  f"mean {e['mean_bf16_noise']:.4f})" if "max_bf16_noise" in e else "")
         out.append(f"- **Same numbers**: over the first {e['steps']} steps of the throughput profile the fast path's "
@@ -849,12 +849,7 @@ def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None
     run on Tiny Shakespeare's, and the realdocs run on realdocs' (the ids the released weights were scored on)."""
     def scored(stem: str) -> Optional[dict]:
         path = os.path.join(eval_dir, stem + ".json")
-        if not os.path.isfile(path):
-            return None
-        try:
-            return json.loads(read_text(path))
-        except ValueError as err:
-            raise InputError(f"{path} is not JSON ({err})") from err
+        return read_json(path) if os.path.isfile(path) else None
 
     seed, released = scored("seed_bpb_tinyshakespeare_val"), scored("released_bpb_tinyshakespeare_val")
     if not (seed and released):

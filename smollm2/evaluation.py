@@ -217,8 +217,7 @@ def score_text(model, ids: np.ndarray, token_bytes: np.ndarray, seq_len: int, ba
         for r, (s, e) in enumerate(batch):
             rows[r, :e - s] = ids[s:e]
             mask[r, :e - s - 1] = True
-        t = torch.from_numpy(rows).pin_memory().to(device, non_blocking=True) if device.type == "cuda" \
-            else torch.from_numpy(rows)
+        t = _upload(rows, device)
         h = _hidden(forward, t[:, :-1], amp_dtype)  # (B, T, C)
         y = t[:, 1:]
         if mask.all():  # every window but the last: all positions scored, no gather
@@ -230,6 +229,13 @@ def score_text(model, ids: np.ndarray, token_bytes: np.ndarray, seq_len: int, ba
         targets += int(mask.sum())
     predicted = ids[1:]
     return TextScore(float(nats), targets, int(token_bytes[predicted].sum()), len(windows))
+
+
+def _upload(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on the device; to a GPU through pinned memory without waiting, so the next batch is built
+    while this one is computed."""
+    t = torch.from_numpy(a)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 def _hidden(forward: Callable, x: torch.Tensor, amp_dtype) -> torch.Tensor:
@@ -250,10 +256,16 @@ def _token_nats(model, h: torch.Tensor, targets: torch.Tensor, amp_dtype, chunk:
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
-def compiled_forward(model) -> Callable:
+@torch.no_grad()
+def compiled_forward(model, shape: tuple[int, int], device: torch.device, amp_dtype=None) -> Callable:
     """The trunk (embedding, layers, final norm) under torch.compile for bits per byte, whose batches have one
-    shape (score_text pads the last): one compile."""
-    return torch.compile(model.model, dynamic=False)
+    shape (score_text pads the last): compiled here, by one run on a batch of `shape`, so the compile is done
+    (and can be timed) before scoring starts."""
+    forward = torch.compile(model.model, dynamic=False)
+    _hidden(forward, torch.zeros(shape, dtype=torch.long, device=device), amp_dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return forward
 
 
 # ============================================================================ multiple choice
@@ -485,7 +497,6 @@ def score_requests(model, requests: list[Request], batch_size: int, device: torc
     model.eval()
     order = sorted(range(len(requests)), key=lambda k: -len(requests[k].ids))
     sums = torch.zeros(len(requests), dtype=torch.float64, device=device)
-    cuda = device.type == "cuda"
     bar = tqdm(total=len(requests), desc="scoring choices", unit="choice", disable=not progress, dynamic_ncols=True)
     for b in range(0, len(order), batch_size):
         picked = order[b:b + batch_size]
@@ -499,10 +510,7 @@ def score_requests(model, requests: list[Request], batch_size: int, device: torc
             rows += [r] * len(req.cont)
             cols += range(n - len(req.cont), n)
             targets += req.cont
-        index = np.array([rows, cols, targets, owner], dtype=np.int64)
-        xt, it = torch.from_numpy(x), torch.from_numpy(index)
-        if cuda:
-            xt, it = xt.pin_memory().to(device, non_blocking=True), it.pin_memory().to(device, non_blocking=True)
+        xt, it = _upload(x, device), _upload(np.array([rows, cols, targets, owner], dtype=np.int64), device)
         h = _hidden(model.model, xt, amp_dtype)  # (B, T, C)
         nats = _token_nats(model, h[it[0], it[1]], it[2], amp_dtype)  # (scored positions,)
         sums.index_add_(0, it[3], -nats.double())
