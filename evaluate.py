@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from smollm2.common import OneLineParser, UsageError, device_name, resolve_device
-from smollm2.evaluation import (TASKS, EvalError, build_items, compiled_forward, load_task_rows, read_eval_text,
+from smollm2.evaluation import (TASKS, EvalError, build_items, compiled_nats, load_task_rows, read_eval_text,
                                 score_items, score_text, text_windows, token_byte_lengths)
 from smollm2.checkpoint import CheckpointError
 from smollm2.hf import PretrainedNotFound
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a task: positions a choice may use (0: the model's); longer ones lose their left end")
     g.add_argument("--batch_size", type=int, default=8, help="windows (bpb) or choices (a task) per forward")
     g.add_argument("--compile", type=int, default=0, choices=[0, 1],
-                   help="bits per byte: torch.compile the model's trunk first (timed apart as compile_s); for "
+                   help="bits per byte: torch.compile the model and its head first (timed apart as compile_s); for "
                         "millions of ids on a GPU")
     g = p.add_argument_group("lm-evaluation-harness")
     g.add_argument("--harness", default=None, choices=["lm_eval"],
@@ -172,13 +172,13 @@ def amp_dtype(args, device: torch.device) -> Optional[torch.dtype]:
 
 
 def compile_first(args, model, device, shape: tuple[int, int]):
-    """(forward, compile_s): the trunk compiled on a batch of `shape` before the clock starts, or the eager trunk
-    and None without --compile."""
+    """(nats_fn, compile_s): the model compiled on a batch of `shape` before the clock starts, or (None, None)
+    without --compile (the eager path)."""
     if not args.compile:
-        return model.model, None
+        return None, None
     t0 = time.perf_counter()
-    forward = compiled_forward(model, shape, device, amp_dtype(args, device))
-    return forward, time.perf_counter() - t0
+    fn = compiled_nats(model, shape, device, amp_dtype(args, device))
+    return fn, time.perf_counter() - t0
 
 
 def run_bpb(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
@@ -187,11 +187,11 @@ def run_bpb(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
     seq_len = min(args.seq_len, model.config.max_position_embeddings)
     model.to(device).eval()
     n_windows = len(text_windows(len(text.ids), seq_len))  # score_text's one batch shape
-    forward, compile_s = compile_first(args, model, device, (min(args.batch_size, n_windows),
-                                                             min(seq_len, len(text.ids) - 1)))
+    nats_fn, compile_s = compile_first(args, model, device, (min(args.batch_size, n_windows),
+                                                             min(seq_len + 1, len(text.ids))))
     t0 = time.perf_counter()
     score = score_text(model, text.ids, token_byte_lengths(tokenizer), seq_len, args.batch_size, device,
-                       amp_dtype(args, device), progress=sys.stderr.isatty(), forward=forward)
+                       amp_dtype(args, device), progress=sys.stderr.isatty(), nats_fn=nats_fn)
     seconds = time.perf_counter() - t0
     r = score.as_dict()
     result = {"task": "bpb", "data": args.data, "split": args.split, "text": text.description, "seq_len": seq_len,

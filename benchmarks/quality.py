@@ -6,7 +6,8 @@ against the wall-clock of its steps and the tokens seen, and the time each takes
     python benchmarks/quality.py --section step_time --seq_len 2048 --micro_batch 48 --input_file data/realdocs
 
 A recipe is named <optimizer>_<schedule>_<peak lr>: adamw_cos_1e-3, muon_wsd_3e-3 (Muon's lr; its AdamW part
-takes the same peak unless the name ends in _a<lr>, e.g. muon_wsd_3e-3_a1e-2). Every recipe: the same seeded
+takes the same peak unless the name carries _a<lr>, e.g. muon_wsd_3e-3_a1e-2), optionally with its own horizon
+_n<steps> (muon_wsd_5e-3_n200: the same schedule over 200 steps instead of --steps). Every recipe: the same seeded
 init, the same batches (TokenBatches, epoch sampler), grad clip 1.0, weight decay 0.1, linear warmup over
 --warmup_fraction of the steps; cosine decays to 10% of the peak (train.py's adamw recipe's ratio), wsd to 0
 over the last 20% (SmolLM2's). `hf_best_adamw` is transformers' LlamaForCausalLM + torch.compile (bench.py's
@@ -57,11 +58,18 @@ def parse_recipe(name: str, best_adamw: str | None) -> dict:
             raise SystemExit("error: hf_best_adamw needs AdamW recipes before it in --recipes")
         return {**parse_recipe(best_adamw, None), "impl": "hf", "name": name, "like": best_adamw}
     parts = name.split("_")
-    optimizer, schedule, lr = parts[0], {"cos": "cosine", "wsd": "wsd"}[parts[1]], float(parts[2])
-    adamw_lr = float(parts[3][1:]) if len(parts) > 3 and parts[3].startswith("a") else (lr if optimizer == "muon" else None)
+    try:
+        optimizer, schedule, lr = parts[0], {"cos": "cosine", "wsd": "wsd"}[parts[1]], float(parts[2])
+        extra = {p[0]: p[1:] for p in parts[3:]}
+        if optimizer not in ("adamw", "muon") or set(extra) - {"a", "n"}:
+            raise ValueError
+        adamw_lr = float(extra["a"]) if "a" in extra else (lr if optimizer == "muon" else None)
+        steps = int(extra["n"]) if "n" in extra else None
+    except (KeyError, IndexError, ValueError):
+        raise SystemExit(f"error: recipe {name!r} is not <adamw|muon>_<cos|wsd>_<lr>[_a<lr>][_n<steps>]") from None
     min_lr = lr * COSINE_MIN_RATIO if schedule == "cosine" else 0.0
     return dict(name=name, impl="ours", optimizer=optimizer, schedule=schedule, max_lr=lr, adamw_lr=adamw_lr,
-                min_lr=min_lr)
+                min_lr=min_lr, steps=steps)
 
 
 def build_model(recipe: dict, seed: int, device, preset: str):
@@ -99,7 +107,7 @@ def train_recipe(recipe: dict, data: TokenBatches, args, device, on_point) -> di
     model, sw = build_model(recipe, args.seed, device, args.model)
     step_fn = build_train_step(model, sw, device, lr=recipe["max_lr"], weight_decay=0.1, grad_clip=1.0,
                                adamw_lr=recipe["adamw_lr"])
-    n, B = args.steps, args.micro_batch
+    n, B = recipe["steps"] or args.steps, args.micro_batch
     warmup = max(1, round(args.warmup_fraction * n))
 
     def held_out() -> float:

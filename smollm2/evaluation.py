@@ -197,14 +197,14 @@ def text_windows(n_ids: int, seq_len: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def score_text(model, ids: np.ndarray, token_bytes: np.ndarray, seq_len: int, batch_size: int,
                device: torch.device, amp_dtype: Optional[torch.dtype] = None, progress: bool = False,
-               forward: Optional[Callable] = None) -> TextScore:
+               nats_fn: Optional[Callable] = None) -> TextScore:
     """Summed nats of ids[1:] given what precedes them within windows of seq_len, and their bytes. Every
-    batch has the one shape (batch_size, seq_len): the last is padded with rows no target reads, so a
-    compiled `forward` (model.model by default) compiles once. The GPU is synchronised once, at the end."""
+    batch has the one shape (batch_size, seq_len + 1): the last is padded with rows no target reads, so a
+    compiled `nats_fn` (compiled_nats: ids (B, T+1) -> nats (B, T)) compiles once; without one the eager trunk
+    runs and the head only on the scored positions. The GPU is synchronised once, at the end."""
     from tqdm import tqdm
 
     model.eval()
-    forward = forward if forward is not None else model.model
     windows = text_windows(len(ids), seq_len)
     shape = (min(batch_size, len(windows)), min(seq_len + 1, len(ids)))  # every batch's (rows, ids per row)
     nats = torch.zeros((), dtype=torch.float64, device=device)
@@ -218,13 +218,16 @@ def score_text(model, ids: np.ndarray, token_bytes: np.ndarray, seq_len: int, ba
             rows[r, :e - s] = ids[s:e]
             mask[r, :e - s - 1] = True
         t = _upload(rows, device)
-        h = _hidden(forward, t[:, :-1], amp_dtype)  # (B, T, C)
+        full = mask.all()  # every window but the last: all positions scored, no gather
+        m = None if full else torch.from_numpy(mask).to(device)
+        if nats_fn is not None:
+            per = nats_fn(t)  # (B, T)
+            nats += (per if full else per[m]).double().sum()
+            targets += int(mask.sum())
+            continue
+        h = _hidden(model.model, t[:, :-1], amp_dtype)  # (B, T, C)
         y = t[:, 1:]
-        if mask.all():  # every window but the last: all positions scored, no gather
-            h, y = h.reshape(-1, h.shape[-1]), y.reshape(-1)
-        else:
-            m = torch.from_numpy(mask).to(device)
-            h, y = h[m], y[m]
+        h, y = (h.reshape(-1, h.shape[-1]), y.reshape(-1)) if full else (h[m], y[m])
         nats += _token_nats(model, h, y, amp_dtype).double().sum()
         targets += int(mask.sum())
     predicted = ids[1:]
@@ -256,16 +259,26 @@ def _token_nats(model, h: torch.Tensor, targets: torch.Tensor, amp_dtype, chunk:
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
+def position_nats(model, t: torch.Tensor, amp_dtype) -> torch.Tensor:
+    """ids (B, T+1) -> -log p(t[:, 1:]) (B, T) float32: the trunk and the head over every position in one
+    graph, for torch.compile to fuse the float32 cast, logsumexp and gather into one pass over the logits."""
+    h = _hidden(model.model, t[:, :-1], amp_dtype)  # (B, T, C)
+    with torch.autocast(t.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model.lm_head(h)
+    logits = logits.float()  # (B, T, V)
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, t[:, 1:, None]).squeeze(-1)
+
+
 @torch.no_grad()
-def compiled_forward(model, shape: tuple[int, int], device: torch.device, amp_dtype=None) -> Callable:
-    """The trunk (embedding, layers, final norm) under torch.compile for bits per byte, whose batches have one
-    shape (score_text pads the last): compiled here, by one run on a batch of `shape`, so the compile is done
-    (and can be timed) before scoring starts."""
-    forward = torch.compile(model.model, dynamic=False)
-    _hidden(forward, torch.zeros(shape, dtype=torch.long, device=device), amp_dtype)
+def compiled_nats(model, shape: tuple[int, int], device: torch.device, amp_dtype=None) -> Callable:
+    """position_nats under torch.compile for bits per byte, whose batches have one shape (score_text pads the
+    last): compiled here, by one run on a batch of `shape` (rows, ids per row), so the compile is done (and
+    can be timed) before scoring starts."""
+    fn = torch.compile(lambda t: position_nats(model, t, amp_dtype), dynamic=False)
+    fn(torch.zeros(shape, dtype=torch.long, device=device))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return forward
+    return fn
 
 
 # ============================================================================ multiple choice
