@@ -7,7 +7,8 @@ against the wall-clock of its steps and the tokens seen, and the time each takes
 
 A recipe is named <optimizer>_<schedule>_<peak lr>: adamw_cos_1e-3, muon_wsd_3e-3 (Muon's lr; its AdamW part
 takes the same peak unless the name carries _a<lr>, e.g. muon_wsd_3e-3_a1e-2), optionally with its own horizon
-_n<steps> (muon_wsd_5e-3_n200: the same schedule over 200 steps instead of --steps). Every recipe: the same seeded
+_n<steps> (muon_wsd_5e-3_n200: the same schedule over 200 steps instead of --steps), warmup _w<fraction> of its
+steps (else --warmup_fraction) and WSD decay _d<fraction> (else 0.2). Every recipe: the same seeded
 init, the same batches (TokenBatches, epoch sampler), grad clip 1.0, weight decay 0.1, linear warmup over
 --warmup_fraction of the steps; cosine decays to 10% of the peak (train.py's adamw recipe's ratio), wsd to 0
 over the last 20% (SmolLM2's). `hf_best_adamw` is transformers' LlamaForCausalLM + torch.compile (bench.py's
@@ -46,6 +47,7 @@ from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
 
 TODAY = "adamw_cos_3e-4"  # train.py's recipe before Muon: AdamW, 3e-4, cosine to 3e-5
 COSINE_MIN_RATIO = 0.1
+DECAY_FRACTION = 0.2  # WSD's decay: the last fifth of the steps (SmolLM2's, train.py's --lr_decay_fraction default)
 CURVE_COLUMNS = ["section", "recipe", "step", "tokens", "train_s", "val_loss", "lr", "card"]
 RUN_COLUMNS = ["section", "recipe", "impl", "optimizer", "schedule", "max_lr", "adamw_lr", "min_lr", "steps", "tokens",
                "seq_len", "micro_batch", "final_val_loss", "train_s", "ms_per_step", "first_step_s", "peak_mem_gb",
@@ -61,15 +63,20 @@ def parse_recipe(name: str, best_adamw: str | None) -> dict:
     try:
         optimizer, schedule, lr = parts[0], {"cos": "cosine", "wsd": "wsd"}[parts[1]], float(parts[2])
         extra = {p[0]: p[1:] for p in parts[3:]}
-        if optimizer not in ("adamw", "muon") or set(extra) - {"a", "n"}:
+        if optimizer not in ("adamw", "muon") or set(extra) - {"a", "n", "w", "d"}:
             raise ValueError
         adamw_lr = float(extra["a"]) if "a" in extra else (lr if optimizer == "muon" else None)
         steps = int(extra["n"]) if "n" in extra else None
+        warmup = float(extra["w"]) if "w" in extra else None
+        decay = float(extra.get("d", DECAY_FRACTION))
+        if not 0 < decay <= 1 or (warmup is not None and not 0 <= warmup < 1):
+            raise ValueError
     except (KeyError, IndexError, ValueError):
-        raise SystemExit(f"error: recipe {name!r} is not <adamw|muon>_<cos|wsd>_<lr>[_a<lr>][_n<steps>]") from None
+        raise SystemExit(f"error: recipe {name!r} is not <adamw|muon>_<cos|wsd>_<lr>[_a<lr>][_n<steps>][_w<warmup "
+                         f"fraction>][_d<decay fraction>]") from None
     min_lr = lr * COSINE_MIN_RATIO if schedule == "cosine" else 0.0
     return dict(name=name, impl="ours", optimizer=optimizer, schedule=schedule, max_lr=lr, adamw_lr=adamw_lr,
-                min_lr=min_lr, steps=steps)
+                min_lr=min_lr, steps=steps, warmup_fraction=warmup, decay_fraction=decay)
 
 
 def build_model(recipe: dict, seed: int, device, preset: str):
@@ -108,7 +115,8 @@ def train_recipe(recipe: dict, data: TokenBatches, args, device, on_point) -> di
     step_fn = build_train_step(model, sw, device, lr=recipe["max_lr"], weight_decay=0.1, grad_clip=1.0,
                                adamw_lr=recipe["adamw_lr"])
     n, B = recipe["steps"] or args.steps, args.micro_batch
-    warmup = max(1, round(args.warmup_fraction * n))
+    wf = recipe["warmup_fraction"]
+    warmup = max(1, round((args.warmup_fraction if wf is None else wf) * n))
 
     def held_out() -> float:
         with torch.compiler.set_stance("force_eager"):
@@ -120,7 +128,7 @@ def train_recipe(recipe: dict, data: TokenBatches, args, device, on_point) -> di
     sync(device)
     t = time.perf_counter()
     for step in range(1, n + 1):
-        lr = lr_at(step, warmup, n, recipe["max_lr"], recipe["min_lr"], recipe["schedule"], 0.2)
+        lr = lr_at(step, warmup, n, recipe["max_lr"], recipe["min_lr"], recipe["schedule"], recipe["decay_fraction"])
         set_lr(step_fn.optimizer, lr)
         step_fn(*data.step_batch(step, 1, B, device))
         if step == 1 or step % args.eval_every == 0 or step == n:

@@ -17,14 +17,17 @@ import update_readme  # noqa: E402
 def test_recipe_names():
     assert quality.parse_recipe("adamw_cos_3e-4", None) == dict(
         name="adamw_cos_3e-4", impl="ours", optimizer="adamw", schedule="cosine", max_lr=3e-4, adamw_lr=None,
-        min_lr=pytest.approx(3e-5), steps=None)
+        min_lr=pytest.approx(3e-5), steps=None, warmup_fraction=None, decay_fraction=0.2)
     m = quality.parse_recipe("muon_wsd_3e-3", None)
     assert (m["optimizer"], m["schedule"], m["max_lr"], m["adamw_lr"], m["min_lr"]) == ("muon", "wsd", 3e-3, 3e-3, 0.0)
     assert quality.parse_recipe("muon_wsd_3e-3_a1e-2", None)["adamw_lr"] == 1e-2
     short = quality.parse_recipe("muon_wsd_5e-3_n200", None)  # its own horizon; the AdamW part keeps Muon's peak
     assert (short["steps"], short["adamw_lr"]) == (200, 5e-3)
     assert quality.parse_recipe("muon_wsd_5e-3_a1e-3_n180", None)["steps"] == 180
-    for bad in ("sgd_cos_1e-3", "adamw_lin_1e-3", "muon_wsd_fast", "muon_wsd_5e-3_x2", "muon_wsd_5e-3_n"):
+    r = quality.parse_recipe("muon_wsd_5e-3_n180_w0.05_d0.4", None)
+    assert (r["steps"], r["warmup_fraction"], r["decay_fraction"]) == (180, 0.05, 0.4)
+    for bad in ("sgd_cos_1e-3", "adamw_lin_1e-3", "muon_wsd_fast", "muon_wsd_5e-3_x2", "muon_wsd_5e-3_n",
+                "muon_wsd_5e-3_d0", "muon_wsd_5e-3_d1.5", "muon_wsd_5e-3_w1"):
         with pytest.raises(SystemExit, match="is not <adamw"):
             quality.parse_recipe(bad, None)
     hf = quality.parse_recipe("hf_best_adamw", "adamw_cos_1e-3")
