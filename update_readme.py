@@ -867,6 +867,26 @@ def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None
             f"([`docs/evaluation.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'evaluation.md'), readme_dir)}))."]
 
 
+def shorter_horizon(bench_dir: str) -> str:
+    """'; trained for N steps instead (...), it reaches that AdamW's loss in 0.49x its time': the Muon recipe of the
+    newest horizon sweep present that reaches its own run's best AdamW loss soonest, or '' without one."""
+    for section in HORIZON_SECTIONS:
+        stem = os.path.join(bench_dir, f"quality_{section}")
+        if os.path.isfile(stem + "_runs.csv") and os.path.isfile(stem + "_ttl.csv"):
+            break
+    else:
+        return ""
+    steps = {r["recipe"]: r["steps"] for r in read_csv(stem + "_runs.csv")[1] if r["optimizer"] == "muon"}
+    hits = [t for t in read_csv(stem + "_ttl.csv")[1] if t["recipe"] in steps and t["reached"] == "True"
+            and t["target"].startswith("best AdamW")]
+    if not hits:
+        return ""
+    best = min(hits, key=lambda t: number(t["share_of_reference_time"]))
+    return (f"; trained for {int(number(steps[best['recipe']])):,} steps instead (`{best['recipe']}`, another run "
+            f"with its own AdamW reference), it reaches that AdamW's loss in **"
+            f"{number(best['share_of_reference_time']):.2f}x** its time")
+
+
 def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
     """Muon's best recipe (the default for large steps) against AdamW on the real corpus: the share of each
     AdamW reference's wall-clock it needs to reach that reference's final held-out loss, from one run."""
@@ -889,8 +909,8 @@ def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = 
     said = "; ".join(f"`{reference[t['target']]}`'s final held-out loss ({number(t['target_loss']):.2f}) in "
                      f"**{number(t['share_of_reference_time']):.2f}x** its wall-clock" for t in shares)
     return [f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
-            f"(`{muon['recipe']}`) reaches {said}, and ends at held-out loss {number(muon['final_val_loss']):.2f} "
-            f"([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)}))."]
+            f"(`{muon['recipe']}`) reaches {said}, and ends at held-out loss {number(muon['final_val_loss']):.2f}"
+            f"{shorter_horizon(bench_dir)} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)}))."]
 
 
 def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
@@ -951,12 +971,18 @@ def eval_speed_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
 
 
 QUALITY_SECTIONS = {"realdocs_2048_defaults": "realdocs, seq 2048 x micro-batch 16: the defaults and transformers",
+                    "realdocs_2048_horizon": "realdocs, seq 2048 x micro-batch 16: Muon over a shorter horizon",
+                    "realdocs_2048_horizon2": "realdocs, seq 2048 x micro-batch 16: Muon over a shorter horizon, "
+                                              "the two best changes together",
+                    "realdocs_2048_adamw_part": "realdocs, seq 2048 x micro-batch 16: Muon's AdamW part and warmup "
+                                                "over the full horizon",
                     "realdocs_2048_schedules": "realdocs, seq 2048 x micro-batch 16: schedules and Muon's lr",
                     "realdocs_2048": "realdocs (the first sweep), seq 2048 x micro-batch 16",
                     "realdocs_2048_mb4": "realdocs, seq 2048 x micro-batch 4 (8,192 tokens a step)",
                     "seed_input_5000": "input.txt at the seed's shape (seq 256 x 4 windows a step), its 5,000 steps",
                     "seed_input": "input.txt at the seed's shape (seq 256 x 4 windows a step)"}
 HEADLINE_SECTIONS = ("realdocs_2048_defaults", "realdocs_2048_schedules", "realdocs_2048")  # the README's Muon headline: the first present
+HORIZON_SECTIONS = ("realdocs_2048_horizon2", "realdocs_2048_horizon")  # Muon over fewer steps, against the best AdamW
 
 
 def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
@@ -975,10 +1001,11 @@ def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
                      f"in one process on one card; the steps' wall-clock without the first step (compile, CUDA-graph "
                      f"capture), which is apart.")
         parts.append(markdown_table(
-            ["recipe", "optimizer", "schedule", "peak lr", "AdamW-part lr", "held-out loss at the end", "ms/step",
-             "steps (s)", "first step (s)"],
+            ["recipe", "optimizer", "schedule", "peak lr", "AdamW-part lr", "steps", "held-out loss at the end",
+             "ms/step", "steps (s)", "first step (s)"],
             [[r["recipe"], r["optimizer"] + (" (transformers + compile)" if r["impl"] == "hf" else ""), r["schedule"],
-              r["max_lr"], r["adamw_lr"] or MISSING, _fmt(1, 3)(r["final_val_loss"]), _fmt(1, 1)(r["ms_per_step"]),
+              r["max_lr"], r["adamw_lr"] or MISSING, r.get("steps") or MISSING, _fmt(1, 3)(r["final_val_loss"]),
+              _fmt(1, 1)(r["ms_per_step"]),
               _fmt(1, 1)(r["train_s"]), _fmt(1, 1)(r["first_step_s"])] for r in runs]))
         if os.path.isfile(stem + "_ttl.csv"):
             _, ttl = read_csv(stem + "_ttl.csv")

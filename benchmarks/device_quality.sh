@@ -14,6 +14,8 @@
 #   crossover seq 2048 x micro-batch 4 (8,192 tokens a step), 1,000 steps: where --optimizer auto switches
 #   horizon   Muon 5e-3 over 200 steps (half the tokens) beside the best AdamW over 400, with a longer decay, a
 #             shorter warmup, a higher Muon or AdamW-part lr: which reaches that AdamW's loss soonest (about 5 minutes)
+#   horizon2  the two best changes of 'horizon' together (5% warmup, AdamW part 1e-2 or 2e-2) over 200 and 190 steps
+#   adamw_part  those changes over the full 400 steps, beside the default Muon recipe (about 3 minutes)
 #   defaults  the rows the time-to-loss table needs in one process: today's recipe, the best AdamW (WSD 1e-3),
 #             the new default (Muon 5e-3, WSD) over the same 400 steps and over a 200- and a 160-step horizon
 #             (what a user who wants the AdamW loss sooner runs), and transformers + compile with the best AdamW
@@ -61,6 +63,17 @@ if [[ "$parts" == *" horizon "* ]]; then
     --steps 400 --eval_every 10 --val_windows 64 \
     --recipes adamw_wsd_1e-3,muon_wsd_5e-3_n200,muon_wsd_5e-3_n200_d0.4,muon_wsd_5e-3_n200_w0.05,muon_wsd_5e-3_n200_d0.5_w0.05,muon_wsd_8e-3_a5e-3_n200,muon_wsd_5e-3_a1e-2_n200,muon_wsd_5e-3_n180_d0.4_w0.05 \
     2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_horizon.log"
+fi
+if [[ "$parts" == *" horizon2 "* ]]; then
+  timeout 300 "${Q[@]}" --section realdocs_2048_horizon2 --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
+    --steps 400 --eval_every 10 --val_windows 64 \
+    --recipes adamw_wsd_1e-3,muon_wsd_5e-3_a1e-2_n200_w0.05,muon_wsd_5e-3_a1e-2_n190_w0.05,muon_wsd_5e-3_a2e-2_n200_w0.05 \
+    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_horizon2.log"
+fi
+if [[ "$parts" == *" adamw_part "* ]]; then
+  timeout 280 "${Q[@]}" --section realdocs_2048_adamw_part --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
+    --steps 400 --eval_every 20 --val_windows 64 --recipes muon_wsd_5e-3,muon_wsd_5e-3_a1e-2,muon_wsd_5e-3_a1e-2_w0.05 \
+    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_adamw_part.log"
 fi
 if [[ "$parts" == *" step "* ]]; then
   timeout 170 "${Q[@]}" --section step_time --input_file .assets/realdocs --seq_len 2048 --micro_batch 48 --timed 20 2>&1 \

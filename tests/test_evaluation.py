@@ -352,7 +352,7 @@ def test_batched_tokenization_gives_the_ids_of_one_text_at_a_time(tokenizer):
     assert [a + b for a, b in encode_pairs(tokenizer, pairs)] == whole
 
 
-def test_compiled_trunk_scores_as_the_eager_one(tmp_path, tiny_model, corpus_path, repo_root):
+def test_compiled_model_scores_as_the_eager_one(tmp_path, tiny_model, corpus_path, repo_root):
     """--compile 1: the same bits per byte (every batch padded to one shape, the last one too), with the compile
     timed apart; a task's changing widths are refused in one line."""
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt", tiny_model)

@@ -569,6 +569,16 @@ def test_quality_headline_from_one_runs_tables(tmp_path):
     assert "`muon_a`" in line and "`adamw_x`'s final held-out loss (5.10) in **0.33x**" in line
     assert "adamw_y" not in line and "ends at held-out loss 3.70" in line and "NVIDIA H200" in line
     assert ur.quality_headline(str(tmp_path / "none"), str(tmp_path)) == []
+    # a horizon sweep adds the Muon recipe that reaches its own run's best AdamW loss soonest (not the AdamW row,
+    # not a row that missed)
+    write(b / "quality_realdocs_2048_horizon_runs.csv", "recipe,optimizer,steps\nadamw_z,adamw,400\n"
+          "muon_n200,muon,200\nmuon_n180,muon,180\nmuon_n160,muon,160\n")
+    write(b / "quality_realdocs_2048_horizon_ttl.csv", "target,recipe,reached,share_of_reference_time\n"
+          "best AdamW (adamw_z) at the end,adamw_z,True,1.0\nbest AdamW (adamw_z) at the end,muon_n200,True,0.49\n"
+          "best AdamW (adamw_z) at the end,muon_n180,True,0.52\nbest AdamW (adamw_z) at the end,muon_n160,False,\n")
+    (line,) = ur.quality_headline(str(b), str(tmp_path))
+    assert "ends at held-out loss 3.70; trained for 200 steps instead (`muon_n200`" in line
+    assert "that AdamW's loss in **0.49x** its time" in line and "muon_n180" not in line
 
 
 def test_eval_headline_needs_both_rows(tmp_path):
