@@ -12,6 +12,7 @@
 #   seed5000  the seed's shape over the seed's 5,000 steps: today's AdamW, the best AdamW and the best Muon of the
 #             realdocs sweeps (about 4 minutes)
 #   crossover seq 2048 x micro-batch 4 (8,192 tokens a step), 1,000 steps: where --optimizer auto switches
+#             (CROSSOVER_STEPS, CROSSOVER_RECIPES, CROSSOVER_TIMEOUT to cut it down)
 #   horizon   Muon 5e-3 over 200 steps (half the tokens) beside the best AdamW over 400, with a longer decay, a
 #             shorter warmup, a higher Muon or AdamW-part lr: which reaches that AdamW's loss soonest (about 5 minutes)
 #   horizon2  the two best changes of 'horizon' together (5% warmup, AdamW part 1e-2 or 2e-2) over 200 and 190 steps
@@ -48,8 +49,9 @@ if [[ "$parts" == *" seed5000 "* ]]; then
     | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_seed_input_5000.log"
 fi
 if [[ "$parts" == *" crossover "* ]]; then
-  timeout 260 "${Q[@]}" --section realdocs_2048_mb4 --input_file .assets/realdocs --seq_len 2048 --micro_batch 4 \
-    --steps 1000 --eval_every 50 --val_windows 64 --recipes adamw_cos_3e-4,adamw_cos_1e-3,muon_wsd_3e-3 2>&1 \
+  timeout ${CROSSOVER_TIMEOUT:-260} "${Q[@]}" --section realdocs_2048_mb4 --input_file .assets/realdocs --seq_len 2048 \
+    --micro_batch 4 --steps ${CROSSOVER_STEPS:-1000} --eval_every 50 --val_windows 64 \
+    --recipes ${CROSSOVER_RECIPES:-adamw_cos_3e-4,adamw_wsd_1e-3,muon_wsd_5e-3} 2>&1 \
     | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_mb4.log"
 fi
 if [[ "$parts" == *" defaults "* ]]; then
