@@ -209,7 +209,9 @@ def test_recipes_fill_what_is_unset():
     ([], "adamw"),  # the seed's command: 256 x 1 x 4 = 1,024 tokens a step
     (["--seq_len", "2048", "--batch_size", "16", "--grad_accum", "1"], "muon"),  # 32,768
     (["--seq_len", "2048", "--batch_size", "8", "--grad_accum", "2"], "muon"),
-    (["--seq_len", "2048", "--batch_size", "8", "--grad_accum", "1"], "adamw"),
+    (["--seq_len", "2048", "--batch_size", "4", "--grad_accum", "1"], "muon"),  # 8,192: the smallest measured win
+    (["--seq_len", "2048", "--batch_size", "2", "--grad_accum", "1"], "adamw"),  # 4,096
+    (["--seq_len", "1024", "--batch_size", "4", "--grad_accum", "2"], "muon"),
     (["--seq_len", "2048", "--batch_size", "16", "--fsdp", "1"], "adamw"),  # Muon is refused under FSDP2
 ])
 def test_auto_optimizer_follows_the_tokens_per_step(flags, chosen):
