@@ -908,9 +908,14 @@ def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = 
         return []
     said = "; ".join(f"`{reference[t['target']]}`'s final held-out loss ({number(t['target_loss']):.2f}) in "
                      f"**{number(t['share_of_reference_time']):.2f}x** its wall-clock" for t in shares)
-    return [f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
+    line = (f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
             f"(`{muon['recipe']}`) reaches {said}, and ends at held-out loss {number(muon['final_val_loss']):.2f}"
-            f"{shorter_horizon(bench_dir)} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)}))."]
+            f"{shorter_horizon(bench_dir)} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)})).")
+    plot = runs_path[:-len("_runs.csv")] + ".png"  # the same run's held-out loss against wall-clock and tokens
+    if not os.path.isfile(plot):
+        return [line]
+    return [line, f"\n  ![held-out loss against the steps' wall-clock and tokens, every recipe of that run]"
+                  f"({link(plot, readme_dir)})\n"]
 
 
 def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
@@ -947,7 +952,7 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
                    f"{r['card']}; [`{rel(path, readme_dir)}`]({link(path, readme_dir)})).")
     if not out:
         return "_No result files yet: run bench.py and the seed's commands, then update_readme.py._", "placeholder"
-    return "\n".join(out), f"{len(out)} headlines"
+    return "\n".join(out), f"{sum(line.startswith('- ') for line in out)} headlines"
 
 
 def eval_speed_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:

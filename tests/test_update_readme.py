@@ -576,7 +576,9 @@ def test_quality_headline_from_one_runs_tables(tmp_path):
     write(b / "quality_realdocs_2048_horizon_ttl.csv", "target,recipe,reached,share_of_reference_time\n"
           "best AdamW (adamw_z) at the end,adamw_z,True,1.0\nbest AdamW (adamw_z) at the end,muon_n200,True,0.49\n"
           "best AdamW (adamw_z) at the end,muon_n180,True,0.52\nbest AdamW (adamw_z) at the end,muon_n160,False,\n")
-    (line,) = ur.quality_headline(str(b), str(tmp_path))
+    write(b / "quality_realdocs_2048.png", "png")  # the same run's plot goes under the line
+    line, plot = ur.quality_headline(str(b), str(tmp_path))
+    assert plot.strip().startswith("![") and plot.strip().endswith("(benchmarks/quality_realdocs_2048.png)")
     assert "ends at held-out loss 3.70; trained for 200 steps instead (`muon_n200`" in line
     assert "that AdamW's loss in **0.49x** its time" in line and "muon_n180" not in line
 
