@@ -994,7 +994,12 @@ def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     """benchmarks/quality.py's files: per section the runs (held-out loss at the end, step time) and the
     time to reach the held-out loss of today's recipe and of the best AdamW; then the step-time table."""
     parts = []
-    for section, what in QUALITY_SECTIONS.items():
+    sections = dict(QUALITY_SECTIONS)
+    for path in sorted(glob.glob(os.path.join(bench_dir, "quality_realdocs_2048_seed*_runs.csv"))):
+        section = os.path.basename(path)[len("quality_"):-len("_runs.csv")]  # device_quality.sh seeds
+        sections[section] = (f"realdocs, seq 2048 x micro-batch 16: the half-time comparison under seed "
+                             f"{section[len('realdocs_2048_seed'):]}")
+    for section, what in sections.items():
         stem = os.path.join(bench_dir, f"quality_{section}")
         if not os.path.isfile(stem + "_runs.csv"):
             continue

@@ -17,6 +17,9 @@
 #             shorter warmup, a higher Muon or AdamW-part lr: which reaches that AdamW's loss soonest (about 5 minutes)
 #   horizon2  the two best changes of 'horizon' together (5% warmup, AdamW part 1e-2 or 2e-2) over 200 and 190 steps
 #   adamw_part  those changes over the full 400 steps, beside the default Muon recipe (about 3 minutes)
+#   seeds     the half-time comparison again under other seeds (init and batch order), one process per seed
+#             (SEEDS, default "1 2 3"): the best AdamW over 400 steps, the default Muon and the tuned Muon over 200;
+#             how much of the 0.49-0.52 spread is noise (about 2 minutes a seed once the compile cache is warm)
 #   defaults  the rows the time-to-loss table needs in one process: today's recipe, the best AdamW (WSD 1e-3),
 #             the new default (Muon 5e-3, WSD) over the same 400 steps and over a 200- and a 160-step horizon
 #             (what a user who wants the AdamW loss sooner runs), and transformers + compile with the best AdamW
@@ -76,6 +79,14 @@ if [[ "$parts" == *" adamw_part "* ]]; then
   timeout 280 "${Q[@]}" --section realdocs_2048_adamw_part --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
     --steps 400 --eval_every 20 --val_windows 64 --recipes muon_wsd_5e-3,muon_wsd_5e-3_a1e-2,muon_wsd_5e-3_a1e-2_w0.05 \
     2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_adamw_part.log"
+fi
+if [[ "$parts" == *" seeds "* ]]; then
+  for seed in ${SEEDS:-1 2 3}; do
+    timeout 240 "${Q[@]}" --section realdocs_2048_seed$seed --seed $seed --input_file .assets/realdocs --seq_len 2048 \
+      --micro_batch 16 --steps 400 --eval_every 10 --val_windows 64 \
+      --recipes adamw_wsd_1e-3,muon_wsd_5e-3_n200,muon_wsd_5e-3_a1e-2_n200_w0.05 \
+      2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_seed$seed.log"
+  done
 fi
 if [[ "$parts" == *" step "* ]]; then
   timeout 170 "${Q[@]}" --section step_time --input_file .assets/realdocs --seq_len 2048 --micro_batch 48 --timed 20 2>&1 \

@@ -73,6 +73,11 @@ def test_ttl_rows_and_the_rendered_block(tmp_path):
     assert "| muon_wsd_3e-3 | muon | cosine |" in body and "not reached" in body
     assert "`quality_realdocs_2048_ttl.csv`" in body
     assert update_readme.quality_block(str(tmp_path / "none"), str(tmp_path))[1] == "no quality csv"
+    # the runbook's seeds part writes one section per seed; each is found and rendered under its seed
+    import shutil
+    shutil.copy(f"{stem}_runs.csv", tmp_path / "quality_realdocs_2048_seed2_runs.csv")
+    body, note = update_readme.quality_block(str(tmp_path), str(tmp_path))
+    assert note == "2 sections" and "the half-time comparison under seed 2, 400 steps" in body
 
 
 def test_eval_speed_table_and_block(tmp_path):
