@@ -222,13 +222,13 @@ def score_text(model, ids: np.ndarray, token_bytes: np.ndarray, seq_len: int, ba
         m = None if full else torch.from_numpy(mask).to(device)
         if nats_fn is not None:
             per = nats_fn(t)  # (B, T)
-            nats += (per if full else per[m]).double().sum()
-            targets += int(mask.sum())
-            continue
-        h = _hidden(model.model, t[:, :-1], amp_dtype)  # (B, T, C)
-        y = t[:, 1:]
-        h, y = (h.reshape(-1, h.shape[-1]), y.reshape(-1)) if full else (h[m], y[m])
-        nats += _token_nats(model, h, y, amp_dtype).double().sum()
+            scored = per if full else per[m]
+        else:
+            h = _hidden(model.model, t[:, :-1], amp_dtype)  # (B, T, C)
+            y = t[:, 1:]
+            h, y = (h.reshape(-1, h.shape[-1]), y.reshape(-1)) if full else (h[m], y[m])
+            scored = _token_nats(model, h, y, amp_dtype)  # (N,)
+        nats += scored.double().sum()
         targets += int(mask.sum())
     predicted = ids[1:]
     return TextScore(float(nats), targets, int(token_bytes[predicted].sum()), len(windows))
