@@ -404,8 +404,9 @@ def read_records(path: str) -> list[dict]:
             else:
                 rows = [json.loads(line) for line in f if line.strip()]
     except (ValueError, OSError) as e:
-        raise EvalError(f"{path} cannot be read as {os.path.splitext(path)[1] or 'jsonl'} "
-                        f"({str(e).splitlines()[0][:120]})") from e
+        kind = {".parquet": "Parquet", ".json": "JSON"}.get(os.path.splitext(path)[1], "JSON lines")
+        raise EvalError(f"{path} cannot be read as {kind} ({str(e).splitlines()[0][:120]}); a task file holds one "
+                        f"item per JSON line (.jsonl), a JSON list (.json) or Parquet rows (.parquet)") from e
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise EvalError(f"{path} must hold one JSON object per item")
     return rows

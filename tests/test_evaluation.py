@@ -218,6 +218,18 @@ def test_bad_task_file_is_one_line_before_the_model_loads(tmp_path, task, rows, 
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
 
 
+@pytest.mark.parametrize("name,text,kind", [("plain.txt", "ROMEO: a line of a play\n", "JSON lines"),
+                                             ("broken.json", "[{\"ctx\": ", "JSON")])
+def test_a_file_that_is_not_a_task_file_says_which_formats_are(tmp_path, name, text, kind):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(EvalError) as e:
+        evaluate.main(["--checkpoint", str(tmp_path / "never_read.pt"), "--task", "hellaswag", "--data", str(path)])
+    msg = str(e.value)
+    assert "\n" not in msg and f"cannot be read as {kind} (" in msg and ".jsonl" in msg and ".parquet" in msg
+    assert sorted(os.listdir(tmp_path)) == [name]
+
+
 def tiny_checkpoint(path: Path, tiny_model) -> Path:
     from smollm2.checkpoint import save_checkpoint
 
