@@ -984,6 +984,7 @@ QUALITY_SECTIONS = {"realdocs_2048_defaults": "realdocs, seq 2048 x micro-batch 
                     "realdocs_2048_schedules": "realdocs, seq 2048 x micro-batch 16: schedules and Muon's lr",
                     "realdocs_2048": "realdocs (the first sweep), seq 2048 x micro-batch 16",
                     "realdocs_2048_mb4": "realdocs, seq 2048 x micro-batch 4 (8,192 tokens a step)",
+                    "realdocs_2048_mb48": "realdocs, seq 2048 x micro-batch 48 (98,304 tokens a step)",
                     "seed_input_5000": "input.txt at the seed's shape (seq 256 x 4 windows a step), its 5,000 steps",
                     "seed_input": "input.txt at the seed's shape (seq 256 x 4 windows a step)"}
 HEADLINE_SECTIONS = ("realdocs_2048_defaults", "realdocs_2048_schedules", "realdocs_2048")  # the README's Muon headline: the first present
