@@ -30,7 +30,7 @@ import torch
 
 from smollm2.common import OneLineParser, UsageError, device_name, resolve_device
 from smollm2.evaluation import (TASKS, EvalError, build_items, compiled_nats, load_task_rows, read_eval_text,
-                                score_items, score_text, text_windows, token_byte_lengths)
+                                score_items, score_text, text_batch_shape, token_byte_lengths)
 from smollm2.checkpoint import CheckpointError
 from smollm2.hf import PretrainedNotFound
 from smollm2.inference import load_model, log_stderr
@@ -186,9 +186,7 @@ def run_bpb(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
     text = read_eval_text(args.data, args.split, tokenizer, model.config.eos_token_id, args.max_tokens or None)
     seq_len = min(args.seq_len, model.config.max_position_embeddings)
     model.to(device).eval()
-    n_windows = len(text_windows(len(text.ids), seq_len))  # score_text's one batch shape
-    nats_fn, compile_s = compile_first(args, model, device, (min(args.batch_size, n_windows),
-                                                             min(seq_len + 1, len(text.ids))))
+    nats_fn, compile_s = compile_first(args, model, device, text_batch_shape(len(text.ids), seq_len, args.batch_size))
     t0 = time.perf_counter()
     score = score_text(model, text.ids, token_byte_lengths(tokenizer), seq_len, args.batch_size, device,
                        amp_dtype(args, device), progress=sys.stderr.isatty(), nats_fn=nats_fn)

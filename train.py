@@ -49,7 +49,7 @@ from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
 from smollm2.io import LineFile, write_failure_advice
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
 from smollm2.training import (EVAL_TOKENS, TrainStep, TransformersAdapter, amp_context, build_train_step, evaluate,
-                              RECIPES, SCHEDULES, lr_at, optimizer_state_for_checkpoint, set_lr)
+                              RECIPES, SCHEDULES, WSD_DECAY_FRACTION, lr_at, optimizer_state_for_checkpoint, set_lr)
 from smollm2.common import OneLineParser, UsageError, device_name, flops_per_token, peak_flops
 from smollm2 import parallel
 
@@ -101,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lr_schedule", default=None, choices=list(SCHEDULES),
                    help="cosine: warmup, cosine decay to --min_lr; wsd: warmup, constant, linear decay to --min_lr over "
                         "the last --lr_decay_fraction of the steps (default: the --optimizer's recipe)")
-    g.add_argument("--lr_decay_fraction", type=float, default=0.2,
+    g.add_argument("--lr_decay_fraction", type=float, default=WSD_DECAY_FRACTION,
                    help="wsd: share of the steps (of --lr_decay_steps, else --max_steps) spent decaying (SmolLM2: 0.2)")
     g.add_argument("--max_lr", type=float, default=None, help="peak learning rate (default: the --optimizer's recipe)")
     g.add_argument("--min_lr", type=float, default=None,

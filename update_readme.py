@@ -867,14 +867,20 @@ def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None
             f"([`docs/evaluation.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'evaluation.md'), readme_dir)}))."]
 
 
+def first_quality_run(bench_dir: str, sections: tuple[str, ...]) -> Optional[str]:
+    """The path stem of the first of `sections` whose quality.py runs and time-to-loss tables are both present."""
+    for section in sections:
+        stem = os.path.join(bench_dir, f"quality_{section}")
+        if os.path.isfile(stem + "_runs.csv") and os.path.isfile(stem + "_ttl.csv"):
+            return stem
+    return None
+
+
 def shorter_horizon(bench_dir: str) -> str:
     """'; trained for N steps instead (...), it reaches that AdamW's loss in 0.49x its time': the Muon recipe of the
     newest horizon sweep present that reaches its own run's best AdamW loss soonest, or '' without one."""
-    for section in HORIZON_SECTIONS:
-        stem = os.path.join(bench_dir, f"quality_{section}")
-        if os.path.isfile(stem + "_runs.csv") and os.path.isfile(stem + "_ttl.csv"):
-            break
-    else:
+    stem = first_quality_run(bench_dir, HORIZON_SECTIONS)
+    if stem is None:
         return ""
     steps = {r["recipe"]: r["steps"] for r in read_csv(stem + "_runs.csv")[1] if r["optimizer"] == "muon"}
     hits = [t for t in read_csv(stem + "_ttl.csv")[1] if t["recipe"] in steps and t["reached"] == "True"
@@ -890,18 +896,14 @@ def shorter_horizon(bench_dir: str) -> str:
 def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
     """Muon's best recipe (the default for large steps) against AdamW on the real corpus: the share of each
     AdamW reference's wall-clock it needs to reach that reference's final held-out loss, from one run."""
-    for section in HEADLINE_SECTIONS:  # the newest sweep present
-        runs_path = os.path.join(bench_dir, f"quality_{section}_runs.csv")
-        ttl_path = os.path.join(bench_dir, f"quality_{section}_ttl.csv")
-        if os.path.isfile(runs_path) and os.path.isfile(ttl_path):
-            break
-    else:
+    stem = first_quality_run(bench_dir, HEADLINE_SECTIONS)  # the newest sweep present
+    if stem is None:
         return []
-    runs = [r for r in read_csv(runs_path)[1] if r["optimizer"] == "muon" and number(r["final_val_loss"])]
+    runs = [r for r in read_csv(stem + "_runs.csv")[1] if r["optimizer"] == "muon" and number(r["final_val_loss"])]
     if not runs:
         return []
     muon = min(runs, key=lambda r: number(r["final_val_loss"]))
-    ttl = read_csv(ttl_path)[1]
+    ttl = read_csv(stem + "_ttl.csv")[1]
     reference = {t["target"]: t["recipe"] for t in ttl if number(t["share_of_reference_time"]) == 1.0}
     shares = [t for t in ttl if t["recipe"] == muon["recipe"] and t["reached"] == "True" and t["target"] in reference]
     if not shares:
@@ -911,7 +913,7 @@ def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = 
     line = (f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
             f"(`{muon['recipe']}`) reaches {said}, and ends at held-out loss {number(muon['final_val_loss']):.2f}"
             f"{shorter_horizon(bench_dir)} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)})).")
-    plot = runs_path[:-len("_runs.csv")] + ".png"  # the same run's held-out loss against wall-clock and tokens
+    plot = stem + ".png"  # the same run's held-out loss against wall-clock and tokens
     if not os.path.isfile(plot):
         return [line]
     return [line, f"\n  ![held-out loss against the steps' wall-clock and tokens, every recipe of that run]"

@@ -35,72 +35,59 @@ mkdir -p "$OUT"
 parts=" ${*:-realdocs} "
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 Q=(python benchmarks/quality.py --tokenizer_id "$SMOLLM2_TOKENIZER" --out_dir "$OUT")
-if [[ "$parts" == *" realdocs "* ]]; then
-  timeout 480 "${Q[@]}" --section realdocs_2048 --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
-    --steps 400 --eval_every 25 --val_windows 64 \
-    --recipes muon_wsd_3e-3,adamw_cos_3e-4,adamw_cos_1e-3,adamw_cos_3e-3,hf_best_adamw,muon_wsd_1e-2,muon_wsd_1e-3,muon_cos_3e-3,adamw_wsd_1e-3 \
-    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048.log"
+want() { [[ "$parts" == *" $1 "* ]]; }
+sweep() {  # SECONDS SECTION quality.py-flags...: one process, its log in $OUT without the per-evaluation lines
+  local limit=$1 section=$2; shift 2
+  timeout "$limit" "${Q[@]}" --section "$section" "$@" 2>&1 | grep -v "^.*step [0-9]* val" \
+    | tee "$OUT/quality_$section.log"
+}
+R2048=(--input_file .assets/realdocs --seq_len 2048)  # realdocs as prepared by the README, seq 2048
+if want realdocs; then
+  sweep 480 realdocs_2048 "${R2048[@]}" --micro_batch 16 --steps 400 --eval_every 25 --val_windows 64 \
+    --recipes muon_wsd_3e-3,adamw_cos_3e-4,adamw_cos_1e-3,adamw_cos_3e-3,hf_best_adamw,muon_wsd_1e-2,muon_wsd_1e-3,muon_cos_3e-3,adamw_wsd_1e-3
 fi
-if [[ "$parts" == *" schedules "* ]]; then
-  timeout 540 "${Q[@]}" --section realdocs_2048_schedules --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
-    --steps 400 --eval_every 25 --val_windows 64 \
-    --recipes adamw_cos_3e-4,adamw_cos_1e-3,muon_wsd_3e-3,muon_wsd_5e-3,muon_cos_3e-3,adamw_wsd_1e-3,muon_wsd_1e-3 \
-    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_schedules.log"
+if want schedules; then
+  sweep 540 realdocs_2048_schedules "${R2048[@]}" --micro_batch 16 --steps 400 --eval_every 25 --val_windows 64 \
+    --recipes adamw_cos_3e-4,adamw_cos_1e-3,muon_wsd_3e-3,muon_wsd_5e-3,muon_cos_3e-3,adamw_wsd_1e-3,muon_wsd_1e-3
 fi
-if [[ "$parts" == *" seed5000 "* ]]; then
-  timeout ${SEED5000_TIMEOUT:-330} "${Q[@]}" --section seed_input_5000 --input_file input.txt --seq_len 256 \
-    --micro_batch 4 --steps 5000 --eval_every 250 --val_windows 64 \
-    --recipes ${SEED5000_RECIPES:-adamw_cos_3e-4,muon_wsd_5e-3,adamw_wsd_1e-3} 2>&1 \
-    | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_seed_input_5000.log"
+if want seed5000; then
+  sweep "${SEED5000_TIMEOUT:-330}" seed_input_5000 --input_file input.txt --seq_len 256 --micro_batch 4 --steps 5000 \
+    --eval_every 250 --val_windows 64 --recipes "${SEED5000_RECIPES:-adamw_cos_3e-4,muon_wsd_5e-3,adamw_wsd_1e-3}"
 fi
-if [[ "$parts" == *" crossover "* ]]; then
-  timeout ${CROSSOVER_TIMEOUT:-260} "${Q[@]}" --section realdocs_2048_mb4 --input_file .assets/realdocs --seq_len 2048 \
-    --micro_batch 4 --steps ${CROSSOVER_STEPS:-1000} --eval_every 50 --val_windows 64 \
-    --recipes ${CROSSOVER_RECIPES:-adamw_cos_3e-4,adamw_wsd_1e-3,muon_wsd_5e-3} 2>&1 \
-    | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_mb4.log"
+if want crossover; then
+  sweep "${CROSSOVER_TIMEOUT:-260}" realdocs_2048_mb4 "${R2048[@]}" --micro_batch 4 --steps "${CROSSOVER_STEPS:-1000}" \
+    --eval_every 50 --val_windows 64 --recipes "${CROSSOVER_RECIPES:-adamw_cos_3e-4,adamw_wsd_1e-3,muon_wsd_5e-3}"
 fi
-if [[ "$parts" == *" defaults "* ]]; then
-  timeout ${DEFAULTS_TIMEOUT:-540} "${Q[@]}" --section realdocs_2048_defaults --input_file .assets/realdocs --seq_len 2048 \
-    --micro_batch 16 --steps 400 --eval_every 20 --val_windows 64 \
-    --recipes adamw_cos_3e-4,adamw_wsd_1e-3,muon_wsd_5e-3,muon_wsd_5e-3_n200,muon_wsd_5e-3_n160,hf_best_adamw \
-    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_defaults.log"
+if want defaults; then
+  sweep "${DEFAULTS_TIMEOUT:-540}" realdocs_2048_defaults "${R2048[@]}" --micro_batch 16 --steps 400 --eval_every 20 \
+    --val_windows 64 --recipes adamw_cos_3e-4,adamw_wsd_1e-3,muon_wsd_5e-3,muon_wsd_5e-3_n200,muon_wsd_5e-3_n160,hf_best_adamw
 fi
-if [[ "$parts" == *" horizon "* ]]; then
-  timeout 500 "${Q[@]}" --section realdocs_2048_horizon --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
-    --steps 400 --eval_every 10 --val_windows 64 \
-    --recipes adamw_wsd_1e-3,muon_wsd_5e-3_n200,muon_wsd_5e-3_n200_d0.4,muon_wsd_5e-3_n200_w0.05,muon_wsd_5e-3_n200_d0.5_w0.05,muon_wsd_8e-3_a5e-3_n200,muon_wsd_5e-3_a1e-2_n200,muon_wsd_5e-3_n180_d0.4_w0.05 \
-    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_horizon.log"
+if want horizon; then
+  sweep 500 realdocs_2048_horizon "${R2048[@]}" --micro_batch 16 --steps 400 --eval_every 10 --val_windows 64 \
+    --recipes adamw_wsd_1e-3,muon_wsd_5e-3_n200,muon_wsd_5e-3_n200_d0.4,muon_wsd_5e-3_n200_w0.05,muon_wsd_5e-3_n200_d0.5_w0.05,muon_wsd_8e-3_a5e-3_n200,muon_wsd_5e-3_a1e-2_n200,muon_wsd_5e-3_n180_d0.4_w0.05
 fi
-if [[ "$parts" == *" horizon2 "* ]]; then
-  timeout 300 "${Q[@]}" --section realdocs_2048_horizon2 --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
-    --steps 400 --eval_every 10 --val_windows 64 \
-    --recipes adamw_wsd_1e-3,muon_wsd_5e-3_a1e-2_n200_w0.05,muon_wsd_5e-3_a1e-2_n190_w0.05,muon_wsd_5e-3_a2e-2_n200_w0.05 \
-    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_horizon2.log"
+if want horizon2; then
+  sweep 300 realdocs_2048_horizon2 "${R2048[@]}" --micro_batch 16 --steps 400 --eval_every 10 --val_windows 64 \
+    --recipes adamw_wsd_1e-3,muon_wsd_5e-3_a1e-2_n200_w0.05,muon_wsd_5e-3_a1e-2_n190_w0.05,muon_wsd_5e-3_a2e-2_n200_w0.05
 fi
-if [[ "$parts" == *" adamw_part "* ]]; then
-  timeout 280 "${Q[@]}" --section realdocs_2048_adamw_part --input_file .assets/realdocs --seq_len 2048 --micro_batch 16 \
-    --steps 400 --eval_every 20 --val_windows 64 --recipes muon_wsd_5e-3,muon_wsd_5e-3_a1e-2,muon_wsd_5e-3_a1e-2_w0.05 \
-    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_adamw_part.log"
+if want adamw_part; then
+  sweep 280 realdocs_2048_adamw_part "${R2048[@]}" --micro_batch 16 --steps 400 --eval_every 20 --val_windows 64 \
+    --recipes muon_wsd_5e-3,muon_wsd_5e-3_a1e-2,muon_wsd_5e-3_a1e-2_w0.05
 fi
-if [[ "$parts" == *" seeds "* ]]; then
+if want seeds; then
   for seed in ${SEEDS:-1 2 3}; do
-    timeout 240 "${Q[@]}" --section realdocs_2048_seed$seed --seed $seed --input_file .assets/realdocs --seq_len 2048 \
-      --micro_batch 16 --steps 400 --eval_every 10 --val_windows 64 \
-      --recipes adamw_wsd_1e-3,muon_wsd_5e-3_n200,muon_wsd_5e-3_a1e-2_n200_w0.05 \
-      2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_seed$seed.log"
+    sweep 240 "realdocs_2048_seed$seed" --seed "$seed" "${R2048[@]}" --micro_batch 16 --steps 400 --eval_every 10 \
+      --val_windows 64 --recipes adamw_wsd_1e-3,muon_wsd_5e-3_n200,muon_wsd_5e-3_a1e-2_n200_w0.05
   done
 fi
-if [[ "$parts" == *" mb48 "* ]]; then
-  timeout 420 "${Q[@]}" --section realdocs_2048_mb48 --input_file .assets/realdocs --seq_len 2048 --micro_batch 48 \
-    --steps 134 --eval_every 5 --val_windows 64 --recipes adamw_wsd_1e-3,adamw_wsd_2e-3,muon_wsd_5e-3,muon_wsd_8e-3 \
-    2>&1 | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_realdocs_2048_mb48.log"
+if want mb48; then
+  sweep 420 realdocs_2048_mb48 "${R2048[@]}" --micro_batch 48 --steps 134 --eval_every 5 --val_windows 64 \
+    --recipes adamw_wsd_1e-3,adamw_wsd_2e-3,muon_wsd_5e-3,muon_wsd_8e-3
 fi
-if [[ "$parts" == *" step "* ]]; then
-  timeout 170 "${Q[@]}" --section step_time --input_file .assets/realdocs --seq_len 2048 --micro_batch 48 --timed 20 2>&1 \
-    | tee "$OUT/quality_step_time.log"
+if want step; then  # no per-evaluation lines to drop; the same log name
+  sweep 170 step_time "${R2048[@]}" --micro_batch 48 --timed 20
 fi
-if [[ "$parts" == *" seed "* ]]; then
-  timeout 420 "${Q[@]}" --section seed_input --input_file input.txt --seq_len 256 --micro_batch 4 --steps 1000 \
-    --eval_every 100 --val_windows 64 --recipes adamw_cos_3e-4,muon_wsd_3e-3,adamw_cos_1e-3 2>&1 \
-    | grep -v "^.*step [0-9]* val" | tee "$OUT/quality_seed_input.log"
+if want seed; then
+  sweep 420 seed_input --input_file input.txt --seq_len 256 --micro_batch 4 --steps 1000 --eval_every 100 \
+    --val_windows 64 --recipes adamw_cos_3e-4,muon_wsd_3e-3,adamw_cos_1e-3
 fi

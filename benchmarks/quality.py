@@ -41,13 +41,13 @@ from smollm2.common import device_name  # noqa: E402
 from smollm2.data import TokenBatches, load_training_data  # noqa: E402
 from smollm2.switches import DEFAULT_PATH, IMPLS, Switches  # noqa: E402
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
-from smollm2.training import TransformersAdapter, build_train_step, evaluate, lr_at, set_lr  # noqa: E402
+from smollm2.training import (WSD_DECAY_FRACTION, TransformersAdapter, build_train_step, evaluate, lr_at,  # noqa: E402
+                              set_lr)
 from smollm2_config import get_config  # noqa: E402
 from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
 
 TODAY = "adamw_cos_3e-4"  # train.py's recipe before Muon: AdamW, 3e-4, cosine to 3e-5
 COSINE_MIN_RATIO = 0.1
-DECAY_FRACTION = 0.2  # WSD's decay: the last fifth of the steps (SmolLM2's, train.py's --lr_decay_fraction default)
 CURVE_COLUMNS = ["section", "recipe", "step", "tokens", "train_s", "val_loss", "lr", "card"]
 RUN_COLUMNS = ["section", "recipe", "impl", "optimizer", "schedule", "max_lr", "adamw_lr", "min_lr", "steps", "tokens",
                "seq_len", "micro_batch", "final_val_loss", "train_s", "ms_per_step", "first_step_s", "peak_mem_gb",
@@ -68,7 +68,7 @@ def parse_recipe(name: str, best_adamw: str | None) -> dict:
         adamw_lr = float(extra["a"]) if "a" in extra else (lr if optimizer == "muon" else None)
         steps = int(extra["n"]) if "n" in extra else None
         warmup = float(extra["w"]) if "w" in extra else None
-        decay = float(extra.get("d", DECAY_FRACTION))
+        decay = float(extra.get("d", WSD_DECAY_FRACTION))
         if not 0 < decay <= 1 or (warmup is not None and not 0 <= warmup < 1):
             raise ValueError
     except (KeyError, IndexError, ValueError):

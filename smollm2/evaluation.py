@@ -37,7 +37,6 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from smollm2.shards import ShardInfo, is_prepared, load_manifest, read_header, read_ids
 from smollm2.tiktoken_bpe import _bytes_of_char
@@ -188,6 +187,11 @@ class TextScore:
                 "windows": self.windows}
 
 
+def text_batch_shape(n_ids: int, seq_len: int, batch_size: int) -> tuple[int, int]:
+    """(rows, ids per row) of every batch score_text runs, the last one padded to it: what a compile sees."""
+    return min(batch_size, len(text_windows(n_ids, seq_len))), min(seq_len + 1, n_ids)
+
+
 def text_windows(n_ids: int, seq_len: int) -> list[tuple[int, int]]:
     """(start, end) of each window: ids [start, end) are read, ids start+1..end-1 predicted. Consecutive
     windows share one id, so every id but the first is predicted exactly once; the last may be shorter."""
@@ -206,7 +210,7 @@ def score_text(model, ids: np.ndarray, token_bytes: np.ndarray, seq_len: int, ba
 
     model.eval()
     windows = text_windows(len(ids), seq_len)
-    shape = (min(batch_size, len(windows)), min(seq_len + 1, len(ids)))  # every batch's (rows, ids per row)
+    shape = text_batch_shape(len(ids), seq_len, batch_size)
     nats = torch.zeros((), dtype=torch.float64, device=device)
     targets = 0
     for i in tqdm(range(0, len(windows), batch_size), desc="bits per byte", unit="batch", disable=not progress,
@@ -246,27 +250,26 @@ def _hidden(forward: Callable, x: torch.Tensor, amp_dtype) -> torch.Tensor:
         return forward(x)
 
 
+def _head_nats(model, h: torch.Tensor, targets: torch.Tensor, amp_dtype) -> torch.Tensor:
+    """h (..., C), targets (...) -> -log p(target) (...) float32: logsumexp(logits) - logits[target], the head
+    under autocast, the rest in float32 whatever the autocast dtype; no log-probabilities are kept."""
+    with torch.autocast(h.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model.lm_head(h)
+    logits = logits.float()  # (..., V)
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets[..., None]).squeeze(-1)
+
+
 def _token_nats(model, h: torch.Tensor, targets: torch.Tensor, amp_dtype, chunk: int = 16384) -> torch.Tensor:
-    """-log p(target) per row of h (N, C) -> (N,) float32: logsumexp(logits) - logits[target], the head run
-    on the scored rows only, a chunk at a time (a (64, 2048) batch's float32 logits would be 26 GB), in
-    float32 whatever the autocast dtype; no (N, V) log-probabilities are kept."""
-    out = []
-    for i in range(0, h.shape[0], chunk):
-        with torch.autocast(h.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model.lm_head(h[i:i + chunk])
-        logits = logits.float()  # (n, V)
-        out.append(torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[i:i + chunk, None]).squeeze(1))
+    """_head_nats of the scored rows h (N, C) -> (N,), a chunk at a time: a (64, 2048) batch's float32 logits
+    would be 26 GB."""
+    out = [_head_nats(model, h[i:i + chunk], targets[i:i + chunk], amp_dtype) for i in range(0, h.shape[0], chunk)]
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
 def position_nats(model, t: torch.Tensor, amp_dtype) -> torch.Tensor:
     """ids (B, T+1) -> -log p(t[:, 1:]) (B, T) float32: the trunk and the head over every position in one
     graph, for torch.compile to fuse the float32 cast, logsumexp and gather into one pass over the logits."""
-    h = _hidden(model.model, t[:, :-1], amp_dtype)  # (B, T, C)
-    with torch.autocast(t.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model.lm_head(h)
-    logits = logits.float()  # (B, T, V)
-    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, t[:, 1:, None]).squeeze(-1)
+    return _head_nats(model, _hidden(model.model, t[:, :-1], amp_dtype), t[:, 1:], amp_dtype)
 
 
 @torch.no_grad()

@@ -148,10 +148,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, load=Non
 
 
 SCHEDULES = ("cosine", "wsd")
+WSD_DECAY_FRACTION = 0.2  # wsd's default: decay over the last fifth of the steps (SmolLM2's)
 
 
 def lr_at(step: int, warmup_steps: int, max_steps: int, max_lr: float, min_lr: float, schedule: str = "cosine",
-          decay_fraction: float = 0.2) -> float:
+          decay_fraction: float = WSD_DECAY_FRACTION) -> float:
     """The lr of `step` (1-based: the step about to run); min_lr from max_steps on. Both schedules warm up
     linearly to max_lr over warmup_steps, then
       cosine  decay to min_lr at max_steps along half a cosine;
