@@ -986,22 +986,61 @@ QUALITY_SECTIONS = {"realdocs_2048_defaults": "realdocs, seq 2048 x micro-batch 
                     "realdocs_2048_schedules": "realdocs, seq 2048 x micro-batch 16: schedules and Muon's lr",
                     "realdocs_2048": "realdocs (the first sweep), seq 2048 x micro-batch 16",
                     "realdocs_2048_mb4": "realdocs, seq 2048 x micro-batch 4 (8,192 tokens a step)",
+                    "realdocs_2048_bracket": "realdocs, seq 2048 x micro-batch 16: the best AdamW's lr bracketed "
+                                             "from above (WSD 1e-3 and 2e-3)",
                     "realdocs_2048_mb48": "realdocs, seq 2048 x micro-batch 48 (98,304 tokens a step)",
+                    "realdocs_2048_mb48_bracket": "realdocs, seq 2048 x micro-batch 48: the best AdamW's lr bracketed "
+                                                  "from above (WSD 2e-3 and 3e-3)",
                     "seed_input_5000": "input.txt at the seed's shape (seq 256 x 4 windows a step), its 5,000 steps",
                     "seed_input": "input.txt at the seed's shape (seq 256 x 4 windows a step)"}
 HEADLINE_SECTIONS = ("realdocs_2048_defaults", "realdocs_2048_schedules", "realdocs_2048")  # the README's Muon headline: the first present
 HORIZON_SECTIONS = ("realdocs_2048_horizon2", "realdocs_2048_horizon")  # Muon over fewer steps, against the best AdamW
 
 
-def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
-    """benchmarks/quality.py's files: per section the runs (held-out loss at the end, step time) and the
-    time to reach the held-out loss of today's recipe and of the best AdamW; then the step-time table."""
-    parts = []
+def quality_sections(bench_dir: str) -> dict[str, str]:
+    """QUALITY_SECTIONS, then one per seed run of device_quality.sh seeds (found by their files)."""
     sections = dict(QUALITY_SECTIONS)
     for path in sorted(glob.glob(os.path.join(bench_dir, "quality_realdocs_2048_seed*_runs.csv"))):
-        section = os.path.basename(path)[len("quality_"):-len("_runs.csv")]  # device_quality.sh seeds
+        section = os.path.basename(path)[len("quality_"):-len("_runs.csv")]
         sections[section] = (f"realdocs, seq 2048 x micro-batch 16: the half-time comparison under seed "
                              f"{section[len('realdocs_2048_seed'):]}")
+    return sections
+
+
+def half_time_table(bench_dir: str, readme_dir: str, sections: dict[str, str]) -> Optional[str]:
+    """One row per Muon recipe of every run that has a best-AdamW target: its share of that AdamW run's time,
+    each share a ratio of two rows of one process (so runs sit side by side, never divided by each other)."""
+    rows = []
+    for section in sections:
+        path = os.path.join(bench_dir, f"quality_{section}_ttl.csv")
+        if not os.path.isfile(path):
+            continue
+        _, ttl = read_csv(path)
+        runs_path = os.path.join(bench_dir, f"quality_{section}_runs.csv")
+        runs = read_csv(runs_path)[1] if os.path.isfile(runs_path) else []
+        shape = f"{runs[0]['seq_len']} x {runs[0]['micro_batch']}" if runs else MISSING
+        for t in ttl:
+            if t["target"].startswith("best AdamW") and t["recipe"].startswith("muon"):
+                rows.append([f"`{section}`", shape, t["target"].split("(")[1].split(")")[0],
+                             _fmt(1, 3)(t["target_loss"]), t["recipe"],
+                             _fmt(1, 3)(t["share_of_reference_time"]) if t["reached"] == "True" else "not reached",
+                             t["card"]])
+    if not rows:
+        return None
+    return ("#### Every run's half-time comparison\n\nFrom the `_ttl.csv` of each section below: the share of the "
+            "best AdamW's own time (to its end) that a Muon recipe of the same process needs to reach that AdamW's "
+            "final held-out loss (target: at most 0.5).\n\n"
+            + markdown_table(["run", "seq x micro-batch", "best AdamW of the run", "its final loss", "Muon recipe",
+                           "share", "card"], rows))
+
+
+def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    """benchmarks/quality.py's files: every run's half-time share in one table; per section the runs (held-out
+    loss at the end, step time) and the time to reach the held-out loss of today's recipe and of the best
+    AdamW; then the step-time table."""
+    sections = quality_sections(bench_dir)
+    summary = half_time_table(bench_dir, readme_dir, sections)
+    parts = [summary] if summary else []
     for section, what in sections.items():
         stem = os.path.join(bench_dir, f"quality_{section}")
         if not os.path.isfile(stem + "_runs.csv"):
@@ -1031,14 +1070,15 @@ def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
                  for t in ttl]))
         if os.path.isfile(stem + ".png"):
             parts.append(images([stem + ".png"], readme_dir))
-    step = os.path.join(bench_dir, "quality_step_time.csv")
-    if os.path.isfile(step):
+    for step in sorted(glob.glob(os.path.join(bench_dir, "quality_step_time*.csv"))):
         cols, rows = read_csv(step)
-        parts.append(f"#### The Muon step against the AdamW step\n\nRendered from `{rel(step, readme_dir)}`.")
+        mb = f" at seq {rows[0]['seq_len']} x micro-batch {rows[0]['micro_batch']}" if rows else ""
+        parts.append(f"#### The Muon step against the AdamW step{mb}\n\nRendered from `{rel(step, readme_dir)}` "
+                     f"(one process).")
         parts.append(render_generic([c for c in cols if c not in ("section", "torch")], rows))
     if not parts:
         return f"_No quality results yet: no `quality_*.csv` in `{rel(bench_dir, readme_dir)}/`._", "no quality csv"
-    return "\n\n".join(parts), f"{sum(p.startswith('####') for p in parts)} sections"
+    return "\n\n".join(parts), f"{sum(p.startswith('####') for p in parts) - bool(summary)} sections"
 
 
 def marker_span(text: str, name: str) -> Optional[tuple[int, int]]:

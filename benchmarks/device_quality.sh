@@ -6,7 +6,9 @@
 #             and in the same process transformers + torch.compile with the best AdamW recipe of the sweep: the
 #             time-to-loss table is computed from these runs (about 8 minutes on an H200)
 #   seed      the seed's shape (seq 256 x 4 windows a step) on input.txt, 1000 steps per recipe (about 2 minutes)
-#   step      the Muon step against the AdamW step at seq 2048 x micro-batch 48 (the best micro-batch)
+#   step      the Muon step against the AdamW step at seq 2048 x micro-batch 48 (the best micro-batch), with Muon's
+#             elementwise passes compiled (train.py's CUDA default) and eager (as under --compile 0)
+#   step16    the same at micro-batch 16, where the quality sections run
 #   schedules the second realdocs sweep, with its own two references (today's recipe, the best AdamW of the first):
 #             Muon at 5e-3 and 1e-3, Muon under cosine, AdamW under WSD (about 8 minutes)
 #   seed5000  the seed's shape over the seed's 5,000 steps: today's AdamW, the best AdamW and the best Muon of the
@@ -22,6 +24,9 @@
 #             how much of the 0.49-0.52 spread is noise (about 2 minutes a seed once the compile cache is warm)
 #   mb48      the same 13.1M tokens at micro-batch 48 (the fastest at seq 2048, where the Muon step costs +3%
 #             instead of +7%): 134 steps, the best AdamW and Muon at their micro-batch-16 lr and above (about 5 minutes)
+#   bracket   the best AdamW's lr under WSD bracketed from above, at micro-batch 16 (1e-3 and 2e-3, beside the default
+#             Muon over 400 and 200 steps) and at micro-batch 48 (2e-3 and 3e-3, beside the default Muon): is the
+#             reference of the half-time target the best AdamW there is (about 8 minutes)
 #   defaults  the rows the time-to-loss table needs in one process: today's recipe, the best AdamW (WSD 1e-3),
 #             the new default (Muon 5e-3, WSD) over the same 400 steps and over a 200- and a 160-step horizon
 #             (what a user who wants the AdamW loss sooner runs), and transformers + compile with the best AdamW
@@ -84,8 +89,17 @@ if want mb48; then
   sweep 420 realdocs_2048_mb48 "${R2048[@]}" --micro_batch 48 --steps 134 --eval_every 5 --val_windows 64 \
     --recipes adamw_wsd_1e-3,adamw_wsd_2e-3,muon_wsd_5e-3,muon_wsd_8e-3
 fi
-if want step; then  # no per-evaluation lines to drop; the same log name
-  sweep 170 step_time "${R2048[@]}" --micro_batch 48 --timed 20
+if want bracket; then
+  sweep 300 realdocs_2048_bracket "${R2048[@]}" --micro_batch 16 --steps 400 --eval_every 10 --val_windows 64 \
+    --recipes adamw_wsd_1e-3,adamw_wsd_2e-3,muon_wsd_5e-3,muon_wsd_5e-3_n200
+  sweep 270 realdocs_2048_mb48_bracket "${R2048[@]}" --micro_batch 48 --steps 134 --eval_every 5 --val_windows 64 \
+    --recipes adamw_wsd_2e-3,adamw_wsd_3e-3,muon_wsd_5e-3
+fi
+if want step; then  # no per-evaluation lines to drop
+  sweep 200 step_time "${R2048[@]}" --micro_batch 48 --timed 20
+fi
+if want step16; then
+  sweep 170 step_time_mb16 "${R2048[@]}" --micro_batch 16 --timed 30
 fi
 if want seed; then
   sweep 420 seed_input --input_file input.txt --seq_len 256 --micro_batch 4 --steps 1000 --eval_every 100 \

@@ -227,16 +227,21 @@ def plot(path: str, section: str, runs: list[dict]) -> None:
     plt.close(fig)
 
 
+EAGER_UPDATE = DEFAULT_PATH + "_eager_muon_update"
+
+
 def step_time(args, data, device, card) -> list[dict]:
     """The Muon step against the AdamW step on train.py's default CUDA path: `--warmup` untimed steps (compile,
     capture), then --timed steps between two CUDA events, for each optimizer."""
     rows = []
-    for optimizer in ("adamw", "muon"):
+    for optimizer, impl in (("adamw", DEFAULT_PATH), ("muon", DEFAULT_PATH), ("muon", EAGER_UPDATE)):
         release()
         recipe = parse_recipe(f"{optimizer}_wsd_3e-3", None)
         model, sw = build_model(recipe, args.seed, device, args.model)
         step_fn = build_train_step(model, sw, device, lr=3e-3, weight_decay=0.1, grad_clip=1.0,
                                    adamw_lr=recipe["adamw_lr"])
+        if impl == EAGER_UPDATE:  # the same step with Muon's elementwise passes uncompiled (as under --compile 0)
+            step_fn.optimizer.compile_update = False
         for s in range(1, 6):
             step_fn(*data.step_batch(s, 1, args.micro_batch, device))
         inputs = [data.step_batch(5 + s, 1, args.micro_batch, device) for s in range(1, args.timed + 1)]
@@ -248,15 +253,16 @@ def step_time(args, data, device, card) -> list[dict]:
         end.record()
         sync(device)
         ms = start.elapsed_time(end) / args.timed
-        rows.append(dict(section="step_time", optimizer=optimizer, impl=DEFAULT_PATH, seq_len=args.seq_len,
+        rows.append(dict(section=args.section, optimizer=optimizer, impl=impl, seq_len=args.seq_len,
                          micro_batch=args.micro_batch, ms_per_step=round(ms, 2),
                          tokens_per_s=round(args.micro_batch * args.seq_len / ms * 1000),
                          peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 1e9, 2), card=card,
                          torch=torch.__version__))
         print(json.dumps(rows[-1]), flush=True)
         del model, step_fn, inputs
-    rows[1]["vs_adamw"] = rows[0]["vs_adamw"] = None
-    rows[1]["vs_adamw"] = round(rows[1]["ms_per_step"] / rows[0]["ms_per_step"], 3)
+    rows[0]["vs_adamw"] = None
+    for row in rows[1:]:
+        row["vs_adamw"] = round(row["ms_per_step"] / rows[0]["ms_per_step"], 3)
     release()
     return rows
 
@@ -266,7 +272,7 @@ def parse_args(argv=None):
     p.add_argument("--input_file", default="input.txt", help="a folder made by prepare_data.py, or raw text (as train.py)")
     p.add_argument("--tokenizer_id", default=os.environ.get("SMOLLM2_TOKENIZER", DEFAULT_TOKENIZER_ID))
     p.add_argument("--section", required=True, help="names the rows and files: quality_<section>_*.csv; "
-                                                    "'step_time' times the Muon step against the AdamW step")
+                                                    "'step_time...' times the Muon step against the AdamW step")
     p.add_argument("--recipes", default="", help="comma list, run in this order (see the docstring)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--seq_len", type=int, default=2048)
@@ -299,7 +305,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, f"quality_{args.section}")
     print(f"{card} | torch {torch.__version__} | {dataset.description}", flush=True)
-    if args.section == "step_time":
+    if args.section.startswith("step_time"):
         rows = step_time(args, data, device, card)
         write_csv(stem + ".csv", rows)
         return 0

@@ -103,7 +103,8 @@ class MuonAdamW(torch.optim.AdamW):
     def __init__(self, groups: list[dict], *, lr, betas=(0.9, 0.95), eps: float = 1e-8, fused: bool = False,
                  capturable: bool = False, momentum: float = MOMENTUM, nesterov: bool = True,
                  ns_coefficients=NS_COEFFICIENTS, ns_steps: int = NS_STEPS, ns_eps: float = NS_EPS,
-                 adjust_lr_fn: Optional[str] = ADJUST_LR_FN):
+                 adjust_lr_fn: Optional[str] = ADJUST_LR_FN, compile_update: bool = False):
+        self.compile_update = compile_update  # muon_update through torch.compile (not state: not checkpointed)
         for g in groups:
             if g["muon"]:
                 g.update(momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
@@ -147,13 +148,42 @@ class MuonAdamW(torch.optim.AdamW):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             bufs.append(state["momentum_buffer"])
-        momentum = group["momentum"]
-        torch._foreach_lerp_(bufs, grads, 1 - momentum)
-        updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
-        ortho = newton_schulz(torch.stack(updates), group["ns_coefficients"], group["ns_steps"], group["ns_eps"])
-        lr, wd = group["lr"], group["weight_decay"]  # lr: a float, or a device tensor under a CUDA graph
-        scale = adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"])
-        if wd:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        step = ortho.float().mul_(-lr * scale)  # (n, rows, cols): the update in float32, then added per matrix
-        torch._foreach_add_(params, list(step.unbind(0)))
+        lr = group["lr"]  # a float, or a device tensor under a CUDA graph
+        if self.compile_update and not torch.is_tensor(lr):  # a float would be a constant of the compiled graph
+            lr = torch.tensor(lr, dtype=torch.float32, device=params[0].device)
+        momentum, apply = (_compiled(momentum_step), _compiled(apply_update)) if self.compile_update else \
+            (momentum_step, apply_update)
+        ortho = newton_schulz(momentum(grads, bufs, group["momentum"], group["nesterov"]), group["ns_coefficients"],
+                              group["ns_steps"], group["ns_eps"])
+        apply(params, ortho, lr, group["weight_decay"], adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"]))
+
+
+def momentum_step(grads: list[torch.Tensor], bufs: list[torch.Tensor], momentum: float,
+                  nesterov: bool) -> torch.Tensor:
+    """The momentum buffers move towards the gradients (in place); returns what Newton-Schulz orthogonalises, the
+    n same-shaped matrices stacked (n, rows, cols) in bf16: the Nesterov blend, or the buffers themselves."""
+    torch._foreach_lerp_(bufs, grads, 1 - momentum)
+    updates = torch._foreach_lerp(grads, bufs, momentum) if nesterov else bufs
+    return torch.stack(updates).bfloat16()
+
+
+def apply_update(params: list[torch.Tensor], ortho: torch.Tensor, lr, weight_decay: float, scale: float) -> None:
+    """W <- W * (1 - lr * weight_decay) - lr * scale * O for each matrix W of params and O of ortho (n, rows, cols):
+    the update in float32, added per matrix."""
+    if weight_decay:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    step = ortho.float().mul_(-lr * scale)
+    torch._foreach_add_(params, list(step.unbind(0)))
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """fn through torch.compile, built on first use (--compile 1): the momentum, the Nesterov blend and the bf16
+    cast fused into the stacking, and the weight decay and the update into one pass over each matrix, where eager
+    makes each its own pass over all 106M hidden weights. Newton-Schulz stays eager: compiled, its bf16
+    matmul chain rounds differently from torch.optim.Muon's."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _COMPILED[fn]

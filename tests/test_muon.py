@@ -70,6 +70,35 @@ def test_muon_groups_equal_torch_muon(nesterov):
     assert moved > 1e-3  # every matrix moved: the comparison is not between two untouched copies
 
 
+def test_compiled_update_equals_the_eager_one():
+    """--compile 1 on CUDA runs Muon's elementwise passes (momentum, Nesterov, bf16 stacking; weight decay and
+    update) through torch.compile, Newton-Schulz eager between them. Fused, the lerps round differently by an
+    ulp: the momentum buffers agree to float32 rounding, the weights to a bf16 ulp of the update."""
+    shapes = [(48, 32), (48, 32), (32, 96), (32, 96)]
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(2)
+        params = [torch.nn.Parameter(torch.randn(s) * 0.1) for s in shapes]
+        opt = MuonAdamW([{"params": params[:2], "muon": True, "lr_scale": 1.0, "weight_decay": 0.1},
+                         {"params": params[2:], "muon": True, "lr_scale": 1.0, "weight_decay": 0.1}],
+                        lr=0.02, compile_update=compiled)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape)
+            set_lr(opt, 0.02 / (step + 1))  # a float lr becomes a tensor input: no recompile as it moves
+            opt.step()
+        runs.append((params, [opt.state[p]["momentum_buffer"] for p in params]))
+    (eager, eager_bufs), (comp, comp_bufs) = runs
+    for a, b in zip(eager_bufs, comp_bufs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # a bf16 ulp of Newton-Schulz's output (~2**-8 at its 0.1-0.3 magnitudes) times lr * scale, a few times
+    for a, b in zip(eager, comp):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=3 * 2 ** -8 * 0.02 * 0.2 * 96 ** 0.5)
+    torch.manual_seed(2)
+    start = [torch.randn(s) * 0.1 for s in shapes]
+    assert min((a.detach() - s).abs().max().item() for a, s in zip(comp, start)) > 1e-3  # every matrix moved
+
+
 def test_adjusted_lr_is_torch_muons():
     from torch.optim._muon import _adjust_lr
 

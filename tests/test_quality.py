@@ -66,18 +66,23 @@ def test_ttl_rows_and_the_rendered_block(tmp_path):
     quality.write_csv(f"{stem}_ttl.csv", rows)
     for r in runs:
         r.update(section="realdocs_2048", card="NVIDIA H200", schedule="cosine", max_lr=1e-3, adamw_lr=None,
-                 ms_per_step=88.0, first_step_s=30.0, steps=400, tokens=13107200)
+                 ms_per_step=88.0, first_step_s=30.0, steps=400, tokens=13107200, seq_len=2048, micro_batch=16)
         quality.append_rows(f"{stem}_runs.csv", quality.RUN_COLUMNS, [r])
     body, note = update_readme.quality_block(str(tmp_path), str(tmp_path))
     assert note == "1 sections" and "#### realdocs (the first sweep), seq 2048 x micro-batch 16, 400 steps (13.1M tokens), NVIDIA H200" in body
     assert "| muon_wsd_3e-3 | muon | cosine |" in body and "not reached" in body
     assert "`quality_realdocs_2048_ttl.csv`" in body
+    # every run's half-time share in one table on top: the Muon rows against the run's best AdamW
+    assert body.startswith("#### Every run's half-time comparison")
+    share = [r for r in best if r["recipe"] == "muon_wsd_3e-3"][0]["share_of_reference_time"]
+    assert f"| `realdocs_2048` | 2048 x 16 | adamw_cos_1e-3 | 4.000 | muon_wsd_3e-3 | {share:.3f} | NVIDIA H200 |" in body
     assert update_readme.quality_block(str(tmp_path / "none"), str(tmp_path))[1] == "no quality csv"
     # the runbook's seeds part writes one section per seed; each is found and rendered under its seed
     import shutil
     shutil.copy(f"{stem}_runs.csv", tmp_path / "quality_realdocs_2048_seed2_runs.csv")
     body, note = update_readme.quality_block(str(tmp_path), str(tmp_path))
     assert note == "2 sections" and "the half-time comparison under seed 2, 400 steps" in body
+    assert body.count("| `realdocs_2048` | 2048 x 16 | adamw_cos_1e-3 |") == 1  # the seed run has runs but no _ttl.csv
 
 
 def test_eval_speed_table_and_block(tmp_path):
