@@ -893,6 +893,24 @@ def shorter_horizon(bench_dir: str) -> str:
             f"{number(best['share_of_reference_time']):.2f}x** its time")
 
 
+def largest_batch(bench_dir: str) -> str:
+    """'; at micro-batch 48 ... in 0.46x and 0.48x ...': the default Muon recipe against the best AdamW of each
+    micro-batch-48 run present (each share within its run), or '' without one."""
+    shares, mb = [], None
+    for section in MB48_SECTIONS:
+        stem = os.path.join(bench_dir, f"quality_{section}")
+        if not os.path.isfile(stem + "_ttl.csv") or not os.path.isfile(stem + "_runs.csv"):
+            continue
+        mb = read_csv(stem + "_runs.csv")[1][0]["micro_batch"]
+        shares += [number(t["share_of_reference_time"]) for t in read_csv(stem + "_ttl.csv")[1]
+                   if t["recipe"] == DEFAULT_MUON and t["reached"] == "True" and t["target"].startswith("best AdamW")]
+    if not shares:
+        return ""
+    said = " and ".join(f"{x:.2f}x" for x in sorted(shares))
+    return (f"; at micro-batch {mb} (the fastest step), `{DEFAULT_MUON}` reaches that micro-batch's best AdamW loss "
+            f"in **{said}** its time ({len(shares)} run{'s' if len(shares) > 1 else ''}, each its own reference)")
+
+
 def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
     """Muon's best recipe (the default for large steps) against AdamW on the real corpus: the share of each
     AdamW reference's wall-clock it needs to reach that reference's final held-out loss, from one run."""
@@ -912,7 +930,7 @@ def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = 
                      f"**{number(t['share_of_reference_time']):.2f}x** its wall-clock" for t in shares)
     line = (f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
             f"(`{muon['recipe']}`) reaches {said}, and ends at held-out loss {number(muon['final_val_loss']):.2f}"
-            f"{shorter_horizon(bench_dir)} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)})).")
+            f"{shorter_horizon(bench_dir)}{largest_batch(bench_dir)} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)})).")
     plot = stem + ".png"  # the same run's held-out loss against wall-clock and tokens
     if not os.path.isfile(plot):
         return [line]
@@ -995,6 +1013,8 @@ QUALITY_SECTIONS = {"realdocs_2048_defaults": "realdocs, seq 2048 x micro-batch 
                     "seed_input": "input.txt at the seed's shape (seq 256 x 4 windows a step)"}
 HEADLINE_SECTIONS = ("realdocs_2048_defaults", "realdocs_2048_schedules", "realdocs_2048")  # the README's Muon headline: the first present
 HORIZON_SECTIONS = ("realdocs_2048_horizon2", "realdocs_2048_horizon")  # Muon over fewer steps, against the best AdamW
+MB48_SECTIONS = ("realdocs_2048_mb48_bracket", "realdocs_2048_mb48")  # the same tokens at the fastest micro-batch
+DEFAULT_MUON = "muon_wsd_5e-3"  # train.py's --optimizer muon recipe, as quality.py names it
 
 
 def quality_sections(bench_dir: str) -> dict[str, str]:
