@@ -613,8 +613,8 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str, eval_d
         parts += [train_rss_sentence(r) for r in rows if r.get("measurement") == "train_rss"]
         note.append("data_prep table")
     if not parts:
-        return (f"_No data results yet: run `bash benchmarks/device_data.sh` and `python benchmarks/bench_data.py`, then "
-                f"`python update_readme.py`._"), "no data results"
+        return ("_No data results yet: run `bash benchmarks/device_data.sh` and `python benchmarks/bench_data.py`, then "
+                "`python update_readme.py`._"), "no data results"
     return "\n\n".join(parts), ", ".join(note)
 
 

@@ -144,7 +144,7 @@ def train_recipe(recipe: dict, data: TokenBatches, args, device, on_point) -> di
             sync(device)
             t = time.perf_counter()
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    del model, step_fn
+    model = step_fn = None  # held_out's model too: the memory goes back before the next recipe
     release()
     return dict(recipe=recipe["name"], impl=recipe["impl"], optimizer=recipe["optimizer"], schedule=recipe["schedule"],
                 max_lr=recipe["max_lr"], adamw_lr=recipe["adamw_lr"], min_lr=recipe["min_lr"], steps=n,

@@ -20,7 +20,7 @@ import pytest
 from smollm2.data import TokenBatches, TokenDataset, load_training_data, open_prepared, permute
 from smollm2.prepare import PrepareSettings, prepare
 from smollm2.shards import MANIFEST, DataError, load_manifest, read_doc_ends, read_header, read_ids
-from smollm2.sources import expand_inputs, split_text
+from smollm2.sources import split_text
 from smollm2.tokenizer import SmolTokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

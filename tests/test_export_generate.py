@@ -397,7 +397,7 @@ def test_model_card_numbers_are_the_checkpoints(trained):
     assert "datasets" not in meta  # a local text file names no Hub dataset
     text = card.text
     assert "trained from scratch" in text and "not* the weights HuggingFaceTB released" in text
-    for expected in (f"| training steps | 2 |", f"| tokens seen | 128 (64 per step) |",
+    for expected in ("| training steps | 2 |", "| tokens seen | 128 (64 per step) |",
                      f"| final train loss | {m['train_loss']:.4f} (logged at step 2) |",
                      f"| held-out loss | {m['val_loss']:.4f} (logged at step 2) |", "| trained on | cpu |",
                      f"| parameters | {sum(t.numel() for k, t in ckpt['model'].items() if k != 'lm_head.weight'):,} |",
