@@ -888,14 +888,14 @@ def shorter_horizon(bench_dir: str) -> str:
     if not hits:
         return ""
     best = min(hits, key=lambda t: number(t["share_of_reference_time"]))
-    return (f"; trained for {int(number(steps[best['recipe']])):,} steps instead (`{best['recipe']}`, another run "
-            f"with its own AdamW reference), it reaches that AdamW's loss in **"
-            f"{number(best['share_of_reference_time']):.2f}x** its time")
+    return (f" Trained for {int(number(steps[best['recipe']])):,} steps (`{best['recipe']}`, another run with its own "
+            f"AdamW reference) it needs **{number(best['share_of_reference_time']):.2f}x** of that AdamW's time")
 
 
-def largest_batch(bench_dir: str) -> str:
-    """'; at micro-batch 48 ... in 0.46x and 0.48x ...': the default Muon recipe against the best AdamW of each
-    micro-batch-48 run present (each share within its run), or '' without one."""
+def largest_batch(bench_dir: str, horizon: str) -> str:
+    """'; at micro-batch 48 ... needs 0.46x and 0.48x ...': the default Muon recipe against the best AdamW of each
+    micro-batch-48 run present (each share within its run), or '' without one; after `horizon`'s sentence, or
+    as a sentence of its own."""
     shares, mb = [], None
     for section in MB48_SECTIONS:
         stem = os.path.join(bench_dir, f"quality_{section}")
@@ -907,8 +907,8 @@ def largest_batch(bench_dir: str) -> str:
     if not shares:
         return ""
     said = " and ".join(f"{x:.2f}x" for x in sorted(shares))
-    return (f"; at micro-batch {mb} (the fastest step), `{DEFAULT_MUON}` reaches that micro-batch's best AdamW loss "
-            f"in **{said}** its time ({len(shares)} run{'s' if len(shares) > 1 else ''}, each its own reference)")
+    return (f"{'; at' if horizon else ' At'} micro-batch {mb}, the fastest step, `{DEFAULT_MUON}` needs **{said}** of the "
+            f"best AdamW's time there ({len(shares)} run{'s' if len(shares) > 1 else ''})")
 
 
 def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
@@ -926,11 +926,15 @@ def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = 
     shares = [t for t in ttl if t["recipe"] == muon["recipe"] and t["reached"] == "True" and t["target"] in reference]
     if not shares:
         return []
-    said = "; ".join(f"`{reference[t['target']]}`'s final held-out loss ({number(t['target_loss']):.2f}) in "
-                     f"**{number(t['share_of_reference_time']):.2f}x** its wall-clock" for t in shares)
+    said = " and ".join((f"`{reference[t['target']]}`'s final held-out loss ({number(t['target_loss']):.2f}) in "
+                         f"**{number(t['share_of_reference_time']):.2f}x** its wall-clock") if i == 0 else
+                        (f"`{reference[t['target']]}`'s ({number(t['target_loss']):.2f}) in "
+                         f"**{number(t['share_of_reference_time']):.2f}x**") for i, t in enumerate(shares))
+    horizon = shorter_horizon(bench_dir)
+    more = horizon + largest_batch(bench_dir, horizon)
     line = (f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
-            f"(`{muon['recipe']}`) reaches {said}, and ends at held-out loss {number(muon['final_val_loss']):.2f}"
-            f"{shorter_horizon(bench_dir)}{largest_batch(bench_dir)} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)})).")
+            f"(`{muon['recipe']}`) reaches {said}, ending at held-out loss {number(muon['final_val_loss']):.2f}"
+            f"{'.' + more if more else ''} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)})).")
     plot = stem + ".png"  # the same run's held-out loss against wall-clock and tokens
     if not os.path.isfile(plot):
         return [line]

@@ -567,7 +567,7 @@ def test_quality_headline_from_one_runs_tables(tmp_path):
           "t2,4.5,adamw_y,True,1.0\nt2,4.5,muon_a,False,\n")
     (line,) = ur.quality_headline(str(b), str(tmp_path))
     assert "`muon_a`" in line and "`adamw_x`'s final held-out loss (5.10) in **0.33x**" in line
-    assert "adamw_y" not in line and "ends at held-out loss 3.70" in line and "NVIDIA H200" in line
+    assert "adamw_y" not in line and "ending at held-out loss 3.70" in line and "NVIDIA H200" in line
     assert ur.quality_headline(str(tmp_path / "none"), str(tmp_path)) == []
     # a horizon sweep adds the Muon recipe that reaches its own run's best AdamW loss soonest (not the AdamW row,
     # not a row that missed)
@@ -579,16 +579,16 @@ def test_quality_headline_from_one_runs_tables(tmp_path):
     write(b / "quality_realdocs_2048.png", "png")  # the same run's plot goes under the line
     line, plot = ur.quality_headline(str(b), str(tmp_path))
     assert plot.strip().startswith("![") and plot.strip().endswith("(benchmarks/quality_realdocs_2048.png)")
-    assert "ends at held-out loss 3.70; trained for 200 steps instead (`muon_n200`" in line
-    assert "that AdamW's loss in **0.49x** its time" in line and "muon_n180" not in line
+    assert "ending at held-out loss 3.70. Trained for 200 steps (`muon_n200`" in line
+    assert "it needs **0.49x** of that AdamW's time (" in line and "muon_n180" not in line
     # the micro-batch-48 runs add the default recipe's share against each run's own best AdamW
     write(b / "quality_realdocs_2048_mb48_runs.csv", "recipe,optimizer,micro_batch\nadamw_w,adamw,48\n")
     write(b / "quality_realdocs_2048_mb48_ttl.csv", "target,recipe,reached,share_of_reference_time\n"
           "best AdamW (adamw_w) at the end,adamw_w,True,1.0\nbest AdamW (adamw_w) at the end,muon_wsd_5e-3,True,0.477\n"
           "best AdamW (adamw_w) at the end,muon_wsd_8e-3,True,0.46\n")
     line, _ = ur.quality_headline(str(b), str(tmp_path))
-    assert "; at micro-batch 48 (the fastest step), `muon_wsd_5e-3` reaches that micro-batch's best AdamW loss in " \
-           "**0.48x** its time (1 run, each its own reference)" in line and "0.46" not in line
+    assert "of that AdamW's time; at micro-batch 48, the fastest step, `muon_wsd_5e-3` needs **0.48x** of the best " \
+           "AdamW's time there (1 run) ([`docs/quality.md`]" in line and "0.46" not in line
 
 
 def test_eval_headline_needs_both_rows(tmp_path):
