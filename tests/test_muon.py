@@ -74,6 +74,8 @@ def test_compiled_update_equals_the_eager_one():
     """--compile 1 on CUDA runs Muon's elementwise passes (momentum, Nesterov, bf16 stacking; weight decay and
     update) through torch.compile, Newton-Schulz eager between them. Fused, the lerps round differently by an
     ulp: the momentum buffers agree to float32 rounding, the weights to a bf16 ulp of the update."""
+    from torch._dynamo.utils import counters
+
     shapes = [(48, 32), (48, 32), (32, 96), (32, 96)]
     runs = []
     for compiled in (False, True):
@@ -87,6 +89,9 @@ def test_compiled_update_equals_the_eager_one():
                 p.grad = torch.randn(p.shape)
             set_lr(opt, 0.02 / (step + 1))  # a float lr becomes a tensor input: no recompile as it moves
             opt.step()
+            if step == 0:
+                graphs = counters["stats"]["unique_graphs"]
+        assert counters["stats"]["unique_graphs"] == graphs
         runs.append((params, [opt.state[p]["momentum_buffer"] for p in params]))
     (eager, eager_bufs), (comp, comp_bufs) = runs
     for a, b in zip(eager_bufs, comp_bufs):
