@@ -106,7 +106,7 @@ class MuonAdamW(torch.optim.AdamW):
                  capturable: bool = False, momentum: float = MOMENTUM, nesterov: bool = True,
                  ns_coefficients=NS_COEFFICIENTS, ns_steps: int = NS_STEPS, ns_eps: float = NS_EPS,
                  adjust_lr_fn: Optional[str] = ADJUST_LR_FN, compile_update: bool = False):
-        self.compile_update = compile_update  # muon_update through torch.compile (not state: not checkpointed)
+        self.compile_update = compile_update  # momentum_step, apply_update compiled (a setting, not checkpointed)
         for g in groups:
             if g["muon"]:
                 g.update(momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
