@@ -876,15 +876,21 @@ def first_quality_run(bench_dir: str, sections: tuple[str, ...]) -> Optional[str
     return None
 
 
+def against_best_adamw(ttl: list[dict]) -> list[dict]:
+    """The rows of a quality_*_ttl.csv whose target is the final loss of the run's best AdamW (quality.py's
+    "best AdamW (<recipe>) at the end"), not today's recipe's."""
+    return [t for t in ttl if t["target"].startswith("best AdamW")]
+
+
 def shorter_horizon(bench_dir: str) -> str:
     """' Trained for 200 steps it needs 0.46-0.52x of that AdamW's time (6 runs ...)': the default Muon recipe over
     a shorter horizon (`muon_wsd_5e-3_n<steps>`, the horizon with the most runs) against the best AdamW of each
     run's own process, over every run on file; '' without one."""
     shares: dict[int, list[float]] = {}
     for path in sorted(glob.glob(os.path.join(bench_dir, "quality_*_ttl.csv"))):
-        for t in read_csv(path)[1]:
+        for t in against_best_adamw(read_csv(path)[1]):
             m = re.fullmatch(re.escape(DEFAULT_MUON) + r"_n(\d+)", t["recipe"])
-            if m and t["reached"] == "True" and t["target"].startswith("best AdamW"):
+            if m and t["reached"] == "True":
                 shares.setdefault(int(m.group(1)), []).append(number(t["share_of_reference_time"]))
     if not shares:
         return ""
@@ -904,8 +910,8 @@ def largest_batch(bench_dir: str, horizon: str) -> str:
         if not os.path.isfile(stem + "_ttl.csv") or not os.path.isfile(stem + "_runs.csv"):
             continue
         mb = read_csv(stem + "_runs.csv")[1][0]["micro_batch"]
-        shares += [number(t["share_of_reference_time"]) for t in read_csv(stem + "_ttl.csv")[1]
-                   if t["recipe"] == DEFAULT_MUON and t["reached"] == "True" and t["target"].startswith("best AdamW")]
+        shares += [number(t["share_of_reference_time"]) for t in against_best_adamw(read_csv(stem + "_ttl.csv")[1])
+                   if t["recipe"] == DEFAULT_MUON and t["reached"] == "True"]
     if not shares:
         return ""
     said = " and ".join(f"{x:.2f}x" for x in sorted(shares))
@@ -1032,7 +1038,7 @@ def quality_sections(bench_dir: str) -> dict[str, str]:
     return sections
 
 
-def half_time_table(bench_dir: str, readme_dir: str, sections: dict[str, str]) -> Optional[str]:
+def half_time_table(bench_dir: str, sections: dict[str, str]) -> Optional[str]:
     """One row per Muon recipe of every run that has a best-AdamW target: its share of that AdamW run's time,
     each share a ratio of two rows of one process (so runs sit side by side, never divided by each other)."""
     rows = []
@@ -1044,8 +1050,8 @@ def half_time_table(bench_dir: str, readme_dir: str, sections: dict[str, str]) -
         runs_path = os.path.join(bench_dir, f"quality_{section}_runs.csv")
         runs = read_csv(runs_path)[1] if os.path.isfile(runs_path) else []
         shape = f"{runs[0]['seq_len']} x {runs[0]['micro_batch']}" if runs else MISSING
-        for t in ttl:
-            if t["target"].startswith("best AdamW") and t["recipe"].startswith("muon"):
+        for t in against_best_adamw(ttl):
+            if t["recipe"].startswith("muon"):
                 rows.append([f"`{section}`", shape, t["target"].split("(")[1].split(")")[0],
                              _fmt(1, 3)(t["target_loss"]), t["recipe"],
                              _fmt(1, 3)(t["share_of_reference_time"]) if t["reached"] == "True" else "not reached",
@@ -1064,7 +1070,7 @@ def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     loss at the end, step time) and the time to reach the held-out loss of today's recipe and of the best
     AdamW; then the step-time table."""
     sections = quality_sections(bench_dir)
-    summary = half_time_table(bench_dir, readme_dir, sections)
+    summary = half_time_table(bench_dir, sections)
     parts = [summary] if summary else []
     for section, what in sections.items():
         stem = os.path.join(bench_dir, f"quality_{section}")

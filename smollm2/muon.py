@@ -29,6 +29,7 @@ shard of each matrix, and Newton-Schulz needs the whole one.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -178,14 +179,10 @@ def apply_update(params: list[torch.Tensor], ortho: torch.Tensor, lr, weight_dec
     torch._foreach_add_(params, list(step.unbind(0)))
 
 
-_COMPILED: dict = {}
-
-
+@functools.cache
 def _compiled(fn):
     """fn through torch.compile, built on first use (--compile 1): the momentum, the Nesterov blend and the bf16
     cast fused into the stacking, and the weight decay and the update into one pass over each matrix, where eager
     makes each its own pass over all 106M hidden weights. Newton-Schulz stays eager: compiled, its bf16
     matmul chain rounds differently from torch.optim.Muon's."""
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, fullgraph=True, dynamic=False)
-    return _COMPILED[fn]
+    return torch.compile(fn, fullgraph=True, dynamic=False)
