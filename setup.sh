@@ -9,8 +9,15 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
     echo "setup.sh: error: Python 3.10 or newer is needed ($(python3 --version 2>&1))" >&2; return 1; }
 if [ "${SMOLLM2_NO_VENV:-0}" != "1" ]; then
     _venv="${SMOLLM2_VENV:-$_here/.venv}"
-    if [ ! -x "$_venv/bin/python" ]; then
-        echo "setup.sh: creating $_venv (it sees a PyTorch that is already installed)"
+    # A set-up killed inside `python3 -m venv` (Ctrl-C, a closed terminal) can leave bin/python without
+    # bin/activate or pip; running venv again over the same folder completes it, so the next call repairs it.
+    if [ ! -x "$_venv/bin/python" ] || [ ! -f "$_venv/bin/activate" ] \
+            || ! "$_venv/bin/python" -m pip --version >/dev/null 2>&1; then
+        if [ -e "$_venv/bin/python" ]; then
+            echo "setup.sh: completing $_venv (an earlier set-up stopped before it was finished)"
+        else
+            echo "setup.sh: creating $_venv (it sees a PyTorch that is already installed)"
+        fi
         # --system-site-packages: a CUDA PyTorch installed for this machine is used as it is, not downloaded again.
         python3 -m venv --system-site-packages "$_venv" || {
             echo "setup.sh: error: python3 -m venv failed; install your distribution's python3-venv package" >&2; return 1; }
