@@ -49,7 +49,8 @@ from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
 from smollm2.io import LineFile, write_failure_advice
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
 from smollm2.training import (EVAL_TOKENS, TrainStep, TransformersAdapter, amp_context, build_train_step, evaluate,
-                              RECIPES, SCHEDULES, WSD_DECAY_FRACTION, lr_at, optimizer_state_for_checkpoint, set_lr)
+                              RECIPES, SCHEDULES, WARMUP_FRACTION, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION,
+                              default_warmup, lr_at, optimizer_state_for_checkpoint, set_lr)
 from smollm2.common import OneLineParser, UsageError, device_name, flops_per_token, peak_flops
 from smollm2 import parallel
 
@@ -87,7 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--batch_size", type=int, default=1, help="windows per micro-batch (per GPU)")
     g.add_argument("--grad_accum", type=int, default=4, help="micro-batches per optimizer step")
     g.add_argument("--max_steps", type=int, default=5000, help="last optimizer step (may be raised on resume)")
-    g.add_argument("--warmup_steps", type=int, default=200, help="linear lr warmup steps")
+    g.add_argument("--warmup_steps", type=int, default=None,
+                   help=f"linear lr warmup steps (default: {WARMUP_FRACTION:.0%} of the schedule's horizon, "
+                        f"--lr_decay_steps else --max_steps, 1 to {WARMUP_MAX_STEPS} steps; a resume keeps its run's)")
     g.add_argument("--lr_decay_steps", type=int, default=0,
                    help="step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in "
                         "several chunks: a run stopped at N and resumed follows the same lr curve")
@@ -231,7 +234,9 @@ def check_values(args) -> None:
     for name in ["seq_len", "batch_size", "grad_accum", "max_steps", "log_every"]:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for name in ["save_every", "warmup_steps", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints",
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        raise UsageError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
+    for name in ["save_every", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints",
                  "task_every", "task_limit"]:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
@@ -461,6 +466,8 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
     try:
         folder.open(primary=rank == 0)
         if not args.resume:
+            if args.warmup_steps is None:
+                args.warmup_steps = default_warmup(args.lr_decay_steps or args.max_steps)
             removed = folder.clear() if args.overwrite and rank == 0 else []
             if not args.overwrite:
                 folder.refuse_if_taken()
@@ -477,6 +484,7 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
             if found is None:
                 raise UsageError(f"--resume 1 but no checkpoint in {folder.ckpt_dir}; train with --resume 0 first")
             path, ckpt = found
+            keep_warmup(args, ckpt)
             saved = settings(ckpt["args"], (ckpt.get("data") or {}).get("world_size", 1), ckpt["model_config"])
             given = settings(vars(args), world, config.architecture_dict())
             notes = check_resume(saved, given, bool(args.allow_config_change), path)
@@ -488,6 +496,15 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
     except BaseException:
         folder.close()
         raise
+
+
+def keep_warmup(args, ckpt: dict) -> None:
+    """--warmup_steps left unset on a resume: the warmup the saved run trained with, whatever the horizon is now
+    (step B raises --max_steps 5000 -> 5050 and goes on with the same warmup). Checkpoints record the steps
+    themselves; one without them was trained with the fixed 200 of the time."""
+    if args.warmup_steps is None:
+        saved = (ckpt.get("args") or {}).get("warmup_steps")
+        args.warmup_steps = saved if isinstance(saved, int) and saved >= 0 else WARMUP_MAX_STEPS
 
 
 def check_data_before_preparing(args, ckpt: dict, path: str) -> None:

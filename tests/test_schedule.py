@@ -69,3 +69,31 @@ def test_train_in_the_stable_phase_then_extend_and_decay(tmp_path):
     assert [full[s] for s in (5, 12, 16)] == [pytest.approx(3e-4)] * 3  # stable through step 16 (adamw recipe lr)
     assert full[17] < full[16] and full[20] == pytest.approx(3e-5)
     assert_same_weights(checkpoint_weights(tmp_path / "split", 20), checkpoint_weights(tmp_path / "full", 20))
+
+
+def test_default_warmup_is_a_tenth_of_the_horizon_up_to_200_steps():
+    from smollm2.training import default_warmup
+    assert [default_warmup(n) for n in (1, 5, 100, 300, 600, 2000, 5000, 5050, 100_000)] == \
+        [1, 1, 10, 30, 60, 200, 200, 200, 200]
+
+
+def test_train_py_default_warmup_follows_the_horizon_and_a_resume_keeps_it(tmp_path):
+    """No --warmup_steps: 10% of the horizon (--max_steps 3 -> 1, --lr_decay_steps 40 -> 4); the resume that raises the horizon keeps the
+    run's, which the checkpoint recorded: the same weights as the two commands given that warmup."""
+    import sys
+    from conftest import REPO_ROOT, TINY_TRAIN_ARGS, assert_same_weights, checkpoint_weights, run_checked
+
+    i = TINY_TRAIN_ARGS.index("--warmup_steps")
+    base = TINY_TRAIN_ARGS[:i] + TINY_TRAIN_ARGS[i + 2:]  # --lr_decay_steps 40 stays
+    train = lambda out, *extra: run_checked(  # noqa: E731
+        [sys.executable, str(REPO_ROOT / "train.py"), *base, "--out_dir", str(out), "--log_every", "1",
+         "--save_every", "3", *map(str, extra)], check=True)
+    first = train(tmp_path / "split", "--max_steps", 3, "--lr_decay_steps", 0)  # horizon 3 -> warmup 1 ...
+    assert '"warmup_steps": 1' in first.stdout
+    resumed = train(tmp_path / "split", "--max_steps", 6, "--lr_decay_steps", 0, "--resume", 1)  # ... kept at 6
+    assert '"warmup_steps": 1' in resumed.stdout and "warmup_steps:" not in resumed.stdout
+    for steps, resume in ((3, 0), (6, 1)):  # the same two commands, the warmup given
+        train(tmp_path / "given", "--max_steps", steps, "--lr_decay_steps", 0, "--warmup_steps", 1, "--resume", resume)
+    assert_same_weights(checkpoint_weights(tmp_path / "split", 6), checkpoint_weights(tmp_path / "given", 6))
+    fresh = train(tmp_path / "long", "--max_steps", 1, "--lr_decay_steps", 40)
+    assert '"warmup_steps": 4' in fresh.stdout
