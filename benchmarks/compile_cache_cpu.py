@@ -1,4 +1,4 @@
-"""Compile once (issue 19), measured on a CPU: what the first step of a compiled train.py costs when the
+"""Compile once, measured on a CPU: what the first step of a compiled train.py costs when the
 machine's inductor caches are empty (cold), when they hold this model (a machine that ran it before), and
 when they are empty but the run folder holds compile_artifacts.bin (a resume on another machine). Each
 row is a train.py process (tiny preset, --compile 1 on CPU, where inductor compiles C++ instead of

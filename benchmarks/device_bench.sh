@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The single-GPU runs behind benchmarks/bench_*.csv, the loss-equivalence plot, the kernel table and the
-# memory and max-batch probes (issue #4). Each step fits one 10-minute device call; pass the step (1, 2, 3,
+# memory and max-batch probes. Each step fits one 10-minute device call; pass the step (1, 2, 3,
 # 4a, 4b, 4c, 5; default: all). Diagnostics go to $RUNS/diag (default /tmp/smollm2_runs, not committed); the
 # tables go to benchmarks/.
 # First, on torch 2.11 there: python -m pytest -q tests/test_model.py -k "compiled_equals_eager or fused"
@@ -30,7 +30,7 @@ run 3 && python bench.py --profile seed --impls hf_eager,ours_eager,ours_compile
 run 4a && python bench.py --profile none --max_batch_probe 1 --probe_impls hf_eager --input_file input.txt --out_dir "$B"
 run 4b && python bench.py --profile none --max_batch_probe 1 --probe_impls hf_compile --input_file input.txt --out_dir "$B"
 run 4c && python bench.py --profile none --max_batch_probe 1 --probe_impls ours_compile --input_file input.txt --out_dir "$B"
-# 5. micro-batches accumulated vs stacked at the seed profile (issue 17): kernels per step and time per kernel
+# 5. micro-batches accumulated vs stacked at the seed profile: kernels per step and time per kernel
 #    group (time_breakdown_seed.csv and the kernel tables, copied into the tables' folder), then what is alive
 #    at each one's memory peak. The timed rows themselves are step 1's bench_seed.csv (ours_fast_accum, ours_fast).
 run 5 && python bench.py --profile seed --impls ours_fast_accum,ours_fast --kernel_table 1 --input_file input.txt \

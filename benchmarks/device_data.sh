@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #14 on the device machine (.assets/ carried: input.txt, tokenizer.json, realdocs/). Pass the step:
+# Data preparation on the device machine (.assets/ carried: input.txt, tokenizer.json, realdocs/). Pass the step:
 #   1  prepare the realdocs corpus, train SmolLM2-135M on it for 1000 steps of seq 2048 x 16 (results/realdocs/)
 #   2  the graded pair, the README's two commands as written (out_smollm2_scratch/train.log)
 #   3  preparation throughput and the nanoGPT-style yardstick on the host's CPU cores (benchmarks/data_prep.*)

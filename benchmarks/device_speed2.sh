@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 17, part 2 on one H200 (or H100): the bf16 residual stream, the micro-batch sweep, the memory gap.
+# The second speed pass on one H200 (or H100): the bf16 residual stream, the micro-batch sweep, the memory gap.
 # Three steps, each sized for one device call (estimates on an H200; every new shape compiles afresh,
 # ~40-75 s per impl and size, which is most of the time):
 #   1  (~7 min) bench_seed.csv (hf_eager, hf_compile, ours_fast_accum, ours_fast, ours_fast_bf16res, ours_fast_blocks) and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# quack-kernels (issue #17) onto the GPU machine, which has no package registry and takes 64 MiB a call.
+# quack-kernels onto the GPU machine, which has no package registry and takes 64 MiB a call.
 #
 # Here (a machine with the registry), once:   bash benchmarks/quack_wheels.sh fetch
 #   downloads quack-kernels 0.6.4 and its pinned nvidia-cutlass-dsl 4.6.2 (cu13 libraries) with the wheels the

@@ -14,7 +14,7 @@ The Muon update is torch.optim.Muon's (torch/optim/_muon.py), line for line in i
                                                 an AdamW-sized lr and weight decay)
 What differs is how it is scheduled: torch.optim.Muon orthogonalises the 210 matrices of the 135M model one
 at a time (210 x 5 x 3 small matmuls, launch-bound: 141 ms a step on an H200, doubling the step at seq 2048;
-measured for issue 28), while here the matrices of one shape (q and o, k and v, gate and up, down: four
+measured on that card), while here the matrices of one shape (q and o, k and v, gate and up, down: four
 shapes over the 30 layers) form one param group and go through Newton-Schulz as one batch of bmm's. Under
 --compile on CUDA the elementwise passes around it (momentum_step, apply_update) go through torch.compile: the
 Muon step is 2.7% slower than the AdamW step at seq 2048 x 48 and 5.9% at x 16 on an H200 (3.1% and 7.4% with

@@ -1,4 +1,4 @@
-"""Checkpoints written in the background (smollm2.checkpoint, issue 19): the file is the one a synchronous
+"""Checkpoints written in the background (smollm2.checkpoint): the file is the one a synchronous
 save writes, a SIGKILL mid-write leaves the previous latest, a SIGTERM mid-write exits 0 only once the
 write is on disk, and a resume from either is bit-exact with an uninterrupted run. CPU, tiny preset."""
 

@@ -1,4 +1,4 @@
-"""smollm2.parallel's plumbing (issue 19), without compiling: the artifacts file is written whole,
+"""smollm2.parallel's plumbing, without compiling: the artifacts file is written whole,
 not rewritten when unchanged, and a file that does not load costs a line in the log, never the run."""
 
 import torch

@@ -1,4 +1,4 @@
-"""Never lose or silently corrupt a run (issue 15): one test per class of failure, CPU, tiny preset, a few
+"""Never lose or silently corrupt a run: one test per class of failure, CPU, tiny preset, a few
 steps each. Refusals that happen before any compute run in-process through train.cli(); the rest run
 train.py as a subprocess, as a user would.
 

@@ -1,4 +1,4 @@
-"""Never lose a file or a step, round two (issue 26): a full disk between saves, concurrent preparation,
+"""Never lose a file or a step: a full disk between saves, concurrent preparation,
 exports over a user's folder, and the last tracebacks. One test per class of failure, CPU, tiny preset, a few
 steps each; docs/reliability.md lists each promise beside its test."""
 
