@@ -30,8 +30,9 @@ from safetensors import SafetensorError
 
 from smollm2.checkpoint import CheckpointError, checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2.hf import DTYPES, SPECIAL_TOKEN, write_hf_folder
-from smollm2.hub import FACTS_FILE, PushError, model_card, push_folder, training_facts, write_space
-from smollm2.io import fsync_dir, remove_stale_temporaries, tmp_name
+from smollm2.hub import (FACTS_FILE, PushError, SpaceError, is_space_folder, model_card, push_folder, training_facts,
+                         write_space)
+from smollm2.io import fsync_dir, refuse_to_replace, remove_stale_temporaries, tmp_name
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
 from smollm2.common import OneLineParser
 
@@ -160,6 +161,12 @@ def main(argv=None) -> int:
             parser.error(f"{flag} wants OWNER/NAME, got {repo!r}")
     if args.space_dir and os.path.abspath(args.space_dir) == os.path.abspath(args.out_dir):
         parser.error("--space_dir must differ from --out_dir")
+    if args.space_dir:  # before the export: a refused --space_dir leaves --out_dir as it was too
+        try:
+            refuse_to_replace(args.space_dir, "--space_dir", is_space_folder)
+        except ValueError as e:
+            print(f"export_hf.py: error: {e}", file=sys.stderr)
+            return 2
     try:
         _, facts = export(args.checkpoint, args.out_dir, args.tokenizer_id, args.dtype, repo_id=args.push_to_hub,
                           overwrite=args.overwrite)
@@ -177,7 +184,7 @@ def main(argv=None) -> int:
         print(f"export_hf.py: error: {e}; the export is kept in {args.out_dir}"
               f"{f' and the Space folder in {args.space_dir}' if args.space_dir else ''}", file=sys.stderr)
         return 2
-    except (CheckpointError, TokenizerNotFound, ExportError, OSError) as e:
+    except (CheckpointError, TokenizerNotFound, ExportError, SpaceError, OSError) as e:
         print(f"export_hf.py: error: {e}", file=sys.stderr)
         return 2
     return 0

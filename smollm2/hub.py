@@ -28,7 +28,7 @@ import shutil
 import socket
 from typing import Any, Callable, Optional
 
-from smollm2.io import atomic_write_text, tmp_name
+from smollm2.io import atomic_write_text, refuse_to_replace, tmp_name
 
 FACTS_FILE = "training_summary.json"
 NOT_RECORDED = "not recorded"
@@ -363,9 +363,23 @@ Run it locally with `pip install -r requirements.txt && python app.py` (it serve
 """
 
 
+class SpaceError(ValueError):
+    """--space_dir names a folder that must not be replaced."""
+
+
+def is_space_folder(folder: str) -> bool:
+    """A folder write_space made: the app beside the exported model and its training summary."""
+    return os.path.isfile(os.path.join(folder, "app.py")) and os.path.isfile(os.path.join(folder, "model", FACTS_FILE))
+
+
 def write_space(space_dir: str, export_dir: str, facts: dict[str, Any], title: str) -> list[str]:
     """A ready Space: the app and the modules it imports, requirements, README front matter, and the
-    exported model under model/. Written beside space_dir and renamed into place when complete."""
+    exported model under model/. Written beside space_dir and renamed into place when complete; an earlier
+    Space of this repo is replaced, any other folder refused (refuse_to_replace) before anything is written."""
+    try:
+        refuse_to_replace(space_dir, "--space_dir", is_space_folder)
+    except ValueError as e:
+        raise SpaceError(str(e)) from None
     staging = tmp_name(os.path.abspath(space_dir).rstrip(os.sep) + ".space")
     shutil.rmtree(staging, ignore_errors=True)
     try:

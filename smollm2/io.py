@@ -154,6 +154,29 @@ def remove_stale_temporaries(folder: str, prefix: str = "") -> list[str]:
     return removed
 
 
+def refuse_to_replace(folder: str, flag: str, ours: Callable[[str], bool]) -> None:
+    """The guard before a folder is deleted and replaced whole: never `/`, the home folder, this checkout or a
+    folder above it, a folder holding .git (a clone, a Space repository), nor a non-empty folder that `ours`
+    does not recognise as one this repo wrote. Raises ValueError with one line naming the folder."""
+    if not os.path.lexists(folder):
+        return
+    real = os.path.realpath(folder)
+    repo = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    protected = {os.path.realpath(os.sep), os.path.realpath(os.path.expanduser("~"))}
+    how = f"pick a new or empty {flag}; nothing was deleted"
+    if not os.path.isdir(real):
+        raise ValueError(f"{flag} {folder} exists and is not a folder; {how}")
+    if real in protected or real == repo or repo.startswith(real.rstrip(os.sep) + os.sep):
+        raise ValueError(f"{flag} {folder} is {'this checkout or a folder above it' if real not in protected else real}: "
+                         f"writing there would delete it whole; {how}")
+    if os.path.exists(os.path.join(real, ".git")):
+        raise ValueError(f"{flag} {folder} holds .git (a repository of yours): writing there would delete it; {how}")
+    if os.listdir(real) and not ours(real):
+        names = sorted(os.listdir(real))
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        raise ValueError(f"{flag} {folder} holds files this repo did not write ({shown}); {how}")
+
+
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -506,3 +506,12 @@ def test_bad_sharing_flags_exit_2_before_writing(work, tmp_path, flags, capsys):
     assert e.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_an_earlier_space_of_this_repo_is_replaced(trained):
+    """write_space over the Space it wrote before (is_space_folder): replaced, as --space_dir promises."""
+    from smollm2.hub import read_facts, write_space
+    _, _, d, space = trained
+    (space / "app.py").write_text("stale\n")
+    files = write_space(str(space), str(d), read_facts(str(d)), "again")
+    assert "app.py" in files and (space / "app.py").read_text() == (REPO / "app.py").read_text()
