@@ -437,6 +437,9 @@ def csv_block(csv_path: str, png_dir: Optional[str], readme_dir: str, what: str)
     if not os.path.isfile(csv_path):
         return f"_No {what} results yet: `{csv_rel}` not found._", "csv missing"
     cols, rows = read_csv(csv_path)
+    if rows and "variant" not in cols:  # the table and its findings are keyed by the variant's name
+        raise InputError(f"{csv_path} has no column 'variant' (its columns: {', '.join(cols) or 'none'}); write it "
+                         f"again with train_ablation.py")
     if not rows:
         body, note = f"_`{csv_rel}` has no rows yet._", "csv empty"
     else:

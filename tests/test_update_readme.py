@@ -629,3 +629,16 @@ def test_released_weights_reference_line_from_evaluate_results(tmp_path):
     loss, label = ur.released_reference(str(d), "realdocs")
     assert loss == 2.1234 and "first" not in label
     assert ur.render_loss_plot(ur.RunSummary(train=[(1, 9.0), (2, 8.0)]), (loss, label))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_ablation_csv_without_a_variant_column_is_one_line_and_touches_nothing(tmp_path):
+    populate(tmp_path)
+    csv_path = tmp_path / "ablation_results_500steps_profiles" / "ablation_results.csv"
+    header, *rows = ABLATION_CSV.splitlines()
+    keep = [i for i, c in enumerate(header.split(",")) if c != "variant"]
+    write(csv_path, "\n".join(",".join(line.split(",")[i] for i in keep) for line in [header, *rows]) + "\n")
+    before = (tmp_path / "README.md").read_text(encoding="utf-8")
+    r = run(tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "has no column 'variant'" in r.stderr and "ablation_results.csv" in r.stderr
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == before
