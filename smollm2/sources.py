@@ -121,8 +121,9 @@ def split_text(text: str, max_chars: int = MAX_PIECE_CHARS) -> list[str]:
     return pieces
 
 
-def _find_cut(text: str, start: int, max_chars: int) -> int:
-    """The last safe cut in text[start + max_chars // 2 : start + max_chars], else the first one after."""
+def _find_cut(text: str, start: int, max_chars: int, more_coming: bool = False):
+    """The last safe cut in text[start + max_chars // 2 : start + max_chars], else the first one after (within
+    8 x max_chars). None when there is none yet but `more_coming` text could still hold one: read on."""
     end, lo = start + max_chars, start + max_chars // 2
     while end > lo:  # scan back from the end: a few rfind calls, not a regex over the whole window
         i = max(text.rfind(" ", lo, end), text.rfind("\n", lo, end))
@@ -132,7 +133,9 @@ def _find_cut(text: str, start: int, max_chars: int) -> int:
             return i
         end = i
     m = _SAFE_CUT.search(text, start + max_chars, start + 8 * max_chars)  # a longer piece rather than a wrong cut
-    return m.start() if m else start + max_chars
+    if m:
+        return m.start()
+    return None if more_coming and len(text) < start + 8 * max_chars + 1 else start + max_chars
 
 
 def _check_text(text: str, where: str) -> None:
@@ -155,7 +158,9 @@ def read_text_file(path: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[Piec
             _check_text(buf, path)
             any_text = any_text or not (buf.isspace() or buf == "")
             while len(buf) > 2 * max_chars or (not block and len(buf) > max_chars):
-                cut = _find_cut(buf, 0, max_chars)
+                cut = _find_cut(buf, 0, max_chars, more_coming=bool(block))
+                if cut is None:  # a long stretch without a safe cut: read on (up to 8 x max_chars) before cutting
+                    break
                 yield Piece(buf[:cut], False)
                 buf = buf[cut:]
             if not block:

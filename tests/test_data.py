@@ -138,12 +138,45 @@ def test_encoder_falls_back_to_tokenizers_where_tiktoken_cannot_be_proven_equal(
     assert pick_encoder(json.dumps(spec), "auto", logs.append) == "tokenizers" and "not in the order" in logs[-1]
 
 
+def test_a_tokenizer_with_edited_merges_gets_its_own_ids(tmp_path, tok, corpus_path):
+    # The last 1,000 merges removed: no probe text reaches those tokens, but every vocabulary token is checked,
+    # so preparation falls back to tokenizers and writes the edited tokenizer's ids, saying which encoder ran.
+    pytest.importorskip("tiktoken")
+    from tokenizers import Tokenizer
+    from smollm2.prepare import pick_encoder
+    spec = json.loads(tok.tokenizer.to_str())
+    spec["model"]["merges"] = spec["model"]["merges"][:-1000]
+    edited = SmolTokenizer(Tokenizer.from_str(json.dumps(spec)), "edited")
+    text = corpus_path.read_text(encoding="utf-8")[:200_000]
+    assert edited.encode(text) != tok.encode(text)  # the edit changes ids on this text
+    logs = []
+    assert pick_encoder(edited.definition, "auto", logs.append) == "tokenizers"
+    assert logs and "no merge produces its vocabulary token" in logs[-1]
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    prepare([str(tmp_path / "a.txt")], str(tmp_path / "out"), edited, PrepareSettings(val_fraction=0.0),
+            workers=0, progress_bar=False, log=logs.append)
+    assert np.array_equal(all_ids(tmp_path / "out"), expected(edited, [text]))
+    assert any("tokenizers" in line for line in logs[-2:])
+
+
 def test_pieces_cut_only_at_pretoken_boundaries(corpus_path, tok):
     text = corpus_path.read_text(encoding="utf-8")
     pieces = split_text(text, 700)
     assert len(pieces) > 1000 and "".join(pieces) == text and max(map(len, pieces)) <= 700
     ids = [i for enc in tok.tokenizer.encode_batch(pieces, add_special_tokens=False) for i in enc.ids]
     assert ids == tok.encode(text)
+
+
+def test_a_long_stretch_without_spaces_read_in_blocks_is_cut_after_it(tmp_path, tok, monkeypatch):
+    # A stretch of 5 x max_chars without a space, read in blocks smaller than it: the reader reads on to
+    # the first safe cut after it (up to 8 x max_chars) instead of cutting inside it, so the ids are exact.
+    from smollm2 import sources
+    monkeypatch.setattr(sources, "_READ_BYTES", 50)
+    text = "a b c d e f g " * 9 + "x" * 500 + " and after it, words" * 30
+    (tmp_path / "long.txt").write_text(text, encoding="utf-8")
+    pieces = [p.text for p in sources.read_text_file(str(tmp_path / "long.txt"), max_chars=100)]
+    assert "".join(pieces) == text and any("x" * 500 in p for p in pieces)
+    assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)
 
 
 def test_input_txt_prepares_to_the_reference_ids_and_holds_out_its_tail(tmp_path, corpus_path, tok):
