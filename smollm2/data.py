@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
@@ -31,8 +30,8 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 import torch
 
-from smollm2.io import atomic_open, atomic_write_text, file_sha256
-from smollm2.shards import DataError, FolderLock, ShardInfo, is_prepared, load_manifest, read_header, read_ids
+from smollm2.io import atomic_open, atomic_write_text, file_sha256, remove_folder
+from smollm2.shards import MANIFEST, DataError, FolderLock, ShardInfo, is_prepared, load_manifest, read_header, read_ids
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DEFAULT_INPUT = "input.txt"
@@ -263,7 +262,10 @@ def load_training_data(input_file: str, tokenizer, cache_dir: str, val_fraction:
         except DataError as e:
             # The run's own cache, keyed on content: rebuilt from the corpus, never a refusal on every run.
             log(f"the token cache {folder} is damaged ({e}); rebuilding it from {input_file}")
-            shutil.rmtree(folder)
+            try:
+                remove_folder(folder, "the token cache", lambda f: os.path.isfile(os.path.join(f, MANIFEST)))
+            except ValueError as refused:
+                raise DataError(str(refused)) from None
     prepare([input_file], folder, tokenizer, settings, workers=0 if small else workers, log=log,
             progress_bar=not small, sources=sources)
     return open_prepared(folder, tokenizer, verified)

@@ -32,7 +32,7 @@ from smollm2.checkpoint import clean_state_dict
 from smollm2_config import SmolLM2Config
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2.hub import from_hub_or_package, looks_like_path
-from smollm2.io import file_sha256, fsync_dir, remove_stale_temporaries, tmp_name
+from smollm2.io import file_sha256, fsync_dir, remove_folder, remove_stale_temporaries, tmp_name
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 
 DEFAULT_MODEL_ID = DEFAULT_TOKENIZER_ID  # "HuggingFaceTB/SmolLM2-135M": tokenizer and weights share the repo
@@ -240,7 +240,10 @@ def _load_gguf(path: str, log: Callable[[str], None] = print):
             return hf
         except Exception as e:  # damaged by hand: dequantize again and replace it
             log(f"GGUF cache: {folder} unreadable ({type(e).__name__}); dequantizing {path} again")
-            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                remove_folder(folder, "the GGUF cache folder", lambda f: True)
+            except (ValueError, OSError) as refused:
+                raise PretrainedNotFound(f"{refused}; set another cache folder") from None
     hf = _dequantize_gguf(path)
     _write_gguf_cache(hf, folder, log)
     return hf

@@ -28,7 +28,7 @@ import shutil
 import socket
 from typing import Any, Callable, Optional
 
-from smollm2.io import atomic_write_text, refuse_to_replace, tmp_name
+from smollm2.io import atomic_write_text, refuse_to_replace, remove_folder, tmp_name
 
 FACTS_FILE = "training_summary.json"
 NOT_RECORDED = "not recorded"
@@ -390,8 +390,7 @@ def write_space(space_dir: str, export_dir: str, facts: dict[str, Any], title: s
         shutil.copytree(export_dir, os.path.join(staging, "model"))
         atomic_write_text(os.path.join(staging, "requirements.txt"), "\n".join(SPACE_REQUIREMENTS) + "\n")
         atomic_write_text(os.path.join(staging, "README.md"), space_readme(facts, title))
-        if os.path.isdir(space_dir):
-            shutil.rmtree(space_dir)
+        remove_folder(space_dir, "--space_dir", is_space_folder)
         os.replace(staging, space_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

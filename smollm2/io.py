@@ -177,6 +177,14 @@ def refuse_to_replace(folder: str, flag: str, ours: Callable[[str], bool]) -> No
         raise ValueError(f"{flag} {folder} holds files this repo did not write ({shown}); {how}")
 
 
+def remove_folder(folder: str, flag: str, ours: Callable[[str], bool]) -> None:
+    """Delete `folder` whole, through the one guard every delete of this repo takes (refuse_to_replace):
+    raises ValueError, deleting nothing, where the folder is one the guard protects."""
+    refuse_to_replace(folder, flag, ours)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+
+
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

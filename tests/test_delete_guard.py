@@ -48,3 +48,33 @@ def test_export_hf_space_dir_dot_refuses_in_one_line_before_exporting(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "--space_dir . holds .git" in r.stderr and "Traceback" not in r.stderr
     assert sorted(os.listdir(work)) == [".git", "notes.txt"]
+
+
+def test_a_damaged_token_cache_holding_a_repository_is_refused_not_deleted(tmp_path, tokenizer_json_path, corpus_path):
+    # The token cache is rebuilt by deleting its folder through the same guard: a cache folder that someone
+    # made a repository of (git init inside it) is refused in one line and nothing is deleted.
+    from smollm2.data import _raw_sources_and_key, load_training_data
+    from smollm2.shards import MANIFEST, DataError
+    from smollm2.tokenizer import load_tokenizer
+    tok = load_tokenizer(str(tokenizer_json_path))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _, key, _ = _raw_sources_and_key(str(corpus_path), tok, str(cache), 0.1, lambda m: None)
+    repo = user_folder(cache / f"data-{key}", git=True)
+    (repo / MANIFEST).write_text("{}")  # looks prepared but is damaged, so a rebuild would delete the folder
+    with pytest.raises(DataError, match="holds .git.*nothing was deleted"):
+        load_training_data(str(corpus_path), tok, cache_dir=str(cache), val_fraction=0.1, log=lambda m: None)
+    assert (repo / "notes.txt").read_text() == "mine\n" and (repo / ".git" / "HEAD").exists()
+
+
+def test_remove_folder_deletes_only_what_the_guard_allows(tmp_path):
+    from smollm2.io import remove_folder
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "x").write_text("1")
+    remove_folder(str(ours), "--flag", lambda f: True)
+    assert not ours.exists()
+    theirs = user_folder(tmp_path / "theirs", git=False)
+    with pytest.raises(ValueError, match="did not write"):
+        remove_folder(str(theirs), "--flag", lambda f: False)
+    assert (theirs / "notes.txt").exists()
