@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--grad_accum", type=int, default=4, help="micro-batches per optimizer step")
     g.add_argument("--max_steps", type=int, default=5000, help="last optimizer step (may be raised on resume)")
     g.add_argument("--warmup_steps", type=int, default=None,
-                   help=f"linear lr warmup steps (default: {WARMUP_FRACTION:.0%} of the schedule's horizon, "
+                   help=f"linear lr warmup steps (default: {WARMUP_FRACTION:.0%}% of the schedule's horizon, "
                         f"--lr_decay_steps else --max_steps, 1 to {WARMUP_MAX_STEPS} steps; a resume keeps its run's)")
     g.add_argument("--lr_decay_steps", type=int, default=0,
                    help="step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in "

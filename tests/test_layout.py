@@ -95,3 +95,15 @@ def test_no_committed_file_carries_a_path_of_the_machine_that_wrote_it():
         for m in machine_path.finditer(data):
             found.append(f"{name}: {m.group().decode(errors='replace')}")
     assert not found, "\n".join(found[:20])
+
+
+def test_every_script_prints_its_help():
+    # A help text is formatted with %: a bare "10% of" in one crashes --help with a traceback.
+    import subprocess
+    import sys
+    scripts = sorted(p.name for p in REPO.glob("*.py") if p.name not in MODEL_FILES)  # the model files are modules
+    procs = {s: subprocess.Popen([sys.executable, s, "--help"], cwd=REPO, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for s in scripts}
+    for s, p in procs.items():
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and "usage:" in out, f"{s} --help: {err.strip().splitlines()[-1:]}"
