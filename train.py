@@ -773,7 +773,10 @@ def log_interval(run: Run, step: int, lr: float, grad_norm: torch.Tensor, interv
                ms_per_step=1000 * dt / steps, tok_s=tok_s, mfu=mfu)
 
 
-def log_validation(run: Run, step: int, metrics: dict) -> None:
+def log_validation(run: Run, step: int, metrics: dict, steps_s: Optional[float] = None) -> None:
+    """The held-out loss; its metrics.jsonl event carries steps_s, the seconds this process has spent in
+    training steps so far (after the first step's compile; no validation, sample or save): the clock a
+    time-to-loss comparison reads (benchmarks/time_to_loss.py)."""
     args = run.args
     rows = args.batch_size * args.grad_accum  # --val_batches counts batches of one optimizer step's rows
     windows = ByteCount(run.data.val_batches(args.val_batches * rows, max(rows, EVAL_TOKENS // args.seq_len)),
@@ -786,7 +789,8 @@ def log_validation(run: Run, step: int, metrics: dict) -> None:
     metrics.update(val_loss=float(val_loss), val_loss_step=step, val_bpb=bpb)
     ppl = math.exp(min(val_loss, 50))
     run.log(f"step {step:5d}/{args.max_steps} | val loss {val_loss:.4f} | val ppl {ppl:.2f} | val bpb {bpb:.4f}")
-    run.events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl), bpb=finite_or_none(bpb))
+    run.events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl), bpb=finite_or_none(bpb),
+               steps_s=steps_s)
 
 
 def log_task(run: Run, step: int, metrics: dict) -> None:
@@ -848,7 +852,7 @@ def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) 
         if args.val_every and step % args.val_every == 0:
             clock.lap("steps")
             saves.ensure_finite(step)
-            log_validation(run, step, metrics)
+            log_validation(run, step, metrics, clock.seconds.get("steps", 0.0))
             clock.lap("val")
         if run.task and step % args.task_every == 0:
             clock.lap("steps")

@@ -1,0 +1,138 @@
+"""Time to a held-out loss through train.py itself: one train.py process per recipe, one after another on one
+card, each run's held-out loss against the seconds its steps took, and the time each takes to reach the loss
+the best AdamW recipe ends at.
+
+    python benchmarks/time_to_loss.py --input_file .assets/realdocs --corpus realdocs --max_steps 400
+    python benchmarks/time_to_loss.py --input_file .assets/pystdlib --corpus pystdlib --max_steps 400
+
+Every recipe is a train.py command with the shared flags below plus its own (RECIPES); the commands are
+written beside the numbers, so each row can be run again as it is. The clock is the `steps_s` field of
+train.py's validation events in metrics.jsonl: seconds spent in training steps in that process, after the
+first step (compile, warm-up, CUDA-graph capture) and without validation, samples or saves. The reference
+is the AdamW recipe with the lowest final held-out loss in this run; `share` is the time a recipe needs to
+reach that loss over the reference's own time (linear between evaluations; empty where never reached).
+Rows go to <out_dir>/<corpus>_runs.{csv,json}, the curves to <corpus>_curves.{csv,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from quality import time_to_loss  # noqa: E402
+from smollm2.io import write_table  # noqa: E402
+
+# name -> train.py flags beyond the shared ones; "{half}" is half of --max_steps.
+RECIPES = {
+    "adamw_wsd_1e-3": ["--optimizer", "adamw", "--lr_schedule", "wsd", "--max_lr", "1e-3"],
+    "adamw_wsd_2e-3": ["--optimizer", "adamw", "--lr_schedule", "wsd", "--max_lr", "2e-3"],
+    "adamw_cos_3e-4": ["--optimizer", "adamw", "--lr_schedule", "cosine", "--max_lr", "3e-4"],
+    "default": [],
+    "default_half": ["--max_steps", "{half}"],
+}
+
+
+def recipe_command(name: str, args, out_dir: str) -> list[str]:
+    shared = ["--input_file", args.input_file, "--out_dir", out_dir, "--seq_len", str(args.seq_len),
+              "--batch_size", str(args.batch_size), "--grad_accum", "1", "--max_steps", str(args.max_steps),
+              "--val_every", str(args.val_every), "--val_batches", str(args.val_batches),
+              "--log_every", str(args.val_every), "--save_every", "0", "--sample_every", "0", "--resume", "0",
+              "--seed", str(args.seed), *args.extra]
+    own = [a.replace("{half}", str(args.max_steps // 2)) for a in RECIPES[name]]
+    return [sys.executable, "train.py", *shared, *own]  # a later --max_steps overrides the shared one
+
+
+def val_points(metrics_path: str, tokens_per_step: int) -> list[dict]:
+    points = []
+    with open(metrics_path, encoding="utf-8") as f:
+        for line in f:
+            e = json.loads(line)
+            if e.get("event") == "val" and e.get("loss") is not None and e.get("steps_s") is not None:
+                points.append(dict(step=e["step"], tokens=e["step"] * tokens_per_step, train_s=e["steps_s"],
+                                   val_loss=e["loss"]))
+    return points
+
+
+def card_name() -> str:
+    try:
+        import torch
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input_file", required=True, help="a prepared corpus folder (or raw text) for train.py")
+    p.add_argument("--corpus", required=True, help="the corpus's name in the result files")
+    p.add_argument("--recipes", default="adamw_wsd_1e-3,default,default_half",
+                   help=f"comma-separated, from {', '.join(RECIPES)}")
+    p.add_argument("--max_steps", type=int, default=400)
+    p.add_argument("--seq_len", type=int, default=2048)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--val_every", type=int, default=25)
+    p.add_argument("--val_batches", type=int, default=4)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--out_dir", default="results/time_to_loss")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                   help="train.py flags every recipe gets (last: e.g. --extra --model tiny)")
+    p.add_argument("--work_dir", default="runs/time_to_loss", help="the runs' folders (deleted when each ends)")
+    args = p.parse_args(argv)
+    names = [n for n in args.recipes.split(",") if n]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        print(f"error: unknown recipe {unknown[0]}; pick from {', '.join(RECIPES)}", file=sys.stderr)
+        return 2
+    card, tokens_per_step = card_name(), args.batch_size * args.seq_len
+    runs, curves = [], []
+    for name in names:
+        out = os.path.join(args.work_dir, args.corpus, name)
+        if os.path.isdir(out):
+            shutil.rmtree(out)  # this benchmark's own earlier run folder
+        cmd = recipe_command(name, args, out)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        print(f"{name}: rc {proc.returncode}, {wall:.0f} s: {' '.join(cmd[1:])}", flush=True)
+        metrics = os.path.join(out, "metrics.jsonl")
+        if proc.returncode != 0 or not os.path.exists(metrics):
+            print(proc.stdout[-2000:] + proc.stderr[-2000:], flush=True)
+            continue
+        points = val_points(metrics, tokens_per_step)
+        if not points:
+            continue
+        steps = points[-1]["step"]
+        runs.append(dict(corpus=args.corpus, recipe=name, optimizer=name.split("_")[0], steps=steps,
+                         tokens=steps * tokens_per_step, final_val_loss=points[-1]["val_loss"],
+                         train_s=points[-1]["train_s"], process_s=round(wall, 1), card=card,
+                         command="python " + " ".join(cmd[1:]), points=points))
+        curves += [dict(corpus=args.corpus, recipe=name, card=card, **pt) for pt in points]
+    adamw = [r for r in runs if r["optimizer"] == "adamw"]
+    if adamw:
+        ref = min(adamw, key=lambda r: r["final_val_loss"])
+        for r in runs:
+            hit = time_to_loss(r["points"], ref["final_val_loss"])
+            r.update(reference=ref["recipe"], reference_loss=round(ref["final_val_loss"], 4),
+                     reached=hit is not None or r["final_val_loss"] <= ref["final_val_loss"],
+                     share=round(hit[0] / ref["train_s"], 3) if hit else None,
+                     ends_at_or_below=r["final_val_loss"] <= ref["final_val_loss"])
+    for r in runs:
+        r.pop("points")
+        print(json.dumps({k: r.get(k) for k in ("recipe", "final_val_loss", "train_s", "share", "ends_at_or_below")}))
+    if runs:
+        write_table(os.path.join(args.out_dir, f"{args.corpus}_runs"), runs)
+        write_table(os.path.join(args.out_dir, f"{args.corpus}_curves"), curves)
+    return 0 if len(runs) == len(names) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
