@@ -112,6 +112,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--adamw_lr", type=float, default=None,
                    help="--optimizer muon: peak lr of the AdamW part (embedding/head and norm gains), on the same "
                         "schedule scaled by --adamw_lr / --max_lr (default: the recipe's)")
+    g.add_argument("--muon_variant", choices=("muon", "polar", "normuon", "normuon_polar"), default="muon",
+                   help="--optimizer muon: muon: Newton-Schulz with Keller Jordan's coefficients (torch.optim.Muon); "
+                        "polar: Polar Express coefficients; normuon: each output neuron's update normalised by an "
+                        "EMA of its mean square (NorMuon); normuon_polar: both (docs/quality.md)")
     g.add_argument("--weight_decay", type=float, default=0.1,
                    help="decoupled decay on matrices (not on norm gains), AdamW's and Muon's")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global grad norm to this (0 = off)")
@@ -184,6 +188,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.optimizer = "muon" if tokens >= AUTO_MUON_MIN_TOKENS and not args.fsdp else "adamw"
     if args.adamw_lr is not None and args.optimizer != "muon":
         p.error("--adamw_lr is the lr of the AdamW part of --optimizer muon; with --optimizer adamw use --max_lr"
+                + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
+                   if auto else ""))
+    if args.muon_variant != "muon" and args.optimizer != "muon":
+        p.error(f"--muon_variant {args.muon_variant} changes --optimizer muon; this run uses --optimizer {args.optimizer}"
                 + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
                    if auto else ""))
     for name, value in RECIPES[args.optimizer].items():  # what the user left unset comes from the recipe
@@ -603,7 +611,7 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
     if args.fsdp:
         parallel.apply_fsdp(model)
     step_fn = build_train_step(model, switches, device, lr=args.max_lr, weight_decay=args.weight_decay,
-                               adamw_lr=args.adamw_lr,
+                               adamw_lr=args.adamw_lr, muon_variant=args.muon_variant,
                                grad_clip=args.grad_clip, optimizer_state=ckpt["optimizer"] if ckpt else None, log=log)
     if ckpt is not None:
         set_rng_state(ckpt["rng"])

@@ -31,24 +31,34 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quality import time_to_loss  # noqa: E402
 from smollm2.io import write_table  # noqa: E402
 
-# name -> train.py flags beyond the shared ones; "{half}" is half of --max_steps.
+# name -> train.py flags beyond the shared ones; "{w5}" is 5% of the recipe's own steps. A name ending in "_half"
+# is its recipe over half of --max_steps (its own schedule: warmup and decay scale with the horizon).
 RECIPES = {
     "adamw_wsd_1e-3": ["--optimizer", "adamw", "--lr_schedule", "wsd", "--max_lr", "1e-3"],
     "adamw_wsd_2e-3": ["--optimizer", "adamw", "--lr_schedule", "wsd", "--max_lr", "2e-3"],
     "adamw_cos_3e-4": ["--optimizer", "adamw", "--lr_schedule", "cosine", "--max_lr", "3e-4"],
     "default": [],
-    "default_half": ["--max_steps", "{half}"],
+    "muon_polar": ["--optimizer", "muon", "--muon_variant", "polar"],
+    "muon_normuon": ["--optimizer", "muon", "--muon_variant", "normuon"],
+    "muon_normuon_polar": ["--optimizer", "muon", "--muon_variant", "normuon_polar"],
+    "muon_a1e-2_w0.05": ["--optimizer", "muon", "--adamw_lr", "1e-2", "--warmup_steps", "{w5}"],
+    "muon_d0.5": ["--optimizer", "muon", "--lr_decay_fraction", "0.5"],
 }
 
 
+def known(name: str) -> bool:
+    return name.removesuffix("_half") in RECIPES
+
+
 def recipe_command(name: str, args, out_dir: str) -> list[str]:
+    steps = args.max_steps // 2 if name.endswith("_half") else args.max_steps
     shared = ["--input_file", args.input_file, "--out_dir", out_dir, "--seq_len", str(args.seq_len),
-              "--batch_size", str(args.batch_size), "--grad_accum", "1", "--max_steps", str(args.max_steps),
+              "--batch_size", str(args.batch_size), "--grad_accum", "1", "--max_steps", str(steps),
               "--val_every", str(args.val_every), "--val_batches", str(args.val_batches),
               "--log_every", str(args.val_every), "--save_every", "0", "--sample_every", "0", "--resume", "0",
               "--seed", str(args.seed), *args.extra]
-    own = [a.replace("{half}", str(args.max_steps // 2)) for a in RECIPES[name]]
-    return [sys.executable, "train.py", *shared, *own]  # a later --max_steps overrides the shared one
+    own = [a.replace("{w5}", str(max(1, steps // 20))) for a in RECIPES[name.removesuffix("_half")]]
+    return [sys.executable, "train.py", *shared, *own]
 
 
 def val_points(metrics_path: str, tokens_per_step: int) -> list[dict]:
@@ -75,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--input_file", required=True, help="a prepared corpus folder (or raw text) for train.py")
     p.add_argument("--corpus", required=True, help="the corpus's name in the result files")
     p.add_argument("--recipes", default="adamw_wsd_1e-3,default,default_half",
-                   help=f"comma-separated, from {', '.join(RECIPES)}")
+                   help=f"comma-separated, from {', '.join(RECIPES)} (each also as NAME_half)")
     p.add_argument("--max_steps", type=int, default=400)
     p.add_argument("--seq_len", type=int, default=2048)
     p.add_argument("--batch_size", type=int, default=16)
@@ -88,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--work_dir", default="runs/time_to_loss", help="the runs' folders (deleted when each ends)")
     args = p.parse_args(argv)
     names = [n for n in args.recipes.split(",") if n]
-    unknown = [n for n in names if n not in RECIPES]
+    unknown = [n for n in names if not known(n)]
     if unknown:
         print(f"error: unknown recipe {unknown[0]}; pick from {', '.join(RECIPES)}", file=sys.stderr)
         return 2

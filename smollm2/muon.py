@@ -42,21 +42,39 @@ NS_STEPS = 5
 NS_EPS = 1e-7
 MOMENTUM = 0.95
 ADJUST_LR_FN = "match_rms_adamw"
+# Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv:2505.16932): one minimax-optimal quintic per step, for
+# five steps, computed for a spectrum pushed below 1 by a 2% safety factor on the Frobenius normalisation; the
+# coefficients modded-nanogpt's speedrun runs.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY = 0.02
+NORMUON_BETA2 = 0.95  # NorMuon (Li et al. 2025, arXiv:2510.05491): the EMA of each neuron's mean squared update
+# --muon_variant: which orthogonaliser, and whether the update is normalised per output neuron afterwards.
+VARIANTS = {"muon": (False, False), "polar": (True, False), "normuon": (False, True), "normuon_polar": (True, True)}
 
 
 def newton_schulz(G: torch.Tensor, coefficients=NS_COEFFICIENTS, steps: int = NS_STEPS,
-                  eps: float = NS_EPS) -> torch.Tensor:
+                  eps: float = NS_EPS, safety: float = 0.0) -> torch.Tensor:
     """The orthogonalised (US'V^T, S' ~ 1) form of each matrix of G (..., rows, cols), in bf16: torch.optim.Muon's
-    _zeropower_via_newtonschulz with a batch dimension. Frobenius normalisation bounds the spectral norm by 1."""
-    a, b, c = coefficients
+    _zeropower_via_newtonschulz with a batch dimension. Frobenius normalisation bounds the spectral norm by 1
+    (by 1 / (1 + safety) with a safety margin). coefficients: one (a, b, c) for every step, or one per step."""
+    per_step = tuple(coefficients) if isinstance(coefficients[0], (tuple, list)) else (tuple(coefficients),) * steps
+    if len(per_step) < steps:
+        raise ValueError(f"{len(per_step)} sets of Newton-Schulz coefficients for {steps} steps")
     X = G.bfloat16()
     tall = G.size(-2) > G.size(-1)
     if tall:  # the Gram matrix of the short side: (cols x cols) work instead of (rows x rows)
         X = X.mT
     batched = X.dim() == 3
     X = X if batched else X.unsqueeze(0)  # (n, r, c) with r <= c
-    X = X / torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
+    norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    X = X / (norm * (1 + safety) if safety else norm).clamp(min=eps)
+    for a, b, c in per_step[:steps]:
         A = torch.bmm(X, X.mT)                           # (n, r, r)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)      # b A + c A^2
         X = torch.baddbmm(X, B, X, beta=a)               # a X + B X
@@ -106,12 +124,20 @@ class MuonAdamW(torch.optim.AdamW):
     def __init__(self, groups: list[dict], *, lr, betas=(0.9, 0.95), eps: float = 1e-8, fused: bool = False,
                  capturable: bool = False, momentum: float = MOMENTUM, nesterov: bool = True,
                  ns_coefficients=NS_COEFFICIENTS, ns_steps: int = NS_STEPS, ns_eps: float = NS_EPS,
-                 adjust_lr_fn: Optional[str] = ADJUST_LR_FN, compile_update: bool = False):
+                 adjust_lr_fn: Optional[str] = ADJUST_LR_FN, compile_update: bool = False, variant: str = "muon"):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown Muon variant {variant!r}; one of {tuple(VARIANTS)}")
+        polar, per_neuron = VARIANTS[variant]
+        if polar:
+            ns_coefficients, ns_steps = POLAR_EXPRESS_COEFFICIENTS, len(POLAR_EXPRESS_COEFFICIENTS)
         self.compile_update = compile_update  # momentum_step, apply_update compiled (a setting, not checkpointed)
         for g in groups:
             if g["muon"]:
-                g.update(momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
-                         ns_steps=ns_steps, ns_eps=ns_eps, adjust_lr_fn=adjust_lr_fn)
+                coefficients = tuple(tuple(c) for c in ns_coefficients) if polar else tuple(ns_coefficients)
+                g.update(momentum=momentum, nesterov=nesterov, ns_coefficients=coefficients,
+                         ns_steps=ns_steps, ns_eps=ns_eps, adjust_lr_fn=adjust_lr_fn,
+                         ns_safety=POLAR_EXPRESS_SAFETY if polar else 0.0,
+                         neuron_beta2=NORMUON_BETA2 if per_neuron else None)
         super().__init__(groups, lr=lr, betas=betas, eps=eps, fused=fused, capturable=capturable)
         for g in self.param_groups:
             if g["muon"] and any(p.dim() != 2 for p in g["params"]):
@@ -157,7 +183,15 @@ class MuonAdamW(torch.optim.AdamW):
         momentum, apply = (_compiled(momentum_step), _compiled(apply_update)) if self.compile_update else \
             (momentum_step, apply_update)
         ortho = newton_schulz(momentum(grads, bufs, group["momentum"], group["nesterov"]), group["ns_coefficients"],
-                              group["ns_steps"], group["ns_eps"])
+                              group["ns_steps"], group["ns_eps"], group.get("ns_safety", 0.0))
+        if group.get("neuron_beta2") is not None:
+            seconds = []
+            for p in params:
+                state = self.state[p]
+                if "neuron_second_moment" not in state:
+                    state["neuron_second_moment"] = torch.zeros(p.shape[0], 1, dtype=torch.float32, device=p.device)
+                seconds.append(state["neuron_second_moment"])
+            ortho = per_neuron_normalise(ortho, seconds, group["neuron_beta2"])
         apply(params, ortho, lr, group["weight_decay"], adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"]))
 
 
@@ -168,6 +202,21 @@ def momentum_step(grads: list[torch.Tensor], bufs: list[torch.Tensor], momentum:
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
     updates = torch._foreach_lerp(grads, bufs, momentum) if nesterov else bufs
     return torch.stack(updates).bfloat16()
+
+
+def per_neuron_normalise(ortho: torch.Tensor, seconds: list[torch.Tensor], beta2: float,
+                         eps: float = 1e-10) -> torch.Tensor:
+    """NorMuon's step after Newton-Schulz: each output neuron's (row's) update divided by the root of an EMA of
+    its mean square, then each matrix rescaled to the Frobenius norm it had, so the rows' sizes even out and the
+    step's overall size (and so Muon's lr) stays as it was. ortho (n, rows, cols); seconds: the n (rows, 1)
+    float32 EMAs, updated in place. Returns float32 (n, rows, cols)."""
+    O = ortho.float()
+    mean_sq = O.square().mean(dim=-1, keepdim=True)                     # (n, rows, 1)
+    v = torch.stack(seconds).lerp_(mean_sq, 1 - beta2)                  # (n, rows, 1)
+    torch._foreach_copy_(seconds, list(v.unbind(0)))
+    scaled = O * v.clamp(min=eps).rsqrt()
+    keep = torch.linalg.vector_norm(O, dim=(-2, -1), keepdim=True)      # (n, 1, 1)
+    return scaled * (keep / torch.linalg.vector_norm(scaled, dim=(-2, -1), keepdim=True).clamp(min=eps))
 
 
 def apply_update(params: list[torch.Tensor], ortho: torch.Tensor, lr, weight_decay: float, scale: float) -> None:

@@ -191,6 +191,7 @@ RULES: dict[str, str] = {
     # what a step does
     "max_lr": REFUSED, "min_lr": REFUSED, "warmup_steps": REFUSED, "weight_decay": REFUSED, "grad_clip": REFUSED,
     "lr_schedule": REFUSED, "lr_decay_fraction": REFUSED, "adamw_lr": REFUSED,
+    "muon_variant": REFUSED,
     # the optimizer's state would not load into another optimizer (check_resume: one line)
     "optimizer": FIXED,
     # the model: its weights would not load

@@ -98,7 +98,8 @@ OPTIMIZERS = tuple(RECIPES)
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device,
                     capturable: bool = False, betas=(0.9, 0.95), eps: float = 1e-8, kind: str = "adamw",
-                    adamw_lr: Optional[float] = None, compile_update: bool = False) -> torch.optim.AdamW:
+                    adamw_lr: Optional[float] = None, compile_update: bool = False,
+                    muon_variant: str = "muon") -> torch.optim.AdamW:
     """AdamW over every parameter (kind "adamw"), or Muon over the hidden matrices and AdamW at adamw_lr
     (default: lr) over the embedding and norm gains (kind "muon", smollm2/muon.py; compile_update: its
     elementwise passes through torch.compile). Each group's peak lr is lr * group["lr_scale"]; set_lr keeps that
@@ -115,7 +116,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: to
     for g in groups:  # one lr per group, and under a CUDA graph one device tensor per group (set_lr fills each)
         g["lr"] = torch.tensor(lr * g["lr_scale"], device=device) if capturable else lr * g["lr_scale"]
     return MuonAdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused, capturable=capturable,
-                     compile_update=compile_update)
+                     compile_update=compile_update, variant=muon_variant)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -358,13 +359,14 @@ EVAL_TOKENS = 32768
 
 def build_train_step(model: nn.Module, switches: Switches, device: torch.device, *, lr: float,
                      weight_decay: float, grad_clip: float, adamw_lr: Optional[float] = None,
-                     optimizer_state: Optional[dict] = None,
+                     muon_variant: str = "muon", optimizer_state: Optional[dict] = None,
                      log: Optional[Callable[[str], None]] = None) -> TrainStep:
     """The optimizer (switches.optimizer; adamw_lr: the AdamW part's peak lr under Muon), the forward (compiled and wrapped for DDP as the switches say) and the step around
     them, for a model already on `device` (and sharded, under FSDP2): what train.py and bench.py both run.
     optimizer_state, a checkpoint's, is loaded into the new optimizer (scattered under FSDP2)."""
     optimizer = build_optimizer(model, lr, weight_decay, device, capturable=switches.cuda_graph, kind=switches.optimizer,
-                                adamw_lr=adamw_lr, compile_update=switches.compile and device.type == "cuda")
+                                adamw_lr=adamw_lr, compile_update=switches.compile and device.type == "cuda",
+                                muon_variant=muon_variant)
     if optimizer_state is not None:
         parallel.load_full_optimizer_state(model, optimizer, optimizer_state, load_optimizer_state)
     forward_model = parallel.build_forward(model, switches.compile, switches.compile_scope, device,
