@@ -72,6 +72,22 @@ def val_points(metrics_path: str, tokens_per_step: int) -> list[dict]:
     return points
 
 
+def write_results(args, runs: list[dict], curves: list[dict]) -> None:
+    """Each run's share of the best AdamW's time to reach that AdamW's final loss, written with the curves."""
+    adamw = [r for r in runs if r["optimizer"] == "adamw"]
+    if adamw:
+        ref = min(adamw, key=lambda r: r["final_val_loss"])
+        for r in runs:
+            hit = time_to_loss(r["points"], ref["final_val_loss"])
+            r.update(reference=ref["recipe"], reference_loss=round(ref["final_val_loss"], 4),
+                     reached=hit is not None or r["final_val_loss"] <= ref["final_val_loss"],
+                     share=round(hit[0] / ref["train_s"], 3) if hit else None,
+                     ends_at_or_below=r["final_val_loss"] <= ref["final_val_loss"])
+    write_table(os.path.join(args.out_dir, f"{args.corpus}_runs"),
+                [{k: v for k, v in r.items() if k != "points"} for r in runs])
+    write_table(os.path.join(args.out_dir, f"{args.corpus}_curves"), curves)
+
+
 def card_name() -> str:
     try:
         import torch
@@ -126,21 +142,9 @@ def main(argv=None) -> int:
                          train_s=points[-1]["train_s"], process_s=round(wall, 1), card=card,
                          command="python " + " ".join(cmd[1:]), points=points))
         curves += [dict(corpus=args.corpus, recipe=name, card=card, **pt) for pt in points]
-    adamw = [r for r in runs if r["optimizer"] == "adamw"]
-    if adamw:
-        ref = min(adamw, key=lambda r: r["final_val_loss"])
-        for r in runs:
-            hit = time_to_loss(r["points"], ref["final_val_loss"])
-            r.update(reference=ref["recipe"], reference_loss=round(ref["final_val_loss"], 4),
-                     reached=hit is not None or r["final_val_loss"] <= ref["final_val_loss"],
-                     share=round(hit[0] / ref["train_s"], 3) if hit else None,
-                     ends_at_or_below=r["final_val_loss"] <= ref["final_val_loss"])
+        write_results(args, runs, curves)  # after every recipe: a stopped benchmark keeps what it measured
     for r in runs:
-        r.pop("points")
         print(json.dumps({k: r.get(k) for k in ("recipe", "final_val_loss", "train_s", "share", "ends_at_or_below")}))
-    if runs:
-        write_table(os.path.join(args.out_dir, f"{args.corpus}_runs"), runs)
-        write_table(os.path.join(args.out_dir, f"{args.corpus}_curves"), curves)
     return 0 if len(runs) == len(names) else 1
 
 
