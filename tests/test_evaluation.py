@@ -197,24 +197,62 @@ def test_task_items_match_the_harness_prompts():
 
 
 # ----------------------------------------------------------------------------- bad input
+HS = {"activity_label": "x", "ctx_a": "a", "ctx_b": "b", "endings": ["one", "two", "three", "four"], "label": 0}
+ARC = {"question": "q", "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}, "answerKey": "B"}
+PIQA = {"goal": "g", "sol1": "a", "sol2": "b", "label": 0}
+# (test id, task, bad items, the message after "FILE item N: "); each file is a good item and then these.
 BAD = [
-    ("piqa", [{"goal": "g", "sol1": "a", "label": 0}], "missing field 'sol2'"),
-    ("piqa", [{"goal": "g", "sol1": "a", "sol2": "b", "label": 2}], "label 2 is out of range for 2 choices"),
-    ("arc_easy", [{"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "E"}],
-     "answerKey 'E' is out of range"),
-    ("hellaswag", [{"activity_label": "x", "ctx_a": "a", "ctx_b": "b", "endings": ["one", " ", "three"], "label": 0}],
-     "choice 1 is empty"),
-    ("winogrande", [{"sentence": "no blank here", "option1": "a", "option2": "b", "answer": "1"}], "no '_' blank"),
+    ("piqa-missing", "piqa", [{"goal": "g", "sol1": "a", "label": 0}], "missing field 'sol2'"),
+    ("piqa-label-range", "piqa", [{**PIQA, "label": 2}], "field 'label' is 2, out of range for 2 choices"),
+    ("piqa-goal-number", "piqa", [{**PIQA, "goal": 5}], "field 'goal' must be a string, got int 5"),
+    ("hellaswag-endings-string", "hellaswag", [{**HS, "endings": "abcd"}],
+     "field 'endings' must be a list of strings, got str 'abcd'"),
+    ("hellaswag-endings-dict", "hellaswag", [{**HS, "endings": {"one": 1, "two": 2}}],
+     "field 'endings' must be a list of strings, got dict {'one': 1, 'two': 2}"),
+    ("hellaswag-ending-number", "hellaswag", [{**HS, "endings": ["one", 2, "three"]}],
+     "field 'endings' must be a list of strings; entry 1 is int 2"),
+    ("hellaswag-endings-empty", "hellaswag", [{**HS, "endings": []}],
+     "field 'endings' holds 0 entries; a multiple-choice item needs at least 2 choices"),
+    ("hellaswag-ending-blank", "hellaswag", [{**HS, "endings": ["one", " ", "three"]}], "choice 1 is empty"),
+    ("hellaswag-label-bool", "hellaswag", [{**HS, "label": True}],
+     "field 'label' must be a whole number from 0 to 3, got bool True"),
+    ("hellaswag-label-fraction", "hellaswag", [{**HS, "label": 1.5}],
+     "field 'label' must be a whole number from 0 to 3, got float 1.5"),
+    ("hellaswag-label-range", "hellaswag", [{**HS, "label": "4"}], "field 'label' is '4', out of range for 4 choices"),
+    ("hellaswag-ctx-number", "hellaswag", [{**HS, "ctx_a": 7}], "field 'ctx_a' must be a string, got int 7"),
+    ("arc-key-unknown", "arc_easy", [{**ARC, "answerKey": "E"}],
+     "field 'answerKey' is 'E', not one of the labels ['A', 'B', 'C']"),
+    ("arc-key-past-choices", "arc_easy",  # the key names a 4th label, but only 3 choices have a text
+     [{**ARC, "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C", "D"]}, "answerKey": "D"}],
+     "field 'choices' has 3 texts but 4 labels"),
+    ("arc-text-string", "arc_easy", [{**ARC, "choices": {"text": "abc", "label": ["A", "B", "C"]}}],
+     "field 'choices.text' must be a list of strings, got str 'abc'"),
+    ("arc-choices-empty", "arc_easy", [{**ARC, "choices": {"text": [], "label": []}}],
+     "field 'choices.text' holds 0 entries"),
+    ("arc-labels-repeat", "arc_easy", [{**ARC, "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "B"]}}],
+     "field 'choices.label' repeats a label"),
+    ("arc-key-list", "arc_easy", [{**ARC, "answerKey": ["B"]}], "field 'answerKey' must be one of the labels"),
+    ("arc-choices-list", "arc_easy", [{**ARC, "choices": ["a", "b"]}], "field 'choices' must be {'text'"),
+    ("openbookqa-stem-blank", "openbookqa", [{"question_stem": " ", "choices": ARC["choices"], "answerKey": "A"}],
+     "the context (the question or sentence the choices follow) is empty"),
+    ("winogrande-no-blank", "winogrande",
+     [{"sentence": "no blank here", "option1": "a", "option2": "b", "answer": "1"}], "field 'sentence' has no '_' blank"),
+    ("winogrande-answer-range", "winogrande",
+     [{"sentence": "a _ b", "option1": "x", "option2": "y", "answer": "3"}],
+     "field 'answer' is '3', out of range for 2 choices (1 to 2)"),
 ]
 
 
-@pytest.mark.parametrize("task,rows,message", BAD, ids=[b[2].split()[0] for b in BAD])
+@pytest.mark.parametrize("task,rows,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_task_file_is_one_line_before_the_model_loads(tmp_path, task, rows, message):
-    path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(EvalError, match=message.replace("(", r"\(").replace("[", r"\[")) as e:
+    """Each item is checked as it is read: a field of the wrong shape (a string or a dict where a list of choices
+    belongs, an answer key past the choices) is one line naming the file, the item and the field, before the
+    model (never_read.pt) is opened and before anything is scored."""
+    path = write_jsonl(tmp_path / "bad.jsonl", [ROWS[task][0], *rows])
+    with pytest.raises(EvalError) as e:
         evaluate.main(["--checkpoint", str(tmp_path / "never_read.pt"), "--task", task, "--data", str(path),
                        "--out", str(tmp_path / "r.json")])
-    assert "\n" not in str(e.value) and "item 0" in str(e.value)
+    assert str(e.value).startswith(f"{path} item 1: {message}") and "\n" not in str(e.value), str(e.value)
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
 
 
@@ -240,7 +278,7 @@ def tiny_checkpoint(path: Path, tiny_model) -> Path:
 
 def test_cli_bad_input_exit_2_and_truncation_said(tmp_path, tiny_model, repo_root):
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt", tiny_model)
-    bad = write_jsonl(tmp_path / "bad.jsonl", BAD[1][1])
+    bad = write_jsonl(tmp_path / "bad.jsonl", BAD[1][2])
     r = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(ckpt), "--task", "piqa", "--data", str(bad),
                         "--out", str(tmp_path / "bad.json")], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: "), r.stderr
@@ -288,7 +326,7 @@ def test_train_scores_a_task_every_n_steps_as_evaluate_does(tmp_path):
     ours = json.loads(res.read_text())
     assert (ours["acc"], ours["acc_norm"]) == (task[0]["acc"], task[0]["acc_norm"])
 
-    bad = write_jsonl(tmp_path / "bad.jsonl", BAD[0][1])
+    bad = write_jsonl(tmp_path / "bad.jsonl", BAD[0][2])
     r = run_train(tmp_path / "never", "--task_eval", f"piqa:{bad}", "--task_every", "2", check=False)
     assert r.returncode == 2 and "missing field 'sol2'" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
     assert not (tmp_path / "never").exists()
