@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TOKENIZER_JSON, run_train
+from conftest import TOKENIZER_JSON, one_line_error, run_train
 
 import evaluate
 from smollm2.evaluation import (TASKS, EvalError, build_items, read_text_split, score_items, score_text, text_windows,
@@ -310,6 +310,54 @@ def test_prepared_data_of_another_tokenizer_is_refused(tmp_path, tiny_model, tok
     with pytest.raises(EvalError, match="was prepared with tokenizer .* but the model's tokenizer is"):
         evaluate.main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_anything_is_scored(tmp_path, tiny_model, repo_root):
+    """--out under a regular file (unwritable for root too), an --out that is a folder, and the default
+    results/eval in a checkout where it cannot be made: one line naming the path, exit 2, before the model loads
+    (never_read.pt) or anything is scored."""
+    good = write_jsonl(tmp_path / "piqa.jsonl", ROWS["piqa"])
+    (tmp_path / "afile").write_text("not a folder\n", encoding="utf-8")
+    for out, message in ((tmp_path / "afile" / "r.json", f"--out {tmp_path / 'afile' / 'r.json'}: {tmp_path / 'afile'} "
+                                                         f"is a file, not a folder"),
+                         (tmp_path, f"--out {tmp_path} is a folder; pass a file name")):
+        with pytest.raises(evaluate.UsageError) as e:
+            evaluate.main(["--checkpoint", str(tmp_path / "never_read.pt"), "--task", "piqa", "--data", str(good),
+                           "--out", str(out)])
+        assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "results").write_text("a file where results/ would go\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, str(repo_root / "evaluate.py"), "--checkpoint", str(ckpt), "--task", "piqa",
+                        "--data", str(good), "--name", "tiny"], cwd=checkout, capture_output=True, text=True,
+                       timeout=120)
+    line = one_line_error(r.stderr)
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
+    assert line.startswith(f"error: the default --out {os.path.join('results', 'eval', 'tiny_piqa.json')}: "
+                           f"{checkout / 'results'} is a file, not a folder"), line
+    assert sorted(os.listdir(checkout)) == ["results"]
+
+
+def test_a_write_that_fails_after_scoring_keeps_the_printed_scores(tmp_path, tiny_model, monkeypatch, capsys):
+    """The table is printed before the results file is written; a write that fails then (the folder gone, a full
+    disk) is one line naming the file, exit 1, with the scores on the screen."""
+    import errno
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    good = write_jsonl(tmp_path / "piqa.jsonl", ROWS["piqa"])
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(evaluate, "atomic_write_text", full_disk)
+    out = tmp_path / "r.json"
+    assert evaluate.main(["--checkpoint", str(ckpt), "--task", "piqa", "--data", str(good), "--out", str(out)]) == 1
+    printed = capsys.readouterr()
+    assert "acc_norm" in printed.out and "items" in printed.out and "wrote" not in printed.out
+    assert one_line_error(printed.err) == (f"error: could not write {out} ({os.strerror(errno.ENOSPC)}); the scores "
+                                           f"are printed above, not saved")
+    assert not out.exists()
 
 
 def test_train_scores_a_task_every_n_steps_as_evaluate_does(tmp_path):
