@@ -546,7 +546,7 @@ def build_requests(items: list[Item], tokenizer, max_len: int, where: str = "") 
             raise EvalError(f"{where} item {i}: choice {c} gives no ids to score")
         if len(cont_ids) > max_len:
             raise EvalError(f"{where} item {i}: choice {c} alone is {len(cont_ids)} ids, more than the model's "
-                            f"{max_len} positions")
+                            f"{max_len} positions; shorten that choice or remove the item")
         full = ctx_ids + cont_ids
         truncated += len(full) > max_len + 1
         requests.append(Request(i, c, full[-(max_len + 1):][:-1], cont_ids))
@@ -627,3 +627,13 @@ def load_task_spec(spec: str, limit: Optional[int]) -> tuple[str, list[Item]]:
         raise EvalError(f"--task_eval wants TASK:FILE with TASK one of {', '.join(TASKS)}, got {spec!r}")
     return task, build_items(task, read_records(path), path, limit)
 
+
+def check_task_fits(spec: str, limit: Optional[int], tokenizer_id: str, max_len: int) -> None:
+    """train.py --task_eval at start-up: every item of the spec tokenized as its task score will tokenize it,
+    so a choice the model cannot score (alone longer than its `max_len` positions) stops the command before the
+    run folder is touched, not at the first task score mid-run. A longer context + choice is not refused: it
+    loses its left end, as lm-evaluation-harness and evaluate.py do."""
+    from smollm2.tokenizer import load_tokenizer
+
+    _, items = load_task_spec(spec, limit)
+    build_requests(items, load_tokenizer(tokenizer_id, log=lambda m: None), max_len, spec.partition(":")[2])

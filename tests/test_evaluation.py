@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -378,6 +379,21 @@ def test_train_scores_a_task_every_n_steps_as_evaluate_does(tmp_path):
     r = run_train(tmp_path / "never", "--task_eval", f"piqa:{bad}", "--task_every", "2", check=False)
     assert r.returncode == 2 and "missing field 'sol2'" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_train_refuses_a_task_choice_longer_than_the_model_at_start(tmp_path):
+    """A choice whose own ids outnumber the model's positions cannot be scored: train.py --task_eval tokenizes
+    every item at start-up and refuses it in one line naming the file, the item and the lengths, exit 2, before
+    the run folder exists (not at the first task score, after the steps before it)."""
+    long = " ".join(["the river ran on past the old mill and the town"] * 100)  # ~1,100 ids; tiny has 1,024
+    task = write_jsonl(tmp_path / "piqa.jsonl", [ROWS["piqa"][0], {**ROWS["piqa"][1], "sol1": long}])
+    r = run_train(tmp_path / "run", "--max_steps", "2", "--task_eval", f"piqa:{task}", "--task_every", "2",
+                  "--save_every", "2", check=False)
+    line = one_line_error(r.stderr)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(rf"error: {re.escape(str(task))} item 1: choice 0 alone is 1\d\d\d ids, more than the "
+                        rf"model's 1024 positions; shorten that choice or remove the item", line), line
+    assert not (tmp_path / "run").exists()
 
 
 def test_harness_mode_exports_and_runs_lm_eval(tmp_path, tiny_model, tokenizer, monkeypatch):
