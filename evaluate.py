@@ -11,7 +11,9 @@ names the file and its sha256). --task bpb (default) scores --data: a text file 
 train.py holds out of it; all: every id) or a prepare_data.py folder (--split val or train). A task of
 smollm2.evaluation.TASKS scores a local .jsonl/.json/.parquet file in the task's standard layout, or the
 hub's copy through `datasets` when online. Results go to --out as JSON (default results/eval/NAME.json),
-written whole once everything is scored, and a table is printed. Bad input: one line, exit 2, nothing written.
+checked before anything is scored and written whole once everything is, after the table is printed. Bad input
+(an --out that cannot be written included): one line, exit 2, nothing written; a write that fails after the
+scoring: one line, exit 1, the table already printed.
 """
 
 from __future__ import annotations
@@ -257,6 +259,22 @@ def run_harness(args, device, log) -> tuple[dict, list[tuple[str, str]]]:
             "harness": f"lm_eval {lm_eval.__version__}", "results": results}, table
 
 
+def check_out(out: str, given: bool) -> None:
+    """The results file's place, before anything is loaded or scored: a folder that cannot be made or written
+    would otherwise fail only after the whole run. Nothing is created here (a bad input later writes nothing)."""
+    what = f"--out {out}" if given else f"the default --out {out}"
+    if os.path.isdir(out):
+        raise UsageError(f"{what} is a folder; pass a file name, e.g. --out {os.path.join(out, 'result.json')}")
+    existing = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(existing):  # the nearest folder that exists: where the missing ones would be made
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{what}: {existing} is a file, not a folder; pass --out PATH in a folder you can write")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what}: {existing} cannot be written (read-only or not yours); pass --out PATH in a "
+                         f"folder you can write")
+
+
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     print(title)
@@ -275,6 +293,7 @@ def main(argv=None) -> int:
     suffix = (f"lm_eval-{args.tasks.replace(',', '-')}" if args.harness else args.task if args.task != "bpb"
               else f"bpb-{data_name(args.data)}-{args.split}")
     out = args.out or os.path.join(RESULTS_DIR, f"{name}_{suffix}.json")
+    check_out(out, bool(args.out))
     run = run_harness if args.harness else run_bpb if args.task == "bpb" else run_task
     result, rows = run(args, device, log)
     result = {"name": name, "weights": weights_description(result.pop("model"), args.pretrained), **result,
@@ -283,9 +302,15 @@ def main(argv=None) -> int:
         if isinstance(result.get(key), str):
             result[key] = relative_or_bare(result[key])
     result["weights"]["description"] = relative_or_bare(result["weights"]["description"])
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")
-    print_table(f"{name} | {result['weights']['description']} | {result['device']}", rows)
+    print_table(f"{name} | {result['weights']['description']} | {result['device']}", rows)  # before the write
+    sys.stdout.flush()
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")
+    except OSError as e:  # the folder changed while scoring, a full disk: the scores are on the screen
+        print(f"error: could not write {out} ({e.strerror or type(e).__name__}); the scores are printed above, "
+              f"not saved", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 

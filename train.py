@@ -313,6 +313,9 @@ def parse_and_check(argv=None):
     if args.seq_len > config.max_position_embeddings:
         raise UsageError(f"--seq_len {args.seq_len} exceeds max_position_embeddings "
                          f"({config.max_position_embeddings}) of --model {args.model}")
+    if args.task_eval:  # every choice tokenized now: one the model cannot score stops here, not at the first score
+        from smollm2.evaluation import check_task_fits
+        check_task_fits(args.task_eval, args.task_limit or None, args.tokenizer_id, config.max_position_embeddings)
     return args, env, switches, config
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -300,44 +301,89 @@ def _harness_clean(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def _need(doc: dict, keys: tuple[str, ...], where: str) -> list:
+def _shown(value) -> str:
+    """A wrong value in an error line: its type and the start of its repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _need(doc: dict, keys: tuple[str, ...], where: str, texts: tuple[str, ...] = ()) -> list:
+    """The fields `keys` of an item, each present; those named in `texts` must be strings."""
     missing = [k for k in keys if k not in doc or doc[k] is None]
     if missing:
         raise EvalError(f"{where}: missing field {missing[0]!r} (the layout needs {', '.join(keys)})")
+    for k in texts:
+        _text(doc[k], k, where)
     return [doc[k] for k in keys]
 
 
-def _label(value, n: int, where: str, offset: int = 0) -> int:
+def _text(value, name: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise EvalError(f"{where}: field {name!r} must be a string, got {_shown(value)}")
+    return value
+
+
+def _texts(value, name: str, where: str, least: int = 2) -> list[str]:
+    """A list of strings, as the hub's layouts hold choices: a string or a dict here would be scored one
+    character or one key per choice."""
+    if not isinstance(value, (list, tuple)):
+        raise EvalError(f"{where}: field {name!r} must be a list of strings, got {_shown(value)}")
+    for k, v in enumerate(value):
+        if not isinstance(v, str):
+            raise EvalError(f"{where}: field {name!r} must be a list of strings; entry {k} is {_shown(v)}")
+    if len(value) < least:
+        raise EvalError(f"{where}: field {name!r} holds {len(value)} entries; a multiple-choice item needs at "
+                        f"least {least} choices")
+    return list(value)
+
+
+def _label(value, n: int, name: str, where: str, offset: int = 0) -> int:
+    """The gold index from a whole number or its text (the hub's HellaSwag and Winogrande hold text)."""
     try:
-        gold = int(str(value).strip()) - offset
+        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):
+            raise ValueError
+        gold = int(value.strip() if isinstance(value, str) else value) - offset
     except ValueError:
-        raise EvalError(f"{where}: label {value!r} is not a number") from None
+        raise EvalError(f"{where}: field {name!r} must be a whole number from {offset} to {n - 1 + offset}, "
+                        f"got {_shown(value)}") from None
     if not 0 <= gold < n:
-        raise EvalError(f"{where}: label {value!r} is out of range for {n} choices")
+        raise EvalError(f"{where}: field {name!r} is {value!r}, out of range for {n} choices "
+                        f"({offset} to {n - 1 + offset})")
     return gold
 
 
 def _keyed_choices(doc: dict, stem: str, where: str) -> tuple[list[str], int, str]:
-    question, choices, key = _need(doc, (stem, "choices", "answerKey"), where)
+    question, choices, key = _need(doc, (stem, "choices", "answerKey"), where, texts=(stem,))
     if not isinstance(choices, dict) or "text" not in choices or "label" not in choices:
-        raise EvalError(f"{where}: 'choices' must be {{'text': [...], 'label': [...]}}")
-    texts, labels = list(choices["text"]), list(choices["label"])
+        raise EvalError(f"{where}: field 'choices' must be {{'text': [...], 'label': [...]}}, got {_shown(choices)}")
+    texts = _texts(choices["text"], "choices.text", where)
+    labels = _texts(choices["label"], "choices.label", where, least=0)
+    if len(labels) != len(texts):
+        raise EvalError(f"{where}: field 'choices' has {len(texts)} texts but {len(labels)} labels; each choice "
+                        f"needs one of each")
+    if len(set(labels)) != len(labels):
+        raise EvalError(f"{where}: field 'choices.label' repeats a label ({labels}), so the answer key is ambiguous")
+    if isinstance(key, bool) or not isinstance(key, (str, numbers.Integral)):
+        raise EvalError(f"{where}: field 'answerKey' must be one of the labels {labels}, got {_shown(key)}")
     key = str(key).lstrip()
     if key not in labels:
-        raise EvalError(f"{where}: answerKey {key!r} is out of range (labels {labels})")
+        raise EvalError(f"{where}: field 'answerKey' is {key!r}, not one of the labels {labels}")
     return texts, labels.index(key), question
 
 
 def hellaswag(doc: dict, where: str) -> Item:
     endings, label = _need(doc, ("endings", "label"), where)
+    endings = _texts(endings, "endings", where)
     if "ctx" in doc and "ctx_a" not in doc:  # a file with the joined context only (ctx_b not capitalized then)
-        label_text, ctx = _need(doc, ("activity_label", "ctx"), where)
+        label_text, ctx = _need(doc, ("activity_label", "ctx"), where, texts=("activity_label", "ctx"))
     else:
-        label_text, a, b = _need(doc, ("activity_label", "ctx_a", "ctx_b"), where)
+        keys = ("activity_label", "ctx_a", "ctx_b")
+        label_text, a, b = _need(doc, keys, where, texts=keys)
         ctx = a + " " + b.capitalize()
     query = _harness_clean(label_text + ": " + ctx)
     choices = [_harness_clean(e) for e in endings]
-    return Item([query] * len(choices), [" " + c for c in choices], _label(label, len(choices), where), choices)
+    return Item([query] * len(choices), [" " + c for c in choices], _label(label, len(choices), "label", where),
+                choices)
 
 
 def arc(doc: dict, where: str) -> Item:
@@ -351,20 +397,22 @@ def openbookqa(doc: dict, where: str) -> Item:
 
 
 def piqa(doc: dict, where: str) -> Item:
-    goal, sol1, sol2, label = _need(doc, ("goal", "sol1", "sol2", "label"), where)
-    return Item([f"Question: {goal}\nAnswer:"] * 2, [" " + sol1, " " + sol2], _label(label, 2, where), [sol1, sol2])
+    goal, sol1, sol2, label = _need(doc, ("goal", "sol1", "sol2", "label"), where, texts=("goal", "sol1", "sol2"))
+    return Item([f"Question: {goal}\nAnswer:"] * 2, [" " + sol1, " " + sol2], _label(label, 2, "label", where),
+                [sol1, sol2])
 
 
 def winogrande(doc: dict, where: str) -> Item:
-    sentence, o1, o2, answer = _need(doc, ("sentence", "option1", "option2", "answer"), where)
+    sentence, o1, o2, answer = _need(doc, ("sentence", "option1", "option2", "answer"), where,
+                                     texts=("sentence", "option1", "option2"))
     if "_" not in sentence:
-        raise EvalError(f"{where}: the sentence has no '_' blank to fill")
+        raise EvalError(f"{where}: field 'sentence' has no '_' blank to fill")
     i = sentence.index("_")
     contexts = [sentence[:i] + o1, sentence[:i] + o2]
     rest = sentence[i + 1:].strip()
     if not rest:
-        raise EvalError(f"{where}: nothing follows the blank, so there is no continuation to score")
-    return Item(contexts, [" " + rest] * 2, _label(answer, 2, where, offset=1), contexts)
+        raise EvalError(f"{where}: field 'sentence' has nothing after the blank, so there is no continuation to score")
+    return Item(contexts, [" " + rest] * 2, _label(answer, 2, "answer", where, offset=1), contexts)
 
 
 @dataclass(frozen=True)
@@ -450,6 +498,8 @@ def build_items(task: str, rows: list[dict], source: str, limit: Optional[int] =
         for c, text in enumerate(item.choices):
             if not isinstance(text, str) or not text.strip():
                 raise EvalError(f"{where}: choice {c} is empty")
+        if not all(c.strip() for c in item.contexts):  # nothing for the choices to follow: no position predicts them
+            raise EvalError(f"{where}: the context (the question or sentence the choices follow) is empty")
         items.append(item)
     return items
 
@@ -496,7 +546,7 @@ def build_requests(items: list[Item], tokenizer, max_len: int, where: str = "") 
             raise EvalError(f"{where} item {i}: choice {c} gives no ids to score")
         if len(cont_ids) > max_len:
             raise EvalError(f"{where} item {i}: choice {c} alone is {len(cont_ids)} ids, more than the model's "
-                            f"{max_len} positions")
+                            f"{max_len} positions; shorten that choice or remove the item")
         full = ctx_ids + cont_ids
         truncated += len(full) > max_len + 1
         requests.append(Request(i, c, full[-(max_len + 1):][:-1], cont_ids))
@@ -576,3 +626,14 @@ def load_task_spec(spec: str, limit: Optional[int]) -> tuple[str, list[Item]]:
     if not sep or task not in TASKS or not path:
         raise EvalError(f"--task_eval wants TASK:FILE with TASK one of {', '.join(TASKS)}, got {spec!r}")
     return task, build_items(task, read_records(path), path, limit)
+
+
+def check_task_fits(spec: str, limit: Optional[int], tokenizer_id: str, max_len: int) -> None:
+    """train.py --task_eval at start-up: every item of the spec tokenized as its task score will tokenize it,
+    so a choice the model cannot score (alone longer than its `max_len` positions) stops the command before the
+    run folder is touched, not at the first task score mid-run. A longer context + choice is not refused: it
+    loses its left end, as lm-evaluation-harness and evaluate.py do."""
+    from smollm2.tokenizer import load_tokenizer
+
+    _, items = load_task_spec(spec, limit)
+    build_requests(items, load_tokenizer(tokenizer_id, log=lambda m: None), max_len, spec.partition(":")[2])

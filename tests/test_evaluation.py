@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TOKENIZER_JSON, run_train
+from conftest import TOKENIZER_JSON, one_line_error, run_train
 
 import evaluate
 from smollm2.evaluation import (TASKS, EvalError, build_items, read_text_split, score_items, score_text, text_windows,
@@ -197,24 +198,62 @@ def test_task_items_match_the_harness_prompts():
 
 
 # ----------------------------------------------------------------------------- bad input
+HS = {"activity_label": "x", "ctx_a": "a", "ctx_b": "b", "endings": ["one", "two", "three", "four"], "label": 0}
+ARC = {"question": "q", "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}, "answerKey": "B"}
+PIQA = {"goal": "g", "sol1": "a", "sol2": "b", "label": 0}
+# (test id, task, bad items, the message after "FILE item N: "); each file is a good item and then these.
 BAD = [
-    ("piqa", [{"goal": "g", "sol1": "a", "label": 0}], "missing field 'sol2'"),
-    ("piqa", [{"goal": "g", "sol1": "a", "sol2": "b", "label": 2}], "label 2 is out of range for 2 choices"),
-    ("arc_easy", [{"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "E"}],
-     "answerKey 'E' is out of range"),
-    ("hellaswag", [{"activity_label": "x", "ctx_a": "a", "ctx_b": "b", "endings": ["one", " ", "three"], "label": 0}],
-     "choice 1 is empty"),
-    ("winogrande", [{"sentence": "no blank here", "option1": "a", "option2": "b", "answer": "1"}], "no '_' blank"),
+    ("piqa-missing", "piqa", [{"goal": "g", "sol1": "a", "label": 0}], "missing field 'sol2'"),
+    ("piqa-label-range", "piqa", [{**PIQA, "label": 2}], "field 'label' is 2, out of range for 2 choices"),
+    ("piqa-goal-number", "piqa", [{**PIQA, "goal": 5}], "field 'goal' must be a string, got int 5"),
+    ("hellaswag-endings-string", "hellaswag", [{**HS, "endings": "abcd"}],
+     "field 'endings' must be a list of strings, got str 'abcd'"),
+    ("hellaswag-endings-dict", "hellaswag", [{**HS, "endings": {"one": 1, "two": 2}}],
+     "field 'endings' must be a list of strings, got dict {'one': 1, 'two': 2}"),
+    ("hellaswag-ending-number", "hellaswag", [{**HS, "endings": ["one", 2, "three"]}],
+     "field 'endings' must be a list of strings; entry 1 is int 2"),
+    ("hellaswag-endings-empty", "hellaswag", [{**HS, "endings": []}],
+     "field 'endings' holds 0 entries; a multiple-choice item needs at least 2 choices"),
+    ("hellaswag-ending-blank", "hellaswag", [{**HS, "endings": ["one", " ", "three"]}], "choice 1 is empty"),
+    ("hellaswag-label-bool", "hellaswag", [{**HS, "label": True}],
+     "field 'label' must be a whole number from 0 to 3, got bool True"),
+    ("hellaswag-label-fraction", "hellaswag", [{**HS, "label": 1.5}],
+     "field 'label' must be a whole number from 0 to 3, got float 1.5"),
+    ("hellaswag-label-range", "hellaswag", [{**HS, "label": "4"}], "field 'label' is '4', out of range for 4 choices"),
+    ("hellaswag-ctx-number", "hellaswag", [{**HS, "ctx_a": 7}], "field 'ctx_a' must be a string, got int 7"),
+    ("arc-key-unknown", "arc_easy", [{**ARC, "answerKey": "E"}],
+     "field 'answerKey' is 'E', not one of the labels ['A', 'B', 'C']"),
+    ("arc-key-past-choices", "arc_easy",  # the key names a 4th label, but only 3 choices have a text
+     [{**ARC, "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C", "D"]}, "answerKey": "D"}],
+     "field 'choices' has 3 texts but 4 labels"),
+    ("arc-text-string", "arc_easy", [{**ARC, "choices": {"text": "abc", "label": ["A", "B", "C"]}}],
+     "field 'choices.text' must be a list of strings, got str 'abc'"),
+    ("arc-choices-empty", "arc_easy", [{**ARC, "choices": {"text": [], "label": []}}],
+     "field 'choices.text' holds 0 entries"),
+    ("arc-labels-repeat", "arc_easy", [{**ARC, "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "B"]}}],
+     "field 'choices.label' repeats a label"),
+    ("arc-key-list", "arc_easy", [{**ARC, "answerKey": ["B"]}], "field 'answerKey' must be one of the labels"),
+    ("arc-choices-list", "arc_easy", [{**ARC, "choices": ["a", "b"]}], "field 'choices' must be {'text'"),
+    ("openbookqa-stem-blank", "openbookqa", [{"question_stem": " ", "choices": ARC["choices"], "answerKey": "A"}],
+     "the context (the question or sentence the choices follow) is empty"),
+    ("winogrande-no-blank", "winogrande",
+     [{"sentence": "no blank here", "option1": "a", "option2": "b", "answer": "1"}], "field 'sentence' has no '_' blank"),
+    ("winogrande-answer-range", "winogrande",
+     [{"sentence": "a _ b", "option1": "x", "option2": "y", "answer": "3"}],
+     "field 'answer' is '3', out of range for 2 choices (1 to 2)"),
 ]
 
 
-@pytest.mark.parametrize("task,rows,message", BAD, ids=[b[2].split()[0] for b in BAD])
+@pytest.mark.parametrize("task,rows,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_task_file_is_one_line_before_the_model_loads(tmp_path, task, rows, message):
-    path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(EvalError, match=message.replace("(", r"\(").replace("[", r"\[")) as e:
+    """Each item is checked as it is read: a field of the wrong shape (a string or a dict where a list of choices
+    belongs, an answer key past the choices) is one line naming the file, the item and the field, before the
+    model (never_read.pt) is opened and before anything is scored."""
+    path = write_jsonl(tmp_path / "bad.jsonl", [ROWS[task][0], *rows])
+    with pytest.raises(EvalError) as e:
         evaluate.main(["--checkpoint", str(tmp_path / "never_read.pt"), "--task", task, "--data", str(path),
                        "--out", str(tmp_path / "r.json")])
-    assert "\n" not in str(e.value) and "item 0" in str(e.value)
+    assert str(e.value).startswith(f"{path} item 1: {message}") and "\n" not in str(e.value), str(e.value)
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
 
 
@@ -240,7 +279,7 @@ def tiny_checkpoint(path: Path, tiny_model) -> Path:
 
 def test_cli_bad_input_exit_2_and_truncation_said(tmp_path, tiny_model, repo_root):
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt", tiny_model)
-    bad = write_jsonl(tmp_path / "bad.jsonl", BAD[1][1])
+    bad = write_jsonl(tmp_path / "bad.jsonl", BAD[1][2])
     r = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(ckpt), "--task", "piqa", "--data", str(bad),
                         "--out", str(tmp_path / "bad.json")], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: "), r.stderr
@@ -274,6 +313,54 @@ def test_prepared_data_of_another_tokenizer_is_refused(tmp_path, tiny_model, tok
     assert not (tmp_path / "r.json").exists()
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_anything_is_scored(tmp_path, tiny_model, repo_root):
+    """--out under a regular file (unwritable for root too), an --out that is a folder, and the default
+    results/eval in a checkout where it cannot be made: one line naming the path, exit 2, before the model loads
+    (never_read.pt) or anything is scored."""
+    good = write_jsonl(tmp_path / "piqa.jsonl", ROWS["piqa"])
+    (tmp_path / "afile").write_text("not a folder\n", encoding="utf-8")
+    for out, message in ((tmp_path / "afile" / "r.json", f"--out {tmp_path / 'afile' / 'r.json'}: {tmp_path / 'afile'} "
+                                                         f"is a file, not a folder"),
+                         (tmp_path, f"--out {tmp_path} is a folder; pass a file name")):
+        with pytest.raises(evaluate.UsageError) as e:
+            evaluate.main(["--checkpoint", str(tmp_path / "never_read.pt"), "--task", "piqa", "--data", str(good),
+                           "--out", str(out)])
+        assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "results").write_text("a file where results/ would go\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, str(repo_root / "evaluate.py"), "--checkpoint", str(ckpt), "--task", "piqa",
+                        "--data", str(good), "--name", "tiny"], cwd=checkout, capture_output=True, text=True,
+                       timeout=120)
+    line = one_line_error(r.stderr)
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
+    assert line.startswith(f"error: the default --out {os.path.join('results', 'eval', 'tiny_piqa.json')}: "
+                           f"{checkout / 'results'} is a file, not a folder"), line
+    assert sorted(os.listdir(checkout)) == ["results"]
+
+
+def test_a_write_that_fails_after_scoring_keeps_the_printed_scores(tmp_path, tiny_model, monkeypatch, capsys):
+    """The table is printed before the results file is written; a write that fails then (the folder gone, a full
+    disk) is one line naming the file, exit 1, with the scores on the screen."""
+    import errno
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    good = write_jsonl(tmp_path / "piqa.jsonl", ROWS["piqa"])
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(evaluate, "atomic_write_text", full_disk)
+    out = tmp_path / "r.json"
+    assert evaluate.main(["--checkpoint", str(ckpt), "--task", "piqa", "--data", str(good), "--out", str(out)]) == 1
+    printed = capsys.readouterr()
+    assert "acc_norm" in printed.out and "items" in printed.out and "wrote" not in printed.out
+    assert one_line_error(printed.err) == (f"error: could not write {out} ({os.strerror(errno.ENOSPC)}); the scores "
+                                           f"are printed above, not saved")
+    assert not out.exists()
+
+
 def test_train_scores_a_task_every_n_steps_as_evaluate_does(tmp_path):
     piqa = write_jsonl(tmp_path / "piqa.jsonl", ROWS["piqa"] * 3)
     out = tmp_path / "run"
@@ -288,10 +375,25 @@ def test_train_scores_a_task_every_n_steps_as_evaluate_does(tmp_path):
     ours = json.loads(res.read_text())
     assert (ours["acc"], ours["acc_norm"]) == (task[0]["acc"], task[0]["acc_norm"])
 
-    bad = write_jsonl(tmp_path / "bad.jsonl", BAD[0][1])
+    bad = write_jsonl(tmp_path / "bad.jsonl", BAD[0][2])
     r = run_train(tmp_path / "never", "--task_eval", f"piqa:{bad}", "--task_every", "2", check=False)
     assert r.returncode == 2 and "missing field 'sol2'" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_train_refuses_a_task_choice_longer_than_the_model_at_start(tmp_path):
+    """A choice whose own ids outnumber the model's positions cannot be scored: train.py --task_eval tokenizes
+    every item at start-up and refuses it in one line naming the file, the item and the lengths, exit 2, before
+    the run folder exists (not at the first task score, after the steps before it)."""
+    long = " ".join(["the river ran on past the old mill and the town"] * 100)  # ~1,100 ids; tiny has 1,024
+    task = write_jsonl(tmp_path / "piqa.jsonl", [ROWS["piqa"][0], {**ROWS["piqa"][1], "sol1": long}])
+    r = run_train(tmp_path / "run", "--max_steps", "2", "--task_eval", f"piqa:{task}", "--task_every", "2",
+                  "--save_every", "2", check=False)
+    line = one_line_error(r.stderr)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(rf"error: {re.escape(str(task))} item 1: choice 0 alone is 1\d\d\d ids, more than the "
+                        rf"model's 1024 positions; shorten that choice or remove the item", line), line
+    assert not (tmp_path / "run").exists()
 
 
 def test_harness_mode_exports_and_runs_lm_eval(tmp_path, tiny_model, tokenizer, monkeypatch):
