@@ -1259,6 +1259,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 # What the README's run is: the seed's two commands, step A from scratch and step B resumed from it.
 SEED_SHAPE = {"seq_len": 256, "batch_size": 1, "grad_accum": 4}
 SEED_MODEL = "smollm2-135m"
+RUN_BLOCKS = ("TRAIN_LOG", "HEADLINES", "FINDINGS")  # drawn from the README's run: kept as they are without it
 
 
 def not_the_readme_run(s: RunSummary, seed_only: bool) -> Optional[str]:
@@ -1286,8 +1287,10 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
     run = run_summary(args.train_log, log_text) if log_text is not None else None
     why_not = not_the_readme_run(run, args.seed_run_only) if run is not None else None
     if why_not:
-        # A first short run in the default folder must not replace the README's record of the seed's run.
-        notes.append(f"TRAIN_LOG, its plot and its headline left as they were: {args.train_log} is not the README's "
+        # A first short run in the default folder must not replace the README's record of the seed's run: every
+        # block drawn from it keeps its committed text, and so does the plot.
+        kept = [name for name in RUN_BLOCKS if any(page.get(name) for page in spans.values())]
+        notes.append(f"{', '.join(kept)} and the loss plot left as they were: {args.train_log} is not the README's "
                      f"run ({why_not}); run the seed's step A and step B there, or name a resumed run's log with --train_log")
 
     # The plot comes first so that the pages link it only when it is current.
@@ -1303,7 +1306,6 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
                 notes.append(f"plot {'written' if changed else 'unchanged'}")
             except ImportError:
                 notes.append("plot skipped (matplotlib missing)")
-    readme_run = None if why_not else run
 
     def makers(d: str) -> dict[str, Callable[[], tuple[str, str]]]:
         """Each block's renderer, its links relative to the page's folder d."""
@@ -1317,8 +1319,8 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
             "MULTIGPU_TABLE": lambda: multigpu_block(args.bench_dir, d),
             "MICROBATCH_TABLE": lambda: microbatch_block(args.bench_dir, d),
             "SEED_E2E": lambda: seed_e2e_block(args.bench_dir, d),
-            "FINDINGS": lambda: findings_block(args, readme_run, d),
-            "HEADLINES": lambda: headlines_block(args, readme_run, d),
+            "FINDINGS": lambda: findings_block(args, run, d),
+            "HEADLINES": lambda: headlines_block(args, run, d),
             "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, d, args.eval_results),
             "EVAL_RESULTS": lambda: eval_block(args.eval_results, d),
             "QUALITY": lambda: quality_block(args.bench_dir, d),
@@ -1330,7 +1332,7 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
         d = os.path.dirname(os.path.abspath(path))
         blocks = {}
         for name, make in makers(d).items():
-            if not spans[path].get(name) or (name == "TRAIN_LOG" and why_not):
+            if not spans[path].get(name) or (name in RUN_BLOCKS and why_not):
                 continue
             blocks[name], note = make()
             filled.append(f"{name} ({note})")

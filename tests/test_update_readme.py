@@ -642,3 +642,30 @@ def test_an_ablation_csv_without_a_variant_column_is_one_line_and_touches_nothin
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "has no column 'variant'" in r.stderr and "ablation_results.csv" in r.stderr
     assert (tmp_path / "README.md").read_text(encoding="utf-8") == before
+
+
+def test_a_tiny_run_after_the_readme_run_keeps_its_headline_and_finding(tmp_path):
+    """The seed's pair (with DONE and WALL lines, so it has a headline and a finding) is rendered; a 5-step tiny
+    run from scratch is then appended to the same train.log: TRAIN_LOG, HEADLINES (README) and FINDINGS (a docs
+    page) keep their rendered text byte for byte, the plot too, and the output names exactly those blocks."""
+    wall = 'WALL: {"startup_s": 9.0, "loop_s": 80.0}\n'
+    log = make_log().replace("RESUME:", "DONE: steps 1..300 in 80.0s (3000.0 tok/s overall)\n" + wall + "RESUME:")
+    populate(tmp_path, README + "\n<!-- HEADLINES_BEGIN -->\n<!-- HEADLINES_END -->\n")
+    write(tmp_path / "out_smollm2_scratch" / "train.log", log + "DONE: steps 301..350 in 5.0s (2500.0 tok/s overall)\n"
+          + wall)
+    results = tmp_path / "docs" / "results.md"
+    write(results, "# Results\n\n<!-- FINDINGS_BEGIN -->\n<!-- FINDINGS_END -->\n")
+    assert run(tmp_path).returncode == 0
+    readme, plot = tmp_path / "README.md", tmp_path / "out_smollm2_scratch" / "loss_curve.png"
+    before = {p: p.read_bytes() for p in (readme, results, plot)}
+    assert b"**The seed's run, 350 steps with its resume**" in before[readme]
+    assert b"- **The seed's run** on the logged device: steps 1 to 350" in before[results]
+    tiny = ["Device: cpu", 'Args: {"model": "tiny", "max_steps": 5, "resume": 0}', "Starting from scratch (random init)."]
+    tiny += [step_line(st, 5, 10.8) for st in range(1, 6)] + ["DONE: steps 1..5 in 3.1s (1665.1 tok/s overall)", wall]
+    with open(tmp_path / "out_smollm2_scratch" / "train.log", "a", encoding="utf-8") as f:
+        f.write("\n".join(tiny))
+    r = run(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    assert "TRAIN_LOG, HEADLINES, FINDINGS and the loss plot left as they were" in r.stdout
+    assert "no resume line" in r.stdout and "HEADLINES (" not in r.stdout and "FINDINGS (" not in r.stdout
