@@ -1216,8 +1216,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="second ablation table for THROUGHPUT_TABLE; its folder's *.png are linked")
     p.add_argument("--bench_dir", default="benchmarks",
                    help="folder with bench_*.csv, multigpu*.csv and *.png")
-    p.add_argument("--loss_plot", default="out_smollm2_scratch/loss_curve.png",
-                   help="loss-curve PNG drawn from --train_log")
+    p.add_argument("--loss_plot", default=None,
+                   help="loss-curve PNG drawn from --train_log (default: loss_curve.png beside --train_log)")
     p.add_argument("--previous_train_log", default=None,
                    help="the README's run before the default path changed; drawn beside the current one when present "
                         "(default: train_previous.log beside --train_log)")
@@ -1231,6 +1231,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.seed_run_only = args.train_log is None  # the default folder: only the seed's own pair may fill it
     args.train_log = args.train_log or os.path.join("out_smollm2_scratch", "train.log")
     run_dir = os.path.dirname(args.train_log)  # a log elsewhere (a test's) never touches the README run's files
+    args.loss_plot = args.loss_plot or os.path.join(run_dir, "loss_curve.png")
     args.previous_train_log = args.previous_train_log or os.path.join(run_dir, "train_previous.log")
     args.comparison_plot = args.comparison_plot or os.path.join(run_dir, "loss_curve_vs_previous.png")
     args.docs_dir = docs_dir = args.docs_dir or os.path.join(os.path.dirname(args.readme), "docs")

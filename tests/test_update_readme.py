@@ -669,3 +669,17 @@ def test_a_tiny_run_after_the_readme_run_keeps_its_headline_and_finding(tmp_path
     assert {p: p.read_bytes() for p in before} == before
     assert "TRAIN_LOG, HEADLINES, FINDINGS and the loss plot left as they were" in r.stdout
     assert "no resume line" in r.stdout and "HEADLINES (" not in r.stdout and "FINDINGS (" not in r.stdout
+
+
+def test_a_log_named_elsewhere_draws_its_plot_beside_it(tmp_path):
+    """--readme COPY --train_log OTHER: the loss curve goes beside OTHER, the committed one stays untouched."""
+    populate(tmp_path)
+    committed = tmp_path / "out_smollm2_scratch" / "loss_curve.png"
+    committed.write_bytes(b"the committed plot")
+    write(tmp_path / "copy" / "README.md", README)
+    write(tmp_path / "other" / "train.log", make_log())
+    r = run(tmp_path, "--readme", "copy/README.md", "--train_log", "other/train.log")
+    assert r.returncode == 0, r.stderr
+    assert committed.read_bytes() == b"the committed plot"
+    assert (tmp_path / "other" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](../other/loss_curve.png)" in (tmp_path / "copy" / "README.md").read_text(encoding="utf-8")
