@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import glob
 import io
 import json
@@ -72,6 +73,45 @@ def read_json(path: str):
         raise InputError(f"{path} is not JSON ({err})") from err
 
 
+
+# ----------------------------------------------------------------------------------------------
+# the words: docs/templates/<block>.md, a part per "<!-- name -->" line, its {placeholders} filled by str.format
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "templates")
+
+
+@functools.lru_cache(maxsize=None)
+def template(block: str) -> dict[str, str]:
+    """A block's template file as {part name: its text}, blank lines around each part dropped."""
+    path = os.path.join(TEMPLATES, f"{block}.md")
+    try:
+        pieces = re.split(r"^<!-- (\w+) -->\n", read_text(path), flags=re.M)
+    except OSError as err:
+        raise InputError(f"cannot read the template {path} ({err.strerror})") from err
+    return {name: text.strip("\n") for name, text in zip(pieces[1::2], pieces[2::2])}
+
+
+def say(block: str, part: str, **values) -> str:
+    """One part of a block's template with its placeholders filled; a part or placeholder the template lacks
+    or misspells is an InputError naming the file."""
+    where = os.path.join(TEMPLATES, f"{block}.md")
+    if part not in template(block):
+        raise InputError(f"{where} has no part <!-- {part} -->")
+    try:
+        return template(block)[part].format(**values)
+    except (KeyError, IndexError, ValueError) as err:
+        raise InputError(f"{where}: part <!-- {part} --> has a placeholder update_readme.py does not fill ({err})") from err
+
+
+def labels(block: str, part: str) -> dict[str, str]:
+    """A part written as "key: words" lines (table rows, case names), in its order."""
+    return dict(line.split(": ", 1) for line in say(block, part).splitlines())
+
+
+def plural(n) -> str:
+    return "" if n == 1 else "s"
+
+
 # ----------------------------------------------------------------------------------------------
 # the training run
 
@@ -96,59 +136,46 @@ def run_summary(log_path: str, text: str) -> RunSummary:
 
 # WALL records: where each run's wall time went (train.py's WallClock.summary). Logs from before them have
 # none, and their blocks simply lack the table.
-WALL_PARTS = (("startup_s", "start-up (imports, data, model)"), ("compile_s", "compile + warm-up + capture (1st step)"),
-              ("steps_s", "steady steps"), ("save_stall_s", "saves: loop stalled"),
-              ("final_write_s", "last checkpoint: its write finishing before exit"), ("val_s", "validation"),
-              ("sample_s", "samples"), ("other_s", "other (log lines)"))
 # The start-up's parts (newer WALL records have them), as indented rows under start-up.
-STARTUP_PARTS = (("imports", "interpreter, imports, flag checks"), ("checkpoint_read", "run folder (+ checkpoint read)"),
-                 ("tokenizer_data", "tokenizer + data"), ("model_optimizer", "model + optimizer on the device"),
-                 ("other", "log header"))
-
-
 def wall_table(walls: list[dict]) -> str:
     """Seconds per part of each run of the lineage (a column per run: step A, then each resume)."""
     if not walls:
         return ""
     f = lambda v: "—" if v is None else f"{v:,.1f}"  # noqa: E731
-    names = [f"run {i + 1}" + (" (from scratch)" if i == 0 else " (resume)") for i in range(len(walls))]
+    names = [say("train_log", "resumed_run" if i else "first_run", n=i + 1) for i in range(len(walls))]
     rows = []
-    for key, label in WALL_PARTS:
+    for key, label in labels("train_log", "wall_rows").items():
         cells = []
         for w in walls:
             v = w.get(key)
             extra = {"steps_s": f" ({w.get('steps', 0) - 1:,} steps)" if w.get("steps") else "",
-                     "save_stall_s": f" ({w.get('saves', 0)} save{'' if w.get('saves') == 1 else 's'}, "
+                     "save_stall_s": f" ({w.get('saves', 0)} save{plural(w.get('saves'))}, "
                                      f"longest {w.get('save_stall_max_s', 0):.2f})",
                      "val_s": f" ({w.get('vals', 0)})", "sample_s": f" ({w.get('samples', 0)})"}.get(key, "")
             cells.append(f(v) + (extra if v is not None else ""))
         rows.append([label, *cells])
         if key == "startup_s" and any(w.get("startup_parts") for w in walls):
-            rows += [[f"&nbsp;&nbsp;{sub}", *[f((w.get("startup_parts") or {}).get(part)) for w in walls]]
-                     for part, sub in STARTUP_PARTS]
-    rows.append(["**wall time of the command**", *[f"**{f(w.get('startup_s', 0) + w.get('loop_s', 0))}**" for w in walls]])
-    rows.append(["saves: writing in the background (overlaps the steps)" if walls[-1].get("async_save") else
-                 "saves: writing (inside the stall)", *[f(w.get("save_write_s")) for w in walls]])
-    return ("**Where the wall time went** (seconds, from the `WALL:` line each run writes after its `DONE:` line):\n\n"
-            + markdown_table(["part", *names], rows))
+            rows += [[sub, *[f((w.get("startup_parts") or {}).get(part)) for w in walls]]
+                     for part, sub in labels("train_log", "startup_rows").items()]
+    rows.append([say("train_log", "command_row"),
+                 *[f"**{f(w.get('startup_s', 0) + w.get('loop_s', 0))}**" for w in walls]])
+    rows.append([say("train_log", "async_save_row" if walls[-1].get("async_save") else "save_row"),
+                 *[f(w.get("save_write_s")) for w in walls]])
+    return say("train_log", "wall_table", table=markdown_table(["part", *names], rows))
 
 
 def summary_line(s: RunSummary, log_rel: str) -> str:
-    parts = []
+    facts = []
     if s.train:
-        parts.append(f"steps {s.train[0][0]} → {s.train[-1][0]}")
-        parts.append(f"train loss {s.train[0][1]:.4f} → {s.train[-1][1]:.4f}")
+        facts.append(say("train_log", "steps", first=s.train[0][0], last=s.train[-1][0]))
+        facts.append(say("train_log", "train_loss", first=s.train[0][1], last=s.train[-1][1]))
     if s.val:
-        parts.append(f"last val loss {s.val[-1][1]:.4f} (step {s.val[-1][0]})")
-    parts.append(f"{s.checkpoints} checkpoint save{'s' if s.checkpoints != 1 else ''} logged")
-    if s.resumes:
-        parts.append("resumed at step " + ", ".join(str(r) for r in s.resumes))
-    else:
-        parts.append("no resume")
-    line = f"**Run summary** (parsed from `{log_rel}`): " + " · ".join(parts) + "."
-    if s.runs > 1 + len(s.resumes):
-        line += " The log holds earlier runs too; the summary follows the last run started from scratch."
-    return line
+        facts.append(say("train_log", "val_loss", loss=s.val[-1][1], step=s.val[-1][0]))
+    facts.append(say("train_log", "checkpoints", n=s.checkpoints, s=plural(s.checkpoints)))
+    facts.append(say("train_log", "resumed", steps=", ".join(map(str, s.resumes))) if s.resumes else
+                 say("train_log", "no_resume"))
+    part = "summary_of_the_last_lineage" if s.runs > 1 + len(s.resumes) else "summary"
+    return say("train_log", part, log=log_rel, facts=" · ".join(facts))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,7 +358,7 @@ def variant_cell(name: str) -> str:
     """The variant's name; a variant that is another's configuration under a second name says which."""
     if not name:
         return MISSING
-    return f"`{name}`" + (f" (same switches as `{SAME_AS[name]}`)" if name in SAME_AS else "")
+    return say("ablation_table", "same_as", name=name, same=SAME_AS[name]) if name in SAME_AS else f"`{name}`"
 
 
 # (header, source columns that must exist for the column to be shown, cell function)
@@ -362,8 +389,10 @@ def render_ablation(cols: list[str], rows: list[dict[str, str]]) -> str:
 def _measured(r: dict[str, str]) -> str:
     t, m = number(r.get("avg_tok_s_steady")), number(r.get("peak_mem_bytes"))
     if not t:
-        return f"`{r.get('variant')}` {r.get('status') or 'no result'}"
-    return f"`{r.get('variant')}` {t:,.0f} tokens/s" + (f" at {m / 1e9:.2f} GB" if m else "")
+        part = "unmeasured" if r.get("status") else "no_result"
+        return say("ablation_table", part, variant=r.get("variant"), status=r.get("status"))
+    return say("ablation_table", "measured_memory" if m else "measured", variant=r.get("variant"), tok_s=t,
+               gb=(m or 0) / 1e9)
 
 
 def switch_effects(rows: list[dict[str, str]]) -> str:
@@ -376,18 +405,19 @@ def switch_effects(rows: list[dict[str, str]]) -> str:
             continue
         ta, tb = number(a.get("avg_tok_s_steady")), number(b.get("avg_tok_s_steady"))
         if not (ta and tb):  # one side failed (out of memory, say): what each side did
-            lines.append(f"- {name}: not compared; {_measured(a)}, {_measured(b)}.")
+            lines.append(say("ablation_table", "not_compared", name=name, a=_measured(a), b=_measured(b)))
             continue
         ma, mb = number(a.get("peak_mem_bytes")), number(b.get("peak_mem_bytes"))
         la, lb = number(a.get("final_loss")), number(b.get("final_loss"))
-        lines.append(f"- {name} (`{on}` vs `{off}`): **{ta / tb:.2f}x** tokens/s ({ta:,.0f} vs {tb:,.0f})"
-                     + (f"; peak memory {ma / 1e9:.2f} vs {mb / 1e9:.2f} GB ({(ma - mb) / 1e9:+.2f})" if ma and mb else "")
-                     + (f"; final loss {la:.3f} vs {lb:.3f}" if la is not None and lb is not None else "") + ".")
+        memory = say("ablation_table", "effect_memory", ma=ma / 1e9, mb=mb / 1e9, diff=(ma - mb) / 1e9) if ma and mb else ""
+        loss = say("ablation_table", "effect_loss", la=la, lb=lb) if la is not None and lb is not None else ""
+        lines.append(say("ablation_table", "effect", name=name, on=on, off=off, ratio=ta / tb, ta=ta, tb=tb,
+                         memory=memory, loss=loss))
     if not lines:
         return ""
     cards = sorted({r["device_name"] for r in rows if r.get("device_name")})
-    return (f"What each switch buys alone{' on ' + ', '.join(cards) if cards else ''} (two rows of this table "
-            f"one switch apart, as `SWITCH_PAIRS` in `smollm2/switches.py` pairs them):\n\n" + "\n".join(lines))
+    return say("ablation_table", "effects_on_cards" if cards else "effects", cards=", ".join(cards),
+               lines="\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,19 +445,14 @@ def train_log_block(log_path: str, text: Optional[str], s: Optional[RunSummary],
                     readme_dir: str) -> tuple[str, str]:
     log_rel = rel(log_path, readme_dir)
     if text is None:
-        return (f"_No training log yet: `{log_rel}` not found. Run the training commands above, then "
-                f"`python update_readme.py`._"), "log missing"
+        return say("train_log", "missing", log=log_rel), "log missing"
     text = text.rstrip("\n")
     out = [summary_line(s, log_rel)]
     if table := wall_table(s.walls):
         out.append(table)
     if plot_path:
-        out.append(f"![Loss curve: train and val loss against step]({link(plot_path, readme_dir)})")
-    fence = fence_for(text)
-    out.append("<details>\n"
-               f"<summary><b>Click to expand: {log_rel}</b></summary>\n\n"
-               f"{fence}text\n{text}\n{fence}\n\n"
-               "</details>")
+        out.append(say("train_log", "plot", plot=link(plot_path, readme_dir)))
+    out.append(say("train_log", "log", log=log_rel, fence=fence_for(text), text=text))
     last = s.train[-1][0] if s.train else "no steps"
     return "\n\n".join(out), f"log to step {last}" + (", resumed at " + "/".join(map(str, s.resumes)) if s.resumes else "")
 
@@ -435,15 +460,16 @@ def train_log_block(log_path: str, text: Optional[str], s: Optional[RunSummary],
 def csv_block(csv_path: str, png_dir: Optional[str], readme_dir: str, what: str) -> tuple[str, str]:
     csv_rel = rel(csv_path, readme_dir)
     if not os.path.isfile(csv_path):
-        return f"_No {what} results yet: `{csv_rel}` not found._", "csv missing"
+        return say("ablation_table", "missing", what=what, csv=csv_rel), "csv missing"
     cols, rows = read_csv(csv_path)
     if rows and "variant" not in cols:  # the table and its findings are keyed by the variant's name
         raise InputError(f"{csv_path} has no column 'variant' (its columns: {', '.join(cols) or 'none'}); write it "
                          f"again with train_ablation.py")
     if not rows:
-        body, note = f"_`{csv_rel}` has no rows yet._", "csv empty"
+        body, note = say("ablation_table", "no_rows", csv=csv_rel), "csv empty"
     else:
-        body, note = f"Rendered from `{csv_rel}`.\n\n" + render_ablation(cols, rows), f"{len(rows)} rows"
+        body = say("ablation_table", "table", csv=csv_rel, table=render_ablation(cols, rows))
+        note = f"{len(rows)} rows"
         if effects := switch_effects(rows):
             body += "\n\n" + effects
     pngs = sorted(glob.glob(os.path.join(png_dir, "*.png"))) if png_dir and os.path.isdir(png_dir) else []
@@ -452,13 +478,13 @@ def csv_block(csv_path: str, png_dir: Optional[str], readme_dir: str, what: str)
     return body, note
 
 
-def generic_tables(paths: list[str], readme_dir: str, headings: bool) -> list[str]:
+def generic_tables(block: str, paths: list[str], readme_dir: str, headings: bool) -> list[str]:
     out = []
     for p in paths:
         cols, rows = read_csv(p)
-        parts = [f"#### {os.path.splitext(os.path.basename(p))[0]}"] if headings else []
-        parts.append(f"Rendered from `{rel(p, readme_dir)}`.")
-        parts.append(render_generic(cols, rows) if rows else "_No rows yet._")
+        parts = [say(block, "heading", name=os.path.splitext(os.path.basename(p))[0])] if headings else []
+        parts.append(say(block, "rendered", csv=rel(p, readme_dir)))
+        parts.append(render_generic(cols, rows) if rows else say(block, "no_rows"))
         out.append("\n\n".join(parts))
     return out
 
@@ -468,57 +494,44 @@ def bench_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     # the quality plots belong to the QUALITY block, beside their tables
     pngs = sorted(p for p in glob.glob(os.path.join(bench_dir, "*.png")) if not os.path.basename(p).startswith("quality_"))
     if not csvs and not pngs:
-        return f"_No benchmark results yet: no `bench_*.csv` in `{rel(bench_dir, readme_dir)}/`._", "no bench csv"
-    parts = generic_tables(csvs, readme_dir, headings=True)
+        return say("bench_table", "missing", dir=rel(bench_dir, readme_dir)), "no bench csv"
+    parts = generic_tables("bench_table", csvs, readme_dir, headings=True)
     if pngs:
         parts.append(images(pngs, readme_dir))
-    return "\n\n".join(parts), f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}"
+    return "\n\n".join(parts), f"{len(csvs)} table{plural(len(csvs))}"
 
 
 def multigpu_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     csvs = sorted(glob.glob(os.path.join(bench_dir, "multigpu*.csv")))
     if not csvs:
-        return (f"_No multi-GPU results yet: no `multigpu*.csv` in `{rel(bench_dir, readme_dir)}/`._",
-                "no multigpu csv")
-    return (("\n\n".join(generic_tables(csvs, readme_dir, headings=len(csvs) > 1))),
-            f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}")
+        return say("multigpu_table", "missing", dir=rel(bench_dir, readme_dir)), "no multigpu csv"
+    tables = generic_tables("multigpu_table", csvs, readme_dir, headings=len(csvs) > 1)
+    return "\n\n".join(tables), f"{len(csvs)} table{plural(len(csvs))}"
 
 
 # What each case of benchmarks/device_seed_e2e.sh measured (seed_e2e.csv's `case`); an unknown case shows its name.
-E2E_CASES = {
-    "cold_A": "step A on empty compile caches (inductor, Triton, Python bytecode)",
-    "cold_B": "step B right after it",
-    "warm_A": "step A on a machine that has run it (the README's log)",
-    "warm_B": "step B after it (the README's log)",
-    "warm_A_no_bytecode": "step A warm, but Python bytecode not kept (the GPU image's default)",
-    "warm_B_no_bytecode": "step B likewise",
-    "portable_B": "step B on empty machine caches, with the run folder's compile_artifacts.bin (bytecode not kept)",
-}
-
-
 def e2e_case(case: str) -> str:
     m = re.fullmatch(r"scope_(model|blocks)_(cold|warm|resume)", case)
     if m:
-        what = {"cold": "300 steps, empty caches", "warm": "300 steps again", "resume": "resume to 350"}[m.group(2)]
-        return f"`--compile_scope {m.group(1)}`: {what} (Python bytecode not kept)"
-    return E2E_CASES.get(case, case)
+        what = labels("seed_e2e", "scope_kinds")[m.group(2)]
+        return say("seed_e2e", "scope_case", scope=m.group(1), what=what)
+    return labels("seed_e2e", "cases").get(case, case)
 
 
 def seed_e2e_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     """device_seed_e2e.sh's wall times (the shell's, process start to exit), one row per case."""
     path = os.path.join(bench_dir, "seed_e2e", "seed_e2e.csv")
     if not os.path.isfile(path):
-        return f"_No end-to-end timings yet: no `{rel(path, readme_dir)}`._", "no seed_e2e csv"
+        return say("seed_e2e", "missing", csv=rel(path, readme_dir)), "no seed_e2e csv"
     _, rows = read_csv(path)
     if not rows:
-        return f"_`{rel(path, readme_dir)}` holds no rows._", "empty seed_e2e csv"
-    cards = ", ".join(dict.fromkeys(f"{r.get('card', '')} (torch {r.get('torch', '')})" for r in rows))
+        return say("seed_e2e", "no_rows", csv=rel(path, readme_dir)), "empty seed_e2e csv"
+    cards = ", ".join(dict.fromkeys(say("seed_e2e", "card", card=r.get("card", ""), torch=r.get("torch", ""))
+                                    for r in rows))
     table = markdown_table(["case", "what", "wall (s)", "exit"],
                            [[f"`{r['case']}`", e2e_case(r["case"]), f"{number(r.get('wall_s')) or 0:.1f}",
                              r.get("exit_status", "")] for r in rows])
-    return (f"The README's two commands end to end, as the shell timed them (process start to exit) on {cards} "
-            f"(`bash benchmarks/device_seed_e2e.sh`; rendered from `{rel(path, readme_dir)}`). Step A is "
-            f"`--max_steps 5000 --resume 0`, step B `--max_steps 5050 --resume 1`:\n\n{table}"), f"{len(rows)} cases"
+    return say("seed_e2e", "table", cards=cards, csv=rel(path, readme_dir), table=table), f"{len(rows)} cases"
 
 
 def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
@@ -526,7 +539,7 @@ def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     out of memory), the fastest size that fit in bold; then which size each impl's throughput row uses."""
     path = os.path.join(bench_dir, "microbatch_sweep.csv")
     if not os.path.isfile(path):
-        return f"_No micro-batch sweep yet: no `{rel(path, readme_dir)}`._", "no sweep csv"
+        return say("microbatch_table", "missing", csv=rel(path, readme_dir)), "no sweep csv"
     _, rows = read_csv(path)
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     sizes = sorted({int(r["micro_batch"]) for r in rows})
@@ -542,18 +555,16 @@ def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
         if r is None:
             return MISSING
         if r.get("status") != "ok":
-            return "out of memory" if r.get("status") == "oom" else (r.get("status") or MISSING)
-        text = (f"{number(r['tokens_per_s']):,.0f} tok/s, {100 * (number(r.get('mfu')) or 0):.1f}% MFU, "
-                f"{number(r.get('peak_mem_gb')) or 0:.1f} GB")
-        return f"**{text}**" if best.get(impl, (None,))[0] == B else text
+            return say("microbatch_table", "out_of_memory") if r.get("status") == "oom" else (r.get("status") or MISSING)
+        text = say("microbatch_table", "cell", tok_s=number(r["tokens_per_s"]), mfu=100 * (number(r.get("mfu")) or 0),
+                   gb=number(r.get("peak_mem_gb")) or 0)
+        return say("microbatch_table", "fastest", cell=text) if best.get(impl, (None,))[0] == B else text
 
-    first = rows[0]
     table = markdown_table(["micro-batch"] + [f"`{i}`" for i in impls],
                            [[str(B)] + [show(i, B) for i in impls] for B in sizes])
-    picks = ", ".join(f"`{i}` {best[i][0]}" for i in impls if i in best)
-    text = (f"Micro-batch sweep at seq {first.get('seq_len', '')} on {first.get('card', '')}, every size in one "
-            f"process (`bench.py --micro_batches`; rendered from `{rel(path, readme_dir)}`). Bold: the fastest size "
-            f"that fit, the one each impl's row in `bench_throughput.csv` uses: {picks or 'none fit'}.\n\n{table}")
+    picks = ", ".join(f"`{i}` {best[i][0]}" for i in impls if i in best) or say("microbatch_table", "none_fit")
+    text = say("microbatch_table", "sweep", seq=rows[0].get("seq_len", ""), card=rows[0].get("card", ""),
+               csv=rel(path, readme_dir), picks=picks, table=table)
     return text, f"{len(impls)} impls x {len(sizes)} sizes"
 
 
@@ -995,18 +1006,18 @@ def eval_speed_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     same work, a table per call on one card."""
     paths = sorted(glob.glob(os.path.join(bench_dir, "eval_speed*.csv")))
     if not paths:
-        return (f"_No evaluation timings yet: `bash benchmarks/device_eval.sh speed` writes "
-                f"`{rel(os.path.join(bench_dir, 'eval_speed.csv'), readme_dir)}`._", "no eval_speed csv")
+        return say("eval_speed", "missing", csv=rel(os.path.join(bench_dir, "eval_speed.csv"), readme_dir)), \
+            "no eval_speed csv"
     parts, n = [], 0
     for path in paths:
         _, rows = read_csv(path)
         n += len(rows)
-        parts.append(f"`{rel(path, readme_dir)}`:\n\n" + markdown_table(
+        parts.append(say("eval_speed", "table", csv=rel(path, readme_dir), table=markdown_table(
             ["command", "scorer", "work", "scoring (s)", "compile, apart (s)", "whole process (s)", "acc", "acc_norm",
              "bits per byte", "device"],
             [[r["what"], r["scorer"], r["work"], _fmt(1, 1)(r["scoring_s"]), _fmt(1, 1)(r["compile_s"]),
               _fmt(1, 1)(r["process_s"]), _fmt(1, 4)(r["acc"]), _fmt(1, 4)(r["acc_norm"]), _fmt(1, 4)(r["bpb"]),
-              r["device"]] for r in rows]))
+              r["device"]] for r in rows])))
     return "\n\n".join(parts), f"{n} rows in {len(paths)} tables"
 
 
@@ -1358,9 +1369,8 @@ def comparison(args, log_text: Optional[str], run: Optional[RunSummary], page_di
     except ImportError:
         notes.append("comparison plot skipped (matplotlib missing)")
         return ""
-    return (f"\n\nThe same two commands before the current default path "
-            f"(`{rel(args.previous_train_log, page_dir)}`) and now:\n\n"
-            f"![The seed's commands before and now]({link(args.comparison_plot, page_dir)})")
+    return "\n\n" + say("train_log", "comparison", previous=rel(args.previous_train_log, page_dir),
+                        plot=link(args.comparison_plot, page_dir))
 
 
 if __name__ == "__main__":
