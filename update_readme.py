@@ -73,7 +73,6 @@ def read_json(path: str):
         raise InputError(f"{path} is not JSON ({err})") from err
 
 
-
 # ----------------------------------------------------------------------------------------------
 # the words: docs/templates/<block>.md, a part per "<!-- name -->" line, its {placeholders} filled by str.format
 
@@ -574,11 +573,11 @@ DATA_PREP_COLUMNS = ["machine", "cpu_model", "measurement", "pipeline", "workers
 
 def train_rss_sentence(r: dict[str, str]) -> str:
     """Whether training's memory stayed flat, from a benchmarks/bench_data.py train_rss row."""
-    flat = "flat" if r.get("flat") == "True" else "NOT flat"
-    return (f"Training memory on prepared shards ({r['machine']}, train.py on {r.get('train_device') or 'cpu'}, "
-            f"{int(r['train_shards'])} shards of {int(float(r['shard_tokens'])):,} ids): RSS {r['rss_first_mb']} MB at "
-            f"step {r['first_step']} and {r['rss_last_mb']} MB at step {r['steps_done']} (ratio {r['rss_ratio']}: "
-            f"{flat} within {float(r['flat_tolerance']):.0%}).")
+    return say("data_results", "train_rss", machine=r["machine"], device=r.get("train_device") or "cpu",
+               shards=int(r["train_shards"]), shard_tokens=int(float(r["shard_tokens"])), first_mb=r["rss_first_mb"],
+               first_step=r["first_step"], last_mb=r["rss_last_mb"], last_step=r["steps_done"], ratio=r["rss_ratio"],
+               flat=say("data_results", "flat" if r.get("flat") == "True" else "not_flat"),
+               tolerance=float(r["flat_tolerance"]))
 
 
 def data_results_block(results_dir: str, bench_dir: str, readme_dir: str, eval_dir: str = "") -> tuple[str, str]:
@@ -588,26 +587,25 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str, eval_d
     summary_path = os.path.join(results_dir, "manifest_summary.json")
     log_path = os.path.join(results_dir, "train.log")
     if os.path.isfile(summary_path) and os.path.isfile(log_path):
-        with open(summary_path, encoding="utf-8") as f:
-            m = json.load(f)
+        m = read_json(summary_path)
         t = m["totals"]
-        groups = ", ".join(f"{k} ({v['files']} file{'s' if v['files'] != 1 else ''}, {v['bytes'] / 1e6:.1f} MB)"
-                           for k, v in m["sources"].items())
-        parts.append(f"**Real corpus** (`{rel(summary_path, readme_dir)}`): {groups} -> {t['tokens']:,} tokens in "
-                     f"{t['documents']:,} documents ({m['dtype']}, end-of-text id {m['eos_id']}); validation "
-                     f"{t['val_documents']:,} whole documents, {t['val_tokens']:,} tokens.")
+        groups = ", ".join(say("data_results", "source", name=k, files=v["files"], s=plural(v["files"]),
+                               mb=v["bytes"] / 1e6) for k, v in m["sources"].items())
+        parts.append(say("data_results", "corpus", summary=rel(summary_path, readme_dir), groups=groups,
+                         tokens=t["tokens"], documents=t["documents"], dtype=m["dtype"], eos=m["eos_id"],
+                         val_documents=t["val_documents"], val_tokens=t["val_tokens"]))
         prep_log = os.path.join(results_dir, "prepare.log")
         if os.path.isfile(prep_log):
             with open(prep_log, encoding="utf-8", errors="replace") as f:
                 lines = [ln.strip() for ln in f if ln.startswith("prepared ")]
             if lines:
-                parts.append(f"Preparation: `{lines[-1]}`.")
+                parts.append(say("data_results", "preparation", line=lines[-1]))
         text = read_train_log(log_path)
         s = run_summary(log_path, text)
         speeds = sorted(s.speeds)
         if speeds:
-            parts.append(f"Training on {s.header.get('device_name') or 'an unnamed device'}: median "
-                         f"{speeds[len(speeds) // 2]:,.0f} tokens/s over the logged intervals.")
+            device = s.header.get("device_name") or say("data_results", "unnamed_device")
+            parts.append(say("data_results", "training_speed", device=device, tok_s=speeds[len(speeds) // 2]))
         plot = os.path.join(results_dir, "loss_curve.png")
         try:
             write_if_changed(plot, render_loss_plot(s, released_reference(eval_dir, "realdocs")))
@@ -618,17 +616,13 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str, eval_d
     csv_path = os.path.join(bench_dir, "data_prep.csv")
     if os.path.isfile(csv_path):
         _, rows = read_csv(csv_path)
-        parts.append(f"Data pipeline benchmarks (`python benchmarks/bench_data.py`; rendered from `{rel(csv_path, readme_dir)}`, "
-                     f"which also holds CPU time, high-water marks and versions; RSS and PSS are summed over the "
-                     f"process tree; `vm/16cpu` is the GPU machine's 16-core host, `vm/2cpu` the 2-core "
-                     f"development machine):")
+        parts.append(say("data_results", "pipeline", csv=rel(csv_path, readme_dir)))
         prep = [r for r in rows if r.get("measurement") != "train_rss"]  # those are a sentence each, below
-        parts.append(render_generic(DATA_PREP_COLUMNS, prep) if prep else "_No rows yet._")
+        parts.append(render_generic(DATA_PREP_COLUMNS, prep) if prep else say("data_results", "no_rows"))
         parts += [train_rss_sentence(r) for r in rows if r.get("measurement") == "train_rss"]
         note.append("data_prep table")
     if not parts:
-        return ("_No data results yet: run `bash benchmarks/device_data.sh` and `python benchmarks/bench_data.py`, then "
-                "`python update_readme.py`._"), "no data results"
+        return say("data_results", "missing"), "no data results"
     return "\n\n".join(parts), ", ".join(note)
 
 
@@ -645,40 +639,33 @@ def eval_block(eval_dir: str, readme_dir: str) -> tuple[str, str]:
         except (OSError, ValueError) as e:
             raise InputError(f"{path} is not a JSON file written by evaluate.py ({e})") from e
     if not results:
-        return f"_No evaluation results yet: evaluate.py writes them to `{rel(eval_dir, readme_dir)}/`._", "no results"
+        return say("eval_results", "missing", dir=rel(eval_dir, readme_dir)), "no results"
 
-    def weights(r: dict) -> str:
+    def row(kind: str, path: str, r: dict, **values) -> str:
         w = r["weights"]
-        return f"{r['name']}: `{w['file']}` (sha256 {w['sha256'][:12]}…)" if w.get("file") else f"{r['name']}: {w['description']}"
+        weights = (say("eval_results", "weights_file", name=r["name"], file=w["file"], sha=w["sha256"][:12])
+                   if w.get("file") else say("eval_results", "weights", name=r["name"], description=w["description"]))
+        return say("eval_results", f"{kind}_row", weights=weights, device=r["device"], file=os.path.basename(path),
+                   link=link(path, readme_dir), **values)
 
-    def cell(v, fmt: str) -> str:
+    def cell(v, fmt: str = "{:.4f}") -> str:
         return MISSING if v is None else fmt.format(v)
 
-    parts = []
-    bpb = [(p, r) for p, r in results if r.get("task") == "bpb"]
-    if bpb:
-        rows = ["| weights | text | seq_len | tokens | bytes | bits per byte | loss (nats/token) | perplexity | device | file |",
-                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-        rows += [f"| {weights(r)} | {r['text']} | {r['seq_len']} | {r['tokens']:,} | {r['bytes']:,} | "
-                 f"**{cell(r['bpb'], '{:.4f}')}** | {cell(r['loss'], '{:.4f}')} | {cell(r['ppl'], '{:.2f}')} | "
-                 f"{r['device']} | [{os.path.basename(p)}]({link(p, readme_dir)}) |" for p, r in bpb]
-        parts.append("\n".join(rows))
-    tasks = [(p, r) for p, r in results if r.get("task") not in ("bpb", "lm_eval")]
-    if tasks:
-        rows = ["| weights | task | data | items | acc | acc_norm | device | file |",
-                "| --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
-        rows += [f"| {weights(r)} | {r['task']} | {r['data']} | {r['items']:,} | {cell(r.get('acc'), '{:.4f}')} | "
-                 f"{cell(r.get('acc_norm'), '{:.4f}')} | {r['device']} | [{os.path.basename(p)}]({link(p, readme_dir)}) |"
-                 for p, r in tasks]
-        parts.append("\n".join(rows))
-    harness = [(p, r) for p, r in results if r.get("task") == "lm_eval"]
-    if harness:
-        rows = ["| weights | harness task | metric | value | device | file |", "| --- | --- | --- | ---: | --- | --- |"]
-        rows += [f"| {weights(r)} | {task} | {metric.split(',')[0]} | {v:.4f} | {r['device']} | "
-                 f"[{os.path.basename(p)}]({link(p, readme_dir)}) |" for p, r in harness
-                 for task, metrics in r["results"].items() for metric, v in metrics.items()
-                 if isinstance(v, float) and "stderr" not in metric]
-        parts.append("\n".join(rows))
+    kinds = {"bpb": [], "task": [], "harness": []}
+    for p, r in results:
+        kind = {"bpb": "bpb", "lm_eval": "harness"}.get(r.get("task"), "task")
+        if kind == "bpb":
+            kinds[kind].append(row(kind, p, r, text=r["text"], seq_len=r["seq_len"], tokens=r["tokens"],
+                                   bytes=r["bytes"], bpb=cell(r["bpb"]), loss=cell(r["loss"]),
+                                   ppl=cell(r["ppl"], "{:.2f}")))
+        elif kind == "task":
+            kinds[kind].append(row(kind, p, r, task=r["task"], data=r["data"], items=r["items"],
+                                   acc=cell(r.get("acc")), acc_norm=cell(r.get("acc_norm"))))
+        else:
+            kinds[kind] += [row(kind, p, r, task=task, metric=metric.split(",")[0], value=v)
+                            for task, metrics in r["results"].items() for metric, v in metrics.items()
+                            if isinstance(v, float) and "stderr" not in metric]
+    parts = [say("eval_results", f"{kind}_table") + "\n" + "\n".join(rows) for kind, rows in kinds.items() if rows]
     return "\n\n".join(parts), f"{len(results)} result files"
 
 
@@ -1021,34 +1008,18 @@ def eval_speed_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     return "\n\n".join(parts), f"{n} rows in {len(paths)} tables"
 
 
-QUALITY_SECTIONS = {"realdocs_2048_defaults": "realdocs, seq 2048 x micro-batch 16: the defaults and transformers",
-                    "realdocs_2048_horizon": "realdocs, seq 2048 x micro-batch 16: Muon over a shorter horizon",
-                    "realdocs_2048_horizon2": "realdocs, seq 2048 x micro-batch 16: Muon over a shorter horizon, "
-                                              "the two best changes together",
-                    "realdocs_2048_adamw_part": "realdocs, seq 2048 x micro-batch 16: Muon's AdamW part and warmup "
-                                                "over the full horizon",
-                    "realdocs_2048_schedules": "realdocs, seq 2048 x micro-batch 16: schedules and Muon's lr",
-                    "realdocs_2048": "realdocs (the first sweep), seq 2048 x micro-batch 16",
-                    "realdocs_2048_mb4": "realdocs, seq 2048 x micro-batch 4 (8,192 tokens a step)",
-                    "realdocs_2048_bracket": "realdocs, seq 2048 x micro-batch 16: the best AdamW's lr bracketed "
-                                             "from above (WSD 1e-3 and 2e-3)",
-                    "realdocs_2048_mb48": "realdocs, seq 2048 x micro-batch 48 (98,304 tokens a step)",
-                    "realdocs_2048_mb48_bracket": "realdocs, seq 2048 x micro-batch 48: the best AdamW's lr bracketed "
-                                                  "from above (WSD 2e-3 and 3e-3)",
-                    "seed_input_5000": "input.txt at the seed's shape (seq 256 x 4 windows a step), its 5,000 steps",
-                    "seed_input": "input.txt at the seed's shape (seq 256 x 4 windows a step)"}
 HEADLINE_SECTIONS = ("realdocs_2048_defaults", "realdocs_2048_schedules", "realdocs_2048")  # the README's Muon headline: the first present
 MB48_SECTIONS = ("realdocs_2048_mb48_bracket", "realdocs_2048_mb48")  # the same tokens at the fastest micro-batch
 DEFAULT_MUON = "muon_wsd_5e-3"  # train.py's --optimizer muon recipe, as quality.py names it
 
 
 def quality_sections(bench_dir: str) -> dict[str, str]:
-    """QUALITY_SECTIONS, then one per seed run of device_quality.sh seeds (found by their files)."""
-    sections = dict(QUALITY_SECTIONS)
+    """The sections of the QUALITY template, then one per seed run of device_quality.sh seeds (found by their
+    files)."""
+    sections = labels("quality", "sections")
     for path in sorted(glob.glob(os.path.join(bench_dir, "quality_realdocs_2048_seed*_runs.csv"))):
         section = os.path.basename(path)[len("quality_"):-len("_runs.csv")]
-        sections[section] = (f"realdocs, seq 2048 x micro-batch 16: the half-time comparison under seed "
-                             f"{section[len('realdocs_2048_seed'):]}")
+        sections[section] = say("quality", "seed_section", seed=section[len("realdocs_2048_seed"):])
     return sections
 
 
@@ -1067,16 +1038,16 @@ def half_time_table(bench_dir: str, sections: dict[str, str]) -> Optional[str]:
         for t in against_best_adamw(ttl):
             if t["recipe"].startswith("muon"):
                 rows.append([f"`{section}`", shape, t["target"].split("(")[1].split(")")[0],
-                             _fmt(1, 3)(t["target_loss"]), t["recipe"],
-                             _fmt(1, 3)(t["share_of_reference_time"]) if t["reached"] == "True" else "not reached",
-                             t["card"]])
+                             _fmt(1, 3)(t["target_loss"]), t["recipe"], _share(t, 3), t["card"]])
     if not rows:
         return None
-    return ("#### Every run's half-time comparison\n\nFrom the `_ttl.csv` of each section below: the share of the "
-            "best AdamW's own time (to its end) that a Muon recipe of the same process needs to reach that AdamW's "
-            "final held-out loss (target: at most 0.5).\n\n"
-            + markdown_table(["run", "seq x micro-batch", "best AdamW of the run", "its final loss", "Muon recipe",
-                           "share", "card"], rows))
+    return say("quality", "half_time", table=markdown_table(
+        ["run", "seq x micro-batch", "best AdamW of the run", "its final loss", "Muon recipe", "share", "card"], rows))
+
+
+def _share(t: dict[str, str], digits: int) -> str:
+    """A time-to-loss row's share of the reference's time, or that it was not reached."""
+    return _fmt(1, digits)(t["share_of_reference_time"]) if t["reached"] == "True" else say("quality", "not_reached")
 
 
 def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
@@ -1093,36 +1064,32 @@ def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
         _, runs = read_csv(stem + "_runs.csv")
         first = runs[0] if runs else {}
         if number(first.get("steps", "")) and number(first.get("tokens", "")):
-            what += f", {int(number(first['steps'])):,} steps ({number(first['tokens']) / 1e6:.1f}M tokens)"
-        parts.append(f"#### {what}, {first.get('card', '')}\n\nRendered from `{rel(stem + '_runs.csv', readme_dir)}`: every row "
-                     f"in one process on one card; the steps' wall-clock without the first step (compile, CUDA-graph "
-                     f"capture), which is apart.")
+            what = say("quality", "section_steps", what=what, steps=int(number(first["steps"])),
+                       mtok=number(first["tokens"]) / 1e6)
+        parts.append(say("quality", "section", what=what, card=first.get("card", ""), csv=rel(stem + "_runs.csv", readme_dir)))
         parts.append(markdown_table(
             ["recipe", "optimizer", "schedule", "peak lr", "AdamW-part lr", "steps", "held-out loss at the end",
              "ms/step", "steps (s)", "first step (s)"],
-            [[r["recipe"], r["optimizer"] + (" (transformers + compile)" if r["impl"] == "hf" else ""), r["schedule"],
-              r["max_lr"], r["adamw_lr"] or MISSING, r.get("steps") or MISSING, _fmt(1, 3)(r["final_val_loss"]),
-              _fmt(1, 1)(r["ms_per_step"]),
-              _fmt(1, 1)(r["train_s"]), _fmt(1, 1)(r["first_step_s"])] for r in runs]))
+            [[r["recipe"], say("quality", "hf_optimizer", optimizer=r["optimizer"]) if r["impl"] == "hf" else r["optimizer"],
+              r["schedule"], r["max_lr"], r["adamw_lr"] or MISSING, r.get("steps") or MISSING,
+              _fmt(1, 3)(r["final_val_loss"]), _fmt(1, 1)(r["ms_per_step"]), _fmt(1, 1)(r["train_s"]),
+              _fmt(1, 1)(r["first_step_s"])] for r in runs]))
         if os.path.isfile(stem + "_ttl.csv"):
             _, ttl = read_csv(stem + "_ttl.csv")
-            parts.append(f"Time to a held-out loss (`{rel(stem + '_ttl.csv', readme_dir)}`; linear between "
-                         f"evaluations; share: of the reference recipe's own time to the end):")
+            parts.append(say("quality", "time_to_loss", csv=rel(stem + "_ttl.csv", readme_dir)))
             parts.append(markdown_table(
                 ["target", "loss", "recipe", "steps' wall-clock (s)", "tokens (M)", "share of the reference's time"],
                 [[t["target"], t["target_loss"], t["recipe"], _fmt(1, 1)(t["train_s"]), _fmt(1e-6, 1)(t["tokens"]),
-                  _fmt(1, 2)(t["share_of_reference_time"]) if t["reached"] == "True" else "not reached"]
-                 for t in ttl]))
+                  _share(t, 2)] for t in ttl]))
         if os.path.isfile(stem + ".png"):
             parts.append(images([stem + ".png"], readme_dir))
     for step in sorted(glob.glob(os.path.join(bench_dir, "quality_step_time*.csv"))):
         cols, rows = read_csv(step)
-        mb = f" at seq {rows[0]['seq_len']} x micro-batch {rows[0]['micro_batch']}" if rows else ""
-        parts.append(f"#### The Muon step against the AdamW step{mb}\n\nRendered from `{rel(step, readme_dir)}` "
-                     f"(one process).")
+        parts.append(say("quality", "step_time_at_shape" if rows else "step_time", csv=rel(step, readme_dir),
+                         **({k: rows[0][k] for k in ("seq_len", "micro_batch")} if rows else {})))
         parts.append(render_generic([c for c in cols if c not in ("section", "torch")], rows))
     if not parts:
-        return f"_No quality results yet: no `quality_*.csv` in `{rel(bench_dir, readme_dir)}/`._", "no quality csv"
+        return say("quality", "missing", dir=rel(bench_dir, readme_dir)), "no quality csv"
     return "\n\n".join(parts), f"{sum(p.startswith('####') for p in parts) - bool(summary)} sections"
 
 

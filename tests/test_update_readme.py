@@ -683,3 +683,13 @@ def test_a_log_named_elsewhere_draws_its_plot_beside_it(tmp_path):
     assert committed.read_bytes() == b"the committed plot"
     assert (tmp_path / "other" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](../other/loss_curve.png)" in (tmp_path / "copy" / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_manifest_summary_that_is_not_json_is_one_line_and_touches_nothing(tmp_path):
+    populate(tmp_path, README + "\n<!-- DATA_RESULTS_BEGIN -->\n<!-- DATA_RESULTS_END -->\n")
+    write(tmp_path / "results" / "realdocs" / "manifest_summary.json", '{"totals": ')
+    write(tmp_path / "results" / "realdocs" / "train.log", make_log())
+    before = (tmp_path / "README.md").read_bytes()
+    r = run(tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "manifest_summary.json is not JSON" in r.stderr and (tmp_path / "README.md").read_bytes() == before
