@@ -685,19 +685,24 @@ def multigpu_finding(path: str, readme_dir: str) -> str:
     main_impl = mg[0]["impl"]
 
     def eff(r):
-        return f"{100 * number(r['scaling_efficiency']):.0f}% of one GPU" if number(r.get("scaling_efficiency")) else ""
+        e = number(r.get("scaling_efficiency"))
+        return say("findings", "efficiency", pct=100 * number(r["scaling_efficiency"])) if e else ""
 
-    parts = "; ".join(f"{r['world_size']} GPU{'s' if r['world_size'] != '1' else ''}: "
-                      f"{number(r['tokens_per_s']):,.0f} tokens/s ({number(r['tokens_per_s_per_gpu']):,.0f} per GPU"
-                      + (f", {eff(r)}" if r["world_size"] != "1" and eff(r) else "") + ")"
-                      for r in mg if r["impl"] == main_impl)
+    def size(r):
+        n = r["world_size"]
+        values = dict(n=n, s=plural(int(n)), tok_s=number(r["tokens_per_s"]), per_gpu=number(r["tokens_per_s_per_gpu"]))
+        if n != "1" and eff(r):
+            return say("findings", "gpus_with_efficiency", efficiency=eff(r), **values)
+        return say("findings", "gpus", **values)
+
     others = {}
     for r in mg:
         if r["impl"] != main_impl and eff(r):
-            others.setdefault(r["impl"], []).append(f"{r['world_size']} GPUs {eff(r)}")
-    extra = "".join(f"; `{k}`: {', '.join(v)}" for k, v in others.items())
-    return (f"- **Several GPUs** (torchrun + DDP, `{main_impl}`, seq {mg[0]['seq_len']} x micro-batch "
-            f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts}{extra} (`{rel(path, readme_dir)}`).")
+            others.setdefault(r["impl"], []).append(say("findings", "other_impl_gpus", n=r["world_size"], efficiency=eff(r)))
+    return say("findings", "several_gpus", impl=main_impl, seq=mg[0]["seq_len"], micro_batch=mg[0]["micro_batch"],
+               card=mg[0]["card"], sizes="; ".join(size(r) for r in mg if r["impl"] == main_impl),
+               others="".join(say("findings", "other_impl", impl=k, sizes=", ".join(v)) for k, v in others.items()),
+               csv=rel(path, readme_dir))
 
 
 def default_path_row(rows: dict[str, dict[str, str]], profile: str = "throughput") -> Optional[dict[str, str]]:
@@ -719,11 +724,10 @@ def shape_text(profile: str, fast: dict, hfe: dict, hfc: dict) -> str:
     shape = PROFILES[profile]
     seq, accum = fast.get("seq_len") or shape.seq_len, fast.get("grad_accum") or str(shape.grad_accum)
     mb = [r.get("micro_batch") or str(shape.micro_batch) for r in (fast, hfe, hfc)]
-    accum = f" x accum {accum}" if accum != "1" else ""
+    with_accum = "_with_accum" if accum != "1" else ""
     if len(set(mb)) == 1:
-        return f"seq {seq} x {'batch' if accum else 'micro-batch'} {mb[0]}{accum}"
-    return (f"seq {seq}{accum}; micro-batch: ours {mb[0]}, transformers eager {mb[1]}, compiled {mb[2]}; "
-            f"a swept impl at its fastest size")
+        return say("findings", "shape" + with_accum, seq=seq, micro_batch=mb[0], accum=accum)
+    return say("findings", "swept_shape" + with_accum, seq=seq, accum=accum, ours=mb[0], eager=mb[1], compiled=mb[2])
 
 
 def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
@@ -731,29 +735,24 @@ def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
     out = []
     seed = _rows_by(os.path.join(bench_dir, "bench_seed.csv"), "impl")
     thr = _rows_by(os.path.join(bench_dir, "bench_throughput.csv"), "impl")
-    for name, rows, what in (("seed", seed, "the seed's shape"), ("throughput", thr, "the throughput profile")):
+    for name, rows in (("seed", seed), ("throughput", thr)):
         fast = default_path_row(rows, name)
         hfe, hfc = rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfe and hfc):
             continue
-        what += f" ({shape_text(name, fast, hfe, hfc)})"
         tf, te, tc = (float(r["tokens_per_s"]) for r in (fast, hfe, hfc))
-        out.append(f"- **Speed, {what}** on {fast['card']}: our default CUDA path (`{fast['impl']}`) trains at **{tf:,.0f} tokens/s** "
-                   f"({100 * float(fast['mfu']):.1f}% MFU), **{tf / te:.1f}x** transformers' LlamaForCausalLM eager "
-                   f"({te:,.0f}) and **{tf / tc:.1f}x** transformers + torch.compile ({tc:,.0f}); peak memory "
-                   f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfe['peak_mem_gb']):.2f} GB (eager) and "
-                   f"{float(hfc['peak_mem_gb']):.2f} GB (compiled) for transformers "
-                   f"(`{rel(os.path.join(bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
+        out.append(say("findings", "speed", what=say("findings", name, shape=shape_text(name, fast, hfe, hfc)),
+                       card=fast["card"], impl=fast["impl"], tf=tf, mfu=100 * float(fast["mfu"]), xe=tf / te, te=te,
+                       xc=tf / tc, tc=tc, mf=float(fast["peak_mem_gb"]), me=float(hfe["peak_mem_gb"]),
+                       mc=float(hfc["peak_mem_gb"]), csv=rel(os.path.join(bench_dir, f"bench_{name}.csv"), readme_dir)))
     vs_path = os.path.join(bench_dir, "bench_throughput_vs_compile.csv")  # a run of the two alone
     vs = _rows_by(vs_path, "impl")
     fast, hfc = default_path_row(vs), vs.get("hf_compile")
     if fast and hfc and not (thr.get("hf_compile") and thr.get("hf_eager")):
         tf, tc = float(fast["tokens_per_s"]), float(hfc["tokens_per_s"])
-        out.append(f"- **Speed, the throughput profile (seq 2048 x micro-batch 16)** on {fast['card']}: our default "
-                   f"CUDA path trains at **{tf:,.0f} tokens/s** ({100 * float(fast['mfu']):.1f}% MFU), **{tf / tc:.2f}x** "
-                   f"transformers + torch.compile ({tc:,.0f}) in the same process; peak memory "
-                   f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfc['peak_mem_gb']):.2f} GB "
-                   f"(`{rel(vs_path, readme_dir)}`).")
+        out.append(say("findings", "speed_against_compile", card=fast["card"], tf=tf, mfu=100 * float(fast["mfu"]),
+                       xc=tf / tc, tc=tc, mf=float(fast["peak_mem_gb"]), mc=float(hfc["peak_mem_gb"]),
+                       csv=rel(vs_path, readme_dir)))
     return out
 
 
@@ -763,28 +762,25 @@ def benchmark_findings(bench_dir: str, readme_dir: str) -> list[str]:
     mb_path = os.path.join(bench_dir, "bench_max_batch.csv")
     mb = [r for r in read_csv(mb_path)[1] if number(r.get("max_micro_batch"))] if os.path.isfile(mb_path) else []
     if mb:
-        parts = ", ".join(f"`{r['impl']}` {r['max_micro_batch']}" for r in mb)
-        out.append(f"- **Largest micro-batch at seq 2048** that trains on one {mb[0]['card']} "
-                   f"({mb[0]['card_memory_gb']} GB): {parts} (`{rel(mb_path, readme_dir)}`).")
+        out.append(say("findings", "max_batch", card=mb[0]["card"], memory=mb[0]["card_memory_gb"],
+                       sizes=", ".join(f"`{r['impl']}` {r['max_micro_batch']}" for r in mb), csv=rel(mb_path, readme_dir)))
     eq = os.path.join(bench_dir, "loss_equivalence.json")
     if os.path.isfile(eq):
         e = read_json(eq)
-        noise = (f" (bf16 rounding alone, the plain path in bf16 against float32: up to {e['max_bf16_noise']:.3f}, "
-                 f"mean {e['mean_bf16_noise']:.4f})" if "max_bf16_noise" in e else "")
-        out.append(f"- **Same numbers**: over the first {e['steps']} steps of the throughput profile the fast path's "
-                   f"loss stays within {e['max_abs_diff']:.3f} (mean {e['mean_abs_diff']:.4f}) of the plain eager "
-                   f"path from the same seed{noise}; final {e['final_fast']:.4f} vs {e['final_eager']:.4f} "
-                   f"([plot]({rel(os.path.join(bench_dir, 'loss_equivalence.png'), readme_dir)})).")
+        noise = "max_bf16_noise" in e
+        out.append(say("findings", "same_numbers_beside_bf16_noise" if noise else "same_numbers", steps=e["steps"],
+                       max=e["max_abs_diff"], mean=e["mean_abs_diff"], noise_max=e.get("max_bf16_noise"),
+                       noise_mean=e.get("mean_bf16_noise"), fast=e["final_fast"], eager=e["final_eager"],
+                       plot=rel(os.path.join(bench_dir, "loss_equivalence.png"), readme_dir)))
     tb_path = os.path.join(bench_dir, "time_breakdown_throughput.csv")
     tb = _rows_by(tb_path, "impl")
     r = tb.get("ours_compile") or tb.get("ours_fast")
     groups = sorted(((k[:-3], number(v)) for k, v in r.items() if k.endswith(" ms") and number(v)),
                     key=lambda kv: -kv[1]) if r else []
     if groups:
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in groups[:3])
-        out.append(f"- **Where the time goes** (seq 2048 x 16, compiled, {r.get('card', '')}): "
-                   f"{number(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
-                   f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(bench_dir, 'NOTES.md'), readme_dir)}`).")
+        out.append(say("findings", "time_breakdown", card=r.get("card", ""), ms=number(r["ms_per_step"]),
+                       groups=", ".join(f"{k} {v:.1f}" for k, v in groups[:3]), csv=rel(tb_path, readme_dir),
+                       notes=rel(os.path.join(bench_dir, "NOTES.md"), readme_dir)))
     for mg_path in sorted(glob.glob(os.path.join(bench_dir, "multigpu_*.csv"))):
         if line := multigpu_finding(mg_path, readme_dir):
             out.append(line)
@@ -798,42 +794,37 @@ def ablation_findings(args, readme_dir: str) -> list[str]:
     ok = {k: r for k, r in thr_abl.items() if r.get("status") == "ok" and number(r.get("avg_tok_s_steady"))}
     if ok:
         best = max(ok.values(), key=lambda r: number(r["avg_tok_s_steady"]))
+        tok_s = number(best["avg_tok_s_steady"])
         failed = sorted(k for k, r in thr_abl.items() if r.get("status") in ("oom", "error"))
         ref = ok.get("hf_reference")
-        out.append(f"- **Ablation at seq 2048 x micro-batch {best['batch_size']}** ({best.get('device_name', '')}): "
-                   f"fastest variant `{best['variant']}` at {number(best['avg_tok_s_steady']):,.0f} tokens/s"
-                   + (f", {number(best['avg_tok_s_steady']) / number(ref['avg_tok_s_steady']):.1f}x `hf_reference` "
-                      f"({number(ref['avg_tok_s_steady']):,.0f})" if ref else "")
-                   + (f"; did not run (out of memory or error): {', '.join(f'`{k}`' for k in failed)}" if failed else "")
-                   + f" (`{rel(args.throughput_csv, readme_dir)}`).")
+        reference = say("findings", "against_reference", x=tok_s / number(ref["avg_tok_s_steady"]),
+                        ref=number(ref["avg_tok_s_steady"])) if ref else ""
+        failed = say("findings", "did_not_run", variants=", ".join(f"`{k}`" for k in failed)) if failed else ""
+        out.append(say("findings", "fastest_variant", batch=best["batch_size"], device=best.get("device_name", ""),
+                       variant=best["variant"], tok_s=tok_s, reference=reference, failed=failed,
+                       csv=rel(args.throughput_csv, readme_dir)))
     abl = _rows_by(args.ablation_csv, "variant")
     base, fast = abl.get("baseline"), abl.get("fast")
     if base and fast and base.get("avg_tok_s_steady") and fast.get("avg_tok_s_steady"):
         tb, tf = float(base["avg_tok_s_steady"]), float(fast["avg_tok_s_steady"])
-        out.append(f"- **Ablation** ({fast['steps']} steps per variant, the seed's shape, {fast.get('device_name', '')}): "
-                   f"`baseline` (fp32, eager, manual attention) runs at {tb:,.0f} tokens/s; `fast` "
-                   f"(compile + CUDA graph + fused loss) at {tf:,.0f} tokens/s, {tf / tb:.1f}x. See the table below "
-                   f"for what each switch buys alone.")
+        out.append(say("findings", "ablation", steps=fast["steps"], device=fast.get("device_name", ""), tb=tb, tf=tf,
+                       x=tf / tb))
     return out
 
 
 def readme_run_finding(run: Optional[RunSummary]) -> list[str]:
     """The README's run: its wall time, speed and losses, from its records."""
-    out = []
-    if run is not None:
-        s, done, walls, h = run, run.done, run.walls, run.header
-        if s.train and done:
-            wall = sum(d["seconds"] for d in done)
-            took = [f"{w.get('startup_s', 0) + w.get('loop_s', 0):.0f} s" for w in walls]
-            cmd = f"; the commands took {', '.join(took)} of wall time, start-up and compilation included" if walls else ""
-            where = f"{h['device_name']}, torch {h['torch']}" if h.get("device_name") and h.get("torch") else \
-                "the logged device"
-            out.append(f"- **The seed's run** on {where}: steps 1 to "
-                       f"{s.train[-1][0]} in {wall:.0f} s of training-loop wall time over {len(done)} runs "
-                       f"(first run {done[0]['tok_s']:,.0f} tokens/s overall including compilation); resumed at "
-                       f"step {', '.join(map(str, s.resumes)) or 'none'}; train loss {s.train[0][1]:.3f} -> "
-                       f"{s.train[-1][1]:.3f}" + (f", last val loss {s.val[-1][1]:.3f}" if s.val else "") + cmd + ".")
-    return out
+    if run is None or not (run.train and run.done):
+        return []
+    s, done, walls, h = run, run.done, run.walls, run.header
+    took = ", ".join(say("findings", "seconds", s=w.get("startup_s", 0) + w.get("loop_s", 0)) for w in walls)
+    where = say("findings", "device_and_torch", device=h["device_name"], torch=h["torch"]) \
+        if h.get("device_name") and h.get("torch") else say("findings", "logged_device")
+    return [say("findings", "seed_run", where=where, last=s.train[-1][0], wall=sum(d["seconds"] for d in done),
+                runs=len(done), tok_s=done[0]["tok_s"], resumes=", ".join(map(str, s.resumes)) or say("findings", "no_resume"),
+                first_loss=s.train[0][1], last_loss=s.train[-1][1],
+                val=say("findings", "seed_run_val", loss=s.val[-1][1]) if s.val else "",
+                commands=say("findings", "seed_run_commands", took=took) if walls else "")]
 
 
 def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
@@ -841,8 +832,13 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
     out = (speed_findings(args.bench_dir, readme_dir) + benchmark_findings(args.bench_dir, readme_dir)
            + ablation_findings(args, readme_dir) + readme_run_finding(run))
     if not out:
-        return "_No result files yet: run bench.py, train_ablation.py and train.py, then update_readme.py._", "placeholder"
+        return say("findings", "missing"), "placeholder"
     return "\n".join(out), f"{len(out)} findings"
+
+
+def page_link(page: str, readme_dir: str, docs_dir: Optional[str]) -> str:
+    """A docs page's link from the README's folder."""
+    return link(os.path.join(docs_dir or os.path.join(readme_dir, "docs"), page), readme_dir)
 
 
 def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
@@ -855,17 +851,15 @@ def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None
     seed, released = scored("seed_bpb_tinyshakespeare_val"), scored("released_bpb_tinyshakespeare_val")
     if not (seed and released):
         return []
-    also = ""
-    for part, what in (("", "all {n:,} ids"), ("_first65536", "their first {n:,} ids")):  # the whole split first
-        real, real_released = scored(f"realdocs_run_bpb_realdocs_val{part}"), scored(f"released_bpb_realdocs_val{part}")
+    realdocs = ""
+    for suffix, ids in (("", "all_ids"), ("_first65536", "first_ids")):  # the whole split first
+        real, real_released = scored(f"realdocs_run_bpb_realdocs_val{suffix}"), scored(f"released_bpb_realdocs_val{suffix}")
         if real and real_released:
-            also = (f"; on realdocs' held-out documents ({what.format(n=real['tokens'] + 1)}) the 1,000-step "
-                    f"realdocs run {real['bpb']:.2f}, the released weights {real_released['bpb']:.2f}")
+            realdocs = say("headlines", "realdocs", ids=say("headlines", ids, n=real["tokens"] + 1), run=real["bpb"],
+                           released=real_released["bpb"])
             break
-    return [f"- **How good**: on Tiny Shakespeare's held-out text the seed's 5,000-step model scores "
-            f"**{seed['bpb']:.2f} bits per byte**, the released SmolLM2-135M-Instruct weights (4-bit) "
-            f"{released['bpb']:.2f}{also}; multiple-choice tasks score as lm-evaluation-harness does "
-            f"([`docs/evaluation.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'evaluation.md'), readme_dir)}))."]
+    return [say("headlines", "how_good", seed=seed["bpb"], released=released["bpb"], realdocs=realdocs,
+                page=page_link("evaluation.md", readme_dir, docs_dir))]
 
 
 def first_quality_run(bench_dir: str, sections: tuple[str, ...]) -> Optional[str]:
@@ -883,8 +877,15 @@ def against_best_adamw(ttl: list[dict]) -> list[dict]:
     return [t for t in ttl if t["target"].startswith("best AdamW")]
 
 
+def shares_said(shares: list[float]) -> str:
+    """'0.46-0.52x' for several shares, '0.48x' for one."""
+    if len(shares) > 1:
+        return say("headlines", "share_range", low=min(shares), high=max(shares))
+    return say("headlines", "share", x=shares[0])
+
+
 def shorter_horizon(bench_dir: str) -> str:
-    """' Trained for 200 steps it needs 0.46-0.52x of that AdamW's time (6 runs ...)': the default Muon recipe over
+    """'Trained for 200 steps it needs 0.46-0.52x of that AdamW's time (6 runs ...)': the default Muon recipe over
     a shorter horizon (`muon_wsd_5e-3_n<steps>`, the horizon with the most runs) against the best AdamW of each
     run's own process, over every run on file; '' without one."""
     shares: dict[int, list[float]] = {}
@@ -896,13 +897,11 @@ def shorter_horizon(bench_dir: str) -> str:
     if not shares:
         return ""
     steps, got = max(shares.items(), key=lambda kv: (len(kv[1]), -kv[0]))
-    said = f"{min(got):.2f}-{max(got):.2f}x" if len(got) > 1 else f"{got[0]:.2f}x"
-    return (f" Trained for {steps:,} steps it needs **{said}** of that AdamW's time ({len(got)} "
-            f"run{'s' if len(got) > 1 else ''} over seeds, each against its own process's AdamW)")
+    return say("headlines", "shorter_horizon", steps=steps, said=shares_said(got), n=len(got), s=plural(len(got)))
 
 
 def largest_batch(bench_dir: str, horizon: str) -> str:
-    """'; at micro-batch 48 ... needs 0.46x and 0.48x ...': the default Muon recipe against the best AdamW of each
+    """'at micro-batch 48 ... needs 0.46x and 0.48x ...': the default Muon recipe against the best AdamW of each
     micro-batch-48 run present (each share within its run), or '' without one; after `horizon`'s sentence, or
     as a sentence of its own."""
     shares, mb = [], None
@@ -915,9 +914,9 @@ def largest_batch(bench_dir: str, horizon: str) -> str:
                    if t["recipe"] == DEFAULT_MUON and t["reached"] == "True"]
     if not shares:
         return ""
-    said = " and ".join(f"{x:.2f}x" for x in sorted(shares))
-    return (f"{'; at' if horizon else ' At'} micro-batch {mb}, the fastest step, `{DEFAULT_MUON}` needs **{said}** of the "
-            f"best AdamW's time there ({len(shares)} run{'s' if len(shares) > 1 else ''})")
+    said = " and ".join(say("headlines", "share", x=x) for x in sorted(shares))
+    return say("headlines", "largest_batch_after" if horizon else "largest_batch", micro_batch=mb, recipe=DEFAULT_MUON,
+               said=said, n=len(shares), s=plural(len(shares)))
 
 
 def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
@@ -935,42 +934,39 @@ def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = 
     shares = [t for t in ttl if t["recipe"] == muon["recipe"] and t["reached"] == "True" and t["target"] in reference]
     if not shares:
         return []
-    said = " and ".join((f"`{reference[t['target']]}`'s final held-out loss ({number(t['target_loss']):.2f}) in "
-                         f"**{number(t['share_of_reference_time']):.2f}x** its wall-clock") if i == 0 else
-                        (f"`{reference[t['target']]}`'s ({number(t['target_loss']):.2f}) in "
-                         f"**{number(t['share_of_reference_time']):.2f}x**") for i, t in enumerate(shares))
+    reached = " and ".join(say("headlines", "reached_next" if i else "reached_first", reference=reference[t["target"]],
+                               loss=number(t["target_loss"]), share=number(t["share_of_reference_time"]))
+                           for i, t in enumerate(shares))
     horizon = shorter_horizon(bench_dir)
     more = horizon + largest_batch(bench_dir, horizon)
-    line = (f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
-            f"(`{muon['recipe']}`) reaches {said}, ending at held-out loss {number(muon['final_val_loss']):.2f}"
-            f"{'.' + more if more else ''} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)})).")
+    line = say("headlines", "muon_and_more" if more else "muon", card=muon["card"], recipe=muon["recipe"],
+               reached=reached, loss=number(muon["final_val_loss"]), more=more,
+               page=page_link("quality.md", readme_dir, docs_dir))
     plot = stem + ".png"  # the same run's held-out loss against wall-clock and tokens
     if not os.path.isfile(plot):
         return [line]
-    return [line, f"\n  ![held-out loss against the steps' wall-clock and tokens, every recipe of that run]"
-                  f"({link(plot, readme_dir)})\n"]
+    return [line, "\n" + say("headlines", "muon_plot", plot=link(plot, readme_dir)) + "\n"]
 
 
 def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
     """The README's first-screen numbers: a few short lines, each read from a result file and naming its card."""
     out = []
-    for profile, what in (("seed", "at the seed's shape (seq 256, batch 1, accum 4)"), ("throughput", "at seq 2048")):
+    for profile in ("seed", "throughput"):
         path = os.path.join(args.bench_dir, f"bench_{profile}.csv")
         rows = _rows_by(path, "impl")
         fast, hfe, hfc = default_path_row(rows, profile), rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfc):
             continue
         tf, tc = float(fast["tokens_per_s"]), float(hfc["tokens_per_s"])
-        x = tf / float(hfe["tokens_per_s"]) if hfe else 0.0
-        eager = f"{x:.{0 if x >= 10 else 1}f}x transformers eager, " if hfe else ""
-        out.append(f"- **{tf:,.0f} tokens/s** {what}, {100 * float(fast['mfu']):.0f}% MFU: {eager}"
-                   f"**{tf / tc:.1f}x** transformers + torch.compile, same step and data, {fast['card']} "
-                   f"([`{rel(path, readme_dir)}`]({link(path, readme_dir)})).")
+        xe = tf / float(hfe["tokens_per_s"]) if hfe else 0.0
+        out.append(say("headlines", "speed_beside_eager" if hfe else "speed", tf=tf, what=say("headlines", profile),
+                       mfu=100 * float(fast["mfu"]), xe=xe, digits=0 if xe >= 10 else 1, xc=tf / tc, card=fast["card"],
+                       csv=rel(path, readme_dir), link=link(path, readme_dir)))
     if run is not None and run.walls and run.train:
-        took = " and ".join(f"{w.get('startup_s', 0) + w.get('loop_s', 0):.0f} s" for w in run.walls)
-        where = run.header.get("device_name") or "the logged device"
-        out.append(f"- **The seed's run, {run.train[-1][0]:,} steps with its resume**: the two commands took {took} "
-                   f"of wall time on {where}, start-up and compilation included ([log]({link(args.train_log, readme_dir)})).")
+        took = " and ".join(say("headlines", "seconds", s=w.get("startup_s", 0) + w.get("loop_s", 0)) for w in run.walls)
+        out.append(say("headlines", "seed_run", steps=run.train[-1][0], took=took,
+                       where=run.header.get("device_name") or say("headlines", "logged_device"),
+                       log=link(args.train_log, readme_dir)))
     out += quality_headline(args.bench_dir, readme_dir, args.docs_dir)
     out += eval_headline(args.eval_results, readme_dir, args.docs_dir)
     best = None
@@ -981,10 +977,10 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
                 best = ((n, eff), r, path)
     if best:
         (n, eff), r, path = best
-        out.append(f"- **{n} GPUs at {100 * eff:.0f}%** of one GPU's throughput each (torchrun + DDP, `{r['impl']}`, "
-                   f"{r['card']}; [`{rel(path, readme_dir)}`]({link(path, readme_dir)})).")
+        out.append(say("headlines", "several_gpus", n=n, pct=100 * eff, impl=r["impl"], card=r["card"],
+                       csv=rel(path, readme_dir), link=link(path, readme_dir)))
     if not out:
-        return "_No result files yet: run bench.py and the seed's commands, then update_readme.py._", "placeholder"
+        return say("headlines", "missing"), "placeholder"
     return "\n".join(out), f"{sum(line.startswith('- ') for line in out)} headlines"
 
 
