@@ -693,3 +693,26 @@ def test_a_manifest_summary_that_is_not_json_is_one_line_and_touches_nothing(tmp
     r = run(tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "manifest_summary.json is not JSON" in r.stderr and (tmp_path / "README.md").read_bytes() == before
+
+
+@pytest.mark.parametrize("slip, said", [("<!-- plot -->", "train_log.md has no part <!-- plot -->"),
+                                        ("({plot})", "part <!-- plot --> has a placeholder update_readme.py does not")])
+def test_a_template_slip_is_one_line_and_touches_nothing(tmp_path, monkeypatch, capsys, slip, said):
+    """The words come from docs/templates/<block>.md: a part renamed or a placeholder misspelled there is one
+    error line naming the file, exit 2, every page as it was."""
+    import shutil
+    populate(tmp_path)
+    templates = tmp_path / "templates"
+    shutil.copytree(os.path.join(ROOT, "docs", "templates"), templates)
+    page = templates / "train_log.md"
+    page.write_text(page.read_text(encoding="utf-8").replace(slip, slip.replace("plot", "plots")), encoding="utf-8")
+    monkeypatch.setattr(ur, "TEMPLATES", str(templates))
+    monkeypatch.chdir(tmp_path)
+    before = (tmp_path / "README.md").read_bytes()
+    ur.template.cache_clear()
+    try:
+        assert ur.main([]) == 2
+    finally:
+        ur.template.cache_clear()  # the next test reads the real templates
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1 and (tmp_path / "README.md").read_bytes() == before
