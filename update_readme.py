@@ -1,34 +1,21 @@
-"""Fill the README's marker blocks from files the scripts wrote (never typed by hand).
+"""Fill the marker blocks of README.md and docs/*.md from the files the scripts wrote (never typed by hand).
 
-Blocks (each marker alone on its line; the text between a BEGIN/END pair is replaced in full):
-  TRAIN_LOG        (required) run summary, loss-curve image, collapsible out_smollm2_scratch/train.log
-  ABLATION_TABLE   (required) ablation CSV as a Markdown table, plus the *.png beside it
-  THROUGHPUT_TABLE (optional) a second ablation CSV, same renderer
-  BENCH_TABLE      (optional) one table per benchmarks/bench_*.csv, plus benchmarks/*.png
-  MULTIGPU_TABLE   (optional) benchmarks/multigpu*.csv
-  MICROBATCH_TABLE (optional) benchmarks/microbatch_sweep.csv: tokens/s per micro-batch (rows) and impl (columns)
-  SEED_E2E         (optional) benchmarks/seed_e2e/seed_e2e.csv: the README's two commands' wall times, cold and warm
-  FINDINGS         (optional) the headline sentences, computed from the same files
-  DATA_RESULTS     (optional) the real-corpus run (results/realdocs/) and benchmarks/data_prep.csv
-  EVAL_RESULTS     (optional) results/eval/*.json written by evaluate.py: bits per byte and task scores
-  EVAL_SPEED       (optional) benchmarks/eval_speed*.csv: evaluate.py beside lm-evaluation-harness, per call
-  QUALITY          (optional) benchmarks/quality_*.csv (benchmarks/quality.py): per section the recipes' held-out
-                   losses, the time-to-loss table and the plot; the Muon-vs-AdamW step time (docs/quality.md)
-It also draws the loss curve (train and val loss against step, resume boundaries dashed) from the run's
-records: metrics.jsonl beside the log, or the log itself for runs from before that file
-(smollm2.metrics.read_events, the one reader); the README's log block always shows train.log.
+A block is the text between a `<!-- NAME_BEGIN -->` and a `<!-- NAME_END -->` line, replaced in full; TRAIN_LOG
+and ABLATION_TABLE are required, the rest optional. A block's words are docs/templates/<name>.md (THROUGHPUT_TABLE
+shares ablation_table.md), whose first line says what it shows; this script gathers the numbers, tables and
+plots from the results files, and draws the loss curve from the run's records (smollm2.metrics.read_events).
 
-Idempotent: the README and the PNG are rewritten only when their bytes would change, and then
-atomically (temporary file + os.replace). Missing inputs leave a placeholder and exit 0; a README
-lacking a required marker, or holding a marker twice or unpaired, exits 2 naming the markers; so does an
-input it cannot parse (a log or CSV that is not UTF-8 text, a log without any train.py line), with the
-README untouched.
+Idempotent: a page or PNG is rewritten only when its bytes would change, atomically. Missing inputs leave a
+placeholder and exit 0. A marker missing, repeated or unpaired, or an input it cannot parse, exits 2 with one
+line and every page as it was. A log in the default folder that is not the seed's pair (step A, then its
+resume) leaves the blocks drawn from it (TRAIN_LOG, HEADLINES, FINDINGS) and the loss plot as they were.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import glob
 import io
 import json
@@ -43,15 +30,27 @@ from smollm2.switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
 OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TABLE", "SEED_E2E", "FINDINGS",
             "HEADLINES", "DATA_RESULTS", "EVAL_RESULTS", "QUALITY", "EVAL_SPEED")
+RUN_BLOCKS = ("TRAIN_LOG", "HEADLINES", "FINDINGS")  # drawn from the README's run: kept as they are without it
+SEED_SHAPE, SEED_MODEL = {"seq_len": 256, "batch_size": 1, "grad_accum": 4}, "smollm2-135m"  # the README's run
 MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "templates")
+HEADLINE_SECTIONS = ("realdocs_2048_defaults", "realdocs_2048_schedules", "realdocs_2048")  # the first present
+MB48_SECTIONS = ("realdocs_2048_mb48_bracket", "realdocs_2048_mb48")  # the same tokens at the fastest micro-batch
+DEFAULT_MUON = "muon_wsd_5e-3"  # train.py's --optimizer muon recipe, as quality.py names it
+DATA_PREP_COLUMNS = ["machine", "cpu_model", "measurement", "pipeline", "workers", "corpus_mb", "tokens", "wall_s",
+                     "tokens_per_s", "tokens_per_cpu_s", "peak_rss_tree_mb", "peak_pss_tree_mb"]
 
 
 class MarkerError(Exception):
-    pass
+    """A page's markers are missing, repeated or unpaired."""
 
 
 class InputError(Exception):
-    """An input that is not what it should be (binary, not UTF-8, not a train.py log)."""
+    """An input that is not what it should be (binary, not UTF-8, not a train.py log, a template's slip)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# reading the inputs
 
 
 def read_text(path: str) -> str:
@@ -72,8 +71,32 @@ def read_json(path: str):
         raise InputError(f"{path} is not JSON ({err})") from err
 
 
-# ----------------------------------------------------------------------------------------------
-# the training run
+class Row(dict):
+    """A CSV row that names its file when a renderer asks for a column the file lacks (an older or edited
+    table): one InputError line instead of a KeyError traceback."""
+
+    def __init__(self, path: str, fields: dict):
+        super().__init__(fields)
+        self.path = path
+
+    def __missing__(self, column: str):
+        raise InputError(f"{self.path} has no column {column!r} (its columns: {', '.join(self) or 'none'}); "
+                         f"write it again with the script that makes it")
+
+
+def read_csv(path: str) -> tuple[list[str], list[Row]]:
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    rows = [Row(path, {k: (v or "") for k, v in r.items() if k is not None}) for r in reader]
+    return list(reader.fieldnames or []), rows
+
+
+def rows_of(path: str) -> list[Row]:
+    """A CSV's rows, none when the file is absent."""
+    return read_csv(path)[1] if os.path.isfile(path) else []
+
+
+def rows_by(path: str, key: str) -> dict[str, Row]:
+    return {r[key]: r for r in rows_of(path) if r.get(key)}
 
 
 def read_train_log(path: str) -> Optional[str]:
@@ -94,304 +117,84 @@ def run_summary(log_path: str, text: str) -> RunSummary:
         raise InputError(str(e)) from e
 
 
-# WALL records: where each run's wall time went (train.py's WallClock.summary). Logs from before them have
-# none, and their blocks simply lack the table.
-WALL_PARTS = (("startup_s", "start-up (imports, data, model)"), ("compile_s", "compile + warm-up + capture (1st step)"),
-              ("steps_s", "steady steps"), ("save_stall_s", "saves: loop stalled"),
-              ("final_write_s", "last checkpoint: its write finishing before exit"), ("val_s", "validation"),
-              ("sample_s", "samples"), ("other_s", "other (log lines)"))
-# The start-up's parts (newer WALL records have them), as indented rows under start-up.
-STARTUP_PARTS = (("imports", "interpreter, imports, flag checks"), ("checkpoint_read", "run folder (+ checkpoint read)"),
-                 ("tokenizer_data", "tokenizer + data"), ("model_optimizer", "model + optimizer on the device"),
-                 ("other", "log header"))
+# ----------------------------------------------------------------------------------------------
+# the words: docs/templates/<block>.md, a part per "<!-- name -->" line, its {placeholders} filled by str.format
 
 
-def wall_table(walls: list[dict]) -> str:
-    """Seconds per part of each run of the lineage (a column per run: step A, then each resume)."""
-    if not walls:
-        return ""
-    f = lambda v: "—" if v is None else f"{v:,.1f}"  # noqa: E731
-    names = [f"run {i + 1}" + (" (from scratch)" if i == 0 else " (resume)") for i in range(len(walls))]
-    rows = []
-    for key, label in WALL_PARTS:
-        cells = []
-        for w in walls:
-            v = w.get(key)
-            extra = {"steps_s": f" ({w.get('steps', 0) - 1:,} steps)" if w.get("steps") else "",
-                     "save_stall_s": f" ({w.get('saves', 0)} save{'' if w.get('saves') == 1 else 's'}, "
-                                     f"longest {w.get('save_stall_max_s', 0):.2f})",
-                     "val_s": f" ({w.get('vals', 0)})", "sample_s": f" ({w.get('samples', 0)})"}.get(key, "")
-            cells.append(f(v) + (extra if v is not None else ""))
-        rows.append([label, *cells])
-        if key == "startup_s" and any(w.get("startup_parts") for w in walls):
-            rows += [[f"&nbsp;&nbsp;{sub}", *[f((w.get("startup_parts") or {}).get(part)) for w in walls]]
-                     for part, sub in STARTUP_PARTS]
-    rows.append(["**wall time of the command**", *[f"**{f(w.get('startup_s', 0) + w.get('loop_s', 0))}**" for w in walls]])
-    rows.append(["saves: writing in the background (overlaps the steps)" if walls[-1].get("async_save") else
-                 "saves: writing (inside the stall)", *[f(w.get("save_write_s")) for w in walls]])
-    return ("**Where the wall time went** (seconds, from the `WALL:` line each run writes after its `DONE:` line):\n\n"
-            + markdown_table(["part", *names], rows))
+@functools.lru_cache(maxsize=None)
+def template(block: str) -> dict[str, str]:
+    """A block's template file as {part name: its text}, blank lines around each part dropped."""
+    path = os.path.join(TEMPLATES, f"{block}.md")
+    try:
+        pieces = re.split(r"^<!-- (\w+) -->\n", read_text(path), flags=re.M)
+    except OSError as err:
+        raise InputError(f"cannot read the template {path} ({err.strerror})") from err
+    return {name: text.strip("\n") for name, text in zip(pieces[1::2], pieces[2::2])}
 
 
-def summary_line(s: RunSummary, log_rel: str) -> str:
-    parts = []
-    if s.train:
-        parts.append(f"steps {s.train[0][0]} → {s.train[-1][0]}")
-        parts.append(f"train loss {s.train[0][1]:.4f} → {s.train[-1][1]:.4f}")
-    if s.val:
-        parts.append(f"last val loss {s.val[-1][1]:.4f} (step {s.val[-1][0]})")
-    parts.append(f"{s.checkpoints} checkpoint save{'s' if s.checkpoints != 1 else ''} logged")
-    if s.resumes:
-        parts.append("resumed at step " + ", ".join(str(r) for r in s.resumes))
-    else:
-        parts.append("no resume")
-    line = f"**Run summary** (parsed from `{log_rel}`): " + " · ".join(parts) + "."
-    if s.runs > 1 + len(s.resumes):
-        line += " The log holds earlier runs too; the summary follows the last run started from scratch."
-    return line
+def say(block: str, part: str, **values) -> str:
+    """One part of a block's template with its placeholders filled; a part or placeholder the template lacks
+    or misspells is an InputError naming the file."""
+    where = os.path.join(TEMPLATES, f"{block}.md")
+    if part not in template(block):
+        raise InputError(f"{where} has no part <!-- {part} -->")
+    try:
+        return template(block)[part].format(**values)
+    except (KeyError, IndexError, ValueError) as err:
+        raise InputError(f"{where}: part <!-- {part} --> has a placeholder update_readme.py does not fill ({err})") from err
+
+
+def labels(block: str, part: str) -> dict[str, str]:
+    """A part written as "key: words" lines (table rows, case names), in its order."""
+    return dict(line.split(": ", 1) for line in say(block, part).splitlines())
+
+
+def plural(n) -> str:
+    return "" if n == 1 else "s"
 
 
 # ----------------------------------------------------------------------------------------------
-# loss curve
-
-
-def released_reference(eval_dir: str, corpus: str) -> Optional[tuple[float, str]]:
-    """The released weights' loss per token on a corpus' held-out split (evaluate.py's file), as a line to draw
-    beside a run's val loss: the same tokenizer, so the same units; its bits per byte in the label."""
-    # the whole split (released_bpb_<corpus>_val.json) or its first N ids (..._val_first<N>.json)
-    scored = [read_json(path) for path in glob.glob(os.path.join(eval_dir, f"released_bpb_{corpus}_val*.json"))]
-    if not scored:
-        return None
-    r = max(scored, key=lambda x: x.get("tokens", 0))  # the most text scored
-    part = f", its first {r['tokens']:,} ids" if "--max_tokens" in str(r.get("command", "")) else ""
-    return r["loss"], f"released SmolLM2 weights, held-out split{part}: {r['loss']:.2f} ({r['bpb']:.2f} bits/byte)"
-
-
-def render_loss_plot(s: RunSummary, reference: Optional[tuple[float, str]] = None) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)  # 900x500 px
-    if s.train:
-        ax.plot(*zip(*s.train), lw=1.2, color="tab:blue", label="train loss")
-    if s.val:
-        ax.plot(*zip(*s.val), "o-", ms=3, lw=1.2, color="tab:orange", label="val loss")
-    if reference is not None:
-        ax.axhline(reference[0], ls=":", lw=1.5, color="tab:green", label=reference[1])
-    for r in s.resumes:
-        ax.axvline(r, ls="--", lw=1, color="gray")
-        ax.text(r, 0.98, f" resume @ {r}", transform=ax.get_xaxis_transform(),
-                rotation=90, va="top", ha="right", fontsize=8, color="gray")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.set_title("SmolLM2-135M from scratch: loss vs step")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper center")  # loss falls from the upper left; the resume label sits upper right
-    return _png(fig)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    # No 'Software' chunk (it carries the matplotlib version) and no dates: same data, same bytes.
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def render_comparison_plot(before: RunSummary, after: RunSummary, labels: tuple[str, str]) -> bytes:
-    """Two runs of the same command on one axes: train (lines) and val (dots) loss against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
-    for s, label, color in ((before, labels[0], "tab:gray"), (after, labels[1], "tab:blue")):
-        if s.train:
-            ax.plot(*zip(*s.train), lw=1.1, color=color, label=f"train: {label}")
-        if s.val:
-            ax.plot(*zip(*s.val), "o--", ms=3, lw=1, color=color, label=f"val: {label}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.set_title("The seed's commands, before and after a change of the default path")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    return _png(fig)
-
-
-# ----------------------------------------------------------------------------------------------
-# CSV tables
+# tables, links and plots
 
 
 def _cell(text) -> str:
-    text = " ".join(str(text if text is not None else "").split())
-    return text.replace("|", "\\|")
+    return " ".join(str(text if text is not None else "").split()).replace("|", "\\|")
 
 
-def _shorten(text: str, n: int = 60) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
-
-
-def _fmt(scale: float, digits: int, thousands: bool = False, suffix: str = "") -> Callable[[str], str]:
+def _fmt(scale: float, digits: int, thousands: bool = False) -> Callable[[str], str]:
     def f(s: str) -> str:
         v = number(s)
-        if v is None:
-            return MISSING
-        v *= scale
-        return (f"{v:,.{digits}f}" if thousands else f"{v:.{digits}f}") + suffix
+        return MISSING if v is None else f"{v * scale:,.{digits}f}" if thousands else f"{v * scale:.{digits}f}"
     return f
 
 
 # Known column names -> (header, formatter); everything else is shown as written.
 # MFU is a fraction 0..1 in the CSVs; peak memory is shown in GB = 1e9 bytes.
+_TOKENS = _fmt(1, 0, thousands=True)
 KNOWN: dict[str, tuple[str, Callable[[str], str]]] = {
-    "tokens_per_s": ("tokens/s", _fmt(1, 0, thousands=True)),
-    "tok_s": ("tokens/s", _fmt(1, 0, thousands=True)),
-    "avg_tok_s_steady": ("tokens/s", _fmt(1, 0, thousands=True)),
-    "peak_mem_bytes": ("peak mem (GB)", _fmt(1e-9, 2)),
-    "peak_mem_gb": ("peak mem (GB)", _fmt(1, 2)),
-    "mfu": ("MFU (%)", _fmt(100, 2)),
-    "ms_per_step": ("ms/step", _fmt(1, 1)),
-    "params": ("params (M)", _fmt(1e-6, 1)),
-    "final_loss": ("final loss", _fmt(1, 3)),
-    "tokens_per_s_per_gpu": ("tokens/s per GPU", _fmt(1, 0, thousands=True)),
-    "tok_s_per_gpu": ("tokens/s per GPU", _fmt(1, 0, thousands=True)),
-    "scaling_efficiency": ("per-GPU efficiency (%)", _fmt(100, 1)),
+    "tokens_per_s": ("tokens/s", _TOKENS), "tok_s": ("tokens/s", _TOKENS), "avg_tok_s_steady": ("tokens/s", _TOKENS),
+    "peak_mem_bytes": ("peak mem (GB)", _fmt(1e-9, 2)), "peak_mem_gb": ("peak mem (GB)", _fmt(1, 2)),
+    "mfu": ("MFU (%)", _fmt(100, 2)), "ms_per_step": ("ms/step", _fmt(1, 1)), "params": ("params (M)", _fmt(1e-6, 1)),
+    "final_loss": ("final loss", _fmt(1, 3)), "tokens_per_s_per_gpu": ("tokens/s per GPU", _TOKENS),
+    "tok_s_per_gpu": ("tokens/s per GPU", _TOKENS), "scaling_efficiency": ("per-GPU efficiency (%)", _fmt(100, 1)),
 }
 
 
-class Row(dict):
-    """A CSV row that names its file when a renderer asks for a column the file lacks (an older or edited
-    table): one InputError line instead of a KeyError traceback."""
-
-    def __init__(self, path: str, fields: dict):
-        super().__init__(fields)
-        self.path = path
-
-    def __missing__(self, column: str):
-        raise InputError(f"{self.path} has no column {column!r} (its columns: {', '.join(self) or 'none'}); "
-                         f"write it again with the script that makes it")
-
-
-def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    rows = [Row(path, {k: (v or "") for k, v in r.items() if k is not None}) for r in reader]
-    return list(reader.fieldnames or []), rows
-
-
-def _numeric(column: list[str]) -> bool:
-    vals = [c for c in column if c not in ("", MISSING)]
-    return bool(vals) and all(number(c) is not None for c in vals)
-
-
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    # Numbers are right-aligned so that digits line up when rendered.
-    align = ["---:" if _numeric([r[i] for r in rows]) else "---" for i in range(len(header))]
+    """Numbers are right-aligned so that digits line up when rendered."""
+    def numeric(column: list[str]) -> bool:
+        vals = [c for c in column if c not in ("", MISSING)]
+        return bool(vals) and all(number(c) is not None for c in vals)
+    align = ["---:" if numeric([r[i] for r in rows]) else "---" for i in range(len(header))]
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows])
 
 
 def render_generic(cols: list[str], rows: list[dict[str, str]]) -> str:
     cols = [c for c in cols if any(r.get(c, "").strip() for r in rows)]  # a column empty in every row says nothing
     header = [KNOWN[c][0] if c in KNOWN else c for c in cols]
-    body = [[KNOWN[c][1](r.get(c, "")) if c in KNOWN else r.get(c, "") for c in cols] for r in rows]
-    return markdown_table(header, body)
-
-
-def _on_off(s: str) -> str:
-    t = (s or "").strip().lower()
-    if t in ("1", "true", "yes", "on", "y"):
-        return "ON"
-    if t in ("0", "false", "no", "off", "n"):
-        return "OFF"
-    return s or MISSING
-
-
-def _autocast(r: dict[str, str]) -> str:
-    on = _on_off(r.get("autocast", ""))
-    dt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(r.get("amp_dtype", ""), r.get("amp_dtype", ""))
-    return f"ON ({dt})" if on == "ON" and dt else on
-
-
-def _status(r: dict[str, str]) -> str:
-    st, err = r.get("status", "").strip(), r.get("error", "").strip()
-    if err and st.lower() != "ok":
-        return f"{st or 'failed'}: {_shorten(err)}"
-    return st or MISSING
-
-
-def variant_cell(name: str) -> str:
-    """The variant's name; a variant that is another's configuration under a second name says which."""
-    if not name:
-        return MISSING
-    return f"`{name}`" + (f" (same switches as `{SAME_AS[name]}`)" if name in SAME_AS else "")
-
-
-# (header, source columns that must exist for the column to be shown, cell function)
-ABLATION_COLS: list[tuple[str, tuple[str, ...], Callable[[dict[str, str]], str]]] = [
-    ("variant", ("variant",), lambda r: variant_cell(r.get("variant", ""))),
-    ("status", ("status", "error"), _status),
-    ("autocast", ("autocast",), _autocast),
-    ("compile", ("compile",), lambda r: _on_off(r.get("compile", ""))),
-    ("attention", ("attention_impl",), lambda r: r.get("attention_impl") or MISSING),
-    ("tie", ("tie_word_embeddings",), lambda r: _on_off(r.get("tie_word_embeddings", ""))),
-    ("params (M)", ("params",), lambda r: KNOWN["params"][1](r.get("params", ""))),
-    ("tokens/s", ("avg_tok_s_steady",), lambda r: KNOWN["avg_tok_s_steady"][1](r.get("avg_tok_s_steady", ""))),
-    ("ms/step", ("ms_per_step",), lambda r: KNOWN["ms_per_step"][1](r.get("ms_per_step", ""))),
-    ("MFU (%)", ("mfu",), lambda r: KNOWN["mfu"][1](r.get("mfu", ""))),
-    ("peak mem (GB)", ("peak_mem_bytes",), lambda r: KNOWN["peak_mem_bytes"][1](r.get("peak_mem_bytes", ""))),
-    ("final loss", ("final_loss",), lambda r: KNOWN["final_loss"][1](r.get("final_loss", ""))),
-    ("device", ("device_name",), lambda r: r.get("device_name") or MISSING),
-]
-
-
-def render_ablation(cols: list[str], rows: list[dict[str, str]]) -> str:
-    chosen = [(h, f) for h, need, f in ABLATION_COLS if any(c in cols for c in need)]
-    if not chosen:  # not the ablation schema at all: show it as it is
-        return render_generic(cols, rows)
-    return markdown_table([h for h, _ in chosen], [[f(r) for _, f in chosen] for r in rows])
-
-
-def _measured(r: dict[str, str]) -> str:
-    t, m = number(r.get("avg_tok_s_steady")), number(r.get("peak_mem_bytes"))
-    if not t:
-        return f"`{r.get('variant')}` {r.get('status') or 'no result'}"
-    return f"`{r.get('variant')}` {t:,.0f} tokens/s" + (f" at {m / 1e9:.2f} GB" if m else "")
-
-
-def switch_effects(rows: list[dict[str, str]]) -> str:
-    """One line per smollm2.switches.SWITCH_PAIRS pair in the table: tokens/s ratio, peak memory and final loss."""
-    by = {r.get("variant"): r for r in rows}
-    lines = []
-    for name, on, off in SWITCH_PAIRS:
-        a, b = by.get(on), by.get(off)
-        if not (a and b):
-            continue
-        ta, tb = number(a.get("avg_tok_s_steady")), number(b.get("avg_tok_s_steady"))
-        if not (ta and tb):  # one side failed (out of memory, say): what each side did
-            lines.append(f"- {name}: not compared; {_measured(a)}, {_measured(b)}.")
-            continue
-        ma, mb = number(a.get("peak_mem_bytes")), number(b.get("peak_mem_bytes"))
-        la, lb = number(a.get("final_loss")), number(b.get("final_loss"))
-        lines.append(f"- {name} (`{on}` vs `{off}`): **{ta / tb:.2f}x** tokens/s ({ta:,.0f} vs {tb:,.0f})"
-                     + (f"; peak memory {ma / 1e9:.2f} vs {mb / 1e9:.2f} GB ({(ma - mb) / 1e9:+.2f})" if ma and mb else "")
-                     + (f"; final loss {la:.3f} vs {lb:.3f}" if la is not None and lb is not None else "") + ".")
-    if not lines:
-        return ""
-    cards = sorted({r["device_name"] for r in rows if r.get("device_name")})
-    return (f"What each switch buys alone{' on ' + ', '.join(cards) if cards else ''} (two rows of this table "
-            f"one switch apart, as `SWITCH_PAIRS` in `smollm2/switches.py` pairs them):\n\n" + "\n".join(lines))
-
-
-# ----------------------------------------------------------------------------------------------
-# blocks
+    return markdown_table(header, [[KNOWN[c][1](r.get(c, "")) if c in KNOWN else r.get(c, "") for c in cols]
+                                   for r in rows])
 
 
 def rel(path: str, readme_dir: str) -> str:
@@ -406,60 +209,284 @@ def images(pngs: list[str], readme_dir: str) -> str:
     return "\n\n".join(f"![{os.path.splitext(os.path.basename(p))[0]}]({link(p, readme_dir)})" for p in pngs)
 
 
-def fence_for(text: str) -> str:
-    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
-    return "`" * max(3, longest + 1)
+def _axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(9, 5), dpi=100)  # 900x500 px
+
+
+def _png(fig, ax, title: str, **legend) -> bytes:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(**legend)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    # No 'Software' chunk (it carries the matplotlib version) and no dates: same data, same bytes.
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_loss_plot(s: RunSummary, reference: Optional[tuple[float, str]] = None) -> bytes:
+    fig, ax = _axes()
+    if s.train:
+        ax.plot(*zip(*s.train), lw=1.2, color="tab:blue", label="train loss")
+    if s.val:
+        ax.plot(*zip(*s.val), "o-", ms=3, lw=1.2, color="tab:orange", label="val loss")
+    if reference is not None:
+        ax.axhline(reference[0], ls=":", lw=1.5, color="tab:green", label=reference[1])
+    for r in s.resumes:
+        ax.axvline(r, ls="--", lw=1, color="gray")
+        ax.text(r, 0.98, f" resume @ {r}", transform=ax.get_xaxis_transform(),
+                rotation=90, va="top", ha="right", fontsize=8, color="gray")
+    # loss falls from the upper left; the resume label sits upper right
+    return _png(fig, ax, "SmolLM2-135M from scratch: loss vs step", loc="upper center")
+
+
+def render_comparison_plot(before: RunSummary, after: RunSummary, names: tuple[str, str]) -> bytes:
+    """Two runs of the same command on one axes: train (lines) and val (dots) loss against step."""
+    fig, ax = _axes()
+    for s, name, color in ((before, names[0], "tab:gray"), (after, names[1], "tab:blue")):
+        if s.train:
+            ax.plot(*zip(*s.train), lw=1.1, color=color, label=f"train: {name}")
+        if s.val:
+            ax.plot(*zip(*s.val), "o--", ms=3, lw=1, color=color, label=f"val: {name}")
+    return _png(fig, ax, "The seed's commands, before and after a change of the default path", loc="upper right",
+                fontsize=8)
+
+
+def released_reference(eval_dir: str, corpus: str) -> Optional[tuple[float, str]]:
+    """The released weights' loss per token on a corpus' held-out split (evaluate.py's file), as a line to draw
+    beside a run's val loss: the same tokenizer, so the same units; its bits per byte in the label."""
+    # the whole split (released_bpb_<corpus>_val.json) or its first N ids (..._val_first<N>.json)
+    scored = [read_json(path) for path in glob.glob(os.path.join(eval_dir, f"released_bpb_{corpus}_val*.json"))]
+    if not scored:
+        return None
+    r = max(scored, key=lambda x: x.get("tokens", 0))  # the most text scored
+    part = f", its first {r['tokens']:,} ids" if "--max_tokens" in str(r.get("command", "")) else ""
+    return r["loss"], f"released SmolLM2 weights, held-out split{part}: {r['loss']:.2f} ({r['bpb']:.2f} bits/byte)"
+
+
+# ----------------------------------------------------------------------------------------------
+# TRAIN_LOG: the README's run
+
+
+def not_the_readme_run(s: RunSummary, seed_only: bool) -> Optional[str]:
+    """Why a run's records are not the README's run (both commands, the resume line), None when they are.
+    With seed_only (the default folder), also the seed's model and shape. Records written by train.py name
+    their args; logs from before them are judged by the lineage alone."""
+    if not s.train:
+        return "it holds no step lines"
+    if not s.resumes:
+        return f"its last run (steps {s.train[0][0]}..{s.train[-1][0]}) has no resume line"
+    given = (s.header.get("args") or {}) if seed_only else {}  # a log named with --train_log needs only the resume
+    if given.get("model", SEED_MODEL) != SEED_MODEL:
+        return f"its last run trained the {given['model']} preset, not {SEED_MODEL}"
+    off = [f"{k} {given[k]}" for k, v in SEED_SHAPE.items() if k in given and int(given[k]) != v]
+    return f"its last run is not the seed's shape ({', '.join(off)})" if off else None
+
+
+def wall_table(walls: list[dict]) -> str:
+    """Seconds per part of each run of the lineage (a column per run: step A, then each resume)."""
+    if not walls:
+        return ""
+    f = lambda v: MISSING if v is None else f"{v:,.1f}"  # noqa: E731
+
+    def count(key: str, w: dict) -> str:  # what the part's seconds were spent on
+        if key == "steps_s":
+            return f" ({w.get('steps', 0) - 1:,} steps)" if w.get("steps") else ""
+        if key == "save_stall_s":
+            return f" ({w.get('saves', 0)} save{plural(w.get('saves'))}, longest {w.get('save_stall_max_s', 0):.2f})"
+        return f" ({w.get(key[:-2] + 's', 0)})" if key in ("val_s", "sample_s") else ""
+
+    rows = []
+    for key, label in labels("train_log", "wall_rows").items():
+        rows.append([label, *[f(w.get(key)) + (count(key, w) if w.get(key) is not None else "") for w in walls]])
+        if key == "startup_s" and any(w.get("startup_parts") for w in walls):
+            rows += [[sub, *[f((w.get("startup_parts") or {}).get(part)) for w in walls]]
+                     for part, sub in labels("train_log", "startup_rows").items()]
+    rows.append([say("train_log", "command_row"),
+                 *[f"**{f(w.get('startup_s', 0) + w.get('loop_s', 0))}**" for w in walls]])
+    rows.append([say("train_log", "async_save_row" if walls[-1].get("async_save") else "save_row"),
+                 *[f(w.get("save_write_s")) for w in walls]])
+    names = [say("train_log", "resumed_run" if i else "first_run", n=i + 1) for i in range(len(walls))]
+    return say("train_log", "wall_table", table=markdown_table(["part", *names], rows))
+
+
+def summary_line(s: RunSummary, log_rel: str) -> str:
+    facts = []
+    if s.train:
+        facts.append(say("train_log", "steps", first=s.train[0][0], last=s.train[-1][0]))
+        facts.append(say("train_log", "train_loss", first=s.train[0][1], last=s.train[-1][1]))
+    if s.val:
+        facts.append(say("train_log", "val_loss", loss=s.val[-1][1], step=s.val[-1][0]))
+    facts.append(say("train_log", "checkpoints", n=s.checkpoints, s=plural(s.checkpoints)))
+    facts.append(say("train_log", "resumed", steps=", ".join(map(str, s.resumes))) if s.resumes else
+                 say("train_log", "no_resume"))
+    part = "summary_of_the_last_lineage" if s.runs > 1 + len(s.resumes) else "summary"
+    return say("train_log", part, log=log_rel, facts=" · ".join(facts))
 
 
 def train_log_block(log_path: str, text: Optional[str], s: Optional[RunSummary], plot_path: Optional[str],
                     readme_dir: str) -> tuple[str, str]:
     log_rel = rel(log_path, readme_dir)
     if text is None:
-        return (f"_No training log yet: `{log_rel}` not found. Run the training commands above, then "
-                f"`python update_readme.py`._"), "log missing"
+        return say("train_log", "missing", log=log_rel), "log missing"
     text = text.rstrip("\n")
-    out = [summary_line(s, log_rel)]
-    if table := wall_table(s.walls):
-        out.append(table)
+    out = [summary_line(s, log_rel)] + ([wall_table(s.walls)] if s.walls else [])
     if plot_path:
-        out.append(f"![Loss curve: train and val loss against step]({link(plot_path, readme_dir)})")
-    fence = fence_for(text)
-    out.append("<details>\n"
-               f"<summary><b>Click to expand: {log_rel}</b></summary>\n\n"
-               f"{fence}text\n{text}\n{fence}\n\n"
-               "</details>")
+        out.append(say("train_log", "plot", plot=link(plot_path, readme_dir)))
+    fence = "`" * max(3, max((len(m) for m in re.findall(r"`{3,}", text)), default=2) + 1)
+    out.append(say("train_log", "log", log=log_rel, fence=fence, text=text))
     last = s.train[-1][0] if s.train else "no steps"
     return "\n\n".join(out), f"log to step {last}" + (", resumed at " + "/".join(map(str, s.resumes)) if s.resumes else "")
+
+
+def started(log_text: str) -> str:
+    """When a train.log's first run started, from its header line ("... training | 2026-11-28T08:27:21")."""
+    m = re.search(r"^SmolLM2 from-scratch training \| (\S+)", log_text, re.M)
+    return m.group(1).replace("T", " ") if m else "date not logged"
+
+
+def comparison(args, log_text: Optional[str], run: Optional[RunSummary], page_dir: str, notes: list[str]) -> str:
+    """The README's run before the default path changed beside today's, when train_previous.log is there."""
+    previous = read_train_log(args.previous_train_log) if os.path.isfile(args.previous_train_log) else None
+    if previous is None or log_text is None:
+        return ""
+    try:
+        write_if_changed(args.comparison_plot, render_comparison_plot(
+            summarize(log_events(previous)), run, (f"before ({started(previous)})", f"now ({started(log_text)})")))
+    except ImportError:
+        notes.append("comparison plot skipped (matplotlib missing)")
+        return ""
+    return "\n\n" + say("train_log", "comparison", previous=rel(args.previous_train_log, page_dir),
+                        plot=link(args.comparison_plot, page_dir))
+
+
+# ----------------------------------------------------------------------------------------------
+# ABLATION_TABLE and THROUGHPUT_TABLE: train_ablation.py's CSVs
+
+
+def _on_off(s: str) -> str:
+    t = (s or "").strip().lower()
+    return "ON" if t in ("1", "true", "yes", "on", "y") else "OFF" if t in ("0", "false", "no", "off", "n") else s or MISSING
+
+
+def _autocast(r: dict[str, str]) -> str:
+    on = _on_off(r.get("autocast", ""))
+    dt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(r.get("amp_dtype", ""), r.get("amp_dtype", ""))
+    return f"ON ({dt})" if on == "ON" and dt else on
+
+
+def _status(r: dict[str, str]) -> str:
+    st, err = r.get("status", "").strip(), r.get("error", "").strip()
+    if err and st.lower() != "ok":
+        err = " ".join(err.split())
+        return f"{st or 'failed'}: " + (err if len(err) <= 60 else err[:59].rstrip() + "…")
+    return st or MISSING
+
+
+def variant_cell(name: str) -> str:
+    """The variant's name; a variant that is another's configuration under a second name says which."""
+    if not name:
+        return MISSING
+    return say("ablation_table", "same_as", name=name, same=SAME_AS[name]) if name in SAME_AS else f"`{name}`"
+
+
+def _known(column: str) -> tuple[str, tuple[str, ...], Callable[[dict[str, str]], str]]:
+    return KNOWN[column][0], (column,), lambda r: KNOWN[column][1](r.get(column, ""))
+
+
+# (header, source columns that must exist for the column to be shown, cell function)
+ABLATION_COLS: list[tuple[str, tuple[str, ...], Callable[[dict[str, str]], str]]] = [
+    ("variant", ("variant",), lambda r: variant_cell(r.get("variant", ""))),
+    ("status", ("status", "error"), _status),
+    ("autocast", ("autocast",), _autocast),
+    ("compile", ("compile",), lambda r: _on_off(r.get("compile", ""))),
+    ("attention", ("attention_impl",), lambda r: r.get("attention_impl") or MISSING),
+    ("tie", ("tie_word_embeddings",), lambda r: _on_off(r.get("tie_word_embeddings", ""))),
+    *map(_known, ("params", "avg_tok_s_steady", "ms_per_step", "mfu", "peak_mem_bytes", "final_loss")),
+    ("device", ("device_name",), lambda r: r.get("device_name") or MISSING),
+]
+
+
+def render_ablation(cols: list[str], rows: list[dict[str, str]]) -> str:
+    chosen = [(h, f) for h, need, f in ABLATION_COLS if any(c in cols for c in need)]
+    if not chosen:  # not the ablation schema at all: show it as it is
+        return render_generic(cols, rows)
+    return markdown_table([h for h, _ in chosen], [[f(r) for _, f in chosen] for r in rows])
+
+
+def _measured(r: dict[str, str]) -> str:
+    t, m = number(r.get("avg_tok_s_steady")), number(r.get("peak_mem_bytes"))
+    if not t:
+        return say("ablation_table", "unmeasured" if r.get("status") else "no_result", variant=r.get("variant"),
+                   status=r.get("status"))
+    return say("ablation_table", "measured_memory" if m else "measured", variant=r.get("variant"), tok_s=t,
+               gb=(m or 0) / 1e9)
+
+
+def switch_effects(rows: list[dict[str, str]]) -> str:
+    """One line per smollm2.switches.SWITCH_PAIRS pair in the table: tokens/s ratio, peak memory and final loss."""
+    by, lines = {r.get("variant"): r for r in rows}, []
+    for name, on, off in SWITCH_PAIRS:
+        a, b = by.get(on), by.get(off)
+        if not (a and b):
+            continue
+        ta, tb = number(a.get("avg_tok_s_steady")), number(b.get("avg_tok_s_steady"))
+        if not (ta and tb):  # one side failed (out of memory, say): what each side did
+            lines.append(say("ablation_table", "not_compared", name=name, a=_measured(a), b=_measured(b)))
+            continue
+        ma, mb = number(a.get("peak_mem_bytes")), number(b.get("peak_mem_bytes"))
+        la, lb = number(a.get("final_loss")), number(b.get("final_loss"))
+        memory = say("ablation_table", "effect_memory", ma=ma / 1e9, mb=mb / 1e9, diff=(ma - mb) / 1e9) if ma and mb else ""
+        loss = say("ablation_table", "effect_loss", la=la, lb=lb) if la is not None and lb is not None else ""
+        lines.append(say("ablation_table", "effect", name=name, on=on, off=off, ratio=ta / tb, ta=ta, tb=tb,
+                         memory=memory, loss=loss))
+    if not lines:
+        return ""
+    cards = sorted({r["device_name"] for r in rows if r.get("device_name")})
+    return say("ablation_table", "effects_on_cards" if cards else "effects", cards=", ".join(cards),
+               lines="\n".join(lines))
 
 
 def csv_block(csv_path: str, png_dir: Optional[str], readme_dir: str, what: str) -> tuple[str, str]:
     csv_rel = rel(csv_path, readme_dir)
     if not os.path.isfile(csv_path):
-        return f"_No {what} results yet: `{csv_rel}` not found._", "csv missing"
+        return say("ablation_table", "missing", what=what, csv=csv_rel), "csv missing"
     cols, rows = read_csv(csv_path)
     if rows and "variant" not in cols:  # the table and its findings are keyed by the variant's name
         raise InputError(f"{csv_path} has no column 'variant' (its columns: {', '.join(cols) or 'none'}); write it "
                          f"again with train_ablation.py")
     if not rows:
-        body, note = f"_`{csv_rel}` has no rows yet._", "csv empty"
+        body, note = say("ablation_table", "no_rows", csv=csv_rel), "csv empty"
     else:
-        body, note = f"Rendered from `{csv_rel}`.\n\n" + render_ablation(cols, rows), f"{len(rows)} rows"
+        body, note = say("ablation_table", "table", csv=csv_rel, table=render_ablation(cols, rows)), f"{len(rows)} rows"
         if effects := switch_effects(rows):
             body += "\n\n" + effects
     pngs = sorted(glob.glob(os.path.join(png_dir, "*.png"))) if png_dir and os.path.isdir(png_dir) else []
-    if pngs:
-        body += "\n\n" + images(pngs, readme_dir)
-    return body, note
+    return body + ("\n\n" + images(pngs, readme_dir) if pngs else ""), note
 
 
-def generic_tables(paths: list[str], readme_dir: str, headings: bool) -> list[str]:
+# ----------------------------------------------------------------------------------------------
+# the benchmark tables: BENCH_TABLE, MULTIGPU_TABLE, MICROBATCH_TABLE, SEED_E2E, EVAL_SPEED
+
+
+def tables_block(block: str, paths: list[str], readme_dir: str, headings: bool) -> list[str]:
+    """One generic table per CSV, under its name when `headings`."""
     out = []
     for p in paths:
         cols, rows = read_csv(p)
-        parts = [f"#### {os.path.splitext(os.path.basename(p))[0]}"] if headings else []
-        parts.append(f"Rendered from `{rel(p, readme_dir)}`.")
-        parts.append(render_generic(cols, rows) if rows else "_No rows yet._")
-        out.append("\n\n".join(parts))
+        parts = [say(block, "heading", name=os.path.splitext(os.path.basename(p))[0])] if headings else []
+        parts.append(say(block, "rendered", csv=rel(p, readme_dir)))
+        out.append("\n\n".join(parts + [render_generic(cols, rows) if rows else say(block, "no_rows")]))
     return out
 
 
@@ -468,57 +495,17 @@ def bench_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     # the quality plots belong to the QUALITY block, beside their tables
     pngs = sorted(p for p in glob.glob(os.path.join(bench_dir, "*.png")) if not os.path.basename(p).startswith("quality_"))
     if not csvs and not pngs:
-        return f"_No benchmark results yet: no `bench_*.csv` in `{rel(bench_dir, readme_dir)}/`._", "no bench csv"
-    parts = generic_tables(csvs, readme_dir, headings=True)
-    if pngs:
-        parts.append(images(pngs, readme_dir))
-    return "\n\n".join(parts), f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}"
+        return say("bench_table", "missing", dir=rel(bench_dir, readme_dir)), "no bench csv"
+    parts = tables_block("bench_table", csvs, readme_dir, headings=True) + ([images(pngs, readme_dir)] if pngs else [])
+    return "\n\n".join(parts), f"{len(csvs)} table{plural(len(csvs))}"
 
 
 def multigpu_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     csvs = sorted(glob.glob(os.path.join(bench_dir, "multigpu*.csv")))
     if not csvs:
-        return (f"_No multi-GPU results yet: no `multigpu*.csv` in `{rel(bench_dir, readme_dir)}/`._",
-                "no multigpu csv")
-    return (("\n\n".join(generic_tables(csvs, readme_dir, headings=len(csvs) > 1))),
-            f"{len(csvs)} table{'s' if len(csvs) != 1 else ''}")
-
-
-# What each case of benchmarks/device_seed_e2e.sh measured (seed_e2e.csv's `case`); an unknown case shows its name.
-E2E_CASES = {
-    "cold_A": "step A on empty compile caches (inductor, Triton, Python bytecode)",
-    "cold_B": "step B right after it",
-    "warm_A": "step A on a machine that has run it (the README's log)",
-    "warm_B": "step B after it (the README's log)",
-    "warm_A_no_bytecode": "step A warm, but Python bytecode not kept (the GPU image's default)",
-    "warm_B_no_bytecode": "step B likewise",
-    "portable_B": "step B on empty machine caches, with the run folder's compile_artifacts.bin (bytecode not kept)",
-}
-
-
-def e2e_case(case: str) -> str:
-    m = re.fullmatch(r"scope_(model|blocks)_(cold|warm|resume)", case)
-    if m:
-        what = {"cold": "300 steps, empty caches", "warm": "300 steps again", "resume": "resume to 350"}[m.group(2)]
-        return f"`--compile_scope {m.group(1)}`: {what} (Python bytecode not kept)"
-    return E2E_CASES.get(case, case)
-
-
-def seed_e2e_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
-    """device_seed_e2e.sh's wall times (the shell's, process start to exit), one row per case."""
-    path = os.path.join(bench_dir, "seed_e2e", "seed_e2e.csv")
-    if not os.path.isfile(path):
-        return f"_No end-to-end timings yet: no `{rel(path, readme_dir)}`._", "no seed_e2e csv"
-    _, rows = read_csv(path)
-    if not rows:
-        return f"_`{rel(path, readme_dir)}` holds no rows._", "empty seed_e2e csv"
-    cards = ", ".join(dict.fromkeys(f"{r.get('card', '')} (torch {r.get('torch', '')})" for r in rows))
-    table = markdown_table(["case", "what", "wall (s)", "exit"],
-                           [[f"`{r['case']}`", e2e_case(r["case"]), f"{number(r.get('wall_s')) or 0:.1f}",
-                             r.get("exit_status", "")] for r in rows])
-    return (f"The README's two commands end to end, as the shell timed them (process start to exit) on {cards} "
-            f"(`bash benchmarks/device_seed_e2e.sh`; rendered from `{rel(path, readme_dir)}`). Step A is "
-            f"`--max_steps 5000 --resume 0`, step B `--max_steps 5050 --resume 1`:\n\n{table}"), f"{len(rows)} cases"
+        return say("multigpu_table", "missing", dir=rel(bench_dir, readme_dir)), "no multigpu csv"
+    return ("\n\n".join(tables_block("multigpu_table", csvs, readme_dir, headings=len(csvs) > 1)),
+            f"{len(csvs)} table{plural(len(csvs))}")
 
 
 def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
@@ -526,12 +513,10 @@ def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
     out of memory), the fastest size that fit in bold; then which size each impl's throughput row uses."""
     path = os.path.join(bench_dir, "microbatch_sweep.csv")
     if not os.path.isfile(path):
-        return f"_No micro-batch sweep yet: no `{rel(path, readme_dir)}`._", "no sweep csv"
+        return say("microbatch_table", "missing", csv=rel(path, readme_dir)), "no sweep csv"
     _, rows = read_csv(path)
-    impls = list(dict.fromkeys(r["impl"] for r in rows))
-    sizes = sorted({int(r["micro_batch"]) for r in rows})
-    cell = {(r["impl"], int(r["micro_batch"])): r for r in rows}
-    best = {}
+    impls, sizes = list(dict.fromkeys(r["impl"] for r in rows)), sorted({int(r["micro_batch"]) for r in rows})
+    cell, best = {(r["impl"], int(r["micro_batch"])): r for r in rows}, {}
     for r in rows:
         t = number(r.get("tokens_per_s")) if r.get("status") == "ok" else None
         if t and t > best.get(r["impl"], (0, 0))[1]:
@@ -542,61 +527,91 @@ def microbatch_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
         if r is None:
             return MISSING
         if r.get("status") != "ok":
-            return "out of memory" if r.get("status") == "oom" else (r.get("status") or MISSING)
-        text = (f"{number(r['tokens_per_s']):,.0f} tok/s, {100 * (number(r.get('mfu')) or 0):.1f}% MFU, "
-                f"{number(r.get('peak_mem_gb')) or 0:.1f} GB")
-        return f"**{text}**" if best.get(impl, (None,))[0] == B else text
+            return say("microbatch_table", "out_of_memory") if r.get("status") == "oom" else r.get("status") or MISSING
+        text = say("microbatch_table", "cell", tok_s=number(r["tokens_per_s"]), mfu=100 * (number(r.get("mfu")) or 0),
+                   gb=number(r.get("peak_mem_gb")) or 0)
+        return say("microbatch_table", "fastest", cell=text) if best.get(impl, (None,))[0] == B else text
 
-    first = rows[0]
-    table = markdown_table(["micro-batch"] + [f"`{i}`" for i in impls],
-                           [[str(B)] + [show(i, B) for i in impls] for B in sizes])
-    picks = ", ".join(f"`{i}` {best[i][0]}" for i in impls if i in best)
-    text = (f"Micro-batch sweep at seq {first.get('seq_len', '')} on {first.get('card', '')}, every size in one "
-            f"process (`bench.py --micro_batches`; rendered from `{rel(path, readme_dir)}`). Bold: the fastest size "
-            f"that fit, the one each impl's row in `bench_throughput.csv` uses: {picks or 'none fit'}.\n\n{table}")
-    return text, f"{len(impls)} impls x {len(sizes)} sizes"
+    table = markdown_table(["micro-batch"] + [f"`{i}`" for i in impls], [[str(B)] + [show(i, B) for i in impls] for B in sizes])
+    picks = ", ".join(f"`{i}` {best[i][0]}" for i in impls if i in best) or say("microbatch_table", "none_fit")
+    return (say("microbatch_table", "sweep", seq=rows[0].get("seq_len", ""), card=rows[0].get("card", ""),
+                csv=rel(path, readme_dir), picks=picks, table=table), f"{len(impls)} impls x {len(sizes)} sizes")
 
 
-DATA_PREP_COLUMNS = ["machine", "cpu_model", "measurement", "pipeline", "workers", "corpus_mb", "tokens", "wall_s",
-                     "tokens_per_s", "tokens_per_cpu_s", "peak_rss_tree_mb", "peak_pss_tree_mb"]
+def e2e_case(case: str) -> str:
+    if m := re.fullmatch(r"scope_(model|blocks)_(cold|warm|resume)", case):
+        return say("seed_e2e", "scope_case", scope=m.group(1), what=labels("seed_e2e", "scope_kinds")[m.group(2)])
+    return labels("seed_e2e", "cases").get(case, case)
+
+
+def seed_e2e_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    """device_seed_e2e.sh's wall times (the shell's, process start to exit), one row per case."""
+    path = os.path.join(bench_dir, "seed_e2e", "seed_e2e.csv")
+    if not os.path.isfile(path):
+        return say("seed_e2e", "missing", csv=rel(path, readme_dir)), "no seed_e2e csv"
+    _, rows = read_csv(path)
+    if not rows:
+        return say("seed_e2e", "no_rows", csv=rel(path, readme_dir)), "empty seed_e2e csv"
+    cards = ", ".join(dict.fromkeys(say("seed_e2e", "card", card=r.get("card", ""), torch=r.get("torch", ""))
+                                    for r in rows))
+    table = markdown_table(["case", "what", "wall (s)", "exit"], [[f"`{r['case']}`", e2e_case(r["case"]),
+                           f"{number(r.get('wall_s')) or 0:.1f}", r.get("exit_status", "")] for r in rows])
+    return say("seed_e2e", "table", cards=cards, csv=rel(path, readme_dir), table=table), f"{len(rows)} cases"
+
+
+def eval_speed_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    """benchmarks/eval_speed*.csv (benchmarks/eval_speed_table.py): evaluate.py and lm-evaluation-harness on the
+    same work, a table per call on one card."""
+    paths = sorted(glob.glob(os.path.join(bench_dir, "eval_speed*.csv")))
+    if not paths:
+        return say("eval_speed", "missing", csv=rel(os.path.join(bench_dir, "eval_speed.csv"), readme_dir)), \
+            "no eval_speed csv"
+    header = ["command", "scorer", "work", "scoring (s)", "compile, apart (s)", "whole process (s)", "acc", "acc_norm",
+              "bits per byte", "device"]
+    s, s4 = _fmt(1, 1), _fmt(1, 4)
+    tables = [(path, [[r["what"], r["scorer"], r["work"], s(r["scoring_s"]), s(r["compile_s"]), s(r["process_s"]),
+                       s4(r["acc"]), s4(r["acc_norm"]), s4(r["bpb"]), r["device"]] for r in read_csv(path)[1]])
+              for path in paths]
+    return ("\n\n".join(say("eval_speed", "table", csv=rel(p, readme_dir), table=markdown_table(header, rows))
+                        for p, rows in tables), f"{sum(len(rows) for _, rows in tables)} rows in {len(paths)} tables")
+
+
+# ----------------------------------------------------------------------------------------------
+# DATA_RESULTS, EVAL_RESULTS and QUALITY: the real corpus, evaluate.py and benchmarks/quality.py
 
 
 def train_rss_sentence(r: dict[str, str]) -> str:
     """Whether training's memory stayed flat, from a benchmarks/bench_data.py train_rss row."""
-    flat = "flat" if r.get("flat") == "True" else "NOT flat"
-    return (f"Training memory on prepared shards ({r['machine']}, train.py on {r.get('train_device') or 'cpu'}, "
-            f"{int(r['train_shards'])} shards of {int(float(r['shard_tokens'])):,} ids): RSS {r['rss_first_mb']} MB at "
-            f"step {r['first_step']} and {r['rss_last_mb']} MB at step {r['steps_done']} (ratio {r['rss_ratio']}: "
-            f"{flat} within {float(r['flat_tolerance']):.0%}).")
+    return say("data_results", "train_rss", machine=r["machine"], device=r.get("train_device") or "cpu",
+               shards=int(r["train_shards"]), shard_tokens=int(float(r["shard_tokens"])), first_mb=r["rss_first_mb"],
+               first_step=r["first_step"], last_mb=r["rss_last_mb"], last_step=r["steps_done"], ratio=r["rss_ratio"],
+               flat=say("data_results", "flat" if r.get("flat") == "True" else "not_flat"),
+               tolerance=float(r["flat_tolerance"]))
 
 
 def data_results_block(results_dir: str, bench_dir: str, readme_dir: str, eval_dir: str = "") -> tuple[str, str]:
     """The real-corpus run (manifest summary, preparation line, training summary, loss curve, log) and the
     data-pipeline benchmark table."""
     parts, note = [], []
-    summary_path = os.path.join(results_dir, "manifest_summary.json")
-    log_path = os.path.join(results_dir, "train.log")
+    summary_path, log_path = os.path.join(results_dir, "manifest_summary.json"), os.path.join(results_dir, "train.log")
     if os.path.isfile(summary_path) and os.path.isfile(log_path):
-        with open(summary_path, encoding="utf-8") as f:
-            m = json.load(f)
+        m = read_json(summary_path)
         t = m["totals"]
-        groups = ", ".join(f"{k} ({v['files']} file{'s' if v['files'] != 1 else ''}, {v['bytes'] / 1e6:.1f} MB)"
-                           for k, v in m["sources"].items())
-        parts.append(f"**Real corpus** (`{rel(summary_path, readme_dir)}`): {groups} -> {t['tokens']:,} tokens in "
-                     f"{t['documents']:,} documents ({m['dtype']}, end-of-text id {m['eos_id']}); validation "
-                     f"{t['val_documents']:,} whole documents, {t['val_tokens']:,} tokens.")
+        groups = ", ".join(say("data_results", "source", name=k, files=v["files"], s=plural(v["files"]),
+                               mb=v["bytes"] / 1e6) for k, v in m["sources"].items())
+        parts.append(say("data_results", "corpus", summary=rel(summary_path, readme_dir), groups=groups,
+                         tokens=t["tokens"], documents=t["documents"], dtype=m["dtype"], eos=m["eos_id"],
+                         val_documents=t["val_documents"], val_tokens=t["val_tokens"]))
         prep_log = os.path.join(results_dir, "prepare.log")
         if os.path.isfile(prep_log):
             with open(prep_log, encoding="utf-8", errors="replace") as f:
                 lines = [ln.strip() for ln in f if ln.startswith("prepared ")]
-            if lines:
-                parts.append(f"Preparation: `{lines[-1]}`.")
+            parts += [say("data_results", "preparation", line=lines[-1])] if lines else []
         text = read_train_log(log_path)
         s = run_summary(log_path, text)
-        speeds = sorted(s.speeds)
-        if speeds:
-            parts.append(f"Training on {s.header.get('device_name') or 'an unnamed device'}: median "
-                         f"{speeds[len(speeds) // 2]:,.0f} tokens/s over the logged intervals.")
+        if speeds := sorted(s.speeds):
+            device = s.header.get("device_name") or say("data_results", "unnamed_device")
+            parts.append(say("data_results", "training_speed", device=device, tok_s=speeds[len(speeds) // 2]))
         plot = os.path.join(results_dir, "loss_curve.png")
         try:
             write_if_changed(plot, render_loss_plot(s, released_reference(eval_dir, "realdocs")))
@@ -607,22 +622,16 @@ def data_results_block(results_dir: str, bench_dir: str, readme_dir: str, eval_d
     csv_path = os.path.join(bench_dir, "data_prep.csv")
     if os.path.isfile(csv_path):
         _, rows = read_csv(csv_path)
-        parts.append(f"Data pipeline benchmarks (`python benchmarks/bench_data.py`; rendered from `{rel(csv_path, readme_dir)}`, "
-                     f"which also holds CPU time, high-water marks and versions; RSS and PSS are summed over the "
-                     f"process tree; `vm/16cpu` is the GPU machine's 16-core host, `vm/2cpu` the 2-core "
-                     f"development machine):")
         prep = [r for r in rows if r.get("measurement") != "train_rss"]  # those are a sentence each, below
-        parts.append(render_generic(DATA_PREP_COLUMNS, prep) if prep else "_No rows yet._")
+        parts.append(say("data_results", "pipeline", csv=rel(csv_path, readme_dir)))
+        parts.append(render_generic(DATA_PREP_COLUMNS, prep) if prep else say("data_results", "no_rows"))
         parts += [train_rss_sentence(r) for r in rows if r.get("measurement") == "train_rss"]
         note.append("data_prep table")
     if not parts:
-        return ("_No data results yet: run `bash benchmarks/device_data.sh` and `python benchmarks/bench_data.py`, then "
-                "`python update_readme.py`._"), "no data results"
+        return say("data_results", "missing"), "no data results"
     return "\n\n".join(parts), ", ".join(note)
 
 
-# ----------------------------------------------------------------------------------------------
-# evaluate.py's results
 def eval_block(eval_dir: str, readme_dir: str) -> tuple[str, str]:
     """One table per kind of results/eval/*.json (bits per byte; multiple-choice tasks; lm-eval), a row per
     file, each naming its weights, text, device and the file itself."""
@@ -634,48 +643,134 @@ def eval_block(eval_dir: str, readme_dir: str) -> tuple[str, str]:
         except (OSError, ValueError) as e:
             raise InputError(f"{path} is not a JSON file written by evaluate.py ({e})") from e
     if not results:
-        return f"_No evaluation results yet: evaluate.py writes them to `{rel(eval_dir, readme_dir)}/`._", "no results"
+        return say("eval_results", "missing", dir=rel(eval_dir, readme_dir)), "no results"
 
-    def weights(r: dict) -> str:
+    def row(kind: str, path: str, r: dict, **values) -> str:
         w = r["weights"]
-        return f"{r['name']}: `{w['file']}` (sha256 {w['sha256'][:12]}…)" if w.get("file") else f"{r['name']}: {w['description']}"
+        weights = (say("eval_results", "weights_file", name=r["name"], file=w["file"], sha=w["sha256"][:12])
+                   if w.get("file") else say("eval_results", "weights", name=r["name"], description=w["description"]))
+        return say("eval_results", f"{kind}_row", weights=weights, device=r["device"], file=os.path.basename(path),
+                   link=link(path, readme_dir), **values)
 
-    def cell(v, fmt: str) -> str:
+    def cell(v, fmt: str = "{:.4f}") -> str:
         return MISSING if v is None else fmt.format(v)
 
-    parts = []
-    bpb = [(p, r) for p, r in results if r.get("task") == "bpb"]
-    if bpb:
-        rows = ["| weights | text | seq_len | tokens | bytes | bits per byte | loss (nats/token) | perplexity | device | file |",
-                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-        rows += [f"| {weights(r)} | {r['text']} | {r['seq_len']} | {r['tokens']:,} | {r['bytes']:,} | "
-                 f"**{cell(r['bpb'], '{:.4f}')}** | {cell(r['loss'], '{:.4f}')} | {cell(r['ppl'], '{:.2f}')} | "
-                 f"{r['device']} | [{os.path.basename(p)}]({link(p, readme_dir)}) |" for p, r in bpb]
-        parts.append("\n".join(rows))
-    tasks = [(p, r) for p, r in results if r.get("task") not in ("bpb", "lm_eval")]
-    if tasks:
-        rows = ["| weights | task | data | items | acc | acc_norm | device | file |",
-                "| --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
-        rows += [f"| {weights(r)} | {r['task']} | {r['data']} | {r['items']:,} | {cell(r.get('acc'), '{:.4f}')} | "
-                 f"{cell(r.get('acc_norm'), '{:.4f}')} | {r['device']} | [{os.path.basename(p)}]({link(p, readme_dir)}) |"
-                 for p, r in tasks]
-        parts.append("\n".join(rows))
-    harness = [(p, r) for p, r in results if r.get("task") == "lm_eval"]
-    if harness:
-        rows = ["| weights | harness task | metric | value | device | file |", "| --- | --- | --- | ---: | --- | --- |"]
-        rows += [f"| {weights(r)} | {task} | {metric.split(',')[0]} | {v:.4f} | {r['device']} | "
-                 f"[{os.path.basename(p)}]({link(p, readme_dir)}) |" for p, r in harness
-                 for task, metrics in r["results"].items() for metric, v in metrics.items()
-                 if isinstance(v, float) and "stderr" not in metric]
-        parts.append("\n".join(rows))
+    kinds = {"bpb": [], "task": [], "harness": []}
+    for p, r in results:
+        kind = {"bpb": "bpb", "lm_eval": "harness"}.get(r.get("task"), "task")
+        if kind == "bpb":
+            kinds[kind].append(row(kind, p, r, text=r["text"], seq_len=r["seq_len"], tokens=r["tokens"], bytes=r["bytes"],
+                                   bpb=cell(r["bpb"]), loss=cell(r["loss"]), ppl=cell(r["ppl"], "{:.2f}")))
+        elif kind == "task":
+            kinds[kind].append(row(kind, p, r, task=r["task"], data=r["data"], items=r["items"],
+                                   acc=cell(r.get("acc")), acc_norm=cell(r.get("acc_norm"))))
+        else:
+            kinds[kind] += [row(kind, p, r, task=task, metric=metric.split(",")[0], value=v)
+                            for task, metrics in r["results"].items() for metric, v in metrics.items()
+                            if isinstance(v, float) and "stderr" not in metric]
+    parts = [say("eval_results", f"{kind}_table") + "\n" + "\n".join(rows) for kind, rows in kinds.items() if rows]
     return "\n\n".join(parts), f"{len(results)} result files"
 
 
-# markers and writing
+def against_best_adamw(ttl: list[dict]) -> list[dict]:
+    """The rows of a quality_*_ttl.csv whose target is the final loss of the run's best AdamW (quality.py's
+    "best AdamW (<recipe>) at the end"), not today's recipe's."""
+    return [t for t in ttl if t["target"].startswith("best AdamW")]
 
 
-def _rows_by(path: str, key: str) -> dict[str, dict[str, str]]:
-    return {r[key]: r for r in read_csv(path)[1] if r.get(key)} if os.path.isfile(path) else {}
+def _share(t: dict[str, str], digits: int) -> str:
+    """A time-to-loss row's share of the reference's time, or that it was not reached."""
+    return _fmt(1, digits)(t["share_of_reference_time"]) if t["reached"] == "True" else say("quality", "not_reached")
+
+
+def quality_sections(bench_dir: str) -> dict[str, str]:
+    """The sections of the QUALITY template, then one per seed run of device_quality.sh seeds (found by their
+    files)."""
+    sections = labels("quality", "sections")
+    for path in sorted(glob.glob(os.path.join(bench_dir, "quality_realdocs_2048_seed*_runs.csv"))):
+        section = os.path.basename(path)[len("quality_"):-len("_runs.csv")]
+        sections[section] = say("quality", "seed_section", seed=section[len("realdocs_2048_seed"):])
+    return sections
+
+
+def half_time_table(bench_dir: str, sections: dict[str, str]) -> Optional[str]:
+    """One row per Muon recipe of every run that has a best-AdamW target: its share of that AdamW run's time,
+    each share a ratio of two rows of one process (so runs sit side by side, never divided by each other)."""
+    rows = []
+    for section in sections:
+        path = os.path.join(bench_dir, f"quality_{section}_ttl.csv")
+        if not os.path.isfile(path):
+            continue
+        ttl, runs = read_csv(path)[1], rows_of(os.path.join(bench_dir, f"quality_{section}_runs.csv"))
+        shape = f"{runs[0]['seq_len']} x {runs[0]['micro_batch']}" if runs else MISSING
+        rows += [[f"`{section}`", shape, t["target"].split("(")[1].split(")")[0], _fmt(1, 3)(t["target_loss"]),
+                  t["recipe"], _share(t, 3), t["card"]] for t in against_best_adamw(ttl) if t["recipe"].startswith("muon")]
+    if not rows:
+        return None
+    return say("quality", "half_time", table=markdown_table(
+        ["run", "seq x micro-batch", "best AdamW of the run", "its final loss", "Muon recipe", "share", "card"], rows))
+
+
+def quality_section(stem: str, what: str, readme_dir: str) -> list[str]:
+    """One section: its runs (held-out loss at the end, step time), the time to each target loss, its plot."""
+    runs = read_csv(stem + "_runs.csv")[1]
+    first = runs[0] if runs else {}
+    if number(first.get("steps", "")) and number(first.get("tokens", "")):
+        what = say("quality", "section_steps", what=what, steps=int(number(first["steps"])),
+                   mtok=number(first["tokens"]) / 1e6)
+    parts = [say("quality", "section", what=what, card=first.get("card", ""), csv=rel(stem + "_runs.csv", readme_dir)),
+             markdown_table(["recipe", "optimizer", "schedule", "peak lr", "AdamW-part lr", "steps",
+                             "held-out loss at the end", "ms/step", "steps (s)", "first step (s)"],
+                            [[r["recipe"], say("quality", "hf_optimizer", optimizer=r["optimizer"]) if r["impl"] == "hf"
+                              else r["optimizer"], r["schedule"], r["max_lr"], r["adamw_lr"] or MISSING,
+                              r.get("steps") or MISSING, _fmt(1, 3)(r["final_val_loss"]), _fmt(1, 1)(r["ms_per_step"]),
+                              _fmt(1, 1)(r["train_s"]), _fmt(1, 1)(r["first_step_s"])] for r in runs])]
+    if os.path.isfile(stem + "_ttl.csv"):
+        parts.append(say("quality", "time_to_loss", csv=rel(stem + "_ttl.csv", readme_dir)))
+        parts.append(markdown_table(
+            ["target", "loss", "recipe", "steps' wall-clock (s)", "tokens (M)", "share of the reference's time"],
+            [[t["target"], t["target_loss"], t["recipe"], _fmt(1, 1)(t["train_s"]), _fmt(1e-6, 1)(t["tokens"]),
+              _share(t, 2)] for t in read_csv(stem + "_ttl.csv")[1]]))
+    return parts + ([images([stem + ".png"], readme_dir)] if os.path.isfile(stem + ".png") else [])
+
+
+def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
+    """benchmarks/quality.py's files: every run's half-time share in one table; a section per run; then the
+    step-time tables."""
+    sections = quality_sections(bench_dir)
+    summary = half_time_table(bench_dir, sections)
+    parts = [summary] if summary else []
+    for section, what in sections.items():
+        stem = os.path.join(bench_dir, f"quality_{section}")
+        parts += quality_section(stem, what, readme_dir) if os.path.isfile(stem + "_runs.csv") else []
+    for step in sorted(glob.glob(os.path.join(bench_dir, "quality_step_time*.csv"))):
+        cols, rows = read_csv(step)
+        shape = {k: rows[0][k] for k in ("seq_len", "micro_batch")} if rows else {}
+        parts.append(say("quality", "step_time_at_shape" if rows else "step_time", csv=rel(step, readme_dir), **shape))
+        parts.append(render_generic([c for c in cols if c not in ("section", "torch")], rows))
+    if not parts:
+        return say("quality", "missing", dir=rel(bench_dir, readme_dir)), "no quality csv"
+    return "\n\n".join(parts), f"{sum(p.startswith('####') for p in parts) - bool(summary)} sections"
+
+
+# ----------------------------------------------------------------------------------------------
+# FINDINGS and HEADLINES: sentences whose every number is read from a result file
+
+
+
+def default_path_row(rows: dict[str, dict[str, str]], profile: str = "throughput") -> Optional[dict[str, str]]:
+    """train.py's default path in a bench table: for the seed profile what the seed's 5,000-step command runs
+    (SEED_PATH, --compile_scope auto), else DEFAULT_PATH; tables measured before those existed hold ours_fast."""
+    return (profile == "seed" and rows.get(SEED_PATH)) or rows.get(DEFAULT_PATH) or rows.get("ours_fast")
+
+
+def first_quality_run(bench_dir: str, sections: tuple[str, ...]) -> Optional[str]:
+    """The path stem of the first of `sections` whose quality.py runs and time-to-loss tables are both present."""
+    for section in sections:
+        stem = os.path.join(bench_dir, f"quality_{section}")
+        if os.path.isfile(stem + "_runs.csv") and os.path.isfile(stem + "_ttl.csv"):
+            return stem
+    return None
 
 
 def multigpu_finding(path: str, readme_dir: str) -> str:
@@ -687,31 +782,24 @@ def multigpu_finding(path: str, readme_dir: str) -> str:
     main_impl = mg[0]["impl"]
 
     def eff(r):
-        return f"{100 * number(r['scaling_efficiency']):.0f}% of one GPU" if number(r.get("scaling_efficiency")) else ""
+        e = number(r.get("scaling_efficiency"))
+        return say("findings", "efficiency", pct=100 * number(r["scaling_efficiency"])) if e else ""
 
-    parts = "; ".join(f"{r['world_size']} GPU{'s' if r['world_size'] != '1' else ''}: "
-                      f"{number(r['tokens_per_s']):,.0f} tokens/s ({number(r['tokens_per_s_per_gpu']):,.0f} per GPU"
-                      + (f", {eff(r)}" if r["world_size"] != "1" and eff(r) else "") + ")"
-                      for r in mg if r["impl"] == main_impl)
+    def size(r):
+        n = r["world_size"]
+        values = dict(n=n, s=plural(int(n)), tok_s=number(r["tokens_per_s"]), per_gpu=number(r["tokens_per_s_per_gpu"]))
+        if n != "1" and eff(r):
+            return say("findings", "gpus_with_efficiency", efficiency=eff(r), **values)
+        return say("findings", "gpus", **values)
+
     others = {}
     for r in mg:
         if r["impl"] != main_impl and eff(r):
-            others.setdefault(r["impl"], []).append(f"{r['world_size']} GPUs {eff(r)}")
-    extra = "".join(f"; `{k}`: {', '.join(v)}" for k, v in others.items())
-    return (f"- **Several GPUs** (torchrun + DDP, `{main_impl}`, seq {mg[0]['seq_len']} x micro-batch "
-            f"{mg[0]['micro_batch']} per GPU, {mg[0]['card']}): {parts}{extra} (`{rel(path, readme_dir)}`).")
-
-
-def default_path_row(rows: dict[str, dict[str, str]], profile: str = "throughput") -> Optional[dict[str, str]]:
-    """train.py's default path in a bench table: for the seed profile what the seed's 5,000-step command runs
-    (SEED_PATH, --compile_scope auto), else DEFAULT_PATH; tables measured before those existed hold ours_fast."""
-    return (profile == "seed" and rows.get(SEED_PATH)) or rows.get(DEFAULT_PATH) or rows.get("ours_fast")
-
-
-def started(log_text: str) -> str:
-    """When a train.log's first run started, from its header line ("... training | 2026-11-28T08:27:21")."""
-    m = re.search(r"^SmolLM2 from-scratch training \| (\S+)", log_text, re.M)
-    return m.group(1).replace("T", " ") if m else "date not logged"
+            others.setdefault(r["impl"], []).append(say("findings", "other_impl_gpus", n=r["world_size"], efficiency=eff(r)))
+    return say("findings", "several_gpus", impl=main_impl, seq=mg[0]["seq_len"], micro_batch=mg[0]["micro_batch"],
+               card=mg[0]["card"], sizes="; ".join(size(r) for r in mg if r["impl"] == main_impl),
+               others="".join(say("findings", "other_impl", impl=k, sizes=", ".join(v)) for k, v in others.items()),
+               csv=rel(path, readme_dir))
 
 
 def shape_text(profile: str, fast: dict, hfe: dict, hfc: dict) -> str:
@@ -721,41 +809,35 @@ def shape_text(profile: str, fast: dict, hfe: dict, hfc: dict) -> str:
     shape = PROFILES[profile]
     seq, accum = fast.get("seq_len") or shape.seq_len, fast.get("grad_accum") or str(shape.grad_accum)
     mb = [r.get("micro_batch") or str(shape.micro_batch) for r in (fast, hfe, hfc)]
-    accum = f" x accum {accum}" if accum != "1" else ""
+    with_accum = "_with_accum" if accum != "1" else ""
     if len(set(mb)) == 1:
-        return f"seq {seq} x {'batch' if accum else 'micro-batch'} {mb[0]}{accum}"
-    return (f"seq {seq}{accum}; micro-batch: ours {mb[0]}, transformers eager {mb[1]}, compiled {mb[2]}; "
-            f"a swept impl at its fastest size")
+        return say("findings", "shape" + with_accum, seq=seq, micro_batch=mb[0], accum=accum)
+    return say("findings", "swept_shape" + with_accum, seq=seq, accum=accum, ours=mb[0], eager=mb[1], compiled=mb[2])
 
 
 def speed_findings(bench_dir: str, readme_dir: str) -> list[str]:
     """Our default path against transformers, per profile (bench_<profile>.csv, or a run of the two alone)."""
     out = []
-    seed = _rows_by(os.path.join(bench_dir, "bench_seed.csv"), "impl")
-    thr = _rows_by(os.path.join(bench_dir, "bench_throughput.csv"), "impl")
-    for name, rows, what in (("seed", seed, "the seed's shape"), ("throughput", thr, "the throughput profile")):
+    seed = rows_by(os.path.join(bench_dir, "bench_seed.csv"), "impl")
+    thr = rows_by(os.path.join(bench_dir, "bench_throughput.csv"), "impl")
+    for name, rows in (("seed", seed), ("throughput", thr)):
         fast = default_path_row(rows, name)
         hfe, hfc = rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfe and hfc):
             continue
-        what += f" ({shape_text(name, fast, hfe, hfc)})"
         tf, te, tc = (float(r["tokens_per_s"]) for r in (fast, hfe, hfc))
-        out.append(f"- **Speed, {what}** on {fast['card']}: our default CUDA path (`{fast['impl']}`) trains at **{tf:,.0f} tokens/s** "
-                   f"({100 * float(fast['mfu']):.1f}% MFU), **{tf / te:.1f}x** transformers' LlamaForCausalLM eager "
-                   f"({te:,.0f}) and **{tf / tc:.1f}x** transformers + torch.compile ({tc:,.0f}); peak memory "
-                   f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfe['peak_mem_gb']):.2f} GB (eager) and "
-                   f"{float(hfc['peak_mem_gb']):.2f} GB (compiled) for transformers "
-                   f"(`{rel(os.path.join(bench_dir, f'bench_{name}.csv'), readme_dir)}`).")
+        out.append(say("findings", "speed", what=say("findings", name, shape=shape_text(name, fast, hfe, hfc)),
+                       card=fast["card"], impl=fast["impl"], tf=tf, mfu=100 * float(fast["mfu"]), xe=tf / te, te=te,
+                       xc=tf / tc, tc=tc, mf=float(fast["peak_mem_gb"]), me=float(hfe["peak_mem_gb"]),
+                       mc=float(hfc["peak_mem_gb"]), csv=rel(os.path.join(bench_dir, f"bench_{name}.csv"), readme_dir)))
     vs_path = os.path.join(bench_dir, "bench_throughput_vs_compile.csv")  # a run of the two alone
-    vs = _rows_by(vs_path, "impl")
+    vs = rows_by(vs_path, "impl")
     fast, hfc = default_path_row(vs), vs.get("hf_compile")
     if fast and hfc and not (thr.get("hf_compile") and thr.get("hf_eager")):
         tf, tc = float(fast["tokens_per_s"]), float(hfc["tokens_per_s"])
-        out.append(f"- **Speed, the throughput profile (seq 2048 x micro-batch 16)** on {fast['card']}: our default "
-                   f"CUDA path trains at **{tf:,.0f} tokens/s** ({100 * float(fast['mfu']):.1f}% MFU), **{tf / tc:.2f}x** "
-                   f"transformers + torch.compile ({tc:,.0f}) in the same process; peak memory "
-                   f"{float(fast['peak_mem_gb']):.2f} GB vs {float(hfc['peak_mem_gb']):.2f} GB "
-                   f"(`{rel(vs_path, readme_dir)}`).")
+        out.append(say("findings", "speed_against_compile", card=fast["card"], tf=tf, mfu=100 * float(fast["mfu"]),
+                       xc=tf / tc, tc=tc, mf=float(fast["peak_mem_gb"]), mc=float(hfc["peak_mem_gb"]),
+                       csv=rel(vs_path, readme_dir)))
     return out
 
 
@@ -763,30 +845,27 @@ def benchmark_findings(bench_dir: str, readme_dir: str) -> list[str]:
     """The largest micro-batch, loss equivalence, where the time goes, several GPUs."""
     out = []
     mb_path = os.path.join(bench_dir, "bench_max_batch.csv")
-    mb = [r for r in read_csv(mb_path)[1] if number(r.get("max_micro_batch"))] if os.path.isfile(mb_path) else []
+    mb = [r for r in rows_of(mb_path) if number(r.get("max_micro_batch"))]
     if mb:
-        parts = ", ".join(f"`{r['impl']}` {r['max_micro_batch']}" for r in mb)
-        out.append(f"- **Largest micro-batch at seq 2048** that trains on one {mb[0]['card']} "
-                   f"({mb[0]['card_memory_gb']} GB): {parts} (`{rel(mb_path, readme_dir)}`).")
+        out.append(say("findings", "max_batch", card=mb[0]["card"], memory=mb[0]["card_memory_gb"],
+                       sizes=", ".join(f"`{r['impl']}` {r['max_micro_batch']}" for r in mb), csv=rel(mb_path, readme_dir)))
     eq = os.path.join(bench_dir, "loss_equivalence.json")
     if os.path.isfile(eq):
         e = read_json(eq)
-        noise = (f" (bf16 rounding alone, the plain path in bf16 against float32: up to {e['max_bf16_noise']:.3f}, "
-                 f"mean {e['mean_bf16_noise']:.4f})" if "max_bf16_noise" in e else "")
-        out.append(f"- **Same numbers**: over the first {e['steps']} steps of the throughput profile the fast path's "
-                   f"loss stays within {e['max_abs_diff']:.3f} (mean {e['mean_abs_diff']:.4f}) of the plain eager "
-                   f"path from the same seed{noise}; final {e['final_fast']:.4f} vs {e['final_eager']:.4f} "
-                   f"([plot]({rel(os.path.join(bench_dir, 'loss_equivalence.png'), readme_dir)})).")
+        noise = "max_bf16_noise" in e
+        out.append(say("findings", "same_numbers_beside_bf16_noise" if noise else "same_numbers", steps=e["steps"],
+                       max=e["max_abs_diff"], mean=e["mean_abs_diff"], noise_max=e.get("max_bf16_noise"),
+                       noise_mean=e.get("mean_bf16_noise"), fast=e["final_fast"], eager=e["final_eager"],
+                       plot=rel(os.path.join(bench_dir, "loss_equivalence.png"), readme_dir)))
     tb_path = os.path.join(bench_dir, "time_breakdown_throughput.csv")
-    tb = _rows_by(tb_path, "impl")
+    tb = rows_by(tb_path, "impl")
     r = tb.get("ours_compile") or tb.get("ours_fast")
     groups = sorted(((k[:-3], number(v)) for k, v in r.items() if k.endswith(" ms") and number(v)),
                     key=lambda kv: -kv[1]) if r else []
     if groups:
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in groups[:3])
-        out.append(f"- **Where the time goes** (seq 2048 x 16, compiled, {r.get('card', '')}): "
-                   f"{number(r['ms_per_step']):.1f} ms per step; kernel time by group (ms): {parts} "
-                   f"(`{rel(tb_path, readme_dir)}`, notes in `{rel(os.path.join(bench_dir, 'NOTES.md'), readme_dir)}`).")
+        out.append(say("findings", "time_breakdown", card=r.get("card", ""), ms=number(r["ms_per_step"]),
+                       groups=", ".join(f"{k} {v:.1f}" for k, v in groups[:3]), csv=rel(tb_path, readme_dir),
+                       notes=rel(os.path.join(bench_dir, "NOTES.md"), readme_dir)))
     for mg_path in sorted(glob.glob(os.path.join(bench_dir, "multigpu_*.csv"))):
         if line := multigpu_finding(mg_path, readme_dir):
             out.append(line)
@@ -796,46 +875,41 @@ def benchmark_findings(bench_dir: str, readme_dir: str) -> list[str]:
 def ablation_findings(args, readme_dir: str) -> list[str]:
     """The fastest variant at seq 2048, and the fast path against the baseline at the seed's shape."""
     out = []
-    thr_abl = _rows_by(args.throughput_csv, "variant")
+    thr_abl = rows_by(args.throughput_csv, "variant")
     ok = {k: r for k, r in thr_abl.items() if r.get("status") == "ok" and number(r.get("avg_tok_s_steady"))}
     if ok:
         best = max(ok.values(), key=lambda r: number(r["avg_tok_s_steady"]))
+        tok_s = number(best["avg_tok_s_steady"])
         failed = sorted(k for k, r in thr_abl.items() if r.get("status") in ("oom", "error"))
         ref = ok.get("hf_reference")
-        out.append(f"- **Ablation at seq 2048 x micro-batch {best['batch_size']}** ({best.get('device_name', '')}): "
-                   f"fastest variant `{best['variant']}` at {number(best['avg_tok_s_steady']):,.0f} tokens/s"
-                   + (f", {number(best['avg_tok_s_steady']) / number(ref['avg_tok_s_steady']):.1f}x `hf_reference` "
-                      f"({number(ref['avg_tok_s_steady']):,.0f})" if ref else "")
-                   + (f"; did not run (out of memory or error): {', '.join(f'`{k}`' for k in failed)}" if failed else "")
-                   + f" (`{rel(args.throughput_csv, readme_dir)}`).")
-    abl = _rows_by(args.ablation_csv, "variant")
+        reference = say("findings", "against_reference", x=tok_s / number(ref["avg_tok_s_steady"]),
+                        ref=number(ref["avg_tok_s_steady"])) if ref else ""
+        failed = say("findings", "did_not_run", variants=", ".join(f"`{k}`" for k in failed)) if failed else ""
+        out.append(say("findings", "fastest_variant", batch=best["batch_size"], device=best.get("device_name", ""),
+                       variant=best["variant"], tok_s=tok_s, reference=reference, failed=failed,
+                       csv=rel(args.throughput_csv, readme_dir)))
+    abl = rows_by(args.ablation_csv, "variant")
     base, fast = abl.get("baseline"), abl.get("fast")
     if base and fast and base.get("avg_tok_s_steady") and fast.get("avg_tok_s_steady"):
         tb, tf = float(base["avg_tok_s_steady"]), float(fast["avg_tok_s_steady"])
-        out.append(f"- **Ablation** ({fast['steps']} steps per variant, the seed's shape, {fast.get('device_name', '')}): "
-                   f"`baseline` (fp32, eager, manual attention) runs at {tb:,.0f} tokens/s; `fast` "
-                   f"(compile + CUDA graph + fused loss) at {tf:,.0f} tokens/s, {tf / tb:.1f}x. See the table below "
-                   f"for what each switch buys alone.")
+        out.append(say("findings", "ablation", steps=fast["steps"], device=fast.get("device_name", ""), tb=tb, tf=tf,
+                       x=tf / tb))
     return out
 
 
 def readme_run_finding(run: Optional[RunSummary]) -> list[str]:
     """The README's run: its wall time, speed and losses, from its records."""
-    out = []
-    if run is not None:
-        s, done, walls, h = run, run.done, run.walls, run.header
-        if s.train and done:
-            wall = sum(d["seconds"] for d in done)
-            took = [f"{w.get('startup_s', 0) + w.get('loop_s', 0):.0f} s" for w in walls]
-            cmd = f"; the commands took {', '.join(took)} of wall time, start-up and compilation included" if walls else ""
-            where = f"{h['device_name']}, torch {h['torch']}" if h.get("device_name") and h.get("torch") else \
-                "the logged device"
-            out.append(f"- **The seed's run** on {where}: steps 1 to "
-                       f"{s.train[-1][0]} in {wall:.0f} s of training-loop wall time over {len(done)} runs "
-                       f"(first run {done[0]['tok_s']:,.0f} tokens/s overall including compilation); resumed at "
-                       f"step {', '.join(map(str, s.resumes)) or 'none'}; train loss {s.train[0][1]:.3f} -> "
-                       f"{s.train[-1][1]:.3f}" + (f", last val loss {s.val[-1][1]:.3f}" if s.val else "") + cmd + ".")
-    return out
+    if run is None or not (run.train and run.done):
+        return []
+    s, done, walls, h = run, run.done, run.walls, run.header
+    took = ", ".join(say("findings", "seconds", s=w.get("startup_s", 0) + w.get("loop_s", 0)) for w in walls)
+    where = say("findings", "device_and_torch", device=h["device_name"], torch=h["torch"]) \
+        if h.get("device_name") and h.get("torch") else say("findings", "logged_device")
+    return [say("findings", "seed_run", where=where, last=s.train[-1][0], wall=sum(d["seconds"] for d in done),
+                runs=len(done), tok_s=done[0]["tok_s"], resumes=", ".join(map(str, s.resumes)) or say("findings", "no_resume"),
+                first_loss=s.train[0][1], last_loss=s.train[-1][1],
+                val=say("findings", "seed_run_val", loss=s.val[-1][1]) if s.val else "",
+                commands=say("findings", "seed_run_commands", took=took) if walls else "")]
 
 
 def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
@@ -843,8 +917,13 @@ def findings_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[st
     out = (speed_findings(args.bench_dir, readme_dir) + benchmark_findings(args.bench_dir, readme_dir)
            + ablation_findings(args, readme_dir) + readme_run_finding(run))
     if not out:
-        return "_No result files yet: run bench.py, train_ablation.py and train.py, then update_readme.py._", "placeholder"
+        return say("findings", "missing"), "placeholder"
     return "\n".join(out), f"{len(out)} findings"
+
+
+def page_link(page: str, readme_dir: str, docs_dir: Optional[str]) -> str:
+    """A docs page's link from the README's folder."""
+    return link(os.path.join(docs_dir or os.path.join(readme_dir, "docs"), page), readme_dir)
 
 
 def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
@@ -857,36 +936,26 @@ def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None
     seed, released = scored("seed_bpb_tinyshakespeare_val"), scored("released_bpb_tinyshakespeare_val")
     if not (seed and released):
         return []
-    also = ""
-    for part, what in (("", "all {n:,} ids"), ("_first65536", "their first {n:,} ids")):  # the whole split first
-        real, real_released = scored(f"realdocs_run_bpb_realdocs_val{part}"), scored(f"released_bpb_realdocs_val{part}")
+    realdocs = ""
+    for suffix, ids in (("", "all_ids"), ("_first65536", "first_ids")):  # the whole split first
+        real, real_released = scored(f"realdocs_run_bpb_realdocs_val{suffix}"), scored(f"released_bpb_realdocs_val{suffix}")
         if real and real_released:
-            also = (f"; on realdocs' held-out documents ({what.format(n=real['tokens'] + 1)}) the 1,000-step "
-                    f"realdocs run {real['bpb']:.2f}, the released weights {real_released['bpb']:.2f}")
+            realdocs = say("headlines", "realdocs", ids=say("headlines", ids, n=real["tokens"] + 1), run=real["bpb"],
+                           released=real_released["bpb"])
             break
-    return [f"- **How good**: on Tiny Shakespeare's held-out text the seed's 5,000-step model scores "
-            f"**{seed['bpb']:.2f} bits per byte**, the released SmolLM2-135M-Instruct weights (4-bit) "
-            f"{released['bpb']:.2f}{also}; multiple-choice tasks score as lm-evaluation-harness does "
-            f"([`docs/evaluation.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'evaluation.md'), readme_dir)}))."]
+    return [say("headlines", "how_good", seed=seed["bpb"], released=released["bpb"], realdocs=realdocs,
+                page=page_link("evaluation.md", readme_dir, docs_dir))]
 
 
-def first_quality_run(bench_dir: str, sections: tuple[str, ...]) -> Optional[str]:
-    """The path stem of the first of `sections` whose quality.py runs and time-to-loss tables are both present."""
-    for section in sections:
-        stem = os.path.join(bench_dir, f"quality_{section}")
-        if os.path.isfile(stem + "_runs.csv") and os.path.isfile(stem + "_ttl.csv"):
-            return stem
-    return None
-
-
-def against_best_adamw(ttl: list[dict]) -> list[dict]:
-    """The rows of a quality_*_ttl.csv whose target is the final loss of the run's best AdamW (quality.py's
-    "best AdamW (<recipe>) at the end"), not today's recipe's."""
-    return [t for t in ttl if t["target"].startswith("best AdamW")]
+def shares_said(shares: list[float]) -> str:
+    """'0.46-0.52x' for several shares, '0.48x' for one."""
+    if len(shares) > 1:
+        return say("headlines", "share_range", low=min(shares), high=max(shares))
+    return say("headlines", "share", x=shares[0])
 
 
 def shorter_horizon(bench_dir: str) -> str:
-    """' Trained for 200 steps it needs 0.46-0.52x of that AdamW's time (6 runs ...)': the default Muon recipe over
+    """'Trained for 200 steps it needs 0.46-0.52x of that AdamW's time (6 runs ...)': the default Muon recipe over
     a shorter horizon (`muon_wsd_5e-3_n<steps>`, the horizon with the most runs) against the best AdamW of each
     run's own process, over every run on file; '' without one."""
     shares: dict[int, list[float]] = {}
@@ -898,13 +967,11 @@ def shorter_horizon(bench_dir: str) -> str:
     if not shares:
         return ""
     steps, got = max(shares.items(), key=lambda kv: (len(kv[1]), -kv[0]))
-    said = f"{min(got):.2f}-{max(got):.2f}x" if len(got) > 1 else f"{got[0]:.2f}x"
-    return (f" Trained for {steps:,} steps it needs **{said}** of that AdamW's time ({len(got)} "
-            f"run{'s' if len(got) > 1 else ''} over seeds, each against its own process's AdamW)")
+    return say("headlines", "shorter_horizon", steps=steps, said=shares_said(got), n=len(got), s=plural(len(got)))
 
 
 def largest_batch(bench_dir: str, horizon: str) -> str:
-    """'; at micro-batch 48 ... needs 0.46x and 0.48x ...': the default Muon recipe against the best AdamW of each
+    """'at micro-batch 48 ... needs 0.46x and 0.48x ...': the default Muon recipe against the best AdamW of each
     micro-batch-48 run present (each share within its run), or '' without one; after `horizon`'s sentence, or
     as a sentence of its own."""
     shares, mb = [], None
@@ -917,9 +984,9 @@ def largest_batch(bench_dir: str, horizon: str) -> str:
                    if t["recipe"] == DEFAULT_MUON and t["reached"] == "True"]
     if not shares:
         return ""
-    said = " and ".join(f"{x:.2f}x" for x in sorted(shares))
-    return (f"{'; at' if horizon else ' At'} micro-batch {mb}, the fastest step, `{DEFAULT_MUON}` needs **{said}** of the "
-            f"best AdamW's time there ({len(shares)} run{'s' if len(shares) > 1 else ''})")
+    said = " and ".join(say("headlines", "share", x=x) for x in sorted(shares))
+    return say("headlines", "largest_batch_after" if horizon else "largest_batch", micro_batch=mb, recipe=DEFAULT_MUON,
+               said=said, n=len(shares), s=plural(len(shares)))
 
 
 def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
@@ -937,42 +1004,39 @@ def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = 
     shares = [t for t in ttl if t["recipe"] == muon["recipe"] and t["reached"] == "True" and t["target"] in reference]
     if not shares:
         return []
-    said = " and ".join((f"`{reference[t['target']]}`'s final held-out loss ({number(t['target_loss']):.2f}) in "
-                         f"**{number(t['share_of_reference_time']):.2f}x** its wall-clock") if i == 0 else
-                        (f"`{reference[t['target']]}`'s ({number(t['target_loss']):.2f}) in "
-                         f"**{number(t['share_of_reference_time']):.2f}x**") for i, t in enumerate(shares))
+    reached = " and ".join(say("headlines", "reached_next" if i else "reached_first", reference=reference[t["target"]],
+                               loss=number(t["target_loss"]), share=number(t["share_of_reference_time"]))
+                           for i, t in enumerate(shares))
     horizon = shorter_horizon(bench_dir)
     more = horizon + largest_batch(bench_dir, horizon)
-    line = (f"- **Muon learns faster per GPU-second**: on a real corpus (seq 2048, {muon['card']}) `--optimizer muon` "
-            f"(`{muon['recipe']}`) reaches {said}, ending at held-out loss {number(muon['final_val_loss']):.2f}"
-            f"{'.' + more if more else ''} ([`docs/quality.md`]({link(os.path.join(docs_dir or os.path.join(readme_dir, 'docs'), 'quality.md'), readme_dir)})).")
+    line = say("headlines", "muon_and_more" if more else "muon", card=muon["card"], recipe=muon["recipe"],
+               reached=reached, loss=number(muon["final_val_loss"]), more=more,
+               page=page_link("quality.md", readme_dir, docs_dir))
     plot = stem + ".png"  # the same run's held-out loss against wall-clock and tokens
     if not os.path.isfile(plot):
         return [line]
-    return [line, f"\n  ![held-out loss against the steps' wall-clock and tokens, every recipe of that run]"
-                  f"({link(plot, readme_dir)})\n"]
+    return [line, "\n" + say("headlines", "muon_plot", plot=link(plot, readme_dir)) + "\n"]
 
 
 def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
     """The README's first-screen numbers: a few short lines, each read from a result file and naming its card."""
     out = []
-    for profile, what in (("seed", "at the seed's shape (seq 256, batch 1, accum 4)"), ("throughput", "at seq 2048")):
+    for profile in ("seed", "throughput"):
         path = os.path.join(args.bench_dir, f"bench_{profile}.csv")
-        rows = _rows_by(path, "impl")
+        rows = rows_by(path, "impl")
         fast, hfe, hfc = default_path_row(rows, profile), rows.get("hf_eager"), rows.get("hf_compile")
         if not (fast and hfc):
             continue
         tf, tc = float(fast["tokens_per_s"]), float(hfc["tokens_per_s"])
-        x = tf / float(hfe["tokens_per_s"]) if hfe else 0.0
-        eager = f"{x:.{0 if x >= 10 else 1}f}x transformers eager, " if hfe else ""
-        out.append(f"- **{tf:,.0f} tokens/s** {what}, {100 * float(fast['mfu']):.0f}% MFU: {eager}"
-                   f"**{tf / tc:.1f}x** transformers + torch.compile, same step and data, {fast['card']} "
-                   f"([`{rel(path, readme_dir)}`]({link(path, readme_dir)})).")
+        xe = tf / float(hfe["tokens_per_s"]) if hfe else 0.0
+        out.append(say("headlines", "speed_beside_eager" if hfe else "speed", tf=tf, what=say("headlines", profile),
+                       mfu=100 * float(fast["mfu"]), xe=xe, digits=0 if xe >= 10 else 1, xc=tf / tc, card=fast["card"],
+                       csv=rel(path, readme_dir), link=link(path, readme_dir)))
     if run is not None and run.walls and run.train:
-        took = " and ".join(f"{w.get('startup_s', 0) + w.get('loop_s', 0):.0f} s" for w in run.walls)
-        where = run.header.get("device_name") or "the logged device"
-        out.append(f"- **The seed's run, {run.train[-1][0]:,} steps with its resume**: the two commands took {took} "
-                   f"of wall time on {where}, start-up and compilation included ([log]({link(args.train_log, readme_dir)})).")
+        took = " and ".join(say("headlines", "seconds", s=w.get("startup_s", 0) + w.get("loop_s", 0)) for w in run.walls)
+        out.append(say("headlines", "seed_run", steps=run.train[-1][0], took=took,
+                       where=run.header.get("device_name") or say("headlines", "logged_device"),
+                       log=link(args.train_log, readme_dir)))
     out += quality_headline(args.bench_dir, readme_dir, args.docs_dir)
     out += eval_headline(args.eval_results, readme_dir, args.docs_dir)
     best = None
@@ -983,136 +1047,15 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
                 best = ((n, eff), r, path)
     if best:
         (n, eff), r, path = best
-        out.append(f"- **{n} GPUs at {100 * eff:.0f}%** of one GPU's throughput each (torchrun + DDP, `{r['impl']}`, "
-                   f"{r['card']}; [`{rel(path, readme_dir)}`]({link(path, readme_dir)})).")
+        out.append(say("headlines", "several_gpus", n=n, pct=100 * eff, impl=r["impl"], card=r["card"],
+                       csv=rel(path, readme_dir), link=link(path, readme_dir)))
     if not out:
-        return "_No result files yet: run bench.py and the seed's commands, then update_readme.py._", "placeholder"
+        return say("headlines", "missing"), "placeholder"
     return "\n".join(out), f"{sum(line.startswith('- ') for line in out)} headlines"
 
 
-def eval_speed_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
-    """benchmarks/eval_speed*.csv (benchmarks/eval_speed_table.py): evaluate.py and lm-evaluation-harness on the
-    same work, a table per call on one card."""
-    paths = sorted(glob.glob(os.path.join(bench_dir, "eval_speed*.csv")))
-    if not paths:
-        return (f"_No evaluation timings yet: `bash benchmarks/device_eval.sh speed` writes "
-                f"`{rel(os.path.join(bench_dir, 'eval_speed.csv'), readme_dir)}`._", "no eval_speed csv")
-    parts, n = [], 0
-    for path in paths:
-        _, rows = read_csv(path)
-        n += len(rows)
-        parts.append(f"`{rel(path, readme_dir)}`:\n\n" + markdown_table(
-            ["command", "scorer", "work", "scoring (s)", "compile, apart (s)", "whole process (s)", "acc", "acc_norm",
-             "bits per byte", "device"],
-            [[r["what"], r["scorer"], r["work"], _fmt(1, 1)(r["scoring_s"]), _fmt(1, 1)(r["compile_s"]),
-              _fmt(1, 1)(r["process_s"]), _fmt(1, 4)(r["acc"]), _fmt(1, 4)(r["acc_norm"]), _fmt(1, 4)(r["bpb"]),
-              r["device"]] for r in rows]))
-    return "\n\n".join(parts), f"{n} rows in {len(paths)} tables"
-
-
-QUALITY_SECTIONS = {"realdocs_2048_defaults": "realdocs, seq 2048 x micro-batch 16: the defaults and transformers",
-                    "realdocs_2048_horizon": "realdocs, seq 2048 x micro-batch 16: Muon over a shorter horizon",
-                    "realdocs_2048_horizon2": "realdocs, seq 2048 x micro-batch 16: Muon over a shorter horizon, "
-                                              "the two best changes together",
-                    "realdocs_2048_adamw_part": "realdocs, seq 2048 x micro-batch 16: Muon's AdamW part and warmup "
-                                                "over the full horizon",
-                    "realdocs_2048_schedules": "realdocs, seq 2048 x micro-batch 16: schedules and Muon's lr",
-                    "realdocs_2048": "realdocs (the first sweep), seq 2048 x micro-batch 16",
-                    "realdocs_2048_mb4": "realdocs, seq 2048 x micro-batch 4 (8,192 tokens a step)",
-                    "realdocs_2048_bracket": "realdocs, seq 2048 x micro-batch 16: the best AdamW's lr bracketed "
-                                             "from above (WSD 1e-3 and 2e-3)",
-                    "realdocs_2048_mb48": "realdocs, seq 2048 x micro-batch 48 (98,304 tokens a step)",
-                    "realdocs_2048_mb48_bracket": "realdocs, seq 2048 x micro-batch 48: the best AdamW's lr bracketed "
-                                                  "from above (WSD 2e-3 and 3e-3)",
-                    "seed_input_5000": "input.txt at the seed's shape (seq 256 x 4 windows a step), its 5,000 steps",
-                    "seed_input": "input.txt at the seed's shape (seq 256 x 4 windows a step)"}
-HEADLINE_SECTIONS = ("realdocs_2048_defaults", "realdocs_2048_schedules", "realdocs_2048")  # the README's Muon headline: the first present
-MB48_SECTIONS = ("realdocs_2048_mb48_bracket", "realdocs_2048_mb48")  # the same tokens at the fastest micro-batch
-DEFAULT_MUON = "muon_wsd_5e-3"  # train.py's --optimizer muon recipe, as quality.py names it
-
-
-def quality_sections(bench_dir: str) -> dict[str, str]:
-    """QUALITY_SECTIONS, then one per seed run of device_quality.sh seeds (found by their files)."""
-    sections = dict(QUALITY_SECTIONS)
-    for path in sorted(glob.glob(os.path.join(bench_dir, "quality_realdocs_2048_seed*_runs.csv"))):
-        section = os.path.basename(path)[len("quality_"):-len("_runs.csv")]
-        sections[section] = (f"realdocs, seq 2048 x micro-batch 16: the half-time comparison under seed "
-                             f"{section[len('realdocs_2048_seed'):]}")
-    return sections
-
-
-def half_time_table(bench_dir: str, sections: dict[str, str]) -> Optional[str]:
-    """One row per Muon recipe of every run that has a best-AdamW target: its share of that AdamW run's time,
-    each share a ratio of two rows of one process (so runs sit side by side, never divided by each other)."""
-    rows = []
-    for section in sections:
-        path = os.path.join(bench_dir, f"quality_{section}_ttl.csv")
-        if not os.path.isfile(path):
-            continue
-        _, ttl = read_csv(path)
-        runs_path = os.path.join(bench_dir, f"quality_{section}_runs.csv")
-        runs = read_csv(runs_path)[1] if os.path.isfile(runs_path) else []
-        shape = f"{runs[0]['seq_len']} x {runs[0]['micro_batch']}" if runs else MISSING
-        for t in against_best_adamw(ttl):
-            if t["recipe"].startswith("muon"):
-                rows.append([f"`{section}`", shape, t["target"].split("(")[1].split(")")[0],
-                             _fmt(1, 3)(t["target_loss"]), t["recipe"],
-                             _fmt(1, 3)(t["share_of_reference_time"]) if t["reached"] == "True" else "not reached",
-                             t["card"]])
-    if not rows:
-        return None
-    return ("#### Every run's half-time comparison\n\nFrom the `_ttl.csv` of each section below: the share of the "
-            "best AdamW's own time (to its end) that a Muon recipe of the same process needs to reach that AdamW's "
-            "final held-out loss (target: at most 0.5).\n\n"
-            + markdown_table(["run", "seq x micro-batch", "best AdamW of the run", "its final loss", "Muon recipe",
-                           "share", "card"], rows))
-
-
-def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
-    """benchmarks/quality.py's files: every run's half-time share in one table; per section the runs (held-out
-    loss at the end, step time) and the time to reach the held-out loss of today's recipe and of the best
-    AdamW; then the step-time table."""
-    sections = quality_sections(bench_dir)
-    summary = half_time_table(bench_dir, sections)
-    parts = [summary] if summary else []
-    for section, what in sections.items():
-        stem = os.path.join(bench_dir, f"quality_{section}")
-        if not os.path.isfile(stem + "_runs.csv"):
-            continue
-        _, runs = read_csv(stem + "_runs.csv")
-        first = runs[0] if runs else {}
-        if number(first.get("steps", "")) and number(first.get("tokens", "")):
-            what += f", {int(number(first['steps'])):,} steps ({number(first['tokens']) / 1e6:.1f}M tokens)"
-        parts.append(f"#### {what}, {first.get('card', '')}\n\nRendered from `{rel(stem + '_runs.csv', readme_dir)}`: every row "
-                     f"in one process on one card; the steps' wall-clock without the first step (compile, CUDA-graph "
-                     f"capture), which is apart.")
-        parts.append(markdown_table(
-            ["recipe", "optimizer", "schedule", "peak lr", "AdamW-part lr", "steps", "held-out loss at the end",
-             "ms/step", "steps (s)", "first step (s)"],
-            [[r["recipe"], r["optimizer"] + (" (transformers + compile)" if r["impl"] == "hf" else ""), r["schedule"],
-              r["max_lr"], r["adamw_lr"] or MISSING, r.get("steps") or MISSING, _fmt(1, 3)(r["final_val_loss"]),
-              _fmt(1, 1)(r["ms_per_step"]),
-              _fmt(1, 1)(r["train_s"]), _fmt(1, 1)(r["first_step_s"])] for r in runs]))
-        if os.path.isfile(stem + "_ttl.csv"):
-            _, ttl = read_csv(stem + "_ttl.csv")
-            parts.append(f"Time to a held-out loss (`{rel(stem + '_ttl.csv', readme_dir)}`; linear between "
-                         f"evaluations; share: of the reference recipe's own time to the end):")
-            parts.append(markdown_table(
-                ["target", "loss", "recipe", "steps' wall-clock (s)", "tokens (M)", "share of the reference's time"],
-                [[t["target"], t["target_loss"], t["recipe"], _fmt(1, 1)(t["train_s"]), _fmt(1e-6, 1)(t["tokens"]),
-                  _fmt(1, 2)(t["share_of_reference_time"]) if t["reached"] == "True" else "not reached"]
-                 for t in ttl]))
-        if os.path.isfile(stem + ".png"):
-            parts.append(images([stem + ".png"], readme_dir))
-    for step in sorted(glob.glob(os.path.join(bench_dir, "quality_step_time*.csv"))):
-        cols, rows = read_csv(step)
-        mb = f" at seq {rows[0]['seq_len']} x micro-batch {rows[0]['micro_batch']}" if rows else ""
-        parts.append(f"#### The Muon step against the AdamW step{mb}\n\nRendered from `{rel(step, readme_dir)}` "
-                     f"(one process).")
-        parts.append(render_generic([c for c in cols if c not in ("section", "torch")], rows))
-    if not parts:
-        return f"_No quality results yet: no `quality_*.csv` in `{rel(bench_dir, readme_dir)}/`._", "no quality csv"
-    return "\n\n".join(parts), f"{sum(p.startswith('####') for p in parts) - bool(summary)} sections"
+# ----------------------------------------------------------------------------------------------
+# markers and writing
 
 
 def marker_span(text: str, name: str) -> Optional[tuple[int, int]]:
@@ -1159,11 +1102,10 @@ def check_pages(pages: dict[str, str]) -> dict[str, dict[str, Optional[tuple[int
             problems.append(f"{path}: {err}")
             continue
         for name, span in spans[path].items():
-            if span is None:
-                continue
-            if name in home:
+            if span is not None and name in home:
                 problems.append(f"<!-- {name}_BEGIN --> is in both {home[name]} and {path}")
-            home.setdefault(name, path)
+            if span is not None:
+                home.setdefault(name, path)
     problems += [f"<!-- {name}_BEGIN --> / <!-- {name}_END --> missing (in {' and '.join(pages)})"
                  for name in REQUIRED if name not in home and not problems]
     if problems:
@@ -1174,9 +1116,8 @@ def check_pages(pages: dict[str, str]) -> dict[str, dict[str, Optional[tuple[int
 def fill(text: str, blocks: dict[str, str]) -> str:
     spans = check_markers(text)
     # Replace from the back so earlier offsets stay valid.
-    for name, span in sorted(((n, sp) for n, sp in spans.items() if sp and n in blocks),
-                             key=lambda kv: kv[1][0], reverse=True):
-        a, b = span
+    for name, (a, b) in sorted(((n, sp) for n, sp in spans.items() if sp and n in blocks),
+                               key=lambda kv: kv[1][0], reverse=True):
         text = text[:a] + "\n" + blocks[name].strip("\n") + "\n" + text[b:]
     return text
 
@@ -1214,10 +1155,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="folder whose *.png are linked beside the ablation table (default: the CSV's folder)")
     p.add_argument("--throughput_csv", default="ablation_results_throughput/ablation_results.csv",
                    help="second ablation table for THROUGHPUT_TABLE; its folder's *.png are linked")
-    p.add_argument("--bench_dir", default="benchmarks",
-                   help="folder with bench_*.csv, multigpu*.csv and *.png")
-    p.add_argument("--loss_plot", default="out_smollm2_scratch/loss_curve.png",
-                   help="loss-curve PNG drawn from --train_log")
+    p.add_argument("--bench_dir", default="benchmarks", help="folder with bench_*.csv, multigpu*.csv and *.png")
+    p.add_argument("--loss_plot", default=None,
+                   help="loss-curve PNG drawn from --train_log (default: loss_curve.png beside --train_log)")
     p.add_argument("--previous_train_log", default=None,
                    help="the README's run before the default path changed; drawn beside the current one when present "
                         "(default: train_previous.log beside --train_log)")
@@ -1231,12 +1171,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.seed_run_only = args.train_log is None  # the default folder: only the seed's own pair may fill it
     args.train_log = args.train_log or os.path.join("out_smollm2_scratch", "train.log")
     run_dir = os.path.dirname(args.train_log)  # a log elsewhere (a test's) never touches the README run's files
+    args.loss_plot = args.loss_plot or os.path.join(run_dir, "loss_curve.png")
     args.previous_train_log = args.previous_train_log or os.path.join(run_dir, "train_previous.log")
     args.comparison_plot = args.comparison_plot or os.path.join(run_dir, "loss_curve_vs_previous.png")
-    args.docs_dir = docs_dir = args.docs_dir or os.path.join(os.path.dirname(args.readme), "docs")
-
+    args.docs_dir = args.docs_dir or os.path.join(os.path.dirname(args.readme), "docs")
     pages = {}
-    for path in [args.readme] + sorted(glob.glob(os.path.join(docs_dir, "*.md"))):
+    for path in [args.readme] + sorted(glob.glob(os.path.join(args.docs_dir, "*.md"))):
         try:
             with open(path, encoding="utf-8") as f:
                 pages[path] = f.read()
@@ -1244,40 +1184,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"update_readme: error: cannot read {path}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
             return 2
     try:
-        spans = check_pages(pages)
+        return fill_pages(args, pages, check_pages(pages))
     except MarkerError as err:
         print(f"update_readme: error: {err}", file=sys.stderr)
-        return 2
-
-    try:
-        return fill_pages(args, pages, spans)
     except InputError as err:
         print(f"update_readme: error: {err}; {', '.join(pages)} left as they were", file=sys.stderr)
-        return 2
-
-
-# What the README's run is: the seed's two commands, step A from scratch and step B resumed from it.
-SEED_SHAPE = {"seq_len": 256, "batch_size": 1, "grad_accum": 4}
-SEED_MODEL = "smollm2-135m"
-
-
-def not_the_readme_run(s: RunSummary, seed_only: bool) -> Optional[str]:
-    """Why a run's records are not the README's run (both commands, the resume line), None when they are.
-    With seed_only (the default folder), also the seed's model and shape. Records written by train.py name
-    their args; logs from before them are judged by the lineage alone."""
-    if not s.train:
-        return "it holds no step lines"
-    if not s.resumes:
-        return f"its last run (steps {s.train[0][0]}..{s.train[-1][0]}) has no resume line"
-    if not seed_only:
-        return None
-    given = s.header.get("args") or {}
-    if given.get("model", SEED_MODEL) != SEED_MODEL:
-        return f"its last run trained the {given['model']} preset, not {SEED_MODEL}"
-    off = [f"{k} {given[k]}" for k, v in SEED_SHAPE.items() if k in given and int(given[k]) != v]
-    if off:
-        return f"its last run is not the seed's shape ({', '.join(off)})"
-    return None
+    return 2
 
 
 def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
@@ -1286,12 +1198,12 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
     run = run_summary(args.train_log, log_text) if log_text is not None else None
     why_not = not_the_readme_run(run, args.seed_run_only) if run is not None else None
     if why_not:
-        # A first short run in the default folder must not replace the README's record of the seed's run.
-        notes.append(f"TRAIN_LOG, its plot and its headline left as they were: {args.train_log} is not the README's "
+        # A first short run in the default folder must not replace the README's record of the seed's run: every
+        # block drawn from it keeps its committed text, and so does the plot.
+        kept = [name for name in RUN_BLOCKS if any(page.get(name) for page in spans.values())]
+        notes.append(f"{', '.join(kept)} and the loss plot left as they were: {args.train_log} is not the README's "
                      f"run ({why_not}); run the seed's step A and step B there, or name a resumed run's log with --train_log")
-
-    # The plot comes first so that the pages link it only when it is current.
-    plot = None
+    plot = None  # drawn first, so that the pages link it only when it is current
     if run is not None and not why_not:
         if not (run.train or run.val):
             notes.append("plot skipped (no step lines in log)")
@@ -1303,37 +1215,30 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
                 notes.append(f"plot {'written' if changed else 'unchanged'}")
             except ImportError:
                 notes.append("plot skipped (matplotlib missing)")
-    readme_run = None if why_not else run
-
-    def makers(d: str) -> dict[str, Callable[[], tuple[str, str]]]:
-        """Each block's renderer, its links relative to the page's folder d."""
-        return {
-            "TRAIN_LOG": lambda: train_log_block(args.train_log, log_text, run, plot, d),
-            "ABLATION_TABLE": lambda: csv_block(args.ablation_csv, args.ablation_dir or os.path.dirname(args.ablation_csv)
-                                                or ".", d, "ablation"),
-            "THROUGHPUT_TABLE": lambda: csv_block(args.throughput_csv, os.path.dirname(args.throughput_csv) or ".",
-                                                  d, "throughput"),
-            "BENCH_TABLE": lambda: bench_block(args.bench_dir, d),
-            "MULTIGPU_TABLE": lambda: multigpu_block(args.bench_dir, d),
-            "MICROBATCH_TABLE": lambda: microbatch_block(args.bench_dir, d),
-            "SEED_E2E": lambda: seed_e2e_block(args.bench_dir, d),
-            "FINDINGS": lambda: findings_block(args, readme_run, d),
-            "HEADLINES": lambda: headlines_block(args, readme_run, d),
-            "DATA_RESULTS": lambda: data_results_block(args.data_results, args.bench_dir, d, args.eval_results),
-            "EVAL_RESULTS": lambda: eval_block(args.eval_results, d),
-            "QUALITY": lambda: quality_block(args.bench_dir, d),
-            "EVAL_SPEED": lambda: eval_speed_block(args.bench_dir, d),
-        }
-
+    ablation_png_dir = args.ablation_dir or os.path.dirname(args.ablation_csv) or "."
+    makers: dict[str, Callable[[str], tuple[str, str]]] = {  # each block from the folder of the page it is on
+        "TRAIN_LOG": lambda d: train_log_block(args.train_log, log_text, run, plot, d),
+        "ABLATION_TABLE": lambda d: csv_block(args.ablation_csv, ablation_png_dir, d, "ablation"),
+        "THROUGHPUT_TABLE": lambda d: csv_block(args.throughput_csv, os.path.dirname(args.throughput_csv) or ".", d,
+                                                "throughput"),
+        "BENCH_TABLE": lambda d: bench_block(args.bench_dir, d),
+        "MULTIGPU_TABLE": lambda d: multigpu_block(args.bench_dir, d),
+        "MICROBATCH_TABLE": lambda d: microbatch_block(args.bench_dir, d),
+        "SEED_E2E": lambda d: seed_e2e_block(args.bench_dir, d),
+        "FINDINGS": lambda d: findings_block(args, run, d),
+        "HEADLINES": lambda d: headlines_block(args, run, d),
+        "DATA_RESULTS": lambda d: data_results_block(args.data_results, args.bench_dir, d, args.eval_results),
+        "EVAL_RESULTS": lambda d: eval_block(args.eval_results, d),
+        "QUALITY": lambda d: quality_block(args.bench_dir, d),
+        "EVAL_SPEED": lambda d: eval_speed_block(args.bench_dir, d),
+    }
     new_pages, filled = {}, []
     for path, text in pages.items():
-        d = os.path.dirname(os.path.abspath(path))
-        blocks = {}
-        for name, make in makers(d).items():
-            if not spans[path].get(name) or (name == "TRAIN_LOG" and why_not):
-                continue
-            blocks[name], note = make()
-            filled.append(f"{name} ({note})")
+        d, blocks = os.path.dirname(os.path.abspath(path)), {}
+        for name, make in makers.items():
+            if spans[path].get(name) and not (name in RUN_BLOCKS and why_not):
+                blocks[name], note = make(d)
+                filled.append(f"{name} ({note})")
         if "TRAIN_LOG" in blocks:
             blocks["TRAIN_LOG"] += comparison(args, log_text, run, d, notes)
         new_pages[path] = fill(text, blocks)
@@ -1342,22 +1247,6 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
     print(f"update_readme: {', '.join(changed) + ' updated' if changed else 'no page changed'}; filled "
           + ", ".join(filled) + ("; " + "; ".join(notes) if notes else ""))
     return 0
-
-
-def comparison(args, log_text: Optional[str], run: Optional[RunSummary], page_dir: str, notes: list[str]) -> str:
-    """The README's run before the default path changed beside today's, when train_previous.log is there."""
-    previous = read_train_log(args.previous_train_log) if os.path.isfile(args.previous_train_log) else None
-    if previous is None or log_text is None:
-        return ""
-    try:
-        write_if_changed(args.comparison_plot, render_comparison_plot(
-            summarize(log_events(previous)), run, (f"before ({started(previous)})", f"now ({started(log_text)})")))
-    except ImportError:
-        notes.append("comparison plot skipped (matplotlib missing)")
-        return ""
-    return (f"\n\nThe same two commands before the current default path "
-            f"(`{rel(args.previous_train_log, page_dir)}`) and now:\n\n"
-            f"![The seed's commands before and now]({link(args.comparison_plot, page_dir)})")
 
 
 if __name__ == "__main__":

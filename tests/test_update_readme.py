@@ -642,3 +642,77 @@ def test_an_ablation_csv_without_a_variant_column_is_one_line_and_touches_nothin
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "has no column 'variant'" in r.stderr and "ablation_results.csv" in r.stderr
     assert (tmp_path / "README.md").read_text(encoding="utf-8") == before
+
+
+def test_a_tiny_run_after_the_readme_run_keeps_its_headline_and_finding(tmp_path):
+    """The seed's pair (with DONE and WALL lines, so it has a headline and a finding) is rendered; a 5-step tiny
+    run from scratch is then appended to the same train.log: TRAIN_LOG, HEADLINES (README) and FINDINGS (a docs
+    page) keep their rendered text byte for byte, the plot too, and the output names exactly those blocks."""
+    wall = 'WALL: {"startup_s": 9.0, "loop_s": 80.0}\n'
+    log = make_log().replace("RESUME:", "DONE: steps 1..300 in 80.0s (3000.0 tok/s overall)\n" + wall + "RESUME:")
+    populate(tmp_path, README + "\n<!-- HEADLINES_BEGIN -->\n<!-- HEADLINES_END -->\n")
+    write(tmp_path / "out_smollm2_scratch" / "train.log", log + "DONE: steps 301..350 in 5.0s (2500.0 tok/s overall)\n"
+          + wall)
+    results = tmp_path / "docs" / "results.md"
+    write(results, "# Results\n\n<!-- FINDINGS_BEGIN -->\n<!-- FINDINGS_END -->\n")
+    assert run(tmp_path).returncode == 0
+    readme, plot = tmp_path / "README.md", tmp_path / "out_smollm2_scratch" / "loss_curve.png"
+    before = {p: p.read_bytes() for p in (readme, results, plot)}
+    assert b"**The seed's run, 350 steps with its resume**" in before[readme]
+    assert b"- **The seed's run** on the logged device: steps 1 to 350" in before[results]
+    tiny = ["Device: cpu", 'Args: {"model": "tiny", "max_steps": 5, "resume": 0}', "Starting from scratch (random init)."]
+    tiny += [step_line(st, 5, 10.8) for st in range(1, 6)] + ["DONE: steps 1..5 in 3.1s (1665.1 tok/s overall)", wall]
+    with open(tmp_path / "out_smollm2_scratch" / "train.log", "a", encoding="utf-8") as f:
+        f.write("\n".join(tiny))
+    r = run(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    assert "TRAIN_LOG, HEADLINES, FINDINGS and the loss plot left as they were" in r.stdout
+    assert "no resume line" in r.stdout and "HEADLINES (" not in r.stdout and "FINDINGS (" not in r.stdout
+
+
+def test_a_log_named_elsewhere_draws_its_plot_beside_it(tmp_path):
+    """--readme COPY --train_log OTHER: the loss curve goes beside OTHER, the committed one stays untouched."""
+    populate(tmp_path)
+    committed = tmp_path / "out_smollm2_scratch" / "loss_curve.png"
+    committed.write_bytes(b"the committed plot")
+    write(tmp_path / "copy" / "README.md", README)
+    write(tmp_path / "other" / "train.log", make_log())
+    r = run(tmp_path, "--readme", "copy/README.md", "--train_log", "other/train.log")
+    assert r.returncode == 0, r.stderr
+    assert committed.read_bytes() == b"the committed plot"
+    assert (tmp_path / "other" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](../other/loss_curve.png)" in (tmp_path / "copy" / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_manifest_summary_that_is_not_json_is_one_line_and_touches_nothing(tmp_path):
+    populate(tmp_path, README + "\n<!-- DATA_RESULTS_BEGIN -->\n<!-- DATA_RESULTS_END -->\n")
+    write(tmp_path / "results" / "realdocs" / "manifest_summary.json", '{"totals": ')
+    write(tmp_path / "results" / "realdocs" / "train.log", make_log())
+    before = (tmp_path / "README.md").read_bytes()
+    r = run(tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "manifest_summary.json is not JSON" in r.stderr and (tmp_path / "README.md").read_bytes() == before
+
+
+@pytest.mark.parametrize("slip, said", [("<!-- plot -->", "train_log.md has no part <!-- plot -->"),
+                                        ("({plot})", "part <!-- plot --> has a placeholder update_readme.py does not")])
+def test_a_template_slip_is_one_line_and_touches_nothing(tmp_path, monkeypatch, capsys, slip, said):
+    """The words come from docs/templates/<block>.md: a part renamed or a placeholder misspelled there is one
+    error line naming the file, exit 2, every page as it was."""
+    import shutil
+    populate(tmp_path)
+    templates = tmp_path / "templates"
+    shutil.copytree(os.path.join(ROOT, "docs", "templates"), templates)
+    page = templates / "train_log.md"
+    page.write_text(page.read_text(encoding="utf-8").replace(slip, slip.replace("plot", "plots")), encoding="utf-8")
+    monkeypatch.setattr(ur, "TEMPLATES", str(templates))
+    monkeypatch.chdir(tmp_path)
+    before = (tmp_path / "README.md").read_bytes()
+    ur.template.cache_clear()
+    try:
+        assert ur.main([]) == 2
+    finally:
+        ur.template.cache_clear()  # the next test reads the real templates
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1 and (tmp_path / "README.md").read_bytes() == before
