@@ -14,6 +14,7 @@ from smollm2_config import get_config
 from smollm2.hf import PretrainedNotFound, from_hf_model, load_pretrained, to_hf_model
 from smollm2_model import IGNORE_INDEX
 from smollm2_model import KVCache, SmolLM2ForCausalLM, manual_attention, repeat_kv, sdpa_attention
+from smollm2.loss import linear_cross_entropy
 
 # Max abs logits difference allowed against transformers in float32: the 135M bound leaves room for float32
 # rounding accumulated over 30 layers; tiny (2 layers, logits of order 1) sits at ~1e-6 measured, so it gets a
@@ -312,7 +313,7 @@ def test_fused_loss_equals_plain_loss_and_grads():
     y[0, :5] = IGNORE_INDEX
     y[1, -3:] = IGNORE_INDEX
     loss_plain = plain(x, y)[1]
-    logits, loss_fused = fused(x, y, return_logits=False)
+    logits, loss_fused = fused(x, y, fused_loss=linear_cross_entropy)
     assert logits is None and loss_fused.dtype == torch.float32
     assert abs(loss_plain.item() - loss_fused.item()) <= 1e-5
     loss_plain.backward()
@@ -375,7 +376,7 @@ def _residual_run(residual_dtype, amp, fused):
     x, y = _ids(2, 48, vocab=512), _ids(2, 48, seed=2, vocab=512)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         stream = model.model(x).dtype
-        _, loss = model(x, y, return_logits=not fused)
+        _, loss = model(x, y, fused_loss=linear_cross_entropy if fused else None)
     loss.backward()
     return stream, loss.detach(), [p.grad.clone() for p in model.parameters()]
 
