@@ -439,10 +439,10 @@ def test_load_pretrained_missing_path(source):
 
 
 def test_load_pretrained_nothing_available(monkeypatch):
-    from smollm2 import hub
+    from smollm2 import released
 
-    monkeypatch.setattr(hub, "fetch_from_hub", lambda fetch, missing: None)
-    monkeypatch.setattr(hub, "packaged_gguf", lambda: None)
+    monkeypatch.setattr(released, "fetch_from_hub", lambda fetch, missing: None)
+    monkeypatch.setattr(released, "packaged_gguf", lambda: None)
     with pytest.raises(PretrainedNotFound) as e:
         load_pretrained(None)
     msg = str(e.value)
