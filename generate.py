@@ -7,7 +7,7 @@
 
 stdout carries only the prompt and the generated text, streamed as it is decoded; what was loaded and
 the speed (tokens/s) go to stderr. Decoding goes through the model's own KV cache
-(SmolLM2ForCausalLM.generate_stream, via smollm2.inference.stream_text, which app.py uses too), so each step
+(smollm2.inference.generate_stream, via stream_text, which app.py uses too), so each step
 after the prompt runs one token through the model.
 Sampling draws from a torch.Generator seeded with --seed on the model's device: the same seed, model,
 device and prompt give the same text.

@@ -30,6 +30,7 @@ import torch
 from smollm2.checkpoint import load_checkpoint, save_checkpoint
 from smollm2_config import PRESETS, SmolLM2Config, get_config
 from smollm2_model import SmolLM2ForCausalLM
+from smollm2.inference import generate
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 from smollm2.common import OneLineParser
 
@@ -216,7 +217,7 @@ def check_pretrained(table: Table, args) -> None:
     def greedy() -> str:
         tok = state["tok"]
         prompt = torch.tensor([tok.encode(PROMPT)], device=args.hf_device)
-        out = state["ours"].generate(prompt, max_new_tokens=8, temperature=0.0)
+        out = generate(state["ours"], prompt, max_new_tokens=8, temperature=0.0)
         text = tok.decode(out[0, prompt.shape[1]:].tolist())
         assert text.startswith(EXPECTED_CONTINUATION), f"continued with {text!r}, expected {EXPECTED_CONTINUATION!r}"
         return f"{PROMPT!r} -> {text!r}"

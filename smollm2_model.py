@@ -16,29 +16,22 @@ Notable features:
 - Embedding tied to the output head (the same Parameter object, made once in __init__).
 - Parameter names are exactly transformers' LlamaForCausalLM names, so state dicts move both ways
   with strict=True.
-- The loss (the end of this file): plain cross-entropy on the logits, or, for training, a fused linear +
-  cross-entropy chunked over tokens, so the [tokens x 49152] float32 logits never exist; both give
-  the same loss and gradients.
-- Incremental decoding with a preallocated KV cache; on CUDA one decoding step can be captured as a CUDA
-  graph and replayed per token (DecodeGraph: the position on the device, a key mask over the filled slots).
+- The loss (the end of this file): cross_entropy, float32 cross-entropy over the logits, the reference. For
+  training, forward takes a loss fused with the output head instead (smollm2.loss.linear_cross_entropy:
+  chunked over tokens, so the [tokens x 49152] float32 logits never exist; the same loss and gradients),
+  passed in by the caller: this file imports nothing of the package.
+- Incremental decoding against a preallocated KV cache (KVCache): the prompt fills a prefix, or one new
+  position held on the device is written under a key mask over the filled slots, which is what lets
+  smollm2.inference.DecodeGraph replay one decoding step as a CUDA graph. The decoding loop and the samplers
+  live in smollm2/inference.py.
 
 The model does no I/O and knows no optimizer; training code talks to it through forward().
-
-The training loss: cross-entropy over the vocabulary, plain or fused with the output head.
-
-`cross_entropy` is the reference: logits (B, T, V) in float32, then the mean over targets != -100.
-`linear_cross_entropy` computes the same loss and gradients from the final hidden states and the head's
-weight, chunk by chunk over tokens, so the [tokens x 49152] float32 logits never exist at once: each
-chunk's gradient (softmax - onehot) is formed in the forward, so backward only scales it (in place: one
-float32 [V, C] buffer, hence one backward per forward). Under torch.compile the gradient takes an
-out-of-place form that Inductor fuses into one pass; eagerly it is computed in place. Both take their
-softmax in float32 whatever the autocast dtype.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -321,227 +314,29 @@ class SmolLM2ForCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())  # parameters() counts a tied matrix once
 
     def forward(self, input_ids: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
-                return_logits: bool = True, kv_cache: Optional[KVCache] = None, start_pos=0):
+                fused_loss: Optional[Callable] = None, kv_cache: Optional[KVCache] = None, start_pos=0):
         """input_ids: (B, T) int64. Returns (logits (B, T, V) or None, loss float32 scalar or None).
 
-        With targets and return_logits=False the loss goes through the fused chunked
-        linear + cross-entropy and no logits are formed (the training fast path).
+        With targets and a fused_loss (training passes smollm2.loss.linear_cross_entropy), the loss is
+        fused_loss(hidden (B*T, C), head weight (V, C), targets (B*T,)) and no logits are formed (the training
+        fast path); otherwise it is cross_entropy over the logits.
         """
         h = self.model(input_ids, kv_cache, start_pos)  # (B, T, C)
-        if targets is not None and not return_logits:
-            return None, self.head_loss(h, targets)
+        if targets is not None and fused_loss is not None:
+            return None, self.head_loss(h, targets, fused_loss)
         logits = self.lm_head(h)  # (B, T, V)
         return logits, None if targets is None else cross_entropy(logits, targets)
 
-    def head_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def head_loss(self, h: torch.Tensor, targets: torch.Tensor, fused_loss: Callable) -> torch.Tensor:
         """The head fused with the loss: final hidden states (B, T, C), targets (B, T) -> float32 mean loss.
         Its own method so that --compile_scope blocks can compile it as one more region."""
-        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
-
-    # ------------------------------------------------------------------------- decoding
-    @torch.no_grad()
-    def generate_stream(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                        top_k: Optional[int] = None, top_p: Optional[float] = None,
-                        eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                        use_cache: bool = True, graph: Optional["DecodeGraph"] = None) -> Iterator[torch.Tensor]:
-        """Yields the next token (B,) at each step. temperature 0 means greedy. Stops early when
-        every row has produced eos_token_id. With use_cache=False it recomputes the whole sequence
-        each step (the reference the cache is tested against). With a DecodeGraph (CUDA) each new token
-        is one replay of its captured step, against its own cache."""
-        B, T0 = input_ids.shape
-        total = T0 + max_new_tokens
-        if total > self.config.max_position_embeddings:
-            raise ValueError(f"prompt + new tokens = {total} exceeds max_position_embeddings "
-                             f"({self.config.max_position_embeddings})")
-        if graph is not None and total > graph.cache.max_len:
-            raise ValueError(f"prompt + new tokens = {total} exceeds the DecodeGraph's {graph.cache.max_len} positions")
-        dtype = next(self.parameters()).dtype
-        cache = KVCache(self.config, B, total, input_ids.device, dtype) if use_cache and graph is None else None
-        seq, pos = input_ids, 0
-        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        for i in range(max_new_tokens):
-            if graph is not None:
-                logits = graph.prefill(input_ids) if i == 0 else graph.step(seq[:, -1])  # (B, V) float32
-            else:
-                step_in = seq[:, pos:] if use_cache else seq
-                logits = self(step_in, kv_cache=cache, start_pos=pos if use_cache else 0)[0][:, -1].float()
-                if use_cache:
-                    pos = seq.shape[1]
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
-                finished |= nxt == eos_token_id
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            yield nxt
-            if eos_token_id is not None and bool(finished.all()):
-                break
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        """Returns (B, T0 + n_generated): the prompt followed by the new tokens."""
-        new = list(self.generate_stream(input_ids, max_new_tokens, **kwargs))
-        return torch.cat([input_ids] + [t[:, None] for t in new], dim=1)
-
-
-class DecodeGraph:
-    """One decoding step captured as a CUDA graph (on CPU the same step runs eagerly, which is how the tests
-    check its numbers): the (B, 1) last token at a position held on the device, against its own KVCache
-    of max_len slots, -> (B, V) float32 logits. Made once and replayed for every
-    new token of every sample (one launch instead of about twenty per layer, which is what bounds eager
-    decoding of a small model). It reads the parameters in place, so it follows a model that keeps training
-    (fused AdamW updates them where they are). The prompt runs eagerly into the same cache (prefill).
-    amp_dtype: the autocast dtype the model runs in (None: its weights' dtype)."""
-
-    def __init__(self, model: "SmolLM2ForCausalLM", batch_size: int, max_len: int,
-                 amp_dtype: Optional[torch.dtype] = None):
-        weight = next(model.parameters())
-        self.model, self.amp_dtype, self.batch_size = model, amp_dtype, batch_size
-        self.capture = weight.device.type == "cuda"  # elsewhere the same static-cache step runs eagerly
-        self.cache = KVCache(model.config, batch_size, max_len, weight.device, amp_dtype or weight.dtype)
-        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=weight.device)
-        self.pos = torch.zeros(1, dtype=torch.long, device=weight.device)
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.logits: Optional[torch.Tensor] = None
-
-    def _forward(self, ids: torch.Tensor, start_pos) -> torch.Tensor:
-        # autocast's weight-cast cache off: a captured graph must cast the current weights at every replay
-        with torch.autocast(ids.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                            enabled=self.amp_dtype is not None, cache_enabled=False):
-            return self.model(ids, kv_cache=self.cache, start_pos=start_pos)[0][:, -1].float()
-
-    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # input_ids: (B, T0) -> logits for the next token (B, V); the cache holds positions 0..T0-1
-        if input_ids.shape[0] != self.batch_size or input_ids.shape[1] >= self.cache.max_len:
-            raise ValueError(f"DecodeGraph was made for batch {self.batch_size} and {self.cache.max_len} "
-                             f"positions, got {tuple(input_ids.shape)}")
-        self.pos.fill_(input_ids.shape[1])
-        return self._forward(input_ids, 0)
-
-    def step(self, token: torch.Tensor) -> torch.Tensor:
-        # token: (B,) at position self.pos -> logits (B, V), a buffer the next step overwrites
-        self.token.copy_(token[:, None])
-        if not self.capture:
-            logits = self._forward(self.token, self.pos)
-        else:
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
-            logits = self.logits
-        self.pos += 1
-        return logits
-
-    def _capture(self) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._forward(self.token, self.pos)  # warm-up outside the capture; writes what the replay rewrites
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._forward(self.token, self.pos)
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    # logits: (B, V) float32 -> (B,) int64
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return fused_loss(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
 
 # ----------------------------------------------------------------------------- the loss
 IGNORE_INDEX = -100
-LOSS_CHUNK = 8192  # tokens per chunk of the fused loss: its float32 logits are (LOSS_CHUNK, vocab) at most
-# Without gradients (validation) the chunk's logits are the largest thing alive, and train.py evaluates up to
-# EVAL_TOKENS at once: 2048 x 49152 logits are 0.4 GB in float32 (plus 0.2 GB in bf16), not 1.6 + 0.8 GB.
-NO_GRAD_CHUNK = 2048
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # logits: (B, T, V) any dtype; targets: (B, T) -> scalar float32 mean over targets != -100
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
-
-
-def softmax_minus_onehot(logits, lse, targets, mask, out_dtype) -> torch.Tensor:
-    # d(CE)/d(logits) per row: (softmax(logits) - onehot(target)) * mask. logits: (c, V) float32; lse, mask: (c,).
-    # Compiled: one pure expression, which Inductor fuses into a single pass that reads the logits and
-    # writes the out_dtype gradient. Eager: in place in the logits themselves (the caller's last use of them),
-    # so a chunk costs one float32 (c, V) buffer and its out_dtype copy, not three float32 buffers.
-    if torch.compiler.is_compiling():
-        hit = targets[:, None] == torch.arange(logits.shape[1], device=logits.device)[None, :]
-        return ((torch.exp(logits - lse[:, None]) - hit.to(logits.dtype)) * mask[:, None]).to(out_dtype)
-    g = logits.sub_(lse[:, None]).exp_()
-    g.scatter_add_(1, targets[:, None], -torch.ones_like(g[:, :1]))
-    return g.mul_(mask[:, None].to(g.dtype)).to(out_dtype)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """loss = mean CE(h @ w.T, targets), computed chunk by chunk over tokens.
-
-    Each chunk's logits live only inside the loop; the gradients for h and w are formed there too
-    (softmax - onehot is known in the forward), so backward only scales them. Peak extra memory is
-    one chunk of logits plus a float32 grad for w, instead of all [N, V] logits in float32.
-    """
-
-    @staticmethod
-    def forward(ctx, h, w, targets, chunk_size: int):
-        # h: (N, C) compute dtype; w: (V, C) master dtype; targets: (N,) int64
-        compute_dtype = h.dtype
-        wc = w.to(compute_dtype)
-        valid = targets != IGNORE_INDEX
-        safe_t = targets.clamp(min=0)
-        n_valid = valid.sum().clamp(min=1).float()
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
-        for s in range(0, h.shape[0], chunk_size):
-            hs, ts, ms = h[s:s + chunk_size], safe_t[s:s + chunk_size], valid[s:s + chunk_size]
-            logits = (hs @ wc.t()).float()  # (c, V)
-            lse = torch.logsumexp(logits, dim=-1)
-            target_logit = logits.gather(1, ts[:, None]).squeeze(1)
-            loss_sum = loss_sum + ((lse - target_logit) * ms).sum()
-            g = softmax_minus_onehot(logits, lse, ts, ms, compute_dtype)  # eager: overwrites the logits
-            del logits
-            grad_h[s:s + chunk_size] = g @ wc
-            grad_w.add_(g.t() @ hs)  # a bf16 product accumulated in float32, as autocast's backward does
-        inv_n = 1.0 / n_valid
-        ctx.save_for_backward(grad_h, grad_w, inv_n)
-        ctx.w_dtype = w.dtype
-        return loss_sum * inv_n
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        # Scaled in place: a second float32 [V, C] buffer would raise the step's peak memory. So the
-        # saved gradients serve one backward only (no retain_graph double backward).
-        if getattr(ctx, "consumed", False):
-            raise RuntimeError("linear_cross_entropy supports one backward per forward")
-        ctx.consumed = True
-        grad_h, grad_w, inv_n = ctx.saved_tensors
-        scale = grad_out * inv_n
-        return grad_h.mul_(scale.to(grad_h.dtype)), grad_w.mul_(scale).to(ctx.w_dtype), None, None
-
-
-def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor,
-                         chunk_size: int = LOSS_CHUNK) -> torch.Tensor:
-    # h: (N, C), w: (V, C), targets: (N,) -> scalar float32 mean loss over targets != -100
-    if torch.is_autocast_enabled(h.device.type):
-        h = h.to(torch.get_autocast_dtype(h.device.type))
-    if not (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)):
-        with torch.no_grad():
-            wt = w.to(h.dtype).t()  # cast once, not per chunk
-            chunk = min(chunk_size, NO_GRAD_CHUNK)
-            losses = [F.cross_entropy((h[s:s + chunk] @ wt).float(), targets[s:s + chunk], ignore_index=IGNORE_INDEX,
-                                      reduction="sum") for s in range(0, h.shape[0], chunk)]
-            return torch.stack(losses).sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
-    with torch.autocast(h.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(h, w, targets, chunk_size)

@@ -41,7 +41,8 @@ from smollm2_config import PRESETS, get_config
 from smollm2.evaluation import TASKS, ByteCount, EvalError, load_task_spec, score_items, token_byte_lengths
 from smollm2.data import (DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, expected_fingerprint,
                           load_training_data)
-from smollm2_model import DecodeGraph, SmolLM2ForCausalLM
+from smollm2_model import SmolLM2ForCausalLM
+from smollm2.inference import DecodeGraph, generate
 from smollm2.run import check_resume, settings
 from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, RunFolder, new_run_id
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
@@ -552,7 +553,7 @@ def sample_text(run: "Run", step: int) -> str:
     # Eager even where layers were compiled in place (--compile_scope blocks): decoding one token at a time
     # against a growing cache would recompile per position.
     with amp_context(device, amp_dtype), torch.compiler.set_stance("force_eager"):
-        out = model.generate(ids, args.sample_tokens, temperature=0.8, top_k=50, generator=gen, graph=run.decoder)
+        out = generate(model, ids, args.sample_tokens, temperature=0.8, top_k=50, generator=gen, graph=run.decoder)
     model.train(was_training)
     return tokenizer.decode(out[0].tolist())
 

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         print("probe_quack: needs a Hopper (sm90) or newer GPU", file=sys.stderr)
         return 1
     import torch.nn.functional as F
-    from smollm2_model import linear_cross_entropy
+    from smollm2.loss import linear_cross_entropy
     from smollm2_model import rms_norm
 
     head = dict(card=torch.cuda.get_device_name(), tokens=args.tokens, tuned=args.tuned, **versions())

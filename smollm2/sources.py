@@ -249,7 +249,7 @@ def load_hf_dataset(spec: str):
     (its local cache first; the hub only where it is reachable)."""
     name, _, split = spec[len(HF_PREFIX):].partition(":")
     if not os.path.isdir(name):
-        from smollm2.hub import hub_reachable
+        from smollm2.released import hub_reachable
         if not hub_reachable():  # the local cache only: no retries against a network that is not there
             os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     try:

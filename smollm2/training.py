@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from smollm2 import parallel
 from smollm2_config import SmolLM2Config
-from smollm2_model import LOSS_CHUNK
+from smollm2.loss import LOSS_CHUNK, linear_cross_entropy
 from smollm2.switches import Switches
 
 
@@ -236,6 +236,7 @@ class TrainStep:
                  cfg: StepConfig, device: torch.device, log: Optional[Callable[[str], None]] = None):
         self.model, self.forward_model, self.optimizer, self.cfg, self.device = model, forward_model, optimizer, cfg, device
         self.log = log or (lambda msg: None)
+        self.fused_loss = linear_cross_entropy if cfg.fused_loss else None  # None: the model's plain loss
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.micro_steps: Optional[int] = None
@@ -286,7 +287,7 @@ class TrainStep:
             sync = self.forward_model.no_sync() if (self.is_ddp and m < n - 1) else contextlib.nullcontext()
             with sync:
                 with amp_context(self.device, self.cfg.amp_dtype, cache_enabled):
-                    _, loss = self.forward_model(xs[m], ys[m], return_logits=not self.cfg.fused_loss)
+                    _, loss = self.forward_model(xs[m], ys[m], fused_loss=self.fused_loss)
                 (loss / n).backward()
             total = total + loss.detach()
         if self.cfg.grad_clip > 0:
@@ -382,7 +383,7 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp_dtyp
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with amp_context(device, amp_dtype):
-            _, loss = model(x, y, return_logits=False)
+            _, loss = model(x, y, fused_loss=linear_cross_entropy)
         total += loss * y.numel()
         count += y.numel()
     model.train(was_training)
@@ -400,7 +401,7 @@ class TransformersAdapter(nn.Module):
         self.hf = hf_model
         self.config = SmolLM2Config.from_hf(hf_model.config.to_dict())  # the shapes, for activation_bytes
 
-    def forward(self, input_ids, targets=None, return_logits: bool = True):
+    def forward(self, input_ids, targets=None, fused_loss=None):  # fused_loss: ours only, ignored here
         logits = self.hf(input_ids=input_ids).logits
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         return logits, loss

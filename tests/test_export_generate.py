@@ -24,7 +24,7 @@ from smollm2 import checkpoint  # noqa: E402
 from smollm2.checkpoint import save_checkpoint  # noqa: E402
 from smollm2_config import get_config  # noqa: E402
 from smollm2.inference import TextStream  # noqa: E402
-from smollm2.hub import packaged_gguf  # noqa: E402
+from smollm2.released import packaged_gguf  # noqa: E402
 from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smollm2_model import IGNORE_INDEX, linear_cross_entropy
+from smollm2.loss import linear_cross_entropy
+from smollm2_model import IGNORE_INDEX
 
 
 def _maxdiff(a, b) -> float:
@@ -65,21 +66,21 @@ def test_evaluation_loss_runs_in_smaller_chunks_and_stays_exact(monkeypatch):
     """Without gradients the logits chunk is capped at NO_GRAD_CHUNK (validation's peak memory): more tokens than
     one such chunk, ignored targets included, give the float64 reference loss; every matmul the no-grad path
     runs has at most NO_GRAD_CHUNK rows."""
-    import smollm2_model
+    from smollm2 import loss
 
     g = torch.Generator().manual_seed(3)
-    N, C, V = 2 * smollm2_model.NO_GRAD_CHUNK + 77, 8, 31
+    N, C, V = 2 * loss.NO_GRAD_CHUNK + 77, 8, 31
     h, w = torch.randn(N, C, generator=g), torch.randn(V, C, generator=g)
     t = torch.randint(0, V, (N,), generator=g)
     t[::5] = IGNORE_INDEX
     ref = F.cross_entropy(h.double() @ w.double().t(), t, ignore_index=IGNORE_INDEX)
     rows = []
     real_ce = F.cross_entropy
-    monkeypatch.setattr(smollm2_model.F, "cross_entropy", lambda x, *a, **k: rows.append(x.shape[0]) or real_ce(x, *a, **k))
+    monkeypatch.setattr(loss.F, "cross_entropy", lambda x, *a, **k: rows.append(x.shape[0]) or real_ce(x, *a, **k))
     with torch.no_grad():
         got = linear_cross_entropy(h, w, t)
     assert abs(got.item() - ref.item()) <= 1e-5
-    assert rows == [smollm2_model.NO_GRAD_CHUNK, smollm2_model.NO_GRAD_CHUNK, 77]
+    assert rows == [loss.NO_GRAD_CHUNK, loss.NO_GRAD_CHUNK, 77]
 
 
 def test_blocks_scope_compiles_the_head_and_keeps_its_numbers(tiny_model):
@@ -97,7 +98,7 @@ def test_blocks_scope_compiles_the_head_and_keeps_its_numbers(tiny_model):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, eager.config.vocab_size, (2, 24), generator=g)
     y = torch.randint(0, eager.config.vocab_size, (2, 24), generator=g)
-    losses = [m(x, y, return_logits=False)[1] for m in (eager, compiled)]
+    losses = [m(x, y, fused_loss=linear_cross_entropy)[1] for m in (eager, compiled)]
     for loss in losses:
         loss.backward()
     assert abs(losses[1].item() - losses[0].item()) <= 1e-5 * abs(losses[0].item())

@@ -14,6 +14,8 @@ from smollm2_config import get_config
 from smollm2.hf import PretrainedNotFound, from_hf_model, load_pretrained, to_hf_model
 from smollm2_model import IGNORE_INDEX
 from smollm2_model import KVCache, SmolLM2ForCausalLM, manual_attention, repeat_kv, sdpa_attention
+from smollm2.inference import DecodeGraph, generate, sample_next
+from smollm2.loss import linear_cross_entropy
 
 # Max abs logits difference allowed against transformers in float32: the 135M bound leaves room for float32
 # rounding accumulated over 30 layers; tiny (2 layers, logits of order 1) sits at ~1e-6 measured, so it gets a
@@ -212,15 +214,13 @@ def test_kv_cache_generation_equals_full_recompute(tiny_model, kwargs):
     outs = []
     for use_cache in (True, False):
         g = torch.Generator().manual_seed(1234)
-        outs.append(tiny_model.generate(prompt, 16, generator=g, use_cache=use_cache, **kwargs))
+        outs.append(generate(tiny_model, prompt, 16, generator=g, use_cache=use_cache, **kwargs))
     assert outs[0].shape == (2, 23)
     assert torch.equal(outs[0][:, :7], prompt)
     assert torch.equal(outs[0], outs[1])
 
 
 def test_top_k_top_p_restrict_the_support():
-    from smollm2_model import sample_next
-
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(2000, 1)
     g = torch.Generator().manual_seed(0)
     assert set(sample_next(logits, 1.0, 2, None, g).tolist()) == {0, 1}
@@ -250,21 +250,19 @@ def test_static_cache_step_equals_full_recompute(tiny_model):
 def test_decode_graph_generation_equals_eager_decoding(attn):
     """DecodeGraph (eager off CUDA, the same step) samples exactly what the eager KV-cache path samples,
     for every sampler setting, and one DecodeGraph serves prompt after prompt (as train.py's samples do)."""
-    from smollm2_model import DecodeGraph
-
     torch.manual_seed(0)
     model = SmolLM2ForCausalLM(get_config("tiny", attn_impl=attn)).eval()
     graph = DecodeGraph(model, 2, 7 + 16)
     for kwargs in (dict(temperature=0.0), dict(temperature=0.8, top_k=50), dict(temperature=1.2, top_p=0.9)):
         for seed in (1, 2):
             prompt = _ids(2, 7, seed=seed)
-            outs = [model.generate(prompt, 16, generator=torch.Generator().manual_seed(seed), graph=g, **kwargs)
+            outs = [generate(model, prompt, 16, generator=torch.Generator().manual_seed(seed), graph=g, **kwargs)
                     for g in (None, graph)]
             assert torch.equal(outs[0], outs[1]), (kwargs, seed)
     with pytest.raises(ValueError, match="DecodeGraph"):
-        model.generate(_ids(2, 7), 17, graph=graph)  # one position more than its cache holds
+        generate(model, _ids(2, 7), 17, graph=graph)  # one position more than its cache holds
     with pytest.raises(ValueError, match="batch 2"):
-        model.generate(_ids(1, 7), 4, graph=graph)
+        generate(model, _ids(1, 7), 4, graph=graph)
 
 
 def test_weights_left_unset_for_a_load_then_loaded_exactly():
@@ -284,9 +282,9 @@ def test_weights_left_unset_for_a_load_then_loaded_exactly():
 
 def test_generation_stops_at_eos(tiny_model):
     prompt = _ids(2, 5, seed=9)
-    free = tiny_model.generate(prompt, 12, temperature=0.0)[:, 5:]  # no eos: the greedy paths
+    free = generate(tiny_model, prompt, 12, temperature=0.0)[:, 5:]  # no eos: the greedy paths
     eos = int(free[0, 3])  # a token row 0 emits at step 3 (or earlier)
-    out = tiny_model.generate(prompt, 12, temperature=0.0, eos_token_id=eos)[:, 5:]
+    out = generate(tiny_model, prompt, 12, temperature=0.0, eos_token_id=eos)[:, 5:]
     stops = []
     for row in range(2):
         hits = (free[row] == eos).nonzero()
@@ -299,7 +297,7 @@ def test_generation_stops_at_eos(tiny_model):
 
 def test_generate_rejects_too_long(tiny_model):
     with pytest.raises(ValueError, match="max_position_embeddings"):
-        tiny_model.generate(_ids(1, 4), tiny_model.config.max_position_embeddings)
+        generate(tiny_model, _ids(1, 4), tiny_model.config.max_position_embeddings)
 
 
 # ----------------------------------------------------------------------------- fused loss
@@ -312,7 +310,7 @@ def test_fused_loss_equals_plain_loss_and_grads():
     y[0, :5] = IGNORE_INDEX
     y[1, -3:] = IGNORE_INDEX
     loss_plain = plain(x, y)[1]
-    logits, loss_fused = fused(x, y, return_logits=False)
+    logits, loss_fused = fused(x, y, fused_loss=linear_cross_entropy)
     assert logits is None and loss_fused.dtype == torch.float32
     assert abs(loss_plain.item() - loss_fused.item()) <= 1e-5
     loss_plain.backward()
@@ -375,7 +373,7 @@ def _residual_run(residual_dtype, amp, fused):
     x, y = _ids(2, 48, vocab=512), _ids(2, 48, seed=2, vocab=512)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         stream = model.model(x).dtype
-        _, loss = model(x, y, return_logits=not fused)
+        _, loss = model(x, y, fused_loss=linear_cross_entropy if fused else None)
     loss.backward()
     return stream, loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -441,10 +439,10 @@ def test_load_pretrained_missing_path(source):
 
 
 def test_load_pretrained_nothing_available(monkeypatch):
-    from smollm2 import hub
+    from smollm2 import released
 
-    monkeypatch.setattr(hub, "fetch_from_hub", lambda fetch, missing: None)
-    monkeypatch.setattr(hub, "packaged_gguf", lambda: None)
+    monkeypatch.setattr(released, "fetch_from_hub", lambda fetch, missing: None)
+    monkeypatch.setattr(released, "packaged_gguf", lambda: None)
     with pytest.raises(PretrainedNotFound) as e:
         load_pretrained(None)
     msg = str(e.value)

@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from smollm2 import hub
-from smollm2.hub import packaged_gguf
+from smollm2 import released
+from smollm2.released import packaged_gguf
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, ENV_VAR, TokenizerNotFound, load_tokenizer
 
 # ../shared/data/input.txt through ../shared/tokenizer/tokenizer.json (HuggingFaceTB/SmolLM2-135M's), no special tokens.
@@ -126,7 +126,7 @@ def test_offline_fallback_says_one_line(offline_hub, reference_ids, corpus_text)
 
 
 def test_nothing_available_names_both_fixes(offline_hub, monkeypatch):
-    monkeypatch.setattr(hub, "packaged_gguf", lambda: None)
+    monkeypatch.setattr(released, "packaged_gguf", lambda: None)
     with pytest.raises(TokenizerNotFound) as e:
         load_tokenizer(DEFAULT_TOKENIZER_ID)
     msg = str(e.value)
