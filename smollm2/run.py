@@ -11,7 +11,8 @@
 Temporaries named <name>.tmp.<pid> whose process is gone (a killed save or cache write) are deleted when
 the next run takes the lock.
 
-What a resumed run may change, in one table (RULES), and the one comparison that applies it.
+What a resumed run may change (RULES: each option's rule, declared beside it in smollm2/options.py, and the
+settings that are no option), and the one comparison that applies it.
 
 A resume continues the saved run exactly only while the data order, the model and the meaning of a step
 stay as they were. Every train.py setting is classified (tests/test_reliability.py checks that none is
@@ -40,6 +41,7 @@ from typing import Optional
 from smollm2.io import atomic_write_text, remove_stale_temporaries, tmp_name
 from smollm2.metrics import LOG_FILE, METRICS_FILE
 from smollm2.common import UsageError
+from smollm2.options import ALLOWED, FIXED, IGNORED, OPTIONS, REFUSED
 
 
 LOCK_FILE = "train.lock"
@@ -181,33 +183,14 @@ class RunFolder:
 
 
 # ----------------------------------------------------------------------------- what a resume may change
-FIXED, REFUSED, ALLOWED, IGNORED = "fixed", "refused", "allowed", "ignored"
 MICRO_BATCHES = "grad_accum x world_size"  # micro-batches per step: N processes x accum A resumes on M x A*N/M
 
+# Every train.py option's rule, from its declaration (smollm2/options.py), and the settings that are not options:
 RULES: dict[str, str] = {
-    # the data order: which windows each step sees
-    "seed": REFUSED, "seq_len": REFUSED, "batch_size": REFUSED, MICRO_BATCHES: REFUSED, "val_fraction": REFUSED,
-    "sampler": REFUSED, "data.": REFUSED,
-    # what a step does
-    "max_lr": REFUSED, "min_lr": REFUSED, "warmup_steps": REFUSED, "weight_decay": REFUSED, "grad_clip": REFUSED,
-    "lr_schedule": REFUSED, "lr_decay_fraction": REFUSED, "adamw_lr": REFUSED,
-    # the optimizer's state would not load into another optimizer (check_resume: one line)
-    "optimizer": FIXED,
-    # the model: its weights would not load
-    "model.": FIXED, "model_impl": FIXED,
-    # the horizon and the cadences
-    "max_steps": ALLOWED, "lr_decay_steps": ALLOWED, "log_every": ALLOWED, "save_every": ALLOWED,
-    "keep_checkpoints": ALLOWED, "sample_every": ALLOWED, "sample_prompt": ALLOWED, "sample_tokens": ALLOWED,
-    "val_every": ALLOWED, "val_batches": ALLOWED, "async_save": ALLOWED, "tensorboard": ALLOWED,
-    "task_eval": ALLOWED, "task_every": ALLOWED, "task_limit": ALLOWED,  # a score logged beside, not the run
-    # where things are, and how fast the same step runs
-    "input_file": ALLOWED, "tokenizer_id": ALLOWED, "device": ALLOWED, "attn": ALLOWED, "fast": ALLOWED,
-    "autocast": ALLOWED, "compile": ALLOWED, "compile_scope": ALLOWED, "compile_cache": ALLOWED, "cuda_graph": ALLOWED,
-    "fused_loss": ALLOWED, "fsdp": ALLOWED, "grad_reduce_dtype": ALLOWED, "stack_micro": ALLOWED,
-    "residual_dtype": ALLOWED,
-    # this invocation; grad_accum is compared as MICRO_BATCHES, the preset and the tie as model.*
-    "grad_accum": IGNORED, "model": IGNORED, "tie_word_embeddings": IGNORED, "out_dir": IGNORED,
-    "resume": IGNORED, "overwrite": IGNORED, "allow_config_change": IGNORED,
+    **{o.name: o.resume for o in OPTIONS},
+    MICRO_BATCHES: REFUSED,  # the data order: which windows each step sees
+    "data.": REFUSED,  # the dataset's fingerprint
+    "model.": FIXED,  # the architecture: its weights would not load
 }
 
 
