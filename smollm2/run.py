@@ -11,7 +11,8 @@
 Temporaries named <name>.tmp.<pid> whose process is gone (a killed save or cache write) are deleted when
 the next run takes the lock.
 
-What a resumed run may change, in one table (RULES), and the one comparison that applies it.
+What a resumed run may change (RULES: each option's rule, declared beside it in smollm2/options.py, and the
+settings that are no option), and the one comparison that applies it.
 
 A resume continues the saved run exactly only while the data order, the model and the meaning of a step
 stay as they were. Every train.py setting is classified (tests/test_reliability.py checks that none is
@@ -24,6 +25,9 @@ missing):
   ignored  how this command was invoked, not a property of the run
 The data's identity (the dataset's fingerprint: a hash of the inputs' content, the tokenizer and the
 split settings) and the model's architecture take part as `data.*` and `model.*` entries.
+
+Where a run starts (prepare_run): the folder locked, then a checkpoint of the same run whose settings allow an
+exact continuation, or an empty folder; and the log it writes (Logger: stdout and train.log, rank 0).
 """
 
 from __future__ import annotations
@@ -35,11 +39,18 @@ import json
 import os
 import secrets
 import socket
+import sys
+from dataclasses import dataclass, field
 from typing import Optional
 
-from smollm2.io import atomic_write_text, remove_stale_temporaries, tmp_name
-from smollm2.metrics import LOG_FILE, METRICS_FILE
+from smollm2.checkpoint import RESUME_KEYS, CheckpointError, load_latest
 from smollm2.common import UsageError
+from smollm2.data import expected_fingerprint
+from smollm2.io import LineFile, atomic_write_text, remove_stale_temporaries, tmp_name
+from smollm2.metrics import LOG_FILE, METRICS_FILE
+from smollm2.options import ALLOWED, FIXED, IGNORED, OPTIONS, REFUSED
+from smollm2.tokenizer import load_tokenizer
+from smollm2.training import WARMUP_MAX_STEPS, default_warmup
 
 
 LOCK_FILE = "train.lock"
@@ -181,34 +192,14 @@ class RunFolder:
 
 
 # ----------------------------------------------------------------------------- what a resume may change
-FIXED, REFUSED, ALLOWED, IGNORED = "fixed", "refused", "allowed", "ignored"
 MICRO_BATCHES = "grad_accum x world_size"  # micro-batches per step: N processes x accum A resumes on M x A*N/M
 
+# Every train.py option's rule, from its declaration (smollm2/options.py), and the settings that are not options:
 RULES: dict[str, str] = {
-    # the data order: which windows each step sees
-    "seed": REFUSED, "seq_len": REFUSED, "batch_size": REFUSED, MICRO_BATCHES: REFUSED, "val_fraction": REFUSED,
-    "sampler": REFUSED, "data.": REFUSED,
-    # what a step does
-    "max_lr": REFUSED, "min_lr": REFUSED, "warmup_steps": REFUSED, "weight_decay": REFUSED, "grad_clip": REFUSED,
-    "lr_schedule": REFUSED, "lr_decay_fraction": REFUSED, "adamw_lr": REFUSED,
-    "muon_variant": REFUSED,
-    # the optimizer's state would not load into another optimizer (check_resume: one line)
-    "optimizer": FIXED,
-    # the model: its weights would not load
-    "model.": FIXED, "model_impl": FIXED,
-    # the horizon and the cadences
-    "max_steps": ALLOWED, "lr_decay_steps": ALLOWED, "log_every": ALLOWED, "save_every": ALLOWED,
-    "keep_checkpoints": ALLOWED, "sample_every": ALLOWED, "sample_prompt": ALLOWED, "sample_tokens": ALLOWED,
-    "val_every": ALLOWED, "val_batches": ALLOWED, "async_save": ALLOWED, "tensorboard": ALLOWED,
-    "task_eval": ALLOWED, "task_every": ALLOWED, "task_limit": ALLOWED,  # a score logged beside, not the run
-    # where things are, and how fast the same step runs
-    "input_file": ALLOWED, "tokenizer_id": ALLOWED, "device": ALLOWED, "attn": ALLOWED, "fast": ALLOWED,
-    "autocast": ALLOWED, "compile": ALLOWED, "compile_scope": ALLOWED, "compile_cache": ALLOWED, "cuda_graph": ALLOWED,
-    "fused_loss": ALLOWED, "fsdp": ALLOWED, "grad_reduce_dtype": ALLOWED, "stack_micro": ALLOWED,
-    "residual_dtype": ALLOWED,
-    # this invocation; grad_accum is compared as MICRO_BATCHES, the preset and the tie as model.*
-    "grad_accum": IGNORED, "model": IGNORED, "tie_word_embeddings": IGNORED, "out_dir": IGNORED,
-    "resume": IGNORED, "overwrite": IGNORED, "allow_config_change": IGNORED,
+    **{o.name: o.resume for o in OPTIONS},
+    MICRO_BATCHES: REFUSED,  # the data order: which windows each step sees
+    "data.": REFUSED,  # the dataset's fingerprint
+    "model.": FIXED,  # the architecture: its weights would not load
 }
 
 
@@ -252,3 +243,128 @@ def check_resume(saved: dict, given: dict, allow_change: bool, source: str) -> l
     return ([f"WARNING: --allow_config_change 1: {line} (this run no longer continues the saved one exactly)"
              for line in lines[REFUSED]]
             + [f"CHANGED on resume: {line}" for line in lines[ALLOWED]])
+
+
+# ----------------------------------------------------------------------------- where a run starts
+@dataclass
+class Start:
+    folder: RunFolder
+    run_id: str
+    ckpt_path: Optional[str] = None
+    ckpt: Optional[dict] = None
+    notes: list[str] = field(default_factory=list)  # lines for train.log once it is open
+
+
+def prepare_run(args, rank: int, world: int, config) -> Start:
+    """Lock the folder and find where this run starts: a checkpoint of the same run whose settings allow an
+    exact continuation (--resume 1), or an empty folder (--resume 0; --overwrite 1 empties it first)."""
+    folder = RunFolder(args.out_dir)
+    try:
+        folder.open(primary=rank == 0)
+        if not args.resume:
+            if args.warmup_steps is None:
+                args.warmup_steps = default_warmup(args.lr_decay_steps or args.max_steps)
+            removed = folder.clear() if args.overwrite and rank == 0 else []
+            if not args.overwrite:
+                folder.refuse_if_taken()
+            start = Start(folder, new_run_id())
+            if removed:
+                start.notes.append(f"OVERWRITE: deleted the earlier run: {', '.join(map(os.path.basename, removed))}")
+        else:
+            try:
+                found = load_latest(folder.ckpt_dir, map_location="cpu", warn=lambda m: print(m, file=sys.stderr),
+                                    run_id=folder.run_id(), required=RESUME_KEYS)
+            except CheckpointError as e:
+                raise UsageError(f"--resume 1: {e}. Restore a good checkpoint there, or start over with "
+                                 f"--overwrite 1 or another --out_dir") from e
+            if found is None:
+                raise UsageError(f"--resume 1 but no checkpoint in {folder.ckpt_dir}; train with --resume 0 first")
+            path, ckpt = found
+            keep_warmup(args, ckpt)
+            saved = settings(ckpt["args"], (ckpt.get("data") or {}).get("world_size", 1), ckpt["model_config"])
+            given = settings(vars(args), world, config.architecture_dict())
+            notes = check_resume(saved, given, bool(args.allow_config_change), path)
+            check_data_before_preparing(args, ckpt, path)
+            start = Start(folder, ckpt.get("run_id") or folder.run_id() or new_run_id(), path, ckpt, notes)
+        if rank == 0 and (folder.run_id() != start.run_id or not os.path.exists(os.path.join(args.out_dir, RUN_FILE))):
+            folder.write_run_id(start.run_id)
+        return start
+    except BaseException:
+        folder.close()
+        raise
+
+
+def keep_warmup(args, ckpt: dict) -> None:
+    """--warmup_steps left unset on a resume: the warmup the saved run trained with, whatever the horizon is now
+    (step B raises --max_steps 5000 -> 5050 and goes on with the same warmup). Checkpoints record the steps
+    themselves; one without them was trained with the fixed 200 of the time."""
+    if args.warmup_steps is None:
+        saved = (ckpt.get("args") or {}).get("warmup_steps")
+        args.warmup_steps = saved if isinstance(saved, int) and saved >= 0 else WARMUP_MAX_STEPS
+
+
+def check_data_before_preparing(args, ckpt: dict, path: str) -> None:
+    """A resume on other data is refused before the corpus is tokenized into a new cache and before train.log
+    opens: the fingerprint the data would get, from the inputs' hashes and the tokenizer alone. Accepted
+    changes (--allow_config_change 1) are logged once, by build_run's comparison."""
+    saved = (ckpt.get("data") or {}).get("fingerprint")
+    if saved is None:
+        return
+    tokenizer = load_tokenizer(args.tokenizer_id, log=lambda m: None)
+    given = expected_fingerprint(args.input_file, tokenizer, os.path.join(args.out_dir, CACHE_DIR), args.val_fraction)
+    if given is None:
+        return
+    try:
+        check_resume({"data.fingerprint": saved}, {"data.fingerprint": given}, bool(args.allow_config_change), path)
+    except UsageError as e:
+        saved_tok = (ckpt.get("args") or {}).get("tokenizer_id")
+        raise UsageError(f"{e}\n(data.fingerprint hashes the corpus' content, the tokenizer and the split; this "
+                         f"command's tokenizer is {tokenizer.source}, fingerprint {tokenizer.fingerprint()}; the "
+                         f"saved run's --tokenizer_id was {saved_tok})") from e
+
+
+# ----------------------------------------------------------------------------- the log
+class Logger:
+    """Lines to stdout and appended to train.log (rank 0 only). A tqdm bar only on a terminal. A stdout
+    that closes (`train.py | head`) is dropped and training goes on, still writing train.log. A train.log
+    write that fails (a full disk) leaves no torn line and turns the file off, recording why in `failed`:
+    the loop then saves if it can and stops (exit 1), instead of dying in the writer with a traceback."""
+
+    def __init__(self, path: str, enabled: bool, total: int, initial: int):
+        self.enabled, self.stdout_open = enabled, True
+        self.file = LineFile(path) if enabled else None
+        self.failed: Optional[OSError] = None
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+
+    def __call__(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self.failed is None:
+            try:
+                self.file.write_line(msg)
+            except OSError as e:
+                self.failed = e if e.filename else OSError(e.errno, e.strerror, self.file.path)
+        if not self.stdout_open:
+            return
+        try:
+            if self.bar is not None:
+                self.bar.write(msg)
+            else:
+                print(msg, flush=True)
+        except BrokenPipeError:
+            # Point fd 1 at /dev/null so that nothing, not even the flush at exit, writes to the closed pipe.
+            self.stdout_open = False
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None:
+            self.file.close()

@@ -13,6 +13,7 @@ float32.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
@@ -193,6 +194,10 @@ def lr_at(step: int, warmup_steps: int, max_steps: int, max_lr: float, min_lr: f
 
 
 # ----------------------------------------------------------------------------- the training step
+# One step, read top to bottom in train_step; what makes it fast is applied from outside, as wrappers:
+#   torch.compile and DDP/FSDP2 wrap the model's forward (smollm2.parallel.build_forward), the same code
+#   either way; CUDAGraphed captures the whole step once and replays it; TrainStep plans the micro-batches
+#   at the first call and binds the run's parts. build_train_step puts the three together.
 @dataclass(frozen=True, kw_only=True)
 class StepConfig:
     """What TrainStep needs of the Switches, plus the clip."""
@@ -208,41 +213,128 @@ class StepConfig:
                    cuda_graph=switches.cuda_graph, stack_micro=switches.stack_micro)
 
 
+def train_step(xs: torch.Tensor, ys: torch.Tensor, *, model: nn.Module, forward: nn.Module,
+               optimizer: torch.optim.Optimizer, micro_steps: int, cfg: StepConfig, finite: torch.Tensor,
+               cache_enabled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a step's (grad_accum, B, T) windows: (mean loss, grad norm), device tensors, no host
+    sync. `forward` runs the model (itself, compiled, or wrapped for DDP); `model` owns the parameters. The
+    windows run as micro_steps forward/backward passes: grad_accum accumulates, 1 stacks them into one batch
+    (TrainStep._plan). "Loss and norm are finite" is folded into the device flag `finite`. The gradients stay
+    on .grad until the next step."""
+    optimizer.zero_grad(set_to_none=True)
+    params, n, device = [p for p in model.parameters() if p.requires_grad], micro_steps, xs.device
+    xs, ys = xs.reshape(n, -1, xs.shape[-1]), ys.reshape(n, -1, ys.shape[-1])  # (n, rows, T): a view, not a copy
+    total = torch.zeros((), device=device, dtype=torch.float32)
+    for m in range(n):
+        with parallel.grad_sync(model, forward, last=m == n - 1):  # all-reduce on the last micro-step only
+            with amp_context(device, cfg.amp_dtype, cache_enabled):
+                _, loss = forward(xs[m], ys[m], fused_loss=linear_cross_entropy if cfg.fused_loss else None)
+            (loss / n).backward()
+        total = total + loss.detach()
+    if cfg.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=device.type == "cuda")
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    optimizer.step()
+    loss = total / n
+    whole_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+    finite.logical_and_(torch.isfinite(loss) & torch.isfinite(whole_norm))
+    return loss, norm
+
+
+class CUDAGraphed:
+    """A step function captured into one CUDA graph at its first call and replayed afterwards: for small steps
+    (the seed's seq 256 x batch 1) launch overhead, not arithmetic, dominates, and one replay removes thousands
+    of kernel launches per step. Returns static buffers that the next replay overwrites.
+
+    The first call warms up (compiles, allocates optimizer state and the cuBLAS workspace) on a side stream,
+    puts parameters, optimizer state and `finite` back exactly as they were, then captures one whole step.
+    Parameters, grads and optimizer state keep their addresses from here on: never replace them (load
+    checkpoints before the first step)."""
+
+    def __init__(self, step: Callable, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+                 finite: torch.Tensor, warmup: int = 3):
+        self.step, self.params, self.optimizer, self.finite, self.warmup = step, params, optimizer, finite, warmup
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor):
+        if self.graph is None:
+            self._capture(xs, ys)
+        self.static_x.copy_(xs, non_blocking=True)
+        self.static_y.copy_(ys, non_blocking=True)
+        self.graph.replay()
+        return self.static_loss, self.static_norm
+
+    def _capture(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
+        self.static_x, self.static_y = xs.clone(), ys.clone()
+        # The snapshot waits in host memory: a device copy would add a whole model (and, on resume, the
+        # optimizer state) to the run's peak GPU memory for the sake of one restore.
+        saved_params = [p.detach().to("cpu") for p in self.params]
+        had_state = {id(p) for p in self.params if self.optimizer.state.get(p)}
+        saved_state = {id(p): {k: v.to("cpu") for k, v in self.optimizer.state[p].items()}
+                       for p in self.params if id(p) in had_state}
+        # Warm-up and capture share one side stream: cuBLAS keeps a workspace per stream (2 x 32 MiB on
+        # Hopper), so a second stream for the capture would hold another pair for the rest of the run.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.step(self.static_x, self.static_y, cache_enabled=False)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for p, s in zip(self.params, saved_params):
+                p.copy_(s)
+            for p in self.params:
+                for k, v in self.optimizer.state[p].items():
+                    if id(p) in had_state:
+                        v.copy_(saved_state[id(p)][k])
+                    else:
+                        v.zero_()
+        del saved_params, saved_state
+        self.finite.fill_(True)  # the warm-up's steps are undone, so is what they said about finiteness
+        self.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, stream=side):
+            self.static_loss, self.static_norm = self.step(self.static_x, self.static_y, cache_enabled=False)
+
+
 # Stack only if the estimate stays under this share of the memory free at the first step: the rest is
 # for the allocator's fragmentation, cuBLAS and compile workspaces, and the estimate's own error.
 STACK_HEADROOM = 0.8
 
 
 class TrainStep:
-    """One optimizer step over grad_accum micro-batches: forward + backward, gradient clipping, the optimizer.
-
-    `forward_model` is what runs the forward (the model itself, torch.compile of it, or a DDP wrapper);
-    `model` is the plain module whose parameters the optimizer owns. The same _body runs eagerly or is
-    captured into a CUDA graph: for small steps (the seed's seq 256 x batch 1) launch overhead, not
-    arithmetic, dominates, and one graph replay removes thousands of kernel launches per step.
+    """The step the loop calls: train_step with this run's model, forward, optimizer and StepConfig, its
+    micro-batch plan made at the first call, under cfg.cuda_graph captured once (CUDAGraphed).
 
     Micro-batches are stacked when they fit (StepConfig.stack_micro): the step's (A, B, T) windows run as
     one forward/backward over (A * B, T) instead of A accumulated ones. Every window has T targets and
     none is padding, so the mean over all A * B * T tokens is the mean of the A micro-batch means: the
     same loss and gradient up to float summation order, from about 1/A of the kernels. Decided once, at
     the first call (`micro_steps`: A or 1), and logged through `log`.
-    Returns device tensors (mean loss, grad norm) without synchronising the host; under a CUDA graph they
-    are static buffers that the next replay overwrites. Every step also folds "loss and grad norm are
-    finite" into a device flag (inside the graph), which all_finite() reads at log or save time: one host
-    sync there catches a bad update of any step since the start, before it can be saved.
+    Every step folds "loss and grad norm are finite" into a device flag (inside the graph), which
+    all_finite() reads at log or save time: one host sync there catches a bad update of any step since the
+    start, before it can be saved.
     """
 
     def __init__(self, model: nn.Module, forward_model: nn.Module, optimizer: torch.optim.Optimizer,
                  cfg: StepConfig, device: torch.device, log: Optional[Callable[[str], None]] = None):
         self.model, self.forward_model, self.optimizer, self.cfg, self.device = model, forward_model, optimizer, cfg, device
         self.log = log or (lambda msg: None)
-        self.fused_loss = linear_cross_entropy if cfg.fused_loss else None  # None: the model's plain loss
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.micro_steps: Optional[int] = None
-        self.is_ddp = hasattr(forward_model, "no_sync")
-        self.is_fsdp = hasattr(model, "set_requires_gradient_sync")  # FSDP2's counterpart of no_sync
         self.finite = torch.ones((), dtype=torch.bool, device=device)
+        self.micro_steps: Optional[int] = None
+        self.step: Optional[Callable] = None  # train_step bound to this run (and graphed), made at the first call
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor):
+        if self.step is None:
+            self.micro_steps = self._plan(xs.shape)
+            self.step = functools.partial(train_step, model=self.model, forward=self.forward_model,
+                                          optimizer=self.optimizer, micro_steps=self.micro_steps, cfg=self.cfg,
+                                          finite=self.finite)
+            if self.cfg.cuda_graph:
+                self.step = CUDAGraphed(self.step, self.params, self.optimizer, self.finite)
+        return self.step(xs, ys)
 
     def all_finite(self) -> bool:
         """Whether every step so far had a finite loss and gradient norm (synchronises the host)."""
@@ -274,81 +366,6 @@ class TrainStep:
         self.log(f"micro-batches stacked: {A} x {B} -> {A * B} ({numbers})" if fits else
                  f"micro-batches accumulated: {A} x {B} (stacked {A * B}: {numbers})")
         return 1 if fits else A
-
-    def _body(self, xs: torch.Tensor, ys: torch.Tensor, cache_enabled: bool = True):
-        # xs, ys: (grad_accum, B, T) on device, run as n micro-steps of (grad_accum * B / n, T) rows: n =
-        # grad_accum accumulates, n = 1 stacks. A view of step_batch's contiguous tensors, not a copy.
-        n = self.micro_steps
-        xs, ys = xs.reshape(n, -1, xs.shape[-1]), ys.reshape(n, -1, ys.shape[-1])
-        total = torch.zeros((), device=self.device, dtype=torch.float32)
-        for m in range(n):
-            if self.is_fsdp:  # reduce-scatter gradients once, on the last micro-step
-                self.model.set_requires_gradient_sync(m == n - 1)
-            sync = self.forward_model.no_sync() if (self.is_ddp and m < n - 1) else contextlib.nullcontext()
-            with sync:
-                with amp_context(self.device, self.cfg.amp_dtype, cache_enabled):
-                    _, loss = self.forward_model(xs[m], ys[m], fused_loss=self.fused_loss)
-                (loss / n).backward()
-            total = total + loss.detach()
-        if self.cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=self.device.type == "cuda")
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params]))
-        self.optimizer.step()
-        loss = total / n
-        whole_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
-        self.finite.logical_and_(torch.isfinite(loss) & torch.isfinite(whole_norm))
-        return loss, norm
-
-    def __call__(self, xs: torch.Tensor, ys: torch.Tensor):
-        if self.micro_steps is None:
-            self.micro_steps = self._plan(xs.shape)
-        if not self.cfg.cuda_graph:
-            self.optimizer.zero_grad(set_to_none=True)
-            return self._body(xs, ys)
-        if self.graph is None:
-            self._capture(xs, ys)
-        self.static_x.copy_(xs, non_blocking=True)
-        self.static_y.copy_(ys, non_blocking=True)
-        self.graph.replay()
-        return self.static_loss, self.static_norm
-
-    def _capture(self, xs: torch.Tensor, ys: torch.Tensor, warmup: int = 3) -> None:
-        """Warm up (compiles, allocates optimizer state and the cuBLAS workspace) on a side stream,
-        put parameters and optimizer state back exactly as they were, then capture one whole step.
-        Parameters, grads and optimizer state keep their addresses from here on: never replace them
-        (load checkpoints before the first step)."""
-        self.static_x, self.static_y = xs.clone(), ys.clone()
-        # The snapshot waits in host memory: a device copy would add a whole model (and, on resume, the
-        # optimizer state) to the run's peak GPU memory for the sake of one restore.
-        saved_params = [p.detach().to("cpu") for p in self.params]
-        had_state = {id(p) for p in self.params if self.optimizer.state.get(p)}
-        saved_state = {id(p): {k: v.to("cpu") for k, v in self.optimizer.state[p].items()}
-                       for p in self.params if id(p) in had_state}
-        # Warm-up and capture share one side stream: cuBLAS keeps a workspace per stream (2 x 32 MiB on
-        # Hopper), so a second stream for the capture would hold another pair for the rest of the run.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._body(self.static_x, self.static_y, cache_enabled=False)
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for p, s in zip(self.params, saved_params):
-                p.copy_(s)
-            for p in self.params:
-                for k, v in self.optimizer.state[p].items():
-                    if id(p) in had_state:
-                        v.copy_(saved_state[id(p)][k])
-                    else:
-                        v.zero_()
-        del saved_params, saved_state
-        self.finite.fill_(True)  # the warm-up's steps are undone, so is what they said about finiteness
-        self.optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=side):
-            self.static_loss, self.static_norm = self._body(self.static_x, self.static_y, cache_enabled=False)
 
 
 # Tokens per evaluation forward: the validation windows run this many at a time (at least one training

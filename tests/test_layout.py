@@ -11,9 +11,10 @@ from smollm2.hub import local_imports, reachable_files
 
 REPO = Path(__file__).resolve().parents[1]
 # What only training needs: the step and its optimizer, parallelism, the run folder, the switches, the
-# corpus -> windows pipeline and the metrics log.
+# corpus -> windows pipeline, the metrics log, the options table and the loop's plumbing.
 TRAINING = {"smollm2/training.py", "smollm2/parallel.py", "smollm2/run.py", "smollm2/switches.py",
-            "smollm2/data.py", "smollm2/prepare.py", "smollm2/metrics.py", "smollm2/sources.py"}
+            "smollm2/data.py", "smollm2/prepare.py", "smollm2/metrics.py", "smollm2/sources.py",
+            "smollm2/options.py", "smollm2/loop.py"}
 MODEL_FILES = {"smollm2_config.py", "smollm2_model.py"}
 
 

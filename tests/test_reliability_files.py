@@ -463,14 +463,14 @@ SECOND_CTRL_C = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 sys.argv = {argv!r}
-import train
-real = train.save_checkpoint
+import smollm2.loop, train
+real = smollm2.loop.save_checkpoint
 def save(path, state):
     if state["global_step"] == 2:  # Ctrl-C, then Ctrl-C again while this save runs
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
     real(path, state)
-train.save_checkpoint = save
+smollm2.loop.save_checkpoint = save
 train.cli(fast_exit=True)
 """
 
