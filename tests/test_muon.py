@@ -166,6 +166,13 @@ def test_muon_optimizer_equals_torch_muon_plus_adamw_on_the_model():
     assert (a["model.layers.0.self_attn.q_proj.weight"] - tiny_model().model.layers[0].self_attn.q_proj.weight).abs().max() > 1e-3
 
 
+def train_once(model, optimizer, x: torch.Tensor) -> None:
+    """One step of the model on the batch x (its own targets)."""
+    model.zero_grad(set_to_none=True)
+    model(x, x)[1].backward()
+    optimizer.step()
+
+
 def test_state_dict_round_trip_continues_exactly():
     """What a checkpoint holds: a fresh optimizer loaded from state_dict() steps as the original does."""
     torch.manual_seed(2)
@@ -173,20 +180,15 @@ def test_state_dict_round_trip_continues_exactly():
     opt = build_optimizer(model, 2e-3, 0.1, CPU, kind="muon")
     x = torch.randint(0, 49152, (2, 16))
 
-    def step(m, o):
-        m.zero_grad(set_to_none=True)
-        m(x, x)[1].backward()
-        o.step()
-
-    step(model, opt)
+    train_once(model, opt, x)
     twin = tiny_model()
     twin.load_state_dict(model.state_dict())
     twin_opt = build_optimizer(twin, 2e-3, 0.1, CPU, kind="muon")
     state = copy.deepcopy(opt.state_dict())  # as a checkpoint file holds it: its own tensors
     assert {k for s in state["state"].values() for k in s} == {"momentum_buffer", "step", "exp_avg", "exp_avg_sq"}
     twin_opt.load_state_dict(state)
-    step(model, opt)
-    step(twin, twin_opt)
+    train_once(model, opt, x)
+    train_once(twin, twin_opt, x)
     assert_same_weights(model.state_dict(), twin.state_dict())
 
 
@@ -304,12 +306,7 @@ def test_variant_state_round_trip_continues_exactly(variant):
     opt = build_optimizer(model, 2e-3, 0.1, CPU, kind="muon", muon_variant=variant)
     x = torch.randint(0, 49152, (2, 16))
 
-    def step(m, o):
-        m.zero_grad(set_to_none=True)
-        m(x, x)[1].backward()
-        o.step()
-
-    step(model, opt)
+    train_once(model, opt, x)
     plain = tiny_model()
     plain.load_state_dict(model.state_dict())
     twin = tiny_model()
@@ -322,9 +319,9 @@ def test_variant_state_round_trip_continues_exactly(variant):
     plain_opt = build_optimizer(plain, 2e-3, 0.1, CPU, kind="muon")
     plain_opt.load_state_dict({**state, "state": {k: {n: t for n, t in s.items() if n != "neuron_second_moment"}
                                                   for k, s in state["state"].items()}})
-    step(model, opt)
-    step(twin, twin_opt)
-    step(plain, plain_opt)
+    train_once(model, opt, x)
+    train_once(twin, twin_opt, x)
+    train_once(plain, plain_opt, x)
     assert_same_weights(model.state_dict(), twin.state_dict())
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(dict(model.named_parameters())[q], dict(plain.named_parameters())[q])  # the variant acts
