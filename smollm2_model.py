@@ -24,6 +24,10 @@ Notable features:
   position held on the device is written under a key mask over the filled slots, which is what lets
   smollm2.inference.DecodeGraph replay one decoding step as a CUDA graph. The decoding loop and the samplers
   live in smollm2/inference.py.
+- Document masking, for training on packed windows: forward(..., document_end=id) lets each token attend only
+  within its own document (a document ends at that id, the end-of-text token), through FlexAttention with a
+  block mask built on the device from the ids (document_block_mask), or a dense mask (the "manual" path, CPU).
+  RoPE is relative, so a document sees what it would see alone. Off by default; the weights are unchanged.
 
 The model does no I/O and knows no optimizer; training code talks to it through forward().
 """
@@ -36,6 +40,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from smollm2_config import SmolLM2Config
 
@@ -115,18 +120,84 @@ def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
     return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
-def sdpa_attention(q, k, v, dropout_p: float = 0.0, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+# ----------------------------------------------------------------------------- document masking
+FLEX_BLOCK = 128  # FlexAttention's tile: the block mask says which (query tile, key tile) pairs to compute
+
+
+def document_ids(input_ids: torch.Tensor, document_end: int) -> torch.Tensor:
+    # (B, T) token ids -> (B, T) int32: each token's document within its window, counted from 0. The end
+    # token belongs to the document it ends; the token after it starts the next.
+    ends = (input_ids == document_end).to(torch.int32)
+    return ends.cumsum(1, dtype=torch.int32) - ends
+
+
+def dense_document_mask(docs: torch.Tensor) -> torch.Tensor:
+    # (B, T) document ids -> (B, 1, T, T) bool, True = may attend: causal and within one document.
+    T = docs.shape[1]
+    return causal_mask(T, T, docs.device) & (docs[:, None, :, None] == docs[:, None, None, :])
+
+
+def document_block_mask(docs: torch.Tensor) -> BlockMask:
+    """(B, T) document ids, non-decreasing along T -> FlexAttention's BlockMask of causal, same-document
+    attention. Built from tile-level first/last ids with fixed-shape tensor ops only: no host sync, so it
+    runs inside torch.compile and a captured CUDA graph. A key tile j <= i is needed by query tile i when its
+    last document reaches i's first; it is full (no per-element mask) when j < i and both hold one document."""
+    B, T = docs.shape
+    n = -(-T // FLEX_BLOCK)
+    padded = F.pad(docs, (0, n * FLEX_BLOCK - T), value=-1) if T % FLEX_BLOCK else docs  # pad: no one's document
+    tiles = padded.view(B, n, FLEX_BLOCK)
+    first, last = tiles[..., 0], tiles.amax(-1)  # (B, n): the pad's -1 never is a tile's max
+    i = torch.arange(n, device=docs.device)
+    below = i[None, :] <= i[:, None]  # (n_q, n_k) causal at tile level
+    needed = below & (last[:, None, :] >= first[:, :, None])  # (B, n_q, n_k)
+    full = (i[None, :] < i[:, None]) & (first[:, None, :] == last[:, :, None])
+    partial = needed & ~full
+
+    def tiles_of(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (B, n_q, n_k) bool -> counts (B, 1, n_q) and the key tiles listed first (B, 1, n_q, n_k), int32
+        order = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True)
+        return m.sum(-1, dtype=torch.int32)[:, None], order.to(torch.int32)[:, None]
+
+    def same_document(b, h, q, kv):
+        return (q >= kv) & (padded[b, q] == padded[b, kv])
+
+    return BlockMask.from_kv_blocks(*tiles_of(partial), *tiles_of(full), BLOCK_SIZE=FLEX_BLOCK,
+                                    mask_mod=same_document, seq_lengths=(T, T))
+
+
+_compiled_flex: Optional[Callable] = None
+
+
+def flex(q, k, v, block_mask: BlockMask, enable_gqa: bool) -> torch.Tensor:
+    """flex_attention, compiled once on CUDA (its fused kernel; eager it would form every score), as is on CPU."""
+    global _compiled_flex
+    if not q.is_cuda:
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention)
+    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+# ----------------------------------------------------------------------------- attention
+def sdpa_attention(q, k, v, dropout_p: float = 0.0, key_mask=None) -> torch.Tensor:
     # q: (B, nh, Tq, hd); k, v: (B, n_kv, Tk, hd) -> (B, nh, Tq, hd). key_mask: (Tk,) bool, True = a filled
-    # cache slot, for one query (Tq = 1) against a whole preallocated cache (KVCache, graph-safe decoding).
+    # cache slot, for one query (Tq = 1) against a whole preallocated cache (KVCache, graph-safe decoding);
+    # or a document mask for training on packed windows: a BlockMask (document_block_mask, CUDA) or a dense
+    # (B, 1, T, T) bool one (dense_document_mask).
     Tq, Tk = q.shape[-2], k.shape[-2]
     n_rep = q.shape[1] // k.shape[1]
+    if isinstance(key_mask, BlockMask):
+        if dropout_p:
+            raise ValueError("document masking runs FlexAttention, which has no attention dropout")
+        return flex(q, k, v, key_mask, enable_gqa=n_rep > 1)
     if q.is_cuda and q.dtype == torch.float32 and n_rep > 1:
         # Native GQA runs on CUDA's flash and cuDNN kernels, which take bf16/fp16 only; in float32 it
         # would fall back to the math kernel and hold every layer's (B, nh, T, T) scores. Copied K/V let
         # the memory-efficient kernel run instead (the same result: repeat_kv is exact).
         k, v, n_rep = repeat_kv(k, n_rep), repeat_kv(v, n_rep), 1
-    if key_mask is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[None], dropout_p=dropout_p,
+    if key_mask is not None:  # (Tk,) cache slots, or (B, 1, T, T) documents (dense_document_mask)
+        mask = key_mask if key_mask.dim() > 1 else key_mask[None]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                               enable_gqa=n_rep > 1)
     if Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
@@ -138,7 +209,8 @@ def sdpa_attention(q, k, v, dropout_p: float = 0.0, key_mask: Optional[torch.Ten
 
 
 def manual_attention(q, k, v, dropout_p: float = 0.0, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    # The textbook path: repeat K/V per query head, scores in float32, masked softmax.
+    # The textbook path: repeat K/V per query head, scores in float32, masked softmax. key_mask: a decoding
+    # cache's (Tk,) slots or a (B, 1, T, T) document mask (dense_document_mask), True = may attend.
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, Tq, Tk)
@@ -204,14 +276,14 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(C, self.n_kv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.n_head * self.hd, C, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache: Optional[KVCache] = None, start_pos=0):
+    def forward(self, x, cos, sin, kv_cache: Optional[KVCache] = None, start_pos=0, doc_mask=None):
         B, T, _ = x.shape
         q, k, v = stacked_linear(x, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, n_kv, T, hd)
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, n_kv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        key_mask = None
+        key_mask = doc_mask  # None, or the window's document mask (training only: no cache then)
         if kv_cache is not None:
             k, v, key_mask = kv_cache.update(self.layer_idx, k, v, start_pos)
         y = self.attend(q, k, v, self.dropout if self.training else 0.0, key_mask)  # (B, nh, T, hd)
@@ -239,8 +311,8 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, x, cos, sin, kv_cache=None, start_pos=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, start_pos)
+    def forward(self, x, cos, sin, kv_cache=None, start_pos=0, doc_mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, start_pos, doc_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -251,6 +323,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.residual_dtype = config.residual_dtype
+        self.flex_documents = config.attn_impl == "sdpa"  # document masks as FlexAttention block masks
         self.rope_args = (config.head_dim, config.max_position_embeddings, config.rope_theta)
         # Not in the state dict (transformers keeps none either): derived from the config.
         self.register_buffer("rope_cos", None, persistent=False)
@@ -262,7 +335,7 @@ class LlamaModel(nn.Module):
         cos, sin = rope_cache(*self.rope_args)
         self.rope_cos, self.rope_sin = cos.to(self.embed_tokens.weight.device), sin.to(self.embed_tokens.weight.device)
 
-    def forward(self, input_ids, kv_cache=None, start_pos=0):
+    def forward(self, input_ids, kv_cache=None, start_pos=0, document_end: Optional[int] = None):
         T = input_ids.shape[1]
         if torch.is_tensor(start_pos):  # (1,) on the device: one new token against a whole static cache
             cos, sin = self.rope_cos.index_select(0, start_pos), self.rope_sin.index_select(0, start_pos)
@@ -271,8 +344,16 @@ class LlamaModel(nn.Module):
             sin = self.rope_sin[start_pos:start_pos + T]
         x = self.embed_tokens(input_ids)  # (B, T, C)
         x = x.to(stream_dtype(self.residual_dtype, x))  # every layer keeps the dtype it is given
+        if document_end is not None and kv_cache is not None:
+            raise ValueError("document_end masks packed training windows; decoding with a cache sees one text")
+        doc_mask = None
+        if document_end is not None:
+            docs = document_ids(input_ids, document_end)
+            # FlexAttention on CUDA; a dense mask on the manual path and on CPU (FlexAttention has no CPU backward)
+            doc_mask = (document_block_mask(docs) if self.flex_documents and input_ids.is_cuda
+                        else dense_document_mask(docs))
         for layer in self.layers:
-            x = layer(x, cos, sin, kv_cache, start_pos)
+            x = layer(x, cos, sin, kv_cache, start_pos, doc_mask)
         return self.norm(x)
 
 
@@ -314,14 +395,16 @@ class SmolLM2ForCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())  # parameters() counts a tied matrix once
 
     def forward(self, input_ids: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
-                fused_loss: Optional[Callable] = None, kv_cache: Optional[KVCache] = None, start_pos=0):
+                fused_loss: Optional[Callable] = None, kv_cache: Optional[KVCache] = None, start_pos=0,
+                document_end: Optional[int] = None):
         """input_ids: (B, T) int64. Returns (logits (B, T, V) or None, loss float32 scalar or None).
 
         With targets and a fused_loss (training passes smollm2.loss.linear_cross_entropy), the loss is
         fused_loss(hidden (B*T, C), head weight (V, C), targets (B*T,)) and no logits are formed (the training
-        fast path); otherwise it is cross_entropy over the logits.
+        fast path); otherwise it is cross_entropy over the logits. document_end: a token id that ends a
+        document; given, attention stays inside each document of the window (training on packed windows).
         """
-        h = self.model(input_ids, kv_cache, start_pos)  # (B, T, C)
+        h = self.model(input_ids, kv_cache, start_pos, document_end)  # (B, T, C)
         if targets is not None and fused_loss is not None:
             return None, self.head_loss(h, targets, fused_loss)
         logits = self.lm_head(h)  # (B, T, V)

@@ -47,6 +47,7 @@ from smollm2.loop import Checkpoints, Interval, StopFlag, WallClock
 from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
 from smollm2.options import AUTO_MUON_MIN_TOKENS, build_parser
 from smollm2.parallel import ARTIFACTS, load_artifacts, save_artifacts
+from smollm2.prepare import eos_id_of
 from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, Logger, Start, check_resume, prepare_run
 from smollm2.switches import Switches, auto_compile_scope
 from smollm2.tokenizer import TokenizerNotFound, load_tokenizer
@@ -164,6 +165,9 @@ def check_switches(args, sw: Switches, device: torch.device, world: int) -> None
                          "it: train Muon under DDP (--fsdp 0), or FSDP2 with --optimizer adamw")
     if args.fsdp and world == 1:
         raise UsageError("--fsdp 1 shards over several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
+    if args.doc_mask and sw.model_impl == "hf":
+        raise UsageError("--doc_mask 1 masks our attention; transformers' model (--model_impl hf) has no such path: "
+                         "use --model_impl ours or --doc_mask 0")
 
 
 def parse_and_check(argv=None):
@@ -269,6 +273,7 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
         parallel.apply_fsdp(model)
     step_fn = build_train_step(model, switches, device, lr=args.max_lr, weight_decay=args.weight_decay,
                                adamw_lr=args.adamw_lr, muon_variant=args.muon_variant,
+                               document_end=eos_id_of(tokenizer) if args.doc_mask else None,
                                grad_clip=args.grad_clip, optimizer_state=ckpt["optimizer"] if ckpt else None, log=log)
     if ckpt is not None:
         set_rng_state(ckpt["rng"])

@@ -115,6 +115,9 @@ GROUPS: dict[str, list[Option]] = {
                "Polar Express coefficients; normuon: each output neuron's update normalised by an EMA of its mean "
                "square (NorMuon); normuon_polar: both (docs/quality.md)",
                choices=["muon", "polar", "normuon", "normuon_polar"]),
+        flag("doc_mask", 0, REFUSED,
+             "1: while training, attention stops at each document's end (<|endoftext|>) inside the packed windows "
+             "(FlexAttention; --attn manual: a dense mask). Validation, samples and the exported model are unchanged"),
         Option("weight_decay", float, 0.1, REFUSED, "decoupled decay on matrices (not on norm gains), AdamW's and Muon's"),
         Option("grad_clip", float, 1.0, REFUSED, "clip the global grad norm to this (0 = off)"),
         Option("seed", int, 1337, REFUSED, "seeds the init and every batch"),

@@ -206,11 +206,12 @@ class StepConfig:
     fused_loss: bool = False  # chunked linear + cross-entropy, no [tokens x vocab] logits
     cuda_graph: bool = False  # capture the whole step once, replay it afterwards
     stack_micro: int = -1  # micro-batches as one batch: -1 when it fits in memory, 0 never (accumulate), 1 always
+    document_end: Optional[int] = None  # the end-of-text id: attention stops at document ends (--doc_mask 1)
 
     @classmethod
-    def of(cls, switches: Switches, grad_clip: float) -> "StepConfig":
+    def of(cls, switches: Switches, grad_clip: float, document_end: Optional[int] = None) -> "StepConfig":
         return cls(grad_clip=grad_clip, amp_dtype=switches.amp_dtype, fused_loss=switches.fused_loss,
-                   cuda_graph=switches.cuda_graph, stack_micro=switches.stack_micro)
+                   cuda_graph=switches.cuda_graph, stack_micro=switches.stack_micro, document_end=document_end)
 
 
 def train_step(xs: torch.Tensor, ys: torch.Tensor, *, model: nn.Module, forward: nn.Module,
@@ -228,7 +229,8 @@ def train_step(xs: torch.Tensor, ys: torch.Tensor, *, model: nn.Module, forward:
     for m in range(n):
         with parallel.grad_sync(model, forward, last=m == n - 1):  # all-reduce on the last micro-step only
             with amp_context(device, cfg.amp_dtype, cache_enabled):
-                _, loss = forward(xs[m], ys[m], fused_loss=linear_cross_entropy if cfg.fused_loss else None)
+                _, loss = forward(xs[m], ys[m], fused_loss=linear_cross_entropy if cfg.fused_loss else None,
+                                  document_end=cfg.document_end)
             (loss / n).backward()
         total = total + loss.detach()
     if cfg.grad_clip > 0:
@@ -377,11 +379,12 @@ EVAL_TOKENS = 32768
 
 def build_train_step(model: nn.Module, switches: Switches, device: torch.device, *, lr: float,
                      weight_decay: float, grad_clip: float, adamw_lr: Optional[float] = None,
-                     muon_variant: str = "muon", optimizer_state: Optional[dict] = None,
-                     log: Optional[Callable[[str], None]] = None) -> TrainStep:
+                     muon_variant: str = "muon", document_end: Optional[int] = None,
+                     optimizer_state: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> TrainStep:
     """The optimizer (switches.optimizer; adamw_lr: the AdamW part's peak lr under Muon), the forward (compiled and wrapped for DDP as the switches say) and the step around
     them, for a model already on `device` (and sharded, under FSDP2): what train.py and bench.py both run.
-    optimizer_state, a checkpoint's, is loaded into the new optimizer (scattered under FSDP2)."""
+    optimizer_state, a checkpoint's, is loaded into the new optimizer (scattered under FSDP2). document_end: the
+    end-of-text id, to train with attention masked at document ends (StepConfig.document_end)."""
     optimizer = build_optimizer(model, lr, weight_decay, device, capturable=switches.cuda_graph, kind=switches.optimizer,
                                 adamw_lr=adamw_lr, compile_update=switches.compile and device.type == "cuda",
                                 muon_variant=muon_variant)
@@ -389,7 +392,7 @@ def build_train_step(model: nn.Module, switches: Switches, device: torch.device,
         parallel.load_full_optimizer_state(model, optimizer, optimizer_state, load_optimizer_state)
     forward_model = parallel.build_forward(model, switches.compile, switches.compile_scope, device,
                                            switches.grad_reduce_bf16, switches.ddp_overlap)
-    return TrainStep(model, forward_model, optimizer, StepConfig.of(switches, grad_clip), device, log=log)
+    return TrainStep(model, forward_model, optimizer, StepConfig.of(switches, grad_clip, document_end), device, log=log)
 
 
 @torch.no_grad()
@@ -418,7 +421,9 @@ class TransformersAdapter(nn.Module):
         self.hf = hf_model
         self.config = SmolLM2Config.from_hf(hf_model.config.to_dict())  # the shapes, for activation_bytes
 
-    def forward(self, input_ids, targets=None, fused_loss=None):  # fused_loss: ours only, ignored here
+    def forward(self, input_ids, targets=None, fused_loss=None, document_end=None):  # fused_loss: ours only, ignored
+        if document_end is not None:
+            raise ValueError("document masking is ours only; train.py refuses --doc_mask 1 with --model_impl hf")
         logits = self.hf(input_ids=input_ids).logits
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         return logits, loss
