@@ -456,3 +456,67 @@ def test_load_pretrained_from_hf_folder(tmp_path, tiny_model):
     x = _ids(1, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x)[0], tiny_model(x)[0])
+
+
+# ----------------------------------------------------------------------------- document masking
+def _packed(T: int, ends: list[int], seed: int = 3) -> torch.Tensor:
+    # (1, T) ids in 1..vocab-1, with the end-of-text id 0 at `ends`: documents packed into one window
+    ids = _ids(1, T, seed=seed, vocab=49151) + 1
+    ids[0, ends] = 0
+    return ids
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "manual"])
+def test_document_masked_window_equals_each_document_alone(attn):
+    # RoPE is relative, so a document inside a masked window sees exactly what it sees alone: the logits and the
+    # gradient of the packed loss equal those of the documents run one by one (a document of one token included).
+    torch.manual_seed(0)
+    model = SmolLM2ForCausalLM(get_config("tiny", attn_impl=attn)).train()
+    ids = _packed(300, [69, 70, 199])  # four documents: 70, 1, 129 and 100 tokens (a cut one at the end)
+    targets = _ids(1, 300, seed=5)
+    logits, loss = model(ids, targets, document_end=0)
+    unmasked, _ = model(ids)
+    assert _maxdiff(logits[0, 100:], unmasked[0, 100:]) > 1e-2  # the mask acts
+    loss.backward()
+    packed_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    total = 0.0
+    for start, end in [(0, 70), (70, 71), (71, 200), (200, 300)]:
+        alone, part = model(ids[:, start:end], targets[:, start:end])
+        assert _maxdiff(alone[0], logits[0, start:end]) <= 2e-6, (start, end)
+        (part * (end - start) / 300).backward()
+        total += part.item() * (end - start) / 300
+    assert abs(total - loss.item()) <= 1e-6 * loss.item()  # float32 rounding of a mean over 300 terms
+    for (name, p), g in zip(model.named_parameters(), packed_grads):
+        assert _maxdiff(p.grad, g) <= 1e-6 * max(1.0, g.abs().max().item()), name
+
+
+@pytest.mark.parametrize("T", [256, 300, 1000])
+def test_document_block_mask_tiles_match_the_dense_mask(T):
+    # FlexAttention computes only the (query tile, key tile) pairs the block mask lists: every pair with an allowed
+    # (query, key) must be listed, and one listed as full must allow every real pair in it.
+    from smollm2_model import FLEX_BLOCK, dense_document_mask, document_block_mask, document_ids
+    gen = torch.Generator().manual_seed(T)
+    for trial in range(6):
+        ids = torch.randint(0, [2, 30, 600][trial % 3], (3, T), generator=gen).clamp(max=1)  # 0 ends a document
+        if trial == 5:
+            ids[0] = 1  # one long document, cut at the end: whole tiles of one document
+            ids[0, T - 10] = 0
+        docs = document_ids(ids, 0)
+        block, dense = document_block_mask(docs), dense_document_mask(docs)[:, 0]
+        n, pad = -(-T // FLEX_BLOCK), -T % FLEX_BLOCK
+        tiles = lambda m, v: F.pad(m, (0, pad, 0, pad), value=v).view(3, n, FLEX_BLOCK, n, FLEX_BLOCK)
+        listed = block.to_dense()[:, 0].bool()  # partial and full tiles
+        assert torch.equal(listed, tiles(dense, False).any(4).any(2))
+        full = torch.zeros_like(listed)
+        for b in range(3):
+            for i in range(n):
+                full[b, i, block.full_kv_indices[b, 0, i, :block.full_kv_num_blocks[b, 0, i]].long()] = True
+        assert not (full & ~tiles(dense, True).all(4).all(2)).any()
+        assert full.any() or trial != 5  # a long document does give full tiles (the unmasked fast path)
+
+
+def test_document_end_is_refused_with_a_cache(tiny_model):
+    cache = KVCache(tiny_model.config, 1, 16, torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="document_end"):
+        tiny_model(_ids(1, 4), kv_cache=cache, document_end=0)
