@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--adamw_lr is the lr of the AdamW part of --optimizer muon; with --optimizer adamw use --max_lr"
                 + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
                    if auto else ""))
-    if args.muon_variant != "muon" and args.optimizer != "muon":
+    if args.muon_variant not in (None, "muon") and args.optimizer != "muon":
         p.error(f"--muon_variant {args.muon_variant} changes --optimizer muon; this run uses --optimizer {args.optimizer}"
                 + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
                    if auto else ""))

@@ -38,6 +38,7 @@ RECIPES = {
     "adamw_wsd_2e-3": ["--optimizer", "adamw", "--lr_schedule", "wsd", "--max_lr", "2e-3"],
     "adamw_cos_3e-4": ["--optimizer", "adamw", "--lr_schedule", "cosine", "--max_lr", "3e-4"],
     "default": [],
+    "muon_plain": ["--optimizer", "muon", "--muon_variant", "muon"],
     "muon_polar": ["--optimizer", "muon", "--muon_variant", "polar"],
     "muon_normuon": ["--optimizer", "muon", "--muon_variant", "normuon"],
     "muon_normuon_polar": ["--optimizer", "muon", "--muon_variant", "normuon_polar"],

@@ -25,7 +25,8 @@ from smollm2.common import OneLineParser
 from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
-from smollm2.training import RECIPES, SCHEDULES, WARMUP_FRACTION, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION
+from smollm2.muon import VARIANTS
+from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, RECIPES, SCHEDULES, WARMUP_FRACTION, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION
 from smollm2_config import PRESETS
 
 FIXED, REFUSED, ALLOWED, IGNORED = "fixed", "refused", "allowed", "ignored"
@@ -110,14 +111,15 @@ GROUPS: dict[str, list[Option]] = {
         Option("adamw_lr", float, None, REFUSED,
                "--optimizer muon: peak lr of the AdamW part (embedding/head and norm gains), on the same schedule "
                "scaled by --adamw_lr / --max_lr (default: the recipe's)"),
-        Option("muon_variant", str, "muon", REFUSED,
+        Option("muon_variant", str, None, REFUSED,
                "--optimizer muon: muon: Newton-Schulz with Keller Jordan's coefficients (torch.optim.Muon); polar: "
                "Polar Express coefficients; normuon: each output neuron's update normalised by an EMA of its mean "
-               "square (NorMuon); normuon_polar: both (docs/quality.md)",
-               choices=["muon", "polar", "normuon", "normuon_polar"]),
-        flag("doc_mask", 0, REFUSED,
-             "1: while training, attention stops at each document's end (<|endoftext|>) inside the packed windows "
-             "(FlexAttention; --attn manual: a dense mask). Validation, samples and the exported model are unchanged"),
+               f"square (NorMuon); normuon_polar: both (docs/quality.md). Default: {DEFAULT_MUON_VARIANT} for a new "
+               "run; a resume keeps its run's (muon for checkpoints from before the option)", choices=list(VARIANTS)),
+        Option("doc_mask", int, None, REFUSED,
+               "1: while training, attention stops at each document's end (<|endoftext|>) inside the packed windows "
+               "(FlexAttention; --attn manual and CPU: a dense mask); validation, samples and the exported model are "
+               f"unchanged. Default: {DEFAULT_DOC_MASK} for a new run; a resume keeps its run's", choices=[0, 1]),
         Option("weight_decay", float, 0.1, REFUSED, "decoupled decay on matrices (not on norm gains), AdamW's and Muon's"),
         Option("grad_clip", float, 1.0, REFUSED, "clip the global grad norm to this (0 = off)"),
         Option("seed", int, 1337, REFUSED, "seeds the init and every batch"),

@@ -41,16 +41,17 @@ import secrets
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from smollm2.checkpoint import RESUME_KEYS, CheckpointError, load_latest
 from smollm2.common import UsageError
 from smollm2.data import expected_fingerprint
 from smollm2.io import LineFile, atomic_write_text, remove_stale_temporaries, tmp_name
 from smollm2.metrics import LOG_FILE, METRICS_FILE
+from smollm2.muon import VARIANTS
 from smollm2.options import ALLOWED, FIXED, IGNORED, OPTIONS, REFUSED
 from smollm2.tokenizer import load_tokenizer
-from smollm2.training import WARMUP_MAX_STEPS, default_warmup
+from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, WARMUP_MAX_STEPS, default_warmup
 
 
 LOCK_FILE = "train.lock"
@@ -262,8 +263,7 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
     try:
         folder.open(primary=rank == 0)
         if not args.resume:
-            if args.warmup_steps is None:
-                args.warmup_steps = default_warmup(args.lr_decay_steps or args.max_steps)
+            fill_run_defaults(args)
             removed = folder.clear() if args.overwrite and rank == 0 else []
             if not args.overwrite:
                 folder.refuse_if_taken()
@@ -280,7 +280,7 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
             if found is None:
                 raise UsageError(f"--resume 1 but no checkpoint in {folder.ckpt_dir}; train with --resume 0 first")
             path, ckpt = found
-            keep_warmup(args, ckpt)
+            fill_run_defaults(args, ckpt)
             saved = settings(ckpt["args"], (ckpt.get("data") or {}).get("world_size", 1), ckpt["model_config"])
             given = settings(vars(args), world, config.architecture_dict())
             notes = check_resume(saved, given, bool(args.allow_config_change), path)
@@ -294,13 +294,27 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
         raise
 
 
-def keep_warmup(args, ckpt: dict) -> None:
-    """--warmup_steps left unset on a resume: the warmup the saved run trained with, whatever the horizon is now
-    (step B raises --max_steps 5000 -> 5050 and goes on with the same warmup). Checkpoints record the steps
-    themselves; one without them was trained with the fixed 200 of the time."""
-    if args.warmup_steps is None:
-        saved = (ckpt.get("args") or {}).get("warmup_steps")
-        args.warmup_steps = saved if isinstance(saved, int) and saved >= 0 else WARMUP_MAX_STEPS
+# Options whose default belongs to the run, not to the command: left unset, a new run gets today's default and
+# a resume keeps what its run trained with, whatever the command says now (step B raises --max_steps 5000 -> 5050
+# and goes on with the same warmup). name -> (today's default for these args, what a checkpoint from before the
+# option was trained with, the saved values accepted as such).
+RUN_DEFAULTS: dict[str, tuple[Callable, Any, Callable]] = {
+    "warmup_steps": (lambda args: default_warmup(args.lr_decay_steps or args.max_steps), WARMUP_MAX_STEPS,
+                     lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "muon_variant": (lambda args: DEFAULT_MUON_VARIANT if args.optimizer == "muon" else "muon", "muon",
+                     lambda v: v in VARIANTS),
+    "doc_mask": (lambda args: DEFAULT_DOC_MASK if args.model_impl == "ours" else 0, 0, lambda v: v in (0, 1)),
+}
+
+
+def fill_run_defaults(args, ckpt: Optional[dict] = None) -> None:
+    """Set what the user left unset among RUN_DEFAULTS: today's default for a new run, the saved run's on a resume
+    (ckpt): the value its checkpoint records, else the one runs before the option had."""
+    saved = None if ckpt is None else (ckpt.get("args") or {})
+    for name, (today, before, valid) in RUN_DEFAULTS.items():
+        if getattr(args, name) is None:
+            value = today(args) if saved is None else saved.get(name, before)
+            setattr(args, name, value if saved is None or valid(value) else before)
 
 
 def check_data_before_preparing(args, ckpt: dict, path: str) -> None:

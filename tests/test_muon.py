@@ -332,6 +332,23 @@ def test_muon_variant_is_refused_with_adamw_and_on_a_changed_resume(tmp_path):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "--muon_variant normuon changes --optimizer muon" in lines[0]
     assert not (tmp_path / "a").exists()
-    run_train(tmp_path / "m", "--optimizer", "muon", "--muon_variant", "normuon", "--max_steps", 2)
-    r = run_train(tmp_path / "m", "--optimizer", "muon", "--max_steps", 4, "--resume", 1, check=False)
+    run_train(tmp_path / "m", "--optimizer", "muon", "--max_steps", 2)  # today's default: NorMuon
+    assert '"muon_variant": "normuon"' in (tmp_path / "m" / "train.log").read_text()
+    r = run_train(tmp_path / "m", "--optimizer", "muon", "--muon_variant", "muon", "--max_steps", 4, "--resume", 1,
+                  check=False)
     assert r.returncode == 2 and "muon_variant: 'normuon' -> 'muon'" in r.stderr, r.stderr
+
+
+def test_a_checkpoint_from_before_muon_variant_resumes_as_plain_muon(tmp_path):
+    # Runs saved before the option trained with Keller Jordan's Muon: left unset, a resume keeps that, not today's
+    # default, and continues without a refusal (the update it continues is the one its optimizer state holds).
+    out = tmp_path / "old"
+    run_train(out, "--optimizer", "muon", "--muon_variant", "muon", "--max_steps", 2)
+    for path in (out / "checkpoints").glob("*.pt"):
+        ckpt = torch.load(path, weights_only=False)
+        ckpt["args"].pop("muon_variant", None), ckpt["args"].pop("doc_mask", None)  # latest may share a file
+        torch.save(ckpt, path)
+    run_train(out, "--optimizer", "muon", "--max_steps", 4, "--resume", 1)
+    args_lines = [line for line in (out / "train.log").read_text().splitlines() if line.startswith("Args: ")]
+    assert len(args_lines) == 2 and all('"muon_variant": "muon"' in line and '"doc_mask": 0' in line
+                                        for line in args_lines), args_lines
