@@ -68,6 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--adamw_lr is the lr of the AdamW part of --optimizer muon; with --optimizer adamw use --max_lr"
                 + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
                    if auto else ""))
+    if args.norm_lr is not None and args.optimizer != "muon":
+        p.error("--norm_lr is the lr of the norm gains under --optimizer muon; with --optimizer adamw use --max_lr"
+                + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
+                   if auto else ""))
     if args.muon_variant not in (None, "muon") and args.optimizer != "muon":
         p.error(f"--muon_variant {args.muon_variant} changes --optimizer muon; this run uses --optimizer {args.optimizer}"
                 + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
@@ -124,8 +128,9 @@ def check_values(args) -> None:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
         raise UsageError(f"need 0 <= --min_lr <= --max_lr and --max_lr > 0 (got {args.min_lr}, {args.max_lr})")
-    if args.adamw_lr is not None and not args.adamw_lr > 0:
-        raise UsageError(f"--adamw_lr must be > 0, got {args.adamw_lr}")
+    for name in ("adamw_lr", "norm_lr"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise UsageError(f"--{name} must be > 0, got {getattr(args, name)}")
     if not 0 < args.lr_decay_fraction <= 1:
         raise UsageError(f"--lr_decay_fraction must be in (0, 1], got {args.lr_decay_fraction}")
     if args.weight_decay < 0 or args.grad_clip < 0:
@@ -272,7 +277,8 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
     if args.fsdp:
         parallel.apply_fsdp(model)
     step_fn = build_train_step(model, switches, device, lr=args.max_lr, weight_decay=args.weight_decay,
-                               adamw_lr=args.adamw_lr, muon_variant=args.muon_variant,
+                               adamw_lr=args.adamw_lr, norm_lr=args.norm_lr,
+                               muon_variant=args.muon_variant,
                                document_end=eos_id_of(tokenizer) if args.doc_mask else None,
                                grad_clip=args.grad_clip, optimizer_state=ckpt["optimizer"] if ckpt else None, log=log)
     if ckpt is not None:

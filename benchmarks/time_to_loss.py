@@ -44,6 +44,8 @@ RECIPES = {
     "muon_normuon_polar": ["--optimizer", "muon", "--muon_variant", "normuon_polar"],
     "muon_a1e-2_w0.05": ["--optimizer", "muon", "--adamw_lr", "1e-2", "--warmup_steps", "{w5}"],
     "muon_d0.5": ["--optimizer", "muon", "--lr_decay_fraction", "0.5"],
+    "norm_lr_2e-2": ["--optimizer", "muon", "--norm_lr", "2e-2"],
+    "norm_lr_1e-3": ["--optimizer", "muon", "--norm_lr", "1e-3"],
     "doc_mask": ["--doc_mask", "1"],
     "muon_normuon_doc_mask": ["--optimizer", "muon", "--muon_variant", "normuon", "--doc_mask", "1"],
 }

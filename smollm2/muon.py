@@ -97,9 +97,11 @@ def is_muon_matrix(name: str, p: nn.Parameter) -> bool:
     return p.dim() == 2 and not name.endswith(("embed_tokens.weight", "lm_head.weight"))
 
 
-def muon_param_groups(model: nn.Module, weight_decay: float, adamw_lr_scale: float) -> list[dict]:
+def muon_param_groups(model: nn.Module, weight_decay: float, adamw_lr_scale: float,
+                      norm_lr_scale: Optional[float] = None) -> list[dict]:
     """Muon groups, one per matrix shape (the unit of batching), then the AdamW groups: the embedding/head with
-    weight decay, the norm gains without. lr_scale: each group's peak lr over --max_lr (set_lr applies it)."""
+    weight decay, the norm gains without (at norm_lr_scale, default adamw_lr_scale). lr_scale: each group's peak
+    lr over --max_lr (set_lr applies it)."""
     by_shape: dict[tuple, list] = {}
     decay, no_decay = [], []
     for name, p in model.named_parameters():  # a tied matrix is yielded once
@@ -111,7 +113,8 @@ def muon_param_groups(model: nn.Module, weight_decay: float, adamw_lr_scale: flo
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": ps, "muon": True, "lr_scale": 1.0, "weight_decay": weight_decay} for ps in by_shape.values()]
     groups += [{"params": decay, "muon": False, "lr_scale": adamw_lr_scale, "weight_decay": weight_decay},
-               {"params": no_decay, "muon": False, "lr_scale": adamw_lr_scale, "weight_decay": 0.0}]
+               {"params": no_decay, "muon": False, "lr_scale": adamw_lr_scale if norm_lr_scale is None else norm_lr_scale,
+                "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 

@@ -111,6 +111,9 @@ GROUPS: dict[str, list[Option]] = {
         Option("adamw_lr", float, None, REFUSED,
                "--optimizer muon: peak lr of the AdamW part (embedding/head and norm gains), on the same schedule "
                "scaled by --adamw_lr / --max_lr (default: the recipe's)"),
+        Option("norm_lr", float, None, REFUSED,
+               "--optimizer muon: peak lr of the RMSNorm gains alone (AdamW, no weight decay), on the same schedule "
+               "(default: --adamw_lr's, the embedding's)"),
         Option("muon_variant", str, None, REFUSED,
                "--optimizer muon: muon: Newton-Schulz with Keller Jordan's coefficients (torch.optim.Muon); polar: "
                "Polar Express coefficients; normuon: each output neuron's update normalised by an EMA of its mean "

@@ -105,10 +105,11 @@ DEFAULT_DOC_MASK = 0
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device,
                     capturable: bool = False, betas=(0.9, 0.95), eps: float = 1e-8, kind: str = "adamw",
-                    adamw_lr: Optional[float] = None, compile_update: bool = False,
+                    adamw_lr: Optional[float] = None, norm_lr: Optional[float] = None, compile_update: bool = False,
                     muon_variant: str = "muon") -> torch.optim.AdamW:
     """AdamW over every parameter (kind "adamw"), or Muon over the hidden matrices and AdamW at adamw_lr
-    (default: lr) over the embedding and norm gains (kind "muon", smollm2/muon.py; compile_update: its
+    (default: lr) over the embedding, at norm_lr (default: adamw_lr) over the norm gains (kind "muon",
+    smollm2/muon.py; compile_update: its
     elementwise passes through torch.compile). Each group's peak lr is lr * group["lr_scale"]; set_lr keeps that
     ratio along the schedule."""
     fused = device.type == "cuda"
@@ -119,7 +120,8 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: to
     if kind != "muon":
         raise ValueError(f"unknown optimizer {kind!r}; one of {OPTIMIZERS}")
     from smollm2.muon import MuonAdamW, muon_param_groups
-    groups = muon_param_groups(model, weight_decay, (adamw_lr if adamw_lr is not None else lr) / lr)
+    adamw_lr = adamw_lr if adamw_lr is not None else lr
+    groups = muon_param_groups(model, weight_decay, adamw_lr / lr, (norm_lr if norm_lr is not None else adamw_lr) / lr)
     for g in groups:  # one lr per group, and under a CUDA graph one device tensor per group (set_lr fills each)
         g["lr"] = torch.tensor(lr * g["lr_scale"], device=device) if capturable else lr * g["lr_scale"]
     return MuonAdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused, capturable=capturable,
@@ -385,14 +387,15 @@ EVAL_TOKENS = 32768
 
 def build_train_step(model: nn.Module, switches: Switches, device: torch.device, *, lr: float,
                      weight_decay: float, grad_clip: float, adamw_lr: Optional[float] = None,
-                     muon_variant: str = "muon", document_end: Optional[int] = None,
+                     norm_lr: Optional[float] = None, muon_variant: str = "muon", document_end: Optional[int] = None,
                      optimizer_state: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> TrainStep:
-    """The optimizer (switches.optimizer; adamw_lr: the AdamW part's peak lr under Muon), the forward (compiled and wrapped for DDP as the switches say) and the step around
+    """The optimizer (switches.optimizer; adamw_lr, norm_lr: the AdamW part's peak lrs under Muon), the forward (compiled and wrapped for DDP as the switches say) and the step around
     them, for a model already on `device` (and sharded, under FSDP2): what train.py and bench.py both run.
     optimizer_state, a checkpoint's, is loaded into the new optimizer (scattered under FSDP2). document_end: the
     end-of-text id, to train with attention masked at document ends (StepConfig.document_end)."""
     optimizer = build_optimizer(model, lr, weight_decay, device, capturable=switches.cuda_graph, kind=switches.optimizer,
-                                adamw_lr=adamw_lr, compile_update=switches.compile and device.type == "cuda",
+                                adamw_lr=adamw_lr, norm_lr=norm_lr,
+                                compile_update=switches.compile and device.type == "cuda",
                                 muon_variant=muon_variant)
     if optimizer_state is not None:
         parallel.load_full_optimizer_state(model, optimizer, optimizer_state, load_optimizer_state)

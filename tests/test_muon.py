@@ -136,6 +136,11 @@ def test_split_hidden_matrices_to_muon_rest_to_adamw():
     assert [g["lr"] for g in opt.param_groups] == [1e-3] * len(muon) + [4e-3, 4e-3]
     set_lr(opt, 5e-4)  # the schedule scales both parts
     assert [g["lr"] for g in opt.param_groups] == [5e-4] * len(muon) + [2e-3, 2e-3]
+    # --norm_lr: the gains alone at their own peak, scaled by the same schedule
+    opt = build_optimizer(model, 1e-3, 0.1, CPU, kind="muon", adamw_lr=4e-3, norm_lr=2e-2)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3] * len(muon) + [4e-3, 2e-2]
+    set_lr(opt, 5e-4)
+    assert [g["lr"] for g in opt.param_groups] == [5e-4] * len(muon) + [2e-3, 1e-2]
 
 
 def test_muon_optimizer_equals_torch_muon_plus_adamw_on_the_model():
@@ -352,3 +357,19 @@ def test_a_checkpoint_from_before_muon_variant_resumes_as_plain_muon(tmp_path):
     args_lines = [line for line in (out / "train.log").read_text().splitlines() if line.startswith("Args: ")]
     assert len(args_lines) == 2 and all('"muon_variant": "muon"' in line and '"doc_mask": 0' in line
                                         for line in args_lines), args_lines
+
+
+def test_norm_lr_belongs_to_muon_and_is_kept_on_resume(tmp_path):
+    r = run_train(tmp_path / "a", "--optimizer", "adamw", "--norm_lr", 1e-2, "--max_steps", 2, check=False)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 2 and lines == ["train.py: error: --norm_lr is the lr of the norm gains under --optimizer "
+                                          "muon; with --optimizer adamw use --max_lr"], r.stderr
+    assert not (tmp_path / "a").exists()
+    out = tmp_path / "m"
+    run_train(out, "--optimizer", "muon", "--norm_lr", 1e-2, "--max_steps", 2)
+    ckpt = torch.load(out / "checkpoints" / "checkpoint_step_2.pt", weights_only=False)
+    assert ckpt["args"]["norm_lr"] == 1e-2
+    assert [g["lr_scale"] for g in ckpt["optimizer"]["param_groups"] if not g["muon"]] == [1.0, 2.0]  # 5e-3, 1e-2
+    r = run_train(out, "--optimizer", "muon", "--max_steps", 4, "--resume", 1, check=False)
+    assert r.returncode == 2 and "norm_lr: 0.01 -> None" in r.stderr, r.stderr
+    run_train(out, "--optimizer", "muon", "--norm_lr", 1e-2, "--max_steps", 4, "--resume", 1)
