@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_file", default="input.txt")
     p.add_argument("--tokenizer_id", default=None, help="passed to train.py (default: train.py's)")
-    p.add_argument("--model", default="smollm2-135m", help="preset (tiny for CPU tests)")
+    p.add_argument("--model", default="smollm2-135m", help="architecture preset, passed to train.py (tiny for CPU tests)")
     p.add_argument("--device", default="auto")
     p.add_argument("--profile", default="seed", choices=list(PROFILES),
                    help="seed: the shape given by the three flags below (their defaults are the seed profile's); "

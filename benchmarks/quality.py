@@ -274,7 +274,7 @@ def parse_args(argv=None):
     p.add_argument("--section", required=True, help="names the rows and files: quality_<section>_*.csv; "
                                                     "'step_time...' times the Muon step against the AdamW step")
     p.add_argument("--recipes", default="", help="comma list, run in this order (see the docstring)")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default="smollm2-135m", help="architecture preset, as train.py's --model")
     p.add_argument("--seq_len", type=int, default=2048)
     p.add_argument("--micro_batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=400)

@@ -154,7 +154,9 @@ GROUPS: dict[str, list[Option]] = {
              "logged as WARNING lines; see smollm2/run.py"),
     ],
     "model and speed": [  # how fast the same step runs: a resume may change all but the implementation
-        Option("model", str, "smollm2-135m", IGNORED, f"architecture preset: {', '.join(PRESETS)}"),
+        Option("model", str, "smollm2-135m", IGNORED,
+               f"architecture preset by name (the weights come from random init or, with --resume 1, the run's "
+               f"checkpoint): {', '.join(PRESETS)}"),
         Option("device", str, "auto", ALLOWED, "auto, cuda, cuda:N or cpu"),
         Option("attn", str, "sdpa", ALLOWED, "attention implementation", choices=["sdpa", "manual"]),
         flag("tie_word_embeddings", 1, IGNORED, "tie lm_head to the embedding"),
