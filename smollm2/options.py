@@ -115,7 +115,7 @@ GROUPS: dict[str, list[Option]] = {
                "--optimizer muon: muon: Newton-Schulz with Keller Jordan's coefficients (torch.optim.Muon); polar: "
                "Polar Express coefficients; normuon: each output neuron's update normalised by an EMA of its mean "
                f"square (NorMuon); normuon_polar: both (docs/quality.md). Default: {DEFAULT_MUON_VARIANT} for a new "
-               "run; a resume keeps its run's (muon for checkpoints from before the option)", choices=list(VARIANTS)),
+               "run; a resume keeps its run's (muon for a checkpoint that records none)", choices=list(VARIANTS)),
         Option("doc_mask", int, None, REFUSED,
                "1: while training, attention stops at each document's end (<|endoftext|>) inside the packed windows "
                "(FlexAttention; --attn manual and CPU: a dense mask); validation, samples and the exported model are "
