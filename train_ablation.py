@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_file", default="input.txt")
     p.add_argument("--tokenizer_id", default=None, help="passed to train.py (default: train.py's)")
-    p.add_argument("--model", default="smollm2-135m", help="preset (tiny for CPU tests)")
+    p.add_argument("--model", default="smollm2-135m", help="architecture preset, passed to train.py (tiny for CPU tests)")
     p.add_argument("--device", default="auto")
     p.add_argument("--profile", default="seed", choices=list(PROFILES),
                    help="seed: the shape given by the three flags below (their defaults are the seed profile's); "
@@ -142,7 +142,7 @@ def measured(events: list[dict], ignore_first: int) -> dict:
 
 
 def variant_events(args, name: str) -> list[dict]:
-    """The records of the variant's run folder: its metrics.jsonl (or train.log, from before the file)."""
+    """The records of the variant's run folder: its metrics.jsonl (or train.log, in a folder without one)."""
     return read_events(os.path.join(run_dir(args, name), LOG_FILE))
 
 
@@ -157,7 +157,7 @@ def append_row(csv_path: str, row: dict) -> None:
     new = not os.path.exists(csv_path)
     if not new:
         with open(csv_path, newline="") as f:
-            if next(csv.reader(f), []) != COLUMNS:  # a CSV from before a column was added: rewrite its header
+            if next(csv.reader(f), []) != COLUMNS:  # a CSV with other columns: rewrite it with COLUMNS
                 rewrite_rows(csv_path)
     with open(csv_path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")

@@ -7,12 +7,12 @@
 #             on Tiny Shakespeare's held-out split (seq 256, train.py's val windows) and realdocs' (seq 2048),
 #             plus the released weights when .assets/SmolLM2-135M-Instruct.Q4_1.gguf was carried
 #   realdocs  the README's realdocs run (1,000 steps, seq 2048 x 16) into out_realdocs (needs .assets/realdocs/)
-#   speed     the issue's targets: 10,000 four-way items in the HellaSwag layout (built from input.txt, ~4M
+#   speed     the speed targets of docs/evaluation.md: 10,000 four-way items in the HellaSwag layout (built from input.txt, ~4M
 #             tokens of forward passes) scored by evaluate.py and, in the same call on the same card, by
 #             lm-evaluation-harness's own `hf` model on the same export (when lm_eval imports); and bits per
 #             byte of 10M tokens (realdocs' training split, --max_tokens 10000000)
 # What comes back in $OUT: results/eval/*.json (commit them; update_readme.py renders docs/evaluation.md from
-# them), the seed run's train.log and metrics.jsonl (now with val bpb), speed.jsonl, and each command's output.
+# them), the seed run's train.log and metrics.jsonl (with val bpb), speed.jsonl, and each command's output.
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh

@@ -9,9 +9,9 @@
 #   step      the Muon step against the AdamW step at seq 2048 x micro-batch 48 (the best micro-batch), with Muon's
 #             elementwise passes compiled (train.py's CUDA default) and eager (as under --compile 0)
 #   step16    the same at micro-batch 16, where the quality sections run
-#   schedules the second realdocs sweep, with its own two references (today's recipe, the best AdamW of the first):
+#   schedules the second realdocs sweep, with its own two references (the AdamW recipe, the best AdamW of the first):
 #             Muon at 5e-3 and 1e-3, Muon under cosine, AdamW under WSD (about 8 minutes)
-#   seed5000  the seed's shape over the seed's 5,000 steps: today's AdamW, the best AdamW and the best Muon of the
+#   seed5000  the seed's shape over the seed's 5,000 steps: the AdamW recipe, the best AdamW and the best Muon of the
 #             realdocs sweeps (about 4 minutes)
 #   crossover seq 2048 x micro-batch 4 (8,192 tokens a step), 1,000 steps: where --optimizer auto switches
 #             (CROSSOVER_STEPS, CROSSOVER_RECIPES, CROSSOVER_TIMEOUT to cut it down)
@@ -27,9 +27,9 @@
 #   bracket   the best AdamW's lr under WSD bracketed from above, at micro-batch 16 (1e-3 and 2e-3, beside the default
 #             Muon over 400 and 200 steps) and at micro-batch 48 (2e-3 and 3e-3, beside the default Muon): is the
 #             reference of the half-time target the best AdamW there is (about 8 minutes)
-#   defaults  the rows the time-to-loss table needs in one process: today's recipe, the best AdamW (WSD 1e-3),
-#             the new default (Muon 5e-3, WSD) over the same 400 steps and over a 200- and a 160-step horizon
-#             (what a user who wants the AdamW loss sooner runs), and transformers + compile with the best AdamW
+#   defaults  the rows the time-to-loss table needs in one process: the AdamW recipe (cosine 3e-4), the best AdamW
+#             (WSD 1e-3), the default Muon recipe (5e-3, WSD) over the same 400 steps and over a 200- and a 160-step
+#             horizon (what a user who wants the AdamW loss sooner runs), and transformers + compile with the best AdamW
 #             recipe (about 7 minutes)
 # What comes back in $OUT: quality_<section>_{runs,curves,ttl}.csv, the plot, the log.
 set -u

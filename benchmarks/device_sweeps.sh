@@ -2,7 +2,7 @@
 # The GPU runs behind the committed sweep and multi-GPU results, in the order they ran on one
 # 4 x H100 host (device kind nvidia-h100-x4). Results go to $RUNS (default /tmp/smollm2_runs, outside the
 # checkout: each device call re-copies the working tree and deletes what .git/info/exclude ignores there,
-# a folder inside the repo included, as session 3 found out); the chosen files
+# a folder inside the repo included); the chosen files
 # are then copied into ablation_results_500steps_profiles/, ablation_results_throughput/ and benchmarks/.
 # Re-running it resumes: train_ablation.py skips variants already in a CSV.
 #
@@ -14,21 +14,21 @@
 #   echo $! > $R/driver.pid; fi
 #   for i in $(seq 540); do kill -0 "$(cat $R/driver.pid)" 2>/dev/null || break; sleep 1; done
 #   tar czf $OUT/snap.tgz --exclude=runs --exclude=.cache -C $R .; tail -20 $R/driver.log
-# (A job started under setsid outlives its call and runs on until the machine goes back: seen in session 3.)
+# (A job started under setsid outlives its call and runs on until the machine goes back.)
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh
 GPUS=${GPUS:-0,1,2,3}
 RUNS=${RUNS:-/tmp/smollm2_runs}
-STEPS=${STEPS:-"1 2 3"}   # all three ran on one 4 x H100 host and are committed: 1 in session 3, 2 and 3 in session 4
+STEPS=${STEPS:-"1 2 3"}   # the committed results of all three come from one 4 x H100 host
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$RUNS"
 rm -f "$RUNS"/ALL_DONE
 
 # 1. data parallel scaling: our compiled step under torchrun + DDP at 1, 4 and 2 GPUs (seq 2048 x 16 per GPU),
-#    float32 and bf16 gradient all-reduce (as run in session 3, benchmarks/multigpu_throughput.csv). The GPU
-#    links first. Resumes per (size, impl). IMPLS=...,ours_compile_no_overlap,ours_compile_blocks adds the
-#    schedule comparisons (not run yet).
+#    float32 and bf16 gradient all-reduce (benchmarks/multigpu_throughput.csv). The GPU links first.
+#    Resumes per (size, impl). IMPLS=...,ours_compile_no_overlap,ours_compile_blocks adds the schedule
+#    comparisons (none of their rows is committed).
 nvidia-smi topo -m > "$RUNS"/topology.txt 2>&1
 want 1 && python bench.py --profile throughput --world_sizes 1,4,2 \
     --impls "${IMPLS:-ours_compile,ours_compile_bf16grads}" \

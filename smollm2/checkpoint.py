@@ -161,8 +161,8 @@ def step_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
 
 
 def resume_problem(ckpt: dict[str, Any], required: tuple[str, ...], run_id: Optional[str]) -> Optional[str]:
-    """Why a readable checkpoint cannot be resumed from, or None. A file without a run id predates run
-    ids (legacy) and is accepted."""
+    """Why a readable checkpoint cannot be resumed from, or None. A file without a run id has nothing to
+    compare and is accepted."""
     missing = [k for k in required if k not in ckpt]
     if missing:
         return f"lacks {', '.join(missing)}"

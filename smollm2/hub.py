@@ -156,7 +156,7 @@ def summary_lines(facts: dict) -> list[tuple[str, str]]:
         ("final train loss", _loss(facts, "train_loss")),
         ("held-out loss", _loss(facts, "val_loss")),
         ("trained on", facts.get("device") or NOT_RECORDED),
-        # public_name again: an export written before it published paths carries them in its summary
+        # public_name again: the summary of an export written without it may still carry paths
         ("training data", public_name(data.get("description") or data.get("input_file")) or NOT_RECORDED),
         ("tokenizer", public_name(facts["tokenizer"])),
     ]

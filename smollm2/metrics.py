@@ -9,8 +9,8 @@ One JSON object per line, each with an "event" and, except "header", the global 
   stop        step, signal: a SIGINT/SIGTERM/SIGHUP stopped the run there, after saving it
   task        step, task, acc, acc_norm (not for winogrande), items: train.py --task_eval
   wall        step, then the loop's WallClock summary (smollm2/loop.py: seconds per part of the loop)
-A resumed run appends to the same file. Runs logged before the file existed have only train.log:
-read_events() then parses the log into the same records (log_events), so both have one reader, and
+A resumed run appends to the same file. For a folder with train.log but no metrics.jsonl,
+read_events() parses the log into the same records (log_events), so both have one reader, and
 summarize() follows the lineage that ends the file for every consumer (update_readme.py, train_ablation.py).
 """
 

@@ -34,8 +34,8 @@ FIXED, REFUSED, ALLOWED, IGNORED = "fixed", "refused", "allowed", "ignored"
 # --optimizer auto: Muon from this many tokens per optimizer step and process (batch_size x grad_accum x seq_len)
 # on, AdamW below. Newton-Schulz costs the same per step whatever the batch (6.5 ms on an H200 at the seed's
 # shape), so the smaller the step, the larger its share. Measured on one H200 (docs/quality.md,
-# benchmarks/quality_*.csv): at 32,768 tokens a step (realdocs, seq 2048 x 16) Muon reached today's held-out
-# loss in 33% of AdamW's time and its step was 7% slower; at 8,192 (seq 2048 x 4) in 41%, its step 23% slower;
+# benchmarks/quality_*.csv): at 32,768 tokens a step (realdocs, seq 2048 x 16) Muon reached the AdamW recipe's
+# held-out loss in 33% of AdamW's time and its step was 7% slower; at 8,192 (seq 2048 x 4) in 41%, its step 23% slower;
 # at 1,024 (the seed's shape, input.txt) its step was 1.8x AdamW's and it reached AdamW's held-out loss 1.34x
 # later. The threshold is the smallest measured shape where Muon wins; between 1,024 and 8,192 it is not measured.
 AUTO_MUON_MIN_TOKENS = 8_192
@@ -118,7 +118,7 @@ GROUPS: dict[str, list[Option]] = {
                "--optimizer muon: muon: Newton-Schulz with Keller Jordan's coefficients (torch.optim.Muon); polar: "
                "Polar Express coefficients; normuon: each output neuron's update normalised by an EMA of its mean "
                f"square (NorMuon); normuon_polar: both (docs/quality.md). Default: {DEFAULT_MUON_VARIANT} for a new "
-               "run; a resume keeps its run's (muon for checkpoints from before the option)", choices=list(VARIANTS)),
+               "run; a resume keeps its run's (muon for a checkpoint that records none)", choices=list(VARIANTS)),
         Option("doc_mask", int, None, REFUSED,
                "1: while training, attention stops at each document's end (<|endoftext|>) inside the packed windows "
                "(FlexAttention; --attn manual and CPU: a dense mask); validation, samples and the exported model are "
@@ -157,7 +157,9 @@ GROUPS: dict[str, list[Option]] = {
              "logged as WARNING lines; see smollm2/run.py"),
     ],
     "model and speed": [  # how fast the same step runs: a resume may change all but the implementation
-        Option("model", str, "smollm2-135m", IGNORED, f"architecture preset: {', '.join(PRESETS)}"),
+        Option("model", str, "smollm2-135m", IGNORED,
+               f"architecture preset by name (the weights come from random init or, with --resume 1, the run's "
+               f"checkpoint): {', '.join(PRESETS)}"),
         Option("device", str, "auto", ALLOWED, "auto, cuda, cuda:N or cpu"),
         Option("attn", str, "sdpa", ALLOWED, "attention implementation", choices=["sdpa", "manual"]),
         flag("tie_word_embeddings", 1, IGNORED, "tie lm_head to the embedding"),

@@ -154,8 +154,8 @@ class RunFolder:
     # ---- run id
     def run_id(self) -> Optional[str]:
         """The run id in run.json; without it (deleted), the one this folder's own logs carry: the last
-        header of metrics.jsonl, else the last "Run id:" line of train.log. None for a folder from before
-        run ids, or none yet. So a lost run.json never lets a resume adopt another run's step file."""
+        header of metrics.jsonl, else the last "Run id:" line of train.log. None for a folder whose files
+        carry no run id, or none yet. So a lost run.json never lets a resume adopt another run's step file."""
         try:
             with open(os.path.join(self.out_dir, RUN_FILE), encoding="utf-8") as f:
                 rid = json.load(f).get("run_id")
@@ -223,8 +223,8 @@ def settings(args: dict, world_size: int, architecture: dict) -> dict:
 def check_resume(saved: dict, given: dict, allow_change: bool, source: str) -> list[str]:
     """Compare what the checkpoint's run used with what this command gives. Raises UsageError listing
     each refused difference as `name: saved -> given`; returns the log lines for the accepted ones.
-    A setting the checkpoint does not record (written before it existed) is not compared."""
-    # A checkpoint from before --optimizer existed was trained with AdamW.
+    A setting the checkpoint does not record is not compared."""
+    # A checkpoint that records no --optimizer was trained with AdamW (train.py's only optimizer without the flag).
     was, now = saved.get("optimizer", "adamw"), given.get("optimizer", "adamw")
     if was != now:
         raise UsageError(f"cannot resume from {source} with --optimizer {now}: the run was trained with --optimizer "
@@ -296,8 +296,8 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
 
 # Options whose default belongs to the run, not to the command: left unset, a new run gets today's default and
 # a resume keeps what its run trained with, whatever the command says now (step B raises --max_steps 5000 -> 5050
-# and goes on with the same warmup). name -> (today's default for these args, what a checkpoint from before the
-# option was trained with, the saved values accepted as such).
+# and goes on with the same warmup). name -> (today's default for these args, what a checkpoint that does not
+# record the option was trained with, the saved values accepted as such).
 RUN_DEFAULTS: dict[str, tuple[Callable, Any, Callable]] = {
     "warmup_steps": (lambda args: default_warmup(args.lr_decay_steps or args.max_steps), WARMUP_MAX_STEPS,
                      lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
@@ -309,7 +309,7 @@ RUN_DEFAULTS: dict[str, tuple[Callable, Any, Callable]] = {
 
 def fill_run_defaults(args, ckpt: Optional[dict] = None) -> None:
     """Set what the user left unset among RUN_DEFAULTS: today's default for a new run, the saved run's on a resume
-    (ckpt): the value its checkpoint records, else the one runs before the option had."""
+    (ckpt): the value its checkpoint records, else the value a run without the option trained with."""
     saved = None if ckpt is None else (ckpt.get("args") or {})
     for name, (today, before, valid) in RUN_DEFAULTS.items():
         if getattr(args, name) is None:

@@ -85,8 +85,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# Each optimizer's recipe: train.py's defaults for what --optimizer leaves unset. adamw's is the repo's recipe
-# from before Muon, kept as it was (the seed's command runs it); muon's is the best of the realdocs sweeps in
+# Each optimizer's recipe: train.py's defaults for what --optimizer leaves unset. adamw's is the one the
+# committed run of the seed's command trained with, so that run reproduces; muon's is the best of the realdocs sweeps in
 # docs/quality.md (one H200, seq 2048 x 16, 400 steps, one process: held-out 3.152 at 5e-3 against 3.247 at
 # 3e-3 and 3.796 at 1e-3; WSD 3.247 against cosine 3.538; 4.154 for the best AdamW), with SmolLM2's WSD shape
 # (decay to 0 over the last 20%).

@@ -187,7 +187,7 @@ def test_input_txt_prepares_to_the_reference_ids_and_holds_out_its_tail(tmp_path
     assert hashlib.sha256(ids[:-1].astype(np.uint16).tobytes()).hexdigest() == UINT16_SHA256 and ids[-1] == EOS
     # One document: the tail 10% of its 341,094 ids (and the EOS) held out, as in the README's runs.
     assert len(train) == 341_094 - 34_109 and len(val) == 34_110
-    # The random sampler reproduces the batches of runs made before the shards (offsets from (seed, step, micro)).
+    # From shards the random sampler draws the windows it draws from the raw text (offsets from (seed, step, micro)).
     b = TokenBatches(data, 256, 1337, "random")
     x, y = b.train_batch(7, 3, 2)
     o = np.random.default_rng([1337, 7, 3]).integers(0, len(train) - 256, size=2)

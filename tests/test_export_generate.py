@@ -407,8 +407,8 @@ def test_model_card_numbers_are_the_checkpoints(trained):
     assert (facts["step"], facts["val_loss"], facts["tokens_seen"]) == (2, m["val_loss"], 128)
 
 
-def test_card_of_an_old_checkpoint_says_not_recorded(work, tok):
-    _, ckpt, _ = work[True]  # saved without metrics or data, like checkpoints before metrics existed
+def test_card_of_a_checkpoint_without_metrics_says_not_recorded(work, tok):
+    _, ckpt, _ = work[True]  # saved without metrics or data: the card says so rather than guessing
     from smollm2.hub import model_card, training_facts
     model, c = checkpoint.model_from_checkpoint(str(ckpt))
     text = model_card(training_facts(c, model, tok.source, str(ckpt)))

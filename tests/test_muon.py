@@ -344,10 +344,11 @@ def test_muon_variant_is_refused_with_adamw_and_on_a_changed_resume(tmp_path):
     assert r.returncode == 2 and "muon_variant: 'normuon' -> 'muon'" in r.stderr, r.stderr
 
 
-def test_a_checkpoint_from_before_muon_variant_resumes_as_plain_muon(tmp_path):
-    # Runs saved before the option trained with Keller Jordan's Muon: left unset, a resume keeps that, not today's
-    # default, and continues without a refusal (the update it continues is the one its optimizer state holds).
-    out = tmp_path / "old"
+def test_a_checkpoint_without_muon_variant_resumes_as_plain_muon(tmp_path):
+    # A checkpoint whose args record no muon_variant was trained with Keller Jordan's Muon (train.py's only update
+    # without the option): a resume keeps that, not today's default, and continues without a refusal (the update it
+    # continues is the one its optimizer state holds).
+    out = tmp_path / "run"
     run_train(out, "--optimizer", "muon", "--muon_variant", "muon", "--max_steps", 2)
     for path in (out / "checkpoints").glob("*.pt"):
         ckpt = torch.load(path, weights_only=False)

@@ -52,11 +52,11 @@ def run(name, optimizer, final, train_s, points, impl="ours"):
 
 def test_ttl_rows_and_the_rendered_block(tmp_path):
     slow = [dict(p, train_s=p["train_s"] * 3, val_loss=p["val_loss"] + 0.5) for p in POINTS[:3]]
-    runs = [run(quality.TODAY, "adamw", 4.5, 12.0, slow), run("adamw_cos_1e-3", "adamw", 4.0, 4.0, POINTS[:3]),
+    runs = [run(quality.ADAMW_RECIPE, "adamw", 4.5, 12.0, slow), run("adamw_cos_1e-3", "adamw", 4.0, 4.0, POINTS[:3]),
             run("muon_wsd_3e-3", "muon", 4.0, 6.0, POINTS)]
     rows = quality.ttl_rows("realdocs_2048", runs, "NVIDIA H200")
     today = {r["recipe"]: r for r in rows if r["target"].startswith("today")}
-    assert today[quality.TODAY]["share_of_reference_time"] == 1.0
+    assert today[quality.ADAMW_RECIPE]["share_of_reference_time"] == 1.0
     # 4.5 lies 3/4 of the way from 6.0 (at 2 s) to 4.0 (at 4 s): 3.5 s of the reference's 12
     assert today["adamw_cos_1e-3"]["train_s"] == 3.5 and today["adamw_cos_1e-3"]["share_of_reference_time"] == 0.292
     best = [r for r in rows if r["target"].startswith("best AdamW (adamw_cos_1e-3)")]

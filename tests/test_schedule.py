@@ -29,7 +29,7 @@ def test_wsd_decay_never_starts_inside_the_warmup():
     assert lrs[9] == 1.0 and lrs[10] == pytest.approx(0.5) and lrs[11] == 0.0
 
 
-def test_cosine_is_unchanged_by_the_new_arguments():
+def test_cosine_is_the_default_schedule_and_ignores_the_wsd_fraction():
     for s in (1, 10, 55, 100):
         assert lr_at(s, 10, 100, 1.0, 0.1) == lr_at(s, 10, 100, 1.0, 0.1, "cosine", 0.5)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The second speed pass on one H200 (or H100): the bf16 residual stream, the micro-batch sweep, the memory gap.
+# Three speed levers on one H200 (or H100): the bf16 residual stream, the micro-batch sweep, the seed profile's
+# memory gap.
 # Three steps, each sized for one device call (estimates on an H200; every new shape compiles afresh,
 # ~40-75 s per impl and size, which is most of the time):
 #   1  (~7 min) bench_seed.csv (hf_eager, hf_compile, ours_fast_accum, ours_fast, ours_fast_bf16res, ours_fast_blocks) and
@@ -10,9 +11,9 @@
 #      size that fit replaces their row in bench_throughput.csv (rows from another card are dropped)
 #   3  (~3 min) loss_residual.*: 200 steps at seq 2048 x 16, residual fp32 vs bf16 (+ the fp32 run again as
 #      the run-to-run yardstick); then benchmarks/probe_quack.py if quack-kernels is importable
-# Usage: bash benchmarks/device_speed2.sh 1   (then 2, then 3; no argument: all three, ~18 min)
+# Usage: bash benchmarks/device_speed_levers.sh 1   (then 2, then 3; no argument: all three, ~18 min)
 # Carry [".assets"] (tokenizer.json and input.txt, as for device_bench.sh). Results go to benchmarks/ (BENCH_OUT)
-# and, packed, to $OUT/speed2_step_<step>.tgz.
+# and, packed, to $OUT/speed_levers_step_<step>.tgz.
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh
@@ -46,7 +47,7 @@ if run 3; then
 fi
 say "done"
 if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/speed2_step_$step.tgz" --exclude=.cache "$B"/*.csv "$B"/*.json "$B"/*.png "$B"/*.txt 2>/dev/null
+  tar czf "$OUT/speed_levers_step_$step.tgz" --exclude=.cache "$B"/*.csv "$B"/*.json "$B"/*.png "$B"/*.txt 2>/dev/null
   cp "$B"/microbatch_sweep.csv "$B"/bench_seed.csv "$B"/bench_throughput.csv "$B"/loss_residual.json "$OUT"/ 2>/dev/null
   say "packed into $OUT"
 fi
