@@ -8,7 +8,6 @@ repository's folder and the home folder before saving)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -18,6 +17,9 @@ import time
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from smollm2.common import OneLineParser, UsageError, run_cli  # noqa: E402
 
 
 def free_port() -> int:
@@ -41,15 +43,14 @@ def wait_for(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(REPO, "docs", "app_screenshot.png"))
     p.add_argument("--prompt", default="The three most important things to know about training a language model are")
     p.add_argument("--tokens", type=int, default=48, help="new tokens, decoded greedily")
     p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = p.parse_args()
     if not os.path.exists(args.chromium):
-        print("app_screenshot: error: no chromium (apt-get install -y chromium, or --chromium PATH)", file=sys.stderr)
-        return 2
+        raise UsageError("no chromium (apt-get install -y chromium, or --chromium PATH)")
     from playwright.sync_api import expect, sync_playwright
 
     port = free_port()
@@ -88,4 +89,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "app_screenshot.py")
