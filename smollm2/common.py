@@ -23,8 +23,9 @@ PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100":
 
 class SmolError(Exception):
     """What the user can act on (a bad flag, a file that is not what it should be, a run that had to stop): run_cli
-    prints it as one line, `prog: error: message`, and exits with `code`. Every exception class of the repo derives
-    from it; anything else that reaches run_cli is a bug and keeps its traceback. 2 marks bad input, 1 a failure."""
+    prints it as `prog: error: message` (one line; a message of several, such as a refused resume's list of the
+    settings that differ, whole) and exits with `code`. Every exception class of the repo derives from it; anything
+    else that reaches run_cli is a bug and keeps its traceback. 2 marks bad input, 1 a failure."""
 
     code = 1
 
@@ -56,14 +57,14 @@ def run_cli(main: Callable[[], Any], prog: str, *, also: tuple[type[BaseExceptio
             on_interrupt: Callable[[KeyboardInterrupt], tuple[str, int]] = interrupted,
             leave: Callable[[int], NoReturn] = sys.exit) -> NoReturn:
     """A script's command line: main()'s status (an int; whatever else it returns, None or a list of rows, is 0),
-    or after a SmolError one stderr line `prog: error: ...` and the error's code. `also` names the other exceptions
-    that are the user's to act on in this script (an OSError on a folder the user named), reported the same way with
-    status 2. Ctrl-C gives on_interrupt's (line, status). Anything else propagates with its traceback. `leave` takes
+    or after a SmolError `prog: error: ...` on stderr and the error's code. `also` names the other exceptions that
+    are the user's to act on in this script (an OSError on a folder the user named), reported by their first line
+    with status 2. Ctrl-C gives on_interrupt's (line, status). Anything else propagates with its traceback. `leave` takes
     the status: sys.exit, unless the script has a faster way out."""
     try:
         code = main()
     except SmolError as e:
-        code = _report(prog, one_line(e), e.code)
+        code = _report(prog, str(e) or type(e).__name__, e.code)
     except KeyboardInterrupt as e:
         code = _report(prog, *on_interrupt(e))
     except also as e:
