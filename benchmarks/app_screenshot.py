@@ -19,7 +19,7 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-from smollm2.common import OneLineParser, UsageError, run_cli  # noqa: E402
+from smollm2.common import OneLineParser, SmolError, UsageError, run_cli  # noqa: E402
 
 
 def free_port() -> int:
@@ -32,13 +32,13 @@ def wait_for(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
     deadline = time.time() + seconds
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"app_screenshot: error: app.py exited {proc.returncode} before answering")
+            raise SmolError(f"app.py exited {proc.returncode} before answering")
         try:
             urllib.request.urlopen(url, timeout=2).close()
             return
         except OSError:
             if time.time() > deadline:
-                raise SystemExit(f"app_screenshot: error: app.py did not answer within {seconds:.0f} s")
+                raise SmolError(f"app.py did not answer within {seconds:.0f} s")
             time.sleep(0.5)
 
 
@@ -75,8 +75,7 @@ def main() -> int:
             text = page.locator("body").inner_text()
             for private in (REPO, os.path.expanduser("~")):
                 if private in text:
-                    print(f"app_screenshot: error: the page shows a local path ({private}); not saved", file=sys.stderr)
-                    return 1
+                    raise SmolError(f"the page shows a local path ({private}); not saved")
             tmp = args.out + ".tmp.png"
             page.screenshot(path=tmp, full_page=True)
             os.replace(tmp, args.out)
