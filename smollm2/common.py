@@ -59,8 +59,8 @@ def run_cli(main: Callable[[], Any], prog: str, *, also: tuple[type[BaseExceptio
     """A script's command line: main()'s status (an int; whatever else it returns, None or a list of rows, is 0),
     or after a SmolError `prog: error: ...` on stderr and the error's code. `also` names the other exceptions that
     are the user's to act on in this script (an OSError on a folder the user named), reported by their first line
-    with status 2. Ctrl-C gives on_interrupt's (line, status). Anything else propagates with its traceback. `leave` takes
-    the status: sys.exit, unless the script has a faster way out."""
+    with status 2. Ctrl-C gives on_interrupt's (line, status). Anything else propagates with its traceback. `leave`
+    takes the status: sys.exit, unless the script has a faster way out."""
     try:
         code = main()
     except SmolError as e:
