@@ -16,7 +16,6 @@ A Space folder written by `export_hf.py --space_dir` runs this file with no argu
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any, Optional
 import torch
 
 from smollm2.hub import NOT_RECORDED, read_facts, summary_lines, training_facts
-from smollm2.common import OneLineParser, resolve_device
+from smollm2.common import OneLineParser, resolve_device, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRETRAINED_LABEL = "released SmolLM2 weights (not trained here)"
@@ -245,10 +244,7 @@ def main(argv=None) -> int:
         for path, label in zip(paths, model_labels(paths))}
     if args.pretrained:
         sources[PRETRAINED_LABEL] = (None, "")
-    try:
-        device = resolve_device(args.device)
-    except (RuntimeError, ValueError) as e:
-        parser.error(one_line(e))
+    device = resolve_device(args.device)
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
     models = Models(sources, device, args.tokenizer_id)
@@ -267,4 +263,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "app.py")

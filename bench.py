@@ -46,7 +46,7 @@ from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
 from smollm2.switches import DDP_ONLY, DEFAULT_PATH, IMPLS, PROFILES, Switches
 from smollm2.training import TransformersAdapter, build_train_step, lr_at, set_lr
 from smollm2.io import merge_table, write_table
-from smollm2.common import UsageError, cuda_median_ms, device_name, flops_per_token, peak_flops
+from smollm2.common import OneLineParser, UsageError, cuda_median_ms, device_name, flops_per_token, peak_flops, run_cli
 
 DEFAULT_IMPLS = f"hf_eager,hf_compile,ours_eager,ours_compile,ours_fast_accum,ours_fast,{DEFAULT_PATH}"
 MODEL_PRESET = "smollm2-135m"  # what every impl builds (CPU tests of the curve plumbing swap in "tiny")
@@ -475,7 +475,7 @@ def collect_multigpu(out_dir: str, profile: str) -> list[dict]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="all", choices=[*PROFILES, "all", "attention", "none"],
                    help="none: only --max_batch_probe / --loss_steps")
     p.add_argument("--impls", default=DEFAULT_IMPLS, help="comma list of " + ", ".join(IMPLS))
@@ -660,8 +660,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, "bench.py")

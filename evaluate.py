@@ -30,16 +30,13 @@ from typing import Optional
 
 import torch
 
-from smollm2.common import OneLineParser, UsageError, device_name, resolve_device
+from smollm2.common import OneLineParser, SmolError, UsageError, device_name, resolve_device, run_cli
 from smollm2.evaluation import (TASKS, EvalError, build_items, compiled_nats, load_task_rows, read_eval_text,
                                 score_items, score_text, text_batch_shape, token_byte_lengths)
-from smollm2.checkpoint import CheckpointError
-from smollm2.hf import PretrainedNotFound
 from smollm2.inference import load_model, log_stderr
 from smollm2.hub import relative_or_bare
 from smollm2.io import atomic_write_text, file_sha256
-from smollm2.shards import DataError
-from smollm2.tokenizer import TokenizerNotFound, load_tokenizer
+from smollm2.tokenizer import load_tokenizer
 
 RESULTS_DIR = os.path.join("results", "eval")
 HARNESS_VERSION = "0.4.13"  # the lm-eval release tests/test_evaluation.py checks against
@@ -150,10 +147,7 @@ def data_name(path: str) -> str:
 
 
 def load(args, log=log_stderr):
-    try:
-        model, desc, tok_id, _ = load_model(args.checkpoint, args.pretrained, log=log)
-    except ValueError as e:  # load_model's word for a folder that is not an export
-        raise EvalError(str(e)) from e
+    model, desc, tok_id, _ = load_model(args.checkpoint, args.pretrained, log=log)
     tokenizer = load_tokenizer(args.tokenizer_id or tok_id, log=log)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise EvalError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size:,} ids but the model embeds "
@@ -308,21 +302,11 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")
     except OSError as e:  # the folder changed while scoring, a full disk: the scores are on the screen
-        print(f"error: could not write {out} ({e.strerror or type(e).__name__}); the scores are printed above, "
-              f"not saved", file=sys.stderr)
-        return 1
+        raise SmolError(f"could not write {out} ({e.strerror or type(e).__name__}); the scores are printed above, "
+                        f"not saved") from e
     print(f"wrote {out}")
     return 0
 
 
-def cli() -> None:
-    try:
-        code = main()
-    except (UsageError, EvalError, DataError, TokenizerNotFound, CheckpointError, PretrainedNotFound) as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    cli()
+    run_cli(main, "evaluate.py")

@@ -23,21 +23,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from typing import Optional
 
 from safetensors import SafetensorError
 
-from smollm2.checkpoint import CheckpointError, checkpoint_tokenizer_id, model_from_checkpoint
+from smollm2.checkpoint import checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2.hf import DTYPES, SPECIAL_TOKEN, write_hf_folder
 from smollm2.hub import (FACTS_FILE, PushError, SpaceError, is_space_folder, model_card, push_folder, training_facts,
                          write_space)
 from smollm2.io import fsync_dir, refuse_to_replace, remove_stale_temporaries, tmp_name
-from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
-from smollm2.common import OneLineParser
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
+from smollm2.common import OneLineParser, SmolError, run_cli
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(SmolError, RuntimeError):
+    code = 2
 
 
 def refuse_foreign_folder(out_dir: str, overwrite: bool) -> None:
@@ -165,8 +164,7 @@ def main(argv=None) -> int:
         try:
             refuse_to_replace(args.space_dir, "--space_dir", is_space_folder)
         except ValueError as e:
-            print(f"export_hf.py: error: {e}", file=sys.stderr)
-            return 2
+            raise SpaceError(str(e)) from e
     try:
         _, facts = export(args.checkpoint, args.out_dir, args.tokenizer_id, args.dtype, repo_id=args.push_to_hub,
                           overwrite=args.overwrite)
@@ -181,14 +179,14 @@ def main(argv=None) -> int:
             url = push_folder(args.space_dir, args.push_space, private=args.private, repo_type="space")
             print(f"pushed {args.space_dir} to {url}")
     except PushError as e:
-        print(f"export_hf.py: error: {e}; the export is kept in {args.out_dir}"
-              f"{f' and the Space folder in {args.space_dir}' if args.space_dir else ''}", file=sys.stderr)
-        return 2
-    except (CheckpointError, TokenizerNotFound, ExportError, SpaceError, OSError) as e:
-        print(f"export_hf.py: error: {e}", file=sys.stderr)
-        return 2
+        raise PushError(f"{e}; the export is kept in {args.out_dir}"
+                        f"{f' and the Space folder in {args.space_dir}' if args.space_dir else ''}") from e
     return 0
 
 
+def cli(argv=None) -> None:
+    run_cli(lambda: main(argv), "export_hf.py", also=(OSError,))  # an OSError: on --out_dir or --space_dir
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -24,7 +24,7 @@ import torch
 
 from smollm2.inference import DTYPES, SEED_MAX, load_model, log_stderr as log, pick_dtype, stream_text
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, SmolTokenizer, load_tokenizer
-from smollm2.common import OneLineParser, resolve_device
+from smollm2.common import OneLineParser, UsageError, resolve_device, run_cli
 
 
 def generate_one(model, tok, prompt_ids: list[int], args, generator) -> tuple[int, float, float]:
@@ -86,7 +86,7 @@ def load(args) -> tuple[torch.nn.Module, SmolTokenizer, torch.device]:
     model, desc, tok_id, _ = load_model(args.checkpoint, args.pretrained)
     tok = load_tokenizer(args.tokenizer_id or tok_id, log=log)
     if tok.vocab_size > model.config.vocab_size:
-        raise ValueError(f"tokenizer {tok.source} has {tok.vocab_size} ids, the model only {model.config.vocab_size}")
+        raise UsageError(f"tokenizer {tok.source} has {tok.vocab_size} ids, the model only {model.config.vocab_size}")
     model = model.to(device=device, dtype=dtype).eval()
     log(f"model: {desc}; {model.num_params():,} parameters on {device} in {str(dtype).replace('torch.', '')}")
     log(f"tokenizer: {tok.source}")
@@ -115,19 +115,13 @@ def sample_all(model, tok, prompt_ids: list[int], args, device: torch.device) ->
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        model, tok, device = load(args)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:  # the repo's loader errors are RuntimeErrors
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(f"generate.py: error: {msg}", file=sys.stderr)
-        return 2
+    model, tok, device = load(args)
     # An empty prompt starts from the bos token, which is then not printed.
     prompt_ids = tok.encode(args.prompt) or [model.config.bos_token_id]
     limit = model.config.max_position_embeddings
     if len(prompt_ids) + args.max_new_tokens > limit:
-        print(f"generate.py: error: prompt ({len(prompt_ids)} tokens) + --max_new_tokens "
-              f"({args.max_new_tokens}) exceeds the model's {limit} positions", file=sys.stderr)
-        return 2
+        raise UsageError(f"prompt ({len(prompt_ids)} tokens) + --max_new_tokens ({args.max_new_tokens}) exceeds "
+                         f"the model's {limit} positions")
     sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets '?', not a crash
     try:
         sample_all(model, tok, prompt_ids, args, device)
@@ -138,5 +132,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli(argv=None) -> None:
+    run_cli(lambda: main(argv), "generate.py", also=(OSError,))  # an OSError: on a file the user named
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

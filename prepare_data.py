@@ -17,17 +17,17 @@ import argparse
 import signal
 import sys
 
+from smollm2.common import OneLineParser, SmolError, run_cli
 from smollm2.io import write_failure_advice
 from smollm2.prepare import ENCODERS, PrepareSettings, prepare
-from smollm2.shards import DataError
-from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, TokenizerNotFound, load_tokenizer
+from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer
 
 DEFAULTS = PrepareSettings()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Tokenize documents into token shards for train.py.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description="Tokenize documents into token shards for train.py.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="PATH", help="files, directories or globs (quote globs)")
     p.add_argument("--out_dir", required=True, help="dataset folder: shards and manifest.json")
     p.add_argument("--text_field", default=DEFAULTS.text_field, help="the document's field in .jsonl / column in .parquet")
@@ -59,25 +59,16 @@ def main(argv=None) -> int:
         prepare(args.inputs, args.out_dir, tokenizer, settings, workers=args.workers, overwrite=bool(args.overwrite),
                 progress_bar=not args.quiet and sys.stderr.isatty(), encoder=args.encoder)
     except OSError as e:  # a full disk, a file-size limit, a folder made read-only: the unfinished shard is gone
-        print(f"error: could not prepare into {args.out_dir} ({e.strerror or e}): "
-              f"{write_failure_advice(e, args.out_dir)}; the finished shards are kept: run the same command again",
-              file=sys.stderr)
-        return 1
+        raise SmolError(f"could not prepare into {args.out_dir} ({e.strerror or e}): "
+                        f"{write_failure_advice(e, args.out_dir)}; the finished shards are kept: run the same "
+                        f"command again") from e
     return 0
 
 
-def cli() -> None:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C: finished shards kept
-    try:
-        code = main()
-    except (DataError, TokenizerNotFound) as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("error: interrupted; the finished shards are kept: run the same command again to continue", file=sys.stderr)
-        code = 130
-    sys.exit(code)
+def on_interrupt(e: KeyboardInterrupt) -> tuple[str, int]:
+    return "interrupted; the finished shards are kept: run the same command again to continue", 130
 
 
 if __name__ == "__main__":
-    cli()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C: finished shards kept
+    run_cli(main, "prepare_data.py", on_interrupt=on_interrupt)

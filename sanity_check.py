@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from typing import Callable
@@ -32,7 +31,7 @@ from smollm2_config import PRESETS, SmolLM2Config, get_config
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2.inference import generate
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
-from smollm2.common import OneLineParser
+from smollm2.common import OneLineParser, run_cli
 
 # The numbers this run asserts. Parameter counts: what HuggingFaceTB/SmolLM2-135M's config.json implies (tied, and
 # with a separate lm_head); the tolerances are float32 rounding bounds with headroom over the measured differences.
@@ -272,4 +271,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "sanity_check.py")

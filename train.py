@@ -37,10 +37,10 @@ import torch
 from smollm2_config import PRESETS, get_config
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2 import parallel
-from smollm2.checkpoint import LATEST, CheckpointError, set_rng_state
-from smollm2.common import RunStopped, UsageError, device_name, flops_per_token, peak_flops
-from smollm2.data import DataError, TokenBatches, load_training_data
-from smollm2.evaluation import TASKS, ByteCount, EvalError, load_task_spec, score_items, token_byte_lengths
+from smollm2.checkpoint import LATEST, set_rng_state
+from smollm2.common import RunStopped, UsageError, device_name, flops_per_token, peak_flops, run_cli
+from smollm2.data import TokenBatches, load_training_data
+from smollm2.evaluation import TASKS, ByteCount, load_task_spec, score_items, token_byte_lengths
 from smollm2.inference import DecodeGraph, generate
 from smollm2.io import write_failure_advice
 from smollm2.loop import Checkpoints, Interval, StopFlag, WallClock
@@ -50,7 +50,7 @@ from smollm2.parallel import ARTIFACTS, load_artifacts, save_artifacts
 from smollm2.prepare import eos_id_of
 from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, Logger, Start, check_resume, prepare_run
 from smollm2.switches import Switches, auto_compile_scope
-from smollm2.tokenizer import TokenizerNotFound, load_tokenizer
+from smollm2.tokenizer import load_tokenizer
 from smollm2.training import (EVAL_TOKENS, RECIPES, TrainStep, TransformersAdapter, amp_context, build_train_step,
                               evaluate, lr_at, set_lr)
 
@@ -577,27 +577,18 @@ def interrupt_on(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def on_interrupt(e: KeyboardInterrupt) -> tuple[str, int]:
+    name = str(e) if str(e) in ("SIGTERM", "SIGHUP") else "SIGINT"
+    return f"{name} received: {aborted()}", 128 + signal.Signals[name].value
+
+
 def cli(fast_exit: bool = False) -> None:
-    """train.py's command line: main()'s status, or a one-line error with 2 (bad input) or the stop's own
-    status. As the script (fast_exit) it leaves through exit_without_teardown; called in a process that goes
-    on (tests), it raises SystemExit."""
+    """train.py's command line: main()'s status, or a one-line error with the error's status (2 for bad input, the
+    stop's own) or 128 + the signal's number. As the script (fast_exit) it leaves through exit_without_teardown;
+    called in a process that goes on (tests), it raises SystemExit."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt_on)
-    try:
-        code = main()
-    except (UsageError, DataError, EvalError, TokenizerNotFound, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
-    except RunStopped as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = e.code
-    except KeyboardInterrupt as e:
-        name = str(e) if str(e) in ("SIGTERM", "SIGHUP") else "SIGINT"
-        print(f"error: {name} received: {aborted()}", file=sys.stderr)
-        code = 128 + signal.Signals[name].value
-    if fast_exit:
-        exit_without_teardown(code)
-    sys.exit(code)
+    run_cli(main, "train.py", on_interrupt=on_interrupt, leave=exit_without_teardown if fast_exit else sys.exit)
 
 
 def exit_without_teardown(code: int) -> None:
@@ -605,7 +596,7 @@ def exit_without_teardown(code: int) -> None:
     process group): the atexit handlers still run (inductor's compile workers, anything a library registered)
     and the standard streams are flushed, but the interpreter's teardown of torch's module graph and the CUDA
     context is skipped, ~1 s on this repo's CPU runs (0.05 s instead), which the operating system does at exit
-    anyway. An exception other than the ones cli() reports takes the normal way out, traceback and all."""
+    anyway. An exception other than the ones run_cli reports takes the normal way out, traceback and all."""
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

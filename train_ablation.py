@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 
+from smollm2.common import OneLineParser, run_cli
 from smollm2.metrics import LOG_FILE, log_events, read_events, summarize
 from smollm2.switches import PROFILES, SAME_AS, VARIANTS, Switches
 
@@ -43,7 +44,7 @@ PLOTS = ("tokens_per_s.png", "peak_mem.png", "loss_curves.png")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_file", default="input.txt")
     p.add_argument("--tokenizer_id", default=None, help="passed to train.py (default: train.py's)")
     p.add_argument("--model", default="smollm2-135m", help="architecture preset, passed to train.py (tiny for CPU tests)")
@@ -372,4 +373,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "train_ablation.py")

@@ -12,7 +12,6 @@ runs too, for a test of the script, not of a machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,22 +23,21 @@ import torch.distributed as dist
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+from smollm2.common import OneLineParser, UsageError, run_cli  # noqa: E402
 from smollm2.io import merge_table  # noqa: E402
 
 GRADIENT_MB = 134_515_008 * 4 / 1e6  # SmolLM2-135M's float32 gradients
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--mb", type=float, default=GRADIENT_MB, help="buffer size in MB (1e6 bytes)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "links"), help="table stem (.csv/.json)")
     args = p.parse_args()
     if "RANK" not in os.environ:
-        print("allreduce_probe: error: run it under torchrun (torchrun --standalone --nproc_per_node=N ...)",
-              file=sys.stderr)
-        return 2
+        raise UsageError("run it under torchrun (torchrun --standalone --nproc_per_node=N ...)")
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -84,4 +82,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "allreduce_probe.py")

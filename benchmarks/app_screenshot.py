@@ -8,7 +8,6 @@ repository's folder and the home folder before saving)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -18,6 +17,9 @@ import time
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from smollm2.common import OneLineParser, SmolError, UsageError, run_cli  # noqa: E402
 
 
 def free_port() -> int:
@@ -30,26 +32,25 @@ def wait_for(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
     deadline = time.time() + seconds
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"app_screenshot: error: app.py exited {proc.returncode} before answering")
+            raise SmolError(f"app.py exited {proc.returncode} before answering")
         try:
             urllib.request.urlopen(url, timeout=2).close()
             return
         except OSError:
             if time.time() > deadline:
-                raise SystemExit(f"app_screenshot: error: app.py did not answer within {seconds:.0f} s")
+                raise SmolError(f"app.py did not answer within {seconds:.0f} s")
             time.sleep(0.5)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(REPO, "docs", "app_screenshot.png"))
     p.add_argument("--prompt", default="The three most important things to know about training a language model are")
     p.add_argument("--tokens", type=int, default=48, help="new tokens, decoded greedily")
     p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = p.parse_args()
     if not os.path.exists(args.chromium):
-        print("app_screenshot: error: no chromium (apt-get install -y chromium, or --chromium PATH)", file=sys.stderr)
-        return 2
+        raise UsageError("no chromium (apt-get install -y chromium, or --chromium PATH)")
     from playwright.sync_api import expect, sync_playwright
 
     port = free_port()
@@ -74,8 +75,7 @@ def main() -> int:
             text = page.locator("body").inner_text()
             for private in (REPO, os.path.expanduser("~")):
                 if private in text:
-                    print(f"app_screenshot: error: the page shows a local path ({private}); not saved", file=sys.stderr)
-                    return 1
+                    raise SmolError(f"the page shows a local path ({private}); not saved")
             tmp = args.out + ".tmp.png"
             page.screenshot(path=tmp, full_page=True)
             os.replace(tmp, args.out)
@@ -88,4 +88,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "app_screenshot.py")

@@ -63,6 +63,7 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this file lives in benchmarks/
 if REPO not in sys.path:  # run as `python benchmarks/bench_data.py`: the repo's package beside it
     sys.path.insert(0, REPO)
+from smollm2.common import OneLineParser, run_cli  # noqa: E402  (standard library only: children stay light)
 from smollm2.io import merge_table  # noqa: E402  (standard library only: children stay light)
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 MEASUREMENTS = ("throughput", "yardstick", "rss", "train_rss")
@@ -610,7 +611,7 @@ def _int_list(text: str) -> list[int]:
 def parse_args(argv=None) -> argparse.Namespace:
     default_tok = os.path.join(SHARED, "tokenizer", "tokenizer.json")
     cores = os.cpu_count() or 1
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--what", default=",".join(MEASUREMENTS), help=f"comma list of {', '.join(MEASUREMENTS)}")
     p.add_argument("--workers", default=",".join(map(str, _int_list(f"1,2,{cores}"))),
                    help="tokenizer processes for throughput and yardstick (comma list; default 1, 2 and all cores)")
@@ -716,4 +717,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench_data.py")

@@ -11,12 +11,16 @@ corpus on every machine; the file list's hash is printed so two corpora can be c
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import sys
 import sysconfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from smollm2.common import OneLineParser, UsageError, run_cli  # noqa: E402
 
 
 def python_files(root: str, max_file_bytes: int) -> list[str]:
@@ -28,14 +32,13 @@ def python_files(root: str, max_file_bytes: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="the .jsonl to write (one {\"text\", \"path\"} object per file)")
     p.add_argument("--root", default=sysconfig.get_paths()["stdlib"], help="folder searched for .py files")
     p.add_argument("--max_file_bytes", type=int, default=1 << 20, help="larger files are left out")
     args = p.parse_args(argv)
     if not os.path.isdir(args.root):
-        print(f"error: --root {args.root} is not a folder", file=sys.stderr)
-        return 2
+        raise UsageError(f"--root {args.root} is not a folder")
     seen, docs, chars = set(), 0, 0
     listing = hashlib.sha256()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -61,4 +64,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "code_corpus.py")

@@ -7,7 +7,6 @@ Triton); compile_s is the WALL line's, the first step including compilation.
     python benchmarks/compile_cache_cpu.py --shared_dir ../shared     # -> benchmarks/compile_cache_cpu.json
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -16,6 +15,9 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from smollm2.common import OneLineParser, run_cli  # noqa: E402
 
 
 def train(out_dir, cache_dir, shared, *extra):
@@ -35,7 +37,7 @@ def train(out_dir, cache_dir, shared, *extra):
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = OneLineParser()
     p.add_argument("--shared_dir", default=os.path.join(os.path.dirname(REPO), "shared"))
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "compile_cache_cpu.json"))
     a = p.parse_args()
@@ -60,4 +62,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "compile_cache_cpu.py")

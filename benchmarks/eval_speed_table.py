@@ -12,13 +12,13 @@ loading included); the rows of this repo's scorer have both, so the two compare 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from smollm2.common import OneLineParser, UsageError, run_cli  # noqa: E402
 from smollm2.io import write_table  # noqa: E402
 
 COLUMNS = ["what", "scorer", "work", "scoring_s", "compile_s", "process_s", "acc", "acc_norm", "bpb", "device",
@@ -39,7 +39,7 @@ def row(name: str, process_s: float, result: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir")
     p.add_argument("--out", default=os.path.join("benchmarks", "eval_speed"), help="path stem: .csv and .json")
     args = p.parse_args(argv)
@@ -54,8 +54,7 @@ def main(argv=None) -> int:
             with open(path, encoding="utf-8") as g:
                 rows.append(row(timing["what"], timing["process_s"], json.load(g)))
     if not rows:
-        print("error: no timed command left a result", file=sys.stderr)
-        return 2
+        raise UsageError("no timed command left a result")
     write_table(args.out, [{k: r[k] for k in COLUMNS} for r in rows])
     for r in rows:
         print(json.dumps(r))
@@ -63,4 +62,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "eval_speed_table.py")

@@ -13,12 +13,12 @@ a row with its error's first line, and the other ops go on.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo's modules
+from smollm2.common import OneLineParser, run_cli  # noqa: E402
 
 
 def versions() -> dict:
@@ -64,7 +64,7 @@ def compare(name, ours, ref, inputs, dout_shape=None) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/probe_quack.json")
     p.add_argument("--tokens", type=int, default=32768)
     p.add_argument("--tuned", type=int, default=0, choices=[0, 1],
@@ -124,4 +124,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "probe_quack.py")

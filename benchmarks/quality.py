@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from smollm2.common import device_name  # noqa: E402
+from smollm2.common import OneLineParser, device_name, run_cli  # noqa: E402
 from smollm2.data import TokenBatches, load_training_data  # noqa: E402
 from smollm2.switches import DEFAULT_PATH, IMPLS, Switches  # noqa: E402
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
@@ -269,7 +269,7 @@ def step_time(args, data, device, card) -> list[dict]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input_file", default="input.txt", help="a folder made by prepare_data.py, or raw text (as train.py)")
     p.add_argument("--tokenizer_id", default=os.environ.get("SMOLLM2_TOKENIZER", DEFAULT_TOKENIZER_ID))
     p.add_argument("--section", required=True, help="names the rows and files: quality_<section>_*.csv; "
@@ -356,4 +356,4 @@ def replot(stem: str, section: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "quality.py")

@@ -29,6 +29,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from quality import time_to_loss  # noqa: E402
+from smollm2.common import OneLineParser, UsageError, run_cli  # noqa: E402
 from smollm2.io import write_table  # noqa: E402
 
 # name -> train.py flags beyond the shared ones; "{w5}" is 5% of the recipe's own steps. A name ending in "_half"
@@ -102,7 +103,7 @@ def card_name() -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input_file", required=True, help="a prepared corpus folder (or raw text) for train.py")
     p.add_argument("--corpus", required=True, help="the corpus's name in the result files")
     p.add_argument("--recipes", default="adamw_wsd_1e-3,default,default_half",
@@ -121,8 +122,7 @@ def main(argv=None) -> int:
     names = [n for n in args.recipes.split(",") if n]
     unknown = [n for n in names if not known(n)]
     if unknown:
-        print(f"error: unknown recipe {unknown[0]}; pick from {', '.join(RECIPES)}", file=sys.stderr)
-        return 2
+        raise UsageError(f"unknown recipe {unknown[0]}; pick from {', '.join(RECIPES)}")
     card, tokens_per_step = card_name(), args.batch_size * args.seq_len
     runs, curves = [], []
     for name in names:
@@ -154,4 +154,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "time_to_loss.py")

@@ -46,6 +46,7 @@ from torch.utils.serialization import config as serialization_config
 from smollm2_config import SmolLM2Config
 
 
+from smollm2.common import SmolError
 from smollm2.io import atomic_open, tmp_name
 from smollm2.released import looks_like_path
 from smollm2_model import SmolLM2ForCausalLM
@@ -59,8 +60,8 @@ RESUME_KEYS = ("global_step", "model", "optimizer", "rng", "model_config", "args
 _PREFIXES = ("_orig_mod.", "module.")
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(SmolError, RuntimeError):
+    code = 2
 
 
 def step_name(step: int) -> str:

@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from smollm2.common import SmolError
 from smollm2.shards import ShardInfo, is_prepared, load_manifest, read_header, read_ids
 from smollm2.tiktoken_bpe import _bytes_of_char
 
@@ -46,8 +47,10 @@ LN2 = math.log(2)
 VAL_FRACTION = 0.1  # train.py's default --val_fraction: what it holds out of a raw corpus
 
 
-class EvalError(ValueError):
+class EvalError(SmolError, ValueError):
     """Bad evaluation input (task file, data, tokenizer); the message is one line that says what to do."""
+
+    code = 2
 
 
 # ============================================================================ bits per byte

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from smollm2.checkpoint import clean_state_dict
+from smollm2.common import SmolError
 from smollm2_config import SmolLM2Config
 from smollm2_model import SmolLM2ForCausalLM
 from smollm2.io import file_sha256, fsync_dir, remove_folder, remove_stale_temporaries, tmp_name
@@ -40,8 +41,8 @@ ATTN_IMPLS = ("eager", "sdpa")
 GGUF_CACHE_ENV = "SMOLLM2_GGUF_CACHE"
 
 
-class PretrainedNotFound(RuntimeError):
-    pass
+class PretrainedNotFound(SmolError, RuntimeError):
+    code = 2
 
 
 def hf_config(config: SmolLM2Config, attn_implementation: str = "sdpa"):

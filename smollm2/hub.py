@@ -21,6 +21,7 @@ import re
 import shutil
 from typing import Any, Optional
 
+from smollm2.common import SmolError
 from smollm2.io import atomic_write_text, refuse_to_replace, remove_folder, tmp_name
 from smollm2.released import hub_reachable
 
@@ -34,8 +35,8 @@ SPACE_REQUIREMENTS = ("torch", "transformers>=5.0", "tokenizers>=0.21", "safeten
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, above smollm2/
 
 
-class PushError(RuntimeError):
-    pass
+class PushError(SmolError, RuntimeError):
+    code = 2
 
 
 # ----------------------------------------------------------------------------- facts
@@ -299,8 +300,10 @@ Run it locally with `pip install -r requirements.txt && python app.py` (it serve
 """
 
 
-class SpaceError(ValueError):
+class SpaceError(SmolError, ValueError):
     """--space_dir names a folder that must not be replaced."""
+
+    code = 2
 
 
 def is_space_folder(folder: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from smollm2.checkpoint import checkpoint_tokenizer_id, model_from_checkpoint
+from smollm2.checkpoint import CheckpointError, checkpoint_tokenizer_id, model_from_checkpoint
 from smollm2_model import KVCache, SmolLM2ForCausalLM
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 
@@ -233,8 +233,8 @@ def load_model(checkpoint: Optional[str] = None, pretrained: Optional[str] = Non
     path = checkpoint
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"{path} is a folder without config.json "
-                             f"(pass a .pt checkpoint or a folder written by export_hf.py)")
+            raise CheckpointError(f"{path} is a folder without config.json "
+                                  f"(pass a .pt checkpoint or a folder written by export_hf.py)")
         from smollm2.hf import load_pretrained  # an HF-format folder: AutoModelForCausalLM, then our model
         model, desc = load_pretrained(path, log=log)
         return model, f"exported folder {desc}", path if own_tokenizer(path) else DEFAULT_TOKENIZER_ID, None

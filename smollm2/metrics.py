@@ -23,14 +23,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from smollm2.common import SmolError
 from smollm2.io import LineFile, set_aside_torn_line
 
 LOG_FILE = "train.log"  # the human log, in --out_dir
 METRICS_FILE = "metrics.jsonl"  # beside it: the same numbers as records
 
 
-class MetricsError(Exception):
+class MetricsError(SmolError):
     """A metrics.jsonl line that is not a JSON object with an "event"."""
+
+    code = 2
 
 
 # ----------------------------------------------------------------------------- writing (train.py, rank 0)

@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from smollm2.common import UsageError, resolve_device
+from smollm2.common import resolve_device
 from smollm2.io import atomic_write_bytes
 
 
@@ -49,10 +49,7 @@ def setup(device_arg: str) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    try:
-        device = resolve_device(device_arg)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
+    device = resolve_device(device_arg)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from smollm2.common import SmolError
 from smollm2.io import atomic_write_text, file_sha256, fsync_dir, tmp_name
 
 MAGIC = b"SMOLTOKS"
@@ -45,8 +46,10 @@ HEADER_BYTES = 64
 DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
-class DataError(ValueError):
+class DataError(SmolError, ValueError):
     """Bad corpus, shards or data settings; the message is one line that says what to do."""
+
+    code = 2
 
 
 def token_bytes_for(vocab_size: int) -> int:

@@ -19,6 +19,7 @@ from typing import Callable
 
 from tokenizers import Tokenizer
 
+from smollm2.common import SmolError
 from smollm2.io import atomic_write_text
 from smollm2.released import from_hub_or_package, looks_like_path
 
@@ -27,8 +28,8 @@ ENV_VAR = "SMOLLM2_TOKENIZER"
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "smollm2_scratch")
 
 
-class TokenizerNotFound(RuntimeError):
-    pass
+class TokenizerNotFound(SmolError, RuntimeError):
+    code = 2
 
 
 @dataclass

@@ -100,10 +100,10 @@ def tiny_model():
 
 # ----------------------------------------------------------------------------- small shared checks
 def one_line_error(err: str) -> str:
-    """The promise every script makes on bad input: one `error:` line on stderr, no traceback."""
+    """The promise every script makes on bad input: one `<script>.py: error:` line on stderr, no traceback."""
     lines = [l for l in err.splitlines() if l.strip()]
     assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines) == 1 and re.match(r"[\w.]+\.py: error: ", lines[0]), err
     return lines[0]
 
 

@@ -326,7 +326,7 @@ def test_bad_inputs_exit_2_in_one_line(tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 2, (name, err)
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (name, err)
+        assert len(lines) == 1 and lines[0].startswith("prepare_data.py: error: ") and "Traceback" not in err, (name, err)
         assert not (out / MANIFEST).exists(), name
 
 

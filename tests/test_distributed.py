@@ -220,7 +220,7 @@ def test_fsdp_checkpoint_resumes(reference, fsdp_run, tmp_path, nproc):
 def test_fsdp_without_torchrun_is_a_usage_error(tmp_path):
     r = run_train(tmp_path / "out", "--grad_accum", 2, "--max_steps", 2, "--fsdp", 1, check=False)
     lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --fsdp 1"), r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("train.py: error: --fsdp 1"), r.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -302,7 +302,7 @@ def test_muon_two_ranks_match_one_process(muon_reference, tmp_path):
 def test_muon_under_fsdp_is_refused_in_one_line(tmp_path):
     r = run_train(tmp_path / "out", "--optimizer", "muon", "--grad_accum", 2, "--max_steps", 2, "--fsdp", 1, nproc=2,
                   check=False)
-    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    errors = [l for l in r.stderr.splitlines() if l.startswith("train.py: error:")]
     assert r.returncode != 0 and errors and all(e == errors[0] for e in errors), r.stderr[-2000:]
-    assert errors[0].startswith("error: --optimizer muon orthogonalises each whole matrix and --fsdp 1")
+    assert errors[0].startswith("train.py: error: --optimizer muon orthogonalises each whole matrix and --fsdp 1")
     assert not (tmp_path / "out" / "train.log").exists()

@@ -19,6 +19,7 @@ import torch
 from conftest import TOKENIZER_JSON, one_line_error, run_train
 
 import evaluate
+from smollm2.common import run_cli
 from smollm2.evaluation import (TASKS, EvalError, build_items, read_text_split, score_items, score_text, text_windows,
                                 token_byte_lengths)
 from smollm2.tokenizer import load_tokenizer
@@ -282,7 +283,7 @@ def test_cli_bad_input_exit_2_and_truncation_said(tmp_path, tiny_model, repo_roo
     bad = write_jsonl(tmp_path / "bad.jsonl", BAD[1][2])
     r = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(ckpt), "--task", "piqa", "--data", str(bad),
                         "--out", str(tmp_path / "bad.json")], cwd=repo_root, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: "), r.stderr
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("evaluate.py: error: "), r.stderr
     assert not (tmp_path / "bad.json").exists()
 
     good = write_jsonl(tmp_path / "h.jsonl", ROWS["hellaswag"])
@@ -335,7 +336,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_anything_is_scored(tmp_
                        timeout=120)
     line = one_line_error(r.stderr)
     assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
-    assert line.startswith(f"error: the default --out {os.path.join('results', 'eval', 'tiny_piqa.json')}: "
+    assert line.startswith(f"evaluate.py: error: the default --out {os.path.join('results', 'eval', 'tiny_piqa.json')}: "
                            f"{checkout / 'results'} is a file, not a folder"), line
     assert sorted(os.listdir(checkout)) == ["results"]
 
@@ -353,11 +354,14 @@ def test_a_write_that_fails_after_scoring_keeps_the_printed_scores(tmp_path, tin
 
     monkeypatch.setattr(evaluate, "atomic_write_text", full_disk)
     out = tmp_path / "r.json"
-    assert evaluate.main(["--checkpoint", str(ckpt), "--task", "piqa", "--data", str(good), "--out", str(out)]) == 1
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: evaluate.main(["--checkpoint", str(ckpt), "--task", "piqa", "--data", str(good), "--out",
+                                       str(out)]), "evaluate.py")
+    assert e.value.code == 1
     printed = capsys.readouterr()
     assert "acc_norm" in printed.out and "items" in printed.out and "wrote" not in printed.out
-    assert one_line_error(printed.err) == (f"error: could not write {out} ({os.strerror(errno.ENOSPC)}); the scores "
-                                           f"are printed above, not saved")
+    assert one_line_error(printed.err) == (f"evaluate.py: error: could not write {out} ({os.strerror(errno.ENOSPC)}); "
+                                           f"the scores are printed above, not saved")
     assert not out.exists()
 
 
@@ -391,7 +395,7 @@ def test_train_refuses_a_task_choice_longer_than_the_model_at_start(tmp_path):
                   "--save_every", "2", check=False)
     line = one_line_error(r.stderr)
     assert r.returncode == 2, r.stderr
-    assert re.fullmatch(rf"error: {re.escape(str(task))} item 1: choice 0 alone is 1\d\d\d ids, more than the "
+    assert re.fullmatch(rf"train.py: error: {re.escape(str(task))} item 1: choice 0 alone is 1\d\d\d ids, more than the "
                         rf"model's 1024 positions; shorten that choice or remove the item", line), line
     assert not (tmp_path / "run").exists()
 

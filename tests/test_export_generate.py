@@ -193,12 +193,11 @@ def test_greedy_matches_transformers_generate(work, tok, tok_id, tied, source):
 
 
 def run_main(module, argv, capsys) -> tuple[int, str, str]:
-    """A script's main() in this process: (exit status, stdout, stderr). argparse's exit is a status like any
-    other; any other exception propagates (in a subprocess it would be a traceback) and fails the test."""
-    try:
-        code = module.main(argv)
-    except SystemExit as e:
-        code = e.code
+    """A script's command line (its cli()) in this process: (exit status, stdout, stderr). Any exception other than
+    the ones the script reports in one line propagates (in a subprocess it would be a traceback) and fails the test."""
+    with pytest.raises(SystemExit) as e:
+        module.cli(argv)
+    code = e.value.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -488,8 +487,10 @@ def test_push_without_a_token_exits_2_and_keeps_the_export(work, tok_id, tmp_pat
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))  # none stored
     _, ckpt, _ = work[True]
     out = tmp_path / "export"
-    assert export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out), "--tokenizer_id", tok_id,
-                           "--push_to_hub", "someone/tiny"]) == 2
+    with pytest.raises(SystemExit) as e:
+        export_hf.cli(["--checkpoint", str(ckpt), "--out_dir", str(out), "--tokenizer_id", tok_id,
+                       "--push_to_hub", "someone/tiny"])
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no Hugging Face token" in err[0] and str(out) in err[0]
     assert (out / "model.safetensors").is_file()

@@ -221,7 +221,7 @@ def test_resume_that_changes_the_optimizer_is_refused_in_one_line(tmp_path, firs
         r = run_train(tmp_path, "--optimizer", then, "--max_steps", 4, "--resume", 1, *extra, check=False)
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert r.returncode == 2 and len(lines) == 1, r.stderr
-        assert lines[0].startswith("error: cannot resume from") and f"trained with --optimizer {first}" in lines[0]
+        assert lines[0].startswith("train.py: error: cannot resume from") and f"trained with --optimizer {first}" in lines[0]
         assert f"resume with --optimizer {first}" in lines[0]
     assert (tmp_path / "train.log").read_text() == before  # refused before the log opened
 

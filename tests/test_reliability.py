@@ -126,7 +126,7 @@ def test_no_usable_checkpoint_lists_every_file_and_why(run_copy, monkeypatch, ca
     # subprocess path of the same refusals is test_resume_0_refuses_a_folder_that_holds_a_run_....
     code, _, err = cli(monkeypatch, capsys, run_copy, "--max_steps", 3, "--resume", 1)
     assert code == 2
-    line = [l for l in err.splitlines() if l.startswith("error: ")][0]
+    line = [l for l in err.splitlines() if l.startswith("train.py: error: ")][0]
     assert "Traceback" not in err and "train with --resume 0 first" not in err
     assert "checkpoint_latest.pt is not a readable checkpoint" in line
     assert "checkpoint_step_2.pt is not a readable checkpoint" in line and "checkpoint_step_1.pt lacks rng" in line
@@ -387,8 +387,9 @@ def tiny_checkpoint(tmp_path_factory):
 
 def export(ckpt, out_dir, capsys):
     import export_hf
-    code = export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out_dir), "--tokenizer_id", str(TOKENIZER_JSON)])
-    return code, capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        export_hf.cli(["--checkpoint", str(ckpt), "--out_dir", str(out_dir), "--tokenizer_id", str(TOKENIZER_JSON)])
+    return e.value.code, capsys.readouterr().err
 
 
 def test_export_names_a_folder_and_a_nonfinite_checkpoint(tmp_path, tiny_checkpoint, capsys):

@@ -256,9 +256,10 @@ def tiny_checkpoint(tmp_path_factory):
 
 def export(ckpt, out_dir, capsys, *extra):
     import export_hf
-    code = export_hf.main(["--checkpoint", str(ckpt), "--out_dir", str(out_dir), "--tokenizer_id", str(TOKENIZER_JSON),
-                           *extra])
-    return code, capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        export_hf.cli(["--checkpoint", str(ckpt), "--out_dir", str(out_dir), "--tokenizer_id", str(TOKENIZER_JSON),
+                       *extra])
+    return e.value.code, capsys.readouterr().err
 
 
 def test_export_refuses_a_folder_that_is_not_an_earlier_export(tmp_path, tiny_checkpoint, capsys):
@@ -503,7 +504,7 @@ import resource, sys
 sys.path.insert(0, {repo!r})
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # below the weights' size: safetensors fails
 import export_hf
-sys.exit(export_hf.main({args!r}))
+export_hf.cli({args!r})
 """
 
 

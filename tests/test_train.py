@@ -165,7 +165,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case):
     r = run_train(tmp_path / "out", "--max_steps", 2, *extra, check=False)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), r.stderr
     if case == "residual_without_autocast":
         assert "--residual_dtype bf16" in lines[0]
     assert "Traceback" not in r.stderr
