@@ -226,11 +226,13 @@ def test_resume_that_changes_the_optimizer_is_refused_in_one_line(tmp_path, firs
     assert (tmp_path / "train.log").read_text() == before  # refused before the log opened
 
 
-def test_adamw_lr_belongs_to_muon(tmp_path):
-    r = run_train(tmp_path / "out", "--optimizer", "adamw", "--adamw_lr", 1e-3, "--max_steps", 2, check=False)
+@pytest.mark.parametrize("flag, what", [("--adamw_lr", "the lr of the AdamW part of --optimizer muon"),
+                                        ("--norm_lr", "the lr of the norm gains under --optimizer muon")])
+def test_the_adamw_part_lrs_belong_to_muon(tmp_path, flag, what):
+    r = run_train(tmp_path / "out", "--optimizer", "adamw", flag, 1e-3, "--max_steps", 2, check=False)
     lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert r.returncode == 2 and lines == ["train.py: error: --adamw_lr is the lr of the AdamW part of --optimizer muon; "
-                                          "with --optimizer adamw use --max_lr"], r.stderr
+    assert r.returncode == 2 and lines == [f"train.py: error: {flag} is {what}; with --optimizer adamw use --max_lr"], \
+        r.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -360,12 +362,7 @@ def test_a_checkpoint_without_muon_variant_resumes_as_plain_muon(tmp_path):
                                         for line in args_lines), args_lines
 
 
-def test_norm_lr_belongs_to_muon_and_is_kept_on_resume(tmp_path):
-    r = run_train(tmp_path / "a", "--optimizer", "adamw", "--norm_lr", 1e-2, "--max_steps", 2, check=False)
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert r.returncode == 2 and lines == ["train.py: error: --norm_lr is the lr of the norm gains under --optimizer "
-                                          "muon; with --optimizer adamw use --max_lr"], r.stderr
-    assert not (tmp_path / "a").exists()
+def test_norm_lr_is_recorded_and_kept_on_resume(tmp_path):
     out = tmp_path / "m"
     run_train(out, "--optimizer", "muon", "--norm_lr", 1e-2, "--max_steps", 2)
     ckpt = torch.load(out / "checkpoints" / "checkpoint_step_2.pt", weights_only=False)
