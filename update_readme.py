@@ -24,6 +24,7 @@ import re
 import sys
 from typing import Callable, Optional
 
+from smollm2.io import write_if_changed
 from smollm2.metrics import LOG_MARKS, MetricsError, RunSummary, log_events, number, read_events, summarize
 from smollm2.switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_PAIRS
 
@@ -1120,24 +1121,6 @@ def fill(text: str, blocks: dict[str, str]) -> str:
                                key=lambda kv: kv[1][0], reverse=True):
         text = text[:a] + "\n" + blocks[name].strip("\n") + "\n" + text[b:]
     return text
-
-
-def write_if_changed(path: str, data: bytes) -> bool:
-    try:
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return False
-    except FileNotFoundError:
-        pass
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return True
 
 
 def main(argv: Optional[list[str]] = None) -> int:
