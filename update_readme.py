@@ -14,8 +14,6 @@ resume) leaves the blocks drawn from it (TRAIN_LOG, HEADLINES, FINDINGS) and the
 from __future__ import annotations
 
 import argparse
-import csv
-import functools
 import glob
 import io
 import json
@@ -25,7 +23,9 @@ import sys
 from typing import Callable, Optional
 
 from smollm2.io import write_if_changed
-from smollm2.metrics import LOG_MARKS, MetricsError, RunSummary, log_events, number, read_events, summarize
+from smollm2.metrics import RunSummary, log_events, number, summarize
+from smollm2.results import (MISSING, InputError, fmt, images, labels, link, markdown_table, plural, read_csv, read_json,
+                             read_train_log, rel, rows_by, rows_of, run_summary, say)
 from smollm2.switches import DEFAULT_PATH, PROFILES, SAME_AS, SEED_PATH, SWITCH_PAIRS
 
 REQUIRED = ("TRAIN_LOG", "ABLATION_TABLE")
@@ -33,8 +33,6 @@ OPTIONAL = ("THROUGHPUT_TABLE", "BENCH_TABLE", "MULTIGPU_TABLE", "MICROBATCH_TAB
             "HEADLINES", "DATA_RESULTS", "EVAL_RESULTS", "QUALITY", "EVAL_SPEED")
 RUN_BLOCKS = ("TRAIN_LOG", "HEADLINES", "FINDINGS")  # drawn from the README's run: kept as they are without it
 SEED_SHAPE, SEED_MODEL = {"seq_len": 256, "batch_size": 1, "grad_accum": 4}, "smollm2-135m"  # the README's run
-MISSING = "—"  # cell text for an empty or unparsable number (e.g. a failed variant)
-TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "templates")
 HEADLINE_SECTIONS = ("realdocs_2048_defaults", "realdocs_2048_schedules", "realdocs_2048")  # the first present
 MB48_SECTIONS = ("realdocs_2048_mb48_bracket", "realdocs_2048_mb48")  # the same tokens at the fastest micro-batch
 DEFAULT_MUON = "muon_wsd_5e-3"  # train.py's --optimizer muon recipe, as quality.py names it
@@ -46,149 +44,20 @@ class MarkerError(Exception):
     """A page's markers are missing, repeated or unpaired."""
 
 
-class InputError(Exception):
-    """An input that is not what it should be (binary, not UTF-8, not a train.py log, a template's slip)."""
-
-
 # ----------------------------------------------------------------------------------------------
-# reading the inputs
-
-
-def read_text(path: str) -> str:
-    with open(path, "rb") as f:
-        raw = f.read()
-    if b"\x00" in raw:
-        raise InputError(f"{path} is binary (NUL bytes), not a text file")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text (byte {e.start})") from e
-
-
-def read_json(path: str):
-    try:
-        return json.loads(read_text(path))
-    except ValueError as err:
-        raise InputError(f"{path} is not JSON ({err})") from err
-
-
-class Row(dict):
-    """A CSV row that names its file when a renderer asks for a column the file lacks (an older or edited
-    table): one InputError line instead of a KeyError traceback."""
-
-    def __init__(self, path: str, fields: dict):
-        super().__init__(fields)
-        self.path = path
-
-    def __missing__(self, column: str):
-        raise InputError(f"{self.path} has no column {column!r} (its columns: {', '.join(self) or 'none'}); "
-                         f"write it again with the script that makes it")
-
-
-def read_csv(path: str) -> tuple[list[str], list[Row]]:
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    rows = [Row(path, {k: (v or "") for k, v in r.items() if k is not None}) for r in reader]
-    return list(reader.fieldnames or []), rows
-
-
-def rows_of(path: str) -> list[Row]:
-    """A CSV's rows, none when the file is absent."""
-    return read_csv(path)[1] if os.path.isfile(path) else []
-
-
-def rows_by(path: str, key: str) -> dict[str, Row]:
-    return {r[key]: r for r in rows_of(path) if r.get(key)}
-
-
-def read_train_log(path: str) -> Optional[str]:
-    """The log's text, None if there is none; InputError if the file is not a train.py log."""
-    if not os.path.isfile(path):
-        return None
-    text = read_text(path)
-    if text.strip() and not any(r.match(line) for line in text.splitlines() for r in LOG_MARKS):
-        raise InputError(f"{path} is not a train.py log (no step, RESUME, CHECKPOINT or 'Starting from scratch' line)")
-    return text
-
-
-def run_summary(log_path: str, text: str) -> RunSummary:
-    """What the run's records say (metrics.jsonl beside the log, else the log's text)."""
-    try:
-        return summarize(read_events(log_path, text))
-    except MetricsError as e:
-        raise InputError(str(e)) from e
-
-
-# ----------------------------------------------------------------------------------------------
-# the words: docs/templates/<block>.md, a part per "<!-- name -->" line, its {placeholders} filled by str.format
-
-
-@functools.lru_cache(maxsize=None)
-def template(block: str) -> dict[str, str]:
-    """A block's template file as {part name: its text}, blank lines around each part dropped."""
-    path = os.path.join(TEMPLATES, f"{block}.md")
-    try:
-        pieces = re.split(r"^<!-- (\w+) -->\n", read_text(path), flags=re.M)
-    except OSError as err:
-        raise InputError(f"cannot read the template {path} ({err.strerror})") from err
-    return {name: text.strip("\n") for name, text in zip(pieces[1::2], pieces[2::2])}
-
-
-def say(block: str, part: str, **values) -> str:
-    """One part of a block's template with its placeholders filled; a part or placeholder the template lacks
-    or misspells is an InputError naming the file."""
-    where = os.path.join(TEMPLATES, f"{block}.md")
-    if part not in template(block):
-        raise InputError(f"{where} has no part <!-- {part} -->")
-    try:
-        return template(block)[part].format(**values)
-    except (KeyError, IndexError, ValueError) as err:
-        raise InputError(f"{where}: part <!-- {part} --> has a placeholder update_readme.py does not fill ({err})") from err
-
-
-def labels(block: str, part: str) -> dict[str, str]:
-    """A part written as "key: words" lines (table rows, case names), in its order."""
-    return dict(line.split(": ", 1) for line in say(block, part).splitlines())
-
-
-def plural(n) -> str:
-    return "" if n == 1 else "s"
-
-
-# ----------------------------------------------------------------------------------------------
-# tables, links and plots
-
-
-def _cell(text) -> str:
-    return " ".join(str(text if text is not None else "").split()).replace("|", "\\|")
-
-
-def _fmt(scale: float, digits: int, thousands: bool = False) -> Callable[[str], str]:
-    def f(s: str) -> str:
-        v = number(s)
-        return MISSING if v is None else f"{v * scale:,.{digits}f}" if thousands else f"{v * scale:.{digits}f}"
-    return f
+# tables and plots
 
 
 # Known column names -> (header, formatter); everything else is shown as written.
 # MFU is a fraction 0..1 in the CSVs; peak memory is shown in GB = 1e9 bytes.
-_TOKENS = _fmt(1, 0, thousands=True)
+_TOKENS = fmt(1, 0, thousands=True)
 KNOWN: dict[str, tuple[str, Callable[[str], str]]] = {
     "tokens_per_s": ("tokens/s", _TOKENS), "tok_s": ("tokens/s", _TOKENS), "avg_tok_s_steady": ("tokens/s", _TOKENS),
-    "peak_mem_bytes": ("peak mem (GB)", _fmt(1e-9, 2)), "peak_mem_gb": ("peak mem (GB)", _fmt(1, 2)),
-    "mfu": ("MFU (%)", _fmt(100, 2)), "ms_per_step": ("ms/step", _fmt(1, 1)), "params": ("params (M)", _fmt(1e-6, 1)),
-    "final_loss": ("final loss", _fmt(1, 3)), "tokens_per_s_per_gpu": ("tokens/s per GPU", _TOKENS),
-    "tok_s_per_gpu": ("tokens/s per GPU", _TOKENS), "scaling_efficiency": ("per-GPU efficiency (%)", _fmt(100, 1)),
+    "peak_mem_bytes": ("peak mem (GB)", fmt(1e-9, 2)), "peak_mem_gb": ("peak mem (GB)", fmt(1, 2)),
+    "mfu": ("MFU (%)", fmt(100, 2)), "ms_per_step": ("ms/step", fmt(1, 1)), "params": ("params (M)", fmt(1e-6, 1)),
+    "final_loss": ("final loss", fmt(1, 3)), "tokens_per_s_per_gpu": ("tokens/s per GPU", _TOKENS),
+    "tok_s_per_gpu": ("tokens/s per GPU", _TOKENS), "scaling_efficiency": ("per-GPU efficiency (%)", fmt(100, 1)),
 }
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """Numbers are right-aligned so that digits line up when rendered."""
-    def numeric(column: list[str]) -> bool:
-        vals = [c for c in column if c not in ("", MISSING)]
-        return bool(vals) and all(number(c) is not None for c in vals)
-    align = ["---:" if numeric([r[i] for r in rows]) else "---" for i in range(len(header))]
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows])
 
 
 def render_generic(cols: list[str], rows: list[dict[str, str]]) -> str:
@@ -196,18 +65,6 @@ def render_generic(cols: list[str], rows: list[dict[str, str]]) -> str:
     header = [KNOWN[c][0] if c in KNOWN else c for c in cols]
     return markdown_table(header, [[KNOWN[c][1](r.get(c, "")) if c in KNOWN else r.get(c, "") for c in cols]
                                    for r in rows])
-
-
-def rel(path: str, readme_dir: str) -> str:
-    return os.path.relpath(os.path.abspath(path), readme_dir).replace(os.sep, "/")
-
-
-def link(path: str, readme_dir: str) -> str:
-    return rel(path, readme_dir).replace(" ", "%20")
-
-
-def images(pngs: list[str], readme_dir: str) -> str:
-    return "\n\n".join(f"![{os.path.splitext(os.path.basename(p))[0]}]({link(p, readme_dir)})" for p in pngs)
 
 
 def _axes():
@@ -569,7 +426,7 @@ def eval_speed_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
             "no eval_speed csv"
     header = ["command", "scorer", "work", "scoring (s)", "compile, apart (s)", "whole process (s)", "acc", "acc_norm",
               "bits per byte", "device"]
-    s, s4 = _fmt(1, 1), _fmt(1, 4)
+    s, s4 = fmt(1, 1), fmt(1, 4)
     tables = [(path, [[r["what"], r["scorer"], r["work"], s(r["scoring_s"]), s(r["compile_s"]), s(r["process_s"]),
                        s4(r["acc"]), s4(r["acc_norm"]), s4(r["bpb"]), r["device"]] for r in read_csv(path)[1]])
               for path in paths]
@@ -653,8 +510,8 @@ def eval_block(eval_dir: str, readme_dir: str) -> tuple[str, str]:
         return say("eval_results", f"{kind}_row", weights=weights, device=r["device"], file=os.path.basename(path),
                    link=link(path, readme_dir), **values)
 
-    def cell(v, fmt: str = "{:.4f}") -> str:
-        return MISSING if v is None else fmt.format(v)
+    def cell(v, pattern: str = "{:.4f}") -> str:
+        return MISSING if v is None else pattern.format(v)
 
     kinds = {"bpb": [], "task": [], "harness": []}
     for p, r in results:
@@ -681,7 +538,7 @@ def against_best_adamw(ttl: list[dict]) -> list[dict]:
 
 def _share(t: dict[str, str], digits: int) -> str:
     """A time-to-loss row's share of the reference's time, or that it was not reached."""
-    return _fmt(1, digits)(t["share_of_reference_time"]) if t["reached"] == "True" else say("quality", "not_reached")
+    return fmt(1, digits)(t["share_of_reference_time"]) if t["reached"] == "True" else say("quality", "not_reached")
 
 
 def quality_sections(bench_dir: str) -> dict[str, str]:
@@ -704,7 +561,7 @@ def half_time_table(bench_dir: str, sections: dict[str, str]) -> Optional[str]:
             continue
         ttl, runs = read_csv(path)[1], rows_of(os.path.join(bench_dir, f"quality_{section}_runs.csv"))
         shape = f"{runs[0]['seq_len']} x {runs[0]['micro_batch']}" if runs else MISSING
-        rows += [[f"`{section}`", shape, t["target"].split("(")[1].split(")")[0], _fmt(1, 3)(t["target_loss"]),
+        rows += [[f"`{section}`", shape, t["target"].split("(")[1].split(")")[0], fmt(1, 3)(t["target_loss"]),
                   t["recipe"], _share(t, 3), t["card"]] for t in against_best_adamw(ttl) if t["recipe"].startswith("muon")]
     if not rows:
         return None
@@ -724,13 +581,13 @@ def quality_section(stem: str, what: str, readme_dir: str) -> list[str]:
                              "held-out loss at the end", "ms/step", "steps (s)", "first step (s)"],
                             [[r["recipe"], say("quality", "hf_optimizer", optimizer=r["optimizer"]) if r["impl"] == "hf"
                               else r["optimizer"], r["schedule"], r["max_lr"], r["adamw_lr"] or MISSING,
-                              r.get("steps") or MISSING, _fmt(1, 3)(r["final_val_loss"]), _fmt(1, 1)(r["ms_per_step"]),
-                              _fmt(1, 1)(r["train_s"]), _fmt(1, 1)(r["first_step_s"])] for r in runs])]
+                              r.get("steps") or MISSING, fmt(1, 3)(r["final_val_loss"]), fmt(1, 1)(r["ms_per_step"]),
+                              fmt(1, 1)(r["train_s"]), fmt(1, 1)(r["first_step_s"])] for r in runs])]
     if os.path.isfile(stem + "_ttl.csv"):
         parts.append(say("quality", "time_to_loss", csv=rel(stem + "_ttl.csv", readme_dir)))
         parts.append(markdown_table(
             ["target", "loss", "recipe", "steps' wall-clock (s)", "tokens (M)", "share of the reference's time"],
-            [[t["target"], t["target_loss"], t["recipe"], _fmt(1, 1)(t["train_s"]), _fmt(1e-6, 1)(t["tokens"]),
+            [[t["target"], t["target_loss"], t["recipe"], fmt(1, 1)(t["train_s"]), fmt(1e-6, 1)(t["tokens"]),
               _share(t, 2)] for t in read_csv(stem + "_ttl.csv")[1]]))
     return parts + ([images([stem + ".png"], readme_dir)] if os.path.isfile(stem + ".png") else [])
 
@@ -756,7 +613,6 @@ def quality_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
 
 # ----------------------------------------------------------------------------------------------
 # FINDINGS and HEADLINES: sentences whose every number is read from a result file
-
 
 
 def default_path_row(rows: dict[str, dict[str, str]], profile: str = "throughput") -> Optional[dict[str, str]]:

@@ -438,6 +438,7 @@ def test_docs_block_is_rendered_from_the_result_files(repo_root):
 
 def test_eval_block_renders_each_kind(tmp_path):
     import update_readme
+    from smollm2.results import InputError
 
     w = {"description": "checkpoint x.pt (global_step=5000)"}
     docs = {"a_bpb.json": {"name": "seed", "weights": w, "task": "bpb", "text": "input.txt held out", "seq_len": 256,
@@ -452,7 +453,7 @@ def test_eval_block_renders_each_kind(tmp_path):
     assert note == "3 result files" and "| **2.5000** | 5.2000 | 181.30 | NVIDIA H200 | [a_bpb.json](a_bpb.json) |" in block
     assert "| piqa | piqa.jsonl | 1,838 | 0.6100 | 0.6000 |" in block and "| arc_easy | acc | 0.4500 |" in block
     (tmp_path / "d.json").write_text("not json")
-    with pytest.raises(update_readme.InputError, match="d.json is not a JSON file written by evaluate.py"):
+    with pytest.raises(InputError, match="d.json is not a JSON file written by evaluate.py"):
         update_readme.eval_block(str(tmp_path), str(tmp_path))
 
 

@@ -12,6 +12,7 @@ SCRIPT = os.path.join(ROOT, "update_readme.py")
 sys.path.insert(0, ROOT)
 
 import update_readme as ur  # noqa: E402
+from smollm2 import results  # noqa: E402
 from smollm2.metrics import parse_log  # noqa: E402
 
 README = """# Title
@@ -706,13 +707,13 @@ def test_a_template_slip_is_one_line_and_touches_nothing(tmp_path, monkeypatch, 
     shutil.copytree(os.path.join(ROOT, "docs", "templates"), templates)
     page = templates / "train_log.md"
     page.write_text(page.read_text(encoding="utf-8").replace(slip, slip.replace("plot", "plots")), encoding="utf-8")
-    monkeypatch.setattr(ur, "TEMPLATES", str(templates))
+    monkeypatch.setattr(results, "TEMPLATES", str(templates))
     monkeypatch.chdir(tmp_path)
     before = (tmp_path / "README.md").read_bytes()
-    ur.template.cache_clear()
+    results.template.cache_clear()
     try:
         assert ur.main([]) == 2
     finally:
-        ur.template.cache_clear()  # the next test reads the real templates
+        results.template.cache_clear()  # the next test reads the real templates
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1 and (tmp_path / "README.md").read_bytes() == before
