@@ -15,13 +15,12 @@ resume) leaves the blocks drawn from it (TRAIN_LOG, HEADLINES, FINDINGS) and the
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import re
-import sys
 from typing import Callable, Optional
 
+from smollm2.common import OneLineParser, SmolError, run_cli
 from smollm2.findings import findings_block, headlines_block
 from smollm2.io import write_if_changed
 from smollm2.metrics import RunSummary, log_events, summarize
@@ -37,8 +36,10 @@ RUN_BLOCKS = ("TRAIN_LOG", "HEADLINES", "FINDINGS")  # drawn from the README's r
 SEED_SHAPE, SEED_MODEL = {"seq_len": 256, "batch_size": 1, "grad_accum": 4}, "smollm2-135m"  # the README's run
 
 
-class MarkerError(Exception):
+class MarkerError(SmolError):
     """A page's markers are missing, repeated or unpaired."""
+
+    code = 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def fill(text: str, blocks: dict[str, str]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--readme", default="README.md", help="README to fill in place")
     p.add_argument("--docs_dir", default=None,
                    help="folder of further pages (*.md) whose blocks are filled too (default: docs/ beside --readme)")
@@ -190,15 +191,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             with open(path, encoding="utf-8") as f:
                 pages[path] = f.read()
         except (OSError, UnicodeDecodeError) as err:
-            print(f"update_readme: error: cannot read {path}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
-            return 2
+            raise InputError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from err
+    spans = check_pages(pages)
     try:
-        return fill_pages(args, pages, check_pages(pages))
-    except MarkerError as err:
-        print(f"update_readme: error: {err}", file=sys.stderr)
+        return fill_pages(args, pages, spans)
     except InputError as err:
-        print(f"update_readme: error: {err}; {', '.join(pages)} left as they were", file=sys.stderr)
-    return 2
+        raise InputError(f"{err}; {', '.join(pages)} left as they were") from err
 
 
 def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
@@ -259,4 +257,4 @@ def fill_pages(args, pages: dict[str, str], spans: dict) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, "update_readme.py")

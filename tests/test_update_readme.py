@@ -13,6 +13,7 @@ sys.path.insert(0, ROOT)
 
 import update_readme as ur  # noqa: E402
 from smollm2 import findings, report, results  # noqa: E402
+from smollm2.common import run_cli  # noqa: E402
 from smollm2.metrics import RunSummary, parse_log  # noqa: E402
 
 README = """# Title
@@ -711,8 +712,10 @@ def test_a_template_slip_is_one_line_and_touches_nothing(tmp_path, monkeypatch, 
     before = (tmp_path / "README.md").read_bytes()
     results.template.cache_clear()
     try:
-        assert ur.main([]) == 2
+        with pytest.raises(SystemExit) as exited:
+            run_cli(lambda: ur.main([]), "update_readme.py")
     finally:
         results.template.cache_clear()  # the next test reads the real templates
     err = capsys.readouterr().err
-    assert said in err and len(err.strip().splitlines()) == 1 and (tmp_path / "README.md").read_bytes() == before
+    assert exited.value.code == 2 and err.startswith("update_readme.py: error: ") and said in err
+    assert len(err.strip().splitlines()) == 1 and (tmp_path / "README.md").read_bytes() == before
