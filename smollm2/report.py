@@ -1,5 +1,5 @@
-"""The blocks drawn from tables: the ablation and benchmark tables, the README's run and the real-corpus run (their
-loss plots), evaluate.py's results and benchmarks/quality.py's runs, each as (Markdown, a note for the summary)."""
+"""The pages' blocks rendered from the result files, each as (Markdown, a note): the ablation and benchmark tables,
+the README's and the real-corpus run with their loss plots, evaluate.py's results, benchmarks/quality.py's runs."""
 
 from __future__ import annotations
 
