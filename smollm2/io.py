@@ -64,6 +64,19 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def write_if_changed(path: str, data: bytes) -> bool:
+    """Write `path` atomically (its folder made) unless it already holds `data`; whether it wrote."""
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return False
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_bytes(path, data)
+    return True
+
+
 class LineFile:
     """A file that only ever grows by whole lines (train.log, metrics.jsonl): each line goes out in one
     unbuffered write, and a write that fails midway (disk full, a file-size limit) is cut back to where it

@@ -1,7 +1,7 @@
 """The speed switches, one vocabulary: Switches says how a run computes the same training step. train.py
 resolves its flags into one (train.resolve_switches) and logs it; each bench.py impl (IMPLS) and each
 train_ablation.py variant (VARIANTS) is a named instance; PROFILES are the run shapes both measure.
-No torch import at module level: update_readme.py reads SWITCH_PAIRS without loading torch.
+No torch import at module level: update_readme.py (smollm2/report.py) reads SWITCH_PAIRS without loading torch.
 """
 
 from __future__ import annotations

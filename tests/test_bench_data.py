@@ -76,8 +76,8 @@ def test_rows_for_every_measurement(setup, tmp_path):
         assert line["tokenizers"] and line["python"]
     assert json.loads(table[-1]["rss_series"]) == train["rss_series"]  # lists go into the CSV as JSON
     # The README reads the file this benchmark wrote.
-    import update_readme
-    block, _ = update_readme.data_results_block(str(tmp_path / "none"), str(tmp_path / "out"), str(tmp_path))
+    from smollm2.report import data_results_block
+    block, _ = data_results_block(str(tmp_path / "none"), str(tmp_path / "out"), str(tmp_path))
     flat = "flat" if train["flat"] else "NOT flat"
     assert (f"on cpu, {train['train_shards']} shards of {train['shard_tokens']:,} ids): RSS {train['rss_first_mb']} MB "
             f"at step 10 and {train['rss_last_mb']} MB at step 20 (ratio {train['rss_ratio']}: {flat} within 5%)"

@@ -21,13 +21,10 @@ from smollm2.common import RunStopped, SmolError, UsageError, run_cli
 from smollm2.shards import DataError
 
 MODEL_FILES = {"smollm2_config.py", "smollm2_model.py"}  # modules, not scripts
-# Scripts whose command line and errors are not on run_cli and SmolError yet. Each must still hold an exception
-# class outside SmolError (test_every_exception_class_derives_from_smolerror checks): once converted, drop it here.
-PENDING = {"update_readme.py"}
 
 
 def scripts() -> list[str]:
-    top = [p.name for p in sorted(REPO_ROOT.glob("*.py")) if p.name not in MODEL_FILES | PENDING]
+    top = [p.name for p in sorted(REPO_ROOT.glob("*.py")) if p.name not in MODEL_FILES]
     bench = [f"benchmarks/{p.name}" for p in sorted((REPO_ROOT / "benchmarks").glob("*.py"))
              if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8")]
     return top + bench
@@ -73,7 +70,8 @@ def test_a_usage_error_raised_in_main_is_one_line_and_exit_2(tmp_path):
              "prepare_data.py": [missing, "--out_dir", str(tmp_path / "data"), "--tokenizer_id", str(TOKENIZER_JSON)],
              "bench.py": ["--impls", "no_such_impl"],
              "benchmarks/code_corpus.py": ["--out", str(tmp_path / "c.jsonl"), "--root", missing],
-             "benchmarks/time_to_loss.py": ["--input_file", missing, "--corpus", "c", "--recipes", "no_such_recipe"]}
+             "benchmarks/time_to_loss.py": ["--input_file", missing, "--corpus", "c", "--recipes", "no_such_recipe"],
+             "update_readme.py": ["--readme", f"{missing}.md"]}
     for script, r in run_all(cases, tmp_path).items():
         assert_one_error_line(script, r, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before anything was written
@@ -215,7 +213,7 @@ def _exception_classes(tree: ast.Module) -> list[str]:
 
 def test_every_exception_class_derives_from_smolerror():
     files = sorted({*REPO_ROOT.glob("*.py"), *REPO_ROOT.glob("smollm2/*.py"), *REPO_ROOT.glob("benchmarks/*.py")})
-    found, pending = {}, {}
+    found = {}
     for path in files:
         rel = path.relative_to(REPO_ROOT).as_posix()
         classes = _exception_classes(ast.parse(path.read_text(encoding="utf-8")))
@@ -226,8 +224,6 @@ def test_every_exception_class_derives_from_smolerror():
         for name in classes:
             cls = getattr(module, name)
             assert isinstance(cls, type) and issubclass(cls, BaseException), f"{rel}: {name} is not an exception"
-            (pending if rel in PENDING else found)[f"{rel}:{name}"] = cls
+            found[f"{rel}:{name}"] = cls
     assert "smollm2/checkpoint.py:CheckpointError" in found and "export_hf.py:ExportError" in found  # the walk works
     assert not [n for n, cls in found.items() if not issubclass(cls, SmolError)]
-    for rel in PENDING:  # still to convert, or PENDING is out of date
-        assert any(n.startswith(f"{rel}:") and not issubclass(cls, SmolError) for n, cls in pending.items()), rel

@@ -425,10 +425,11 @@ def test_harness_mode_exports_and_runs_lm_eval(tmp_path, tiny_model, tokenizer, 
 # ----------------------------------------------------------------------------- the docs page
 def test_docs_block_is_rendered_from_the_result_files(repo_root):
     import update_readme
+    from smollm2.report import eval_block
 
     text = (repo_root / "docs" / "evaluation.md").read_text(encoding="utf-8")
     a, b = update_readme.marker_span(text, "EVAL_RESULTS")
-    block, _ = update_readme.eval_block(str(repo_root / "results" / "eval"), str(repo_root / "docs"))
+    block, _ = eval_block(str(repo_root / "results" / "eval"), str(repo_root / "docs"))
     assert "EVAL_RESULTS" in update_readme.OPTIONAL and text[a:b].strip("\n") == block.strip("\n")
     for path in (repo_root / "results" / "eval").glob("*.json"):
         r = json.loads(path.read_text())
@@ -437,7 +438,8 @@ def test_docs_block_is_rendered_from_the_result_files(repo_root):
 
 
 def test_eval_block_renders_each_kind(tmp_path):
-    import update_readme
+    from smollm2.report import eval_block
+    from smollm2.results import InputError
 
     w = {"description": "checkpoint x.pt (global_step=5000)"}
     docs = {"a_bpb.json": {"name": "seed", "weights": w, "task": "bpb", "text": "input.txt held out", "seq_len": 256,
@@ -448,12 +450,12 @@ def test_eval_block_renders_each_kind(tmp_path):
                           "results": {"arc_easy": {"acc,none": 0.45, "acc_stderr,none": 0.01, "alias": "arc_easy"}}}}
     for name, doc in docs.items():
         (tmp_path / name).write_text(json.dumps(doc))
-    block, note = update_readme.eval_block(str(tmp_path), str(tmp_path))
+    block, note = eval_block(str(tmp_path), str(tmp_path))
     assert note == "3 result files" and "| **2.5000** | 5.2000 | 181.30 | NVIDIA H200 | [a_bpb.json](a_bpb.json) |" in block
     assert "| piqa | piqa.jsonl | 1,838 | 0.6100 | 0.6000 |" in block and "| arc_easy | acc | 0.4500 |" in block
     (tmp_path / "d.json").write_text("not json")
-    with pytest.raises(update_readme.InputError, match="d.json is not a JSON file written by evaluate.py"):
-        update_readme.eval_block(str(tmp_path), str(tmp_path))
+    with pytest.raises(InputError, match="d.json is not a JSON file written by evaluate.py"):
+        eval_block(str(tmp_path), str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- the fast paths

@@ -11,7 +11,7 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import quality  # noqa: E402
-import update_readme  # noqa: E402
+from smollm2 import report  # noqa: E402
 
 
 def test_recipe_names():
@@ -68,7 +68,7 @@ def test_ttl_rows_and_the_rendered_block(tmp_path):
         r.update(section="realdocs_2048", card="NVIDIA H200", schedule="cosine", max_lr=1e-3, adamw_lr=None,
                  ms_per_step=88.0, first_step_s=30.0, steps=400, tokens=13107200, seq_len=2048, micro_batch=16)
         quality.append_rows(f"{stem}_runs.csv", quality.RUN_COLUMNS, [r])
-    body, note = update_readme.quality_block(str(tmp_path), str(tmp_path))
+    body, note = report.quality_block(str(tmp_path), str(tmp_path))
     assert note == "1 sections" and "#### realdocs (the first sweep), seq 2048 x micro-batch 16, 400 steps (13.1M tokens), NVIDIA H200" in body
     assert "| muon_wsd_3e-3 | muon | cosine |" in body and "not reached" in body
     assert "`quality_realdocs_2048_ttl.csv`" in body
@@ -76,11 +76,11 @@ def test_ttl_rows_and_the_rendered_block(tmp_path):
     assert body.startswith("#### Every run's half-time comparison")
     share = [r for r in best if r["recipe"] == "muon_wsd_3e-3"][0]["share_of_reference_time"]
     assert f"| `realdocs_2048` | 2048 x 16 | adamw_cos_1e-3 | 4.000 | muon_wsd_3e-3 | {share:.3f} | NVIDIA H200 |" in body
-    assert update_readme.quality_block(str(tmp_path / "none"), str(tmp_path))[1] == "no quality csv"
+    assert report.quality_block(str(tmp_path / "none"), str(tmp_path))[1] == "no quality csv"
     # the runbook's seeds part writes one section per seed; each is found and rendered under its seed
     import shutil
     shutil.copy(f"{stem}_runs.csv", tmp_path / "quality_realdocs_2048_seed2_runs.csv")
-    body, note = update_readme.quality_block(str(tmp_path), str(tmp_path))
+    body, note = report.quality_block(str(tmp_path), str(tmp_path))
     assert note == "2 sections" and "the half-time comparison under seed 2, 400 steps" in body
     assert body.count("| `realdocs_2048` | 2048 x 16 | adamw_cos_1e-3 |") == 1  # the seed run has runs but no _ttl.csv
 
@@ -105,5 +105,5 @@ def test_eval_speed_table_and_block(tmp_path):
     assert [r["what"] for r in rows] == ["ours_hs", "harness_hs", "ours_bpb"]
     assert rows[1]["scorer"] == "lm_eval 0.4.13" and rows[1]["scoring_s"] == "" and rows[1]["acc"] == "0.2506"
     assert rows[2]["work"] == "9,258,464 ids" and rows[2]["compile_s"] == "21.5"
-    body, note = update_readme.eval_speed_block(str(bench), str(tmp_path))
+    body, note = report.eval_speed_block(str(bench), str(tmp_path))
     assert note == "3 rows in 1 tables" and "| ours_bpb | evaluate.py | 9,258,464 ids | 6.2 | 21.5 | 40.0 |" in body

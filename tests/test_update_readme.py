@@ -12,7 +12,9 @@ SCRIPT = os.path.join(ROOT, "update_readme.py")
 sys.path.insert(0, ROOT)
 
 import update_readme as ur  # noqa: E402
-from smollm2.metrics import parse_log  # noqa: E402
+from smollm2 import findings, report, results  # noqa: E402
+from smollm2.common import run_cli  # noqa: E402
+from smollm2.metrics import RunSummary, parse_log  # noqa: E402
 
 README = """# Title
 
@@ -184,7 +186,7 @@ def test_resume_summary_and_plot(tmp_path):
     s = parse_log(make_log())
     assert s.resumes == [300] and s.checkpoints == 4
     assert s.train[0] == (50, 9.5) and s.train[-1] == (350, 6.9) and s.val[-1] == (300, 6.5)
-    line = ur.summary_line(s, "out_smollm2_scratch/train.log")
+    line = report.summary_line(s, "out_smollm2_scratch/train.log")
     assert "steps 50 → 350" in line and "train loss 9.5000 → 6.9000" in line
     assert "last val loss 6.5000 (step 300)" in line and "4 checkpoint saves" in line
     assert "resumed at step 300" in line
@@ -197,7 +199,7 @@ def test_resume_summary_and_plot(tmp_path):
 
 
 def test_no_resume_summary():
-    line = ur.summary_line(parse_log(make_log(resume=False)), "x.log")
+    line = report.summary_line(parse_log(make_log(resume=False)), "x.log")
     assert "no resume" in line and "steps 50 → 300" in line
 
 
@@ -212,7 +214,7 @@ def test_lineage_drops_superseded_steps():
     log2 = log + "\nStarting from scratch (random init).\n" + step_line(50, 100, 10.5) + " | new_field 3"
     s2 = parse_log(log2)
     assert s2.train == [(50, 10.5)] and s2.resumes == []
-    assert "earlier runs" in ur.summary_line(s2, "x.log")
+    assert "earlier runs" in report.summary_line(s2, "x.log")
 
 
 def test_log_without_step_lines_skips_plot(tmp_path):
@@ -296,7 +298,7 @@ def test_failed_variant_row_renders():
     import io
     reader = csv.DictReader(io.StringIO(ABLATION_CSV))
     rows = list(reader)
-    table = ur.render_ablation(list(reader.fieldnames), rows)
+    table = report.render_ablation(list(reader.fieldnames), rows)
     failed = [ln for ln in table.splitlines() if "autocast_comp" in ln][0]
     cells = [c.strip() for c in failed.strip("|").split(" | ")]
     assert cells[1].startswith("failed: RuntimeError: Triton not found \\| a very long") and cells[1].endswith("…")
@@ -307,7 +309,7 @@ def test_failed_variant_row_renders():
 
 
 def test_missing_columns_tolerated():
-    table = ur.render_ablation(["variant", "avg_tok_s_steady"], [{"variant": "a", "avg_tok_s_steady": "1234567.8"}])
+    table = report.render_ablation(["variant", "avg_tok_s_steady"], [{"variant": "a", "avg_tok_s_steady": "1234567.8"}])
     assert table.splitlines()[0] == "| variant | tokens/s |"
     assert table.splitlines()[2] == "| `a` | 1,234,568 |"
 
@@ -352,7 +354,7 @@ def test_custom_paths(tmp_path):
 
 @pytest.mark.parametrize("value,expected", [("0.1234", "12.34"), ("", "—"), ("nan", "—"), ("x", "—")])
 def test_mfu_format(value, expected):
-    assert ur.KNOWN["mfu"][1](value) == expected
+    assert report.KNOWN["mfu"][1](value) == expected
 
 
 BENCH_HEADER = "profile,impl,status,card,tokens_per_s,mfu,peak_mem_gb\n"
@@ -423,7 +425,7 @@ def test_switch_effects_from_pairs():
         {"variant": "sdpa_off", "avg_tok_s_steady": "", "peak_mem_bytes": "", "final_loss": "", "status": "oom",
          "device_name": "NVIDIA H100"},
     ]
-    text = ur.switch_effects(rows)
+    text = report.switch_effects(rows)
     assert text.startswith("What each switch buys alone on NVIDIA H100 ")
     compiled = [ln for ln in text.splitlines() if "`compile_sdpa` vs `sdpa_on`" in ln]
     assert compiled == ["- torch.compile (SDPA) (`compile_sdpa` vs `sdpa_on`): **2.50x** tokens/s (5,000 vs 2,000); "
@@ -431,12 +433,11 @@ def test_switch_effects_from_pairs():
     assert "- SDPA instead of manual attention (eager): not compared; `sdpa_on` 2,000 tokens/s at 3.00 GB, " \
            "`sdpa_off` oom." in text
     assert len(text.splitlines()) == 2 + 2  # heading, blank, the two pairs whose both variants are present
-    assert ur.switch_effects([rows[0]]) == ""  # no pair present: nothing written
+    assert report.switch_effects([rows[0]]) == ""  # no pair present: nothing written
 
 
 def test_data_results_block_from_the_run_files(tmp_path):
     import json
-    import update_readme
     res = tmp_path / "results"
     res.mkdir()
     (res / "manifest_summary.json").write_text(json.dumps({
@@ -448,11 +449,11 @@ def test_data_results_block_from_the_run_files(tmp_path):
         "step    10/20 | lr 1.0e-04 | loss 9.0000 | ms/step 10.0 | tok/s 1000.0\n"
         "step    20/20 | lr 1.0e-04 | loss 8.0000 | ms/step 10.0 | tok/s 3000.0\n"
         "step    20/20 | val loss 8.5000 | val ppl 4914.77\n")
-    block, note = update_readme.data_results_block(str(res), str(tmp_path / "none"), str(tmp_path))
+    block, note = report.data_results_block(str(res), str(tmp_path / "none"), str(tmp_path))
     assert "12,345 tokens in 7 documents" in block and "2 whole documents, 345 tokens" in block
     assert "NVIDIA H100 80GB HBM3: median 3,000 tokens/s" in block and "last val loss 8.5000" in block
     assert "prepared 12,345 tokens" in block and (res / "loss_curve.png").exists() and note == "real-corpus run"
-    empty, note = update_readme.data_results_block(str(tmp_path / "nothing"), str(tmp_path / "none"), str(tmp_path))
+    empty, note = report.data_results_block(str(tmp_path / "nothing"), str(tmp_path / "none"), str(tmp_path))
     assert "No data results yet" in empty
 
 
@@ -565,10 +566,10 @@ def test_quality_headline_from_one_runs_tables(tmp_path):
     write(b / "quality_realdocs_2048_ttl.csv", "target,target_loss,recipe,reached,share_of_reference_time\n"
           "t1,5.1,adamw_x,True,1.0\nt1,5.1,muon_a,True,0.333\nt1,5.1,muon_b,True,0.2\n"
           "t2,4.5,adamw_y,True,1.0\nt2,4.5,muon_a,False,\n")
-    (line,) = ur.quality_headline(str(b), str(tmp_path))
+    (line,) = findings.quality_headline(str(b), str(tmp_path))
     assert "`muon_a`" in line and "`adamw_x`'s final held-out loss (5.10) in **0.33x**" in line
     assert "adamw_y" not in line and "ending at held-out loss 3.70" in line and "NVIDIA H200" in line
-    assert ur.quality_headline(str(tmp_path / "none"), str(tmp_path)) == []
+    assert findings.quality_headline(str(tmp_path / "none"), str(tmp_path)) == []
     # a horizon sweep adds the Muon recipe that reaches its own run's best AdamW loss soonest (not the AdamW row,
     # not a row that missed)
     write(b / "quality_realdocs_2048_horizon_runs.csv", "recipe,optimizer,steps\nadamw_z,adamw,400\n"
@@ -582,7 +583,7 @@ def test_quality_headline_from_one_runs_tables(tmp_path):
           "best AdamW (adamw_z) at the end,muon_wsd_5e-3_n200,True,0.46\n"
           "best AdamW (adamw_z) at the end,muon_wsd_5e-3_n160,False,\n")
     write(b / "quality_realdocs_2048.png", "png")  # the same run's plot goes under the line
-    line, plot = ur.quality_headline(str(b), str(tmp_path))
+    line, plot = findings.quality_headline(str(b), str(tmp_path))
     assert plot.strip().startswith("![") and plot.strip().endswith("(benchmarks/quality_realdocs_2048.png)")
     # the default recipe over its most-run shorter horizon, every run on file (a tuned recipe is not the default)
     assert "ending at held-out loss 3.70. Trained for 200 steps it needs **0.46-0.51x** of that AdamW's time " \
@@ -592,7 +593,7 @@ def test_quality_headline_from_one_runs_tables(tmp_path):
     write(b / "quality_realdocs_2048_mb48_ttl.csv", "target,recipe,reached,share_of_reference_time\n"
           "best AdamW (adamw_w) at the end,adamw_w,True,1.0\nbest AdamW (adamw_w) at the end,muon_wsd_5e-3,True,0.477\n"
           "best AdamW (adamw_w) at the end,muon_wsd_8e-3,True,0.46\n")
-    line, _ = ur.quality_headline(str(b), str(tmp_path))
+    line, _ = findings.quality_headline(str(b), str(tmp_path))
     assert "own process's AdamW); at micro-batch 48, the fastest step, `muon_wsd_5e-3` needs **0.48x** of the best " \
            "AdamW's time there (1 run) ([`docs/quality.md`]" in line and "0.46x and" not in line
 
@@ -600,35 +601,35 @@ def test_quality_headline_from_one_runs_tables(tmp_path):
 def test_eval_headline_needs_both_rows(tmp_path):
     d = tmp_path / "results" / "eval"
     write(d / "seed_bpb_tinyshakespeare_val.json", json.dumps({"bpb": 2.8636}))
-    assert ur.eval_headline(str(d), str(tmp_path)) == []  # the released weights' row is missing: nothing claimed
+    assert findings.eval_headline(str(d), str(tmp_path)) == []  # the released weights' row is missing: nothing claimed
     write(d / "released_bpb_tinyshakespeare_val.json", json.dumps({"bpb": 1.7611}))
-    (line,) = ur.eval_headline(str(d), str(tmp_path))
+    (line,) = findings.eval_headline(str(d), str(tmp_path))
     assert "**2.86 bits per byte**" in line and "(4-bit) 1.76" in line and "](docs/evaluation.md)" in line
     assert "realdocs" not in line  # the realdocs pair is said only when both rows exist
     write(d / "realdocs_run_bpb_realdocs_val_first65536.json", json.dumps({"bpb": 1.0033, "tokens": 65535}))
-    assert "realdocs" not in ur.eval_headline(str(d), str(tmp_path))[0]
+    assert "realdocs" not in findings.eval_headline(str(d), str(tmp_path))[0]
     write(d / "released_bpb_realdocs_val_first65536.json", json.dumps({"bpb": 0.7594, "tokens": 65535}))
-    (line,) = ur.eval_headline(str(d), str(tmp_path))
+    (line,) = findings.eval_headline(str(d), str(tmp_path))
     assert "(their first 65,536 ids) the 1,000-step realdocs run 1.00, the released weights 0.76" in line
     write(d / "realdocs_run_bpb_realdocs_val.json", json.dumps({"bpb": 1.1713, "tokens": 1079665}))
     write(d / "released_bpb_realdocs_val.json", json.dumps({"bpb": 1.0151, "tokens": 1079665}))
-    (line,) = ur.eval_headline(str(d), str(tmp_path))
+    (line,) = findings.eval_headline(str(d), str(tmp_path))
     assert "(all 1,079,666 ids) the 1,000-step realdocs run 1.17, the released weights 1.02" in line
 
 
 def test_released_weights_reference_line_from_evaluate_results(tmp_path):
     d = tmp_path / "results" / "eval"
-    assert ur.released_reference(str(d), "tinyshakespeare") is None
+    assert report.released_reference(str(d), "tinyshakespeare") is None
     write(d / "released_bpb_realdocs_val_first65536.json", json.dumps({
         "loss": 2.0981, "bpb": 0.7594, "tokens": 65535, "command": "evaluate.py --pretrained --max_tokens 65536"}))
-    loss, label = ur.released_reference(str(d), "realdocs")
+    loss, label = report.released_reference(str(d), "realdocs")
     assert loss == 2.0981 and "2.10 (0.76 bits/byte)" in label and "its first 65,535 ids" in label
     # once the whole split is scored too, the line is drawn from it
     write(d / "released_bpb_realdocs_val.json", json.dumps({"loss": 2.1234, "bpb": 0.77, "tokens": 1079665,
                                                             "command": "evaluate.py --pretrained"}))
-    loss, label = ur.released_reference(str(d), "realdocs")
+    loss, label = report.released_reference(str(d), "realdocs")
     assert loss == 2.1234 and "first" not in label
-    assert ur.render_loss_plot(ur.RunSummary(train=[(1, 9.0), (2, 8.0)]), (loss, label))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.render_loss_plot(RunSummary(train=[(1, 9.0), (2, 8.0)]), (loss, label))[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_ablation_csv_without_a_variant_column_is_one_line_and_touches_nothing(tmp_path):
@@ -706,13 +707,15 @@ def test_a_template_slip_is_one_line_and_touches_nothing(tmp_path, monkeypatch, 
     shutil.copytree(os.path.join(ROOT, "docs", "templates"), templates)
     page = templates / "train_log.md"
     page.write_text(page.read_text(encoding="utf-8").replace(slip, slip.replace("plot", "plots")), encoding="utf-8")
-    monkeypatch.setattr(ur, "TEMPLATES", str(templates))
+    monkeypatch.setattr(results, "TEMPLATES", str(templates))
     monkeypatch.chdir(tmp_path)
     before = (tmp_path / "README.md").read_bytes()
-    ur.template.cache_clear()
+    results.template.cache_clear()
     try:
-        assert ur.main([]) == 2
+        with pytest.raises(SystemExit) as exited:
+            run_cli(lambda: ur.main([]), "update_readme.py")
     finally:
-        ur.template.cache_clear()  # the next test reads the real templates
+        results.template.cache_clear()  # the next test reads the real templates
     err = capsys.readouterr().err
-    assert said in err and len(err.strip().splitlines()) == 1 and (tmp_path / "README.md").read_bytes() == before
+    assert exited.value.code == 2 and err.startswith("update_readme.py: error: ") and said in err
+    assert len(err.strip().splitlines()) == 1 and (tmp_path / "README.md").read_bytes() == before
