@@ -177,6 +177,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--data_results", default="results/realdocs",
                    help="folder of the real-corpus run: manifest_summary.json, prepare.log, train.log")
     p.add_argument("--eval_results", default="results/eval", help="folder of evaluate.py's result JSON files")
+    p.add_argument("--time_to_loss", default="results/time_to_loss",
+                   help="folder of benchmarks/time_to_loss.py's <corpus>_runs.csv tables")
     args = p.parse_args(argv)
     args.seed_run_only = args.train_log is None  # the default folder: only the seed's own pair may fill it
     args.train_log = args.train_log or os.path.join("out_smollm2_scratch", "train.log")

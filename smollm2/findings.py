@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from typing import Optional
 
 from smollm2.metrics import RunSummary, number
-from smollm2.report import against_best_adamw
 from smollm2.results import link, plural, read_csv, read_json, rel, rows_by, rows_of, say
 from smollm2.switches import DEFAULT_PATH, PROFILES, SEED_PATH
 
-HEADLINE_SECTIONS = ("realdocs_2048_defaults", "realdocs_2048_schedules", "realdocs_2048")  # the first present
-MB48_SECTIONS = ("realdocs_2048_mb48_bracket", "realdocs_2048_mb48")  # the same tokens at the fastest micro-batch
-DEFAULT_MUON = "muon_wsd_5e-3"  # train.py's --optimizer muon recipe, as quality.py names it
+# The time-to-loss processes (results/time_to_loss/<stem>_runs.csv) whose `default` recipe is today's defaults, one
+# per corpus: the README's quality line holds on all of them.
+TIME_TO_LOSS_RUNS = ("realdocs_methods", "pystdlib_methods")
 
 
 def default_path_row(rows: dict[str, dict[str, str]], profile: str = "throughput") -> Optional[dict[str, str]]:
     """train.py's default path in a bench table: for the seed profile what the seed's 5,000-step command runs
     (SEED_PATH, --compile_scope auto), else DEFAULT_PATH; tables measured before those existed hold ours_fast."""
     return (profile == "seed" and rows.get(SEED_PATH)) or rows.get(DEFAULT_PATH) or rows.get("ours_fast")
-
-
-def first_quality_run(bench_dir: str, sections: tuple[str, ...]) -> Optional[str]:
-    """The path stem of the first of `sections` whose quality.py runs and time-to-loss tables are both present."""
-    for section in sections:
-        stem = os.path.join(bench_dir, f"quality_{section}")
-        if os.path.isfile(stem + "_runs.csv") and os.path.isfile(stem + "_ttl.csv"):
-            return stem
-    return None
 
 
 def multigpu_finding(path: str, readme_dir: str) -> str:
@@ -206,75 +195,34 @@ def eval_headline(eval_dir: str, readme_dir: str, docs_dir: Optional[str] = None
                 page=page_link("evaluation.md", readme_dir, docs_dir))]
 
 
-def shares_said(shares: list[float]) -> str:
-    """'0.46-0.52x' for several shares, '0.48x' for one."""
-    if len(shares) > 1:
-        return say("headlines", "share_range", low=min(shares), high=max(shares))
-    return say("headlines", "share", x=shares[0])
-
-
-def shorter_horizon(bench_dir: str) -> str:
-    """'Trained for 200 steps it needs 0.46-0.52x of that AdamW's time (6 runs ...)': the default Muon recipe over
-    a shorter horizon (`muon_wsd_5e-3_n<steps>`, the horizon with the most runs) against the best AdamW of each
-    run's own process, over every run on file; '' without one."""
-    shares: dict[int, list[float]] = {}
-    for path in sorted(glob.glob(os.path.join(bench_dir, "quality_*_ttl.csv"))):
-        for t in against_best_adamw(read_csv(path)[1]):
-            m = re.fullmatch(re.escape(DEFAULT_MUON) + r"_n(\d+)", t["recipe"])
-            if m and t["reached"] == "True":
-                shares.setdefault(int(m.group(1)), []).append(number(t["share_of_reference_time"]))
-    if not shares:
-        return ""
-    steps, got = max(shares.items(), key=lambda kv: (len(kv[1]), -kv[0]))
-    return say("headlines", "shorter_horizon", steps=steps, said=shares_said(got), n=len(got), s=plural(len(got)))
-
-
-def largest_batch(bench_dir: str, horizon: str) -> str:
-    """'at micro-batch 48 ... needs 0.46x and 0.48x ...': the default Muon recipe against the best AdamW of each
-    micro-batch-48 run present (each share within its run), or '' without one; after `horizon`'s sentence, or
-    as a sentence of its own."""
-    shares, mb = [], None
-    for section in MB48_SECTIONS:
-        stem = os.path.join(bench_dir, f"quality_{section}")
-        if not os.path.isfile(stem + "_ttl.csv") or not os.path.isfile(stem + "_runs.csv"):
-            continue
-        mb = read_csv(stem + "_runs.csv")[1][0]["micro_batch"]
-        shares += [number(t["share_of_reference_time"]) for t in against_best_adamw(read_csv(stem + "_ttl.csv")[1])
-                   if t["recipe"] == DEFAULT_MUON and t["reached"] == "True"]
-    if not shares:
-        return ""
-    said = " and ".join(say("headlines", "share", x=x) for x in sorted(shares))
-    return say("headlines", "largest_batch_after" if horizon else "largest_batch", micro_batch=mb, recipe=DEFAULT_MUON,
-               said=said, n=len(shares), s=plural(len(shares)))
-
-
-def quality_headline(bench_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
-    """Muon's best recipe (the default for large steps) against AdamW on the real corpus: the share of each
-    AdamW reference's wall-clock it needs to reach that reference's final held-out loss, from one run."""
-    stem = first_quality_run(bench_dir, HEADLINE_SECTIONS)  # the newest sweep present
-    if stem is None:
+def quality_headline(ttl_dir: str, readme_dir: str, docs_dir: Optional[str] = None) -> list[str]:
+    """The defaults against the best-tuned AdamW on every corpus of TIME_TO_LOSS_RUNS (train.py processes, one per
+    recipe, benchmarks/time_to_loss.py): the largest share of AdamW's wall-clock the default needs to reach
+    AdamW's final held-out loss, each corpus's share, and where the horizon-halved default ends against that
+    loss. Nothing is claimed unless every corpus's table is there and the default reached AdamW's loss on each."""
+    tables = [rows_of(os.path.join(ttl_dir, f"{stem}_runs.csv")) for stem in TIME_TO_LOSS_RUNS]
+    rows = [{r["recipe"]: r for r in t} for t in tables if t]
+    if len(rows) < len(TIME_TO_LOSS_RUNS) or not all(number(r.get("default", {}).get("share")) for r in rows):
         return []
-    runs = [r for r in read_csv(stem + "_runs.csv")[1] if r["optimizer"] == "muon" and number(r["final_val_loss"])]
-    if not runs:
-        return []
-    muon = min(runs, key=lambda r: number(r["final_val_loss"]))
-    ttl = read_csv(stem + "_ttl.csv")[1]
-    reference = {t["target"]: t["recipe"] for t in ttl if number(t["share_of_reference_time"]) == 1.0}
-    shares = [t for t in ttl if t["recipe"] == muon["recipe"] and t["reached"] == "True" and t["target"] in reference]
-    if not shares:
-        return []
-    reached = " and ".join(say("headlines", "reached_next" if i else "reached_first", reference=reference[t["target"]],
-                               loss=number(t["target_loss"]), share=number(t["share_of_reference_time"]))
-                           for i, t in enumerate(shares))
-    horizon = shorter_horizon(bench_dir)
-    more = horizon + largest_batch(bench_dir, horizon)
-    line = say("headlines", "muon_and_more" if more else "muon", card=muon["card"], recipe=muon["recipe"],
-               reached=reached, loss=number(muon["final_val_loss"]), more=more,
-               page=page_link("quality.md", readme_dir, docs_dir))
-    plot = stem + ".png"  # the same run's held-out loss against wall-clock and tokens
-    if not os.path.isfile(plot):
-        return [line]
-    return [line, "\n" + say("headlines", "muon_plot", plot=link(plot, readme_dir)) + "\n"]
+    full = [r["default"] for r in rows]
+    adamw = [r[d["reference"]] for r, d in zip(rows, full)]
+    shares = ", ".join(say("headlines", "corpus_share", corpus=d["corpus"], share=number(d["share"])) for d in full)
+    halves = [(r["default_half"], a) for r, a in zip(rows, adamw) if "default_half" in r]
+    ended = lambda h, a: say("headlines", "half_end", corpus=h["corpus"], loss=number(h["final_val_loss"]),  # noqa: E731
+                             ref=number(a["final_val_loss"]))
+    below = [ended(h, a) for h, a in halves if h["ends_at_or_below"] == "True"]
+    above = [ended(h, a) for h, a in halves if h["ends_at_or_below"] != "True"]
+    half = ""
+    if halves:
+        half = say("headlines", "half_above" if above else "half_below", steps=int(number(halves[0][0]["steps"])),
+                   below=" and ".join(below), above=" and ".join(above),
+                   on=say("headlines", "on_below", below=" and ".join(below)) if below and above else "")
+    cards = sorted({d["card"] for d in full})
+    return [say("headlines", "muon", worst=max(number(d["share"]) for d in full), shares=shares,
+                n=len(full), steps=int(number(full[0]["steps"])),
+                card=" and ".join(cards), lower=min(number(a["final_val_loss"]) - number(d["final_val_loss"])
+                                                   for d, a in zip(full, adamw)),
+                half=half, page=page_link("quality.md", readme_dir, docs_dir))]
 
 
 def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:
@@ -296,7 +244,7 @@ def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[s
         out.append(say("headlines", "seed_run", steps=run.train[-1][0], took=took,
                        where=run.header.get("device_name") or say("headlines", "logged_device"),
                        log=link(args.train_log, readme_dir)))
-    out += quality_headline(args.bench_dir, readme_dir, args.docs_dir)
+    out += quality_headline(args.time_to_loss, readme_dir, args.docs_dir)
     out += eval_headline(args.eval_results, readme_dir, args.docs_dir)
     best = None
     for path in sorted(glob.glob(os.path.join(args.bench_dir, "multigpu_*.csv"))):

@@ -557,45 +557,37 @@ def test_a_table_without_a_column_is_one_line_and_the_pages_stay(tmp_path, table
     assert (tmp_path / "README.md").read_text(encoding="utf-8") == before
 
 
-def test_quality_headline_from_one_runs_tables(tmp_path):
-    """The README's Muon line: the best Muon row of the realdocs runs, and for each AdamW reference (the row at
-    share 1.0 of a target) the share of its wall-clock Muon needed; a target Muon missed is not claimed."""
-    b = tmp_path / "benchmarks"
-    write(b / "quality_realdocs_2048_runs.csv", "section,recipe,impl,optimizer,final_val_loss,card\n"
-          "r,muon_a,ours,muon,3.7,NVIDIA H200\nr,muon_b,ours,muon,4.0,NVIDIA H200\nr,adamw_x,ours,adamw,5.1,NVIDIA H200\n")
-    write(b / "quality_realdocs_2048_ttl.csv", "target,target_loss,recipe,reached,share_of_reference_time\n"
-          "t1,5.1,adamw_x,True,1.0\nt1,5.1,muon_a,True,0.333\nt1,5.1,muon_b,True,0.2\n"
-          "t2,4.5,adamw_y,True,1.0\nt2,4.5,muon_a,False,\n")
-    (line,) = findings.quality_headline(str(b), str(tmp_path))
-    assert "`muon_a`" in line and "`adamw_x`'s final held-out loss (5.10) in **0.33x**" in line
-    assert "adamw_y" not in line and "ending at held-out loss 3.70" in line and "NVIDIA H200" in line
-    assert findings.quality_headline(str(tmp_path / "none"), str(tmp_path)) == []
-    # a horizon sweep adds the Muon recipe that reaches its own run's best AdamW loss soonest (not the AdamW row,
-    # not a row that missed)
-    write(b / "quality_realdocs_2048_horizon_runs.csv", "recipe,optimizer,steps\nadamw_z,adamw,400\n"
-          "muon_wsd_5e-3_n200,muon,200\nmuon_wsd_5e-3_n180,muon,180\nmuon_wsd_5e-3_a1e-2_n200,muon,200\n")
-    write(b / "quality_realdocs_2048_horizon_ttl.csv", "target,recipe,reached,share_of_reference_time\n"
-          "best AdamW (adamw_z) at the end,adamw_z,True,1.0\n"
-          "best AdamW (adamw_z) at the end,muon_wsd_5e-3_n200,True,0.51\n"
-          "best AdamW (adamw_z) at the end,muon_wsd_5e-3_n180,True,0.47\n"
-          "best AdamW (adamw_z) at the end,muon_wsd_5e-3_a1e-2_n200,True,0.40\n")
-    write(b / "quality_realdocs_2048_seed1_ttl.csv", "target,recipe,reached,share_of_reference_time\n"
-          "best AdamW (adamw_z) at the end,muon_wsd_5e-3_n200,True,0.46\n"
-          "best AdamW (adamw_z) at the end,muon_wsd_5e-3_n160,False,\n")
-    write(b / "quality_realdocs_2048.png", "png")  # the same run's plot goes under the line
-    line, plot = findings.quality_headline(str(b), str(tmp_path))
-    assert plot.strip().startswith("![") and plot.strip().endswith("(benchmarks/quality_realdocs_2048.png)")
-    # the default recipe over its most-run shorter horizon, every run on file (a tuned recipe is not the default)
-    assert "ending at held-out loss 3.70. Trained for 200 steps it needs **0.46-0.51x** of that AdamW's time " \
-           "(2 runs over seeds, each against its own process's AdamW)" in line and "0.40" not in line
-    # the micro-batch-48 runs add the default recipe's share against each run's own best AdamW
-    write(b / "quality_realdocs_2048_mb48_runs.csv", "recipe,optimizer,micro_batch\nadamw_w,adamw,48\n")
-    write(b / "quality_realdocs_2048_mb48_ttl.csv", "target,recipe,reached,share_of_reference_time\n"
-          "best AdamW (adamw_w) at the end,adamw_w,True,1.0\nbest AdamW (adamw_w) at the end,muon_wsd_5e-3,True,0.477\n"
-          "best AdamW (adamw_w) at the end,muon_wsd_8e-3,True,0.46\n")
-    line, _ = findings.quality_headline(str(b), str(tmp_path))
-    assert "own process's AdamW); at micro-batch 48, the fastest step, `muon_wsd_5e-3` needs **0.48x** of the best " \
-           "AdamW's time there (1 run) ([`docs/quality.md`]" in line and "0.46x and" not in line
+def ttl_runs(path, rows):
+    write(path, "corpus,recipe,optimizer,steps,tokens,final_val_loss,card,reference,share,ends_at_or_below\n"
+          + "".join(",".join(map(str, r)) + "\n" for r in rows))
+
+
+def test_quality_headline_holds_on_every_corpus(tmp_path):
+    """The README's quality line: the largest share of the best AdamW's time the default needs over every corpus
+    table of TIME_TO_LOSS_RUNS, each corpus's share, the smallest margin, and where the halved run ends; nothing
+    is claimed while a corpus's table is missing or its default never reached AdamW's loss."""
+    d = tmp_path / "results" / "time_to_loss"
+    real, code = findings.TIME_TO_LOSS_RUNS
+    card = "NVIDIA H100 80GB HBM3"
+    ttl_runs(d / f"{real}_runs.csv", [("realdocs", "adamw_wsd_1e-3", "adamw", 400, 13107200, 4.57, card, "adamw_wsd_1e-3", 1.0, True),
+                                      ("realdocs", "default", "default", 400, 13107200, 3.58, card, "adamw_wsd_1e-3", 0.544, True),
+                                      ("realdocs", "default_half", "default", 200, 6553600, 4.506, card, "adamw_wsd_1e-3", 0.502, True)])
+    assert findings.quality_headline(str(d), str(tmp_path)) == []  # one corpus of two: nothing claimed
+    ttl_runs(d / f"{code}_runs.csv", [("pystdlib", "adamw_wsd_2e-3", "adamw", 400, 13107200, 3.034, card, "adamw_wsd_2e-3", 1.0, True),
+                                      ("pystdlib", "default", "default", 400, 13107200, 2.156, card, "adamw_wsd_2e-3", "", False)])
+    assert findings.quality_headline(str(d), str(tmp_path)) == []  # a default that never reached AdamW's loss
+    ttl_runs(d / f"{code}_runs.csv", [("pystdlib", "adamw_wsd_2e-3", "adamw", 400, 13107200, 3.034, card, "adamw_wsd_2e-3", 1.0, True),
+                                      ("pystdlib", "default", "default", 400, 13107200, 2.156, card, "adamw_wsd_2e-3", 0.570, True),
+                                      ("pystdlib", "default_half", "default", 200, 6553600, 3.040, card, "adamw_wsd_2e-3", "", False)])
+    (line,) = findings.quality_headline(str(d), str(tmp_path))
+    assert "at most **0.57x** its wall-clock on each of 2 corpora (realdocs 0.54x, pystdlib 0.57x; 400 steps" in line
+    assert f"process, {card}), ending at least 0.88 nats under it; trained for 200 steps they end above it on " \
+           "pystdlib (3.040 against 3.034), at or below it on realdocs (4.506 against 4.570) ([`docs/quality.md`]" in line
+    ttl_runs(d / f"{code}_runs.csv", [("pystdlib", "adamw_wsd_2e-3", "adamw", 400, 13107200, 3.034, card, "adamw_wsd_2e-3", 1.0, True),
+                                      ("pystdlib", "default", "default", 400, 13107200, 2.156, card, "adamw_wsd_2e-3", 0.570, True),
+                                      ("pystdlib", "default_half", "default", 200, 6553600, 3.01, card, "adamw_wsd_2e-3", 0.49, True)])
+    (line,) = findings.quality_headline(str(d), str(tmp_path))
+    assert "they end at or below that loss too: realdocs (4.506 against 4.570) and pystdlib (3.010 against 3.034) (" in line
 
 
 def test_eval_headline_needs_both_rows(tmp_path):
