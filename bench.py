@@ -12,7 +12,7 @@ with the same initial weights, data, batch, optimizer and training step (smollm2
         # each impl at each micro-batch (microbatch_sweep.csv); bench_throughput.csv gets each impl's best that fits
     python bench.py --profile none --residual_loss_steps 200   # loss curves, residual stream fp32 vs bf16
 
-Writes benchmarks/bench_<profile>.csv and .json (tokens/s, ms/step, MFU against the card's dense bf16
+Writes results/bench/bench_<profile>.csv and .json (tokens/s, ms/step, MFU against the card's dense bf16
 peak, peak memory, card, versions), bench_max_batch.csv, bench_attention.csv, time_breakdown_<profile>.csv
 (+ kernels_<profile>_<impl>.txt), multigpu_<profile>.csv, microbatch_sweep.csv, the loss-equivalence plot and
 loss_residual.csv/.json/.png.
@@ -499,7 +499,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--residual_loss_steps", type=int, default=0,
                    help="steps of the residual-stream comparison, ours_fast vs ours_fast_bf16res (0 = skip)")
     p.add_argument("--world_sizes", default="", help="e.g. 1,2,4: run --profile under torchrun at each size")
-    p.add_argument("--out_dir", default="benchmarks")
+    p.add_argument("--out_dir", default=os.path.join("results", "bench"))
     p.add_argument("--cache_dir", default="", help="token cache (default <out_dir>/.cache)")
     return p.parse_args(argv)
 

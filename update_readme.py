@@ -165,7 +165,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="folder whose *.png are linked beside the ablation table (default: the CSV's folder)")
     p.add_argument("--throughput_csv", default="ablation_results_throughput/ablation_results.csv",
                    help="second ablation table for THROUGHPUT_TABLE; its folder's *.png are linked")
-    p.add_argument("--bench_dir", default="benchmarks", help="folder with bench_*.csv, multigpu*.csv and *.png")
+    p.add_argument("--bench_dir", default=os.path.join("results", "bench"),
+                   help="folder of the benchmark result files: bench_*.csv, multigpu*.csv, quality_*, *.png")
     p.add_argument("--loss_plot", default=None,
                    help="loss-curve PNG drawn from --train_log (default: loss_curve.png beside --train_log)")
     p.add_argument("--previous_train_log", default=None,

@@ -1,6 +1,6 @@
 """How fast the GPUs of this host all-reduce a gradient-sized buffer: run under torchrun, one process a GPU.
 
-    torchrun --standalone --nproc_per_node=8 benchmarks/allreduce_probe.py [--mb 538] [--out benchmarks/links]
+    torchrun --standalone --nproc_per_node=8 benchmarks/allreduce_probe.py [--mb 538] [--out results/bench/links]
 
 Every rank all-reduces (sum) one float32 buffer of --mb megabytes, the size of SmolLM2-135M's gradients
 (134.5M parameters x 4 bytes = 538 MB), --warmup times untimed and --iters times timed. Reported as NCCL's
@@ -34,7 +34,7 @@ def main() -> int:
     p.add_argument("--mb", type=float, default=GRADIENT_MB, help="buffer size in MB (1e6 bytes)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "links"), help="table stem (.csv/.json)")
+    p.add_argument("--out", default=os.path.join(REPO, "results", "bench", "links"), help="table stem (.csv/.json)")
     args = p.parse_args()
     if "RANK" not in os.environ:
         raise UsageError("run it under torchrun (torchrun --standalone --nproc_per_node=N ...)")

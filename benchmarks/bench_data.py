@@ -643,7 +643,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shared_dir", default=SHARED, help="where data/realdocs and data/input.txt are")
     p.add_argument("--work_dir", default=os.path.join("/tmp", "smollm2_bench_data"),
                    help="corpora, prepared outputs and caches (outside the repo); corpora are kept and reused")
-    p.add_argument("--out_dir", default=os.path.join(REPO, "benchmarks"), help="data_prep.csv / .json go here")
+    p.add_argument("--out_dir", default=os.path.join(REPO, "results", "bench"), help="data_prep.csv / .json go here")
     p.add_argument("--machine", default="", help="name of this machine in the rows' key (default: HOSTNAME/Ncpu)")
     p.add_argument("--interval", type=float, default=0.2, help="seconds between memory samples")
     p.add_argument("--keep", type=int, default=0, choices=[0, 1], help="1: keep the prepared folders in --work_dir")

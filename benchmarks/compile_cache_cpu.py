@@ -4,7 +4,7 @@ when they are empty but the run folder holds compile_artifacts.bin (a resume on 
 row is a train.py process (tiny preset, --compile 1 on CPU, where inductor compiles C++ instead of
 Triton); compile_s is the WALL line's, the first step including compilation.
 
-    python benchmarks/compile_cache_cpu.py --shared_dir ../shared     # -> benchmarks/compile_cache_cpu.json
+    python benchmarks/compile_cache_cpu.py --shared_dir ../shared     # -> results/bench/compile_cache_cpu.json
 """
 
 import json
@@ -39,7 +39,7 @@ def train(out_dir, cache_dir, shared, *extra):
 def main():
     p = OneLineParser()
     p.add_argument("--shared_dir", default=os.path.join(os.path.dirname(REPO), "shared"))
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "compile_cache_cpu.json"))
+    p.add_argument("--out", default=os.path.join(REPO, "results", "bench", "compile_cache_cpu.json"))
     a = p.parse_args()
     root = tempfile.mkdtemp(prefix="compile_cache_")
     machine_a, machine_b = os.path.join(root, "inductor_a"), os.path.join(root, "inductor_b")

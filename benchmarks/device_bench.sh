@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The single-GPU runs behind benchmarks/bench_*.csv, the loss-equivalence plot, the kernel table and the
+# The single-GPU runs behind results/bench/bench_*.csv, the loss-equivalence plot, the kernel table and the
 # memory and max-batch probes. Each step fits one 10-minute device call; pass the step (1, 2, 3,
 # 4a, 4b, 4c, 5; default: all). Diagnostics go to $RUNS/diag (default /tmp/smollm2_runs, not committed); the
-# tables go to benchmarks/.
+# tables go to results/bench/.
 # First, on torch 2.11 there: python -m pytest -q tests/test_model.py -k "compiled_equals_eager or fused"
 set -u
 cd "$(dirname "$0")/.."
@@ -11,10 +11,10 @@ step=${1:-all}
 run() { [ "$step" = all ] || [ "$step" = "$1" ]; }
 RUNS=${RUNS:-/tmp/smollm2_runs}
 mkdir -p "$RUNS"/diag
-# the tables' folder: benchmarks/ by default. A run driven in the background across device calls sets
-# BENCH_OUT to a folder outside the checkout: each call re-copies the working tree over benchmarks/ and
+# the tables' folder: results/bench/ by default. A run driven in the background across device calls sets
+# BENCH_OUT to a folder outside the checkout: each call re-copies the working tree over results/bench/ and
 # deletes the folders that .git/info/exclude ignores.
-B=${BENCH_OUT:-benchmarks}
+B=${BENCH_OUT:-results/bench}
 # 1-2. ours vs transformers, both profiles, one process each (every row of a table from one run, one card)
 run 1 && python bench.py --profile seed --input_file input.txt --out_dir "$B"
 # 2. (~9 min: five impls, then the loss comparison: float32 reference, bf16 eager, fast path, 200 steps each)

@@ -2,9 +2,9 @@
 # Data preparation on the device machine (.assets/ carried: input.txt, tokenizer.json, realdocs/). Pass the step:
 #   1  prepare the realdocs corpus, train SmolLM2-135M on it for 1000 steps of seq 2048 x 16 (results/realdocs/)
 #   2  the graded pair, the README's two commands as written (out_smollm2_scratch/train.log)
-#   3  preparation throughput and the nanoGPT-style yardstick on the host's CPU cores (benchmarks/data_prep.*)
+#   3  preparation throughput and the nanoGPT-style yardstick on the host's CPU cores (results/bench/data_prep.*)
 #   4  throughput of both encoders on 2 of the host's cores (taskset) and on all 16, and training memory over
-#      10,000 steps of train.py on the GPU (benchmarks/data_prep.*)
+#      10,000 steps of train.py on the GPU (results/bench/data_prep.*)
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh
@@ -32,14 +32,14 @@ json.dump(s, open('$R/manifest_summary.json', 'w'), indent=1)"
 fi
 if run 3; then
   python benchmarks/bench_data.py --what throughput,yardstick --workers 1,4,16 --corpus_mb 200 --shared_dir .assets \
-    --tokenizer_id .assets/tokenizer.json --out_dir benchmarks
+    --tokenizer_id .assets/tokenizer.json --out_dir results/bench
 fi
 if run 4; then
-  common=(--what throughput --shared_dir .assets --tokenizer_id .assets/tokenizer.json --out_dir benchmarks)
+  common=(--what throughput --shared_dir .assets --tokenizer_id .assets/tokenizer.json --out_dir results/bench)
   taskset -c 0,1 python benchmarks/bench_data.py "${common[@]}" --workers 1,2 --corpus_mb 100 --machine vm/16cpu-taskset2
   python benchmarks/bench_data.py "${common[@]}" --workers 16 --corpus_mb 200
   python benchmarks/bench_data.py --what train_rss --train_device cuda --max_steps 10000 --train_inputs .assets/data/realdocs \
-    --shared_dir .assets --tokenizer_id .assets/tokenizer.json --out_dir benchmarks
+    --shared_dir .assets --tokenizer_id .assets/tokenizer.json --out_dir results/bench
 fi
 if run 2; then
   rm -rf out_smollm2_scratch/checkpoints out_smollm2_scratch/cache out_smollm2_scratch/train.log out_smollm2_scratch/run.json
@@ -47,5 +47,5 @@ if run 2; then
   python train.py --input_file input.txt --seq_len 256 --batch_size 1 --grad_accum 4 --max_steps 5050 --resume 1 --log_every 50 --save_every 250 --sample_every 500
 fi
 if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/data_step_$step.tgz" "$R"/*.log "$R"/*.json benchmarks/data_prep.* out_smollm2_scratch/train.log 2>/dev/null
+  tar czf "$OUT/data_step_$step.tgz" "$R"/*.log "$R"/*.json results/bench/data_prep.* out_smollm2_scratch/train.log 2>/dev/null
 fi

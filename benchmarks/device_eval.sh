@@ -12,7 +12,8 @@
 #             lm-evaluation-harness's own `hf` model on the same export (when lm_eval imports); and bits per
 #             byte of 10M tokens (realdocs' training split, --max_tokens 10000000)
 # What comes back in $OUT: results/eval/*.json (commit them; update_readme.py renders docs/evaluation.md from
-# them), the seed run's train.log and metrics.jsonl (with val bpb), speed.jsonl, and each command's output.
+# them), the seed run's train.log and metrics.jsonl (with val bpb), speed.jsonl, and each command's output; with
+# `speed`, eval_speed.csv and .json (commit them in results/bench/, where update_readme.py reads them).
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh

@@ -31,7 +31,8 @@
 #             (WSD 1e-3), the default Muon recipe (5e-3, WSD) over the same 400 steps and over a 200- and a 160-step
 #             horizon (what a user who wants the AdamW loss sooner runs), and transformers + compile with the best AdamW
 #             recipe (about 7 minutes)
-# What comes back in $OUT: quality_<section>_{runs,curves,ttl}.csv, the plot, the log.
+# What comes back in $OUT: quality_<section>_{runs,curves,ttl}.csv, the plot, the log; committed in results/bench/
+# (quality.py's default --out_dir, which update_readme.py reads).
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh

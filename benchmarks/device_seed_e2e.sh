@@ -11,7 +11,9 @@
 #             --compile_scope model and blocks, from empty compile caches, 300 steps cold, 300 again warm,
 #             then a resume to 350; each run's WALL line goes to $OUT/scopes_wall.jsonl
 # What comes back in $OUT: seed_e2e.csv (each command's wall time as the shell saw it), the cold pair's log
-# (cold/train.log), the graded log (out_smollm2_scratch/train.log, to commit as is) and the portable log.
+# (cold/train.log), the graded log (out_smollm2_scratch/train.log, to commit as is) and the portable log. The rest is
+# committed in results/bench/seed_e2e/: seed_e2e.csv, scopes_wall.jsonl, cache_sizes.txt, and the cold and portable
+# logs as train_cold.log and train_portable.log.
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh

@@ -12,14 +12,14 @@
 #   3  (~3 min) loss_residual.*: 200 steps at seq 2048 x 16, residual fp32 vs bf16 (+ the fp32 run again as
 #      the run-to-run yardstick); then benchmarks/probe_quack.py if quack-kernels is importable
 # Usage: bash benchmarks/device_speed_levers.sh 1   (then 2, then 3; no argument: all three, ~18 min)
-# Carry [".assets"] (tokenizer.json and input.txt, as for device_bench.sh). Results go to benchmarks/ (BENCH_OUT)
+# Carry [".assets"] (tokenizer.json and input.txt, as for device_bench.sh). Results go to results/bench/ (BENCH_OUT)
 # and, packed, to $OUT/speed_levers_step_<step>.tgz.
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh
 step=${1:-all}
 run() { [ "$step" = all ] || [ "$step" = "$1" ]; }
-B=${BENCH_OUT:-benchmarks}
+B=${BENCH_OUT:-results/bench}
 RUNS=${RUNS:-/tmp/smollm2_runs}
 mkdir -p "$B" "$RUNS"
 t0=$SECONDS

@@ -3,7 +3,7 @@
 # 4 x H100 host (device kind nvidia-h100-x4). Results go to $RUNS (default /tmp/smollm2_runs, outside the
 # checkout: each device call re-copies the working tree and deletes what .git/info/exclude ignores there,
 # a folder inside the repo included); the chosen files
-# are then copied into ablation_results_500steps_profiles/, ablation_results_throughput/ and benchmarks/.
+# are then copied into ablation_results_500steps_profiles/, ablation_results_throughput/ and results/bench/.
 # Re-running it resumes: train_ablation.py skips variants already in a CSV.
 #
 # It takes longer than one 10-minute device call. Start it in the background and have each call wait on
@@ -26,7 +26,7 @@ mkdir -p "$RUNS"
 rm -f "$RUNS"/ALL_DONE
 
 # 1. data parallel scaling: our compiled step under torchrun + DDP at 1, 4 and 2 GPUs (seq 2048 x 16 per GPU),
-#    float32 and bf16 gradient all-reduce (benchmarks/multigpu_throughput.csv). The GPU links first.
+#    float32 and bf16 gradient all-reduce (results/bench/multigpu_throughput.csv). The GPU links first.
 #    Resumes per (size, impl). IMPLS=...,ours_compile_no_overlap,ours_compile_blocks adds the schedule
 #    comparisons (none of their rows is committed).
 nvidia-smi topo -m > "$RUNS"/topology.txt 2>&1

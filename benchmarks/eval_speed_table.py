@@ -1,7 +1,7 @@
 """The evaluation speed table: what `benchmarks/device_eval.sh speed` measured, one row per command, all from
 one call on one card.
 
-    python benchmarks/eval_speed_table.py OUT_DIR --out benchmarks/eval_speed   (writes .csv and .json)
+    python benchmarks/eval_speed_table.py OUT_DIR --out results/bench/eval_speed   (writes .csv and .json)
 
 OUT_DIR holds speed.jsonl (each command's whole-process seconds, written by the runbook) and the JSON each
 evaluate.py command wrote (speed_<name>.json): its scoring seconds (the clock starts after the model is on the
@@ -41,7 +41,7 @@ def row(name: str, process_s: float, result: dict) -> dict:
 def main(argv=None) -> int:
     p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir")
-    p.add_argument("--out", default=os.path.join("benchmarks", "eval_speed"), help="path stem: .csv and .json")
+    p.add_argument("--out", default=os.path.join("results", "bench", "eval_speed"), help="path stem: .csv and .json")
     args = p.parse_args(argv)
     rows = []
     with open(os.path.join(args.out_dir, "speed.jsonl"), encoding="utf-8") as f:

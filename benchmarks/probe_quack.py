@@ -3,7 +3,7 @@ PyTorch ops the compiled step uses today: fused residual add + RMSNorm, the SwiG
 the GEMM epilogue, and the tied head + cross-entropy. Each op forward + backward, median of 20, relative
 error of the output and of the input gradient against the PyTorch reference on the same bf16 inputs.
 
-    python benchmarks/probe_quack.py [--out benchmarks/probe_quack.json]
+    python benchmarks/probe_quack.py [--out results/bench/probe_quack.json]
 
 Needs a Hopper GPU and quack-kernels with a matching nvidia-cutlass-dsl (benchmarks/NOTES.md, "Hopper kernels
 from the registries": 0.6.4 pins 4.6.2; 0.6.5 asks for >= 4.7 and its GEMM kernels failed to build on 4.8.1).
@@ -65,7 +65,7 @@ def compare(name, ours, ref, inputs, dout_shape=None) -> dict:
 
 def main(argv=None) -> int:
     p = OneLineParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="benchmarks/probe_quack.json")
+    p.add_argument("--out", default=os.path.join("results", "bench", "probe_quack.json"))
     p.add_argument("--tokens", type=int, default=32768)
     p.add_argument("--tuned", type=int, default=0, choices=[0, 1],
                    help="quack's autotuner for the GEMM kernels (1: minutes of tuning per shape; 0: its default config)")

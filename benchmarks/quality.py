@@ -285,7 +285,7 @@ def parse_args(argv=None):
     p.add_argument("--timed", type=int, default=20, help="step_time: timed steps per optimizer")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out_dir", default="benchmarks")
+    p.add_argument("--out_dir", default=os.path.join("results", "bench"))
     p.add_argument("--cache_dir", default="/tmp/quality_cache", help="token cache for raw text input")
     p.add_argument("--replot", action="store_true", help="only redraw the plot and the time-to-loss table from the CSVs")
     return p.parse_args(argv)

@@ -14,6 +14,9 @@ from smollm2.switches import DEFAULT_PATH, PROFILES, SEED_PATH
 # per corpus: the README's quality line holds on all of them.
 TIME_TO_LOSS_RUNS = ("realdocs_methods", "pystdlib_methods")
 
+# How the benchmark numbers were taken: benchmarks/NOTES.md, beside the scripts (the result files are in --bench_dir).
+BENCH_NOTES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "NOTES.md")
+
 
 def default_path_row(rows: dict[str, dict[str, str]], profile: str = "throughput") -> Optional[dict[str, str]]:
     """train.py's default path in a bench table: for the seed profile what the seed's 5,000-step command runs
@@ -113,7 +116,7 @@ def benchmark_findings(bench_dir: str, readme_dir: str) -> list[str]:
     if groups:
         out.append(say("findings", "time_breakdown", card=r.get("card", ""), ms=number(r["ms_per_step"]),
                        groups=", ".join(f"{k} {v:.1f}" for k, v in groups[:3]), csv=rel(tb_path, readme_dir),
-                       notes=rel(os.path.join(bench_dir, "NOTES.md"), readme_dir)))
+                       notes=rel(BENCH_NOTES, readme_dir)))
     for mg_path in sorted(glob.glob(os.path.join(bench_dir, "multigpu_*.csv"))):
         if line := multigpu_finding(mg_path, readme_dir):
             out.append(line)

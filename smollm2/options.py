@@ -34,7 +34,7 @@ FIXED, REFUSED, ALLOWED, IGNORED = "fixed", "refused", "allowed", "ignored"
 # --optimizer auto: Muon from this many tokens per optimizer step and process (batch_size x grad_accum x seq_len)
 # on, AdamW below. Newton-Schulz costs the same per step whatever the batch (6.5 ms on an H200 at the seed's
 # shape), so the smaller the step, the larger its share. Measured on one H200 (docs/quality.md,
-# benchmarks/quality_*.csv): at 32,768 tokens a step (realdocs, seq 2048 x 16) Muon reached the AdamW recipe's
+# results/bench/quality_*.csv): at 32,768 tokens a step (realdocs, seq 2048 x 16) Muon reached the AdamW recipe's
 # held-out loss in 33% of AdamW's time and its step was 7% slower; at 8,192 (seq 2048 x 4) in 41%, its step 23% slower;
 # at 1,024 (the seed's shape, input.txt) its step was 1.8x AdamW's and it reached AdamW's held-out loss 1.34x
 # later. The threshold is the smallest measured shape where Muon wins; between 1,024 and 8,192 it is not measured.
@@ -179,7 +179,7 @@ GROUPS: dict[str, list[Option]] = {
         Option("residual_dtype", str, "auto", ALLOWED,
                "dtype of the residual stream under autocast: fp32 (as transformers) or bf16 (half the bytes per "
                "residual add and RMSNorm; norms still compute in fp32; 4.5%% faster at seq 2048, loss within the "
-               "run-to-run noise: benchmarks/loss_residual.*). auto: bf16 with --fast and autocast",
+               "run-to-run noise: results/bench/loss_residual.*). auto: bf16 with --fast and autocast",
                choices=["auto", "fp32", "bf16"]),
         flag("compile_cache", 1, ALLOWED,
              "with --compile: load <out_dir>/cache/compile_artifacts.bin before the first compile and write it after "

@@ -356,7 +356,7 @@ def seed_e2e_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
 
 
 def eval_speed_block(bench_dir: str, readme_dir: str) -> tuple[str, str]:
-    """benchmarks/eval_speed*.csv (benchmarks/eval_speed_table.py): evaluate.py and lm-evaluation-harness on the
+    """results/bench/eval_speed*.csv (benchmarks/eval_speed_table.py): evaluate.py and lm-evaluation-harness on the
     same work, a table per call on one card."""
     paths = sorted(glob.glob(os.path.join(bench_dir, "eval_speed*.csv")))
     if not paths:

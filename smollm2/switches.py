@@ -106,7 +106,7 @@ SEED_PATH = "ours_fast_blocks"  # what it runs for the seed's command (--max_ste
 
 # --compile_scope auto: "blocks" for a single-process run of at most this many steps, "model" beyond, decided
 # when the run starts and kept by its resumes (the same compiled code, so a resume continues it exactly).
-# Measured on one H200 at the seed's shape (benchmarks/seed_e2e/scopes_wall.jsonl): compiling the whole model
+# Measured on one H200 at the seed's shape (results/bench/seed_e2e/scopes_wall.jsonl): compiling the whole model
 # costs 24 s more than one layer with warm compile caches (51 s more cold). It saved ~1.25 ms a step when the
 # threshold was set (pays after ~19k steps); since the head is compiled too (compile_head) the gap there is
 # 0.04 ms (bench_seed.csv), so the threshold is conservative at that shape; at others the gap is not measured.

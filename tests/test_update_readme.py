@@ -125,7 +125,7 @@ def test_cli_fills_log_and_ablation(tmp_path):
 
 def test_idempotent(tmp_path):
     populate(tmp_path, README + OPTIONAL_BLOCKS)
-    write(tmp_path / "benchmarks" / "bench_seq.csv", "seq_len,tok_s\n256,1000\n")
+    write(tmp_path / "results" / "bench" / "bench_seq.csv", "seq_len,tok_s\n256,1000\n")
     assert run(tmp_path).returncode == 0
     png = tmp_path / "out_smollm2_scratch" / "loss_curve.png"
     first, png_bytes, png_mtime = (tmp_path / "README.md").read_bytes(), png.read_bytes(), png.stat().st_mtime_ns
@@ -169,7 +169,7 @@ def test_unpaired_optional_marker_exit_2(tmp_path):
 
 def test_absent_optional_markers_are_not_added(tmp_path):
     populate(tmp_path)
-    write(tmp_path / "benchmarks" / "bench_seq.csv", "seq_len,tok_s\n256,1000\n")
+    write(tmp_path / "results" / "bench" / "bench_seq.csv", "seq_len,tok_s\n256,1000\n")
     assert run(tmp_path).returncode == 0
     out = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert "BENCH_TABLE" not in out and "bench_seq" not in out
@@ -316,7 +316,7 @@ def test_missing_columns_tolerated():
 
 def test_bench_and_multigpu_tables(tmp_path):
     populate(tmp_path, README + OPTIONAL_BLOCKS)
-    b = tmp_path / "benchmarks"
+    b = tmp_path / "results" / "bench"
     write(b / "bench_seq_len.csv", "seq_len,tokens_per_s,peak_mem_gb,mfu,ms_per_step,note\n"
                                    "256,98765.4,3.14159,0.4567,12.34,fast\n1024,,,,,oom\n")
     write(b / "bench_attention.csv", "impl,tok_s,peak_mem_bytes\nsdpa,5000,1500000000\n")
@@ -331,7 +331,7 @@ def test_bench_and_multigpu_tables(tmp_path):
     assert "| 256 | 98,765 | 3.14 | 45.67 | 12.3 | fast |" in bench
     assert "| 1024 | — | — | — | — | oom |" in bench
     assert "| sdpa | 5,000 | 1.50 |" in bench
-    assert "![scaling](benchmarks/scaling.png)" in bench
+    assert "![scaling](results/bench/scaling.png)" in bench
     multi = out.split("<!-- MULTIGPU_TABLE_BEGIN -->")[1].split("<!-- MULTIGPU_TABLE_END -->")[0]
     # a column empty in every row (x_hf_eager) is left out
     assert "| gpus | tokens/s | MFU (%) | per-GPU efficiency (%) |" in multi and "| 2 | 195,000 | 39.00 | 97.5 |" in multi
@@ -366,23 +366,23 @@ def test_findings_are_computed_from_the_files(tmp_path):
     log = make_log().replace("RESUME:", "DONE: steps 1..300 in 100.0s (3000.0 tok/s overall, compile/capture included)\nRESUME:")
     write(tmp_path / "out_smollm2_scratch" / "train.log",
           log + "DONE: steps 301..350 in 20.0s (2500.0 tok/s overall, compile/capture included)\n")
-    write(tmp_path / "benchmarks" / "bench_seed.csv", BENCH_HEADER +
+    write(tmp_path / "results" / "bench" / "bench_seed.csv", BENCH_HEADER +
           "seed,hf_eager,ok,NVIDIA H100,2000,0.002,3.0\n"
           "seed,hf_compile,ok,NVIDIA H100,5000,0.005,3.1\n"
           "seed,ours_fast,ok,NVIDIA H100,30000,0.03,2.5\n")
-    write(tmp_path / "benchmarks" / "bench_max_batch.csv", "impl,card,seq_len,max_micro_batch,card_memory_gb\n"
+    write(tmp_path / "results" / "bench" / "bench_max_batch.csv", "impl,card,seq_len,max_micro_batch,card_memory_gb\n"
           "hf_eager,NVIDIA H100,2048,21,85.0\nours_compile,NVIDIA H100,2048,58,85.0\nhf_compile,NVIDIA H100,2048,,85.0\n")
-    write(tmp_path / "benchmarks" / "loss_equivalence.json",
+    write(tmp_path / "results" / "bench" / "loss_equivalence.json",
           '{"steps": 200, "max_abs_diff": 0.02, "mean_abs_diff": 0.005, "final_fast": 3.5, "final_eager": 3.51}')
-    write(tmp_path / "benchmarks" / "multigpu_throughput.csv",
+    write(tmp_path / "results" / "bench" / "multigpu_throughput.csv",
           "profile,impl,status,card,world_size,seq_len,micro_batch,tokens_per_s,tokens_per_s_per_gpu,scaling_efficiency\n"
           "throughput,ours_compile,ok,NVIDIA H100,2,2048,16,580000,290000,0.97\n"
           "throughput,ours_compile,ok,NVIDIA H100,1,2048,16,300000,300000,1.0\n"
           "throughput,ours_compile_bf16grads,ok,NVIDIA H100,2,2048,16,570000,285000,0.95\n")
-    write(tmp_path / "benchmarks" / "multigpu_throughput_other.csv",
+    write(tmp_path / "results" / "bench" / "multigpu_throughput_other.csv",
           "profile,impl,status,card,world_size,seq_len,micro_batch,tokens_per_s,tokens_per_s_per_gpu,scaling_efficiency\n"
           "throughput,ours_compile,ok,NVIDIA H200,4,2048,16,900000,225000,0.69\n")
-    write(tmp_path / "benchmarks" / "time_breakdown_throughput.csv",
+    write(tmp_path / "results" / "bench" / "time_breakdown_throughput.csv",
           "impl,card,ms_per_step,attention ms,matmul ms,other ms\nours_compile,NVIDIA H100,111.3,27.1,42.5,0.5\n")
     write(tmp_path / "ablation_results_throughput" / "ablation_results.csv",
           "variant,status,batch_size,device_name,avg_tok_s_steady\nbaseline,oom,16,NVIDIA H100,\n"
@@ -395,7 +395,7 @@ def test_findings_are_computed_from_the_files(tmp_path):
     assert "111.3 ms per step" in block and "matmul 42.5, attention 27.1" in block
     assert "`fast` at 290,000 tokens/s, 2.9x `hf_reference`" in block and "`baseline`" in block
     assert "within 0.020" in block and "first 200 steps" in block and "bf16 rounding alone" not in block
-    write(tmp_path / "benchmarks" / "loss_equivalence.json",
+    write(tmp_path / "results" / "bench" / "loss_equivalence.json",
           '{"steps": 200, "max_abs_diff": 0.02, "mean_abs_diff": 0.005, "final_fast": 3.5, "final_eager": 3.51, '
           '"final_fp32": 3.52, "max_bf16_noise": 0.04, "mean_bf16_noise": 0.01}')
     assert run(tmp_path).returncode == 0
@@ -470,7 +470,7 @@ def test_previous_readme_log_is_drawn_beside_the_current_one(tmp_path):
 def test_microbatch_sweep_table(tmp_path):
     # The sweep CSV as bench.py writes it: ok rows with numbers, an oom row with only its keys.
     populate(tmp_path, README + OPTIONAL_BLOCKS + "\n<!-- MICROBATCH_TABLE_BEGIN -->\nstale placeholder\n<!-- MICROBATCH_TABLE_END -->\n")
-    b = tmp_path / "benchmarks"
+    b = tmp_path / "results" / "bench"
     write(b / "microbatch_sweep.csv",
           "profile,impl,status,card,seq_len,micro_batch,tokens_per_s,mfu,peak_mem_gb\n"
           "throughput,hf_compile,ok,NVIDIA H200,2048,16,230564.2,0.287,32.35\n"
@@ -494,8 +494,9 @@ def test_seed_e2e_table(tmp_path):
     readme = README + "\n<!-- SEED_E2E_BEGIN -->\nstale\n<!-- SEED_E2E_END -->\n"
     populate(tmp_path, readme)
     assert run(tmp_path).returncode == 0
-    assert "_No end-to-end timings yet: no `benchmarks/seed_e2e/seed_e2e.csv`._" in (tmp_path / "README.md").read_text()
-    write(tmp_path / "benchmarks" / "seed_e2e" / "seed_e2e.csv",
+    assert ("_No end-to-end timings yet: no `results/bench/seed_e2e/seed_e2e.csv`._"
+            in (tmp_path / "README.md").read_text())
+    write(tmp_path / "results" / "bench" / "seed_e2e" / "seed_e2e.csv",
           "case,command,wall_s,exit_status,card,torch\n"
           "scope_blocks_resume,train.py --max_steps 350 --resume 1,23.1,0,NVIDIA H200,2.11.0+cu130\n"
           "warm_A,train.py --max_steps 5000 --resume 0,70.64,0,NVIDIA H200,2.11.0+cu130\n"
@@ -541,7 +542,7 @@ def test_a_bad_metrics_jsonl_beside_the_log_exits_2(tmp_path):
 
 
 @pytest.mark.parametrize("table, body", [
-    ("benchmarks/bench_seed.csv", "impl,tokens_per_s,mfu,peak_mem_gb\nours_fast_blocks,1000,0.1,1.0\n"
+    ("results/bench/bench_seed.csv", "impl,tokens_per_s,mfu,peak_mem_gb\nours_fast_blocks,1000,0.1,1.0\n"
                                   "hf_eager,100,0.01,1.0\nhf_compile,200,0.02,1.0\n"),
 ])
 def test_a_table_without_a_column_is_one_line_and_the_pages_stay(tmp_path, table, body):
