@@ -203,29 +203,28 @@ def quality_headline(ttl_dir: str, readme_dir: str, docs_dir: Optional[str] = No
     recipe, benchmarks/time_to_loss.py): the largest share of AdamW's wall-clock the default needs to reach
     AdamW's final held-out loss, each corpus's share, and where the horizon-halved default ends against that
     loss. Nothing is claimed unless every corpus's table is there and the default reached AdamW's loss on each."""
-    tables = [rows_of(os.path.join(ttl_dir, f"{stem}_runs.csv")) for stem in TIME_TO_LOSS_RUNS]
-    rows = [{r["recipe"]: r for r in t} for t in tables if t]
-    if len(rows) < len(TIME_TO_LOSS_RUNS) or not all(number(r.get("default", {}).get("share")) for r in rows):
+    runs = [{r["recipe"]: r for r in rows_of(os.path.join(ttl_dir, f"{stem}_runs.csv"))} for stem in TIME_TO_LOSS_RUNS]
+    if not all(number(r.get("default", {}).get("share")) for r in runs):  # a table missing, or never reached
         return []
-    full = [r["default"] for r in rows]
-    adamw = [r[d["reference"]] for r, d in zip(rows, full)]
-    shares = ", ".join(say("headlines", "corpus_share", corpus=d["corpus"], share=number(d["share"])) for d in full)
-    halves = [(r["default_half"], a) for r, a in zip(rows, adamw) if "default_half" in r]
-    ended = lambda h, a: say("headlines", "half_end", corpus=h["corpus"], loss=number(h["final_val_loss"]),  # noqa: E731
-                             ref=number(a["final_val_loss"]))
-    below = [ended(h, a) for h, a in halves if h["ends_at_or_below"] == "True"]
-    above = [ended(h, a) for h, a in halves if h["ends_at_or_below"] != "True"]
+    shares, margins, cards, below, above, half_steps = [], [], set(), [], [], 0
+    for r in runs:
+        d, adamw = r["default"], r[r["default"]["reference"]]
+        shares.append(say("headlines", "corpus_share", corpus=d["corpus"], share=number(d["share"])))
+        margins.append(number(adamw["final_val_loss"]) - number(d["final_val_loss"]))
+        cards.add(d["card"])
+        if half := r.get("default_half"):
+            half_steps = int(number(half["steps"]))
+            (below if half["ends_at_or_below"] == "True" else above).append(
+                say("headlines", "half_end", corpus=half["corpus"], loss=number(half["final_val_loss"]),
+                    ref=number(adamw["final_val_loss"])))
     half = ""
-    if halves:
-        half = say("headlines", "half_above" if above else "half_below", steps=int(number(halves[0][0]["steps"])),
+    if below or above:
+        half = say("headlines", "half_above" if above else "half_below", steps=half_steps,
                    below=" and ".join(below), above=" and ".join(above),
                    on=say("headlines", "on_below", below=" and ".join(below)) if below and above else "")
-    cards = sorted({d["card"] for d in full})
-    return [say("headlines", "muon", worst=max(number(d["share"]) for d in full), shares=shares,
-                n=len(full), steps=int(number(full[0]["steps"])),
-                card=" and ".join(cards), lower=min(number(a["final_val_loss"]) - number(d["final_val_loss"])
-                                                   for d, a in zip(full, adamw)),
-                half=half, page=page_link("quality.md", readme_dir, docs_dir))]
+    return [say("headlines", "muon", worst=max(number(r["default"]["share"]) for r in runs), shares=", ".join(shares),
+                n=len(runs), steps=int(number(runs[0]["default"]["steps"])), card=" and ".join(sorted(cards)),
+                lower=min(margins), half=half, page=page_link("quality.md", readme_dir, docs_dir))]
 
 
 def headlines_block(args, run: Optional[RunSummary], readme_dir: str) -> tuple[str, str]:

@@ -70,7 +70,7 @@ def write_if_changed(path: str, data: bytes) -> bool:
         with open(path, "rb") as f:
             if f.read() == data:
                 return False
-    except FileNotFoundError:
+    except OSError:  # absent or unreadable: written anew
         pass
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_bytes(path, data)

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from smollm2.common import resolve_device
-from smollm2.io import atomic_write_bytes
+from smollm2.io import write_if_changed
 
 
 @dataclass
@@ -256,13 +256,8 @@ def save_artifacts(path: str, log: Callable[[str], None]) -> None:
         return
     data, info = saved
     try:
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return
-    except OSError:
-        pass
-    try:
-        atomic_write_bytes(path, data)
+        if not write_if_changed(path, data):
+            return
     except OSError as e:  # a full disk costs the next run a compile, not this run its progress
         log(f"Compile cache: could not write {path} ({e.strerror or e})")
         return
