@@ -41,7 +41,7 @@ from smollm2.common import OneLineParser, device_name, run_cli  # noqa: E402
 from smollm2.data import TokenBatches, load_training_data  # noqa: E402
 from smollm2.switches import DEFAULT_PATH, IMPLS, Switches  # noqa: E402
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
-from smollm2.training import (WARMUP_FRACTION, WSD_DECAY_FRACTION, TransformersAdapter, build_train_step, evaluate, lr_at,  # noqa: E402
+from smollm2.training import (WSD_DECAY_FRACTION, TransformersAdapter, build_train_step, evaluate, lr_at,  # noqa: E402
                               set_lr)
 from smollm2_config import get_config  # noqa: E402
 from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
@@ -279,7 +279,8 @@ def parse_args(argv=None):
     p.add_argument("--seq_len", type=int, default=2048)
     p.add_argument("--micro_batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--warmup_fraction", type=float, default=WARMUP_FRACTION)
+    p.add_argument("--warmup_fraction", type=float, default=0.1,
+                   help="warmup share of the steps for every recipe without _w (its committed sweeps ran 0.1)")
     p.add_argument("--eval_every", type=int, default=20)
     p.add_argument("--val_windows", type=int, default=64)
     p.add_argument("--timed", type=int, default=20, help="step_time: timed steps per optimizer")

@@ -12,7 +12,9 @@ from smollm2.switches import DEFAULT_PATH, PROFILES, SEED_PATH
 
 # The time-to-loss processes (results/time_to_loss/<stem>_runs.csv) whose `default` recipe is today's defaults, one
 # per corpus: the README's quality line holds on all of them.
-TIME_TO_LOSS_RUNS = ("realdocs_methods", "pystdlib_methods")
+# Per corpus: the time-to-loss table of the full-horizon default and the table of its horizon-halved run (each
+# against the best AdamW of its own process; one table can hold both).
+TIME_TO_LOSS_RUNS = (("realdocs_warmup", "realdocs_warmup_half"), ("pystdlib_warmup", "pystdlib_warmup"))
 
 # How the benchmark numbers were taken: benchmarks/NOTES.md, beside the scripts (the result files are in --bench_dir).
 BENCH_NOTES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "NOTES.md")
@@ -203,20 +205,22 @@ def quality_headline(ttl_dir: str, readme_dir: str, docs_dir: Optional[str] = No
     recipe, benchmarks/time_to_loss.py): the largest share of AdamW's wall-clock the default needs to reach
     AdamW's final held-out loss, each corpus's share, and where the horizon-halved default ends against that
     loss. Nothing is claimed unless every corpus's table is there and the default reached AdamW's loss on each."""
-    runs = [{r["recipe"]: r for r in rows_of(os.path.join(ttl_dir, f"{stem}_runs.csv"))} for stem in TIME_TO_LOSS_RUNS]
+    table = lambda stem: {r["recipe"]: r for r in rows_of(os.path.join(ttl_dir, f"{stem}_runs.csv"))}  # noqa: E731
+    pairs = [(table(full), table(halved)) for full, halved in TIME_TO_LOSS_RUNS]
+    runs = [r for r, _ in pairs]
     if not all(number(r.get("default", {}).get("share")) for r in runs):  # a table missing, or never reached
         return []
     shares, margins, cards, below, above, half_steps = [], [], set(), [], [], 0
-    for r in runs:
+    for r, h in pairs:
         d, adamw = r["default"], r[r["default"]["reference"]]
         shares.append(say("headlines", "corpus_share", corpus=d["corpus"], share=number(d["share"])))
         margins.append(number(adamw["final_val_loss"]) - number(d["final_val_loss"]))
         cards.add(d["card"])
-        if half := r.get("default_half"):
+        if half := h.get("default_half"):
             half_steps = int(number(half["steps"]))
             (below if half["ends_at_or_below"] == "True" else above).append(
                 say("headlines", "half_end", corpus=half["corpus"], loss=number(half["final_val_loss"]),
-                    ref=number(adamw["final_val_loss"])))
+                    ref=number(h[half["reference"]]["final_val_loss"])))
     half = ""
     if below or above:
         half = say("headlines", "half_above" if above else "half_below", steps=half_steps,

@@ -26,7 +26,7 @@ from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 from smollm2.muon import VARIANTS
-from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, RECIPES, SCHEDULES, WARMUP_FRACTION, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION
+from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, RECIPES, SCHEDULES, WARMUP_FRACTIONS, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION
 from smollm2_config import PRESETS
 
 FIXED, REFUSED, ALLOWED, IGNORED = "fixed", "refused", "allowed", "ignored"
@@ -89,8 +89,9 @@ GROUPS: dict[str, list[Option]] = {
         Option("grad_accum", int, 4, IGNORED, "micro-batches per optimizer step"),
         Option("max_steps", int, 5000, ALLOWED, "last optimizer step (may be raised on resume)"),
         Option("warmup_steps", int, None, REFUSED,
-               f"linear lr warmup steps (default: {WARMUP_FRACTION:.0%}% of the schedule's horizon, --lr_decay_steps "
-               f"else --max_steps, 1 to {WARMUP_MAX_STEPS} steps; a resume keeps its run's)"),
+               "linear lr warmup steps (default: a share of the schedule's horizon, --lr_decay_steps else --max_steps, "
+               f"{', '.join(f'{o} {v:.0%}%' for o, v in WARMUP_FRACTIONS.items())}, "
+               f"1 to {WARMUP_MAX_STEPS} steps; a resume keeps its run's)"),
         Option("lr_decay_steps", int, 0, ALLOWED,
                "step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in several "
                "chunks: a run stopped at N and resumed follows the same lr curve"),

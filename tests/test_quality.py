@@ -107,3 +107,18 @@ def test_eval_speed_table_and_block(tmp_path):
     assert rows[2]["work"] == "9,258,464 ids" and rows[2]["compile_s"] == "21.5"
     body, note = report.eval_speed_block(str(bench), str(tmp_path))
     assert note == "3 rows in 1 tables" and "| ours_bpb | evaluate.py | 9,258,464 ids | 6.2 | 21.5 | 40.0 |" in body
+
+
+def test_time_to_loss_recipes_write_their_warmup_into_the_command():
+    """benchmarks/time_to_loss.py: {w5} / {w10} are 5% / 10% of the recipe's own steps (half of --max_steps for a
+    _half name); the default recipe names no warmup, so it runs train.py's own default."""
+    import argparse
+    import time_to_loss
+    args = argparse.Namespace(input_file="c", max_steps=400, seq_len=64, batch_size=2, val_every=25, val_batches=4,
+                              seed=1, extra=[])
+    flags = lambda name: time_to_loss.recipe_command(name, args, "out")[2:]  # noqa: E731 (after python, train.py)
+    assert flags("warmup_5pct")[-2:] == ["--warmup_steps", "20"]
+    assert flags("warmup_10pct")[-2:] == ["--warmup_steps", "40"]
+    assert flags("warmup_10pct_half")[-2:] == ["--warmup_steps", "20"]
+    assert "--warmup_steps" not in flags("default") and flags("default_half")[flags("default_half").index("--max_steps") + 1] == "200"
+    assert flags("adamw_wsd_1e-3_w5")[-4:] == ["--max_lr", "1e-3", "--warmup_steps", "20"]

@@ -71,14 +71,16 @@ def test_train_in_the_stable_phase_then_extend_and_decay(tmp_path):
     assert_same_weights(checkpoint_weights(tmp_path / "split", 20), checkpoint_weights(tmp_path / "full", 20))
 
 
-def test_default_warmup_is_a_tenth_of_the_horizon_up_to_200_steps():
+def test_default_warmup_is_the_optimizers_share_of_the_horizon_up_to_200_steps():
     from smollm2.training import default_warmup
-    assert [default_warmup(n) for n in (1, 5, 100, 300, 600, 2000, 5000, 5050, 100_000)] == \
-        [1, 1, 10, 30, 60, 200, 200, 200, 200]
+    horizons = (1, 5, 100, 300, 600, 2000, 5000, 5050, 100_000)
+    assert [default_warmup(n) for n in horizons] == [1, 1, 10, 30, 60, 200, 200, 200, 200]
+    assert [default_warmup(n, "adamw") for n in horizons] == [default_warmup(n) for n in horizons]
+    assert [default_warmup(n, "muon") for n in horizons] == [1, 1, 5, 15, 30, 100, 200, 200, 200]
 
 
 def test_train_py_default_warmup_follows_the_horizon_and_a_resume_keeps_it(tmp_path):
-    """No --warmup_steps: 10% of the horizon (--max_steps 3 -> 1, --lr_decay_steps 40 -> 4); the resume that raises the horizon keeps the
+    """No --warmup_steps: the optimizer's share of the horizon (adamw 10%, muon 5%) (--max_steps 3 -> 1, --lr_decay_steps 40 -> 4); the resume that raises the horizon keeps the
     run's, which the checkpoint recorded: the same weights as the two commands given that warmup."""
     import sys
     from conftest import REPO_ROOT, TINY_TRAIN_ARGS, assert_same_weights, checkpoint_weights, run_checked
@@ -97,3 +99,5 @@ def test_train_py_default_warmup_follows_the_horizon_and_a_resume_keeps_it(tmp_p
     assert_same_weights(checkpoint_weights(tmp_path / "split", 6), checkpoint_weights(tmp_path / "given", 6))
     fresh = train(tmp_path / "long", "--max_steps", 1, "--lr_decay_steps", 40)
     assert '"warmup_steps": 4' in fresh.stdout
+    muon = train(tmp_path / "muon", "--max_steps", 1, "--lr_decay_steps", 40, "--optimizer", "muon")
+    assert '"warmup_steps": 2' in muon.stdout  # Muon's own share: 5%
