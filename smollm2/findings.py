@@ -10,10 +10,9 @@ from smollm2.metrics import RunSummary, number
 from smollm2.results import link, plural, read_csv, read_json, rel, rows_by, rows_of, say
 from smollm2.switches import DEFAULT_PATH, PROFILES, SEED_PATH
 
-# The time-to-loss processes (results/time_to_loss/<stem>_runs.csv) whose `default` recipe is today's defaults, one
-# per corpus: the README's quality line holds on all of them.
-# Per corpus: the time-to-loss table of the full-horizon default and the table of its horizon-halved run (each
-# against the best AdamW of its own process; one table can hold both).
+# The time-to-loss tables (results/time_to_loss/<stem>_runs.csv) whose `default` recipe is today's defaults: per
+# corpus, the full-horizon default's table and its horizon-halved run's (each against the best AdamW of its own
+# process; one table can hold both). The README's quality line holds on all of them.
 TIME_TO_LOSS_RUNS = (("realdocs_warmup", "realdocs_warmup_half"), ("pystdlib_warmup", "pystdlib_warmup"))
 
 # How the benchmark numbers were taken: benchmarks/NOTES.md, beside the scripts (the result files are in --bench_dir).

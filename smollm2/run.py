@@ -299,8 +299,8 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
 # and goes on with the same warmup). name -> (today's default for these args, what a checkpoint that does not
 # record the option was trained with, the saved values accepted as such).
 RUN_DEFAULTS: dict[str, tuple[Callable, Any, Callable]] = {
-    "warmup_steps": (lambda args: default_warmup(args.lr_decay_steps or args.max_steps, args.optimizer), WARMUP_MAX_STEPS,
-                     lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "warmup_steps": (lambda args: default_warmup(args.lr_decay_steps or args.max_steps, args.optimizer),
+                     WARMUP_MAX_STEPS, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "muon_variant": (lambda args: DEFAULT_MUON_VARIANT if args.optimizer == "muon" else "muon", "muon",
                      lambda v: v in VARIANTS),
     "doc_mask": (lambda args: DEFAULT_DOC_MASK if args.model_impl == "ours" else 0, 0, lambda v: v in (0, 1)),
