@@ -51,8 +51,8 @@ from smollm2.prepare import eos_id_of
 from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, Logger, Start, check_resume, prepare_run
 from smollm2.switches import Switches, auto_compile_scope
 from smollm2.tokenizer import load_tokenizer
-from smollm2.training import (EVAL_TOKENS, RECIPES, TrainStep, TransformersAdapter, amp_context, build_train_step,
-                              evaluate, lr_at, set_lr)
+from smollm2.training import (EVAL_TOKENS, RECIPES, TrainStep, TransformersAdapter, accum_at, amp_context,
+                              build_train_step, evaluate, lr_at, micro_batches_before, set_lr)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,7 +94,9 @@ def resolve_switches(args, device: torch.device, world: int) -> Switches:
     scope = auto_compile_scope(args.max_steps, world) if args.compile_scope == "auto" else args.compile_scope
     return Switches(autocast=autocast, compile=auto(args.compile, args.fast and cuda), compile_scope=scope,
                     cuda_graph=auto(args.cuda_graph, args.fast and cuda and world == 1 and not args.fsdp),
-                    fused_loss=auto(args.fused_loss, args.fast), stack_micro=args.stack_micro,
+                    fused_loss=auto(args.fused_loss, args.fast),
+                    # a batch warmup accumulates its micro-batches: stacked, each stage would be a new shape to compile
+                    stack_micro=0 if args.batch_warmup_steps and args.stack_micro == -1 else args.stack_micro,
                     residual_dtype=residual, attn=args.attn, model_impl=args.model_impl,
                     tie_word_embeddings=bool(args.tie_word_embeddings), grad_reduce_bf16=args.grad_reduce_dtype == "bf16",
                     fsdp=bool(args.fsdp), optimizer=args.optimizer)
@@ -122,6 +124,12 @@ def check_values(args) -> None:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         raise UsageError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
+    if args.batch_warmup_steps < 0:
+        raise UsageError(f"--batch_warmup_steps must be >= 0, got {args.batch_warmup_steps}")
+    if args.batch_warmup_steps and args.grad_accum == 1:
+        raise UsageError("--batch_warmup_steps grows the batch from 1 micro-batch to --grad_accum a step; with "
+                         "--grad_accum 1 there is nothing to grow: split the batch (e.g. --batch_size 8 "
+                         "--grad_accum 2 for 16) or leave --batch_warmup_steps 0")
     for name in ["save_every", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints",
                  "task_every", "task_limit"]:
         if getattr(args, name) < 0:
@@ -243,8 +251,13 @@ class Run:
     task: Optional[tuple] = None  # (name, items) of --task_eval
 
     @property
-    def tokens_per_step(self) -> int:
+    def tokens_per_step(self) -> int:  # once a batch warmup is over
         return self.args.batch_size * self.args.grad_accum * self.args.seq_len * self.env.world_size
+
+    def tokens_through(self, step: int) -> int:
+        """Tokens trained on in steps 1 .. step (all ranks)."""
+        micro = micro_batches_before(step + 1, self.args.grad_accum, self.args.batch_warmup_steps)
+        return micro * self.args.batch_size * self.args.seq_len * self.env.world_size
 
 
 def build_run(args, env, switches: Switches, config, start: Start, log, events: MetricsWriter,
@@ -311,7 +324,9 @@ def log_header(run: Run) -> None:
         f"tied {config.tie_word_embeddings}")
     log(f"Model params: {n_params:,}")
     log(f"Global batch: {args.batch_size} x grad_accum {args.grad_accum} x world {world} x seq {args.seq_len} "
-        f"= {run.tokens_per_step:,} tokens/step")
+        f"= {run.tokens_per_step:,} tokens/step"
+        + (f" (batch warmup: from 1 micro-batch at step 1 to {args.grad_accum} at step {args.batch_warmup_steps})"
+           if args.batch_warmup_steps else ""))
     log(f"Speed path: {run.switches.describe()} | {data_parallel}")
     if run.start.ckpt is None:
         log("Starting from scratch (random init).")
@@ -333,7 +348,7 @@ def log_interval(run: Run, step: int, lr: float, grad_norm: torch.Tensor, interv
     mean_loss, steps, dt = interval.read()
     norm, peak, world = float(grad_norm), peak_flops(device_name(run.env.device)), run.env.world_size
     metrics.update(train_loss=mean_loss, train_loss_step=step)
-    tok_s = run.tokens_per_step * steps / dt
+    tok_s = (run.tokens_through(step) - run.tokens_through(step - steps)) / dt
     mfu = tok_s * flops_per_tok / (peak * world) if peak else None
     run.log(f"step {step:5d}/{run.args.max_steps} | lr {lr:.3e} | loss {mean_loss:.4f} | grad_norm {norm:.3f} | "
             f"ms/step {1000 * dt / steps:.2f} | tok/s {tok_s:.1f} | mfu " + (f"{100 * mfu:.2f}%" if mfu is not None else "n/a"))
@@ -344,7 +359,7 @@ def log_interval(run: Run, step: int, lr: float, grad_norm: torch.Tensor, interv
 def log_validation(run: Run, step: int, metrics: dict, steps_s: Optional[float] = None) -> None:
     """The held-out loss; its metrics.jsonl event carries steps_s, the seconds this process has spent in
     training steps so far (after the first step's compile; no validation, sample or save): the clock a
-    time-to-loss comparison reads (benchmarks/time_to_loss.py)."""
+    time-to-loss comparison reads (benchmarks/time_to_loss.py), and the tokens trained on through this step."""
     args = run.args
     rows = args.batch_size * args.grad_accum  # --val_batches counts batches of one optimizer step's rows
     windows = ByteCount(run.data.val_batches(args.val_batches * rows, max(rows, EVAL_TOKENS // args.seq_len)),
@@ -358,7 +373,7 @@ def log_validation(run: Run, step: int, metrics: dict, steps_s: Optional[float] 
     ppl = math.exp(min(val_loss, 50))
     run.log(f"step {step:5d}/{args.max_steps} | val loss {val_loss:.4f} | val ppl {ppl:.2f} | val bpb {bpb:.4f}")
     run.events("val", step=step, loss=finite_or_none(val_loss), ppl=finite_or_none(ppl), bpb=finite_or_none(bpb),
-               steps_s=steps_s)
+               steps_s=steps_s, tokens=run.tokens_through(step))
 
 
 def log_task(run: Run, step: int, metrics: dict) -> None:
@@ -411,7 +426,9 @@ def train_loop(run: Run, saves: Checkpoints, clock: WallClock, metrics: dict) ->
         lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr, args.lr_schedule,
                    args.lr_decay_fraction)
         set_lr(run.optimizer, lr)
-        loss, grad_norm = run.step_fn(*data.step_batch(step, args.grad_accum, args.batch_size, device, rank, world))
+        accum = accum_at(step, args.grad_accum, args.batch_warmup_steps)
+        before = micro_batches_before(step, args.grad_accum, args.batch_warmup_steps)
+        loss, grad_norm = run.step_fn(*data.step_batch(step, accum, args.batch_size, device, rank, world, before))
         interval.add(loss)
         log.advance()
         if step == run.start_step + 1:
@@ -541,13 +558,13 @@ def main(argv=None) -> int:
 def finish(run: Run, clock: WallClock) -> None:
     args, device = run.args, run.env.device
     total = time.perf_counter() - clock.t0
-    steps = args.max_steps - run.start_step
+    tokens = run.tokens_through(args.max_steps) - run.tokens_through(run.start_step)
     peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     run.log(f"DONE: steps {run.start_step + 1}..{args.max_steps} in {total:.1f}s "
-            f"({run.tokens_per_step * steps / total:.1f} tok/s overall, compile/capture included)"
+            f"({tokens / total:.1f} tok/s overall, compile/capture included)"
             + (f" | peak mem {peak_mem / 1e9:.2f} GB" if peak_mem is not None else ""))
     run.events("done", step=args.max_steps, first_step=run.start_step + 1, last_step=args.max_steps, seconds=total,
-               tok_s=run.tokens_per_step * steps / total, peak_mem_bytes=peak_mem)
+               tok_s=tokens / total, peak_mem_bytes=peak_mem)
 
 
 def tensorboard_writer(args):

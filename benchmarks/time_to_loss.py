@@ -32,8 +32,9 @@ from quality import time_to_loss  # noqa: E402
 from smollm2.common import OneLineParser, UsageError, run_cli  # noqa: E402
 from smollm2.io import write_table  # noqa: E402
 
-# name -> train.py flags beyond the shared ones; "{w5}" / "{w10}" are 5% / 10% of the recipe's own steps. A name
-# ending in "_half" is its recipe over half of --max_steps (its own schedule: warmup and decay scale with the horizon).
+# name -> train.py flags beyond the shared ones; "{w5}" / "{w10}" / "{q25}" / "{q50}" are 5% / 10% / 25% / 50% of
+# the recipe's own steps. A name ending in "_half" is its recipe over half of --max_steps (its own schedule: warmup
+# and decay scale with the horizon).
 RECIPES = {
     "adamw_wsd_1e-3": ["--optimizer", "adamw", "--lr_schedule", "wsd", "--max_lr", "1e-3"],
     "adamw_wsd_1e-3_w5": ["--optimizer", "adamw", "--lr_schedule", "wsd", "--max_lr", "1e-3", "--warmup_steps", "{w5}"],
@@ -54,6 +55,11 @@ RECIPES = {
     "norm_lr_1e-3": ["--optimizer", "muon", "--norm_lr", "1e-3"],
     "doc_mask": ["--doc_mask", "1"],
     "muon_normuon_doc_mask": ["--optimizer", "muon", "--muon_variant", "normuon", "--doc_mask", "1"],
+    # the step's 16 windows as 2 accumulated micro-batches of 8: the cost of that shape alone, then the batch
+    # growing from 8 to 16 windows over the first {q25} / {q50} steps (half the batch up to half of them)
+    "mb8x2": ["--batch_size", "8", "--grad_accum", "2"],
+    "batch_warmup_25pct": ["--batch_size", "8", "--grad_accum", "2", "--batch_warmup_steps", "{q25}"],
+    "batch_warmup_50pct": ["--batch_size", "8", "--grad_accum", "2", "--batch_warmup_steps", "{q50}"],
 }
 
 
@@ -68,7 +74,8 @@ def recipe_command(name: str, args, out_dir: str) -> list[str]:
               "--val_every", str(args.val_every), "--val_batches", str(args.val_batches),
               "--log_every", str(args.val_every), "--save_every", "0", "--sample_every", "0", "--resume", "0",
               "--seed", str(args.seed), *args.extra]
-    own = [a.format(w5=max(1, steps // 20), w10=max(1, steps // 10)) for a in RECIPES[name.removesuffix("_half")]]
+    own = [a.format(w5=max(1, steps // 20), w10=max(1, steps // 10), q25=max(1, steps // 4), q50=max(1, steps // 2))
+           for a in RECIPES[name.removesuffix("_half")]]
     return [sys.executable, "train.py", *shared, *own]
 
 
@@ -78,7 +85,8 @@ def val_points(metrics_path: str, tokens_per_step: int) -> list[dict]:
         for line in f:
             e = json.loads(line)
             if e.get("event") == "val" and e.get("loss") is not None and e.get("steps_s") is not None:
-                points.append(dict(step=e["step"], tokens=e["step"] * tokens_per_step, train_s=e["steps_s"],
+                tokens = e.get("tokens", e["step"] * tokens_per_step)  # train.py's count (a batch warmup's fewer)
+                points.append(dict(step=e["step"], tokens=tokens, train_s=e["steps_s"],
                                    val_loss=e["loss"]))
     return points
 
@@ -148,7 +156,7 @@ def main(argv=None) -> int:
             continue
         steps = points[-1]["step"]
         runs.append(dict(corpus=args.corpus, recipe=name, optimizer=name.split("_")[0], steps=steps,
-                         tokens=steps * tokens_per_step, final_val_loss=points[-1]["val_loss"],
+                         tokens=points[-1]["tokens"], final_val_loss=points[-1]["val_loss"],
                          train_s=points[-1]["train_s"], process_s=round(wall, 1), card=card,
                          command="python " + " ".join(cmd[1:]), points=points))
         curves += [dict(corpus=args.corpus, recipe=name, card=card, **pt) for pt in points]

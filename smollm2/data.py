@@ -327,12 +327,16 @@ class TokenBatches:
         t = torch.from_numpy(rows)
         return t[:, :-1], t[:, 1:]
 
-    def train_offsets(self, step: int, micro_index: int, batch_size: int, micro_per_step: int) -> np.ndarray:
-        """(B,) start offsets of micro-batch `micro_index` (of micro_per_step) of optimizer step `step` (1-based)."""
+    def train_offsets(self, step: int, micro_index: int, batch_size: int, micro_per_step: int,
+                      before: Optional[int] = None) -> np.ndarray:
+        """(B,) start offsets of micro-batch `micro_index` (of micro_per_step) of optimizer step `step` (1-based).
+        before: the micro-batches of all steps before this one (default (step - 1) * micro_per_step; a batch
+        warmup's steps hold fewer)."""
         if self.sampler == "random":
             rng = np.random.default_rng([self.seed, step, micro_index])
             return rng.integers(0, len(self.train) - self.seq_len, size=batch_size)
-        k = ((step - 1) * micro_per_step + micro_index) * batch_size + np.arange(batch_size)  # global window count
+        before = (step - 1) * micro_per_step if before is None else before
+        k = (before + micro_index) * batch_size + np.arange(batch_size)  # global window count
         epochs, positions = k // self.windows_per_epoch, k % self.windows_per_epoch
         out = np.empty(batch_size, dtype=np.int64)
         for e in np.unique(epochs):
@@ -345,14 +349,19 @@ class TokenBatches:
         """Where epoch `epoch`'s grid of windows starts: a pure function of (seed, epoch)."""
         return _key(self.seed, epoch, "shift") % self.seq_len if self.shiftable else 0
 
-    def train_batch(self, step: int, micro_index: int, batch_size: int, micro_per_step: int = 1):
+    def train_batch(self, step: int, micro_index: int, batch_size: int, micro_per_step: int = 1,
+                    before: Optional[int] = None):
         # (B, T) inputs and (B, T) next-token targets.
-        return self._windows(self.train, self.train_offsets(step, micro_index, batch_size, micro_per_step))
+        return self._windows(self.train, self.train_offsets(step, micro_index, batch_size, micro_per_step, before))
 
-    def step_batch(self, step: int, grad_accum: int, batch_size: int, device, rank: int = 0, world: int = 1):
+    def step_batch(self, step: int, grad_accum: int, batch_size: int, device, rank: int = 0, world: int = 1,
+                   before: Optional[int] = None):
         """All micro-batches of one optimizer step for one rank: (grad_accum, B, T) inputs and targets on
-        device. Rank r takes micro-batch indices r * grad_accum + m, disjoint from every other rank's."""
-        micro = [self.train_batch(step, rank * grad_accum + m, batch_size, world * grad_accum)
+        device. Rank r takes micro-batch indices r * grad_accum + m, disjoint from every other rank's.
+        before: micro-batches per rank in the steps before this one, when they held other counts (a batch
+        warmup, training.micro_batches_before); by default (step - 1) * grad_accum."""
+        start = None if before is None else world * before
+        micro = [self.train_batch(step, rank * grad_accum + m, batch_size, world * grad_accum, start)
                  for m in range(grad_accum)]
         xs = torch.stack([x for x, _ in micro])
         ys = torch.stack([y for _, y in micro])

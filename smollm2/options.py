@@ -92,6 +92,9 @@ GROUPS: dict[str, list[Option]] = {
                "linear lr warmup steps (default: a share of the schedule's horizon, --lr_decay_steps else --max_steps, "
                f"{', '.join(f'{o} {v:.0%}%' for o, v in WARMUP_FRACTIONS.items())}, "
                f"1 to {WARMUP_MAX_STEPS} steps; a resume keeps its run's)"),
+        Option("batch_warmup_steps", int, 0, REFUSED,
+               "grow the batch over the first N steps, in whole micro-batches, from 1 to --grad_accum a step (0 = "
+               "off; the micro-batches then accumulate, so the compiled forward keeps one shape; docs/quality.md)"),
         Option("lr_decay_steps", int, 0, ALLOWED,
                "step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in several "
                "chunks: a run stopped at N and resumed follows the same lr curve"),

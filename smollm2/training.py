@@ -180,6 +180,27 @@ def default_warmup(horizon: int, optimizer: str = "adamw") -> int:
     return min(WARMUP_MAX_STEPS, max(1, round(WARMUP_FRACTIONS[optimizer] * horizon)))
 
 
+def accum_at(step: int, grad_accum: int, ramp_steps: int = 0) -> int:
+    """Micro-batches in optimizer step `step` (1-based) under --batch_warmup_steps: the batch grows linearly in
+    whole micro-batches over the first ramp_steps steps, from 1 to grad_accum (0: grad_accum from the start)."""
+    if ramp_steps <= 0 or step >= ramp_steps:
+        return grad_accum
+    return max(1, math.ceil(grad_accum * step / ramp_steps))
+
+
+def micro_batches_before(step: int, grad_accum: int, ramp_steps: int = 0) -> int:
+    """Micro-batches (per rank) in optimizer steps 1 .. step - 1: where step `step` starts in the data order.
+    Stage a of the ramp (a micro-batches a step) holds the steps s <= ramp_steps with ceil(grad_accum * s /
+    ramp_steps) = a: floor((a - 1) * ramp_steps / grad_accum) < s <= floor(a * ramp_steps / grad_accum)."""
+    done = step - 1
+    if ramp_steps <= 0:
+        return done * grad_accum
+    ramped = min(done, ramp_steps)
+    total = sum(a * (min(ramped, a * ramp_steps // grad_accum) - min(ramped, (a - 1) * ramp_steps // grad_accum))
+                for a in range(1, grad_accum + 1))
+    return total + (done - ramped) * grad_accum
+
+
 def lr_at(step: int, warmup_steps: int, max_steps: int, max_lr: float, min_lr: float, schedule: str = "cosine",
           decay_fraction: float = WSD_DECAY_FRACTION) -> float:
     """The lr of `step` (1-based: the step about to run); min_lr from max_steps on. Both schedules warm up
@@ -286,6 +307,7 @@ class CUDAGraphed:
         # The snapshot waits in host memory: a device copy would add a whole model (and, on resume, the
         # optimizer state) to the run's peak GPU memory for the sake of one restore.
         saved_params = [p.detach().to("cpu") for p in self.params]
+        was_finite = self.finite.clone()  # a capture mid-run (a batch warmup's next stage) keeps what came before
         had_state = {id(p) for p in self.params if self.optimizer.state.get(p)}
         saved_state = {id(p): {k: v.to("cpu") for k, v in self.optimizer.state[p].items()}
                        for p in self.params if id(p) in had_state}
@@ -307,7 +329,7 @@ class CUDAGraphed:
                     else:
                         v.zero_()
         del saved_params, saved_state
-        self.finite.fill_(True)  # the warm-up's steps are undone, so is what they said about finiteness
+        self.finite.copy_(was_finite)  # the warm-up's steps are undone, so is what they said about finiteness
         self.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, stream=side):
@@ -340,10 +362,15 @@ class TrainStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.finite = torch.ones((), dtype=torch.bool, device=device)
         self.micro_steps: Optional[int] = None
+        self.accum: Optional[int] = None  # micro-batches a step (xs.shape[0]) that self.step was made for
         self.step: Optional[Callable] = None  # train_step bound to this run (and graphed), made at the first call
 
     def __call__(self, xs: torch.Tensor, ys: torch.Tensor):
+        if self.step is not None and xs.shape[0] != self.accum:  # a batch warmup's next stage: plan (and capture) again
+            self.log(f"batch warmup: {self.accum} -> {xs.shape[0]} micro-batches a step")
+            self.step = None  # the previous stage's CUDA graph and its memory go with it
         if self.step is None:
+            self.accum = xs.shape[0]
             self.micro_steps = self._plan(xs.shape)
             self.step = functools.partial(train_step, model=self.model, forward=self.forward_model,
                                           optimizer=self.optimizer, micro_steps=self.micro_steps, cfg=self.cfg,
