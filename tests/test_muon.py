@@ -71,10 +71,12 @@ def test_muon_groups_equal_torch_muon(nesterov):
     assert moved > 1e-3  # every matrix moved: the comparison is not between two untouched copies
 
 
-def test_compiled_update_equals_the_eager_one():
-    """--compile 1 on CUDA runs Muon's elementwise passes (momentum, Nesterov, bf16 stacking; weight decay and
-    update) through torch.compile, Newton-Schulz eager between them. Fused, the lerps round differently by an
-    ulp: the momentum buffers agree to float32 rounding, the weights to a bf16 ulp of the update."""
+@pytest.mark.parametrize("variant", ["muon", "normuon"])
+def test_compiled_update_equals_the_eager_one(variant):
+    """--compile 1 on CUDA runs Muon's elementwise passes (momentum, Nesterov, bf16 stacking; NorMuon's per-neuron
+    normalisation; weight decay and update) through torch.compile, Newton-Schulz eager between them. Fused, the
+    lerps round differently by an ulp: the momentum buffers agree to float32 rounding, the weights to a bf16 ulp
+    of the update."""
     from torch._dynamo.utils import counters
 
     shapes = [(48, 32), (48, 32), (32, 96), (32, 96)]
@@ -84,7 +86,7 @@ def test_compiled_update_equals_the_eager_one():
         params = [torch.nn.Parameter(torch.randn(s) * 0.1) for s in shapes]
         opt = MuonAdamW([{"params": params[:2], "muon": True, "lr_scale": 1.0, "weight_decay": 0.1},
                          {"params": params[2:], "muon": True, "lr_scale": 1.0, "weight_decay": 0.1}],
-                        lr=0.02, compile_update=compiled)
+                        lr=0.02, compile_update=compiled, variant=variant)
         for step in range(3):
             for p in params:
                 p.grad = torch.randn(p.shape)
@@ -93,10 +95,14 @@ def test_compiled_update_equals_the_eager_one():
             if step == 0:
                 graphs = counters["stats"]["unique_graphs"]
         assert counters["stats"]["unique_graphs"] == graphs
-        runs.append((params, [opt.state[p]["momentum_buffer"] for p in params]))
-    (eager, eager_bufs), (comp, comp_bufs) = runs
+        runs.append((params, [opt.state[p]["momentum_buffer"] for p in params],
+                     [opt.state[p].get("neuron_second_moment") for p in params]))
+    (eager, eager_bufs, eager_seconds), (comp, comp_bufs, comp_seconds) = runs
     for a, b in zip(eager_bufs, comp_bufs):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    if variant == "normuon":  # mean squares of Newton-Schulz's bf16 output, a few bf16 ulps apart (relative)
+        for a, b in zip(eager_seconds, comp_seconds):
+            torch.testing.assert_close(a, b, rtol=6 * 2 ** -8, atol=0)
     # a bf16 ulp of Newton-Schulz's output (~2**-8 at its 0.1-0.3 magnitudes) times lr * scale, a few times
     for a, b in zip(eager, comp):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=3 * 2 ** -8 * 0.02 * 0.2 * 96 ** 0.5)
