@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import assert_same_weights, checkpoint_weights, run_train, step_losses
 from smollm2.data import TokenBatches, TokenDataset
+from smollm2.hub import training_facts
 from smollm2.training import accum_at, micro_batches_before
+from smollm2_config import get_config
+from smollm2_model import SmolLM2ForCausalLM
 
 
 @pytest.mark.parametrize("grad_accum, ramp", [(2, 200), (4, 10), (3, 7), (8, 3), (4, 0), (1, 5)])
@@ -63,6 +67,9 @@ def test_resume_inside_the_ramp_is_bit_exact_and_may_not_change_it(tmp_path):
     assert_same_weights(checkpoint_weights(tmp_path / "split", 8), checkpoint_weights(tmp_path / "full", 8))
     full, split = (step_losses((tmp_path / d / "train.log").read_text()) for d in ("full", "split"))
     assert full == split and len(full) == 8
+    # the model card's tokens count what the ramp's steps held: 1+1+2+2+3+3+3+3 micro-batches of 2 x 32 tokens
+    ckpt = torch.load(tmp_path / "full" / "checkpoints" / "checkpoint_step_8.pt", weights_only=False)
+    assert training_facts(ckpt, SmolLM2ForCausalLM(get_config("tiny")), "tok", "run")["tokens_seen"] == 18 * 64
     changed = [a if a != 6 else 4 for a in flags]
     r = run_train(tmp_path / "split", *changed, "--max_steps", 10, "--resume", 1, check=False)
     assert r.returncode == 2 and "batch_warmup_steps: 6 -> 4" in r.stderr, r.stderr
