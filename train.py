@@ -429,6 +429,8 @@ def train_loop(run: Run, saves: Checkpoints, clock: WallClock, metrics: dict) ->
         accum = accum_at(step, args.grad_accum, args.batch_warmup_steps)
         before = micro_batches_before(step, args.grad_accum, args.batch_warmup_steps)
         loss, grad_norm = run.step_fn(*data.step_batch(step, accum, args.batch_size, device, rank, world, before))
+        if args.batch_warmup_steps:  # the checkpoint's count for the model card: fewer than step x tokens per step
+            metrics["tokens_seen"] = run.tokens_through(step)
         interval.add(loss)
         log.advance()
         if step == run.start_step + 1:

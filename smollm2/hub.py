@@ -109,11 +109,9 @@ def training_facts(ckpt: Optional[dict], model, tokenizer_source: str, source: s
     per_step = metrics.get("tokens_per_step")
     if per_step is None and all(isinstance(data.get(k), int) for k in ("batch_size", "grad_accum", "seq_len")):
         per_step = data["batch_size"] * data["grad_accum"] * data["seq_len"] * data.get("world_size", 1)
-    seen = step * per_step if isinstance(step, int) and per_step else None
-    ramp, accum = args.get("batch_warmup_steps"), data.get("grad_accum", args.get("grad_accum"))
-    if seen and isinstance(ramp, int) and ramp > 0 and isinstance(accum, int) and accum > 0:  # fewer in the ramp
-        from smollm2.training import micro_batches_before
-        seen = per_step // accum * micro_batches_before(step + 1, accum, ramp)
+    seen = metrics.get("tokens_seen")  # recorded by a run whose batch grew (--batch_warmup_steps)
+    if not isinstance(seen, int):
+        seen = step * per_step if isinstance(step, int) and per_step else None
     facts.update({
         "preset": args.get("model"), "run_id": ckpt.get("run_id"), "step": step,
         "tokens_per_step": per_step,
