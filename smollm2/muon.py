@@ -183,8 +183,8 @@ class MuonAdamW(torch.optim.AdamW):
         lr = group["lr"]  # a float, or a device tensor under a CUDA graph
         if self.compile_update and not torch.is_tensor(lr):  # a float would be a constant of the compiled graph
             lr = torch.tensor(lr, dtype=torch.float32, device=params[0].device)
-        momentum, normalise, apply = (_compiled(momentum_step), _compiled(per_neuron_normalise), _compiled(apply_update)) \
-            if self.compile_update else (momentum_step, per_neuron_normalise, apply_update)
+        momentum, apply = (_compiled(momentum_step), _compiled(apply_update)) if self.compile_update else \
+            (momentum_step, apply_update)
         ortho = newton_schulz(momentum(grads, bufs, group["momentum"], group["nesterov"]), group["ns_coefficients"],
                               group["ns_steps"], group["ns_eps"], group.get("ns_safety", 0.0))
         if group.get("neuron_beta2") is not None:
@@ -194,7 +194,7 @@ class MuonAdamW(torch.optim.AdamW):
                 if "neuron_second_moment" not in state:
                     state["neuron_second_moment"] = torch.zeros(p.shape[0], 1, dtype=torch.float32, device=p.device)
                 seconds.append(state["neuron_second_moment"])
-            ortho = normalise(ortho, seconds, group["neuron_beta2"])
+            ortho = per_neuron_normalise(ortho, seconds, group["neuron_beta2"])
         apply(params, ortho, lr, group["weight_decay"], adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"]))
 
 
@@ -234,7 +234,7 @@ def apply_update(params: list[torch.Tensor], ortho: torch.Tensor, lr, weight_dec
 @functools.cache
 def _compiled(fn):
     """fn through torch.compile, built on first use (--compile 1): the momentum, the Nesterov blend and the bf16
-    cast fused into the stacking, NorMuon's per-neuron normalisation into two passes, and the weight decay and the
-    update into one pass over each matrix, where eager makes each its own pass over all 106M hidden weights. Newton-Schulz stays eager: compiled, its bf16
+    cast fused into the stacking, and the weight decay and the update into one pass over each matrix, where eager
+    makes each its own pass over all 106M hidden weights. Newton-Schulz stays eager: compiled, its bf16
     matmul chain rounds differently from torch.optim.Muon's."""
     return torch.compile(fn, fullgraph=True, dynamic=False)

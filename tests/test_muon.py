@@ -73,10 +73,10 @@ def test_muon_groups_equal_torch_muon(nesterov):
 
 @pytest.mark.parametrize("variant", ["muon", "normuon"])
 def test_compiled_update_equals_the_eager_one(variant):
-    """--compile 1 on CUDA runs Muon's elementwise passes (momentum, Nesterov, bf16 stacking; NorMuon's per-neuron
-    normalisation; weight decay and update) through torch.compile, Newton-Schulz eager between them. Fused, the
-    lerps round differently by an ulp: the momentum buffers agree to float32 rounding, the weights to a bf16 ulp
-    of the update."""
+    """--compile 1 on CUDA runs Muon's elementwise passes (momentum, Nesterov, bf16 stacking; weight decay and
+    update) through torch.compile, Newton-Schulz (and NorMuon's per-neuron normalisation) eager between them.
+    Fused, the lerps round differently by an ulp: the momentum buffers agree to float32 rounding, the weights to
+    a bf16 ulp of the update."""
     from torch._dynamo.utils import counters
 
     shapes = [(48, 32), (48, 32), (32, 96), (32, 96)]
