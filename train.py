@@ -124,16 +124,14 @@ def check_values(args) -> None:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         raise UsageError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
-    if args.batch_warmup_steps < 0:
-        raise UsageError(f"--batch_warmup_steps must be >= 0, got {args.batch_warmup_steps}")
+    for name in ["save_every", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints",
+                 "task_every", "task_limit", "batch_warmup_steps"]:
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.batch_warmup_steps and args.grad_accum == 1:
         raise UsageError("--batch_warmup_steps grows the batch from 1 micro-batch to --grad_accum a step; with "
                          "--grad_accum 1 there is nothing to grow: split the batch (e.g. --batch_size 8 "
                          "--grad_accum 2 for 16) or leave --batch_warmup_steps 0")
-    for name in ["save_every", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints",
-                 "task_every", "task_limit"]:
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
         raise UsageError(f"need 0 <= --min_lr <= --max_lr and --max_lr > 0 (got {args.min_lr}, {args.max_lr})")
     for name in ("adamw_lr", "norm_lr"):

@@ -79,14 +79,13 @@ def recipe_command(name: str, args, out_dir: str) -> list[str]:
     return [sys.executable, "train.py", *shared, *own]
 
 
-def val_points(metrics_path: str, tokens_per_step: int) -> list[dict]:
+def val_points(metrics_path: str) -> list[dict]:
     points = []
     with open(metrics_path, encoding="utf-8") as f:
         for line in f:
             e = json.loads(line)
             if e.get("event") == "val" and e.get("loss") is not None and e.get("steps_s") is not None:
-                tokens = e.get("tokens", e["step"] * tokens_per_step)  # train.py's count (a batch warmup's fewer)
-                points.append(dict(step=e["step"], tokens=tokens, train_s=e["steps_s"],
+                points.append(dict(step=e["step"], tokens=e["tokens"], train_s=e["steps_s"],
                                    val_loss=e["loss"]))
     return points
 
@@ -136,7 +135,7 @@ def main(argv=None) -> int:
     unknown = [n for n in names if not known(n)]
     if unknown:
         raise UsageError(f"unknown recipe {unknown[0]}; pick from {', '.join(RECIPES)}")
-    card, tokens_per_step = card_name(), args.batch_size * args.seq_len
+    card = card_name()
     runs, curves = [], []
     for name in names:
         out = os.path.join(args.work_dir, args.corpus, name)
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
         if proc.returncode != 0 or not os.path.exists(metrics):
             print(proc.stdout[-2000:] + proc.stderr[-2000:], flush=True)
             continue
-        points = val_points(metrics, tokens_per_step)
+        points = val_points(metrics)
         if not points:
             continue
         steps = points[-1]["step"]

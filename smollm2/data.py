@@ -328,15 +328,15 @@ class TokenBatches:
         return t[:, :-1], t[:, 1:]
 
     def train_offsets(self, step: int, micro_index: int, batch_size: int, micro_per_step: int,
-                      before: Optional[int] = None) -> np.ndarray:
+                      start: Optional[int] = None) -> np.ndarray:
         """(B,) start offsets of micro-batch `micro_index` (of micro_per_step) of optimizer step `step` (1-based).
-        before: the micro-batches of all steps before this one (default (step - 1) * micro_per_step; a batch
-        warmup's steps hold fewer)."""
+        start: the index, over all ranks, of this step's first micro-batch (default (step - 1) * micro_per_step;
+        a batch warmup's earlier steps held fewer)."""
         if self.sampler == "random":
             rng = np.random.default_rng([self.seed, step, micro_index])
             return rng.integers(0, len(self.train) - self.seq_len, size=batch_size)
-        before = (step - 1) * micro_per_step if before is None else before
-        k = (before + micro_index) * batch_size + np.arange(batch_size)  # global window count
+        start = (step - 1) * micro_per_step if start is None else start
+        k = (start + micro_index) * batch_size + np.arange(batch_size)  # global window count
         epochs, positions = k // self.windows_per_epoch, k % self.windows_per_epoch
         out = np.empty(batch_size, dtype=np.int64)
         for e in np.unique(epochs):
@@ -350,9 +350,9 @@ class TokenBatches:
         return _key(self.seed, epoch, "shift") % self.seq_len if self.shiftable else 0
 
     def train_batch(self, step: int, micro_index: int, batch_size: int, micro_per_step: int = 1,
-                    before: Optional[int] = None):
+                    start: Optional[int] = None):
         # (B, T) inputs and (B, T) next-token targets.
-        return self._windows(self.train, self.train_offsets(step, micro_index, batch_size, micro_per_step, before))
+        return self._windows(self.train, self.train_offsets(step, micro_index, batch_size, micro_per_step, start))
 
     def step_batch(self, step: int, grad_accum: int, batch_size: int, device, rank: int = 0, world: int = 1,
                    before: Optional[int] = None):
