@@ -30,6 +30,7 @@ from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, RECIPES, SC
 from smollm2_config import PRESETS
 
 FIXED, REFUSED, ALLOWED, IGNORED = "fixed", "refused", "allowed", "ignored"
+NOT_RECORDED = object()
 
 # --optimizer auto: Muon from this many tokens per optimizer step and process (batch_size x grad_accum x seq_len)
 # on, AdamW below. Newton-Schulz costs the same per step whatever the batch (6.5 ms on an H200 at the seed's
@@ -50,6 +51,9 @@ class Option:
     help: str
     choices: Optional[Sequence] = None
     metavar: Optional[str] = None
+    # What a run trained with before the option existed, for an option added after runs were saved: a resume of
+    # such a checkpoint compares the command's value with this one (NOT_RECORDED: nothing is known, not compared).
+    before: Any = NOT_RECORDED
 
 
 def flag(name: str, default: int, resume: str, help: str) -> Option:
@@ -94,7 +98,8 @@ GROUPS: dict[str, list[Option]] = {
                f"1 to {WARMUP_MAX_STEPS} steps; a resume keeps its run's)"),
         Option("batch_warmup_steps", int, 0, REFUSED,
                "grow the batch over the first N steps, in whole micro-batches, from 1 to --grad_accum a step (0 = "
-               "off; the micro-batches then accumulate, so the compiled forward keeps one shape; docs/quality.md)"),
+               "off; the micro-batches then accumulate, so the compiled forward keeps one shape; docs/quality.md)",
+               before=0),
         Option("lr_decay_steps", int, 0, ALLOWED,
                "step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in several "
                "chunks: a run stopped at N and resumed follows the same lr curve"),

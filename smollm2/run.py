@@ -49,7 +49,7 @@ from smollm2.data import expected_fingerprint
 from smollm2.io import LineFile, atomic_write_text, remove_stale_temporaries, tmp_name
 from smollm2.metrics import LOG_FILE, METRICS_FILE
 from smollm2.muon import VARIANTS
-from smollm2.options import ALLOWED, FIXED, IGNORED, OPTIONS, REFUSED
+from smollm2.options import ALLOWED, FIXED, IGNORED, NOT_RECORDED, OPTIONS, REFUSED
 from smollm2.tokenizer import load_tokenizer
 from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, WARMUP_MAX_STEPS, default_warmup
 
@@ -220,10 +220,15 @@ def settings(args: dict, world_size: int, architecture: dict) -> dict:
     return out
 
 
+def recorded_args(saved: dict) -> dict:
+    """A checkpoint's args, with the value each option added after it was saved had then (Option.before)."""
+    return {**{o.name: o.before for o in OPTIONS if o.before is not NOT_RECORDED}, **saved}
+
+
 def check_resume(saved: dict, given: dict, allow_change: bool, source: str) -> list[str]:
     """Compare what the checkpoint's run used with what this command gives. Raises UsageError listing
     each refused difference as `name: saved -> given`; returns the log lines for the accepted ones.
-    A setting the checkpoint does not record is not compared."""
+    A setting the checkpoint does not record is not compared (recorded_args fills the ones whose value is known)."""
     # A checkpoint that records no --optimizer was trained with AdamW (train.py's only optimizer without the flag).
     was, now = saved.get("optimizer", "adamw"), given.get("optimizer", "adamw")
     if was != now:
@@ -281,7 +286,8 @@ def prepare_run(args, rank: int, world: int, config) -> Start:
                 raise UsageError(f"--resume 1 but no checkpoint in {folder.ckpt_dir}; train with --resume 0 first")
             path, ckpt = found
             fill_run_defaults(args, ckpt)
-            saved = settings(ckpt["args"], (ckpt.get("data") or {}).get("world_size", 1), ckpt["model_config"])
+            saved = settings(recorded_args(ckpt["args"]), (ckpt.get("data") or {}).get("world_size", 1),
+                             ckpt["model_config"])
             given = settings(vars(args), world, config.architecture_dict())
             notes = check_resume(saved, given, bool(args.allow_config_change), path)
             check_data_before_preparing(args, ckpt, path)

@@ -84,3 +84,17 @@ def test_a_ramp_that_cannot_act_is_refused_in_one_line(tmp_path, extra, says):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and says in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_saved_before_the_option_existed_resumes_as_a_run_without_a_ramp(tmp_path):
+    # A checkpoint whose args record no batch_warmup_steps was trained with the whole batch from step 1: a resume
+    # that adds a ramp is refused like one that changes it, and the plain resume goes on.
+    out = tmp_path / "run"
+    run_train(out, *RAMP, "--max_steps", 2, "--save_every", 2)
+    for path in (out / "checkpoints").glob("*.pt"):
+        ckpt = torch.load(path, weights_only=False)
+        ckpt["args"].pop("batch_warmup_steps", None)  # the latest checkpoint may share a file with its step's
+        torch.save(ckpt, path)
+    r = run_train(out, *RAMP, "--batch_warmup_steps", 4, "--max_steps", 4, "--resume", 1, check=False)
+    assert r.returncode == 2 and "batch_warmup_steps: 0 -> 4" in r.stderr, r.stderr
+    run_train(out, *RAMP, "--max_steps", 4, "--resume", 1)
