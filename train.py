@@ -45,6 +45,7 @@ from smollm2.inference import DecodeGraph, generate
 from smollm2.io import write_failure_advice
 from smollm2.loop import Checkpoints, Interval, StopFlag, WallClock
 from smollm2.metrics import METRICS_FILE, MetricsWriter, finite_or_none
+from smollm2.muon import momentum_at, set_momentum
 from smollm2.options import AUTO_MUON_MIN_TOKENS, build_parser
 from smollm2.parallel import ARTIFACTS, load_artifacts, save_artifacts
 from smollm2.prepare import eos_id_of
@@ -74,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    if auto else ""))
     if args.muon_variant not in (None, "muon") and args.optimizer != "muon":
         p.error(f"--muon_variant {args.muon_variant} changes --optimizer muon; this run uses --optimizer {args.optimizer}"
+                + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
+                   if auto else ""))
+    if args.muon_momentum_warmup_steps and args.optimizer != "muon":
+        p.error(f"--muon_momentum_warmup_steps schedules Muon's momentum; this run uses --optimizer {args.optimizer}"
                 + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
                    if auto else ""))
     for name, value in RECIPES[args.optimizer].items():  # what the user left unset comes from the recipe
@@ -125,7 +130,7 @@ def check_values(args) -> None:
     if args.warmup_steps is not None and args.warmup_steps < 0:
         raise UsageError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
     for name in ["save_every", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints",
-                 "task_every", "task_limit", "batch_warmup_steps"]:
+                 "task_every", "task_limit", "batch_warmup_steps", "muon_momentum_warmup_steps"]:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.batch_warmup_steps and args.grad_accum == 1:
@@ -289,7 +294,7 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
         parallel.apply_fsdp(model)
     step_fn = build_train_step(model, switches, device, lr=args.max_lr, weight_decay=args.weight_decay,
                                adamw_lr=args.adamw_lr, norm_lr=args.norm_lr,
-                               muon_variant=args.muon_variant,
+                               muon_variant=args.muon_variant, momentum_schedule=args.muon_momentum_warmup_steps > 0,
                                document_end=eos_id_of(tokenizer) if args.doc_mask else None,
                                grad_clip=args.grad_clip, optimizer_state=ckpt["optimizer"] if ckpt else None, log=log)
     if ckpt is not None:
@@ -424,6 +429,8 @@ def train_loop(run: Run, saves: Checkpoints, clock: WallClock, metrics: dict) ->
         lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr, args.lr_schedule,
                    args.lr_decay_fraction)
         set_lr(run.optimizer, lr)
+        if args.muon_momentum_warmup_steps:
+            set_momentum(run.optimizer, momentum_at(step, args.muon_momentum_warmup_steps))
         accum = accum_at(step, args.grad_accum, args.batch_warmup_steps)
         before = micro_batches_before(step, args.grad_accum, args.batch_warmup_steps)
         loss, grad_norm = run.step_fn(*data.step_batch(step, accum, args.batch_size, device, rank, world, before))

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# --batch_warmup_steps on CUDA with the defaults (compile + CUDA graph, Muon), from metrics.jsonl: a run stopped
-# inside the ramp at 9 steps and resumed to 30 must equal the uninterrupted run step by step, and the ramp's first
-# steps (one micro-batch each) must equal a plain --grad_accum 1 run's. The CUDA graph is captured again at each
-# stage change of the ramp (1 -> 2 -> 3 -> 4 micro-batches):
+# --batch_warmup_steps and --muon_momentum_warmup_steps on CUDA with the defaults (compile + CUDA graph), from
+# metrics.jsonl: a run stopped inside the warmup at 9 steps and resumed to 30 must equal the uninterrupted run step
+# by step, and the ramp's first steps (one micro-batch each) must equal a plain --grad_accum 1 run's. The CUDA
+# graph is captured again at each stage change of the ramp (1 -> 2 -> 3 -> 4 micro-batches); Muon's momentum is a
+# device tensor the graph reads:
 #   bash benchmarks/device_ramp_check.sh      (on the device machine, .assets carried)
 set -u
 source benchmarks/device_env.sh
@@ -13,6 +14,11 @@ run full --grad_accum 4 --batch_warmup_steps 16 --max_steps 30
 run split --grad_accum 4 --batch_warmup_steps 16 --max_steps 9
 run split --grad_accum 4 --batch_warmup_steps 16 --max_steps 30 --resume 1
 run plain1 --grad_accum 1 --max_steps 4
+M="--grad_accum 4 --optimizer muon --muon_momentum_warmup_steps 16"
+run mfull $M --max_steps 30
+run msplit $M --max_steps 9
+run msplit $M --max_steps 30 --resume 1
+run mplain --grad_accum 4 --optimizer muon --max_steps 30
 python - <<'PY'
 import json, os
 W = "/tmp/ramp"
@@ -26,6 +32,7 @@ def cmp(a, b, upto=None):
     md = max((abs(A[s][0] - B[s][0]) for s in common), default=float("nan"))
     print(f"{a} vs {b}: steps {len(common)} equal {eq} max|dloss| {md:.3e}")
 cmp("full", "split"); cmp("full", "plain1", upto=4)
+cmp("mfull", "msplit"); cmp("mfull", "mplain")  # the last: should differ (the warmup acts)
 for d in ("full",):
     ms = [e.get("ms_per_step") for e in map(json.loads, open(f"{W}/{d}/metrics.jsonl")) if e.get("event") == "train"]
     print(d, "ms/step by step:", ms)

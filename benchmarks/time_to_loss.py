@@ -60,6 +60,9 @@ RECIPES = {
     "mb8x2": ["--batch_size", "8", "--grad_accum", "2"],
     "batch_warmup_25pct": ["--batch_size", "8", "--grad_accum", "2", "--batch_warmup_steps", "{q25}"],
     "batch_warmup_50pct": ["--batch_size", "8", "--grad_accum", "2", "--batch_warmup_steps", "{q50}"],
+    # Muon's momentum from 0.85 to 0.95 over the first quarter / half of the steps (modded-nanogpt's warmup)
+    "momentum_warmup_25pct": ["--optimizer", "muon", "--muon_momentum_warmup_steps", "{q25}"],
+    "momentum_warmup_50pct": ["--optimizer", "muon", "--muon_momentum_warmup_steps", "{q50}"],
 }
 
 

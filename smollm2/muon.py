@@ -41,6 +41,9 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 NS_EPS = 1e-7
 MOMENTUM = 0.95
+# --muon_momentum_warmup_steps: the momentum rises linearly from this to MOMENTUM over the first steps, as in
+# modded-nanogpt's speedrun (0.85 -> 0.95): early on, when the gradient turns quickly, the buffer forgets sooner.
+MOMENTUM_WARMUP_START = 0.85
 ADJUST_LR_FN = "match_rms_adamw"
 # Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv:2505.16932): one minimax-optimal quintic per step, for
 # five steps, computed for a spectrum pushed below 1 by a 2% safety factor on the Frobenius normalisation; the
@@ -198,10 +201,30 @@ class MuonAdamW(torch.optim.AdamW):
         apply(params, ortho, lr, group["weight_decay"], adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"]))
 
 
-def momentum_step(grads: list[torch.Tensor], bufs: list[torch.Tensor], momentum: float,
+def momentum_at(step: int, warmup_steps: int) -> float:
+    """Muon's momentum at optimizer step `step` (1-based): MOMENTUM_WARMUP_START + (MOMENTUM - it) * step /
+    warmup_steps during the warmup, MOMENTUM from step warmup_steps on (and throughout with warmup_steps 0)."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return MOMENTUM
+    frac = step / warmup_steps
+    return (1 - frac) * MOMENTUM_WARMUP_START + frac * MOMENTUM
+
+
+def set_momentum(optimizer: torch.optim.Optimizer, momentum: float) -> None:
+    """Every Muon group's momentum (a device tensor under a CUDA graph or torch.compile: filled in place)."""
+    for g in optimizer.param_groups:
+        if g.get("muon"):
+            if torch.is_tensor(g["momentum"]):
+                g["momentum"].fill_(momentum)
+            else:
+                g["momentum"] = momentum
+
+
+def momentum_step(grads: list[torch.Tensor], bufs: list[torch.Tensor], momentum,
                   nesterov: bool) -> torch.Tensor:
     """The momentum buffers move towards the gradients (in place); returns what Newton-Schulz orthogonalises, the
-    n same-shaped matrices stacked (n, rows, cols) in bf16: the Nesterov blend, or the buffers themselves."""
+    n same-shaped matrices stacked (n, rows, cols) in bf16: the Nesterov blend, or the buffers themselves.
+    momentum: a float, or a 0-d float32 tensor on the device (a schedule that changes it under a graph)."""
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
     updates = torch._foreach_lerp(grads, bufs, momentum) if nesterov else bufs
     return torch.stack(updates).bfloat16()

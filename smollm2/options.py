@@ -100,6 +100,9 @@ GROUPS: dict[str, list[Option]] = {
                "grow the batch over the first N steps, in whole micro-batches, from 1 to --grad_accum a step (0 = "
                "off; the micro-batches then accumulate, so the compiled forward keeps one shape; docs/quality.md)",
                before=0),
+        Option("muon_momentum_warmup_steps", int, 0, REFUSED,
+               "Muon's momentum rises linearly from 0.85 to 0.95 over the first N steps (0 = 0.95 from the start; "
+               "modded-nanogpt's warmup; docs/quality.md)", before=0),
         Option("lr_decay_steps", int, 0, ALLOWED,
                "step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in several "
                "chunks: a run stopped at N and resumed follows the same lr curve"),

@@ -108,12 +108,13 @@ DEFAULT_DOC_MASK = 0
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device,
                     capturable: bool = False, betas=(0.9, 0.95), eps: float = 1e-8, kind: str = "adamw",
                     adamw_lr: Optional[float] = None, norm_lr: Optional[float] = None, compile_update: bool = False,
-                    muon_variant: str = "muon") -> torch.optim.AdamW:
+                    muon_variant: str = "muon", momentum_schedule: bool = False) -> torch.optim.AdamW:
     """AdamW over every parameter (kind "adamw"), or Muon over the hidden matrices and AdamW at adamw_lr
     (default: lr) over the embedding, at norm_lr (default: adamw_lr) over the norm gains (kind "muon",
     smollm2/muon.py; compile_update: its
     elementwise passes through torch.compile). Each group's peak lr is lr * group["lr_scale"]; set_lr keeps that
-    ratio along the schedule."""
+    ratio along the schedule. momentum_schedule: Muon's momentum changes along the run (set_momentum), so under a
+    CUDA graph or torch.compile it is a device tensor per group, like the lr."""
     fused = device.type == "cuda"
     if kind == "adamw":
         lr_value = torch.tensor(lr, device=device) if capturable else lr  # a tensor lr can change under a CUDA graph
@@ -126,8 +127,13 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: to
     groups = muon_param_groups(model, weight_decay, adamw_lr / lr, (norm_lr if norm_lr is not None else adamw_lr) / lr)
     for g in groups:  # one lr per group, and under a CUDA graph one device tensor per group (set_lr fills each)
         g["lr"] = torch.tensor(lr * g["lr_scale"], device=device) if capturable else lr * g["lr_scale"]
-    return MuonAdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused, capturable=capturable,
-                     compile_update=compile_update, variant=muon_variant)
+    optimizer = MuonAdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused, capturable=capturable,
+                          compile_update=compile_update, variant=muon_variant)
+    if momentum_schedule and (capturable or compile_update):  # a float would be a constant of the graph
+        for g in optimizer.param_groups:
+            if g["muon"]:
+                g["momentum"] = torch.tensor(float(g["momentum"]), dtype=torch.float32, device=device)
+    return optimizer
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -143,6 +149,8 @@ def optimizer_state_for_checkpoint(optimizer: torch.optim.Optimizer) -> dict:
     sd = optimizer.state_dict()
     for g in sd["param_groups"]:
         g["lr"] = float(g["lr"])  # portable between eager (float lr) and graph (tensor lr) runs
+        if torch.is_tensor(g.get("momentum")):
+            g["momentum"] = float(g["momentum"])  # likewise Muon's momentum under --muon_momentum_warmup_steps
     return sd
 
 
@@ -150,7 +158,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, load=Non
     """Load a saved state into an optimizer built for this run, keeping this run's fused/capturable
     settings and lr type, so checkpoints move between eager, graph, CPU and CUDA runs. `load` replaces
     optimizer.load_state_dict where the state must be scattered (FSDP2 shards)."""
-    keep = [{k: g[k] for k in ("lr", "fused", "capturable", "foreach") if k in g} for g in optimizer.param_groups]
+    keep = [{k: g[k] for k in ("lr", "fused", "capturable", "foreach") if k in g}
+            | ({"momentum": g["momentum"]} if torch.is_tensor(g.get("momentum")) else {}) for g in optimizer.param_groups]
     (load or optimizer.load_state_dict)(state)
     for g, kept in zip(optimizer.param_groups, keep):
         g.update(kept)
@@ -420,7 +429,8 @@ EVAL_TOKENS = 32768
 
 def build_train_step(model: nn.Module, switches: Switches, device: torch.device, *, lr: float,
                      weight_decay: float, grad_clip: float, adamw_lr: Optional[float] = None,
-                     norm_lr: Optional[float] = None, muon_variant: str = "muon", document_end: Optional[int] = None,
+                     norm_lr: Optional[float] = None, muon_variant: str = "muon", momentum_schedule: bool = False,
+                     document_end: Optional[int] = None,
                      optimizer_state: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> TrainStep:
     """The optimizer (switches.optimizer; adamw_lr, norm_lr: the AdamW part's peak lrs under Muon), the forward (compiled and wrapped for DDP as the switches say) and the step around
     them, for a model already on `device` (and sharded, under FSDP2): what train.py and bench.py both run.
@@ -429,7 +439,7 @@ def build_train_step(model: nn.Module, switches: Switches, device: torch.device,
     optimizer = build_optimizer(model, lr, weight_decay, device, capturable=switches.cuda_graph, kind=switches.optimizer,
                                 adamw_lr=adamw_lr, norm_lr=norm_lr,
                                 compile_update=switches.compile and device.type == "cuda",
-                                muon_variant=muon_variant)
+                                muon_variant=muon_variant, momentum_schedule=momentum_schedule)
     if optimizer_state is not None:
         parallel.load_full_optimizer_state(model, optimizer, optimizer_state, load_optimizer_state)
     forward_model = parallel.build_forward(model, switches.compile, switches.compile_scope, device,
