@@ -32,9 +32,9 @@ from quality import time_to_loss  # noqa: E402
 from smollm2.common import OneLineParser, UsageError, run_cli  # noqa: E402
 from smollm2.io import write_table  # noqa: E402
 
-# name -> train.py flags beyond the shared ones; "{w5}" / "{w10}" / "{q25}" / "{q50}" are 5% / 10% / 25% / 50% of
-# the recipe's own steps. A name ending in "_half" is its recipe over half of --max_steps (its own schedule: warmup
-# and decay scale with the horizon).
+# name -> train.py flags beyond the shared ones; "{w2}" / "{w5}" / "{w10}" / "{q25}" / "{q50}" are 2.5% / 5% / 10% /
+# 25% / 50% of the recipe's own steps. A name ending in "_half" is its recipe over half of --max_steps (its own
+# schedule: warmup and decay scale with the horizon).
 RECIPES = {
     "adamw_wsd_1e-3": ["--optimizer", "adamw", "--lr_schedule", "wsd", "--max_lr", "1e-3"],
     "adamw_wsd_1e-3_w5": ["--optimizer", "adamw", "--lr_schedule", "wsd", "--max_lr", "1e-3", "--warmup_steps", "{w5}"],
@@ -48,6 +48,7 @@ RECIPES = {
     "muon_a1e-2_w0.05": ["--optimizer", "muon", "--adamw_lr", "1e-2", "--warmup_steps", "{w5}"],
     "warmup_5pct": ["--warmup_steps", "{w5}"],
     "warmup_10pct": ["--warmup_steps", "{w10}"],  # Muon's default before 5% (results/time_to_loss/*_warmup_*)
+    "warmup_2.5pct": ["--warmup_steps", "{w2}"],  # half the default's 5%
     "lr_8e-3_w5": ["--max_lr", "8e-3", "--warmup_steps", "{w5}"],
     "lr_1e-2_w5": ["--max_lr", "1e-2", "--warmup_steps", "{w5}"],
     "muon_d0.5": ["--optimizer", "muon", "--lr_decay_fraction", "0.5"],
@@ -77,7 +78,8 @@ def recipe_command(name: str, args, out_dir: str) -> list[str]:
               "--val_every", str(args.val_every), "--val_batches", str(args.val_batches),
               "--log_every", str(args.val_every), "--save_every", "0", "--sample_every", "0", "--resume", "0",
               "--seed", str(args.seed), *args.extra]
-    own = [a.format(w5=max(1, steps // 20), w10=max(1, steps // 10), q25=max(1, steps // 4), q50=max(1, steps // 2))
+    share = {"w2": 40, "w5": 20, "w10": 10, "q25": 4, "q50": 2}  # the placeholder's divisor of the steps
+    own = [a.format(**{k: max(1, steps // d) for k, d in share.items()})
            for a in RECIPES[name.removesuffix("_half")]]
     return [sys.executable, "train.py", *shared, *own]
 
