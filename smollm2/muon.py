@@ -225,8 +225,10 @@ def momentum_step(grads: list[torch.Tensor], bufs: list[torch.Tensor], momentum,
     """The momentum buffers move towards the gradients (in place); returns what Newton-Schulz orthogonalises, the
     n same-shaped matrices stacked (n, rows, cols) in bf16: the Nesterov blend, or the buffers themselves.
     momentum: a float, or a 0-d float32 tensor on the device (a schedule that changes it under a graph)."""
-    torch._foreach_lerp_(bufs, grads, 1 - momentum)
-    updates = torch._foreach_lerp(grads, bufs, momentum) if nesterov else bufs
+    keep, take = (momentum, 1 - momentum) if not torch.is_tensor(momentum) else \
+        ([momentum] * len(bufs), [1 - momentum] * len(bufs))  # the tensor overloads: a Scalar one would read it back
+    torch._foreach_lerp_(bufs, grads, take)
+    updates = torch._foreach_lerp(grads, bufs, keep) if nesterov else bufs
     return torch.stack(updates).bfloat16()
 
 

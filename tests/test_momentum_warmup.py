@@ -135,3 +135,26 @@ def test_a_momentum_warmup_that_cannot_act_is_refused_in_one_line(tmp_path, extr
     r = run_train(tmp_path / "out", *extra, "--max_steps", 2, check=False)
     assert r.returncode == 2 and says in one_line_error(r.stderr), r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tensor_momentum_is_never_read_back_to_the_host():
+    # Under a CUDA graph a read of a device value (aten._local_scalar_dense, .item()) cannot be captured: the
+    # eager step with the momentum as a tensor (--compile 0 --cuda_graph 1) must not make one.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model = tiny_model()
+    opt = build_optimizer(model, 2e-3, 0.1, CPU, kind="muon", capturable=True, momentum_schedule=True)
+    assert all(torch.is_tensor(g["momentum"]) for g in opt.param_groups if g["muon"])
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape)
+    set_momentum(opt, momentum_at(1, 3))
+    with torch.no_grad(), Ops() as ops:
+        opt._muon_group(next(g for g in opt.param_groups if g["muon"]))
+    assert any("lerp" in op for op in ops.seen) and not any("_local_scalar_dense" in op for op in ops.seen), ops.seen
