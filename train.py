@@ -127,10 +127,11 @@ def check_values(args) -> None:
     for name in ["seq_len", "batch_size", "grad_accum", "max_steps", "log_every"]:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.warmup_steps is not None and args.warmup_steps < 0:
-        raise UsageError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
+    for name in ("warmup_steps", "muon_momentum_warmup_steps"):  # None: the run's default, filled later
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ["save_every", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints",
-                 "task_every", "task_limit", "batch_warmup_steps", "muon_momentum_warmup_steps"]:
+                 "task_every", "task_limit", "batch_warmup_steps"]:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.batch_warmup_steps and args.grad_accum == 1:

@@ -26,7 +26,7 @@ from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 from smollm2.muon import MOMENTUM, MOMENTUM_WARMUP_START, VARIANTS
-from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, RECIPES, SCHEDULES, WARMUP_FRACTIONS, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION
+from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, MOMENTUM_WARMUP_FRACTION, RECIPES, SCHEDULES, WARMUP_FRACTIONS, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION
 from smollm2_config import PRESETS
 
 FIXED, REFUSED, ALLOWED, IGNORED = "fixed", "refused", "allowed", "ignored"
@@ -100,9 +100,10 @@ GROUPS: dict[str, list[Option]] = {
                "grow the batch over the first N steps, in whole micro-batches, from 1 to --grad_accum a step (0 = "
                "off; the micro-batches then accumulate, so the compiled forward keeps one shape; docs/quality.md)",
                before=0),
-        Option("muon_momentum_warmup_steps", int, 0, REFUSED,
+        Option("muon_momentum_warmup_steps", int, None, REFUSED,
                f"Muon's momentum rises linearly from {MOMENTUM_WARMUP_START} to {MOMENTUM} over the first N steps "
-               f"(0 = {MOMENTUM} from the start; modded-nanogpt's warmup; docs/training.md)", before=0),
+               f"(0 = {MOMENTUM} from the start; default: {MOMENTUM_WARMUP_FRACTION:.0%}% of the schedule's horizon "
+               f"under Muon; modded-nanogpt's warmup; docs/training.md; a resume keeps its run's)", before=0),
         Option("lr_decay_steps", int, 0, ALLOWED,
                "step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in several "
                "chunks: a run stopped at N and resumed follows the same lr curve"),

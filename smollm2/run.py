@@ -51,7 +51,7 @@ from smollm2.metrics import LOG_FILE, METRICS_FILE
 from smollm2.muon import VARIANTS
 from smollm2.options import ALLOWED, FIXED, IGNORED, NOT_RECORDED, OPTIONS, REFUSED
 from smollm2.tokenizer import load_tokenizer
-from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, WARMUP_MAX_STEPS, default_warmup
+from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, WARMUP_MAX_STEPS, default_momentum_warmup, default_warmup
 
 
 LOCK_FILE = "train.lock"
@@ -310,6 +310,9 @@ RUN_DEFAULTS: dict[str, tuple[Callable, Any, Callable]] = {
     "muon_variant": (lambda args: DEFAULT_MUON_VARIANT if args.optimizer == "muon" else "muon", "muon",
                      lambda v: v in VARIANTS),
     "doc_mask": (lambda args: DEFAULT_DOC_MASK if args.model_impl == "ours" else 0, 0, lambda v: v in (0, 1)),
+    "muon_momentum_warmup_steps": (lambda args: default_momentum_warmup(args.lr_decay_steps or args.max_steps,
+                                                                        args.optimizer),
+                                   0, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
 }
 
 

@@ -106,7 +106,7 @@ def test_resume_inside_the_momentum_warmup_is_bit_exact_and_may_not_change_it(tm
     assert_same_weights(checkpoint_weights(tmp_path / "split", 8), checkpoint_weights(tmp_path / "full", 8))
     full, split = (step_losses((tmp_path / d / "train.log").read_text()) for d in ("full", "split"))
     assert full == split and len(full) == 8
-    run_train(tmp_path / "plain", *WARM[:-4], "--save_every", 3, "--max_steps", 8)
+    run_train(tmp_path / "plain", *WARM[:-4], "--muon_momentum_warmup_steps", 0, "--save_every", 3, "--max_steps", 8)
     assert step_losses((tmp_path / "plain" / "train.log").read_text()) != full  # the warmup acts
     changed = [a if a != 6 else 4 for a in WARM]
     r = run_train(tmp_path / "split", *changed, "--max_steps", 10, "--resume", 1, check=False)
@@ -158,3 +158,16 @@ def test_a_tensor_momentum_is_never_read_back_to_the_host():
     with torch.no_grad(), Ops() as ops:
         opt._muon_group(next(g for g in opt.param_groups if g["muon"]))
     assert any("lerp" in op for op in ops.seen) and not any("_local_scalar_dense" in op for op in ops.seen), ops.seen
+
+
+def test_the_default_is_a_quarter_of_the_horizon_under_muon_and_a_resume_keeps_its_runs(tmp_path):
+    # TINY_TRAIN_ARGS' --lr_decay_steps 40 is the horizon: 10 steps; AdamW has none; a resume that raises
+    # --max_steps keeps the saved run's 10 whatever today's default would give.
+    run_train(tmp_path / "m", "--optimizer", "muon", "--max_steps", 2, "--save_every", 2)
+    assert '"muon_momentum_warmup_steps": 10' in (tmp_path / "m" / "train.log").read_text()
+    run_train(tmp_path / "m", "--optimizer", "muon", "--max_steps", 4, "--lr_decay_steps", 80, "--resume", 1,
+              "--allow_config_change", 0)
+    args_lines = [l for l in (tmp_path / "m" / "train.log").read_text().splitlines() if l.startswith("Args: ")]
+    assert len(args_lines) == 2 and all('"muon_momentum_warmup_steps": 10' in l for l in args_lines)
+    run_train(tmp_path / "a", "--optimizer", "adamw", "--max_steps", 1)
+    assert '"muon_momentum_warmup_steps": 0' in (tmp_path / "a" / "train.log").read_text()
