@@ -62,7 +62,8 @@ RECIPES = {
     "batch_warmup_25pct": ["--batch_size", "8", "--grad_accum", "2", "--batch_warmup_steps", "{q25}"],
     "batch_warmup_50pct": ["--batch_size", "8", "--grad_accum", "2", "--batch_warmup_steps", "{q50}"],
     # Muon's momentum from 0.85 to 0.95 over the first quarter / half of the steps (modded-nanogpt's warmup)
-    "momentum_warmup_25pct": ["--optimizer", "muon", "--muon_momentum_warmup_steps", "{q25}"],
+    "momentum_warmup_25pct": ["--optimizer", "muon", "--muon_momentum_warmup_steps", "{q25}"],  # today's default
+    "momentum_warmup_0": ["--muon_momentum_warmup_steps", "0"],  # the default before (results/time_to_loss/*_levers_*)
     "momentum_warmup_50pct": ["--optimizer", "muon", "--muon_momentum_warmup_steps", "{q50}"],
 }
 
