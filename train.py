@@ -65,22 +65,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     if auto:  # resolved here: the log, the checkpoint and a resume see the optimizer itself
         tokens = args.batch_size * args.grad_accum * args.seq_len
         args.optimizer = "muon" if tokens >= AUTO_MUON_MIN_TOKENS and not args.fsdp else "adamw"
-    if args.adamw_lr is not None and args.optimizer != "muon":
-        p.error("--adamw_lr is the lr of the AdamW part of --optimizer muon; with --optimizer adamw use --max_lr"
-                + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
-                   if auto else ""))
-    if args.norm_lr is not None and args.optimizer != "muon":
-        p.error("--norm_lr is the lr of the norm gains under --optimizer muon; with --optimizer adamw use --max_lr"
-                + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
-                   if auto else ""))
-    if args.muon_variant not in (None, "muon") and args.optimizer != "muon":
-        p.error(f"--muon_variant {args.muon_variant} changes --optimizer muon; this run uses --optimizer {args.optimizer}"
-                + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
-                   if auto else ""))
-    if args.muon_momentum_warmup_steps and args.optimizer != "muon":
-        p.error(f"--muon_momentum_warmup_steps schedules Muon's momentum; this run uses --optimizer {args.optimizer}"
-                + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, or --fsdp 1)"
-                   if auto else ""))
+    # The Muon-only flags, each refused in one line when the run is AdamW
+    muon_only = [
+        (args.adamw_lr is not None,
+         "--adamw_lr is the lr of the AdamW part of --optimizer muon; with --optimizer adamw use --max_lr"),
+        (args.norm_lr is not None,
+         "--norm_lr is the lr of the norm gains under --optimizer muon; with --optimizer adamw use --max_lr"),
+        (args.muon_variant not in (None, "muon"),
+         f"--muon_variant {args.muon_variant} changes --optimizer muon; this run uses --optimizer {args.optimizer}"),
+        (bool(args.muon_momentum_warmup_steps),
+         f"--muon_momentum_warmup_steps schedules Muon's momentum; this run uses --optimizer {args.optimizer}"),
+    ]
+    for given, message in muon_only:
+        if given and args.optimizer != "muon":
+            p.error(message + (f" (--optimizer auto chose adamw: fewer than {AUTO_MUON_MIN_TOKENS:,} tokens a step, "
+                               "or --fsdp 1)" if auto else ""))
     for name, value in RECIPES[args.optimizer].items():  # what the user left unset comes from the recipe
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -430,7 +429,7 @@ def train_loop(run: Run, saves: Checkpoints, clock: WallClock, metrics: dict) ->
         lr = lr_at(step, args.warmup_steps, decay_steps, args.max_lr, args.min_lr, args.lr_schedule,
                    args.lr_decay_fraction)
         set_lr(run.optimizer, lr)
-        if args.muon_momentum_warmup_steps:
+        if step <= args.muon_momentum_warmup_steps:  # from then on 0.95, as built and as saved at step N
             set_momentum(run.optimizer, momentum_at(step, args.muon_momentum_warmup_steps))
         accum = accum_at(step, args.grad_accum, args.batch_warmup_steps)
         before = micro_batches_before(step, args.grad_accum, args.batch_warmup_steps)

@@ -53,6 +53,7 @@ class Option:
     metavar: Optional[str] = None
     # What a run trained with before the option existed, for an option added after runs were saved: a resume of
     # such a checkpoint compares the command's value with this one (NOT_RECORDED: nothing is known, not compared).
+    # An option whose default belongs to the run declares it in smollm2/run.py's RUN_DEFAULTS instead.
     before: Any = NOT_RECORDED
 
 
@@ -103,7 +104,7 @@ GROUPS: dict[str, list[Option]] = {
         Option("muon_momentum_warmup_steps", int, None, REFUSED,
                f"Muon's momentum rises linearly from {MOMENTUM_WARMUP_START} to {MOMENTUM} over the first N steps "
                f"(0 = {MOMENTUM} from the start; default: {MOMENTUM_WARMUP_FRACTION:.0%}% of the schedule's horizon "
-               f"under Muon; modded-nanogpt's warmup; docs/training.md; a resume keeps its run's)", before=0),
+               f"under Muon; modded-nanogpt's warmup; docs/training.md; a resume keeps its run's)"),
         Option("lr_decay_steps", int, 0, ALLOWED,
                "step where the schedule reaches min_lr (0: --max_steps). Set it to train one schedule in several "
                "chunks: a run stopped at N and resumed follows the same lr curve"),

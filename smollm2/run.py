@@ -221,8 +221,10 @@ def settings(args: dict, world_size: int, architecture: dict) -> dict:
 
 
 def recorded_args(saved: dict) -> dict:
-    """A checkpoint's args, with the value each option added after it was saved had then (Option.before)."""
-    return {**{o.name: o.before for o in OPTIONS if o.before is not NOT_RECORDED}, **saved}
+    """A checkpoint's args, with the value each option added after it was saved had then (Option.before, and
+    the run defaults' earlier values, RUN_DEFAULTS)."""
+    return {**{o.name: o.before for o in OPTIONS if o.before is not NOT_RECORDED},
+            **{name: before for name, (_, before, _) in RUN_DEFAULTS.items()}, **saved}
 
 
 def check_resume(saved: dict, given: dict, allow_change: bool, source: str) -> list[str]:
