@@ -41,8 +41,9 @@ from smollm2.common import OneLineParser, device_name, run_cli  # noqa: E402
 from smollm2.data import TokenBatches, load_training_data  # noqa: E402
 from smollm2.switches import DEFAULT_PATH, IMPLS, Switches  # noqa: E402
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
-from smollm2.training import (WSD_DECAY_FRACTION, TransformersAdapter, build_train_step, evaluate, lr_at,  # noqa: E402
-                              set_lr)
+from smollm2.muon import momentum_at, set_momentum  # noqa: E402
+from smollm2.training import (DEFAULT_MUON_VARIANT, WSD_DECAY_FRACTION, TransformersAdapter,  # noqa: E402
+                              build_train_step, evaluate, lr_at, set_lr)
 from smollm2_config import get_config  # noqa: E402
 from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
 
@@ -228,28 +229,45 @@ def plot(path: str, section: str, runs: list[dict]) -> None:
     plt.close(fig)
 
 
-EAGER_UPDATE = DEFAULT_PATH + "_eager_muon_update"
+# step_time's rows: train.py's default AdamW step, its default Muon step (NorMuon, the momentum a device tensor
+# for its warmup, the normalisation compiled with the update) and that step with one piece taken back each.
+STEP_ROWS = (
+    ("adamw", DEFAULT_PATH),
+    ("muon", DEFAULT_PATH),
+    ("muon", DEFAULT_PATH + "_unfused_normuon"),     # NorMuon's normalisation eager, before the compiled update
+    ("muon", DEFAULT_PATH + "_float_momentum"),      # no momentum warmup: the momentum a Python float
+    ("muon", DEFAULT_PATH + "_plain_muon"),          # --muon_variant muon (no per-neuron normalisation)
+    ("muon", DEFAULT_PATH + "_eager_muon_update"),   # every elementwise pass of Muon eager (as under --compile 0)
+)
 
 
 def step_time(args, data, device, card) -> list[dict]:
-    """The Muon step against the AdamW step on train.py's default CUDA path: `--warmup` untimed steps (compile,
-    capture), then --timed steps between two CUDA events, for each optimizer."""
+    """The Muon step against the AdamW step on train.py's default CUDA path: 5 untimed steps (compile,
+    capture), then --timed steps between two CUDA events, for each row of STEP_ROWS."""
     rows = []
-    for optimizer, impl in (("adamw", DEFAULT_PATH), ("muon", DEFAULT_PATH), ("muon", EAGER_UPDATE)):
+    for optimizer, impl in STEP_ROWS:
         release()
         recipe = parse_recipe(f"{optimizer}_wsd_3e-3", None)
         model, sw = build_model(recipe, args.seed, device, args.model)
         step_fn = build_train_step(model, sw, device, lr=3e-3, weight_decay=0.1, grad_clip=1.0,
-                                   adamw_lr=recipe["adamw_lr"])
-        if impl == EAGER_UPDATE:  # the same step with Muon's elementwise passes uncompiled (as under --compile 0)
+                                   adamw_lr=recipe["adamw_lr"],
+                                   muon_variant="muon" if impl.endswith("_plain_muon") else DEFAULT_MUON_VARIANT,
+                                   momentum_schedule=optimizer == "muon" and not impl.endswith("_float_momentum"))
+        if impl.endswith("_eager_muon_update"):
             step_fn.optimizer.compile_update = False
+        if impl.endswith("_unfused_normuon"):
+            step_fn.optimizer.fuse_normuon = False
         for s in range(1, 6):
+            if optimizer == "muon":  # the warmup's moving momentum, filled before each step as train.py does
+                set_momentum(step_fn.optimizer, momentum_at(s, 100))
             step_fn(*data.step_batch(s, 1, args.micro_batch, device))
         inputs = [data.step_batch(5 + s, 1, args.micro_batch, device) for s in range(1, args.timed + 1)]
         sync(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for xs, ys in inputs:
+        for s, (xs, ys) in enumerate(inputs, start=6):
+            if optimizer == "muon":
+                set_momentum(step_fn.optimizer, momentum_at(s, 100))
             step_fn(xs, ys)
         end.record()
         sync(device)

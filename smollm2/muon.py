@@ -137,6 +137,9 @@ class MuonAdamW(torch.optim.AdamW):
         if polar:
             ns_coefficients, ns_steps = POLAR_EXPRESS_COEFFICIENTS, len(POLAR_EXPRESS_COEFFICIENTS)
         self.compile_update = compile_update  # momentum_step, apply_update compiled (a setting, not checkpointed)
+        # under compile_update, NorMuon's normalisation compiled with the update (False: eager before the compiled
+        # update, as before it was fused; benchmarks/quality.py times both)
+        self.fuse_normuon = True
         for g in groups:
             if g["muon"]:
                 coefficients = tuple(tuple(c) for c in ns_coefficients) if polar else tuple(ns_coefficients)
@@ -190,15 +193,20 @@ class MuonAdamW(torch.optim.AdamW):
             (momentum_step, apply_update)
         ortho = newton_schulz(momentum(grads, bufs, group["momentum"], group["nesterov"]), group["ns_coefficients"],
                               group["ns_steps"], group["ns_eps"], group.get("ns_safety", 0.0))
-        if group.get("neuron_beta2") is not None:
-            seconds = []
-            for p in params:
-                state = self.state[p]
-                if "neuron_second_moment" not in state:
-                    state["neuron_second_moment"] = torch.zeros(p.shape[0], 1, dtype=torch.float32, device=p.device)
-                seconds.append(state["neuron_second_moment"])
-            ortho = per_neuron_normalise(ortho, seconds, group["neuron_beta2"])
-        apply(params, ortho, lr, group["weight_decay"], adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"]))
+        scale = adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"])
+        if group.get("neuron_beta2") is None:
+            apply(params, ortho, lr, group["weight_decay"], scale)
+            return
+        seconds = []
+        for p in params:
+            state = self.state[p]
+            if "neuron_second_moment" not in state:
+                state["neuron_second_moment"] = torch.zeros(p.shape[0], 1, dtype=torch.float32, device=p.device)
+            seconds.append(state["neuron_second_moment"])
+        if self.compile_update and self.fuse_normuon:
+            _compiled(normalise_and_apply)(params, ortho, seconds, group["neuron_beta2"], lr, group["weight_decay"], scale)
+        else:
+            apply(params, per_neuron_normalise(ortho, seconds, group["neuron_beta2"]), lr, group["weight_decay"], scale)
 
 
 def momentum_at(step: int, warmup_steps: int) -> float:
@@ -245,6 +253,14 @@ def per_neuron_normalise(ortho: torch.Tensor, seconds: list[torch.Tensor], beta2
     scaled = O * v.clamp(min=eps).rsqrt()
     keep = torch.linalg.vector_norm(O, dim=(-2, -1), keepdim=True)      # (n, 1, 1)
     return scaled * (keep / torch.linalg.vector_norm(scaled, dim=(-2, -1), keepdim=True).clamp(min=eps))
+
+
+def normalise_and_apply(params: list[torch.Tensor], ortho: torch.Tensor, seconds: list[torch.Tensor], beta2: float,
+                        lr, weight_decay: float, scale: float) -> None:
+    """NorMuon's per-neuron normalisation, then apply_update: one function, so that under --compile the float32
+    normalised update is never written out (read the bf16 Newton-Schulz output, write the weights), where eager
+    makes about ten passes over the 106M hidden weights."""
+    apply_update(params, per_neuron_normalise(ortho, seconds, beta2), lr, weight_decay, scale)
 
 
 def apply_update(params: list[torch.Tensor], ortho: torch.Tensor, lr, weight_decay: float, scale: float) -> None:

@@ -71,12 +71,12 @@ def test_muon_groups_equal_torch_muon(nesterov):
     assert moved > 1e-3  # every matrix moved: the comparison is not between two untouched copies
 
 
-@pytest.mark.parametrize("variant", ["muon", "normuon"])
-def test_compiled_update_equals_the_eager_one(variant):
-    """--compile 1 on CUDA runs Muon's elementwise passes (momentum, Nesterov, bf16 stacking; weight decay and
-    update) through torch.compile, Newton-Schulz (and NorMuon's per-neuron normalisation) eager between them.
-    Fused, the lerps round differently by an ulp: the momentum buffers agree to float32 rounding, the weights to
-    a bf16 ulp of the update."""
+@pytest.mark.parametrize("variant,fuse_normuon", [("muon", True), ("normuon", True), ("normuon", False)])
+def test_compiled_update_equals_the_eager_one(variant, fuse_normuon):
+    """--compile 1 on CUDA runs Muon's elementwise passes (momentum, Nesterov, bf16 stacking; NorMuon's per-neuron
+    normalisation with the weight decay and update, or only the latter with fuse_normuon off) through
+    torch.compile, Newton-Schulz eager between them. Fused, the lerps round differently by an ulp: the momentum
+    buffers agree to float32 rounding, the weights to a bf16 ulp of the update."""
     from torch._dynamo.utils import counters
 
     shapes = [(48, 32), (48, 32), (32, 96), (32, 96)]
@@ -87,6 +87,7 @@ def test_compiled_update_equals_the_eager_one(variant):
         opt = MuonAdamW([{"params": params[:2], "muon": True, "lr_scale": 1.0, "weight_decay": 0.1},
                          {"params": params[2:], "muon": True, "lr_scale": 1.0, "weight_decay": 0.1}],
                         lr=0.02, compile_update=compiled, variant=variant)
+        opt.fuse_normuon = fuse_normuon
         for step in range(3):
             for p in params:
                 p.grad = torch.randn(p.shape)
