@@ -233,10 +233,16 @@ def momentum_step(grads: list[torch.Tensor], bufs: list[torch.Tensor], momentum,
     """The momentum buffers move towards the gradients (in place); returns what Newton-Schulz orthogonalises, the
     n same-shaped matrices stacked (n, rows, cols) in bf16: the Nesterov blend, or the buffers themselves.
     momentum: a float, or a 0-d float32 tensor on the device (a schedule that changes it under a graph)."""
-    keep, take = (momentum, 1 - momentum) if not torch.is_tensor(momentum) else \
-        ([momentum] * len(bufs), [1 - momentum] * len(bufs))  # the tensor overloads: a Scalar one would read it back
-    torch._foreach_lerp_(bufs, grads, take)
-    updates = torch._foreach_lerp(grads, bufs, keep) if nesterov else bufs
+    if torch.is_tensor(momentum):
+        # Broadcast over the stacked matrices, not the foreach overloads: a Scalar weight would read the tensor
+        # back to the host, and Inductor has no lowering for the tensor-list one (it calls ATen's, unfused: 2% of
+        # the step at seq 2048 x 16 on an H100). Compiled, this is one pass like the float path's.
+        G = torch.stack(grads)                                   # (n, rows, cols)
+        B = torch.stack(bufs).lerp_(G, 1 - momentum)
+        torch._foreach_copy_(bufs, list(B.unbind(0)))
+        return (G.lerp(B, momentum) if nesterov else B).bfloat16()
+    torch._foreach_lerp_(bufs, grads, 1 - momentum)
+    updates = torch._foreach_lerp(grads, bufs, momentum) if nesterov else bufs
     return torch.stack(updates).bfloat16()
 
 

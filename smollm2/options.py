@@ -95,7 +95,7 @@ GROUPS: dict[str, list[Option]] = {
         Option("max_steps", int, 5000, ALLOWED, "last optimizer step (may be raised on resume)"),
         Option("warmup_steps", int, None, REFUSED,
                "linear lr warmup steps (default: a share of the schedule's horizon, --lr_decay_steps else --max_steps, "
-               f"{', '.join(f'{o} {v:.0%}%' for o, v in WARMUP_FRACTIONS.items())}, "
+               f"{', '.join(f'{o} {v * 100:g}%%' for o, v in WARMUP_FRACTIONS.items())}, "
                f"1 to {WARMUP_MAX_STEPS} steps; a resume keeps its run's)"),
         Option("batch_warmup_steps", int, 0, REFUSED,
                "grow the batch over the first N steps, in whole micro-batches, from 1 to --grad_accum a step (0 = "

@@ -76,11 +76,11 @@ def test_default_warmup_is_the_optimizers_share_of_the_horizon_up_to_200_steps()
     horizons = (1, 5, 100, 300, 600, 2000, 5000, 5050, 100_000)
     assert [default_warmup(n) for n in horizons] == [1, 1, 10, 30, 60, 200, 200, 200, 200]
     assert [default_warmup(n, "adamw") for n in horizons] == [default_warmup(n) for n in horizons]
-    assert [default_warmup(n, "muon") for n in horizons] == [1, 1, 5, 15, 30, 100, 200, 200, 200]
+    assert [default_warmup(n, "muon") for n in horizons] == [1, 1, 2, 8, 15, 50, 125, 126, 200]
 
 
 def test_train_py_default_warmup_follows_the_horizon_and_a_resume_keeps_it(tmp_path):
-    """No --warmup_steps: the optimizer's share of the horizon (adamw 10%, muon 5%) (--max_steps 3 -> 1, --lr_decay_steps 40 -> 4); the resume that raises the horizon keeps the
+    """No --warmup_steps: the optimizer's share of the horizon (adamw 10%, muon 2.5%) (--max_steps 3 -> 1, --lr_decay_steps 40 -> 4, 1); the resume that raises the horizon keeps the
     run's, which the checkpoint recorded: the same weights as the two commands given that warmup."""
     import sys
     from conftest import REPO_ROOT, TINY_TRAIN_ARGS, assert_same_weights, checkpoint_weights, run_checked
@@ -100,4 +100,4 @@ def test_train_py_default_warmup_follows_the_horizon_and_a_resume_keeps_it(tmp_p
     fresh = train(tmp_path / "long", "--max_steps", 1, "--lr_decay_steps", 40)
     assert '"warmup_steps": 4' in fresh.stdout
     muon = train(tmp_path / "muon", "--max_steps", 1, "--lr_decay_steps", 40, "--optimizer", "muon")
-    assert '"warmup_steps": 2' in muon.stdout  # Muon's own share: 5%
+    assert '"warmup_steps": 1' in muon.stdout  # Muon's own share: 2.5%
