@@ -8,7 +8,7 @@
 #   seed      the seed's shape (seq 256 x 4 windows a step) on input.txt, 1000 steps per recipe (about 2 minutes)
 #   step      the Muon step against the AdamW step at seq 2048 x micro-batch 48 (the best micro-batch): train.py's
 #             default Muon step (NorMuon, momentum warmup, compiled passes) and that step with one piece taken back
-#             each (quality.py's STEP_ROWS; about 4 minutes)
+#             each (quality.py's STEP_ROWS; about 8 minutes on an H100: each row compiles the model again)
 #   step16    the same at micro-batch 16, where the quality sections run
 #   schedules the second realdocs sweep, with its own two references (the AdamW recipe, the best AdamW of the first):
 #             Muon at 5e-3 and 1e-3, Muon under cosine, AdamW under WSD (about 8 minutes)
@@ -98,10 +98,10 @@ if want bracket; then
     --recipes adamw_wsd_2e-3,adamw_wsd_3e-3,muon_wsd_5e-3
 fi
 if want step; then  # no per-evaluation lines to drop
-  sweep 330 step_time "${R2048[@]}" --micro_batch 48 --timed 20
+  sweep 500 step_time "${R2048[@]}" --micro_batch 48 --timed 20
 fi
 if want step16; then
-  sweep 330 step_time_mb16 "${R2048[@]}" --micro_batch 16 --timed 30
+  sweep 500 step_time_mb16 "${R2048[@]}" --micro_batch 16 --timed 30
 fi
 if want seed; then
   sweep 420 seed_input --input_file input.txt --seq_len 256 --micro_batch 4 --steps 1000 --eval_every 100 \

@@ -570,7 +570,7 @@ def test_quality_headline_holds_on_every_corpus(tmp_path, monkeypatch):
     d = tmp_path / "results" / "time_to_loss"
     # realdocs' halved run in a table of its own, pystdlib's beside its full run
     (real, real_half), (code, code_half) = ("realdocs_a", "realdocs_b"), ("pystdlib_a", "pystdlib_a")
-    monkeypatch.setattr(findings, "TIME_TO_LOSS_RUNS", ((real, real_half), (code, code_half)))
+    monkeypatch.setattr(findings, "TIME_TO_LOSS_RUNS", ((real, real_half, ""), (code, code_half, "")))
     card = "NVIDIA H100 80GB HBM3"
     ttl_runs(d / f"{real}_runs.csv", [("realdocs", "adamw_wsd_1e-3", "adamw", 400, 13107200, 4.57, card, "adamw_wsd_1e-3", 1.0, True),
                                       ("realdocs", "default", "default", 400, 13107200, 3.58, card, "adamw_wsd_1e-3", 0.544, True)])
@@ -593,6 +593,10 @@ def test_quality_headline_holds_on_every_corpus(tmp_path, monkeypatch):
                                       ("pystdlib", "default_half", "default", 200, 6553600, 3.01, card, "adamw_wsd_2e-3", 0.49, True)])
     (line,) = findings.quality_headline(str(d), str(tmp_path))
     assert "they end at or below that loss too: realdocs (4.506 against 4.560) and pystdlib (3.010 against 3.034) (" in line
+    # a table whose default ran an earlier default says so beside its share
+    monkeypatch.setattr(findings, "TIME_TO_LOSS_RUNS", ((real, real_half, ""), (code, code_half, "the 5% lr warmup")))
+    (line,) = findings.quality_headline(str(d), str(tmp_path))
+    assert "(realdocs 0.54x, pystdlib 0.57x (with the 5% lr warmup of the default before); 400 steps" in line
 
 
 def test_eval_headline_needs_both_rows(tmp_path):
