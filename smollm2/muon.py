@@ -16,9 +16,10 @@ What differs is how it is scheduled: torch.optim.Muon orthogonalises the 210 mat
 at a time (210 x 5 x 3 small matmuls, launch-bound: 141 ms a step on an H200, doubling the step at seq 2048;
 measured on that card), while here the matrices of one shape (q and o, k and v, gate and up, down: four
 shapes over the 30 layers) form one param group and go through Newton-Schulz as one batch of bmm's. Under
---compile on CUDA the elementwise passes around it (momentum_step, apply_update) go through torch.compile: the
-Muon step is 2.7% slower than the AdamW step at seq 2048 x 48 and 5.9% at x 16 on an H200 (3.1% and 7.4% with
-those passes eager; docs/quality.md). tests/test_muon.py holds the result to torch.optim.Muon's to bf16
+--compile on CUDA the elementwise passes around it (momentum_step; apply_update, with NorMuon's normalisation as
+normalise_and_apply) go through torch.compile. Plain Muon's step was 2.7% slower than the AdamW
+step at seq 2048 x 48 and 5.9% at x 16 on an H200 (3.1% and 7.4% with those passes eager); train.py's default
+(NorMuon, momentum warmup) 8.8% at x 16 on an H100, before the moving momentum's pass was fused (docs/quality.md). tests/test_muon.py holds the result to torch.optim.Muon's to bf16
 rounding, the batched path to the per-matrix one, and the compiled passes to the eager ones.
 
 Everything the step does is device arithmetic with no host synchronisation, so it is captured in the CUDA graph
@@ -263,9 +264,9 @@ def per_neuron_normalise(ortho: torch.Tensor, seconds: list[torch.Tensor], beta2
 
 def normalise_and_apply(params: list[torch.Tensor], ortho: torch.Tensor, seconds: list[torch.Tensor], beta2: float,
                         lr, weight_decay: float, scale: float) -> None:
-    """NorMuon's per-neuron normalisation, then apply_update: one function, so that under --compile the float32
-    normalised update is never written out (read the bf16 Newton-Schulz output, write the weights), where eager
-    makes about ten passes over the 106M hidden weights."""
+    """NorMuon's per-neuron normalisation, then apply_update: one function, so that under --compile Inductor fuses
+    them (one generated kernel on the CPU) where eager makes about ten passes over the 106M hidden weights: 1.3 ms
+    of a 107.6 ms step at seq 2048 x 16 on an H100 (docs/quality.md)."""
     apply_update(params, per_neuron_normalise(ortho, seconds, beta2), lr, weight_decay, scale)
 
 
