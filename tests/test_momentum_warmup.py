@@ -80,6 +80,26 @@ def test_compiled_passes_take_the_momentum_as_a_tensor_and_equal_the_eager_ones(
                 assert torch.equal(p, q)
 
 
+
+def test_the_compiled_moving_momentum_is_one_fused_pass():
+    """Inductor has no lowering for _foreach_lerp with a list of tensor weights: given one, it calls ATen's kernel
+    outside the fused code (two extra passes over the hidden weights, 2% of the step at seq 2048 x 16 on an
+    H100). The moving momentum's compiled pass holds no ATen call and equals the float path to float32 rounding."""
+    from torch._inductor.utils import run_and_get_code
+    from smollm2.muon import momentum_step
+
+    torch.manual_seed(4)
+    grads = [torch.randn(48, 32) for _ in range(3)]
+    bufs = [torch.randn(48, 32) for _ in range(3)]
+    twins = [b.clone() for b in bufs]
+    compiled = torch.compile(momentum_step, fullgraph=True, dynamic=False)
+    out, (code,) = run_and_get_code(compiled, grads, bufs, torch.tensor(0.9), True)
+    assert "torch.ops.aten." not in code.replace("torch.ops.aten.view", ""), code
+    ref = momentum_step(grads, twins, 0.9, True)
+    for a, b in zip(bufs, twins):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2 ** -7, atol=0)
+
 def test_a_tensor_momentum_survives_a_checkpoint_round_trip():
     model = tiny_model()
     opt = build_optimizer(model, 2e-3, 0.1, CPU, kind="muon", compile_update=True, momentum_schedule=True)
