@@ -257,18 +257,20 @@ def step_time(args, data, device, card) -> list[dict]:
             step_fn.optimizer.compile_update = False
         if impl.endswith("_unfused_normuon"):
             step_fn.optimizer.fuse_normuon = False
-        for s in range(1, 6):
+
+        def step(s, xs, ys):
             if optimizer == "muon":  # the warmup's moving momentum, filled before each step as train.py does
                 set_momentum(step_fn.optimizer, momentum_at(s, 100))
-            step_fn(*data.step_batch(s, 1, args.micro_batch, device))
+            step_fn(xs, ys)
+
+        for s in range(1, 6):
+            step(s, *data.step_batch(s, 1, args.micro_batch, device))
         inputs = [data.step_batch(5 + s, 1, args.micro_batch, device) for s in range(1, args.timed + 1)]
         sync(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for s, (xs, ys) in enumerate(inputs, start=6):
-            if optimizer == "muon":
-                set_momentum(step_fn.optimizer, momentum_at(s, 100))
-            step_fn(xs, ys)
+            step(s, xs, ys)
         end.record()
         sync(device)
         ms = start.elapsed_time(end) / args.timed

@@ -19,8 +19,9 @@ shapes over the 30 layers) form one param group and go through Newton-Schulz as 
 --compile on CUDA the elementwise passes around it (momentum_step; apply_update, with NorMuon's normalisation as
 normalise_and_apply) go through torch.compile. Plain Muon's step was 2.7% slower than the AdamW
 step at seq 2048 x 48 and 5.9% at x 16 on an H200 (3.1% and 7.4% with those passes eager); train.py's default
-(NorMuon, momentum warmup) 8.8% at x 16 on an H100, before the moving momentum's pass was fused (docs/quality.md). tests/test_muon.py holds the result to torch.optim.Muon's to bf16
-rounding, the batched path to the per-matrix one, and the compiled passes to the eager ones.
+(NorMuon, momentum warmup) 8.8% at x 16 on an H100, before the moving momentum's pass was fused (docs/quality.md).
+tests/test_muon.py holds the result to torch.optim.Muon's to bf16 rounding, the batched path to the per-matrix
+one, and the compiled passes to the eager ones.
 
 Everything the step does is device arithmetic with no host synchronisation, so it is captured in the CUDA graph
 of the step like fused AdamW (the lr is then a device tensor per group, as for AdamW). Every rank of a DDP run
@@ -194,20 +195,21 @@ class MuonAdamW(torch.optim.AdamW):
             (momentum_step, apply_update)
         ortho = newton_schulz(momentum(grads, bufs, group["momentum"], group["nesterov"]), group["ns_coefficients"],
                               group["ns_steps"], group["ns_eps"], group.get("ns_safety", 0.0))
-        scale = adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"])
-        if group.get("neuron_beta2") is None:
-            apply(params, ortho, lr, group["weight_decay"], scale)
-            return
-        seconds = []
-        for p in params:
-            state = self.state[p]
-            if "neuron_second_moment" not in state:
-                state["neuron_second_moment"] = torch.zeros(p.shape[0], 1, dtype=torch.float32, device=p.device)
-            seconds.append(state["neuron_second_moment"])
-        if self.compile_update and self.fuse_normuon:
-            _compiled(normalise_and_apply)(params, ortho, seconds, group["neuron_beta2"], lr, group["weight_decay"], scale)
+        scale, decay, beta2 = adjusted_lr_scale(params[0].shape, group["adjust_lr_fn"]), group["weight_decay"], \
+            group.get("neuron_beta2")
+        if beta2 is None:
+            apply(params, ortho, lr, decay, scale)
+        elif self.compile_update and self.fuse_normuon:
+            _compiled(normalise_and_apply)(params, ortho, self._neuron_seconds(params), beta2, lr, decay, scale)
         else:
-            apply(params, per_neuron_normalise(ortho, seconds, group["neuron_beta2"]), lr, group["weight_decay"], scale)
+            apply(params, per_neuron_normalise(ortho, self._neuron_seconds(params), beta2), lr, decay, scale)
+
+    def _neuron_seconds(self, params: list[nn.Parameter]) -> list[torch.Tensor]:
+        """NorMuon's per-neuron EMAs of the mean squared update, (rows, 1) float32 each, made on first use."""
+        for p in params:
+            if "neuron_second_moment" not in self.state[p]:
+                self.state[p]["neuron_second_moment"] = torch.zeros(p.shape[0], 1, dtype=torch.float32, device=p.device)
+        return [self.state[p]["neuron_second_moment"] for p in params]
 
 
 def momentum_at(step: int, warmup_steps: int) -> float:

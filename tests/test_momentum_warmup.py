@@ -80,7 +80,6 @@ def test_compiled_passes_take_the_momentum_as_a_tensor_and_equal_the_eager_ones(
                 assert torch.equal(p, q)
 
 
-
 def test_the_compiled_moving_momentum_is_one_fused_pass():
     """Inductor has no lowering for _foreach_lerp with a list of tensor weights: given one, it calls ATen's kernel
     outside the fused code (two extra passes over the hidden weights, 2% of the step at seq 2048 x 16 on an
@@ -99,6 +98,7 @@ def test_the_compiled_moving_momentum_is_one_fused_pass():
     for a, b in zip(bufs, twins):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out.float(), ref.float(), rtol=2 ** -7, atol=0)
+
 
 def test_a_tensor_momentum_survives_a_checkpoint_round_trip():
     model = tiny_model()
