@@ -53,7 +53,8 @@ from smollm2.run import CACHE_DIR, CKPT_DIR, RUN_FILE, Logger, Start, check_resu
 from smollm2.switches import Switches, auto_compile_scope
 from smollm2.tokenizer import load_tokenizer
 from smollm2.training import (EVAL_TOKENS, RECIPES, TrainStep, TransformersAdapter, accum_at, amp_context,
-                              build_train_step, evaluate, lr_at, micro_batches_before, set_lr)
+                              SEQ_WARMUP_MIN_START, build_train_step, evaluate, lr_at, micro_batches_before,
+                              seq_len_at, set_lr, split_windows)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -130,13 +131,15 @@ def check_values(args) -> None:
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ["save_every", "lr_decay_steps", "val_every", "val_batches", "sample_every", "sample_tokens", "keep_checkpoints",
-                 "task_every", "task_limit", "batch_warmup_steps"]:
+                 "task_every", "task_limit", "batch_warmup_steps", "seq_warmup_steps"]:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.batch_warmup_steps and args.grad_accum == 1:
         raise UsageError("--batch_warmup_steps grows the batch from 1 micro-batch to --grad_accum a step; with "
                          "--grad_accum 1 there is nothing to grow: split the batch (e.g. --batch_size 8 "
                          "--grad_accum 2 for 16) or leave --batch_warmup_steps 0")
+    if args.seq_warmup_steps:
+        check_seq_warmup(args.seq_len, args.seq_warmup_start)
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
         raise UsageError(f"need 0 <= --min_lr <= --max_lr and --max_lr > 0 (got {args.min_lr}, {args.max_lr})")
     for name in ("adamw_lr", "norm_lr"):
@@ -160,6 +163,22 @@ def check_values(args) -> None:
         raise UsageError("--task_eval TASK:FILE and --task_every N go together")
     if args.task_eval:
         load_task_spec(args.task_eval, args.task_limit or None)  # a bad file stops here, before the run folder is touched
+
+
+def check_seq_warmup(seq_len: int, start: int) -> None:
+    """--seq_warmup_steps doubles the window from --seq_warmup_start to --seq_len: both must allow that."""
+    if start < SEQ_WARMUP_MIN_START:
+        raise UsageError(f"--seq_warmup_start must be at least {SEQ_WARMUP_MIN_START}, got {start}")
+    if seq_len <= start:
+        raise UsageError(f"--seq_warmup_steps grows the window from --seq_warmup_start {start} to --seq_len {seq_len}: "
+                         f"there is nothing to grow; lower --seq_warmup_start or leave --seq_warmup_steps 0")
+    ratio = seq_len // start
+    if seq_len % start or ratio & (ratio - 1):
+        fits = [seq_len >> k for k in range(1, 8) if seq_len % (1 << k) == 0 and seq_len >> k >= SEQ_WARMUP_MIN_START]
+        raise UsageError(f"--seq_warmup_steps doubles the window from --seq_warmup_start to --seq_len, so --seq_len must "
+                         f"be --seq_warmup_start times a power of two (got {seq_len} and {start}); "
+                         + (f"e.g. --seq_warmup_start {fits[-1]}" if fits else "pick another --seq_len")
+                         + " or leave --seq_warmup_steps 0")
 
 
 def check_switches(args, sw: Switches, device: torch.device, world: int) -> None:
@@ -296,6 +315,7 @@ def build_run(args, env, switches: Switches, config, start: Start, log, events: 
                                adamw_lr=args.adamw_lr, norm_lr=args.norm_lr,
                                muon_variant=args.muon_variant, momentum_schedule=args.muon_momentum_warmup_steps > 0,
                                document_end=eos_id_of(tokenizer) if args.doc_mask else None,
+                               static_shapes=args.seq_warmup_steps > 0,
                                grad_clip=args.grad_clip, optimizer_state=ckpt["optimizer"] if ckpt else None, log=log)
     if ckpt is not None:
         set_rng_state(ckpt["rng"])
@@ -329,7 +349,9 @@ def log_header(run: Run) -> None:
     log(f"Global batch: {args.batch_size} x grad_accum {args.grad_accum} x world {world} x seq {args.seq_len} "
         f"= {run.tokens_per_step:,} tokens/step"
         + (f" (batch warmup: from 1 micro-batch at step 1 to {args.grad_accum} at step {args.batch_warmup_steps})"
-           if args.batch_warmup_steps else ""))
+           if args.batch_warmup_steps else "")
+        + (f" (sequence warmup: windows of {args.seq_warmup_start} tokens at step 1, doubling to {args.seq_len} at "
+           f"step {args.seq_warmup_steps + 1})" if args.seq_warmup_steps else ""))
     log(f"Speed path: {run.switches.describe()} | {data_parallel}")
     if run.start.ckpt is None:
         log("Starting from scratch (random init).")
@@ -433,17 +455,22 @@ def train_loop(run: Run, saves: Checkpoints, clock: WallClock, metrics: dict) ->
             set_momentum(run.optimizer, momentum_at(step, args.muon_momentum_warmup_steps))
         accum = accum_at(step, args.grad_accum, args.batch_warmup_steps)
         before = micro_batches_before(step, args.grad_accum, args.batch_warmup_steps)
-        loss, grad_norm = run.step_fn(*data.step_batch(step, accum, args.batch_size, device, rank, world, before))
+        xs, ys = data.step_batch(step, accum, args.batch_size, device, rank, world, before)
+        length = seq_len_at(step, args.seq_len, args.seq_warmup_start, args.seq_warmup_steps)
+        loss, grad_norm = run.step_fn(*split_windows(xs, ys, length))
         if args.batch_warmup_steps:  # the checkpoint's count for the model card: fewer than step x tokens per step
             metrics["tokens_seen"] = run.tokens_through(step)
         interval.add(loss)
         log.advance()
-        if step == run.start_step + 1:
-            clock.lap("compile")  # compile, warm-up and CUDA-graph capture happen in the first call
-            if artifacts and rank == 0:
+        # Compile, warm-up and CUDA-graph capture happen in the first call, and again at a warmup's next stage (a
+        # new shape for TrainStep): booked to compile, not to the steps
+        if step == run.start_step + 1 or (run.step_fn.fresh and (run.switches.compile or run.switches.cuda_graph)):
+            clock.lap("compile")
+            if artifacts and rank == 0:  # written again after a stage: it holds the new shape's code too
                 os.makedirs(os.path.dirname(artifacts), exist_ok=True)
                 save_artifacts(artifacts, log)
                 clock.lap("compile")
+        if step == run.start_step + 1:
             saves.reserve()
 
         if step % args.log_every == 0 or step == args.max_steps:

@@ -26,7 +26,7 @@ from smollm2.data import DEFAULT_VAL_FRACTION, SAMPLERS
 from smollm2.switches import AUTO_BLOCKS_MAX_STEPS
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID
 from smollm2.muon import MOMENTUM, MOMENTUM_WARMUP_START, VARIANTS
-from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, MOMENTUM_WARMUP_FRACTION, RECIPES, SCHEDULES, WARMUP_FRACTIONS, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION
+from smollm2.training import DEFAULT_DOC_MASK, DEFAULT_MUON_VARIANT, MOMENTUM_WARMUP_FRACTION, RECIPES, SCHEDULES, SEQ_WARMUP_MIN_START, WARMUP_FRACTIONS, WARMUP_MAX_STEPS, WSD_DECAY_FRACTION
 from smollm2_config import PRESETS
 
 FIXED, REFUSED, ALLOWED, IGNORED = "fixed", "refused", "allowed", "ignored"
@@ -101,6 +101,14 @@ GROUPS: dict[str, list[Option]] = {
                "grow the batch over the first N steps, in whole micro-batches, from 1 to --grad_accum a step (0 = "
                "off; the micro-batches then accumulate, so the compiled forward keeps one shape; docs/quality.md)",
                before=0),
+        Option("seq_warmup_steps", int, 0, REFUSED,
+               "train on shorter windows over the first N steps: each --seq_len window cut into pieces of "
+               "--seq_warmup_start tokens, their length doubling in equal shares of the N steps, whole windows from "
+               "step N + 1 (0 = off). The same tokens and targets a step as without it; attention stops at the cuts. "
+               "Under --compile each length is compiled once (docs/training.md)", before=0),
+        Option("seq_warmup_start", int, 256, REFUSED,
+               f"--seq_warmup_steps: the first window length (at least {SEQ_WARMUP_MIN_START}; --seq_len must be it "
+               "times a power of two)"),
         Option("muon_momentum_warmup_steps", int, None, REFUSED,
                f"Muon's momentum rises linearly from {MOMENTUM_WARMUP_START} to {MOMENTUM} over the first N steps "
                f"(0 = {MOMENTUM} from the start; default: {MOMENTUM_WARMUP_FRACTION:.0%}% of the schedule's horizon "

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -106,7 +106,7 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def build_forward(model: torch.nn.Module, compile_: bool, scope: str, device: torch.device,
-                  reduce_bf16: bool = False, ddp_overlap: bool = True) -> torch.nn.Module:
+                  reduce_bf16: bool = False, ddp_overlap: bool = True, dynamic: Optional[bool] = None) -> torch.nn.Module:
     """The module the training step calls, from the plain `model` the optimizer owns.
 
     scope (only with compile_):
@@ -118,7 +118,9 @@ def build_forward(model: torch.nn.Module, compile_: bool, scope: str, device: to
               and the final norm and fused loss as two more (compile_head); DDP around the model: gradients
               arrive layer by layer without splitting any graph.
     reduce_bf16: DDP all-reduces gradients in bf16 (half the bytes on slow links; the averaged gradient
-    is rounded to bf16 before the float32 optimizer sees it). NCCL only."""
+    is rounded to bf16 before the float32 optimizer sees it). NCCL only. dynamic: torch.compile's (False: every new
+    shape compiled again for that shape, as a sequence warmup's stages want; None: dynamo's default, a shape that
+    changes is compiled once more as a dynamic one)."""
     if scope not in COMPILE_SCOPES:
         raise ValueError(f"compile scope must be one of {', '.join(COMPILE_SCOPES)}, got {scope!r}")
     ddp = active() and not _is_fsdp(model)
@@ -136,21 +138,21 @@ def build_forward(model: torch.nn.Module, compile_: bool, scope: str, device: to
     torch._dynamo.config.optimize_ddp = ddp_overlap and scope == "model"
     if scope == "blocks":
         for layer in decoder_layers(model):
-            layer.compile()
-        compile_head(model)
+            layer.compile(dynamic=dynamic)
+        compile_head(model, dynamic)
         return wrap(model) if ddp else model
-    return wrap(torch.compile(model)) if ddp else torch.compile(model)
+    return wrap(torch.compile(model, dynamic=dynamic)) if ddp else torch.compile(model, dynamic=dynamic)
 
 
-def compile_head(model: torch.nn.Module) -> None:
+def compile_head(model: torch.nn.Module, dynamic: Optional[bool] = None) -> None:
     """--compile_scope blocks, our model: the final norm and the fused head + loss compiled as two more small
     regions. Eager, the loss's float32 softmax takes several passes over (tokens x vocabulary) and holds more of
     them at once; compiled, it is one pass, as inside the whole-model graph. Not under FSDP2, whose root unshards
     the tied weight around its own forward."""
     if not hasattr(model, "head_loss") or _is_fsdp(model):
         return  # transformers' model behind the bench adapter, or FSDP2
-    model.model.norm.compile()
-    model.head_loss = torch.compile(model.head_loss)
+    model.model.norm.compile(dynamic=dynamic)
+    model.head_loss = torch.compile(model.head_loss, dynamic=dynamic)
 
 
 def apply_fsdp(model: torch.nn.Module) -> None:

@@ -223,6 +223,30 @@ def micro_batches_before(step: int, grad_accum: int, ramp_steps: int = 0) -> int
     return total + (done - ramped) * grad_accum
 
 
+SEQ_WARMUP_MIN_START = 64  # the shortest window a sequence warmup starts from: 64 -> 8192 is 8 shapes, dynamo's
+# default recompile limit for one compiled forward
+
+
+def seq_len_at(step: int, seq_len: int, start: int, ramp_steps: int = 0) -> int:
+    """The window length of optimizer step `step` (1-based) under --seq_warmup_steps: steps 1 .. ramp_steps split
+    evenly into the stages start, 2 x start, ... seq_len / 2, then seq_len from step ramp_steps + 1 on (0: seq_len from
+    the start). seq_len must be start x a power of two."""
+    if ramp_steps <= 0 or step > ramp_steps:
+        return seq_len
+    stages = (seq_len // start).bit_length() - 1  # the short ones: start x 2^0 .. 2^(stages-1)
+    return start << ((step - 1) * stages // ramp_steps)
+
+
+def split_windows(xs: torch.Tensor, ys: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's (A, B, T) windows and targets cut into (A, B * T / length, length) pieces, in order: row b's j-th
+    piece is row b * (T / length) + j. The tokens and their targets stay the same; attention no longer reaches
+    across the cuts, and each piece's positions start at 0."""
+    A, B, T = xs.shape
+    if length == T:
+        return xs, ys
+    return xs.reshape(A, B * T // length, length), ys.reshape(A, B * T // length, length)
+
+
 def lr_at(step: int, warmup_steps: int, max_steps: int, max_lr: float, min_lr: float, schedule: str = "cosine",
           decay_fraction: float = WSD_DECAY_FRACTION) -> float:
     """The lr of `step` (1-based: the step about to run); min_lr from max_steps on. Both schedules warm up
@@ -384,15 +408,21 @@ class TrainStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.finite = torch.ones((), dtype=torch.bool, device=device)
         self.micro_steps: Optional[int] = None
-        self.accum: Optional[int] = None  # micro-batches a step (xs.shape[0]) that self.step was made for
+        self.shape: Optional[torch.Size] = None  # the (A, B, T) windows a step that self.step was made for
         self.step: Optional[Callable] = None  # train_step bound to this run (and graphed), made at the first call
+        self.fresh = False  # whether the last call made self.step (and compiled or captured it)
 
     def __call__(self, xs: torch.Tensor, ys: torch.Tensor):
-        if self.step is not None and xs.shape[0] != self.accum:  # a batch warmup's next stage: plan (and capture) again
-            self.log(f"batch warmup: {self.accum} -> {xs.shape[0]} micro-batches a step")
+        if self.step is not None and xs.shape != self.shape:  # a warmup's next stage: plan (and capture) again
+            if xs.shape[0] != self.shape[0]:
+                self.log(f"batch warmup: {self.shape[0]} -> {xs.shape[0]} micro-batches a step")
+            if xs.shape[-1] != self.shape[-1]:
+                self.log(f"sequence warmup: windows of {self.shape[-1]} -> {xs.shape[-1]} tokens "
+                         f"({xs.shape[1]} a micro-batch)")
             self.step = None  # the previous stage's CUDA graph and its memory go with it
+        self.fresh = self.step is None
         if self.step is None:
-            self.accum = xs.shape[0]
+            self.shape = xs.shape
             self.micro_steps = self._plan(xs.shape)
             self.step = functools.partial(train_step, model=self.model, forward=self.forward_model,
                                           optimizer=self.optimizer, micro_steps=self.micro_steps, cfg=self.cfg,
@@ -443,12 +473,13 @@ EVAL_TOKENS = 32768
 def build_train_step(model: nn.Module, switches: Switches, device: torch.device, *, lr: float,
                      weight_decay: float, grad_clip: float, adamw_lr: Optional[float] = None,
                      norm_lr: Optional[float] = None, muon_variant: str = "muon", momentum_schedule: bool = False,
-                     document_end: Optional[int] = None,
+                     document_end: Optional[int] = None, static_shapes: bool = False,
                      optimizer_state: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> TrainStep:
     """The optimizer (switches.optimizer; adamw_lr, norm_lr: the AdamW part's peak lrs under Muon), the forward (compiled and wrapped for DDP as the switches say) and the step around
     them, for a model already on `device` (and sharded, under FSDP2): what train.py and bench.py both run.
     optimizer_state, a checkpoint's, is loaded into the new optimizer (scattered under FSDP2). document_end: the
-    end-of-text id, to train with attention masked at document ends (StepConfig.document_end)."""
+    end-of-text id, to train with attention masked at document ends (StepConfig.document_end). static_shapes: the
+    windows change shape along the run (a sequence warmup's stages): each shape compiled for itself."""
     optimizer = build_optimizer(model, lr, weight_decay, device, capturable=switches.cuda_graph, kind=switches.optimizer,
                                 adamw_lr=adamw_lr, norm_lr=norm_lr,
                                 compile_update=switches.compile and device.type == "cuda",
@@ -456,7 +487,8 @@ def build_train_step(model: nn.Module, switches: Switches, device: torch.device,
     if optimizer_state is not None:
         parallel.load_full_optimizer_state(model, optimizer, optimizer_state, load_optimizer_state)
     forward_model = parallel.build_forward(model, switches.compile, switches.compile_scope, device,
-                                           switches.grad_reduce_bf16, switches.ddp_overlap)
+                                           switches.grad_reduce_bf16, switches.ddp_overlap,
+                                           dynamic=False if static_shapes else None)
     return TrainStep(model, forward_model, optimizer, StepConfig.of(switches, grad_clip, document_end), device, log=log)
 
 
