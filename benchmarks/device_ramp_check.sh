@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# --batch_warmup_steps and --muon_momentum_warmup_steps on CUDA with the defaults (compile + CUDA graph), from
+# --batch_warmup_steps, --muon_momentum_warmup_steps and --seq_warmup_steps on CUDA with the defaults (compile + CUDA graph), from
 # metrics.jsonl: a run stopped inside the warmup at 9 steps and resumed to 30 must equal the uninterrupted run step
 # by step, and the ramp's first steps (one micro-batch each) must equal a plain --grad_accum 1 run's. The CUDA
 # graph is captured again at each stage change of the ramp (1 -> 2 -> 3 -> 4 micro-batches); Muon's momentum is a
-# device tensor the graph reads:
+# device tensor the graph reads; the sequence warmup's lengths (64 -> 128 -> 256) are each compiled and captured:
 #   bash benchmarks/device_ramp_check.sh      (on the device machine, .assets carried)
 set -u
 source benchmarks/device_env.sh
@@ -19,6 +19,11 @@ run mfull $M --max_steps 30
 run msplit $M --max_steps 9
 run msplit $M --max_steps 30 --resume 1
 run mplain --grad_accum 4 --optimizer muon --max_steps 30
+S="--grad_accum 4 --batch_size 2 --seq_warmup_start 64 --seq_warmup_steps 16"
+run sfull $S --max_steps 30
+run ssplit $S --max_steps 9
+run ssplit $S --max_steps 30 --resume 1
+run seager $S --max_steps 30 --compile 0 --cuda_graph 0
 python - <<'PY'
 import json, os
 W = "/tmp/ramp"
@@ -33,8 +38,9 @@ def cmp(a, b, upto=None):
     print(f"{a} vs {b}: steps {len(common)} equal {eq} max|dloss| {md:.3e}")
 cmp("full", "split"); cmp("full", "plain1", upto=4)
 cmp("mfull", "msplit"); cmp("mfull", "mplain")  # the last: should differ (the warmup acts)
+cmp("sfull", "ssplit"); cmp("sfull", "seager")  # the last: close, not equal (compiled against eager)
 for d in ("full",):
     ms = [e.get("ms_per_step") for e in map(json.loads, open(f"{W}/{d}/metrics.jsonl")) if e.get("event") == "train"]
     print(d, "ms/step by step:", ms)
 PY
-grep -h "batch warmup\|RESUME\|CUDA graph" $W/*.log | sort | uniq -c | head -20
+grep -h "batch warmup\|sequence warmup\|RESUME\|CUDA graph" $W/*.log | sort | uniq -c | head -20

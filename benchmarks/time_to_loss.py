@@ -11,6 +11,8 @@ train.py's validation events in metrics.jsonl: seconds spent in training steps i
 first step (compile, warm-up, CUDA-graph capture) and without validation, samples or saves. The reference
 is the AdamW recipe with the lowest final held-out loss in this run; `share` is the time a recipe needs to
 reach that loss over the reference's own time (linear between evaluations; empty where never reached).
+`compile_s` is the time the clock leaves out: the first step, and each stage of a warmup that changes the step's
+shape (compiled or captured again).
 Rows go to <out_dir>/<corpus>_runs.{csv,json}, the curves to <corpus>_curves.{csv,json}.
 """
 
@@ -23,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -65,6 +68,10 @@ RECIPES = {
     "momentum_warmup_25pct": ["--optimizer", "muon", "--muon_momentum_warmup_steps", "{q25}"],  # today's default
     "momentum_warmup_0": ["--muon_momentum_warmup_steps", "0"],  # the default before (results/time_to_loss/*_levers_*)
     "momentum_warmup_50pct": ["--optimizer", "muon", "--muon_momentum_warmup_steps", "{q50}"],
+    # windows cut into pieces of 256, 512, 1024 tokens over the first quarter / half of the steps (each length
+    # compiled once; that time is in the run's compile_s, not in its steps' time)
+    "seq_warmup_25pct": ["--seq_warmup_steps", "{q25}"],
+    "seq_warmup_50pct": ["--seq_warmup_steps", "{q50}"],
 }
 
 
@@ -94,6 +101,13 @@ def val_points(metrics_path: str) -> list[dict]:
                 points.append(dict(step=e["step"], tokens=e["tokens"], train_s=e["steps_s"],
                                    val_loss=e["loss"]))
     return points
+
+
+def compile_seconds(metrics_path: str) -> Optional[float]:
+    """The run's compile_s (first step, and each stage a warmup compiled or captured again) from its wall event."""
+    with open(metrics_path, encoding="utf-8") as f:
+        walls = [e for e in map(json.loads, f) if e.get("event") == "wall"]
+    return round(walls[-1]["compile_s"], 1) if walls and walls[-1].get("compile_s") is not None else None
 
 
 def write_results(args, runs: list[dict], curves: list[dict]) -> None:
@@ -162,7 +176,8 @@ def main(argv=None) -> int:
         steps = points[-1]["step"]
         runs.append(dict(corpus=args.corpus, recipe=name, optimizer=name.split("_")[0], steps=steps,
                          tokens=points[-1]["tokens"], final_val_loss=points[-1]["val_loss"],
-                         train_s=points[-1]["train_s"], process_s=round(wall, 1), card=card,
+                         train_s=points[-1]["train_s"], compile_s=compile_seconds(metrics), process_s=round(wall, 1),
+                         card=card,
                          command="python " + " ".join(cmd[1:]), points=points))
         curves += [dict(corpus=args.corpus, recipe=name, card=card, **pt) for pt in points]
         write_results(args, runs, curves)  # after every recipe: a stopped benchmark keeps what it measured

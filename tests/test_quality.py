@@ -122,3 +122,16 @@ def test_time_to_loss_recipes_write_their_warmup_into_the_command():
     assert flags("warmup_10pct_half")[-2:] == ["--warmup_steps", "20"]
     assert "--warmup_steps" not in flags("default") and flags("default_half")[flags("default_half").index("--max_steps") + 1] == "200"
     assert flags("adamw_wsd_1e-3_w5")[-4:] == ["--max_lr", "1e-3", "--warmup_steps", "20"]
+    assert flags("seq_warmup_25pct")[-2:] == ["--seq_warmup_steps", "100"]
+
+
+def test_time_to_loss_reads_each_runs_compile_seconds_from_its_last_wall_event(tmp_path):
+    import json
+    import time_to_loss
+    path = tmp_path / "metrics.jsonl"
+    events = [{"event": "val", "step": 25, "loss": 5.0, "steps_s": 2.0}, {"event": "wall", "step": 3, "compile_s": 12.34},
+              {"event": "wall", "step": 50, "compile_s": 31.26}]  # a resumed run: the last process's
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert time_to_loss.compile_seconds(str(path)) == 31.3
+    path.write_text(json.dumps(events[0]) + "\n")  # stopped before its end: none
+    assert time_to_loss.compile_seconds(str(path)) is None
