@@ -112,6 +112,6 @@ def test_blocks_scope_compiles_every_layer_and_the_head(tiny_model, monkeypatch)
     from smollm2 import parallel
     compiled, heads = [], []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
-    monkeypatch.setattr(parallel, "compile_head", heads.append)
+    monkeypatch.setattr(parallel, "compile_head", lambda model, dynamic=None: heads.append(model))
     assert parallel.build_forward(tiny_model, True, "blocks", torch.device("cpu")) is tiny_model
     assert compiled == list(tiny_model.model.layers) and heads == [tiny_model]
