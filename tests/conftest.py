@@ -141,6 +141,15 @@ def step_losses(log_text: str) -> dict[int, float]:
             for m in re.finditer(r"^step\s+(\d+)/\d+ \| lr \S+ \| loss (\S+)", log_text, re.M)}
 
 
+def forget_options(out_dir, *names: str) -> None:
+    """Make the run's checkpoints look saved before these options existed: their args no longer record them."""
+    for path in (Path(out_dir) / "checkpoints").glob("*.pt"):  # the latest may share a file with its step's
+        ckpt = torch.load(path, weights_only=False)
+        for name in names:
+            ckpt["args"].pop(name, None)
+        torch.save(ckpt, path)
+
+
 def checkpoint_weights(out_dir, step: int) -> dict:
     return torch.load(Path(out_dir) / "checkpoints" / f"checkpoint_step_{step}.pt", weights_only=True)["model"]
 
