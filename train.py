@@ -174,10 +174,12 @@ def check_seq_warmup(seq_len: int, start: int) -> None:
                          f"there is nothing to grow; lower --seq_warmup_start or leave --seq_warmup_steps 0")
     ratio = seq_len // start
     if seq_len % start or ratio & (ratio - 1):
-        fits = [seq_len >> k for k in range(1, 8) if seq_len % (1 << k) == 0 and seq_len >> k >= SEQ_WARMUP_MIN_START]
+        shortest = seq_len  # the shortest start that doubles to seq_len
+        while shortest % 2 == 0 and shortest // 2 >= SEQ_WARMUP_MIN_START:
+            shortest //= 2
         raise UsageError(f"--seq_warmup_steps doubles the window from --seq_warmup_start to --seq_len, so --seq_len must "
                          f"be --seq_warmup_start times a power of two (got {seq_len} and {start}); "
-                         + (f"e.g. --seq_warmup_start {fits[-1]}" if fits else "pick another --seq_len")
+                         + (f"e.g. --seq_warmup_start {shortest}" if shortest < seq_len else "pick another --seq_len")
                          + " or leave --seq_warmup_steps 0")
 
 
