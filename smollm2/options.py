@@ -55,6 +55,9 @@ class Option:
     # such a checkpoint compares the command's value with this one (NOT_RECORDED: nothing is known, not compared).
     # An option whose default belongs to the run declares it in smollm2/run.py's RUN_DEFAULTS instead.
     before: Any = NOT_RECORDED
+    # The option acts only while this other option is non-zero: a resume where that one is 0 in both the run and
+    # the command does not compare this one (nothing it sets would change).
+    only_with: Optional[str] = None
 
 
 def flag(name: str, default: int, resume: str, help: str) -> Option:
@@ -108,7 +111,7 @@ GROUPS: dict[str, list[Option]] = {
                "Under --compile each length is compiled once (docs/training.md)", before=0),
         Option("seq_warmup_start", int, 256, REFUSED,
                f"--seq_warmup_steps: the first window length (at least {SEQ_WARMUP_MIN_START}; --seq_len must be it "
-               "times a power of two)"),
+               "times a power of two)", only_with="seq_warmup_steps"),
         Option("muon_momentum_warmup_steps", int, None, REFUSED,
                f"Muon's momentum rises linearly from {MOMENTUM_WARMUP_START} to {MOMENTUM} over the first N steps "
                f"(0 = {MOMENTUM} from the start; default: {MOMENTUM_WARMUP_FRACTION:.0%}% of the schedule's horizon "

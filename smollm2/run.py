@@ -204,6 +204,10 @@ RULES: dict[str, str] = {
 }
 
 
+# Options that act only while another is non-zero (Option.only_with): name -> that other option.
+ONLY_WITH: dict[str, str] = {o.name: o.only_with for o in OPTIONS if o.only_with}
+
+
 def rule(name: str) -> str:
     if name in RULES:
         return RULES[name]
@@ -237,7 +241,8 @@ def check_resume(saved: dict, given: dict, allow_change: bool, source: str) -> l
         raise UsageError(f"cannot resume from {source} with --optimizer {now}: the run was trained with --optimizer "
                          f"{was}, whose state does not carry over; resume with --optimizer {was}, or start a new run "
                          f"in another --out_dir")
-    changed = [(k, saved[k], given[k]) for k in given if k in saved and saved[k] != given[k]]
+    changed = [(k, saved[k], given[k]) for k in given if k in saved and saved[k] != given[k]
+               and (k not in ONLY_WITH or saved.get(ONLY_WITH[k]) or given.get(ONLY_WITH[k]))]
     lines = {kind: [f"{k}: {a!r} -> {b!r}" for k, a, b in changed if rule(k) == kind] for kind in (FIXED, REFUSED, ALLOWED)}
     if lines[FIXED]:
         raise UsageError(f"{source} holds a different model than this command builds (saved -> given):\n  "

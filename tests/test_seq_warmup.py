@@ -84,6 +84,16 @@ def test_resume_inside_the_warmup_is_bit_exact_and_may_not_change_it(tmp_path):
         assert r.returncode == 2 and f"{changed[0][2:]}: " in r.stderr, r.stderr
 
 
+def test_the_start_is_not_compared_on_resume_when_no_run_warms_up(tmp_path):
+    run_train(tmp_path / "run", *SEQ, "--max_steps", 2, "--save_every", 2)  # no warmup: --seq_warmup_start 64 unused
+    given = [a if a != 64 else 128 for a in SEQ]
+    r = run_train(tmp_path / "run", *given, "--max_steps", 3, "--resume", 1)
+    assert "RESUME: starting from global_step=2" in r.stdout and "seq_warmup_start" not in r.stdout.split("RESUME")[1]
+    # the step-3 checkpoint records 128; with a warmup asked for, the start is compared again
+    r = run_train(tmp_path / "run", *SEQ, "--seq_warmup_steps", 4, "--max_steps", 4, "--resume", 1, check=False)
+    assert r.returncode == 2 and "seq_warmup_start: 128 -> 64" in r.stderr and "seq_warmup_steps: 0 -> 4" in r.stderr
+
+
 @pytest.mark.parametrize("extra, says", [
     (["--seq_len", 256, "--seq_warmup_start", 96, "--seq_warmup_steps", 4],
      "--seq_len must be --seq_warmup_start times a power of two (got 256 and 96); e.g. --seq_warmup_start 64"),
