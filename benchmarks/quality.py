@@ -241,9 +241,10 @@ STEP_ROWS = (
 )
 
 
-def step_time(args, data, device, card) -> list[dict]:
+def step_time(args, data, device, card, on_row=lambda rows: None) -> list[dict]:
     """The Muon step against the AdamW step on train.py's default CUDA path: 5 untimed steps (compile,
-    capture), then --timed steps between two CUDA events, for each row of STEP_ROWS."""
+    capture), then --timed steps between two CUDA events (the CPU: the clock), for each row of STEP_ROWS.
+    on_row(rows) gets the rows so far after each, so a stopped run keeps what it measured."""
     rows = []
     for optimizer, impl in STEP_ROWS:
         release()
@@ -266,26 +267,34 @@ def step_time(args, data, device, card) -> list[dict]:
         for s in range(1, 6):
             step(s, *data.step_batch(s, 1, args.micro_batch, device))
         inputs = [data.step_batch(5 + s, 1, args.micro_batch, device) for s in range(1, args.timed + 1)]
-        sync(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for s, (xs, ys) in enumerate(inputs, start=6):
-            step(s, xs, ys)
-        end.record()
-        sync(device)
-        ms = start.elapsed_time(end) / args.timed
+        ms = timed_ms(device, lambda: [step(s, xs, ys) for s, (xs, ys) in enumerate(inputs, start=6)]) / args.timed
+        cuda = device.type == "cuda"
         rows.append(dict(section=args.section, optimizer=optimizer, impl=impl, seq_len=args.seq_len,
                          micro_batch=args.micro_batch, ms_per_step=round(ms, 2),
                          tokens_per_s=round(args.micro_batch * args.seq_len / ms * 1000),
-                         peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 1e9, 2), card=card,
-                         torch=torch.__version__))
+                         vs_adamw=round(ms / rows[0]["ms_per_step"], 3) if rows else None,
+                         peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if cuda else None,
+                         card=card, torch=torch.__version__))
         print(json.dumps(rows[-1]), flush=True)
+        on_row(rows)
         del model, step_fn, inputs
-    rows[0]["vs_adamw"] = None
-    for row in rows[1:]:
-        row["vs_adamw"] = round(row["ms_per_step"] / rows[0]["ms_per_step"], 3)
     release()
     return rows
+
+
+def timed_ms(device, work) -> float:
+    """Milliseconds work() takes: between two CUDA events on a GPU, by the clock elsewhere."""
+    sync(device)
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        work()
+        return (time.perf_counter() - t0) * 1000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    work()
+    end.record()
+    sync(device)
+    return start.elapsed_time(end)
 
 
 def parse_args(argv=None):
@@ -328,8 +337,7 @@ def main(argv=None) -> int:
     stem = os.path.join(args.out_dir, f"quality_{args.section}")
     print(f"{card} | torch {torch.__version__} | {dataset.description}", flush=True)
     if args.section.startswith("step_time"):
-        rows = step_time(args, data, device, card)
-        write_csv(stem + ".csv", rows)
+        step_time(args, data, device, card, on_row=lambda rows: write_csv(stem + ".csv", rows))
         return 0
     for suffix in ("_curves.csv", "_runs.csv"):
         if os.path.exists(stem + suffix):

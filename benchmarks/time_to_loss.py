@@ -92,22 +92,18 @@ def recipe_command(name: str, args, out_dir: str) -> list[str]:
     return [sys.executable, "train.py", *shared, *own]
 
 
-def val_points(metrics_path: str) -> list[dict]:
-    points = []
+def read_run(metrics_path: str) -> tuple[list[dict], Optional[float]]:
+    """One pass over a run's metrics.jsonl: its held-out points (validation events with a steps_s clock) and its
+    compile_s (first step, and each stage a warmup compiled or captured again) from the last wall event, None
+    where the run stopped before writing one."""
+    points, compile_s = [], None
     with open(metrics_path, encoding="utf-8") as f:
-        for line in f:
-            e = json.loads(line)
+        for e in map(json.loads, f):
             if e.get("event") == "val" and e.get("loss") is not None and e.get("steps_s") is not None:
-                points.append(dict(step=e["step"], tokens=e["tokens"], train_s=e["steps_s"],
-                                   val_loss=e["loss"]))
-    return points
-
-
-def compile_seconds(metrics_path: str) -> Optional[float]:
-    """The run's compile_s (first step, and each stage a warmup compiled or captured again) from its wall event."""
-    with open(metrics_path, encoding="utf-8") as f:
-        walls = [e for e in map(json.loads, f) if e.get("event") == "wall"]
-    return round(walls[-1]["compile_s"], 1) if walls and walls[-1].get("compile_s") is not None else None
+                points.append(dict(step=e["step"], tokens=e["tokens"], train_s=e["steps_s"], val_loss=e["loss"]))
+            elif e.get("event") == "wall":
+                compile_s = round(e["compile_s"], 1) if e.get("compile_s") is not None else None
+    return points, compile_s
 
 
 def write_results(args, runs: list[dict], curves: list[dict]) -> None:
@@ -170,13 +166,13 @@ def main(argv=None) -> int:
         if proc.returncode != 0 or not os.path.exists(metrics):
             print(proc.stdout[-2000:] + proc.stderr[-2000:], flush=True)
             continue
-        points = val_points(metrics)
+        points, compile_s = read_run(metrics)
         if not points:
             continue
         steps = points[-1]["step"]
         runs.append(dict(corpus=args.corpus, recipe=name, optimizer=name.split("_")[0], steps=steps,
                          tokens=points[-1]["tokens"], final_val_loss=points[-1]["val_loss"],
-                         train_s=points[-1]["train_s"], compile_s=compile_seconds(metrics), process_s=round(wall, 1),
+                         train_s=points[-1]["train_s"], compile_s=compile_s, process_s=round(wall, 1),
                          card=card,
                          command="python " + " ".join(cmd[1:]), points=points))
         curves += [dict(corpus=args.corpus, recipe=name, card=card, **pt) for pt in points]

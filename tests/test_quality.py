@@ -125,13 +125,44 @@ def test_time_to_loss_recipes_write_their_warmup_into_the_command():
     assert flags("seq_warmup_25pct")[-2:] == ["--seq_warmup_steps", "100"]
 
 
-def test_time_to_loss_reads_each_runs_compile_seconds_from_its_last_wall_event(tmp_path):
+def test_time_to_loss_reads_a_runs_points_and_its_last_compile_seconds_in_one_pass(tmp_path):
     import json
     import time_to_loss
     path = tmp_path / "metrics.jsonl"
-    events = [{"event": "val", "step": 25, "loss": 5.0, "steps_s": 2.0}, {"event": "wall", "step": 3, "compile_s": 12.34},
+    events = [{"event": "val", "step": 25, "tokens": 800, "loss": 5.0, "steps_s": 2.0},
+              {"event": "val", "step": 30, "tokens": 960, "loss": None, "steps_s": 2.4},  # no loss: not a point
+              {"event": "wall", "step": 3, "compile_s": 12.34},
+              {"event": "val", "step": 50, "tokens": 1600, "loss": 4.5, "steps_s": 4.1},
               {"event": "wall", "step": 50, "compile_s": 31.26}]  # a resumed run: the last process's
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
-    assert time_to_loss.compile_seconds(str(path)) == 31.3
-    path.write_text(json.dumps(events[0]) + "\n")  # stopped before its end: none
-    assert time_to_loss.compile_seconds(str(path)) is None
+    points, compile_s = time_to_loss.read_run(str(path))
+    assert points == [dict(step=25, tokens=800, train_s=2.0, val_loss=5.0), dict(step=50, tokens=1600, train_s=4.1, val_loss=4.5)]
+    assert compile_s == 31.3
+    path.write_text(json.dumps(events[0]) + "\n")  # stopped before its end: no compile_s
+    assert time_to_loss.read_run(str(path)) == ([dict(step=25, tokens=800, train_s=2.0, val_loss=5.0)], None)
+
+
+def test_step_time_writes_its_table_after_every_row_so_a_stopped_run_keeps_what_it_measured(tmp_path, monkeypatch):
+    """quality.py's step_time section on the CPU (tiny preset): the CSV is rewritten as each row ends, with
+    each Muon row's ratio to the AdamW row before it; a run stopped in its third row leaves the first two."""
+    import torch
+    from conftest import CORPUS, TOKENIZER_JSON
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    built, build = [], quality.build_model
+
+    def build_until_stopped(*a, **k):
+        built.append(1)
+        if len(built) == 3:
+            raise KeyboardInterrupt  # the device call's time ran out in the third row
+        return build(*a, **k)
+
+    monkeypatch.setattr(quality, "build_model", build_until_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(["--section", "step_time_cpu", "--model", "tiny", "--seq_len", "32", "--micro_batch", "2",
+                      "--timed", "2", "--device", "cpu", "--input_file", str(CORPUS), "--tokenizer_id",
+                      str(TOKENIZER_JSON), "--out_dir", str(tmp_path), "--cache_dir", str(tmp_path / "cache")])
+    rows = list(csv.DictReader(open(tmp_path / "quality_step_time_cpu.csv", encoding="utf-8")))
+    assert [(r["optimizer"], r["impl"]) for r in rows] == [(o, i) for o, i in quality.STEP_ROWS[:2]]
+    assert rows[0]["vs_adamw"] == "" and rows[0]["card"] == "cpu"
+    assert float(rows[1]["vs_adamw"]) == pytest.approx(float(rows[1]["ms_per_step"]) / float(rows[0]["ms_per_step"]), abs=2e-3)
