@@ -135,6 +135,20 @@ def run_train(out_dir, *extra, check: bool = True, env=None, timeout: float = 60
     return run_checked(cmd, env=env, timeout=timeout, check=check)
 
 
+def finished_run(tmp_path_factory, name: str, *extra) -> Path:
+    """A train.py run of the tiny preset finished once for a module (folder <tmp>/<name>/run); tests work on
+    copies of it (copy_into, or the run_copy fixture)."""
+    out = tmp_path_factory.mktemp(name) / "run"
+    run_train(out, *extra)
+    return out
+
+
+@pytest.fixture
+def run_copy(two_steps, tmp_path):
+    """A test's own copy of the `two_steps` run the test's module defines (a module-scoped finished_run)."""
+    return copy_into(two_steps, tmp_path)
+
+
 def step_losses(log_text: str) -> dict[int, float]:
     """{step: logged train loss} from train.py's log lines ("step N/M | lr ... | loss L | ...")."""
     return {int(m.group(1)): float(m.group(2))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, copy_into, one_line_error, run_train
+from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, finished_run, one_line_error, run_train
 
 from smollm2 import run  # noqa: E402
 from smollm2.checkpoint import load_checkpoint, nonfinite_names, save_checkpoint  # noqa: E402
@@ -57,14 +57,7 @@ def snapshot(folder):
 @pytest.fixture(scope="module")
 def two_steps(tmp_path_factory):
     """A finished 2-step run (step files 1 and 2, latest = 2); tests work on copies."""
-    out = tmp_path_factory.mktemp("two_steps") / "run"
-    run_train(out, "--max_steps", 2, *QUICK)
-    return out
-
-
-@pytest.fixture
-def run_copy(two_steps, tmp_path):
-    return copy_into(two_steps, tmp_path)
+    return finished_run(tmp_path_factory, "two_steps", "--max_steps", 2, *QUICK)
 
 
 # ----------------------------------------------------------------------------- loss of data

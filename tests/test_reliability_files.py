@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, copy_into, one_line_error, run_train
+from conftest import CORPUS, REPO_ROOT, TINY_TRAIN_ARGS, TOKENIZER_JSON, copy_into, finished_run, one_line_error, run_train
 
 from smollm2.checkpoint import load_checkpoint
 
@@ -28,14 +28,7 @@ def metrics_lines(folder) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_steps(tmp_path_factory):
     """A finished 2-step run (latest = step 2) with its token cache; tests work on copies."""
-    out = tmp_path_factory.mktemp("two_steps") / "run"
-    run_train(out, "--max_steps", 2, *QUICK)
-    return out
-
-
-@pytest.fixture
-def run_copy(two_steps, tmp_path):
-    return copy_into(two_steps, tmp_path)
+    return finished_run(tmp_path_factory, "two_steps", "--max_steps", 2, *QUICK)
 
 
 # ----------------------------------------------------------------------------- the disk fills between saves

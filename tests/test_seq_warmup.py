@@ -86,7 +86,8 @@ def test_resume_inside_the_warmup_is_bit_exact_and_may_not_change_it(tmp_path):
 
 def test_the_start_is_not_compared_on_resume_when_no_run_warms_up(tmp_path):
     run_train(tmp_path / "run", *SEQ, "--max_steps", 2, "--save_every", 2)  # no warmup: --seq_warmup_start 64 unused
-    given = [a if a != 64 else 128 for a in SEQ]
+    given = list(SEQ)
+    given[given.index("--seq_warmup_start") + 1] = 128
     r = run_train(tmp_path / "run", *given, "--max_steps", 3, "--resume", 1)
     assert "RESUME: starting from global_step=2" in r.stdout and "seq_warmup_start" not in r.stdout.split("RESUME")[1]
     # the step-3 checkpoint records 128; with a warmup asked for, the start is compared again
