@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Quality per GPU-minute on the device machine (.assets/ carried: realdocs prepared by prepare_data.py, input.txt,
-# tokenizer.json): benchmarks/quality.py's sections, each in one process on the one card. Pass the parts:
+# tokenizer.json): benchmarks/quality.py's sections on the one card, each recipe its own train.py process (the
+# minutes below were measured when a section ran in one process; a process adds its start-up and compile, ~25 s
+# a recipe with warm caches on an H100: results/time_to_loss/*_runs.csv's process_s against train_s). Pass the parts:
 #   realdocs  (the 480 s limit below ends it after 6 of the 9 recipes on an H200, cold caches: 72 s of compile)
 #             the lr/optimizer/schedule sweep at seq 2048 x micro-batch 16, 400 steps (13.1M tokens) on realdocs,
 #             and in the same process transformers + torch.compile with the best AdamW recipe of the sweep: the
@@ -43,10 +45,9 @@ parts=" ${*:-realdocs} "
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 Q=(python benchmarks/quality.py --tokenizer_id "$SMOLLM2_TOKENIZER" --out_dir "$OUT")
 want() { [[ "$parts" == *" $1 "* ]]; }
-sweep() {  # SECONDS SECTION quality.py-flags...: one process, its log in $OUT without the per-evaluation lines
+sweep() {  # SECONDS SECTION quality.py-flags...: one sweep, its log in $OUT
   local limit=$1 section=$2; shift 2
-  timeout "$limit" "${Q[@]}" --section "$section" "$@" 2>&1 | grep -v "^.*step [0-9]* val" \
-    | tee "$OUT/quality_$section.log"
+  timeout "$limit" "${Q[@]}" --section "$section" "$@" --work_dir /tmp/quality_runs 2>&1 | tee "$OUT/quality_$section.log"
 }
 R2048=(--input_file .assets/realdocs --seq_len 2048)  # realdocs as prepared by the README, seq 2048
 if want realdocs; then
@@ -88,16 +89,16 @@ if want seeds; then
   done
 fi
 if want mb48; then
-  sweep 420 realdocs_2048_mb48 "${R2048[@]}" --micro_batch 48 --steps 134 --eval_every 5 --val_windows 64 \
+  sweep 420 realdocs_2048_mb48 "${R2048[@]}" --micro_batch 48 --steps 134 --eval_every 2 --val_windows 64 \
     --recipes adamw_wsd_1e-3,adamw_wsd_2e-3,muon_wsd_5e-3,muon_wsd_8e-3
 fi
 if want bracket; then
   sweep 300 realdocs_2048_bracket "${R2048[@]}" --micro_batch 16 --steps 400 --eval_every 10 --val_windows 64 \
     --recipes adamw_wsd_1e-3,adamw_wsd_2e-3,muon_wsd_5e-3,muon_wsd_5e-3_n200
-  sweep 270 realdocs_2048_mb48_bracket "${R2048[@]}" --micro_batch 48 --steps 134 --eval_every 5 --val_windows 64 \
+  sweep 270 realdocs_2048_mb48_bracket "${R2048[@]}" --micro_batch 48 --steps 134 --eval_every 2 --val_windows 64 \
     --recipes adamw_wsd_2e-3,adamw_wsd_3e-3,muon_wsd_5e-3
 fi
-if want step; then  # no per-evaluation lines to drop
+if want step; then
   sweep 500 step_time "${R2048[@]}" --micro_batch 48 --timed 20
 fi
 if want step16; then

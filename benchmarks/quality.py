@@ -1,5 +1,6 @@
-"""Quality per GPU-minute: training recipes side by side in one process on one card, each run's held-out loss
-against the wall-clock of its steps and the tokens seen, and the time each takes to reach a held-out loss.
+"""Quality per GPU-minute: training recipes side by side on one card, each its own train.py process, each
+run's held-out loss against the wall-clock of its steps and the tokens seen, and the time each takes to reach a
+held-out loss.
 
     python benchmarks/quality.py --input_file data/realdocs --seq_len 2048 --micro_batch 16 --steps 400 \
         --section realdocs_2048 --recipes adamw_cos_3e-4,adamw_cos_1e-3,...,hf_best_adamw
@@ -8,19 +9,24 @@ against the wall-clock of its steps and the tokens seen, and the time each takes
 A recipe is named <optimizer>_<schedule>_<peak lr>: adamw_cos_1e-3, muon_wsd_3e-3 (Muon's lr; its AdamW part
 takes the same peak unless the name carries _a<lr>, e.g. muon_wsd_3e-3_a1e-2), optionally with its own horizon
 _n<steps> (muon_wsd_5e-3_n200: the same schedule over 200 steps instead of --steps), warmup _w<fraction> of its
-steps (else --warmup_fraction) and WSD decay _d<fraction> (else 0.2). Every recipe: the same seeded
-init, the same batches (TokenBatches, epoch sampler), grad clip 1.0, weight decay 0.1, linear warmup over
---warmup_fraction of the steps; cosine decays to 10% of the peak (train.py's adamw recipe's ratio), wsd to 0
-over the last 20% (SmolLM2's). `hf_best_adamw` is transformers' LlamaForCausalLM + torch.compile (bench.py's
-hf_compile path) with the best AdamW recipe of those run before it in the same process (lowest final loss).
-Ours runs train.py's default CUDA path (smollm2.switches.DEFAULT_PATH: compile, CUDA graph, fused loss, bf16
-residual stream).
+steps (else --warmup_fraction) and WSD decay _d<fraction> (else 0.2). The name is a train.py command
+(recipe_command, printed in the log and the runs table's `command` column) that pins what the name says and
+what these sweeps have always run, whatever train.py's defaults become: grad clip 1.0, weight decay 0.1, linear
+warmup over --warmup_fraction of the steps, cosine down to 10% of the peak (train.py's adamw recipe's ratio), wsd
+to 0 over the last 20% (SmolLM2's), Keller Jordan's Muon update with a constant momentum, the whole model
+compiled as one graph; the same seeded init and batches for every recipe (train.py's --seed, epoch sampler).
+`hf_best_adamw` is transformers' LlamaForCausalLM (--model_impl hf, compiled, no CUDA graph or fused loss: bench.py's
+hf_compile path) with the best AdamW recipe of those run before it in the same sweep (lowest final loss). Ours
+runs train.py's default CUDA path (compile, CUDA graph, fused loss, bf16 residual stream).
 
-Clocks: `train_s` counts the steps only (CUDA-synchronised before and after each evaluation, which is not
-counted); the first step (compile, warm-up, CUDA-graph capture) is `first_step_s`, apart and not in train_s.
-The held-out loss is the mean over the first --val_windows windows of the validation split, every
---eval_every steps. Rows are appended to <out_dir>/quality_<section>_*.csv as each recipe ends (a run cut
-short keeps the rows it finished); the time-to-loss table is computed from this run's curves alone.
+Clocks: train.py's `steps_s` (seconds of training steps after the first, without validation; the first step,
+with its compile, warm-up and CUDA-graph capture, is `first_step_s`, the run's compile_s). The held-out loss is
+the mean over the first --val_windows windows of the validation split (rounded up to whole micro-batches),
+every --eval_every steps, which must divide each recipe's steps so that the last point is the run's end. Rows
+are appended to <out_dir>/quality_<section>_*.csv as each recipe ends (a sweep cut short keeps the rows it
+finished); the time-to-loss table is computed from this sweep's curves alone. The committed tables up to
+2026-12 ran these recipes through a loop of this file's own in one process; train.py with these flags gives the
+same held-out losses (on the CPU, to the 4 decimals it logs).
 """
 
 from __future__ import annotations
@@ -29,36 +35,38 @@ import argparse
 import csv
 import gc
 import json
+import math
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from smollm2.common import OneLineParser, device_name, run_cli  # noqa: E402
+from smollm2.common import OneLineParser, UsageError, device_name, run_cli  # noqa: E402
 from smollm2.data import TokenBatches, load_training_data  # noqa: E402
 from smollm2.switches import DEFAULT_PATH, IMPLS, Switches  # noqa: E402
 from smollm2.tokenizer import DEFAULT_TOKENIZER_ID, load_tokenizer  # noqa: E402
 from smollm2.muon import momentum_at, set_momentum  # noqa: E402
-from smollm2.training import (DEFAULT_MUON_VARIANT, WSD_DECAY_FRACTION, TransformersAdapter,  # noqa: E402
-                              build_train_step, evaluate, lr_at, set_lr)
+from smollm2.training import DEFAULT_MUON_VARIANT, WSD_DECAY_FRACTION, build_train_step  # noqa: E402
 from smollm2_config import get_config  # noqa: E402
 from smollm2_model import SmolLM2ForCausalLM  # noqa: E402
+from time_to_loss import run_recipe, time_to_reach  # noqa: E402
 
 ADAMW_RECIPE = "adamw_cos_3e-4"  # train.py's --optimizer adamw recipe (the seed's command's): 3e-4, cosine to 3e-5
 COSINE_MIN_RATIO = 0.1
-CURVE_COLUMNS = ["section", "recipe", "step", "tokens", "train_s", "val_loss", "lr", "card"]
+CURVE_COLUMNS = ["section", "recipe", "step", "tokens", "train_s", "val_loss", "card"]
 RUN_COLUMNS = ["section", "recipe", "impl", "optimizer", "schedule", "max_lr", "adamw_lr", "min_lr", "steps", "tokens",
                "seq_len", "micro_batch", "final_val_loss", "train_s", "ms_per_step", "first_step_s", "peak_mem_gb",
-               "card", "torch"]
+               "card", "torch", "command"]
 
 
 def parse_recipe(name: str, best_adamw: str | None) -> dict:
     if name == "hf_best_adamw":
         if best_adamw is None:
-            raise SystemExit("error: hf_best_adamw needs AdamW recipes before it in --recipes")
+            raise UsageError("hf_best_adamw needs AdamW recipes before it in --recipes")
         return {**parse_recipe(best_adamw, None), "impl": "hf", "name": name, "like": best_adamw}
     parts = name.split("_")
     try:
@@ -73,96 +81,49 @@ def parse_recipe(name: str, best_adamw: str | None) -> dict:
         if not 0 < decay <= 1 or (warmup is not None and not 0 <= warmup < 1):
             raise ValueError
     except (KeyError, IndexError, ValueError):
-        raise SystemExit(f"error: recipe {name!r} is not <adamw|muon>_<cos|wsd>_<lr>[_a<lr>][_n<steps>][_w<warmup "
+        raise UsageError(f"recipe {name!r} is not <adamw|muon>_<cos|wsd>_<lr>[_a<lr>][_n<steps>][_w<warmup "
                          f"fraction>][_d<decay fraction>]") from None
     min_lr = lr * COSINE_MIN_RATIO if schedule == "cosine" else 0.0
     return dict(name=name, impl="ours", optimizer=optimizer, schedule=schedule, max_lr=lr, adamw_lr=adamw_lr,
                 min_lr=min_lr, steps=steps, warmup_fraction=warmup, decay_fraction=decay)
 
 
-def build_model(recipe: dict, seed: int, device, preset: str):
-    sw = IMPLS["hf_compile"] if recipe["impl"] == "hf" else IMPLS[DEFAULT_PATH]
-    if device.type != "cuda":  # the CPU smoke run: plain float32 eager
-        sw = Switches(fused_loss=sw.model_impl == "ours", model_impl=sw.model_impl)
-    sw = sw.but(optimizer=recipe["optimizer"])
-    torch.manual_seed(seed)
-    ours = SmolLM2ForCausalLM(get_config(preset, attn_impl=sw.attn, residual_dtype=sw.residual_dtype))
-    if sw.model_impl == "ours":
-        return ours.to(device), sw
-    from smollm2.hf import to_hf_model  # the same initial weights as ours
-    hf = to_hf_model(ours)
-    hf.config._attn_implementation = "sdpa"
-    return TransformersAdapter(hf.to(device).train()), sw
-
-
-def release():
-    # Dynamo's cache is kept: with nn modules inlined (torch's default) a new model of the same class and shapes
-    # reuses the compiled forward, so only the first recipe of each impl compiles (main() raises the recompile
-    # limit, so that a guard that does fail recompiles instead of falling back to eager).
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def train_recipe(recipe: dict, data: TokenBatches, args, device, on_point) -> dict:
-    release()
-    model, sw = build_model(recipe, args.seed, device, args.model)
-    step_fn = build_train_step(model, sw, device, lr=recipe["max_lr"], weight_decay=0.1, grad_clip=1.0,
-                               adamw_lr=recipe["adamw_lr"])
+def recipe_command(recipe: dict, args, out_dir: str) -> list[str]:
+    """The train.py command of a recipe (parse_recipe's dict) in this sweep: the shared shape, data and
+    evaluation, the recipe's optimizer, schedule and lrs, and everything else these sweeps fix pinned."""
     n, B = recipe["steps"] or args.steps, args.micro_batch
-    wf = recipe["warmup_fraction"]
-    warmup = max(1, round((args.warmup_fraction if wf is None else wf) * n))
+    wf = args.warmup_fraction if recipe["warmup_fraction"] is None else recipe["warmup_fraction"]
+    flags = ["--input_file", args.input_file, "--tokenizer_id", args.tokenizer_id, "--model", args.model,
+             "--device", args.device, "--out_dir", out_dir, "--seq_len", args.seq_len, "--batch_size", B,
+             "--grad_accum", 1, "--max_steps", n, "--val_every", args.eval_every,
+             "--val_batches", math.ceil(args.val_windows / B), "--log_every", args.eval_every, "--save_every", 0,
+             "--sample_every", 0, "--resume", 0, "--seed", args.seed,
+             "--optimizer", recipe["optimizer"], "--lr_schedule", recipe["schedule"], "--max_lr", f"{recipe['max_lr']:g}",
+             "--min_lr", f"{recipe['min_lr']:g}", "--warmup_steps", max(1, round(wf * n)),
+             "--weight_decay", 0.1, "--grad_clip", 1.0, "--compile_scope", "model"]
+    if recipe["schedule"] == "wsd":
+        flags += ["--lr_decay_fraction", f"{recipe['decay_fraction']:g}"]
+    if recipe["optimizer"] == "muon":
+        flags += ["--adamw_lr", f"{recipe['adamw_lr']:g}", "--muon_variant", "muon", "--muon_momentum_warmup_steps", 0]
+    if recipe["impl"] == "hf":
+        flags += ["--model_impl", "hf", "--cuda_graph", 0, "--fused_loss", 0]
+    return [sys.executable, "train.py", *map(str, flags)]
 
-    def held_out() -> float:
-        with torch.compiler.set_stance("force_eager"):
-            return evaluate(model, data.val_batches(args.val_windows, max(B, 16)), device, sw.amp_dtype)
 
-    points = [dict(step=0, tokens=0, train_s=0.0, val_loss=held_out(), lr=0.0)]
-    on_point(points[-1])
-    train_s, first_s = 0.0, 0.0
-    sync(device)
-    t = time.perf_counter()
-    for step in range(1, n + 1):
-        lr = lr_at(step, warmup, n, recipe["max_lr"], recipe["min_lr"], recipe["schedule"], recipe["decay_fraction"])
-        set_lr(step_fn.optimizer, lr)
-        step_fn(*data.step_batch(step, 1, B, device))
-        if step == 1 or step % args.eval_every == 0 or step == n:
-            sync(device)
-            now = time.perf_counter()
-            if step == 1:
-                first_s = now - t
-            else:
-                train_s += now - t
-            if step % args.eval_every == 0 or step == n:
-                points.append(dict(step=step, tokens=step * B * args.seq_len, train_s=train_s, val_loss=held_out(), lr=lr))
-                on_point(points[-1])
-            sync(device)
-            t = time.perf_counter()
-    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    model = step_fn = None  # held_out's model too: the memory goes back before the next recipe
-    release()
+def train_recipe(recipe: dict, args) -> dict | None:
+    """One recipe as its own train.py process: the runs table's row with its curve under "points" (None
+    where the process failed; its output's tail is printed)."""
+    n, B = recipe["steps"] or args.steps, args.micro_batch
+    out = os.path.join(args.work_dir, args.section, recipe["name"])
+    run = run_recipe(recipe["name"], recipe_command(recipe, args, out), out)
+    if run is None:
+        return None
     return dict(recipe=recipe["name"], impl=recipe["impl"], optimizer=recipe["optimizer"], schedule=recipe["schedule"],
-                max_lr=recipe["max_lr"], adamw_lr=recipe["adamw_lr"], min_lr=recipe["min_lr"], steps=n,
-                tokens=n * B * args.seq_len, seq_len=args.seq_len, micro_batch=B, final_val_loss=points[-1]["val_loss"],
-                train_s=train_s, ms_per_step=1000 * train_s / max(1, n - 1), first_step_s=first_s, peak_mem_gb=peak,
-                points=points)
-
-
-def time_to_loss(points: list[dict], target: float):
-    """(train_s, tokens) where the held-out curve first reaches `target`, linear between evaluations; None if never."""
-    for a, b in zip(points, points[1:]):
-        if b["val_loss"] <= target:
-            if a["val_loss"] <= target:
-                return a["train_s"], a["tokens"]
-            f = (a["val_loss"] - target) / (a["val_loss"] - b["val_loss"])
-            return a["train_s"] + f * (b["train_s"] - a["train_s"]), a["tokens"] + f * (b["tokens"] - a["tokens"])
-    return None
+                max_lr=recipe["max_lr"], adamw_lr=recipe["adamw_lr"], min_lr=recipe["min_lr"], steps=run["steps"],
+                tokens=run["tokens"], seq_len=args.seq_len, micro_batch=B, final_val_loss=run["final_val_loss"],
+                train_s=run["train_s"], ms_per_step=1000 * run["train_s"] / max(1, n - 1),
+                first_step_s=run["compile_s"], peak_mem_gb=run["peak_mem_gb"], command=run["command"],
+                points=run["points"])
 
 
 def ttl_rows(section: str, runs: list[dict], card: str) -> list[dict]:
@@ -179,7 +140,7 @@ def ttl_rows(section: str, runs: list[dict], card: str) -> list[dict]:
     rows = []
     for label, ref in targets:
         for r in runs:
-            hit = time_to_loss(r["points"], ref["final_val_loss"])
+            hit = time_to_reach(r["points"], ref["final_val_loss"])
             rows.append(dict(section=section, target=label, target_loss=round(ref["final_val_loss"], 4),
                              recipe=r["recipe"], reached=hit is not None,
                              train_s=round(hit[0], 2) if hit else None, tokens=int(hit[1]) if hit else None,
@@ -210,7 +171,7 @@ def plot(path: str, section: str, runs: list[dict]) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in runs:
-        pts = r["points"][1:]
+        pts = [p for p in r["points"] if p["step"] > 0]  # the sweeps before train.py drove them began at step 0
         for ax, key, scale in ((axes[0], "train_s", 1.0), (axes[1], "tokens", 1e-6)):
             ax.plot([p[key] * scale for p in pts], [p["val_loss"] for p in pts], label=r["recipe"],
                     linestyle="--" if r["impl"] == "hf" else "-")
@@ -227,6 +188,29 @@ def plot(path: str, section: str, runs: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
+
+
+def build_model(optimizer: str, seed: int, device, preset: str):
+    """step_time's model: train.py's default CUDA path (CPU: plain float32 eager with the fused loss), seeded."""
+    sw = IMPLS[DEFAULT_PATH] if device.type == "cuda" else Switches(fused_loss=True)
+    sw = sw.but(optimizer=optimizer)
+    torch.manual_seed(seed)
+    model = SmolLM2ForCausalLM(get_config(preset, attn_impl=sw.attn, residual_dtype=sw.residual_dtype))
+    return model.to(device), sw
+
+
+def release():
+    # Dynamo's cache is kept: a new model of the same class and shapes reuses the compiled forward (main() raises
+    # the recompile limit, so that a guard that does fail recompiles instead of falling back to eager).
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # step_time's rows: train.py's default AdamW step, its default Muon step (NorMuon, the momentum a device tensor
@@ -248,10 +232,9 @@ def step_time(args, data, device, card, on_row=lambda rows: None) -> list[dict]:
     rows = []
     for optimizer, impl in STEP_ROWS:
         release()
-        recipe = parse_recipe(f"{optimizer}_wsd_3e-3", None)
-        model, sw = build_model(recipe, args.seed, device, args.model)
+        model, sw = build_model(optimizer, args.seed, device, args.model)
         step_fn = build_train_step(model, sw, device, lr=3e-3, weight_decay=0.1, grad_clip=1.0,
-                                   adamw_lr=recipe["adamw_lr"],
+                                   adamw_lr=3e-3 if optimizer == "muon" else None,
                                    muon_variant="muon" if impl.endswith("_plain_muon") else DEFAULT_MUON_VARIANT,
                                    momentum_schedule=optimizer == "muon" and not impl.endswith("_float_momentum"))
         if impl.endswith("_eager_muon_update"):
@@ -277,7 +260,7 @@ def step_time(args, data, device, card, on_row=lambda rows: None) -> list[dict]:
                          card=card, torch=torch.__version__))
         print(json.dumps(rows[-1]), flush=True)
         on_row(rows)
-        del model, step_fn, inputs
+        model = step_fn = inputs = None  # the memory goes back before the next row
     release()
     return rows
 
@@ -316,9 +299,26 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out_dir", default=os.path.join("results", "bench"))
-    p.add_argument("--cache_dir", default="/tmp/quality_cache", help="token cache for raw text input")
+    p.add_argument("--work_dir", default=os.path.join("runs", "quality"),
+                   help="the train.py runs' folders, <work_dir>/<section>/<recipe> (each replaced when run again)")
+    p.add_argument("--cache_dir", default="/tmp/quality_cache", help="step_time: token cache for raw text input")
     p.add_argument("--replot", action="store_true", help="only redraw the plot and the time-to-loss table from the CSVs")
     return p.parse_args(argv)
+
+
+def check_recipes(args) -> list[str]:
+    """The sweep's recipe names, each parsed once before anything runs: a bad name, or a horizon --eval_every
+    does not divide (its last held-out loss would not be its end), is refused in one line."""
+    names = [r for r in args.recipes.split(",") if r]
+    if not names:
+        raise UsageError("--recipes is empty: name the recipes to run (see the docstring), or a step_time section")
+    for k, name in enumerate(names):
+        recipe = parse_recipe(name, "adamw_cos_3e-4" if any(n.startswith("adamw_") for n in names[:k]) else None)
+        n = recipe["steps"] or args.steps
+        if n % args.eval_every:
+            raise UsageError(f"{name} trains {n} steps, which --eval_every {args.eval_every} does not divide: its last "
+                             f"held-out loss would not be its end; pick an --eval_every that divides it")
+    return names
 
 
 def main(argv=None) -> int:
@@ -327,32 +327,32 @@ def main(argv=None) -> int:
         replot(os.path.join(args.out_dir, f"quality_{args.section}"), args.section)
         return 0
     device = torch.device(args.device)
-    torch._dynamo.config.recompile_limit = 64
-    torch.backends.cuda.matmul.allow_tf32 = True  # what stays float32 (the optimizer's norms), as bench.py
     card = device_name(device)
-    tokenizer = load_tokenizer(args.tokenizer_id, log=lambda m: None)
-    dataset = load_training_data(args.input_file, tokenizer, args.cache_dir, log=print)
-    data = TokenBatches(dataset, args.seq_len, args.seed)
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, f"quality_{args.section}")
-    print(f"{card} | torch {torch.__version__} | {dataset.description}", flush=True)
     if args.section.startswith("step_time"):
-        step_time(args, data, device, card, on_row=lambda rows: write_csv(stem + ".csv", rows))
+        torch._dynamo.config.recompile_limit = 64
+        torch.backends.cuda.matmul.allow_tf32 = True  # what stays float32 (the optimizer's norms), as bench.py
+        tokenizer = load_tokenizer(args.tokenizer_id, log=lambda m: None)
+        dataset = load_training_data(args.input_file, tokenizer, args.cache_dir, log=print)
+        print(f"{card} | torch {torch.__version__} | {dataset.description}", flush=True)
+        step_time(args, TokenBatches(dataset, args.seq_len, args.seed), device, card,
+                  on_row=lambda rows: write_csv(stem + ".csv", rows))
         return 0
+    names = check_recipes(args)
+    print(f"{card} | torch {torch.__version__} | {args.input_file}", flush=True)
     for suffix in ("_curves.csv", "_runs.csv"):
         if os.path.exists(stem + suffix):
-            os.remove(stem + suffix)  # one process, one table: no rows of an earlier run beside this one's
+            os.remove(stem + suffix)  # one sweep, one table: no rows of an earlier run beside this one's
     runs, best_adamw = [], None
-    for name in [r for r in args.recipes.split(",") if r]:
-        recipe = parse_recipe(name, best_adamw)
-        t0 = time.perf_counter()
-        run = train_recipe(recipe, data, args, device,
-                           on_point=lambda pt: print(f"{name} step {pt['step']} val {pt['val_loss']:.4f} "
-                                                     f"train_s {pt['train_s']:.1f}", flush=True))
+    for name in names:
+        run = train_recipe(parse_recipe(name, best_adamw), args)
+        if run is None:
+            continue
         run.update(section=args.section, card=card, torch=torch.__version__)
         runs.append(run)
         print(f"== {name}: final {run['final_val_loss']:.4f} | {run['ms_per_step']:.1f} ms/step | train {run['train_s']:.1f} s "
-              f"| first step {run['first_step_s']:.1f} s | wall {time.perf_counter() - t0:.1f} s", flush=True)
+              f"| first step {run['first_step_s']} s", flush=True)
         append_rows(stem + "_curves.csv", CURVE_COLUMNS,
                     [dict(section=args.section, recipe=name, card=card, **pt) for pt in run["points"]])
         append_rows(stem + "_runs.csv", RUN_COLUMNS, [{k: (float(f"{v:.5g}") if isinstance(v, float) else v)
@@ -366,7 +366,7 @@ def main(argv=None) -> int:
             plot(stem + ".png", args.section, runs)
         except ImportError as e:  # the plot can be redrawn anywhere from the CSVs: --replot
             print(f"no plot ({e}); run --replot where matplotlib is installed", flush=True)
-    return 0
+    return 0 if len(runs) == len(names) else 1
 
 
 def replot(stem: str, section: str) -> None:

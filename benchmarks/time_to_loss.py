@@ -31,7 +31,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quality import time_to_loss  # noqa: E402
 from smollm2.common import OneLineParser, UsageError, run_cli  # noqa: E402
 from smollm2.io import write_table  # noqa: E402
 
@@ -92,18 +91,54 @@ def recipe_command(name: str, args, out_dir: str) -> list[str]:
     return [sys.executable, "train.py", *shared, *own]
 
 
-def read_run(metrics_path: str) -> tuple[list[dict], Optional[float]]:
-    """One pass over a run's metrics.jsonl: its held-out points (validation events with a steps_s clock) and its
-    compile_s (first step, and each stage a warmup compiled or captured again) from the last wall event, None
-    where the run stopped before writing one."""
-    points, compile_s = [], None
+def read_run(metrics_path: str) -> dict:
+    """One pass over a run's metrics.jsonl: its held-out points (validation events with a steps_s clock), its
+    compile_s (first step, and each stage a warmup compiled or captured again) from the last wall event, and
+    its peak GPU memory from the last done event (None where the run stopped before writing them)."""
+    run = dict(points=[], compile_s=None, peak_mem_gb=None)
     with open(metrics_path, encoding="utf-8") as f:
         for e in map(json.loads, f):
             if e.get("event") == "val" and e.get("loss") is not None and e.get("steps_s") is not None:
-                points.append(dict(step=e["step"], tokens=e["tokens"], train_s=e["steps_s"], val_loss=e["loss"]))
+                run["points"].append(dict(step=e["step"], tokens=e["tokens"], train_s=e["steps_s"], val_loss=e["loss"]))
             elif e.get("event") == "wall":
-                compile_s = round(e["compile_s"], 1) if e.get("compile_s") is not None else None
-    return points, compile_s
+                run["compile_s"] = round(e["compile_s"], 1) if e.get("compile_s") is not None else None
+            elif e.get("event") == "done":
+                peak = e.get("peak_mem_bytes")
+                run["peak_mem_gb"] = round(peak / 1e9, 2) if peak is not None else None
+    return run
+
+
+def time_to_reach(points: list[dict], target: float):
+    """(train_s, tokens) where the held-out curve first reaches `target`, linear between evaluations; None if never."""
+    for a, b in zip(points, points[1:]):
+        if b["val_loss"] <= target:
+            if a["val_loss"] <= target:
+                return a["train_s"], a["tokens"]
+            f = (a["val_loss"] - target) / (a["val_loss"] - b["val_loss"])
+            return a["train_s"] + f * (b["train_s"] - a["train_s"]), a["tokens"] + f * (b["tokens"] - a["tokens"])
+    return None
+
+
+def run_recipe(name: str, cmd: list[str], out: str) -> Optional[dict]:
+    """One train.py process (cmd, run folder `out`, removed first if an earlier run of this benchmark left it):
+    its points, final held-out loss and steps' seconds, compile_s, peak memory and the process's wall time; None
+    (with the tail of its output printed) where it failed or logged no held-out loss."""
+    if os.path.isdir(out):
+        shutil.rmtree(out)  # this benchmark's own earlier run folder
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    print(f"{name}: rc {proc.returncode}, {wall:.0f} s: {' '.join(cmd[1:])}", flush=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    if proc.returncode != 0 or not os.path.exists(metrics):
+        print(proc.stdout[-2000:] + proc.stderr[-2000:], flush=True)
+        return None
+    run = read_run(metrics)
+    if not run["points"]:
+        return None
+    last = run["points"][-1]
+    return dict(run, steps=last["step"], tokens=last["tokens"], final_val_loss=last["val_loss"], train_s=last["train_s"],
+                process_s=round(wall, 1), command="python " + " ".join(cmd[1:]))
 
 
 def write_results(args, runs: list[dict], curves: list[dict]) -> None:
@@ -112,7 +147,7 @@ def write_results(args, runs: list[dict], curves: list[dict]) -> None:
     if adamw:
         ref = min(adamw, key=lambda r: r["final_val_loss"])
         for r in runs:
-            hit = time_to_loss(r["points"], ref["final_val_loss"])
+            hit = time_to_reach(r["points"], ref["final_val_loss"])
             r.update(reference=ref["recipe"], reference_loss=round(ref["final_val_loss"], 4),
                      reached=hit is not None or r["final_val_loss"] <= ref["final_val_loss"],
                      share=round(hit[0] / ref["train_s"], 3) if hit else None,
@@ -155,26 +190,14 @@ def main(argv=None) -> int:
     runs, curves = [], []
     for name in names:
         out = os.path.join(args.work_dir, args.corpus, name)
-        if os.path.isdir(out):
-            shutil.rmtree(out)  # this benchmark's own earlier run folder
-        cmd = recipe_command(name, args, out)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        print(f"{name}: rc {proc.returncode}, {wall:.0f} s: {' '.join(cmd[1:])}", flush=True)
-        metrics = os.path.join(out, "metrics.jsonl")
-        if proc.returncode != 0 or not os.path.exists(metrics):
-            print(proc.stdout[-2000:] + proc.stderr[-2000:], flush=True)
+        run = run_recipe(name, recipe_command(name, args, out), out)
+        if run is None:
             continue
-        points, compile_s = read_run(metrics)
-        if not points:
-            continue
-        steps = points[-1]["step"]
-        runs.append(dict(corpus=args.corpus, recipe=name, optimizer=name.split("_")[0], steps=steps,
-                         tokens=points[-1]["tokens"], final_val_loss=points[-1]["val_loss"],
-                         train_s=points[-1]["train_s"], compile_s=compile_s, process_s=round(wall, 1),
-                         card=card,
-                         command="python " + " ".join(cmd[1:]), points=points))
+        points = run.pop("points")
+        runs.append(dict(corpus=args.corpus, recipe=name, optimizer=name.split("_")[0], steps=run["steps"],
+                         tokens=run["tokens"], final_val_loss=run["final_val_loss"], train_s=run["train_s"],
+                         compile_s=run["compile_s"], process_s=run["process_s"], card=card, command=run["command"],
+                         points=points))
         curves += [dict(corpus=args.corpus, recipe=name, card=card, **pt) for pt in points]
         write_results(args, runs, curves)  # after every recipe: a stopped benchmark keeps what it measured
     for r in runs:

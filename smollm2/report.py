@@ -514,7 +514,9 @@ def quality_section(stem: str, what: str, readme_dir: str) -> list[str]:
     if number(first.get("steps", "")) and number(first.get("tokens", "")):
         what = say("quality", "section_steps", what=what, steps=int(number(first["steps"])),
                    mtok=number(first["tokens"]) / 1e6)
-    parts = [say("quality", "section", what=what, card=first.get("card", ""), csv=rel(stem + "_runs.csv", readme_dir)),
+    # a sweep since quality.py drove train.py records each row's command; the earlier ones ran in one process
+    parts = [say("quality", "section_processes" if first.get("command") else "section", what=what,
+                 card=first.get("card", ""), csv=rel(stem + "_runs.csv", readme_dir)),
              markdown_table(["recipe", "optimizer", "schedule", "peak lr", "AdamW-part lr", "steps",
                              "held-out loss at the end", "ms/step", "steps (s)", "first step (s)"],
                             [[r["recipe"], say("quality", "hf_optimizer", optimizer=r["optimizer"]) if r["impl"] == "hf"

@@ -12,6 +12,7 @@ from conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import quality  # noqa: E402
 from smollm2 import report  # noqa: E402
+from smollm2.common import UsageError  # noqa: E402
 
 
 def test_recipe_names():
@@ -28,11 +29,11 @@ def test_recipe_names():
     assert (r["steps"], r["warmup_fraction"], r["decay_fraction"]) == (180, 0.05, 0.4)
     for bad in ("sgd_cos_1e-3", "adamw_lin_1e-3", "muon_wsd_fast", "muon_wsd_5e-3_x2", "muon_wsd_5e-3_n",
                 "muon_wsd_5e-3_d0", "muon_wsd_5e-3_d1.5", "muon_wsd_5e-3_w1"):
-        with pytest.raises(SystemExit, match="is not <adamw"):
+        with pytest.raises(UsageError, match="is not <adamw"):
             quality.parse_recipe(bad, None)
     hf = quality.parse_recipe("hf_best_adamw", "adamw_cos_1e-3")
     assert (hf["impl"], hf["optimizer"], hf["max_lr"], hf["like"]) == ("hf", "adamw", 1e-3, "adamw_cos_1e-3")
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="needs AdamW recipes before it"):
         quality.parse_recipe("hf_best_adamw", None)
 
 
@@ -40,10 +41,11 @@ POINTS = [dict(step=0, tokens=0, train_s=0.0, val_loss=11.0), dict(step=10, toke
           dict(step=20, tokens=200, train_s=4.0, val_loss=4.0), dict(step=30, tokens=300, train_s=6.0, val_loss=4.5)]
 
 
-def test_time_to_loss_interpolates_between_evaluations():
-    assert quality.time_to_loss(POINTS, 5.0) == (pytest.approx(3.0), pytest.approx(150))
-    assert quality.time_to_loss(POINTS, 4.0) == (4.0, 200)
-    assert quality.time_to_loss(POINTS, 3.9) is None  # never reached (the curve's minimum is 4.0)
+def test_time_to_reach_interpolates_between_evaluations():
+    import time_to_loss
+    assert time_to_loss.time_to_reach(POINTS, 5.0) == (pytest.approx(3.0), pytest.approx(150))
+    assert time_to_loss.time_to_reach(POINTS, 4.0) == (4.0, 200)
+    assert time_to_loss.time_to_reach(POINTS, 3.9) is None  # never reached (the curve's minimum is 4.0)
 
 
 def run(name, optimizer, final, train_s, points, impl="ours"):
@@ -125,7 +127,7 @@ def test_time_to_loss_recipes_write_their_warmup_into_the_command():
     assert flags("seq_warmup_25pct")[-2:] == ["--seq_warmup_steps", "100"]
 
 
-def test_time_to_loss_reads_a_runs_points_and_its_last_compile_seconds_in_one_pass(tmp_path):
+def test_time_to_loss_reads_a_runs_points_compile_seconds_and_memory_in_one_pass(tmp_path):
     import json
     import time_to_loss
     path = tmp_path / "metrics.jsonl"
@@ -133,13 +135,16 @@ def test_time_to_loss_reads_a_runs_points_and_its_last_compile_seconds_in_one_pa
               {"event": "val", "step": 30, "tokens": 960, "loss": None, "steps_s": 2.4},  # no loss: not a point
               {"event": "wall", "step": 3, "compile_s": 12.34},
               {"event": "val", "step": 50, "tokens": 1600, "loss": 4.5, "steps_s": 4.1},
-              {"event": "wall", "step": 50, "compile_s": 31.26}]  # a resumed run: the last process's
+              {"event": "wall", "step": 50, "compile_s": 31.26},  # a resumed run: the last process's
+              {"event": "done", "step": 50, "peak_mem_bytes": None}]  # on the CPU
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
-    points, compile_s = time_to_loss.read_run(str(path))
-    assert points == [dict(step=25, tokens=800, train_s=2.0, val_loss=5.0), dict(step=50, tokens=1600, train_s=4.1, val_loss=4.5)]
-    assert compile_s == 31.3
+    run = time_to_loss.read_run(str(path))
+    assert run["points"] == [dict(step=25, tokens=800, train_s=2.0, val_loss=5.0),
+                             dict(step=50, tokens=1600, train_s=4.1, val_loss=4.5)]
+    assert run["compile_s"] == 31.3 and run["peak_mem_gb"] is None
     path.write_text(json.dumps(events[0]) + "\n")  # stopped before its end: no compile_s
-    assert time_to_loss.read_run(str(path)) == ([dict(step=25, tokens=800, train_s=2.0, val_loss=5.0)], None)
+    assert time_to_loss.read_run(str(path)) == dict(points=[dict(step=25, tokens=800, train_s=2.0, val_loss=5.0)],
+                                                    compile_s=None, peak_mem_gb=None)
 
 
 def test_step_time_writes_its_table_after_every_row_so_a_stopped_run_keeps_what_it_measured(tmp_path, monkeypatch):
@@ -166,3 +171,65 @@ def test_step_time_writes_its_table_after_every_row_so_a_stopped_run_keeps_what_
     assert [(r["optimizer"], r["impl"]) for r in rows] == [(o, i) for o, i in quality.STEP_ROWS[:2]]
     assert rows[0]["vs_adamw"] == "" and rows[0]["card"] == "cpu"
     assert float(rows[1]["vs_adamw"]) == pytest.approx(float(rows[1]["ms_per_step"]) / float(rows[0]["ms_per_step"]), abs=2e-3)
+
+
+def sweep_argv(tmp_path, *extra) -> list[str]:
+    """quality.py's flags for a 20-step sweep of the tiny preset on input.txt, on the CPU."""
+    from conftest import CORPUS, TOKENIZER_JSON
+    return ["--section", "cpu", "--model", "tiny", "--seq_len", "32", "--micro_batch", "16", "--steps", "20",
+            "--eval_every", "5", "--val_windows", "32", "--device", "cpu", "--input_file", str(CORPUS),
+            "--tokenizer_id", str(TOKENIZER_JSON), "--out_dir", str(tmp_path / "out"),
+            "--work_dir", str(tmp_path / "runs"), *extra]
+
+
+def sweep_args(tmp_path, *extra):
+    return quality.parse_args(sweep_argv(tmp_path, *extra))
+
+
+def test_a_recipe_is_a_train_py_command_that_pins_what_the_sweeps_ran(tmp_path):
+    """Each name's train.py flags: its optimizer, schedule, lrs, horizon, warmup and decay, and what train.py's
+    defaults no longer are (Keller Jordan's Muon, a constant momentum, the whole model compiled)."""
+    args = sweep_args(tmp_path)
+
+    def flags(name, best=None):
+        cmd = quality.recipe_command(quality.parse_recipe(name, best), args, "o")
+        assert cmd[1] == "train.py"
+        return dict(zip(cmd[2::2], cmd[3::2]))
+
+    a = flags("adamw_cos_1e-3")
+    assert (a["--optimizer"], a["--lr_schedule"], a["--max_lr"], a["--min_lr"], a["--warmup_steps"]) == \
+        ("adamw", "cosine", "0.001", "0.0001", "2")
+    assert (a["--max_steps"], a["--val_every"], a["--val_batches"], a["--weight_decay"], a["--grad_clip"]) == \
+        ("20", "5", "2", "0.1", "1.0")
+    assert "--adamw_lr" not in a and "--lr_decay_fraction" not in a and a["--compile_scope"] == "model"
+    m = flags("muon_wsd_5e-3_a1e-2_n10_w0.2_d0.4")
+    assert (m["--max_steps"], m["--warmup_steps"], m["--lr_decay_fraction"], m["--adamw_lr"], m["--min_lr"]) == \
+        ("10", "2", "0.4", "0.01", "0")
+    assert (m["--muon_variant"], m["--muon_momentum_warmup_steps"]) == ("muon", "0")
+    hf = flags("hf_best_adamw", "adamw_cos_1e-3")
+    assert (hf["--model_impl"], hf["--cuda_graph"], hf["--fused_loss"], hf["--max_lr"]) == ("hf", "0", "0", "0.001")
+    for bad, says in (("adamw_cos_1e-3_n12", "trains 12 steps, which --eval_every 5 does not divide"),
+                      ("hf_best_adamw", "needs AdamW recipes before it")):
+        with pytest.raises(UsageError, match=says):
+            quality.check_recipes(sweep_args(tmp_path, "--recipes", f"muon_wsd_5e-3,{bad}"))
+
+
+def test_a_sweep_runs_train_py_per_recipe_and_writes_its_tables(tmp_path):
+    """Two recipes and transformers' model on the CPU (tiny preset): each a train.py process whose command is in
+    the runs table, its curve and the time-to-loss rows written; hf_best_adamw runs the best AdamW's schedule
+    from the same init, so its held-out losses equal ours to float32 rounding."""
+    assert quality.main(sweep_argv(tmp_path, "--recipes", "adamw_cos_1e-3,muon_wsd_5e-3,hf_best_adamw")) == 0
+    runs = list(csv.DictReader(open(tmp_path / "out" / "quality_cpu_runs.csv", encoding="utf-8")))
+    assert [r["recipe"] for r in runs] == ["adamw_cos_1e-3", "muon_wsd_5e-3", "hf_best_adamw"]
+    assert all(r["command"].startswith("python train.py ") and r["steps"] == "20" and r["tokens"] == str(20 * 16 * 32)
+               for r in runs)
+    assert "--model_impl hf" in runs[2]["command"] and "--muon_variant muon" in runs[1]["command"]
+    assert float(runs[1]["final_val_loss"]) < float(runs[0]["final_val_loss"])  # Muon learns faster
+    assert float(runs[2]["final_val_loss"]) == pytest.approx(float(runs[0]["final_val_loss"]), abs=2e-3)
+    curves = list(csv.DictReader(open(tmp_path / "out" / "quality_cpu_curves.csv", encoding="utf-8")))
+    assert [int(c["step"]) for c in curves if c["recipe"] == "muon_wsd_5e-3"] == [5, 10, 15, 20]
+    ttl = list(csv.DictReader(open(tmp_path / "out" / "quality_cpu_ttl.csv", encoding="utf-8")))
+    best = {r["recipe"]: r for r in ttl if r["target"].startswith("best AdamW")}
+    assert best["adamw_cos_1e-3"]["share_of_reference_time"] == "1.0" and best["muon_wsd_5e-3"]["reached"] == "True"
+    section = "\n\n".join(report.quality_section(str(tmp_path / "out" / "quality_cpu"), "cpu", str(tmp_path)))
+    assert "each row its own `train.py` process on one card" in section and "| hf_best_adamw |" in section
