@@ -193,12 +193,11 @@ def main(argv=None) -> int:
         run = run_recipe(name, recipe_command(name, args, out), out)
         if run is None:
             continue
-        points = run.pop("points")
         runs.append(dict(corpus=args.corpus, recipe=name, optimizer=name.split("_")[0], steps=run["steps"],
                          tokens=run["tokens"], final_val_loss=run["final_val_loss"], train_s=run["train_s"],
                          compile_s=run["compile_s"], process_s=run["process_s"], card=card, command=run["command"],
-                         points=points))
-        curves += [dict(corpus=args.corpus, recipe=name, card=card, **pt) for pt in points]
+                         points=run["points"]))
+        curves += [dict(corpus=args.corpus, recipe=name, card=card, **pt) for pt in run["points"]]
         write_results(args, runs, curves)  # after every recipe: a stopped benchmark keeps what it measured
     for r in runs:
         print(json.dumps({k: r.get(k) for k in ("recipe", "final_val_loss", "train_s", "share", "ends_at_or_below")}))
